@@ -1,0 +1,163 @@
+"""Pure ASGI middleware (no ``BaseHTTPMiddleware``): a thin adapter over the core.
+
+It turns the scope into a :class:`~distillguard.request.GuardRequest`, reads the body once under a
+cap, runs the pipeline with the async driver, then either sends the refusal or calls the app with
+the body replayed *once* (later ``receive()`` calls go to the server: a replay that answered
+forever would starve the event loop) and the extra headers added to ``http.response.start``.
+Streaming responses pass through message by message. ``lifespan`` and ``websocket`` scopes pass
+through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._drivers import adrive
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .decision import Decision
+from .exchange import Exchange
+from .guard import Guard
+from .request import GuardRequest
+
+__all__ = ["DistillGuardMiddleware"]
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class DistillGuardMiddleware:
+    """Guard an ASGI application.
+
+    Args:
+        app: the ASGI application to protect.
+        guard: the :class:`~distillguard.Guard` holding the configuration.
+
+    FastAPI/Starlette: ``app.add_middleware(DistillGuardMiddleware, guard=guard)``.
+    The decision is at ``scope["state"]["distillguard"]`` (``request.state.distillguard``).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, app: ASGIApp, *, guard: Guard) -> None:
+        self.app = app
+        self.guard = guard
+        self._perform = guard.async_performer()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.guard.is_exempt(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        guard = self.guard
+        authorization = content_type = user_agent = None
+        declared: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = int(value) if value.isdigit() else None
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+        try:
+            body = await _read_body(receive, guard.max_body_bytes, declared)
+        except _Disconnected:
+            return  # the client left before sending its request: nothing to answer
+        client = scope.get("client")
+        request = GuardRequest(
+            method=scope["method"],
+            path=scope["path"],
+            authorization=authorization,
+            content_type=content_type or "",
+            body=body or b"",
+            client_address=client[0] if client else None,
+            user_agent=user_agent,
+            timestamp=guard.clock(),
+        )
+        exchange = Exchange(guard, request)
+        try:
+            if body is None:
+                decision = guard.too_large()
+            else:
+                decision = await guard.adecide(request, self._perform)
+            exchange.decided(decision)
+            if decision.problem is not None:
+                code, headers, payload = decision.problem.render(decision.headers)
+                exchange.status = code
+                await _send_response(send, code, headers, payload)
+            else:
+                await self._forward(scope, receive, send, request.body, exchange, decision)
+                await adrive(exchange.settle(), self._perform)
+        except BaseException as exc:
+            exchange.finish(exc)
+            raise
+        exchange.finish()
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, exchange: Exchange, decision: Decision
+    ) -> None:
+        scope.setdefault("state", {})["distillguard"] = decision
+        scope["distillguard"] = decision
+        if decision.body is not None:
+            body = decision.body
+            scope = dict(scope)
+            scope["headers"] = [
+                *((k, v) for k, v in scope["headers"] if k != b"content-length"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def observe(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.body":
+                exchange.response_body(message.get("body", b""))
+            elif kind == "http.response.start":
+                extra = exchange.response_start(message["status"])
+                if extra:
+                    message = dict(message)
+                    message["headers"] = [
+                        *message.get("headers", ()),
+                        *((k.encode(), v.encode()) for k, v in extra),
+                    ]
+            await send(message)
+
+        await self.app(scope, replay, observe)
+
+
+async def _read_body(receive: Receive, cap: int, declared: int | None) -> bytes | None:
+    """Read the whole body; ``None`` when it is (or is declared to be) over ``cap``. Never
+    buffers more than ``cap`` plus one message."""
+    if declared is not None and declared > cap:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.disconnect":
+            raise _Disconnected
+        if kind != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > cap:
+                return None
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _send_response(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    raw: list[Any] = [(k.encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

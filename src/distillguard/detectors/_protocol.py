@@ -1,0 +1,119 @@
+"""Detector Protocols and the values they exchange."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..identity import Identity
+from ..query import Query
+
+__all__ = [
+    "AsyncDetector",
+    "Detector",
+    "DetectorResult",
+    "Observation",
+    "ResponseObserver",
+    "is_async_detector",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observation:
+    """One request, as a detector sees it.
+
+    Attributes:
+        identity: the verified client.
+        timestamp: when the request arrived (unix seconds).
+        method: the HTTP method.
+        route: the request path.
+        query: the parsed request (prompt text included: keep it in memory, never export it).
+        client_address: the peer address as the server reported it (after any proxy fix).
+        user_agent: the ``User-Agent`` header, if any.
+    """
+
+    identity: Identity
+    timestamp: float
+    method: str
+    route: str
+    query: Query
+    client_address: str | None = None
+    user_agent: str | None = None
+
+    @property
+    def client_id(self) -> str:
+        """Shortcut for ``identity.client_id``."""
+        return self.identity.client_id
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorResult:
+    """A detector's verdict on one request.
+
+    Attributes:
+        detector: the detector's name.
+        score: 0.0 (benign) to 1.0 (extraction-like).
+        reasons: short machine-readable reasons (no prompt text).
+        signals: numeric measurements behind the score, recorded on the span.
+    """
+
+    detector: str
+    score: float
+    reasons: tuple[str, ...] = ()
+    signals: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            object.__setattr__(self, "score", min(1.0, max(0.0, float(self.score))))
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """**Protocol:** scores a client's query stream; called once per admitted request.
+
+    ``score`` must be cheap and must not block: it runs inline on the request path. Set a class
+    attribute ``blocking = True`` to have the ASGI adapter run it in a worker thread.
+    """
+
+    name: str
+
+    def score(self, observation: Observation) -> DetectorResult:
+        """Score one request in the context of its client's history."""
+        ...
+
+
+@runtime_checkable
+class AsyncDetector(Protocol):
+    """**Protocol:** like :class:`Detector`, for detectors that do I/O (ASGI only)."""
+
+    name: str
+
+    async def score(self, observation: Observation) -> DetectorResult:
+        """Score one request in the context of its client's history."""
+        ...
+
+
+@runtime_checkable
+class ResponseObserver(Protocol):
+    """**Protocol:** optional; a detector with this method also sees what was served.
+
+    ``observe_response`` is called once the response is complete, with the status, the parsed
+    JSON body (or ``None`` for streams and non-JSON bodies) and the output token count when known.
+    It must not raise; exceptions are recorded and dropped.
+    """
+
+    def observe_response(self, observation: Observation, status: int, body: Mapping[str, Any] | None) -> None:
+        """Learn from a completed response (e.g. the predicted class for PRADA)."""
+        ...
+
+
+def is_async_detector(detector: object) -> bool:
+    """Whether ``detector.score`` is a coroutine function (partials unwrapped)."""
+    fn = getattr(detector, "score", None)
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    call = getattr(fn, "__call__", None)  # noqa: B004  (a callable object with an async __call__)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)

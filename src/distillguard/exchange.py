@@ -1,0 +1,81 @@
+"""The lifecycle of one guarded request after the decision, shared by both adapters (sans-IO).
+
+The adapters report what the app does (``response_start``, ``response_body``) and when the
+exchange is over (``finish``); the exchange keeps the span, watches the response (status,
+streamed bytes) and, once it is complete, yields the *settle* effects of the pipeline (for
+example reconciling a token budget with the response's ``usage``) for the adapter's driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context, trace
+
+from .decision import Decision
+from .request import GuardRequest
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from .flow import Effect
+    from .guard import Guard
+
+__all__ = ["Exchange"]
+
+
+class Exchange:
+    """One request, from the start of its span to the end of its response.
+
+    Use it as the adapters do::
+
+        exchange = Exchange(guard, request)     # starts the span, makes it current
+        decision = exchange.decided(await guard.adecide(request, perform))
+        ...                                     # send the refusal, or call the app with
+        extra = exchange.response_start(status)  # headers to add to the app's
+        exchange.response_body(chunk)           # each body chunk, as it passes
+        await adrive_settle(exchange.settle(), perform)      # after the response
+        exchange.finish(exc)                    # ends the span, detaches the context
+    """
+
+    __slots__ = ("_token", "decision", "guard", "request", "span", "status")
+
+    def __init__(self, guard: Guard, request: GuardRequest) -> None:
+        self.guard = guard
+        self.request = request
+        self.span: Span = guard.telemetry.start(request)
+        self._token: object | None = otel_context.attach(trace.set_span_in_context(self.span))
+        self.decision: Decision | None = None
+        self.status: int | None = None
+
+    def decided(self, decision: Decision) -> Decision:
+        """Record ``decision`` on the span; return it."""
+        self.decision = decision
+        self.guard.telemetry.record(self.span, decision)
+        return decision
+
+    def response_start(self, status: int) -> tuple[tuple[str, str], ...]:
+        """The app started its response with ``status``; return the headers to add to it."""
+        self.status = status
+        decision = self.decision
+        return () if decision is None else decision.headers
+
+    def response_body(self, chunk: bytes) -> None:
+        """A chunk of the app's response body passed through (unchanged)."""
+
+    def settle(self) -> Generator[Effect, object, None]:
+        """Effects to run once the response is complete (none yet)."""
+        return
+        yield  # pragma: no cover
+
+    def detach(self) -> None:
+        """Stop making the span current (the app may still be streaming)."""
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+            self._token = None
+
+    def finish(self, exc: BaseException | None = None, extra: dict[str, Any] | None = None) -> None:
+        """End the exchange: record the status (and an app exception) and end the span."""
+        self.detach()
+        self.guard.telemetry.finish(self.span, self.status, exc, extra)

@@ -1,0 +1,204 @@
+"""The guard pipeline, written once as a sans-IO generator.
+
+``evaluate`` yields *effects* (charge a limit window, run a detector) and receives their
+results; the ASGI and WSGI adapters perform them with their own I/O (:mod:`distillguard._drivers`).
+Everything that says *what* happens and *in what order* is here::
+
+    identity -> scopes -> parse query -> limits -> detectors -> policy -> Decision
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from .decision import Action, Decision
+from .detectors import DetectorResult, Observation
+from .errors import AuthenticationError
+from .identity import Identity
+from .limiting import LimitCheck, LimitOutcome
+from .limiting.headers import ratelimit_fields, retry_after
+from .policy import Policy, decide
+from .problems import Problem
+from .query import Query, parse_query
+from .request import GuardRequest, bearer_token
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "TestLimit", "evaluate"]
+
+
+@dataclass(frozen=True, slots=True)
+class TestLimit:
+    """Effect: would ``check`` fit? The driver answers ``bool`` (or the exception it hit)."""
+
+    __test__ = False  # not a pytest class
+    check: LimitCheck
+
+
+@dataclass(frozen=True, slots=True)
+class HitLimit:
+    """Effect: charge ``check`` (or, with ``charge=False``, only read its window). The driver
+    answers a :class:`LimitOutcome` (or the exception it hit)."""
+
+    check: LimitCheck
+    now: float
+    charge: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetector:
+    """Effect: score ``observation`` with ``detector``. The driver answers a
+    :class:`DetectorResult` (or the exception the detector raised)."""
+
+    detector: Any
+    observation: Observation
+
+
+Effect: TypeAlias = TestLimit | HitLimit | RunDetector
+"""Anything the pipeline asks an adapter to do."""
+Flow: TypeAlias = Generator[Effect, object, Decision]
+"""The pipeline of one request."""
+
+
+def _anonymous(request: GuardRequest) -> Identity:
+    return Identity(client_id=f"ip:{request.client_address or 'unknown'}", tier="anonymous", anonymous=True)
+
+
+def degrade_body(query: Query, policy: Policy) -> bytes | None:
+    """The request body with ``policy.degrade_fields`` removed (and ``max_tokens`` capped), or
+    ``None`` when nothing needs to change."""
+    data = query.data
+    if data is None:
+        return None
+    changed = {k: v for k, v in data.items() if k not in policy.degrade_fields}
+    cap = policy.degrade_max_tokens
+    if cap is not None:
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = changed.get(key)
+            if not isinstance(value, int) or value > cap:
+                changed[key] = cap if key in data or key == "max_tokens" else value
+    if changed == data:
+        return None
+    return json.dumps(changed, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _limits(checks: tuple[LimitCheck, ...], now: float) -> Generator[Effect, object, list[LimitOutcome]]:
+    """Charge each window in order and stop at the first that refuses. Windows before it count
+    the refused request (as Flask-Limiter does); moving and sliding windows never count a
+    request they refuse themselves."""
+    outcomes: list[LimitOutcome] = []
+    for check in checks:
+        outcome = yield HitLimit(check, now)
+        if not isinstance(outcome, LimitOutcome):
+            outcome = LimitOutcome(
+                check=check, allowed=True, remaining=0, reset_at=now, error=type(outcome).__name__
+            )
+        outcomes.append(outcome)
+        if not outcome.allowed:
+            break
+    return outcomes
+
+
+def evaluate(guard: Guard, request: GuardRequest) -> Flow:
+    """Decide one request. See the module docstring for the order of steps."""
+    policy = guard.policy
+    now = request.timestamp
+    verifier = guard.verifier
+    if verifier is None:
+        identity = _anonymous(request)
+    else:
+        realm = verifier.config.realm
+        token = bearer_token(request.authorization)
+        if token is None:
+            return Decision(
+                action=Action.UNAUTHENTICATED, problem=Problem.missing_token(realm), auth_failure="missing"
+            )
+        try:
+            identity = verifier.verify(token)
+        except AuthenticationError as exc:
+            return Decision(
+                action=Action.UNAUTHENTICATED, problem=Problem.invalid_token(realm), auth_failure=exc.reason
+            )
+        missing = verifier.missing_scopes(identity, request.path)
+        if missing:
+            return Decision(
+                action=Action.FORBIDDEN, identity=identity, problem=Problem.insufficient_scope(realm, missing)
+            )
+
+    query = parse_query(request.body, request.content_type)
+    checks = guard.plan.checks_for(identity)
+    outcomes = yield from _limits(checks, now)
+    headers = tuple(ratelimit_fields(outcomes, now)) if guard.plan.config.headers else ()
+    errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
+    refused = [o for o in outcomes if not o.allowed]
+    if refused:
+        limited = Problem.rate_limited(retry_after(refused, now), [o.check.policy for o in refused])
+        if not policy.shadow:
+            return Decision(
+                action=Action.RATE_LIMITED,
+                identity=identity,
+                problem=limited,
+                query=query,
+                limits=tuple(outcomes),
+                headers=headers,
+                errors=errors,
+            )
+
+    observation = Observation(
+        identity=identity,
+        timestamp=now,
+        method=request.method,
+        route=request.path,
+        query=query,
+        client_address=request.client_address,
+        user_agent=request.user_agent,
+    )
+    results: list[DetectorResult] = []
+    for detector in guard.detectors:
+        result = yield RunDetector(detector, observation)
+        if not isinstance(result, DetectorResult):
+            failed = 1.0 if policy.on_error == "block" else 0.0
+            result = DetectorResult(detector.name, failed, ("error",))
+            errors += (f"detector:{detector.name}",)
+        results.append(result)
+
+    action, score, reasons = decide(results, policy)
+    if refused:  # shadow mode let a rate-limited request through
+        return Decision(
+            action=Action.RATE_LIMITED,
+            identity=identity,
+            query=query,
+            limits=tuple(outcomes),
+            results=tuple(results),
+            score=score,
+            reasons=reasons,
+            shadow=True,
+            headers=headers,
+            errors=errors,
+        )
+    problem: Problem | None = None
+    body = None
+    if action is Action.BLOCK:
+        problem = Problem.suspicious_usage(policy.block_status, policy.block_retry_after)
+        headers = ()  # never disclose quota to a client the detectors refused
+    elif action is Action.DEGRADE:
+        body = degrade_body(query, policy)
+    shadow = policy.shadow and action in (Action.BLOCK, Action.DEGRADE)
+    return Decision(
+        action=action,
+        identity=identity,
+        problem=None if shadow else problem,
+        query=query,
+        limits=tuple(outcomes),
+        results=tuple(results),
+        score=score,
+        reasons=reasons,
+        shadow=shadow,
+        headers=headers,
+        body=None if shadow else body,
+        errors=errors,
+    )

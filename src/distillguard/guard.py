@@ -1,0 +1,178 @@
+"""The :class:`Guard`: configuration, detectors and telemetry, shared by every adapter."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
+from limits.storage import storage_from_string
+from limits.strategies import STRATEGIES
+from opentelemetry.trace import TracerProvider
+
+from ._drivers import adrive, drive
+from ._performers import AsyncPerformer, SyncPerformer
+from .decision import Action, Decision
+from .detectors import is_async_detector, load_detectors, validate_detector
+from .errors import ConfigurationError
+from .flow import Flow, evaluate
+from .identity import JWTConfig, JWTVerifier
+from .limiting import LimitConfig, LimitPlan
+from .policy import Policy
+from .problems import Problem
+from .request import GuardRequest
+from .telemetry import Telemetry, TelemetryConfig
+
+__all__ = ["Guard"]
+
+logger = logging.getLogger("distillguard")
+
+DetectorSpec = Any
+
+
+class Guard:
+    """Everything the middleware needs to decide, built and validated once.
+
+    Constructing a guard opens no connections. Hand it to
+    :class:`~distillguard.asgi.DistillGuardMiddleware` or
+    :class:`~distillguard.wsgi.DistillGuardWSGIMiddleware`.
+
+    Args:
+        jwt: bearer-token verification, or ``None`` to identify clients by address only
+            (for trusted networks and demos).
+        limits: request limits (per client, by tier).
+        detectors: detector instances, and/or names (or a ``{name: options}`` mapping) loaded
+            from the ``distillguard.detectors`` entry-point group.
+        policy: how detector scores become verdicts.
+        telemetry: span settings.
+        tracer_provider: the OpenTelemetry provider (the global one when ``None``).
+        exempt_paths: paths served without any check (exact match, or prefix when ending in
+            ``/``), e.g. health checks.
+        max_body_bytes: larger request bodies get 413 ``request_too_large``.
+        on_internal_error: when the guard itself fails (a bug), ``"allow"`` the request (the
+            default; recorded on the span) or ``"deny"`` it with a 500 problem.
+        clock: the time source (unix seconds), for tests.
+
+    Example::
+
+        guard = Guard(
+            jwt=JWTConfig(algorithms=["RS256"], key=public_pem, issuer="https://idp", audience="api"),
+            limits=LimitConfig(default="60/minute;1000/day", tiers={"pro": "600/minute"}),
+            detectors=["near_duplicate", "parameter_probe"],
+        )
+        app.add_middleware(DistillGuardMiddleware, guard=guard)
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        *,
+        jwt: JWTConfig | None,
+        limits: LimitConfig | None = None,
+        detectors: Iterable[DetectorSpec] | Mapping[str, Mapping[str, Any]] = (),
+        policy: Policy | None = None,
+        telemetry: TelemetryConfig | None = None,
+        tracer_provider: TracerProvider | None = None,
+        exempt_paths: Sequence[str] = ("/health", "/healthz", "/livez", "/readyz"),
+        max_body_bytes: int = 1_048_576,
+        on_internal_error: Literal["allow", "deny"] = "allow",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if jwt is not None and not isinstance(jwt, JWTConfig):
+            raise ConfigurationError("jwt must be a JWTConfig or None")
+        if max_body_bytes < 1:
+            raise ConfigurationError("max_body_bytes must be positive")
+        if on_internal_error not in ("allow", "deny"):
+            raise ConfigurationError("on_internal_error must be 'allow' or 'deny'")
+        self.verifier = JWTVerifier(jwt, clock=clock) if jwt is not None else None
+        self.plan = LimitPlan(limits or LimitConfig())
+        self.policy = policy or Policy()
+        self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider)
+        self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
+        self.max_body_bytes = max_body_bytes
+        self.on_internal_error = on_internal_error
+        self.clock = clock
+        self._exact = frozenset(p for p in exempt_paths if not p.endswith("/"))
+        self._prefixes = tuple(p for p in exempt_paths if p.endswith("/"))
+        if self.plan.config.storage_uri.startswith("memory://"):
+            logger.info("distillguard: limits are counted in memory, per process")
+
+    @staticmethod
+    def _detectors(spec: Iterable[DetectorSpec] | Mapping[str, Mapping[str, Any]]) -> list[Any]:
+        if isinstance(spec, Mapping):
+            return load_detectors(spec)
+        out: list[Any] = []
+        names: list[str] = []
+        for item in spec:
+            if isinstance(item, str):
+                names.append(item)
+            else:
+                out.append(validate_detector(item, getattr(item, "name", type(item).__name__)))
+        out.extend(load_detectors(names))
+        seen: set[str] = set()
+        for det in out:
+            if det.name in seen:
+                raise ConfigurationError(f"two detectors are named {det.name!r}")
+            seen.add(det.name)
+        return out
+
+    # -- used by the adapters ------------------------------------------------------------------
+
+    def is_exempt(self, path: str) -> bool:
+        """Whether ``path`` bypasses the guard."""
+        return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))
+
+    def flow(self, request: GuardRequest) -> Flow:
+        """The pipeline for ``request`` (see :func:`distillguard.flow.evaluate`)."""
+        return evaluate(self, request)
+
+    def sync_performer(self) -> SyncPerformer:
+        """A performer with a sync ``limits`` strategy, for WSGI.
+
+        Raises:
+            ConfigurationError: when an async detector is configured (it needs ASGI).
+        """
+        for det in self.detectors:
+            if is_async_detector(det):
+                raise ConfigurationError(f"detector {det.name!r} is async; it needs the ASGI middleware")
+        options = dict(self.plan.config.storage_options)
+        storage = storage_from_string(self.plan.config.storage_uri, **options)
+        strategy: Any = STRATEGIES[self.plan.config.strategy]
+        return SyncPerformer(strategy(storage))
+
+    def async_performer(self) -> AsyncPerformer:
+        """A performer with an async ``limits`` strategy (``async+`` storage), for ASGI."""
+        options = dict(self.plan.config.storage_options)
+        storage = storage_from_string("async+" + self.plan.config.storage_uri, **options)
+        strategy: Any = ASYNC_STRATEGIES[self.plan.config.strategy]
+        return AsyncPerformer(strategy(storage))
+
+    def decide(self, request: GuardRequest, perform: Callable[[Any], object]) -> Decision:
+        """Run the pipeline synchronously; a failure of the guard itself follows policy."""
+        try:
+            return drive(self.flow(request), perform)
+        except Exception as exc:
+            return self._internal_error(exc)
+
+    async def adecide(self, request: GuardRequest, perform: Callable[[Any], Any]) -> Decision:
+        """Run the pipeline, awaiting each effect; a failure of the guard itself follows policy."""
+        try:
+            return await adrive(self.flow(request), perform)
+        except Exception as exc:
+            return self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> Decision:
+        logger.exception("distillguard: internal error while guarding a request", exc_info=exc)
+        problem = Problem.guard_error() if self.on_internal_error == "deny" else None
+        return Decision(
+            action=Action.ALLOW if problem is None else Action.UNAVAILABLE,
+            problem=problem,
+            errors=(f"guard:{type(exc).__name__}",),
+        )
+
+    def too_large(self) -> Decision:
+        """The decision for a body over ``max_body_bytes``."""
+        return Decision(action=Action.TOO_LARGE, problem=Problem.too_large(self.max_body_bytes))

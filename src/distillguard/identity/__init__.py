@@ -1,0 +1,13 @@
+"""Who is calling: bearer-token verification (JWT) and the verified :class:`Identity`.
+
+Owns token parsing, key selection and claim checks. Imports nothing from the rest of
+distillguard but :mod:`distillguard.errors`.
+"""
+
+from __future__ import annotations
+
+from .identity import Identity
+from .jwt import JWTConfig, JWTVerifier
+from .keys import KeyResolver, StaticKeys
+
+__all__ = ["Identity", "JWTConfig", "JWTVerifier", "KeyResolver", "StaticKeys"]

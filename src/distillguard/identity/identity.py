@@ -1,0 +1,33 @@
+"""The verified caller."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Identity"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identity:
+    """A verified client, as the app can read it from the ASGI scope or WSGI environ.
+
+    Attributes:
+        client_id: the configured identity claim (``sub`` by default), or ``ip:<address>`` for
+            anonymous traffic when no JWT is configured.
+        tier: the configured tier claim (``tier`` by default), or the default tier.
+        scopes: the token's scopes (``scope`` as a space-separated string, or ``scp`` as a list).
+        tenant: the tenant the client belongs to (the issuer by default).
+        expires_at: the token's ``exp`` (unix seconds), or ``None`` for anonymous clients.
+        claims: the verified claims, for the app; distillguard never exports them.
+        anonymous: whether the client was identified by address rather than a token.
+    """
+
+    client_id: str
+    tier: str = "default"
+    scopes: frozenset[str] = frozenset()
+    tenant: str | None = None
+    expires_at: float | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    anonymous: bool = False

@@ -1,0 +1,234 @@
+"""Bearer JWT verification with strict defaults (RFC 6750, RFC 7519, RFC 8725).
+
+The allowed algorithms are configuration, never read from the token. ``iss`` and ``aud`` are
+always checked; ``exp``, ``iat`` and ``sub`` are required by default. A ``jwk``, ``jku``, ``x5u`` or
+``x5c`` header is refused outright, so no key is ever taken from or fetched for the token.
+Every failure is an :class:`~distillguard.errors.AuthenticationError` whose ``reason`` is for
+logs and tests only; clients get one generic message.
+
+Verified tokens are cached until they expire, so a client reusing its token pays for the
+signature check once (a bounded cache; an evicted token is simply verified again).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt as pyjwt
+
+from ..errors import AuthenticationError, ConfigurationError
+from .identity import Identity
+from .keys import KeyResolver, StaticKeys, algorithm_family
+
+__all__ = ["JWTConfig", "JWTVerifier"]
+
+_KID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_FORBIDDEN_HEADERS = ("jwk", "jku", "x5u", "x5c")
+_MAX_HEADER_BYTES = 2048
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JWTConfig:
+    """How bearer tokens are verified.
+
+    Args:
+        algorithms: the allow-list of JWS algorithms (required; ``none`` is never allowed).
+        key: the verification key(s): an HMAC secret of at least 32 bytes, a PEM public key, a
+            ``cryptography`` key, a JWK dict, a list of these, or a mapping of ``kid`` to key.
+        key_resolver: instead of ``key``, an object that finds keys (for example a JWKS cache).
+        issuer: the accepted ``iss`` value(s) (required).
+        audience: the accepted ``aud`` value(s) (required).
+        leeway: clock-skew tolerance in seconds for ``exp``, ``nbf`` and ``iat`` (0 to 300).
+        required_claims: claims that must be present.
+        identity_claim: the claim that identifies the client.
+        tier_claim: the claim naming the client's tier; missing means ``default_tier``.
+        default_tier: the tier of tokens without a tier claim.
+        tenant_claim: the claim naming the client's tenant (the issuer by default).
+        required_scopes: scopes every guarded request needs (403 ``insufficient_scope``).
+        route_scopes: extra scopes by path prefix, e.g. ``{"/v1/embeddings": ("embed",)}``.
+        strict_aud: require ``aud`` to be a single string equal to the audience.
+        typ: when set, the token's ``typ`` header must equal it (e.g. ``"at+jwt"``, RFC 9068).
+        realm: the ``realm`` of ``WWW-Authenticate`` challenges.
+        cache_size: how many verified tokens are remembered (0 turns the cache off).
+        max_token_bytes: longer tokens are refused before any parsing.
+    """
+
+    algorithms: Sequence[str]
+    issuer: str | Sequence[str]
+    audience: str | Sequence[str]
+    key: Any = None
+    key_resolver: KeyResolver | None = None
+    leeway: float = 0.0
+    required_claims: Sequence[str] = ("exp", "iat", "sub")
+    identity_claim: str = "sub"
+    tier_claim: str = "tier"
+    default_tier: str = "default"
+    tenant_claim: str = "iss"
+    required_scopes: Sequence[str] = ()
+    route_scopes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    strict_aud: bool = False
+    typ: str | None = None
+    realm: str = "api"
+    cache_size: int = 10_000
+    max_token_bytes: int = 8192
+
+    def __post_init__(self) -> None:
+        if isinstance(self.algorithms, str) or not self.algorithms:
+            raise ConfigurationError("JWTConfig.algorithms must be a non-empty list, e.g. ['RS256']")
+        for alg in self.algorithms:
+            algorithm_family(alg)
+        if not self.issuer:
+            raise ConfigurationError("JWTConfig.issuer is required")
+        if not self.audience:
+            raise ConfigurationError("JWTConfig.audience is required")
+        if (self.key is None) == (self.key_resolver is None):
+            raise ConfigurationError("give exactly one of JWTConfig.key and JWTConfig.key_resolver")
+        if not 0 <= self.leeway <= 300:
+            raise ConfigurationError("JWTConfig.leeway must be between 0 and 300 seconds")
+        if self.cache_size < 0 or self.max_token_bytes < 64:
+            raise ConfigurationError("JWTConfig.cache_size must be >= 0 and max_token_bytes >= 64")
+        if '"' in self.realm or "\\" in self.realm:
+            raise ConfigurationError("JWTConfig.realm must not contain quotes or backslashes")
+
+
+def _b64json(segment: str) -> Any:
+    if len(segment) > _MAX_HEADER_BYTES:
+        raise AuthenticationError("header_too_large")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        raise AuthenticationError("malformed") from exc
+
+
+def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        return frozenset(scope.split())
+    scp = claims.get("scp")
+    if isinstance(scp, list) and all(isinstance(s, str) for s in scp):
+        return frozenset(scp)
+    if isinstance(scp, str):
+        return frozenset(scp.split())
+    return frozenset()
+
+
+class JWTVerifier:
+    """Verifies bearer tokens against a :class:`JWTConfig`. Pure CPU, thread-safe enough for
+    the GIL (the cache is a plain dict; a lost update only costs one more verification).
+
+    Args:
+        config: the verification settings.
+        clock: the time source (unix seconds); injectable for tests.
+    """
+
+    def __init__(self, config: JWTConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        self._resolver: KeyResolver = (
+            config.key_resolver
+            if config.key_resolver is not None
+            else StaticKeys(config.key, config.algorithms)
+        )
+        self._algorithms = frozenset(config.algorithms)
+        self._audience = config.audience if isinstance(config.audience, str) else list(config.audience)
+        self._issuer = config.issuer if isinstance(config.issuer, str) else list(config.issuer)
+        self._options: Any = {
+            "require": list(config.required_claims),
+            "strict_aud": config.strict_aud,
+            "enforce_minimum_key_length": True,
+        }
+        self._cache: dict[str, Identity] = {}
+
+    def verify(self, token: str) -> Identity:
+        """Verify ``token`` and return the caller's identity.
+
+        Raises:
+            AuthenticationError: whatever the reason; ``reason`` says which, for logs only.
+        """
+        cached = self._cache.get(token)
+        if cached is not None:
+            exp = cached.expires_at
+            if exp is None or self._clock() < exp + self.config.leeway:
+                return cached
+            del self._cache[token]
+            raise AuthenticationError("expired")
+        identity = self._verify(token)
+        if self.config.cache_size:
+            if len(self._cache) >= self.config.cache_size:
+                self._cache.pop(next(iter(self._cache)), None)
+            self._cache[token] = identity
+        return identity
+
+    def _verify(self, token: str) -> Identity:
+        config = self.config
+        if len(token) > config.max_token_bytes:
+            raise AuthenticationError("too_large")
+        parts = token.split(".")
+        if len(parts) != 3 or not parts[2]:
+            raise AuthenticationError("malformed")
+        header = _b64json(parts[0])
+        if not isinstance(header, dict):
+            raise AuthenticationError("malformed")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise AuthenticationError("algorithm")
+        if any(h in header for h in _FORBIDDEN_HEADERS):
+            raise AuthenticationError("embedded_key")
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not _KID.match(kid)):
+            raise AuthenticationError("kid")
+        if config.typ is not None and header.get("typ") != config.typ:
+            raise AuthenticationError("typ")
+        key = self._resolver.key_for(kid, alg)
+        if key is None:
+            raise AuthenticationError("unknown_key")
+        try:
+            claims = pyjwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=config.leeway,
+                options=self._options,
+            )
+        except pyjwt.ExpiredSignatureError as exc:
+            raise AuthenticationError("expired") from exc
+        except pyjwt.PyJWTError as exc:
+            raise AuthenticationError(type(exc).__name__) from exc
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise AuthenticationError("malformed") from exc
+        return self._identity(claims)
+
+    def _identity(self, claims: Mapping[str, Any]) -> Identity:
+        config = self.config
+        client = claims.get(config.identity_claim)
+        if isinstance(client, bool) or not isinstance(client, (str, int)) or client == "":
+            raise AuthenticationError("identity_claim")
+        tier = claims.get(config.tier_claim)
+        tenant = claims.get(config.tenant_claim)
+        exp = claims.get("exp")
+        return Identity(
+            client_id=str(client),
+            tier=tier if isinstance(tier, str) and tier else config.default_tier,
+            scopes=_scopes(claims),
+            tenant=str(tenant) if isinstance(tenant, (str, int)) and not isinstance(tenant, bool) else None,
+            expires_at=float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None,
+            claims=claims,
+        )
+
+    def missing_scopes(self, identity: Identity, path: str) -> tuple[str, ...]:
+        """Return the scopes ``identity`` lacks for ``path`` (empty when it has them all)."""
+        needed = list(self.config.required_scopes)
+        for prefix, scopes in self.config.route_scopes.items():
+            if path.startswith(prefix):
+                needed.extend(scopes)
+        return tuple(s for s in needed if s not in identity.scopes)

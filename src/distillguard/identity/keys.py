@@ -1,0 +1,153 @@
+"""Verification keys, each bound to one algorithm family (RFC 8725 section 3.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from ..errors import ConfigurationError
+
+__all__ = ["KeyResolver", "StaticKeys", "algorithm_family"]
+
+_MIN_HMAC_BYTES = 32
+
+_FAMILIES = {
+    "HS256": "oct", "HS384": "oct", "HS512": "oct",
+    "RS256": "RSA", "RS384": "RSA", "RS512": "RSA",
+    "PS256": "RSA", "PS384": "RSA", "PS512": "RSA",
+    "ES256": "EC", "ES256K": "EC", "ES384": "EC", "ES512": "EC",
+    "EdDSA": "OKP", "Ed25519": "OKP",
+}  # fmt: skip
+
+
+def algorithm_family(alg: str) -> str:
+    """Return the key family (``oct``, ``RSA``, ``EC``, ``OKP``) of a JWS algorithm name.
+
+    Raises:
+        ConfigurationError: for an unknown algorithm or ``none``.
+    """
+    try:
+        return _FAMILIES[alg]
+    except KeyError:
+        raise ConfigurationError(
+            f"unsupported JWT algorithm {alg!r}; choose from {sorted(_FAMILIES)}"
+        ) from None
+
+
+@runtime_checkable
+class KeyResolver(Protocol):
+    """**Protocol:** finds the verification key for a token's ``kid`` and ``alg``.
+
+    Implementations must not do network I/O on the calling thread: a JWKS resolver refreshes in
+    the background and answers from its cache. Returning ``None`` means "no key": the token is
+    refused with a generic 401.
+    """
+
+    def key_for(self, kid: str | None, alg: str) -> Any | None:
+        """Return a key usable by :func:`jwt.decode` for ``alg``, or ``None``."""
+        ...
+
+
+def _family_of(key: Any) -> str:
+    if isinstance(key, bytes):
+        return "oct"
+    if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
+        return "RSA"
+    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
+        return "EC"
+    if isinstance(
+        key,
+        (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey, ed448.Ed448PublicKey, ed448.Ed448PrivateKey),
+    ):
+        return "OKP"
+    raise ConfigurationError(f"unsupported key type {type(key).__name__}")
+
+
+def _to_public(key: Any) -> Any:
+    public = getattr(key, "public_key", None)
+    return public() if callable(public) and not isinstance(key, bytes) else key
+
+
+def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
+    """Validate ``key`` for the configured algorithms; return ``(family, prepared key)``.
+
+    Accepts HMAC secrets (``str``/``bytes``, at least 32 bytes), PEM or SSH strings/bytes,
+    ``cryptography`` key objects (private keys are reduced to their public half) and JWK dicts.
+    """
+    algs = list(algorithms)
+    if isinstance(key, Mapping):
+        try:
+            jwk = jwt.PyJWK(dict(key))
+        except jwt.PyJWTError as exc:
+            raise ConfigurationError(f"invalid JWK: {exc}") from exc
+        prepared: Any = jwk.key
+    elif isinstance(key, (str, bytes)):
+        raw = key.encode() if isinstance(key, str) else key
+        asymmetric = [a for a in algs if algorithm_family(a) != "oct"]
+        looks_asymmetric = raw.lstrip().startswith((b"-----BEGIN", b"ssh-", b"ecdsa-"))
+        if looks_asymmetric:
+            if not asymmetric:
+                raise ConfigurationError("a PEM/SSH key was given but only HMAC algorithms are allowed")
+            algo = jwt.get_algorithm_by_name(asymmetric[0])
+            try:
+                prepared = algo.prepare_key(raw)
+            except (jwt.PyJWTError, ValueError, TypeError) as exc:
+                raise ConfigurationError(f"invalid key for {asymmetric[0]}: {exc}") from exc
+        else:
+            if len(raw) < _MIN_HMAC_BYTES:
+                raise ConfigurationError(
+                    f"HMAC secrets must be at least {_MIN_HMAC_BYTES} bytes (RFC 7518 section 3.2)"
+                )
+            prepared = raw
+    else:
+        prepared = key
+    prepared = _to_public(prepared)
+    family = _family_of(prepared)
+    if not any(algorithm_family(a) == family for a in algs):
+        raise ConfigurationError(f"a {family} key was given but no allowed algorithm uses it: {algs}")
+    return family, prepared
+
+
+class StaticKeys:
+    """Keys configured up front, optionally by ``kid``.
+
+    A token without ``kid`` is verified with the one key of its algorithm's family; when several
+    keys of that family are configured, tokens must name theirs with ``kid``.
+
+    Args:
+        keys: one key, a sequence of keys, or a mapping of ``kid`` to key.
+        algorithms: the allowed algorithms (each key must serve at least one).
+    """
+
+    def __init__(self, keys: Any, algorithms: Iterable[str]) -> None:
+        algs = tuple(algorithms)
+        self._by_kid: dict[str, tuple[str, Any]] = {}
+        self._by_family: dict[str, list[Any]] = {}
+        if isinstance(keys, Mapping) and "kty" not in keys:
+            items: list[tuple[str | None, Any]] = [(str(k), v) for k, v in keys.items()]
+        elif isinstance(keys, (list, tuple)):
+            items = [(None, k) for k in keys]
+        else:
+            items = [(None, keys)]
+        if not items:
+            raise ConfigurationError("at least one verification key is required")
+        for kid, raw in items:
+            family, prepared = prepare_key(raw, algs)
+            if kid is None and isinstance(raw, Mapping) and isinstance(raw.get("kid"), str):
+                kid = raw["kid"]
+            if kid is not None:
+                self._by_kid[kid] = (family, prepared)
+            self._by_family.setdefault(family, []).append(prepared)
+
+    def key_for(self, kid: str | None, alg: str) -> Any | None:
+        family = _FAMILIES.get(alg)
+        if kid is not None and kid in self._by_kid:
+            key_family, key = self._by_kid[kid]
+            return key if key_family == family else None
+        if kid is not None and self._by_kid:
+            return None
+        candidates = self._by_family.get(family or "", [])
+        return candidates[0] if len(candidates) == 1 else None

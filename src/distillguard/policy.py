@@ -1,0 +1,75 @@
+"""The policy: how detector scores become a verdict, and what each verdict does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .decision import Action
+from .detectors import DetectorResult
+from .errors import ConfigurationError
+
+__all__ = ["Policy", "decide"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Policy:
+    """Thresholds on the aggregate detector score (the highest detector score).
+
+    Args:
+        flag: at or above this score the request is flagged (recorded, served unchanged).
+        degrade: at or above this score the request is served degraded: ``degrade_fields``
+            are removed from the request body before the app sees it (``None`` disables).
+        block: at or above this score the request is refused (``None`` disables).
+        block_status: 429 (``abnormal-usage-detected``, the default) or 403.
+        block_retry_after: the ``Retry-After`` of a block, in seconds.
+        degrade_fields: request fields removed when degrading (log probabilities by default,
+            which Carlini et al. 2024 use to recover model weights).
+        degrade_max_tokens: also cap ``max_tokens`` when degrading.
+        on_error: a detector that raises is recorded and ``"ignore"``-d (scores 0), or counts
+            as a ``"block"`` (scores 1).
+        shadow: compute and record everything, never refuse or alter a request (limits
+            included; authentication is still enforced).
+    """
+
+    flag: float = 0.5
+    degrade: float | None = 0.75
+    block: float | None = 0.9
+    block_status: int = 429
+    block_retry_after: int = 300
+    degrade_fields: Sequence[str] = ("logprobs", "top_logprobs", "logit_bias")
+    degrade_max_tokens: int | None = None
+    on_error: Literal["ignore", "block"] = "ignore"
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        levels = [t for t in (self.flag, self.degrade, self.block) if t is not None]
+        if any(not 0.0 < t <= 1.0 for t in levels):
+            raise ConfigurationError("policy thresholds must be in (0, 1]")
+        if levels != sorted(levels):
+            raise ConfigurationError("policy thresholds must satisfy flag <= degrade <= block")
+        if self.block_status not in (403, 429):
+            raise ConfigurationError("Policy.block_status must be 403 or 429")
+        if self.on_error not in ("ignore", "block"):
+            raise ConfigurationError("Policy.on_error must be 'ignore' or 'block'")
+        if self.block_retry_after < 1:
+            raise ConfigurationError("Policy.block_retry_after must be at least 1 second")
+
+
+def decide(results: Sequence[DetectorResult], policy: Policy) -> tuple[Action, float, tuple[str, ...]]:
+    """Map detector results to ``(action, aggregate score, reasons)``."""
+    if not results:
+        return Action.ALLOW, 0.0, ()
+    top = max(results, key=lambda r: r.score)
+    score = top.score
+    reasons = tuple(
+        f"{r.detector}:{reason}" for r in results if r.score >= policy.flag for reason in r.reasons
+    )
+    if policy.block is not None and score >= policy.block:
+        return Action.BLOCK, score, reasons
+    if policy.degrade is not None and score >= policy.degrade:
+        return Action.DEGRADE, score, reasons
+    if score >= policy.flag:
+        return Action.FLAG, score, reasons
+    return Action.ALLOW, score, ()

@@ -1,0 +1,162 @@
+"""RFC 9457 ``application/problem+json`` error responses, each with a stable ``code`` member.
+
+Bodies never carry token contents, claim names or prompt text: one generic message per code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Problem"]
+
+_PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    """A refusal, rendered as problem+json.
+
+    Attributes:
+        status: the HTTP status.
+        code: the stable machine-readable code (e.g. ``"rate_limited"``).
+        title: a short human-readable summary.
+        detail: a human-readable explanation (generic; never request contents).
+        type: the problem type URI.
+        headers: extra response headers (``WWW-Authenticate``, ``Retry-After``...).
+        extensions: extra members of the body.
+    """
+
+    status: int
+    code: str
+    title: str
+    detail: str
+    type: str = "about:blank"
+    headers: tuple[tuple[str, str], ...] = ()
+    extensions: Mapping[str, object] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        """The JSON body."""
+        doc: dict[str, object] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        doc.update(self.extensions)
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def render(
+        self, extra_headers: Sequence[tuple[str, str]] = ()
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Return ``(status, headers, body)`` with ``Content-Type`` and ``Content-Length`` set."""
+        body = self.body()
+        headers = [
+            ("content-type", "application/problem+json"),
+            ("content-length", str(len(body))),
+            ("cache-control", "no-store"),
+            *self.headers,
+            *extra_headers,
+        ]
+        return self.status, headers, body
+
+    # Factories for the error contract -------------------------------------------------------
+
+    @classmethod
+    def missing_token(cls, realm: str) -> Problem:
+        """401 with a bare challenge: the request had no credentials (RFC 6750 section 3)."""
+        return cls(
+            status=401,
+            code="missing_token",
+            title="Unauthorized",
+            detail="This API needs a bearer token.",
+            headers=(("www-authenticate", f'Bearer realm="{realm}"'),),
+        )
+
+    @classmethod
+    def invalid_token(cls, realm: str) -> Problem:
+        """401 ``invalid_token``, the same whatever check failed."""
+        return cls(
+            status=401,
+            code="invalid_token",
+            title="Unauthorized",
+            detail="The bearer token is not valid.",
+            headers=(("www-authenticate", f'Bearer realm="{realm}", error="invalid_token"'),),
+        )
+
+    @classmethod
+    def insufficient_scope(cls, realm: str, scopes: Sequence[str]) -> Problem:
+        """403 ``insufficient_scope`` naming the scopes required."""
+        scope = " ".join(scopes)
+        return cls(
+            status=403,
+            code="insufficient_scope",
+            title="Forbidden",
+            detail="The bearer token lacks a scope this request needs.",
+            headers=(
+                ("www-authenticate", f'Bearer realm="{realm}", error="insufficient_scope", scope="{scope}"'),
+            ),
+            extensions={"required-scopes": list(scopes)},
+        )
+
+    @classmethod
+    def rate_limited(cls, retry_after: int, policies: Sequence[str]) -> Problem:
+        """429 quota exceeded, with ``Retry-After``."""
+        return cls(
+            status=429,
+            code="rate_limited",
+            title="Too Many Requests",
+            detail="A rate limit was reached; retry later.",
+            type=_PROBLEM_TYPES + "quota-exceeded",
+            headers=(("retry-after", str(retry_after)),),
+            extensions={"violated-policies": list(policies)},
+        )
+
+    @classmethod
+    def suspicious_usage(cls, status: int, retry_after: int) -> Problem:
+        """429 (or 403) for a detector block; ``Retry-After`` when the block is temporary."""
+        headers = (("retry-after", str(retry_after)),) if status in (429, 503) else ()
+        return cls(
+            status=status,
+            code="suspicious_usage",
+            title="Too Many Requests" if status == 429 else "Forbidden",
+            detail="This client's usage pattern is not allowed.",
+            type=_PROBLEM_TYPES + "abnormal-usage-detected",
+            headers=headers,
+        )
+
+    @classmethod
+    def too_large(cls, limit: int) -> Problem:
+        """413 for a body over the cap (the connection is closed: the body was not drained)."""
+        return cls(
+            status=413,
+            code="request_too_large",
+            title="Content Too Large",
+            detail=f"The request body exceeds {limit} bytes.",
+            headers=(("connection", "close"),),
+            extensions={"max-bytes": limit},
+        )
+
+    @classmethod
+    def unavailable(cls, code: str, retry_after: int) -> Problem:
+        """503 when a dependency is down and policy says to refuse (``limiter_unavailable``...)."""
+        return cls(
+            status=503,
+            code=code,
+            title="Service Unavailable",
+            detail="A dependency of the API guard is unavailable; retry later.",
+            type=_PROBLEM_TYPES + "temporary-reduced-capacity",
+            headers=(("retry-after", str(retry_after)),),
+        )
+
+    @classmethod
+    def guard_error(cls) -> Problem:
+        """500 when the guard itself failed and policy says to fail closed."""
+        return cls(
+            status=500,
+            code="guard_error",
+            title="Internal Server Error",
+            detail="The request could not be checked.",
+        )

@@ -1,0 +1,215 @@
+"""Parsing a request body into a :class:`Query`: what the client asked the model.
+
+OpenAI-style chat, completion and embedding bodies are recognised by their keys (not by their
+path, so that gateways with other routes work too). Classic predict bodies (``inputs``,
+``instances`` or ``features`` holding numbers) give a numeric vector. Anything else still passes
+through untouched; its :class:`Query` only carries the size.
+
+The prompt text is kept in memory for the detectors; it never leaves the process through
+telemetry, logs or error bodies: only :attr:`Query.fingerprint`, a keyed-free hash, does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Query", "QueryKind", "parse_query"]
+
+QueryKind = str
+"""One of ``"chat"``, ``"completion"``, ``"embedding"``, ``"vector"``, ``"json"``, ``"raw"``,
+``"empty"``."""
+
+_MAX_VECTOR = 65_536
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Query:
+    """What one request asks of the model. Built by :func:`parse_query`.
+
+    Attributes:
+        kind: the body's shape (see :data:`QueryKind`).
+        text: the prompt text (chat messages joined by newlines, completion prompts, embedding
+            inputs). Empty for non-text bodies.
+        model: the requested ``model``, if any.
+        max_tokens: ``max_completion_tokens`` or ``max_tokens``.
+        n: number of choices requested (``n``), at least 1.
+        logprobs: whether log probabilities were requested.
+        top_logprobs: how many alternatives per token (``top_logprobs``, or the legacy integer
+            ``logprobs`` of completions).
+        logit_bias: the ``logit_bias`` map as sorted ``(token_id, bias)`` pairs.
+        stream: ``stream: true``.
+        temperature: the sampling temperature, if given.
+        inputs: number of separate inputs (a batch of prompts or embeddings).
+        vector: the numeric input of a classic predict request (the first row of a batch).
+        size: the body size in bytes.
+        data: the parsed JSON object, when the body was a JSON object.
+    """
+
+    kind: QueryKind = "empty"
+    text: str = ""
+    model: str | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    logit_bias: tuple[tuple[str, float], ...] = ()
+    stream: bool = False
+    temperature: float | None = None
+    inputs: int = 1
+    vector: tuple[float, ...] | None = None
+    size: int = 0
+    data: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable 16-hex-digit hash of the prompt text (never the text itself)."""
+        return hashlib.blake2b(self.text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the query carries prompt text."""
+        return self.kind in ("chat", "completion", "embedding") and bool(self.text)
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def _float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _content_text(content: object, out: list[str]) -> None:
+    if isinstance(content, str):
+        out.append(content)
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                out.append(part["text"])
+            elif isinstance(part, str):
+                out.append(part)
+
+
+def _texts(value: object, out: list[str]) -> int:
+    """Collect prompt strings from ``prompt``/``input``; return how many inputs there were."""
+    if isinstance(value, str):
+        out.append(value)
+        return 1
+    if isinstance(value, list):
+        if value and all(isinstance(v, str) for v in value):
+            out.extend(value)
+            return len(value)
+        if value and all(isinstance(v, list) for v in value):
+            return len(value)  # a batch of token arrays: nothing readable
+        return 1
+    return 1
+
+
+def _vector(value: object) -> tuple[tuple[float, ...] | None, int]:
+    rows = value
+    count = 1
+    if isinstance(rows, list) and rows and isinstance(rows[0], list):
+        count = len(rows)
+        rows = rows[0]
+    if isinstance(rows, Mapping):
+        rows = list(rows.values())
+    if not isinstance(rows, list) or not rows or len(rows) > _MAX_VECTOR:
+        return None, count
+    out: list[float] = []
+    for v in rows:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, str) and v.strip().lower() in ("nan", "inf", "-inf", "infinity"):
+                out.append(float(v))
+                continue
+            return None, count
+        out.append(float(v))
+    return tuple(out), count
+
+
+def parse_query(body: bytes, content_type: str = "application/json") -> Query:
+    """Parse a request body into a :class:`Query`. Never raises.
+
+    Args:
+        body: the raw request body.
+        content_type: the request's ``Content-Type``; bodies that are not JSON (by type or by
+            content) give a ``"raw"`` query.
+    """
+    size = len(body)
+    if not body:
+        return Query(kind="empty")
+    if "json" not in content_type and body[:1] not in (b"{", b"["):
+        return Query(kind="raw", size=size)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return Query(kind="raw", size=size)
+    if not isinstance(data, dict):
+        return Query(kind="json", size=size)
+
+    texts: list[str] = []
+    inputs = 1
+    vector: tuple[float, ...] | None = None
+    if isinstance(data.get("messages"), list):
+        kind = "chat"
+        for message in data["messages"]:
+            if isinstance(message, Mapping):
+                _content_text(message.get("content"), texts)
+    elif "prompt" in data:
+        kind = "completion"
+        inputs = _texts(data["prompt"], texts)
+    elif "input" in data and "model" in data:
+        kind = "embedding"
+        inputs = _texts(data["input"], texts)
+    else:
+        kind = "json"
+        for key in ("inputs", "instances", "features", "data", "x"):
+            if key in data:
+                vector, inputs = _vector(data[key])
+                if vector is not None:
+                    kind = "vector"
+                break
+
+    logprobs_field = data.get("logprobs")
+    top = _int(data.get("top_logprobs"))
+    if top is None and kind == "completion":
+        top = _int(logprobs_field)  # legacy completions: logprobs is an integer
+    bias_raw = data.get("logit_bias")
+    bias: tuple[tuple[str, float], ...] = ()
+    if isinstance(bias_raw, Mapping):
+        pairs = []
+        for k, v in bias_raw.items():
+            fv = _float(v)
+            if fv is not None:
+                pairs.append((str(k), fv))
+        bias = tuple(sorted(pairs))
+    max_tokens = _int(data.get("max_completion_tokens"))
+    if max_tokens is None:
+        max_tokens = _int(data.get("max_tokens"))
+    n = _int(data.get("n"))
+    model = data.get("model")
+    return Query(
+        kind=kind,
+        text="\n".join(texts),
+        model=model if isinstance(model, str) else None,
+        max_tokens=max_tokens,
+        n=n if n is not None and n > 0 else 1,
+        logprobs=logprobs_field is True or (top is not None and top > 0),
+        top_logprobs=top,
+        logit_bias=bias,
+        stream=data.get("stream") is True,
+        temperature=_float(data.get("temperature")),
+        inputs=max(inputs, 1),
+        vector=vector,
+        size=size,
+        data=data,
+    )

@@ -1,0 +1,156 @@
+"""WSGI middleware (PEP 3333), in Werkzeug's ``ProxyFix`` style: a thin adapter over the core.
+
+Flask: ``app.wsgi_app = DistillGuardWSGIMiddleware(app.wsgi_app, guard=guard)`` (or
+:class:`distillguard.flask.DistillGuard`). The body is read once under a cap and replaced by an
+in-memory stream holding the same bytes; the response iterable is passed through and its
+``close()`` forwarded.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from ._drivers import drive
+from .exchange import Exchange
+from .guard import Guard
+from .request import GuardRequest
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["DistillGuardWSGIMiddleware"]
+
+
+def _status_line(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"{code} Unknown"
+
+
+def _read_body(environ: WSGIEnvironment, cap: int) -> bytes | None:
+    """The request body, or ``None`` when it is over ``cap``. Without ``CONTENT_LENGTH`` the
+    stream is read only when the server marks it terminated (``wsgi.input_terminated``)."""
+    stream = environ.get("wsgi.input")
+    raw_length = environ.get("CONTENT_LENGTH") or ""
+    if stream is None:
+        return b""
+    if raw_length:
+        try:
+            length = int(raw_length)
+        except ValueError:
+            return b""
+        if length > cap:
+            return None
+        chunks = []
+        left = length
+        while left > 0:
+            chunk = stream.read(min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    if environ.get("wsgi.input_terminated"):
+        data: bytes = stream.read(cap + 1)
+        return None if len(data) > cap else data
+    return b""
+
+
+class _Observed:
+    """Pass the app's response iterable through unchanged, showing each chunk to the exchange;
+    ``close()`` is forwarded, then the exchange settles and ends."""
+
+    __slots__ = ("_exchange", "_iterable", "_perform")
+
+    def __init__(
+        self, iterable: Iterable[bytes], exchange: Exchange, perform: Callable[[Any], object]
+    ) -> None:
+        self._iterable = iterable
+        self._exchange = exchange
+        self._perform = perform
+
+    def __iter__(self) -> Iterator[bytes]:
+        observe = self._exchange.response_body
+        for chunk in self._iterable:
+            observe(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        exchange = self._exchange
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        except BaseException as exc:
+            exchange.finish(exc)
+            raise
+        drive(exchange.settle(), self._perform)
+        exchange.finish()
+
+
+class DistillGuardWSGIMiddleware:
+    """Guard a WSGI application.
+
+    Args:
+        app: the WSGI application to protect.
+        guard: the :class:`~distillguard.Guard` holding the configuration.
+
+    The decision is at ``environ["distillguard.decision"]`` and the verified identity at
+    ``environ["distillguard.identity"]``.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, app: WSGIApplication, *, guard: Guard) -> None:
+        self.app = app
+        self.guard = guard
+        self._perform = guard.sync_performer()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        guard = self.guard
+        path = environ.get("PATH_INFO", "") or "/"
+        if guard.is_exempt(path):
+            return self.app(environ, start_response)
+        body = _read_body(environ, guard.max_body_bytes)
+        request = GuardRequest(
+            method=environ.get("REQUEST_METHOD", "GET"),
+            path=path,
+            authorization=environ.get("HTTP_AUTHORIZATION"),
+            content_type=environ.get("CONTENT_TYPE", ""),
+            body=body or b"",
+            client_address=environ.get("REMOTE_ADDR"),
+            user_agent=environ.get("HTTP_USER_AGENT"),
+            timestamp=guard.clock(),
+        )
+        exchange = Exchange(guard, request)
+        try:
+            decision = guard.too_large() if body is None else guard.decide(request, self._perform)
+            exchange.decided(decision)
+            if decision.problem is not None:
+                code, headers, payload = decision.problem.render(decision.headers)
+                exchange.status = code
+                start_response(_status_line(code), headers)
+                exchange.finish()
+                return [payload]
+            sent = decision.body if decision.body is not None else request.body
+            environ["wsgi.input"] = io.BytesIO(sent)
+            environ["CONTENT_LENGTH"] = str(len(sent))
+            environ["distillguard.decision"] = decision
+            environ["distillguard.identity"] = decision.identity
+
+            def start_with_headers(
+                status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Any:
+                extra = exchange.response_start(int(status_line[:3]))
+                return start_response(status_line, [*headers, *extra], exc_info)
+
+            result = self.app(environ, start_with_headers)
+        except BaseException as exc:
+            exchange.finish(exc)
+            raise
+        exchange.detach()
+        return _Observed(result, exchange, self._perform)

@@ -1,0 +1,37 @@
+"""Type-checked usage of the public API (run by mypy --strict, not by pytest)."""
+
+from __future__ import annotations
+
+from distillguard import (
+    DetectorResult,
+    DistillGuardMiddleware,
+    DistillGuardWSGIMiddleware,
+    Guard,
+    JWTConfig,
+    LimitConfig,
+    Observation,
+    Policy,
+)
+from distillguard._types import Receive, Scope, Send
+
+
+class LengthDetector:
+    name = "length"
+
+    def score(self, observation: Observation) -> DetectorResult:
+        return DetectorResult(self.name, min(1.0, len(observation.query.text) / 10_000))
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+guard = Guard(
+    jwt=JWTConfig(algorithms=["HS256"], key="k" * 32, issuer="https://idp", audience="api"),
+    limits=LimitConfig(default="60/minute"),
+    detectors=[LengthDetector()],
+    policy=Policy(flag=0.5, block=0.9),
+)
+asgi = DistillGuardMiddleware(app, guard=guard)
+wsgi = DistillGuardWSGIMiddleware(lambda environ, start_response: [b""], guard=guard)
