@@ -108,7 +108,9 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     policy = guard.policy
     now = request.timestamp
     verifier = guard.verifier
-    if verifier is None:
+    if request.identity is not None:
+        identity = request.identity
+    elif verifier is None:
         identity = _anonymous(request)
     else:
         realm = verifier.config.realm

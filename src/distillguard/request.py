@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .identity import Identity
+
 __all__ = ["GuardRequest", "bearer_token"]
 
 
@@ -21,6 +23,8 @@ class GuardRequest:
             from a trusted proxy; distillguard never parses ``X-Forwarded-For`` itself).
         user_agent: the ``User-Agent`` header, if any.
         timestamp: when the request arrived (unix seconds).
+        identity: an identity already established upstream (offline replay, a gateway behind
+            an authenticating proxy); when set, no token is verified.
     """
 
     method: str
@@ -31,6 +35,7 @@ class GuardRequest:
     client_address: str | None
     user_agent: str | None
     timestamp: float
+    identity: Identity | None = None
 
 
 def bearer_token(authorization: str | None) -> str | None:
