@@ -1,0 +1,761 @@
+"""The adapter contract: one scenario table, run against the ASGI and the WSGI middleware.
+
+Every test here takes the ``serve`` fixture, parametrised over both adapters, so each behaviour
+is proven twice through real HTTP semantics: ASGI through Starlette's ``TestClient`` on
+``DistillGuardMiddleware``, WSGI through ``httpx.WSGITransport`` on ``wsgiref.validate``-checked
+``DistillGuardWSGIMiddleware``.
+"""
+
+from __future__ import annotations
+
+import json
+import wsgiref.util
+import wsgiref.validate
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import http_sf
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from starlette.testclient import TestClient
+
+from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, LimitConfig, Policy
+from distillguard.telemetry import (
+    ATTR_CLIENT_ID,
+    ATTR_CLIENT_TIER,
+    ATTR_DECISION,
+    ATTR_DETECTOR_SCORE,
+    ATTR_ERRORS,
+    ATTR_LIMIT_REMAINING,
+    ATTR_QUERY_FINGERPRINT,
+    ATTR_SHADOW,
+    EVENT_DECISION,
+    hash_identifier,
+)
+from tests.helpers import (
+    ISSUER,
+    STREAM_CHUNKS,
+    SUBJECT,
+    EchoASGIApp,
+    EchoWSGIApp,
+    Keys,
+    RaisingDetector,
+    StaticDetector,
+    assert_no_secrets,
+    default_claims,
+    guard_spans,
+    jwt_config,
+    make_token,
+    raw_token,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+PROMPT = "SECRET-PROMPT distil the model, question 7"
+CHAT = json.dumps(
+    {
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 16,
+        "logprobs": True,
+        "top_logprobs": 5,
+        "logit_bias": {"50256": -100},
+    }
+).encode()
+CHAT_PATH = "/v1/chat/completions"
+
+
+# -- the harness -----------------------------------------------------------------------------
+
+
+def _chunked_marks_terminated(app: Any) -> Any:
+    """What WSGI servers (gunicorn, waitress) do for a chunked request: mark the input stream
+    as terminated so that reading it to the end is safe."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            environ["wsgi.input_terminated"] = True
+        return app(environ, start_response)
+
+    return wrapped
+
+
+@dataclass
+class Served:
+    """An echo app behind one adapter, and an HTTP client for it."""
+
+    adapter: str
+    guard: Guard
+    app: EchoASGIApp | EchoWSGIApp
+    middleware: Any
+    client: httpx.Client
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def post(
+        self, path: str = CHAT_PATH, *, token: str | None = None, body: bytes = CHAT, **kw: Any
+    ) -> httpx.Response:
+        """POST ``body`` with ``Authorization: Bearer <token>`` when a token is given."""
+        headers = dict(kw.pop("headers", {}))
+        headers.setdefault("content-type", "application/json")
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        return self.client.post(path, content=body, headers=headers, **kw)
+
+    def raw_chunks(self, path: str, token: str) -> tuple[int, list[bytes]]:
+        """Call the middleware directly (no HTTP client) and return the status and the body
+        chunks exactly as the middleware passed them on: one per ASGI ``send`` / WSGI item."""
+        if isinstance(self.client, TestClient):
+            portal = self.client.portal
+            assert portal is not None
+            return portal.call(self._asgi_raw, path, token)
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "CONTENT_LENGTH": "0",
+            "QUERY_STRING": "",
+            "SCRIPT_NAME": "",
+        }
+        wsgiref.util.setup_testing_defaults(environ)
+        status: list[str] = []
+        result = wsgiref.validate.validator(self.middleware)(environ, lambda s, h, e=None: status.append(s))
+        try:
+            chunks = list(result)
+        finally:
+            result.close()  # type: ignore[attr-defined]
+        return int(status[0][:3]), chunks
+
+    async def _asgi_raw(self, path: str, token: str) -> tuple[int, list[bytes]]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+        }
+        messages: list[dict[str, Any]] = []
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+
+        await self.middleware(scope, receive, send)
+        status = messages[0]["status"]
+        return status, [m.get("body", b"") for m in messages if m["type"] == "http.response.body"]
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def adapter(request: pytest.FixtureRequest) -> str:
+    """The adapter under test."""
+    return str(request.param)
+
+
+@pytest.fixture
+def serve(adapter: str, guard_factory: Callable[..., Guard]) -> Iterator[Callable[..., Served]]:
+    """``serve(**guard_options)``: the echo app behind ``adapter``, guarded as configured."""
+    opened: list[Served] = []
+
+    def build(**guard_options: Any) -> Served:
+        guard = guard_factory(**guard_options)
+        served: Served
+        if adapter == "asgi":
+            app = EchoASGIApp()
+            middleware: Any = DistillGuardMiddleware(app, guard=guard)
+            client = TestClient(middleware, base_url="http://testserver")
+            client.__enter__()
+            served = Served(adapter, guard, app, middleware, client)
+            served.closers.append(lambda: client.__exit__(None, None, None))
+        else:
+            wapp = EchoWSGIApp()
+            middleware = DistillGuardWSGIMiddleware(wapp, guard=guard)
+            transport = httpx.WSGITransport(
+                app=_chunked_marks_terminated(wsgiref.validate.validator(middleware))
+            )
+            client = httpx.Client(transport=transport, base_url="http://testserver")
+            served = Served(adapter, guard, wapp, middleware, client)
+            served.closers.append(client.close)
+        opened.append(served)
+        return served
+
+    yield build
+    for served in opened:
+        for close in served.closers:
+            close()
+
+
+# -- the scenario table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: how to configure the guard, what to send, what must come back."""
+
+    token: Callable[[Keys], str | None]
+    status: int
+    code: str | None = None
+    guard: Callable[[Keys], dict[str, Any]] = lambda k: {}
+    path: str = CHAT_PATH
+    body: bytes = CHAT
+    headers: dict[str, str] = field(default_factory=dict)
+    repeat: int = 1
+    app_calls: int | None = None
+    method: str = "POST"
+
+
+def _valid(k: Keys) -> str:
+    return make_token()
+
+
+def _rs256_guard(k: Keys) -> dict[str, Any]:
+    return {"jwt": jwt_config(algorithms=["RS256"], key=k.rsa.public_pem)}
+
+
+def _kid_token(kid: Any) -> Callable[[Keys], str]:
+    return lambda k: raw_token({"alg": "HS256", "typ": "JWT", "kid": kid}, default_claims(), hmac_key=k.hs256)
+
+
+def _header_token(extra: dict[str, Any]) -> Callable[[Keys], str]:
+    return lambda k: make_token(headers=extra)
+
+
+BAD_TOKENS = [
+    pytest.param(lambda k: make_token(exp=1_000_000, iat=999_000), id="expired"),
+    pytest.param(
+        lambda k: make_token(key=b"another-secret-another-secret-0123456789"), id="forged-signature"
+    ),
+    pytest.param(lambda k: make_token()[:-4] + "AAAA", id="broken-signature"),
+    pytest.param(lambda k: make_token().rsplit(".", 1)[0] + ".", id="null-signature"),
+    pytest.param(lambda k: raw_token({"alg": "none", "typ": "JWT"}, default_claims()), id="alg-none"),
+    pytest.param(lambda k: raw_token({"alg": "None", "typ": "JWT"}, default_claims()), id="alg-None"),
+    pytest.param(lambda k: raw_token({"alg": "NONE", "typ": "JWT"}, default_claims()), id="alg-NONE"),
+    pytest.param(
+        lambda k: raw_token({"alg": "none"}, default_claims(), hmac_key=k.hs256), id="alg-none-with-signature"
+    ),
+    pytest.param(lambda k: make_token(aud="another-api"), id="wrong-audience"),
+    pytest.param(lambda k: make_token(aud=None), id="missing-audience"),
+    pytest.param(lambda k: make_token(iss="https://evil.example.test"), id="wrong-issuer"),
+    pytest.param(lambda k: make_token(iss=ISSUER + ".evil"), id="issuer-superstring"),
+    pytest.param(lambda k: make_token(exp=None), id="missing-exp"),
+    pytest.param(lambda k: make_token(iat=None), id="missing-iat"),
+    pytest.param(lambda k: make_token(sub=None), id="missing-sub"),
+    pytest.param(lambda k: make_token(exp="soon"), id="exp-not-a-number"),
+    pytest.param(_header_token({"jku": "https://evil.example.test/jwks.json"}), id="jku-header"),
+    pytest.param(_header_token({"jwk": {"kty": "oct", "k": "c2VjcmV0"}}), id="jwk-header"),
+    pytest.param(_header_token({"x5u": "https://evil.example.test/cert.pem"}), id="x5u-header"),
+    pytest.param(_header_token({"x5c": ["MIIB"]}), id="x5c-header"),
+    pytest.param(_kid_token(""), id="kid-empty"),
+    pytest.param(_kid_token("../../../../dev/null"), id="kid-path-traversal"),
+    pytest.param(_kid_token("/dev/null"), id="kid-absolute-path"),
+    pytest.param(_kid_token("x' UNION SELECT '1';--"), id="kid-sql"),
+    pytest.param(_kid_token("|sleep 10"), id="kid-shell"),
+    pytest.param(_kid_token("k" * 10_000), id="kid-10kB"),
+    pytest.param(_kid_token(1), id="kid-number"),
+    pytest.param(_kid_token(None), id="kid-null"),
+    pytest.param(_kid_token([]), id="kid-list"),
+    pytest.param(lambda k: "." * 100, id="100-dots"),
+    pytest.param(lambda k: make_token(pad="x" * 200_000), id="huge-token"),
+    pytest.param(lambda k: "not-a-jwt", id="garbage"),
+    pytest.param(lambda k: "", id="empty-bearer"),
+    pytest.param(lambda k: "e30.e30.e30", id="empty-json-objects"),
+    pytest.param(lambda k: "W10.e30.AAAA", id="header-is-a-list"),
+    pytest.param(lambda k: "!!!.***.???", id="not-base64url"),
+]
+
+RS256_ATTACKS = [
+    pytest.param(
+        lambda k: raw_token({"alg": "HS256", "typ": "JWT"}, default_claims(), hmac_key=k.rsa.public_pem),
+        id="hs256-signed-with-rsa-public-key",
+    ),
+    pytest.param(lambda k: make_token(key=k.ec), id="es256-where-rs256-configured"),
+    pytest.param(lambda k: make_token(key=k.hs256), id="hs256-where-rs256-configured"),
+]
+
+SCENARIOS = [
+    pytest.param(Case(_valid, 200, app_calls=1), id="valid-hs256"),
+    pytest.param(
+        Case(lambda k: make_token(key=k.rsa), 200, guard=_rs256_guard, app_calls=1), id="valid-rs256"
+    ),
+    pytest.param(
+        Case(
+            lambda k: make_token(key=k.ec),
+            200,
+            guard=lambda k: {"jwt": jwt_config(algorithms=["ES256"], key=k.ec.public_pem)},
+            app_calls=1,
+        ),
+        id="valid-es256",
+    ),
+    pytest.param(
+        Case(
+            lambda k: make_token(key=k.ed25519),
+            200,
+            guard=lambda k: {"jwt": jwt_config(algorithms=["EdDSA"], key=k.ed25519.public_pem)},
+            app_calls=1,
+        ),
+        id="valid-eddsa",
+    ),
+    pytest.param(Case(lambda k: None, 401, "missing_token", app_calls=0), id="no-token"),
+    pytest.param(
+        Case(
+            lambda k: None, 401, "missing_token", headers={"authorization": "Basic dXNlcjpwYXNz"}, app_calls=0
+        ),
+        id="basic-auth-is-no-bearer-token",
+    ),
+    pytest.param(
+        Case(
+            lambda k: make_token(scope="read"),
+            403,
+            "insufficient_scope",
+            guard=lambda k: {"jwt": jwt_config(required_scopes=["infer"])},
+            app_calls=0,
+        ),
+        id="insufficient-scope",
+    ),
+    pytest.param(
+        Case(
+            lambda k: make_token(scope="read infer"),
+            200,
+            guard=lambda k: {"jwt": jwt_config(required_scopes=["infer"])},
+            app_calls=1,
+        ),
+        id="sufficient-scope",
+    ),
+    pytest.param(
+        Case(
+            _valid,
+            429,
+            "rate_limited",
+            guard=lambda k: {"limits": LimitConfig(default="2/minute")},
+            repeat=3,
+            app_calls=2,
+        ),
+        id="limit-reached",
+    ),
+    pytest.param(
+        Case(_valid, 200, guard=lambda k: {"detectors": [StaticDetector(0.6)]}, app_calls=1),
+        id="detector-flag",
+    ),
+    pytest.param(
+        Case(
+            _valid, 429, "suspicious_usage", guard=lambda k: {"detectors": [StaticDetector(1.0)]}, app_calls=0
+        ),
+        id="detector-block",
+    ),
+    pytest.param(
+        Case(
+            _valid,
+            403,
+            "suspicious_usage",
+            guard=lambda k: {"detectors": [StaticDetector(1.0)], "policy": Policy(block_status=403)},
+            app_calls=0,
+        ),
+        id="detector-block-403",
+    ),
+    pytest.param(
+        Case(_valid, 200, guard=lambda k: {"detectors": [RaisingDetector()]}, app_calls=1),
+        id="detector-raises",
+    ),
+    pytest.param(
+        Case(
+            _valid,
+            429,
+            "suspicious_usage",
+            guard=lambda k: {"detectors": [RaisingDetector()], "policy": Policy(on_error="block")},
+            app_calls=0,
+        ),
+        id="detector-raises-on-error-block",
+    ),
+    pytest.param(
+        Case(
+            _valid,
+            200,
+            guard=lambda k: {"detectors": [StaticDetector(1.0)], "policy": Policy(shadow=True)},
+            app_calls=1,
+        ),
+        id="shadow-would-block",
+    ),
+    pytest.param(
+        Case(
+            _valid,
+            200,
+            guard=lambda k: {"limits": LimitConfig(default="1/minute"), "policy": Policy(shadow=True)},
+            repeat=3,
+            app_calls=3,
+        ),
+        id="shadow-would-rate-limit",
+    ),
+    pytest.param(
+        Case(
+            lambda k: None, 401, "missing_token", guard=lambda k: {"policy": Policy(shadow=True)}, app_calls=0
+        ),
+        id="shadow-still-authenticates",
+    ),
+    pytest.param(
+        Case(
+            _valid,
+            413,
+            "request_too_large",
+            guard=lambda k: {"max_body_bytes": 64},
+            body=b"x" * 65,
+            app_calls=0,
+        ),
+        id="body-over-cap-content-length",
+    ),
+    pytest.param(
+        Case(_valid, 200, guard=lambda k: {"max_body_bytes": 64}, body=b"x" * 64, app_calls=1),
+        id="body-at-cap",
+    ),
+    pytest.param(Case(lambda k: None, 200, path="/health", app_calls=1), id="exempt-path"),
+    pytest.param(Case(_valid, 204, path="/empty", app_calls=1), id="no-content-response"),
+    pytest.param(Case(_valid, 200, method="HEAD", body=b"", app_calls=1), id="head-request"),
+    *[
+        pytest.param(Case(p.values[0], 401, "invalid_token", app_calls=0), id=str(p.id))  # type: ignore[misc]
+        for p in BAD_TOKENS
+    ],
+    *[
+        pytest.param(Case(p.values[0], 401, "invalid_token", guard=_rs256_guard, app_calls=0), id=str(p.id))  # type: ignore[misc]
+        for p in RS256_ATTACKS
+    ],
+]
+
+
+@pytest.mark.parametrize("case", SCENARIOS)
+def test_scenario(serve: Callable[..., Served], keys: Keys, case: Case) -> None:
+    """Each scenario gives its status and problem code, and reaches the app only when allowed."""
+    served = serve(**case.guard(keys))
+    token = case.token(keys)
+    headers = {"content-type": "application/json", **case.headers}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    for _ in range(case.repeat):
+        response = served.client.request(case.method, case.path, content=case.body, headers=headers)
+    assert response.status_code == case.status, response.text
+    if case.app_calls is not None:
+        assert len(served.app.calls) == case.app_calls
+    assert ("retry-after" in response.headers) == (response.status_code in (429, 503))
+    if case.code is None:
+        return
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == case.code
+    assert problem["status"] == case.status
+    assert int(response.headers["content-length"]) == len(response.content)
+    if case.code == "missing_token":
+        assert response.headers["www-authenticate"] == 'Bearer realm="api"'
+    elif case.code == "invalid_token":
+        assert response.headers["www-authenticate"] == 'Bearer realm="api", error="invalid_token"'
+        assert token is not None
+        # The same generic body whatever failed: no oracle. Compare with a plain garbage token.
+        reference = served.post(token="garbage")
+        assert response.content == reference.content
+        for part in (token, *token.split(".")):
+            if len(part) > 8:
+                assert part not in response.text
+    elif case.code == "insufficient_scope":
+        assert response.headers["www-authenticate"].startswith(
+            'Bearer realm="api", error="insufficient_scope"'
+        )
+
+
+# -- details of the rows, asserted on both adapters --------------------------------------------
+
+
+def test_valid_token_identity_and_span(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """A valid token reaches the app once with the verified identity; the span hashes the
+    client id, carries a fingerprint, and holds no prompt text or token."""
+    served = serve()
+    token = make_token(tier="pro")
+    response = served.post(token=token)
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    (call,) = served.app.calls
+    assert call.body == CHAT
+    assert call.identity.client_id == SUBJECT
+    assert call.identity.tier == "pro"
+    assert call.identity.tenant == ISSUER
+    (span,) = guard_spans(span_exporter)
+    attrs = span.attributes
+    assert attrs[ATTR_DECISION] == "allow"
+    assert attrs[ATTR_CLIENT_ID] == hash_identifier(SUBJECT)
+    assert attrs[ATTR_CLIENT_TIER] == "pro"
+    assert len(attrs[ATTR_QUERY_FINGERPRINT]) == 16
+    assert attrs[ATTR_LIMIT_REMAINING] == 999
+    assert attrs["http.response.status_code"] == 200
+    assert not [e for e in span.events if e.name == EVENT_DECISION]
+    assert_no_secrets(span, PROMPT, "SECRET-PROMPT", token, token.rsplit(".", 1)[1], SUBJECT)
+
+
+def test_client_id_unhashed_when_configured(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """With ``hash_identifiers=False`` the span carries the raw client id."""
+    from distillguard import TelemetryConfig
+
+    served = serve(telemetry=TelemetryConfig(hash_identifiers=False))
+    assert served.post(token=make_token()).status_code == 200
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes[ATTR_CLIENT_ID] == SUBJECT
+
+
+def test_refusals_leave_no_secret_on_spans(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """Refused requests (invalid token, rate limit, detector block) leak neither the prompt nor
+    the token into any span attribute or event."""
+    served = serve(limits=LimitConfig(default="1/minute"), detectors=[StaticDetector(0.6)])
+    good = make_token()
+    forged = make_token(key=b"another-secret-another-secret-0123456789")
+    statuses = [served.post(token=t).status_code for t in (forged, good, good)]
+    assert statuses == [401, 200, 429]
+    spans = guard_spans(span_exporter)
+    assert [s.attributes[ATTR_DECISION] for s in spans] == ["unauthenticated", "flag", "rate_limited"]
+    for span in spans:
+        assert_no_secrets(
+            span, PROMPT, "SECRET-PROMPT", good, forged, good.rsplit(".", 1)[1], forged.rsplit(".", 1)[1]
+        )
+
+
+def test_rate_limit_headers_draft10(serve: Callable[..., Served]) -> None:
+    """Allowed responses carry RateLimit-Policy/RateLimit in draft-10 structured-field syntax
+    and no Retry-After; the refusal has Retry-After >= 1 and a problem+json body."""
+    served = serve(limits=LimitConfig(default="2/minute;100/day"))
+    token = make_token()
+    first, second, third = (served.post(token=token) for _ in range(3))
+    for response, remaining in ((first, 1), (second, 0)):
+        assert response.status_code == 200
+        assert "retry-after" not in response.headers
+        policy = http_sf.parse(response.headers["ratelimit-policy"].encode(), tltype="list")
+        assert policy == [("2-per-1-minute", {"q": 2, "w": 60}), ("100-per-1-day", {"q": 100, "w": 86400})]
+        state = http_sf.parse(response.headers["ratelimit"].encode(), tltype="list")
+        assert [name for name, _ in state] == ["2-per-1-minute", "100-per-1-day"]
+        assert state[0][1]["r"] == remaining
+        assert 0 <= state[0][1]["t"] <= 60
+        assert 0 <= state[1][1]["t"] <= 86400
+    assert third.status_code == 429
+    retry = third.headers["retry-after"]
+    assert retry.isdigit() and 1 <= int(retry) <= 60
+    assert third.headers["content-type"] == "application/problem+json"
+    problem = third.json()
+    assert problem["code"] == "rate_limited"
+    assert problem["violated-policies"] == ["2-per-1-minute"]
+    state = http_sf.parse(third.headers["ratelimit"].encode(), tltype="list")
+    assert state[0][1]["r"] == 0
+    assert len(served.app.calls) == 2
+
+
+def test_rate_limit_headers_can_be_disabled(serve: Callable[..., Served]) -> None:
+    """``LimitConfig(headers=False)`` still enforces limits but discloses no RateLimit fields."""
+    served = serve(limits=LimitConfig(default="1/minute", headers=False))
+    token = make_token()
+    ok, refused = served.post(token=token), served.post(token=token)
+    assert ok.status_code == 200 and refused.status_code == 429
+    for response in (ok, refused):
+        assert "ratelimit" not in response.headers and "ratelimit-policy" not in response.headers
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_tiers_get_their_own_limits(serve: Callable[..., Served]) -> None:
+    """A ``pro`` client gets its tier's windows; a default client the default ones."""
+    served = serve(limits=LimitConfig(default="1/minute", tiers={"pro": "3/minute"}))
+    pro, free = make_token(sub="p", tier="pro"), make_token(sub="f")
+    assert [served.post(token=pro).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert [served.post(token=free).status_code for _ in range(2)] == [200, 429]
+
+
+def test_detector_flag_is_a_span_event(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """A detector score over the flag threshold serves the request and adds a decision event."""
+    detector = StaticDetector(0.6, reasons=("probe",))
+    served = serve(detectors=[detector])
+    assert served.post(token=make_token()).status_code == 200
+    assert len(detector.calls) == 1
+    assert detector.calls[0].query.text == PROMPT  # detectors do see the prompt, in memory
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes[ATTR_DECISION] == "flag"
+    assert span.attributes[ATTR_DETECTOR_SCORE.format("static")] == pytest.approx(0.6)
+    (event,) = [e for e in span.events if e.name == EVENT_DECISION]
+    assert event.attributes[ATTR_DECISION] == "flag"
+    assert list(event.attributes["distillguard.reasons"]) == ["static:probe"]
+
+
+def test_detector_block_has_no_ratelimit_headers(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """A block is a 429 ``suspicious_usage`` with Retry-After and no RateLimit fields."""
+    served = serve(detectors=[StaticDetector(1.0)], policy=Policy(block_retry_after=120))
+    response = served.post(token=make_token())
+    assert response.status_code == 429
+    assert response.json()["code"] == "suspicious_usage"
+    assert response.headers["retry-after"] == "120"
+    assert "ratelimit" not in response.headers and "ratelimit-policy" not in response.headers
+    assert served.app.calls == []
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes[ATTR_DECISION] == "block"
+    assert span.attributes["http.response.status_code"] == 429
+    assert [e.attributes[ATTR_DECISION] for e in span.events if e.name == EVENT_DECISION] == ["block"]
+
+
+def test_raising_detector_is_recorded(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """A detector that raises does not break the request; the failure is on the span."""
+    broken = RaisingDetector()
+    served = serve(detectors=[broken, StaticDetector(0.0)])
+    assert served.post(token=make_token()).status_code == 200
+    assert broken.calls == 1
+    (span,) = guard_spans(span_exporter)
+    assert list(span.attributes[ATTR_ERRORS]) == ["detector:broken"]
+    assert span.attributes[ATTR_DECISION] == "allow"
+    assert "detector bug" not in " ".join(str(v) for v in span.attributes.values())
+
+
+def test_shadow_mode_records_what_it_would_do(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """In shadow mode a would-block and a would-rate-limit request are served, and their spans
+    say shadow with the verdict that would have applied."""
+    served = serve(
+        limits=LimitConfig(default="1/minute"), detectors=[StaticDetector(1.0)], policy=Policy(shadow=True)
+    )
+    token = make_token()
+    responses = [served.post(token=token) for _ in range(2)]
+    assert [r.status_code for r in responses] == [200, 200]
+    assert all("retry-after" not in r.headers for r in responses)
+    assert [c.body for c in served.app.calls] == [CHAT, CHAT]
+    spans = guard_spans(span_exporter)
+    assert [s.attributes[ATTR_DECISION] for s in spans] == ["block", "rate_limited"]
+    for span in spans:
+        assert span.attributes[ATTR_SHADOW] is True
+        (event,) = [e for e in span.events if e.name == EVENT_DECISION]
+        assert event.attributes[ATTR_SHADOW] is True
+
+
+def test_shadow_degrade_leaves_body(serve: Callable[..., Served]) -> None:
+    """Shadow mode never alters the request body, even when the verdict is degrade."""
+    served = serve(detectors=[StaticDetector(0.8)], policy=Policy(shadow=True))
+    assert served.post(token=make_token()).status_code == 200
+    assert served.app.calls[0].body == CHAT
+
+
+def test_degrade_strips_logprobs(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """Degrade removes logprobs, top_logprobs and logit_bias from what the app sees, with a
+    Content-Length that matches the new body."""
+    served = serve(detectors=[StaticDetector(0.8)])
+    assert served.post(token=make_token()).status_code == 200
+    (call,) = served.app.calls
+    seen = json.loads(call.body)
+    assert "logprobs" not in seen and "top_logprobs" not in seen and "logit_bias" not in seen
+    assert seen["messages"] == [{"role": "user", "content": PROMPT}]
+    assert seen["max_tokens"] == 16
+    assert call.content_length == str(len(call.body))
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes[ATTR_DECISION] == "degrade"
+
+
+def test_degrade_caps_max_tokens(serve: Callable[..., Served]) -> None:
+    """``degrade_max_tokens`` caps ``max_tokens`` in the body the app sees."""
+    served = serve(detectors=[StaticDetector(0.8)], policy=Policy(degrade_max_tokens=4))
+    assert served.post(token=make_token()).status_code == 200
+    assert json.loads(served.app.calls[0].body)["max_tokens"] == 4
+
+
+def test_chunked_body_over_cap(serve: Callable[..., Served]) -> None:
+    """A chunked body (no Content-Length) over the cap is refused with 413; the app is not called."""
+    served = serve(max_body_bytes=64)
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 10
+
+    response = served.client.post(
+        CHAT_PATH, content=chunks(), headers={"authorization": f"Bearer {make_token()}"}
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "request_too_large"
+    assert served.app.calls == []
+
+
+def test_chunked_body_under_cap_reaches_app(serve: Callable[..., Served]) -> None:
+    """A chunked body under the cap reaches the app intact."""
+    served = serve()
+    parts = [b'{"messages":', b'[{"role":"user","content":"hi"}]', b"}"]
+    response = served.client.post(
+        CHAT_PATH, content=iter(parts), headers={"authorization": f"Bearer {make_token()}"}
+    )
+    assert response.status_code == 200
+    assert served.app.calls[0].body == b"".join(parts)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=4096))
+def test_body_byte_identical(serve: Callable[..., Served], body: bytes) -> None:
+    """Any body under the cap reaches the app byte for byte, once."""
+    served = serve()
+    response = served.post(
+        token=make_token(), body=body, headers={"content-type": "application/octet-stream"}
+    )
+    assert response.status_code == 200
+    (call,) = served.app.calls
+    assert call.body == body
+    for close in served.closers:
+        close()
+    served.closers.clear()
+
+
+def test_streaming_passes_chunk_by_chunk(serve: Callable[..., Served]) -> None:
+    """A streamed response reaches the client chunk by chunk, in order, none merged."""
+    served = serve()
+    status, chunks = served.raw_chunks("/stream", make_token())
+    assert status == 200
+    assert [c for c in chunks if c] == list(STREAM_CHUNKS)
+    response = served.client.get("/stream", headers={"authorization": f"Bearer {make_token()}"})
+    assert response.content == b"".join(STREAM_CHUNKS)
+    assert "ratelimit" in response.headers
+
+
+def test_head_and_no_content_unchanged(serve: Callable[..., Served]) -> None:
+    """HEAD and 204 responses pass through with their headers and no body."""
+    served = serve()
+    auth = {"authorization": f"Bearer {make_token()}"}
+    head = served.client.head("/", headers=auth)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == "11"
+    empty = served.client.get("/empty", headers=auth)
+    assert empty.status_code == 204 and empty.content == b""
+    assert "content-type" not in empty.headers
+
+
+def test_exempt_path_bypasses_guard(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """Exempt paths reach the app without a token, a span or RateLimit headers."""
+    served = serve(exempt_paths=("/health", "/public/"))
+    for path in ("/health", "/public/docs"):
+        response = served.client.get(path)
+        assert response.status_code == 200
+        assert "ratelimit" not in response.headers
+    assert served.client.get("/public").status_code == 401  # the prefix needs its slash
+    assert len(served.app.calls) == 2
+    assert len(guard_spans(span_exporter)) == 1
+
+
+def test_app_exception_propagates(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """An exception in the app propagates unchanged and is recorded on the span."""
+    served = serve()
+    with pytest.raises(RuntimeError, match="app failed"):
+        served.client.get("/boom", headers={"authorization": f"Bearer {make_token()}"})
+    (span,) = guard_spans(span_exporter)
+    assert span.status.status_code.name == "ERROR"
+    (event,) = [e for e in span.events if e.name == "exception"]
+    assert event.attributes["exception.type"] == "RuntimeError"
+
+
+def test_too_large_span(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """A 413 is recorded on the span as ``too_large``."""
+    served = serve(max_body_bytes=8)
+    assert served.post(token=make_token()).status_code == 413
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes[ATTR_DECISION] == "too_large"
+    assert span.attributes["http.response.status_code"] == 413
