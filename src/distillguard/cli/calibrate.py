@@ -1,0 +1,72 @@
+"""``distillguard calibrate BENIGN.jsonl --out thresholds.json``: detector thresholds as
+percentiles of their benign null (see :mod:`distillguard.replay.calibration`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import DistillGuardError
+from ..replay import calibrate, resolve_detectors
+from .replay import _names, add_common, open_log, routes_of
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``calibrate`` sub-command."""
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="derive detector thresholds from a benign request log",
+        description="Run the detectors over a benign request log (same format as replay), take each "
+        "detector's highest score per client-window as its benign null, and write thresholds at a "
+        "percentile of that null.",
+    )
+    parser.add_argument("log", help="the benign request log (JSON lines), or - for standard input")
+    parser.add_argument("--out", required=True, metavar="PATH", help="the thresholds file to write")
+    parser.add_argument(
+        "--percentile", type=float, default=99.9, help="percentile of the null (default 99.9)"
+    )
+    parser.add_argument(
+        "--window-seconds", type=float, default=86_400.0, help="client-window length (default one UTC day)"
+    )
+    parser.add_argument("--floor", type=float, default=0.25, help="lowest threshold allowed (default 0.25)")
+    add_common(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``calibrate``; return the exit status."""
+    try:
+        detectors = resolve_detectors(_names(args.detectors))
+        with open_log(args.log) as lines:
+            thresholds = calibrate(
+                lines,
+                detectors,
+                p=args.percentile,
+                window_seconds=args.window_seconds,
+                floor=args.floor,
+                routes=routes_of(args),
+            )
+    except DistillGuardError as exc:
+        print(f"distillguard calibrate: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"distillguard calibrate: cannot read {args.log}: {exc}", file=sys.stderr)
+        return 2
+    thresholds.save(args.out)
+    if not args.quiet:
+        for name, value in sorted(thresholds.detectors.items()):
+            n = thresholds.samples.get(name, 0)
+            print(
+                f"{name}: {value:.4f} (p{thresholds.percentile:g} of {n:,} client-windows)", file=sys.stderr
+            )
+        low = min(thresholds.samples.values(), default=0)
+        if low < 1000 / (100.0 - thresholds.percentile):
+            print(
+                f"warning: {low:,} client-windows are too few to estimate the p{thresholds.percentile:g} "
+                "tail; the thresholds rest on the highest benign scores",
+                file=sys.stderr,
+            )
+    return 0

@@ -1,0 +1,184 @@
+"""The offline engine: a request log through the same pipeline as the middleware.
+
+Each usable log line becomes a :class:`~distillguard.request.GuardRequest` carrying the logged
+identity, and :meth:`Guard.decide` runs the pipeline (``guard.flow`` driven by the sync driver
+and the guard's sync performer), exactly as the WSGI middleware does. Limits are off offline
+(``LimitConfig(default="")``): a log records what was served, so only the detectors and the
+policy matter. The replay clock is the logged timestamp (never going back, see
+:func:`~distillguard.replay.log.read_log`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from ..decision import Action, Decision
+from ..guard import Guard
+from ..identity import Identity
+from ..limiting import LimitConfig
+from ..policy import Policy
+from ..request import GuardRequest
+from .campaigns import find_campaigns
+from .log import DEFAULT_ROUTES, LogRecord, LogStats, RouteMatcher, read_log
+from .track import ClientTrack, request_shape
+
+__all__ = ["FLAGGED_ACTIONS", "ReplayEngine", "ReplayResult", "offline_guard"]
+
+FLAGGED_ACTIONS = frozenset({Action.FLAG, Action.DEGRADE, Action.THROTTLE, Action.BLOCK})
+"""Verdicts that count as flagging a client."""
+
+
+def offline_guard(detectors: Iterable[Any] | Mapping[str, Mapping[str, Any]], policy: Policy | None) -> Guard:
+    """A guard for offline replay: no token verification (identities come from the log), no
+    limits, no exempt paths."""
+    return Guard(
+        jwt=None,
+        limits=LimitConfig(default="", headers=False),
+        detectors=detectors,
+        policy=policy,
+        exempt_paths=(),
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class ReplayResult:
+    """Everything a replay found; :func:`~distillguard.replay.report.build_report` turns it
+    into the report."""
+
+    tracks: dict[str, ClientTrack]
+    stats: LogStats
+    detectors: tuple[str, ...]
+    policy: Policy
+    seconds: float
+    errors: Counter[str] = field(default_factory=Counter)
+    campaigns: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def lines_per_second(self) -> float:
+        """Log lines read per second of wall time."""
+        return self.stats.lines / self.seconds if self.seconds > 0 else 0.0
+
+    def ranked(self) -> list[ClientTrack]:
+        """Clients by suspicion: flagged first, then by highest risk, then by first flag."""
+        return sorted(
+            self.tracks.values(),
+            key=lambda t: (
+                t.first_flag_request is None,
+                -t.max_risk,
+                t.first_flag_ts if t.first_flag_ts is not None else 0.0,
+                t.client,
+            ),
+        )
+
+
+class ReplayEngine:
+    """Replays records through ``guard`` and keeps bounded per-client state.
+
+    Args:
+        guard: the guard to replay through (see :func:`offline_guard`); it must be fresh, as
+            its detectors keep per-client history.
+        progress: where to write progress lines (e.g. ``sys.stderr``), or ``None``.
+        progress_every: write a progress line every this many log lines.
+        clock: the wall clock for the rate measurement.
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        progress: TextIO | None = None,
+        progress_every: int = 100_000,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.guard = guard
+        self.tracks: dict[str, ClientTrack] = {}
+        self.errors: Counter[str] = Counter()
+        self._perform = guard.sync_performer()
+        self._identities: dict[str, Identity] = {}
+        self._progress = progress
+        self._every = max(1, progress_every)
+        self._clock = clock
+
+    def feed(self, record: LogRecord) -> Decision:
+        """Replay one record; return the guard's decision."""
+        identity = self._identities.get(record.client)
+        if identity is None:
+            identity = Identity(client_id=record.client, tenant=record.tenant)
+            self._identities[record.client] = identity
+        headers = record.headers
+        user_agent = headers.get("user-agent")
+        request = GuardRequest(
+            method=record.method,
+            path=record.path,
+            authorization=None,
+            content_type=headers.get("content-type", "application/json"),
+            body=record.body,
+            client_address=record.ip,
+            user_agent=user_agent,
+            timestamp=record.clock,
+            identity=identity,
+        )
+        decision = self.guard.decide(request, self._perform)
+        track = self.tracks.get(record.client)
+        if track is None:
+            track = self.tracks[record.client] = ClientTrack(record.client)
+            track.ip = record.ip
+            track.tenant = record.tenant
+        track.observe(
+            ts=record.ts,
+            clock=record.clock,
+            risk=decision.score,
+            flagged=decision.action in FLAGGED_ACTIONS,
+            scores=[(r.detector, r.score) for r in decision.results],
+        )
+        query = decision.query
+        if query is not None:
+            track.observe_features(query.text, request_shape(record.path, query, user_agent))
+        for error in decision.errors:
+            self.errors[error] += 1
+        return decision
+
+    def run(self, lines: Iterable[str], routes: Iterable[str] = DEFAULT_ROUTES) -> ReplayResult:
+        """Replay every line of a log (an open text file or any iterable of lines)."""
+        stats = LogStats()
+        start = self._clock()
+        progress = self._progress
+        every = self._every
+        next_report = every
+        for record in read_log(lines, stats, RouteMatcher(routes)):
+            self.feed(record)
+            if progress is not None and record.line >= next_report:
+                next_report = record.line + every
+                self._report(progress, stats, record.line, self._clock() - start)
+        seconds = self._clock() - start
+        if progress is not None:
+            self._report(progress, stats, stats.lines, seconds, done=True)
+        return self.result(stats, seconds)
+
+    def _report(self, out: TextIO, stats: LogStats, line: int, seconds: float, done: bool = False) -> None:
+        flagged = sum(1 for t in self.tracks.values() if t.first_flag_request is not None)
+        rate = line / seconds if seconds > 0 else 0.0
+        word = "done" if done else "replay"
+        out.write(
+            f"{word}: {line:,} lines ({rate:,.0f} lines/s), {len(self.tracks):,} clients, "
+            f"{flagged:,} flagged, {stats.malformed.count:,} malformed\n"
+        )
+        out.flush()
+
+    def result(self, stats: LogStats, seconds: float) -> ReplayResult:
+        """The result so far (campaigns are computed here)."""
+        flagged = [t for t in self.tracks.values() if t.first_flag_request is not None]
+        flagged.sort(key=lambda t: t.client)
+        return ReplayResult(
+            tracks=self.tracks,
+            stats=stats,
+            detectors=tuple(d.name for d in self.guard.detectors),
+            policy=self.guard.policy,
+            seconds=seconds,
+            errors=self.errors,
+            campaigns=find_campaigns(flagged, self.tracks.values()),
+        )

@@ -1,0 +1,84 @@
+"""The replay report as JSON.
+
+Schema (every client of the log is listed, most suspicious first)::
+
+    {
+      "clients": [
+        {"client": str, "requests": int, "flagged": int,
+         "first_flag_request": int | null,   # 1-based, in that client's own stream
+         "first_flag_ts": float | null, "max_risk": float,
+         "signals": {detector: highest score}}
+      ],
+      "campaigns": [
+        {"id", "clients", "size", "requests", "first_flag_ts", "max_risk",
+         "template_families", "cadence_seconds", "linked_unflagged", "linked_unflagged_count"}
+      ],
+      "summary": {
+        "lines", "replayed", "clients", "flagged_clients", "flagged_requests", "campaigns",
+        "malformed": {"count", "first_lines"}, "out_of_order": {...}, "unknown_path": {...},
+        "first_ts", "last_ts", "detectors", "policy", "errors", "seconds", "lines_per_second"
+      }
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .engine import ReplayResult
+from .track import ClientTrack
+
+__all__ = ["build_report", "client_entry", "write_json"]
+
+
+def _round(value: float) -> float:
+    return round(value, 6)
+
+
+def client_entry(track: ClientTrack) -> dict[str, Any]:
+    """One client's entry of the report."""
+    return {
+        "client": track.client,
+        "requests": track.requests,
+        "flagged": track.flagged,
+        "first_flag_request": track.first_flag_request,
+        "first_flag_ts": track.first_flag_ts,
+        "max_risk": _round(track.max_risk),
+        "signals": {name: _round(score) for name, score in track.signal_map().items()},
+    }
+
+
+def build_report(result: ReplayResult) -> dict[str, Any]:
+    """The report of ``result`` as a JSON-ready mapping (schema in the module docstring)."""
+    stats = result.stats
+    ranked = result.ranked()
+    policy = result.policy
+    return {
+        "clients": [client_entry(t) for t in ranked],
+        "campaigns": result.campaigns,
+        "summary": {
+            "lines": stats.lines,
+            "replayed": stats.replayed,
+            "clients": len(ranked),
+            "flagged_clients": sum(1 for t in ranked if t.first_flag_request is not None),
+            "flagged_requests": sum(t.flagged for t in ranked),
+            "campaigns": len(result.campaigns),
+            "malformed": stats.malformed.as_dict(),
+            "out_of_order": stats.out_of_order.as_dict(),
+            "unknown_path": stats.unknown_path.as_dict(),
+            "first_ts": stats.first_ts,
+            "last_ts": stats.last_ts,
+            "detectors": list(result.detectors),
+            "policy": {"flag": policy.flag, "degrade": policy.degrade, "block": policy.block},
+            "errors": dict(sorted(result.errors.items())),
+            "seconds": round(result.seconds, 3),
+            "lines_per_second": round(result.lines_per_second, 1),
+        },
+    }
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> None:
+    """Write ``report`` to ``path`` (UTF-8, indented)."""
+    Path(path).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

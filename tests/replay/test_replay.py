@@ -1,0 +1,164 @@
+"""Offline replay: the engine, the command, the JSON and HTML reports."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+from replay_standins import WORDS, PrefixRepeat, chat, line, small_log
+
+from distillguard.cli import main
+from distillguard.replay import LogStats, ReplayEngine, build_report, offline_guard, read_log, render_html
+from distillguard.replay.track import Series
+
+STANDIN = "replay_standins:PrefixRepeat"
+
+
+def _replay(path: Path, **kwargs: object) -> dict[str, object]:
+    engine = ReplayEngine(offline_guard([PrefixRepeat()], None))
+    with path.open(encoding="utf-8") as lines:
+        result = engine.run(lines)
+    return build_report(result)
+
+
+def test_replay_catches_the_template_sweeper_and_not_the_benign_users(tmp_path: Path) -> None:
+    """Only the template sweeper is flagged, at the request where its history first fills up."""
+    log = tmp_path / "log.jsonl"
+    small_log(log)
+    report = _replay(log)
+    clients = {c["client"]: c for c in report["clients"]}  # type: ignore[attr-defined]
+    assert clients["attacker"]["flagged"] > 0
+    assert clients["attacker"]["first_flag_request"] == 11
+    assert clients["attacker"]["signals"] == {"prefix_repeat": 1.0}
+    benign = [c for name, c in clients.items() if name != "attacker"]
+    assert len(benign) == 6
+    assert all(c["first_flag_request"] is None and c["flagged"] == 0 for c in benign)
+    assert report["clients"][0]["client"] == "attacker"  # type: ignore[index]
+
+
+def test_bad_lines_are_counted_and_never_fatal(tmp_path: Path) -> None:
+    """Malformed, out-of-order and unknown-path lines are counted with their line numbers."""
+    rows = [
+        line(100.0, "a", chat("one two three four")),  # 1
+        "{not json",  # 2
+        line(90.0, "a", chat("late line here")),  # 3: out of order
+        json.dumps({"ts": "x", "client": "a", "path": "/v1/completions", "body": {}}),  # 4
+        line(110.0, "b", chat("hello"), path="/admin/reload"),  # 5: unknown path
+        "",  # 6: blank, ignored
+        json.dumps([1, 2]),  # 7
+        json.dumps({"ts": 120.0, "client": "b", "path": "/v1/chat/completions"}),  # 8: no body
+        line(130.0, "b", {"prompt": "plain completion"}, path="/v1/completions"),  # 9
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    stats = LogStats()
+    records = list(read_log(log.read_text().splitlines(), stats))
+    assert [r.line for r in records] == [1, 3, 9]
+    assert records[1].clock == 100.0 and records[1].ts == 90.0  # the clock never goes back
+    assert stats.malformed.as_dict() == {"count": 4, "first_lines": [2, 4, 7, 8]}
+    assert stats.out_of_order.as_dict() == {"count": 1, "first_lines": [3]}
+    assert stats.unknown_path.as_dict() == {"count": 1, "first_lines": [5]}
+
+    out = tmp_path / "report.json"
+    status = main(["replay", str(log), "--json", str(out), "--detectors", STANDIN, "--quiet"])
+    assert status == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["lines"] == 9 and summary["replayed"] == 3
+    assert summary["malformed"]["count"] == 4
+    assert summary["out_of_order"]["first_lines"] == [3]
+    assert summary["unknown_path"]["first_lines"] == [5]
+
+
+def test_json_report_has_exactly_the_documented_schema(tmp_path: Path) -> None:
+    """The command writes clients, campaigns and summary with exactly the documented keys."""
+    log = tmp_path / "log.jsonl"
+    small_log(log, benign=3, per_client=30)
+    out = tmp_path / "report.json"
+    assert main(["replay", str(log), "--json", str(out), "--detectors", STANDIN, "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"clients", "campaigns", "summary"}
+    assert len(report["clients"]) == 4
+    for entry in report["clients"]:
+        assert set(entry) == {
+            "client",
+            "requests",
+            "flagged",
+            "first_flag_request",
+            "first_flag_ts",
+            "max_risk",
+            "signals",
+        }
+        assert isinstance(entry["client"], str) and isinstance(entry["requests"], int)
+        assert entry["first_flag_request"] is None or entry["first_flag_request"] >= 1
+        assert (entry["first_flag_ts"] is None) == (entry["first_flag_request"] is None)
+        assert 0.0 <= entry["max_risk"] <= 1.0
+        assert set(entry["signals"]) == {"prefix_repeat"}
+    assert isinstance(report["campaigns"], list)
+    assert {"lines", "replayed", "clients", "flagged_clients", "malformed", "out_of_order"} <= set(
+        report["summary"]
+    )
+    assert report["summary"]["detectors"] == ["prefix_repeat"]
+
+
+def test_html_report_has_one_risk_plot_per_flagged_client(tmp_path: Path) -> None:
+    """The HTML page is self-contained and holds an SVG plot for each flagged client."""
+    rows: list[str] = []
+    for k in range(3):
+        for i in range(40):
+            rows.append(line(1000.0 + 10 * i + k, f"sweeper-{k}", chat(f"Explain step by step item {i} {k}")))
+    rng = random.Random(3)
+    for i in range(40):
+        rows.append(line(1000.0 + 10 * i + 5, "reader", chat(" ".join(rng.sample(WORDS, 5)))))
+    rows.sort(key=lambda r: json.loads(r)["ts"])
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    html_path = tmp_path / "report.html"
+    json_path = tmp_path / "report.json"
+    argv = ["replay", str(log), "--html", str(html_path), "--json", str(json_path), "--detectors", STANDIN]
+    assert main([*argv, "--quiet"]) == 0
+    page = html_path.read_text()
+    flagged = [c["client"] for c in json.loads(json_path.read_text())["clients"] if c["flagged"]]
+    assert sorted(flagged) == ["sweeper-0", "sweeper-1", "sweeper-2"]
+    assert page.count('<svg class="risk"') == 3
+    for name in flagged:
+        assert f'aria-label="risk of {name}"' in page
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    # the three sweepers share a template family and a cadence: one campaign
+    campaigns = json.loads(json_path.read_text())["campaigns"]
+    assert [c["clients"] for c in campaigns] == [["sweeper-0", "sweeper-1", "sweeper-2"]]
+
+
+def test_progress_is_reported_with_a_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Long logs print progress lines with a rate on stderr."""
+    log = tmp_path / "log.jsonl"
+    small_log(log, benign=2, per_client=50)
+    argv = ["replay", str(log), "--detectors", STANDIN, "--progress-every", "40"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert len(re.findall(r"^replay: [\d,]+ lines \([\d,]+ lines/s\)", err, re.M)) == 3
+    assert "1 flagged" in err.splitlines()[-1] or "1 flagged" in err
+
+
+def test_series_keeps_peaks_within_its_cap() -> None:
+    """The risk series stays bounded and keeps the highest value of merged points."""
+    series = Series(cap=16)
+    for i in range(1000):
+        series.add(float(i), 1.0 if i == 613 else 0.1)
+    points = series.points()
+    assert len(points) <= 16
+    assert max(v for _, v in points) == 1.0
+    assert points[-1][0] >= 990.0
+    assert [t for t, _ in points] == sorted(t for t, _ in points)
+
+
+def test_html_renders_without_flagged_clients(tmp_path: Path) -> None:
+    """A log with no suspicious client still renders, saying so."""
+    log = tmp_path / "log.jsonl"
+    log.write_text(line(1.0, "solo", chat("just one question")) + "\n")
+    engine = ReplayEngine(offline_guard([PrefixRepeat()], None))
+    result = engine.run(log.read_text().splitlines())
+    page = render_html(result)
+    assert "No client was flagged" in page and "<svg" not in page
