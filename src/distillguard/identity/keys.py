@@ -91,11 +91,16 @@ def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
         if looks_asymmetric:
             if not asymmetric:
                 raise ConfigurationError("a PEM/SSH key was given but only HMAC algorithms are allowed")
-            algo = jwt.get_algorithm_by_name(asymmetric[0])
-            try:
-                prepared = algo.prepare_key(raw)
-            except (jwt.PyJWTError, ValueError, TypeError) as exc:
-                raise ConfigurationError(f"invalid key for {asymmetric[0]}: {exc}") from exc
+            # Try each allowed algorithm: with ["RS256", "ES256"] an EC PEM is an ES256 key.
+            failure: Exception | None = None
+            for name in dict.fromkeys(asymmetric):
+                try:
+                    prepared = jwt.get_algorithm_by_name(name).prepare_key(raw)
+                    break
+                except (jwt.PyJWTError, ValueError, TypeError) as exc:
+                    failure = exc
+            else:
+                raise ConfigurationError(f"invalid key for {asymmetric}: {failure}") from failure
         else:
             if len(raw) < _MIN_HMAC_BYTES:
                 raise ConfigurationError(

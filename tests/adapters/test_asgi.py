@@ -1,0 +1,299 @@
+"""ASGI integrity: body replay, random chunking, streaming, lifespan/websocket scopes, async and
+blocking detectors, disconnects. The middleware is called directly with hand-built messages."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from distillguard import DistillGuardMiddleware, Guard, Policy
+from distillguard.telemetry import ATTR_DECISION, ATTR_DETECTOR_SCORE, ATTR_ERRORS
+from tests.helpers import (
+    STREAM_CHUNKS,
+    AsyncStaticDetector,
+    BlockingDetector,
+    EchoASGIApp,
+    RaisingDetector,
+    guard_spans,
+    make_token,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+
+def http_scope(
+    path: str = "/v1/chat/completions", *, token: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A minimal HTTP scope with an optional bearer token and extra headers."""
+    headers = [(b"host", b"testserver"), (b"content-type", b"application/json")]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    headers.extend((k.encode(), v.encode()) for k, v in extra.pop("headers", {}).items())
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": extra.pop("method", "POST"),
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    scope.update(extra)
+    return scope
+
+
+class Receiver:
+    """The server's ``receive``: hands out ``messages`` in order, then ``http.disconnect``
+    once ``disconnect`` is set (blocking until then, as a real server does)."""
+
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        self.messages = list(messages)
+        self.calls = 0
+        self.disconnect = anyio.Event()
+
+    async def __call__(self) -> dict[str, Any]:
+        self.calls += 1
+        if self.messages:
+            return self.messages.pop(0)
+        await self.disconnect.wait()
+        return {"type": "http.disconnect"}
+
+
+def body_messages(body: bytes, cuts: list[int] | None = None) -> list[dict[str, Any]]:
+    """``body`` as ``http.request`` messages split at ``cuts`` (one message when ``None``)."""
+    points = sorted({c for c in (cuts or []) if 0 < c < len(body)})
+    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)] or [b""]
+    return [
+        {"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1}
+        for i, piece in enumerate(pieces)
+    ]
+
+
+class Sender:
+    """Records every message sent to the server."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int:
+        return int(self.messages[0]["status"])
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        return dict(self.messages[0]["headers"])
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
+
+
+@pytest.fixture
+def asgi(guard_factory: Callable[..., Guard]) -> Callable[..., tuple[DistillGuardMiddleware, EchoASGIApp]]:
+    """``asgi(receive_again=False, **guard_options)``: the echo app behind the middleware."""
+
+    def build(*, receive_again: bool = False, **options: Any) -> tuple[DistillGuardMiddleware, EchoASGIApp]:
+        app = EchoASGIApp(receive_again=receive_again)
+        return DistillGuardMiddleware(app, guard=guard_factory(**options)), app
+
+    return build
+
+
+async def test_second_receive_goes_to_the_server(asgi: Callable[..., Any]) -> None:
+    """After the body is replayed once, the app's next ``receive()`` reaches the real
+    ``receive`` (it waits for ``http.disconnect``) and never gets a cached ``http.request``."""
+    middleware, app = asgi(receive_again=True)
+    receive = Receiver(body_messages(b'{"a":1}', [3]))
+    send = Sender()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(middleware, http_scope(token=make_token()), receive, send)
+            await anyio.wait_all_tasks_blocked()
+            # The app is parked in the server's receive, not spinning on a replayed message.
+            assert app.calls == [] and receive.calls == 3
+            receive.disconnect.set()
+    assert app.after_body == [{"type": "http.disconnect"}]
+    assert app.calls[0].body == b'{"a":1}'
+    assert send.status == 200
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=st.binary(max_size=2048), cuts=st.lists(st.integers(min_value=1, max_value=2047), max_size=12))
+def test_random_chunking_is_byte_identical(body: bytes, cuts: list[int]) -> None:
+    """However the server splits the body into ``http.request`` messages, the app sees the
+    same bytes in one call."""
+    from tests.helpers import jwt_config
+
+    async def main() -> None:
+        app = EchoASGIApp()
+        middleware = DistillGuardMiddleware(app, guard=Guard(jwt=jwt_config()))
+        receive = Receiver(body_messages(body, cuts))
+        send = Sender()
+        await middleware(http_scope(token=make_token()), receive, send)
+        assert send.status == 200
+        assert [c.body for c in app.calls] == [body]
+        assert receive.calls == len(body_messages(body, cuts))
+
+    anyio.run(main)
+
+
+async def test_streaming_response_one_send_per_chunk(asgi: Callable[..., Any]) -> None:
+    """Each ``http.response.body`` of the app is forwarded as its own ``send``, in order, with
+    its ``more_body`` flag, and the RateLimit fields are added to the start message."""
+    middleware, _ = asgi()
+    send = Sender()
+    await middleware(http_scope("/stream", token=make_token()), Receiver(body_messages(b"")), send)
+    bodies = [m for m in send.messages if m["type"] == "http.response.body"]
+    assert [m["body"] for m in bodies] == [*STREAM_CHUNKS, b""]
+    assert [m["more_body"] for m in bodies] == [True, True, True, False]
+    assert b"ratelimit" in send.headers and send.headers[b"content-type"] == b"text/event-stream"
+
+
+async def test_streaming_chunks_arrive_before_the_app_finishes(asgi: Callable[..., Any]) -> None:
+    """The first chunk reaches the server while the app is still streaming (no buffering)."""
+    gate = anyio.Event()
+    seen: list[bytes] = []
+
+    async def slow_stream(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await gate.wait()
+        await send({"type": "http.response.body", "body": b"last", "more_body": False})
+
+    middleware, _ = asgi()
+    middleware.app = slow_stream
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            seen.append(message["body"])
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(middleware, http_scope(token=make_token()), Receiver(body_messages(b"")), send)
+            await anyio.wait_all_tasks_blocked()
+            assert seen == [b"first"]
+            gate.set()
+    assert seen == [b"first", b"last"]
+
+
+async def test_lifespan_passes_through(asgi: Callable[..., Any]) -> None:
+    """The ``lifespan`` scope reaches the app untouched: startup and shutdown both run."""
+    middleware, app = asgi()
+    receive = Receiver([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    send = Sender()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    await middleware(scope, receive, send)
+    assert app.started and app.stopped
+    assert [m["type"] for m in send.messages] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert scope == {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+
+
+async def test_websocket_passes_through(asgi: Callable[..., Any], span_exporter: Any) -> None:
+    """A ``websocket`` scope reaches the app untouched (no token needed, no span, no
+    ``KeyError`` on a missing ``method``)."""
+    middleware, app = asgi()
+    scope = {"type": "websocket", "path": "/v1/realtime", "headers": [], "subprotocols": []}
+    send = Sender()
+    await middleware(scope, Receiver([{"type": "websocket.connect"}]), send)
+    assert app.websocket_scopes == [scope]
+    assert "distillguard" not in scope and "state" not in scope
+    assert [m["type"] for m in send.messages] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert guard_spans(span_exporter) == []
+
+
+async def test_disconnect_before_body_skips_app(asgi: Callable[..., Any]) -> None:
+    """A client that leaves mid-upload gets nothing sent and the app is not called."""
+    middleware, app = asgi()
+    receive = Receiver(
+        [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}]
+    )
+    send = Sender()
+    with anyio.fail_after(5):
+        await middleware(http_scope(token=make_token()), receive, send)
+    assert app.calls == [] and send.messages == []
+
+
+async def test_lying_content_length_is_capped(asgi: Callable[..., Any]) -> None:
+    """A Content-Length smaller than the real body does not lift the cap: 413, app not called,
+    and reading stops one message past the cap."""
+    middleware, app = asgi(max_body_bytes=100)
+    messages = [{"type": "http.request", "body": b"z" * 60, "more_body": True} for _ in range(10)]
+    receive = Receiver(messages)
+    send = Sender()
+    await middleware(http_scope(token=make_token(), headers={"content-length": "10"}), receive, send)
+    assert send.status == 413 and app.calls == []
+    assert receive.calls == 2
+    assert send.headers[b"connection"] == b"close"
+
+
+async def test_declared_oversize_refused_before_reading(asgi: Callable[..., Any]) -> None:
+    """A Content-Length over the cap is refused without reading the body at all."""
+    middleware, app = asgi(max_body_bytes=100)
+    receive = Receiver(body_messages(b"x" * 500))
+    send = Sender()
+    await middleware(http_scope(token=make_token(), headers={"content-length": "500"}), receive, send)
+    assert send.status == 413 and app.calls == [] and receive.calls == 0
+
+
+async def test_async_detector_is_awaited(asgi: Callable[..., Any], span_exporter: Any) -> None:
+    """An async detector runs under ASGI and its score drives the decision."""
+    detector = AsyncStaticDetector(1.0)
+    middleware, app = asgi(detectors=[detector])
+    send = Sender()
+    await middleware(http_scope(token=make_token()), Receiver(body_messages(b"{}")), send)
+    assert send.status == 429 and detector.calls == 1 and app.calls == []
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes[ATTR_DETECTOR_SCORE.format("async_static")] == 1.0
+
+
+async def test_blocking_detector_runs_in_a_thread(asgi: Callable[..., Any]) -> None:
+    """A ``blocking = True`` detector runs in a worker thread, not on the event loop."""
+    detector = BlockingDetector(0.0)
+    middleware, _ = asgi(detectors=[detector])
+    send = Sender()
+    await middleware(http_scope(token=make_token()), Receiver(body_messages(b"{}")), send)
+    assert send.status == 200
+    assert len(detector.threads) == 1 and detector.threads[0] != threading.get_ident()
+
+
+async def test_raising_detector_with_block_policy(asgi: Callable[..., Any], span_exporter: Any) -> None:
+    """With ``on_error="block"`` a raising detector refuses the request; the error is on the span."""
+    middleware, app = asgi(detectors=[RaisingDetector()], policy=Policy(on_error="block"))
+    send = Sender()
+    await middleware(http_scope(token=make_token()), Receiver(body_messages(b"{}")), send)
+    assert send.status == 429 and app.calls == []
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes[ATTR_DECISION] == "block"
+    assert list(span.attributes[ATTR_ERRORS]) == ["detector:broken"]
+
+
+async def test_app_exception_propagates_unchanged(asgi: Callable[..., Any], span_exporter: Any) -> None:
+    """The app's exception object reaches the server unchanged; the span records it."""
+    middleware, _ = asgi()
+    with pytest.raises(RuntimeError, match="app failed") as info:
+        await middleware(http_scope("/boom", token=make_token()), Receiver(body_messages(b"")), Sender())
+    assert type(info.value) is RuntimeError
+    (span,) = guard_spans(span_exporter)
+    assert [e.name for e in span.events] == ["exception"]
+
+
+async def test_scope_state_holds_decision(asgi: Callable[..., Any]) -> None:
+    """The app reads the decision, with the verified identity, from ``scope["state"]``."""
+    middleware, app = asgi()
+    await middleware(http_scope(token=make_token(sub="alice")), Receiver(body_messages(b"{}")), Sender())
+    decision = app.calls[0].decision
+    assert decision.identity.client_id == "alice" and decision.allowed
