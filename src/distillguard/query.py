@@ -25,6 +25,16 @@ QueryKind = str
 ``"empty"``."""
 
 _MAX_VECTOR = 65_536
+_decode = json.JSONDecoder().decode
+
+
+def _loads(body: bytes) -> Any:
+    """``json.loads(body)``, without its encoding detection for the usual case: a body that
+    starts with ``{`` or ``[`` followed by a non-zero byte can only be UTF-8 (UTF-16 and
+    UTF-32 put zero bytes or a BOM first), so it is decoded as such directly."""
+    if body[:1] in (b"{", b"[") and body[1:2] != b"\x00":
+        return _decode(body.decode("utf-8", "surrogatepass"))
+    return json.loads(body)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,7 +160,7 @@ def parse_query(body: bytes, content_type: str = "application/json") -> Query:
     if "json" not in content_type and body[:1] not in (b"{", b"["):
         return Query(kind="raw", size=size)
     try:
-        data = json.loads(body)
+        data = _loads(body)
     except (ValueError, RecursionError):
         return Query(kind="raw", size=size)
     if not isinstance(data, dict):

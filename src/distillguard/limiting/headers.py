@@ -20,22 +20,39 @@ def _seconds_until(reset_at: float, now: float) -> int:
     return max(0, math.ceil(reset_at - now))
 
 
+_POLICY_FIELDS: dict[tuple[tuple[str, int, int], ...], str] = {}
+"""``RateLimit-Policy`` values already rendered, by (name, quota, window) of each policy."""
+
+
+def _policy_field(policies: tuple[tuple[str, int, int], ...]) -> str:
+    field = _POLICY_FIELDS.get(policies)
+    if field is None:
+        field = ", ".join(f'"{name}";q={quota};w={window}' for name, quota, window in policies)
+        if len(_POLICY_FIELDS) >= 4096:
+            _POLICY_FIELDS.clear()
+        _POLICY_FIELDS[policies] = field
+    return field
+
+
 def ratelimit_fields(outcomes: Iterable[LimitOutcome], now: float) -> list[tuple[str, str]]:
     """Render ``RateLimit-Policy`` and ``RateLimit`` for the disclosed windows (may be empty)."""
-    policies: list[str] = []
+    policies: list[tuple[str, int, int]] = []
     states: list[str] = []
     for outcome in outcomes:
         check = outcome.check
         if not check.headers or outcome.error is not None:
             continue
-        policies.append(f'"{check.policy}";q={check.item.amount};w={check.item.get_expiry()}')
-        states.append(
-            f'"{check.policy}";r={max(0, outcome.remaining)};'
-            f"t={min(check.item.get_expiry(), _seconds_until(outcome.reset_at, now))}"
-        )
-    if not policies:
+        item = check.item
+        window = item.get_expiry()
+        policies.append((check.policy, item.amount, window))
+        remaining = outcome.remaining
+        left = math.ceil(outcome.reset_at - now)
+        # r = max(0, remaining); t = min(window, max(0, left)), without the builtin calls
+        reset = window if left >= window else (left if left > 0 else 0)
+        states.append(f'"{check.policy}";r={remaining if remaining > 0 else 0};t={reset}')
+    if not states:
         return []
-    return [("ratelimit-policy", ", ".join(policies)), ("ratelimit", ", ".join(states))]
+    return [("ratelimit-policy", _policy_field(tuple(policies))), ("ratelimit", ", ".join(states))]
 
 
 def retry_after(outcomes: Iterable[LimitOutcome], now: float) -> int:
