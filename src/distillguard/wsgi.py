@@ -133,7 +133,9 @@ class DistillGuardWSGIMiddleware:
             if decision.problem is not None:
                 code, headers, payload = decision.problem.render(decision.headers)
                 exchange.status = code
-                start_response(_status_line(code), headers)
+                # PEP 3333: applications must not send hop-by-hop headers (``Connection``);
+                # the server decides whether to close.
+                start_response(_status_line(code), [h for h in headers if h[0].lower() != "connection"])
                 exchange.finish()
                 return [payload]
             sent = decision.body if decision.body is not None else request.body

@@ -1,0 +1,198 @@
+"""WSGI integrity (PEP 3333): input stream handling, response iterables and ``close()``, and
+refusals that a real WSGI server accepts."""
+
+from __future__ import annotations
+
+import io
+import threading
+import wsgiref.simple_server
+import wsgiref.util
+import wsgiref.validate
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from distillguard import ConfigurationError, DistillGuardWSGIMiddleware, Guard
+from tests.helpers import AsyncStaticDetector, EchoWSGIApp, guard_spans, make_token
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class GuardedStream(io.RawIOBase):
+    """A ``wsgi.input`` that fails the test if read without a size, and counts bytes read."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        assert size is not None and size >= 0, "wsgi.input read without a size"
+        chunk = self._data.read(size)
+        self.read_bytes += len(chunk)
+        return chunk
+
+    def readable(self) -> bool:
+        return True
+
+
+def environ_for(
+    path: str = "/v1/chat/completions", *, token: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A complete WSGI environ for ``path``."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SCRIPT_NAME": "",
+    }
+    if token is not None:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    environ.update(extra)
+    wsgiref.util.setup_testing_defaults(environ)
+    return environ
+
+
+class StartResponse:
+    """Records the status and headers the middleware starts its response with."""
+
+    def __init__(self) -> None:
+        self.status = ""
+        self.headers: list[tuple[str, str]] = []
+
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        self.status, self.headers = status, headers
+        return lambda data: None
+
+
+@pytest.fixture
+def wsgi(guard_factory: Callable[..., Guard]) -> Callable[..., tuple[Any, EchoWSGIApp]]:
+    """``wsgi(**guard_options)``: the validated middleware around the echo app."""
+
+    def build(**options: Any) -> tuple[Any, EchoWSGIApp]:
+        app = EchoWSGIApp()
+        return wsgiref.validate.validator(
+            DistillGuardWSGIMiddleware(app, guard=guard_factory(**options))
+        ), app
+
+    return build
+
+
+def call(app: Any, environ: dict[str, Any]) -> tuple[StartResponse, list[bytes]]:
+    """Run ``app`` to completion (iterating and closing its result)."""
+    start = StartResponse()
+    result = app(environ, start)
+    try:
+        chunks = list(result)
+    finally:
+        result.close()
+    return start, chunks
+
+
+def test_no_length_no_terminated_never_reads(wsgi: Callable[..., Any]) -> None:
+    """Without CONTENT_LENGTH and without ``wsgi.input_terminated`` the input is not read (a
+    read without a size could hang); the app sees an empty body."""
+    middleware, app = wsgi()
+    stream = GuardedStream(b"x" * 100)
+    start, _ = call(middleware, environ_for(token=make_token(), **{"wsgi.input": stream}))
+    assert start.status.startswith("200")
+    assert stream.read_bytes == 0
+    assert app.calls[0].body == b"" and app.calls[0].content_length == "0"
+
+
+def test_terminated_input_read_is_capped(wsgi: Callable[..., Any]) -> None:
+    """A terminated chunked input of 10 MB is read only up to the cap (plus one byte), then 413."""
+    middleware, app = wsgi(max_body_bytes=1000)
+    stream = GuardedStream(b"x" * 10_000_000)
+    environ = environ_for(token=make_token(), **{"wsgi.input": stream, "wsgi.input_terminated": True})
+    start, chunks = call(middleware, environ)
+    assert start.status.startswith("413")
+    assert stream.read_bytes <= 1001
+    assert app.calls == []
+    assert b"request_too_large" in b"".join(chunks)
+
+
+def test_content_length_body_reaches_app(wsgi: Callable[..., Any]) -> None:
+    """With CONTENT_LENGTH the exact bytes reach the app, with a matching CONTENT_LENGTH."""
+    middleware, app = wsgi()
+    body = b'{"prompt":"hello"}'
+    stream = GuardedStream(body + b"trailing garbage beyond the declared length")
+    environ = environ_for(token=make_token(), **{"wsgi.input": stream, "CONTENT_LENGTH": str(len(body))})
+    call(middleware, environ)
+    assert app.calls[0].body == body
+    assert app.calls[0].content_length == str(len(body))
+    assert stream.read_bytes == len(body)
+
+
+def test_close_is_forwarded_and_span_ends_after(
+    guard_factory: Callable[..., Guard], span_exporter: Any
+) -> None:
+    """The app's iterable is closed through the middleware, and the span ends only then."""
+    released: list[str] = []
+
+    def streaming_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            yield b"one"
+            yield b"two"
+        finally:
+            released.append("finally")
+
+    app = wsgiref.validate.validator(DistillGuardWSGIMiddleware(streaming_app, guard=guard_factory()))
+    start = StartResponse()
+    result = app(environ_for(token=make_token()), start)
+    assert next(iter(result)) == b"one"  # the client stops after the first chunk
+    assert guard_spans(span_exporter) == []
+    result.close()
+    assert released == ["finally"]
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes["http.response.status_code"] == 200
+
+
+def test_async_detector_refused_under_wsgi(guard_factory: Callable[..., Guard]) -> None:
+    """An async detector cannot run under WSGI: ConfigurationError when the middleware is built."""
+    guard = guard_factory(detectors=[AsyncStaticDetector()])
+    with pytest.raises(ConfigurationError, match="async_static"):
+        DistillGuardWSGIMiddleware(EchoWSGIApp(), guard=guard)
+
+
+def test_environ_carries_identity_and_decision(wsgi: Callable[..., Any]) -> None:
+    """The app reads the identity at ``distillguard.identity`` and the decision beside it."""
+    middleware, app = wsgi()
+    call(middleware, environ_for(token=make_token(sub="bob")))
+    assert app.calls[0].identity.client_id == "bob"
+    assert app.calls[0].decision.identity == app.calls[0].identity
+
+
+def test_refusals_through_a_real_wsgi_server(guard_factory: Callable[..., Guard]) -> None:
+    """Every refusal (401, 413, 429) is accepted by wsgiref's server, which rejects
+    hop-by-hop headers from applications (PEP 3333)."""
+    from distillguard import LimitConfig
+
+    guard = guard_factory(max_body_bytes=16, limits=LimitConfig(default="1/minute"))
+    app = DistillGuardWSGIMiddleware(EchoWSGIApp(), guard=guard)
+
+    class Quiet(wsgiref.simple_server.WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        auth = {"authorization": f"Bearer {make_token()}"}
+        with httpx.Client(base_url=base, timeout=5) as client:
+            assert client.post("/v1/x", content=b"{}").status_code == 401
+            too_large = client.post("/v1/x", content=b"x" * 17, headers=auth)
+            assert too_large.status_code == 413
+            assert too_large.json()["code"] == "request_too_large"
+            assert client.post("/v1/x", content=b"{}", headers=auth).status_code == 200
+            assert client.post("/v1/x", content=b"{}", headers=auth).status_code == 429
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
