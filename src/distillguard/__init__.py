@@ -19,7 +19,7 @@ from .errors import (
     StateError,
 )
 from .guard import Guard
-from .identity import Identity, JWTConfig
+from .identity import Identity, JWKSKeys, JWTConfig
 from .limiting import LimitConfig
 from .policy import Policy
 from .problems import Problem
@@ -40,6 +40,7 @@ __all__ = [
     "DistillGuardWSGIMiddleware",
     "Guard",
     "Identity",
+    "JWKSKeys",
     "JWTConfig",
     "LimitConfig",
     "Observation",

@@ -122,6 +122,13 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         try:
             identity = verifier.verify(token)
         except AuthenticationError as exc:
+            if exc.reason == "keys_unavailable":  # no key set yet: the token may be fine
+                retry = getattr(exc, "retry_after", 5)
+                return Decision(
+                    action=Action.UNAVAILABLE,
+                    problem=Problem.unavailable("auth_unavailable", retry),
+                    auth_failure=exc.reason,
+                )
             return Decision(
                 action=Action.UNAUTHENTICATED, problem=Problem.invalid_token(realm), auth_failure=exc.reason
             )

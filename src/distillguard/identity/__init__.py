@@ -7,7 +7,17 @@ distillguard but :mod:`distillguard.errors`.
 from __future__ import annotations
 
 from .identity import Identity
+from .jwks import JWKSKeys, JWKSStatus, KeysUnavailable
 from .jwt import JWTConfig, JWTVerifier
 from .keys import KeyResolver, StaticKeys
 
-__all__ = ["Identity", "JWTConfig", "JWTVerifier", "KeyResolver", "StaticKeys"]
+__all__ = [
+    "Identity",
+    "JWKSKeys",
+    "JWKSStatus",
+    "JWTConfig",
+    "JWTVerifier",
+    "KeyResolver",
+    "KeysUnavailable",
+    "StaticKeys",
+]

@@ -42,7 +42,11 @@ class JWTConfig:
         algorithms: the allow-list of JWS algorithms (required; ``none`` is never allowed).
         key: the verification key(s): an HMAC secret of at least 32 bytes, a PEM public key, a
             ``cryptography`` key, a JWK dict, a list of these, or a mapping of ``kid`` to key.
-        key_resolver: instead of ``key``, an object that finds keys (for example a JWKS cache).
+        key_resolver: instead of ``key``, an object that finds keys (for example
+            :class:`~distillguard.identity.JWKSKeys`). When it raises
+            :class:`~distillguard.identity.KeysUnavailable`, the guard answers 503
+            ``auth_unavailable`` rather than 401, and tokens cached by the verifier are forgotten
+            whenever its ``generation`` attribute (if any) changes.
         issuer: the accepted ``iss`` value(s) (required).
         audience: the accepted ``aud`` value(s) (required).
         leeway: clock-skew tolerance in seconds for ``exp``, ``nbf`` and ``iat`` (0 to 300).
@@ -146,6 +150,7 @@ class JWTVerifier:
             "enforce_minimum_key_length": True,
         }
         self._cache: dict[str, Identity] = {}
+        self._generation = getattr(self._resolver, "generation", 0)
 
     def verify(self, token: str) -> Identity:
         """Verify ``token`` and return the caller's identity.
@@ -153,6 +158,10 @@ class JWTVerifier:
         Raises:
             AuthenticationError: whatever the reason; ``reason`` says which, for logs only.
         """
+        generation = getattr(self._resolver, "generation", 0)
+        if generation != self._generation:  # a key left the resolver's set: forget its tokens
+            self._cache.clear()
+            self._generation = generation
         cached = self._cache.get(token)
         if cached is not None:
             exp = cached.expires_at
@@ -161,7 +170,7 @@ class JWTVerifier:
             del self._cache[token]
             raise AuthenticationError("expired")
         identity = self._verify(token)
-        if self.config.cache_size:
+        if self.config.cache_size and getattr(self._resolver, "generation", 0) == generation:
             if len(self._cache) >= self.config.cache_size:
                 self._cache.pop(next(iter(self._cache)), None)
             self._cache[token] = identity
@@ -183,7 +192,7 @@ class JWTVerifier:
         if any(h in header for h in _FORBIDDEN_HEADERS):
             raise AuthenticationError("embedded_key")
         kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not _KID.match(kid)):
+        if "kid" in header and (not isinstance(kid, str) or not _KID.match(kid)):  # even `"kid": null`
             raise AuthenticationError("kid")
         if config.typ is not None and header.get("typ") != config.typ:
             raise AuthenticationError("typ")

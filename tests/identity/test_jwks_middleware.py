@@ -1,0 +1,332 @@
+"""JWKS-backed authentication through the ASGI and WSGI middleware, end to end: real tokens,
+real keys, a real JWKS server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from jwt.algorithms import RSAAlgorithm
+
+from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, JWKSKeys
+from distillguard.telemetry import ATTR_AUTH_FAILURE, ATTR_DECISION
+from tests.helpers import (
+    EchoASGIApp,
+    EchoWSGIApp,
+    KeyPair,
+    Keys,
+    b64url,
+    default_claims,
+    guard_spans,
+    jwt_config,
+    make_token,
+    raw_token,
+)
+from tests.identity.conftest import JWKSServer, to_jwk
+
+pytestmark = pytest.mark.timeout(60)
+
+ALGS = ["RS256", "ES256", "EdDSA"]
+
+
+@pytest.fixture
+def resolvers() -> Iterator[Callable[..., JWKSKeys]]:
+    created: list[JWKSKeys] = []
+
+    def build(url: str, **options: Any) -> JWKSKeys:
+        keys = JWKSKeys(url, **options)
+        created.append(keys)
+        return keys
+
+    yield build
+    for keys in created:
+        keys.close()
+
+
+@pytest.fixture
+def jwks_guard(guard_factory: Callable[..., Guard]) -> Callable[..., Guard]:
+    """A guard verifying RS256/ES256/EdDSA tokens with the given resolver."""
+
+    def build(resolver: JWKSKeys, algorithms: list[str] | None = None) -> Guard:
+        return guard_factory(jwt=jwt_config(algorithms=algorithms or ALGS, key=None, key_resolver=resolver))
+
+    return build
+
+
+class Client:
+    """One request interface over both adapters."""
+
+    def __init__(self, adapter: str, guard: Guard) -> None:
+        self.adapter = adapter
+        if adapter == "asgi":
+            self.app: Any = EchoASGIApp()
+            self._asgi = DistillGuardMiddleware(self.app, guard=guard)
+        else:
+            self.app = EchoWSGIApp()
+            self._wsgi = httpx.Client(
+                transport=httpx.WSGITransport(app=DistillGuardWSGIMiddleware(self.app, guard=guard)),
+                base_url="http://testserver",
+            )
+
+    def get(self, token: str | None) -> httpx.Response:
+        headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+        if self.adapter == "wsgi":
+            return self._wsgi.get("/v1/predict", headers=headers)
+
+        async def call() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self._asgi)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                return await client.get("/v1/predict", headers=headers)
+
+        return asyncio.run(call())
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def rs256_token(header: dict[str, Any], pair: KeyPair) -> str:
+    """A token with an arbitrary header (PyJWT refuses non-string kids), RS256-signed by ``pair``."""
+    signing_input = f"{b64url(header)}.{b64url(default_claims())}".encode()
+    signature = RSAAlgorithm(RSAAlgorithm.SHA256).sign(signing_input, pair.private)
+    return f"{signing_input.decode()}.{b64url(signature)}"
+
+
+def pair_for(keys: Keys, alg: str) -> KeyPair:
+    return {"RS256": keys.rsa, "ES256": keys.ec, "EdDSA": keys.ed25519}[alg]
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_tokens_verified_with_jwks_keys_reach_the_app(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str, alg: str
+) -> None:
+    """RS256, ES256 and EdDSA tokens signed by keys in the JWKS get 200; the app sees the client."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "rsa"), to_jwk(keys.ec, "ec"), to_jwk(keys.ed25519, "ed")])
+    resolver = resolvers(jwks_server.url)
+    assert resolver.prefetch(timeout=3)
+    client = Client(adapter, jwks_guard(resolver))
+    kid = {"RS256": "rsa", "ES256": "ec", "EdDSA": "ed"}[alg]
+    response = client.get(make_token(key=pair_for(keys, alg), headers={"kid": kid}, sub=f"user-{alg}"))
+    assert response.status_code == 200
+    assert len(client.app.calls) == 1
+    assert client.app.calls[0].identity.client_id == f"user-{alg}"
+
+
+@pytest.mark.parametrize("mode", ["503", "html", "empty", "redirect"])
+def test_first_start_with_a_broken_jwks_gives_503_auth_unavailable(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str, mode: str
+) -> None:
+    """No key ever fetched: 503 auth_unavailable with Retry-After, not 401, and no hang."""
+    jwks_server.mode = mode
+    resolver = resolvers(jwks_server.url)
+    assert resolver.prefetch(timeout=3) is False
+    client = Client(adapter, jwks_guard(resolver))
+    started = time.monotonic()
+    response = client.get(make_token(key=keys.rsa, headers={"kid": "rsa"}))
+    assert time.monotonic() - started < 0.5
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "auth_unavailable"
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert "www-authenticate" not in response.headers
+    assert client.app.calls == []
+
+
+def test_black_hole_jwks_at_startup_answers_503_without_waiting(
+    black_hole: str, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str, span_exporter: Any
+) -> None:
+    """A JWKS host that never answers: requests still get 503 at once; the span says why."""
+    resolver = resolvers(black_hole, timeout=2.0)
+    resolver.start()
+    client = Client(adapter, jwks_guard(resolver))
+    started = time.monotonic()
+    response = client.get(make_token(key=keys.rsa, headers={"kid": "rsa"}))
+    assert time.monotonic() - started < 0.5
+    assert response.status_code == 503 and response.json()["code"] == "auth_unavailable"
+    (span,) = guard_spans(span_exporter)
+    assert span.attributes[ATTR_AUTH_FAILURE] == "keys_unavailable"
+    assert span.attributes[ATTR_DECISION] == "unavailable"
+
+
+def test_missing_and_forged_tokens_stay_401_while_keys_are_unavailable(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, adapter: str
+) -> None:
+    """Before keys exist, no token is still 401 missing_token and a malformed one 401, not 503."""
+    jwks_server.mode = "503"
+    resolver = resolvers(jwks_server.url)
+    resolver.start()
+    client = Client(adapter, jwks_guard(resolver))
+    assert client.get(None).json()["code"] == "missing_token"
+    assert client.get("not.a.jwt").json()["code"] == "invalid_token"
+
+
+def test_last_known_good_keys_keep_working_when_the_jwks_goes_down(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str
+) -> None:
+    """After a good fetch the JWKS fails (503, then HTML): new tokens are still verified."""
+    jwks_server.set_keys([to_jwk(keys.ec, "ec")])
+    resolver = resolvers(jwks_server.url)
+    assert resolver.prefetch(timeout=3)
+    client = Client(adapter, jwks_guard(resolver))
+    for mode in ("503", "html"):
+        jwks_server.mode = mode
+        assert resolver.refresh(wait=3) is False
+        response = client.get(make_token(key=keys.ec, headers={"kid": "ec"}, jti=secrets.token_hex(8)))
+        assert response.status_code == 200
+    assert resolver.status().failures == 2
+
+
+@pytest.mark.parametrize("alg", ["RS384", "PS256", "HS256"])
+def test_algorithm_confusion_against_a_jwks_key_is_401(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str, alg: str
+) -> None:
+    """The JWK says RS256; a token under the same kid with RS384, PS256 or HS256 is refused."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
+    resolver = resolvers(jwks_server.url)
+    assert resolver.prefetch(timeout=3)
+    client = Client(adapter, jwks_guard(resolver, ["RS256", "RS384", "PS256", "HS256"]))
+    if alg == "HS256":  # HMAC keyed with the public key the JWKS publishes
+        token = raw_token(
+            {"alg": "HS256", "typ": "JWT", "kid": "rsa"}, default_claims(), hmac_key=keys.rsa.public_pem
+        )
+    else:
+        token = make_token(key=keys.rsa, alg=alg, headers={"kid": "rsa"})
+    response = client.get(token)
+    assert response.status_code == 401 and response.json()["code"] == "invalid_token"
+    assert client.app.calls == []
+    assert jwks_server.hits == 1  # a known kid with the wrong alg triggers no refetch
+
+
+@pytest.mark.parametrize(
+    "kid",
+    [
+        "",
+        "../../../../dev/null",
+        "/dev/null",
+        "x' UNION SELECT '1';--",
+        "|sleep 10",
+        "k" * 10_000,
+        1,
+        None,
+        [],
+    ],
+)
+def test_hostile_kid_values_are_401_fast_without_fetching(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, kid: Any
+) -> None:
+    """Path, SQL, shell, huge and non-string kids: 401 in well under 50 ms and no JWKS fetch."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "rsa"), to_jwk(keys.ec, "ec")])
+    resolver = resolvers(jwks_server.url)
+    assert resolver.prefetch(timeout=3)
+    guard = jwks_guard(resolver)
+    token = rs256_token({"alg": "RS256", "typ": "JWT", "kid": kid}, keys.rsa)  # the real key signs
+    client = Client("wsgi", guard)
+    assert client.get(make_token(key=keys.rsa, headers={"kid": "rsa"})).status_code == 200  # warm up
+    started = time.monotonic()
+    response = client.get(token)
+    assert time.monotonic() - started < 0.05
+    assert response.status_code == 401
+    time.sleep(0.05)
+    assert jwks_server.hits == 1
+
+
+def test_a_random_kid_flood_causes_at_most_one_fetch(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any
+) -> None:
+    """200 tokens with random kids: all 401, and the JWKS sees at most one extra request."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
+    resolver = resolvers(jwks_server.url)
+    assert resolver.prefetch(timeout=3)
+    client = Client("wsgi", jwks_guard(resolver))
+    for _ in range(200):
+        token = make_token(key=keys.rsa, headers={"kid": secrets.token_urlsafe(12)})
+        assert client.get(token).status_code == 401
+    time.sleep(0.1)
+    assert jwks_server.hits <= 2
+
+
+def test_rotation_through_the_middleware(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, rsa_keypair_2: KeyPair, adapter: str
+) -> None:
+    """A new kid works after the refresh it triggers; once the old kid leaves the JWKS, even a
+    token the verifier had cached under it is refused."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "old")])
+    resolver = resolvers(jwks_server.url, cooldown=0.1)
+    assert resolver.prefetch(timeout=3)
+    client = Client(adapter, jwks_guard(resolver))
+    old_token = make_token(key=keys.rsa, headers={"kid": "old"})
+    new_token = make_token(key=rsa_keypair_2, headers={"kid": "new"})
+    assert client.get(old_token).status_code == 200  # now cached by the verifier
+    jwks_server.set_keys([to_jwk(keys.rsa, "old"), to_jwk(rsa_keypair_2, "new")])
+    time.sleep(0.15)
+    assert client.get(new_token).status_code == 401  # unknown: refused, a refresh is asked for
+    deadline = time.monotonic() + 3
+    while resolver.key_for("new", "RS256") is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.get(new_token).status_code == 200
+    jwks_server.set_keys([to_jwk(rsa_keypair_2, "new")])
+    assert resolver.refresh(wait=3)
+    assert client.get(old_token).status_code == 401
+    assert client.get(new_token).status_code == 200
+
+
+def test_a_hung_refresh_does_not_slow_50_concurrent_requests(
+    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any
+) -> None:
+    """While the one refresh hangs (3 s timeout), 50 concurrent ASGI requests with distinct
+    tokens all pass at once, the event loop stays responsive and no second fetch starts."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
+    resolver = resolvers(jwks_server.url, timeout=3.0, cooldown=0)
+    assert resolver.prefetch(timeout=3)
+    middleware = DistillGuardMiddleware(EchoASGIApp(), guard=jwks_guard(resolver))
+    tokens = [make_token(key=keys.rsa, headers={"kid": "rsa"}, sub=f"user-{i}") for i in range(50)]
+    jwks_server.mode = "hang"
+    resolver.refresh()
+    deadline = time.monotonic() + 3
+    while jwks_server.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert jwks_server.in_flight == 1
+
+    async def scenario() -> tuple[list[int], list[float], float, float]:
+        lags: list[float] = []
+        done = asyncio.Event()
+
+        async def probe() -> None:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.005)
+                lags.append(time.perf_counter() - t0 - 0.005)
+
+        async def one(client: httpx.AsyncClient, token: str) -> tuple[int, float]:
+            t0 = time.perf_counter()
+            response = await client.get("/v1/predict", headers={"authorization": f"Bearer {token}"})
+            return response.status_code, time.perf_counter() - t0
+
+        transport = httpx.ASGITransport(app=middleware)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            prober = asyncio.create_task(probe())
+            await asyncio.sleep(0.02)
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(one(client, t) for t in tokens))
+            total = time.perf_counter() - t0
+            done.set()
+            await prober
+        return [s for s, _ in results], [d for _, d in results], total, max(lags)
+
+    statuses, latencies, total, max_lag = asyncio.run(scenario())
+    print(
+        f"\n50 concurrent requests during a hung JWKS refresh: total {total * 1000:.1f} ms, "
+        f"p50 {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms, "
+        f"max loop lag {max_lag * 1000:.1f} ms"
+    )
+    assert statuses == [200] * 50
+    assert total < 1.0  # the hung fetch would take 3 s
+    assert max_lag < 0.25  # CPU time of the 50 requests themselves, never the 3 s fetch
+    assert jwks_server.in_flight == 1 and jwks_server.hits == 2 and jwks_server.max_concurrent == 1
