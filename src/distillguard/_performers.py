@@ -12,33 +12,30 @@ import anyio.to_thread
 
 from .detectors import is_async_detector
 from .flow import Effect, HitLimit, RunDetector, TestLimit
-from .limiting import LimitOutcome
+from .limiting.effects import ChargeLimit, RefundLimit
+from .limiting.limiter import AsyncLimiter, Limiter
 
 __all__ = ["AsyncPerformer", "SyncPerformer"]
 
 
 class SyncPerformer:
-    """Performs effects with a sync ``limits`` strategy."""
+    """Performs effects with a sync :class:`~distillguard.limiting.limiter.Limiter`."""
 
-    def __init__(self, strategy: Any) -> None:
-        self._strategy = strategy
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
 
     def __call__(self, effect: Effect) -> object:
         try:
             if type(effect) is HitLimit:
-                check = effect.check
-                strategy = self._strategy
-                if effect.charge:
-                    allowed = strategy.hit(check.item, *check.key, cost=check.cost)
-                else:
-                    allowed = strategy.test(check.item, *check.key, cost=check.cost)
-                stats = strategy.get_window_stats(check.item, *check.key)
-                return LimitOutcome(
-                    check=check, allowed=allowed, remaining=stats.remaining, reset_at=stats.reset_time
-                )
+                return self.limiter.hit(effect.check, effect.charge)
+            if type(effect) is RefundLimit:
+                self.limiter.refund(effect.check, effect.amount, effect.mode)
+                return None
+            if type(effect) is ChargeLimit:
+                self.limiter.charge(effect.check, effect.amount, effect.mode)
+                return None
             if type(effect) is TestLimit:
-                check = effect.check
-                return self._strategy.test(check.item, *check.key, cost=check.cost)
+                return self.limiter.hit(effect.check, charge=False).allowed
             if type(effect) is RunDetector:
                 return effect.detector.score(effect.observation)
         except Exception as exc:
@@ -47,11 +44,11 @@ class SyncPerformer:
 
 
 class AsyncPerformer:
-    """Performs effects with an async ``limits`` strategy (``limits.aio``); runs async
+    """Performs effects with an :class:`~distillguard.limiting.limiter.AsyncLimiter`; runs async
     detectors by awaiting them and ``blocking = True`` detectors in a worker thread."""
 
-    def __init__(self, strategy: Any) -> None:
-        self._strategy = strategy
+    def __init__(self, limiter: AsyncLimiter) -> None:
+        self.limiter = limiter
         self._kinds: dict[int, str] = {}
 
     def _kind(self, detector: Any) -> str:
@@ -69,19 +66,15 @@ class AsyncPerformer:
     async def __call__(self, effect: Effect) -> object:
         try:
             if type(effect) is HitLimit:
-                check = effect.check
-                strategy = self._strategy
-                if effect.charge:
-                    allowed = await strategy.hit(check.item, *check.key, cost=check.cost)
-                else:
-                    allowed = await strategy.test(check.item, *check.key, cost=check.cost)
-                stats = await strategy.get_window_stats(check.item, *check.key)
-                return LimitOutcome(
-                    check=check, allowed=allowed, remaining=stats.remaining, reset_at=stats.reset_time
-                )
+                return await self.limiter.hit(effect.check, effect.charge)
+            if type(effect) is RefundLimit:
+                await self.limiter.refund(effect.check, effect.amount, effect.mode)
+                return None
+            if type(effect) is ChargeLimit:
+                await self.limiter.charge(effect.check, effect.amount, effect.mode)
+                return None
             if type(effect) is TestLimit:
-                check = effect.check
-                return await self._strategy.test(check.item, *check.key, cost=check.cost)
+                return (await self.limiter.hit(effect.check, charge=False)).allowed
             if type(effect) is RunDetector:
                 detector = effect.detector
                 kind = self._kind(detector)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .detectors import DetectorResult
 from .identity import Identity
 from .limiting import LimitOutcome
+from .limiting.budget import Budget
 from .problems import Problem
 from .query import Query
 
@@ -53,6 +54,8 @@ class Decision:
         body: the request body the app receives, when policy rewrote it (degrade).
         auth_failure: why authentication failed (for telemetry and logs; never sent).
         errors: names of detectors or storages that failed during this request.
+        budget: what an admitted request still owes its limits after the response (token
+            reconciliation, the concurrency slot); the exchange settles and releases it.
     """
 
     action: Action
@@ -68,6 +71,7 @@ class Decision:
     body: bytes | None = None
     auth_failure: str | None = None
     errors: tuple[str, ...] = ()
+    budget: Budget | None = field(default=None, repr=False, compare=False)
 
     @property
     def allowed(self) -> bool:

@@ -63,11 +63,15 @@ class Exchange:
 
     def response_body(self, chunk: bytes) -> None:
         """A chunk of the app's response body passed through (unchanged)."""
+        decision = self.decision
+        if decision is not None and decision.budget is not None:
+            decision.budget.observe(chunk)
 
     def settle(self) -> Generator[Effect, object, None]:
-        """Effects to run once the response is complete (none yet)."""
-        return
-        yield  # pragma: no cover
+        """Effects to run once the response is complete (token reconciliation, once)."""
+        decision = self.decision
+        if decision is not None and decision.budget is not None:
+            yield from decision.budget.settle(self.status)
 
     def detach(self) -> None:
         """Stop making the span current (the app may still be streaming)."""
@@ -78,4 +82,6 @@ class Exchange:
     def finish(self, exc: BaseException | None = None, extra: dict[str, Any] | None = None) -> None:
         """End the exchange: record the status (and an app exception) and end the span."""
         self.detach()
+        if self.decision is not None and self.decision.budget is not None:
+            self.decision.budget.release()  # every path ends here: completion, disconnect, error
         self.guard.telemetry.finish(self.span, self.status, exc, extra)

@@ -19,6 +19,7 @@ from .detectors import DetectorResult, Observation
 from .errors import AuthenticationError
 from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
+from .limiting.effects import ChargeLimit, RefundLimit
 from .limiting.headers import ratelimit_fields, retry_after
 from .policy import Policy, decide
 from .problems import Problem
@@ -58,7 +59,7 @@ class RunDetector:
     observation: Observation
 
 
-Effect: TypeAlias = TestLimit | HitLimit | RunDetector
+Effect: TypeAlias = TestLimit | HitLimit | RunDetector | ChargeLimit | RefundLimit
 """Anything the pipeline asks an adapter to do."""
 Flow: TypeAlias = Generator[Effect, object, Decision]
 """The pipeline of one request."""
@@ -139,7 +140,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
             )
 
     query = parse_query(request.body, request.content_type)
-    checks = guard.plan.checks_for(identity)
+    checks = guard.plan.checks_for(identity, request.path, query)
     outcomes = yield from _limits(checks, now)
     headers = tuple(ratelimit_fields(outcomes, now)) if guard.plan.config.headers else ()
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)

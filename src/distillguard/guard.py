@@ -7,9 +7,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
-from limits.storage import storage_from_string
-from limits.strategies import STRATEGIES
 from opentelemetry.trace import TracerProvider
 
 from ._drivers import adrive, drive
@@ -20,6 +17,9 @@ from .errors import ConfigurationError
 from .flow import Flow, evaluate
 from .identity import JWTConfig, JWTVerifier
 from .limiting import LimitConfig, LimitPlan
+from .limiting.admission import admit
+from .limiting.limiter import AsyncLimiter, Limiter
+from .limiting.outage import LimiterStats
 from .policy import Policy
 from .problems import Problem
 from .request import GuardRequest
@@ -89,6 +89,7 @@ class Guard:
             raise ConfigurationError("on_internal_error must be 'allow' or 'deny'")
         self.verifier = JWTVerifier(jwt, clock=clock) if jwt is not None else None
         self.plan = LimitPlan(limits or LimitConfig())
+        self.limiter_stats = LimiterStats()
         self.policy = policy or Policy()
         self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider)
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
@@ -127,7 +128,7 @@ class Guard:
 
     def flow(self, request: GuardRequest) -> Flow:
         """The pipeline for ``request`` (see :func:`distillguard.flow.evaluate`)."""
-        return evaluate(self, request)
+        return admit(self, request, evaluate(self, request))
 
     def sync_performer(self) -> SyncPerformer:
         """A performer with a sync ``limits`` strategy, for WSGI.
@@ -138,17 +139,11 @@ class Guard:
         for det in self.detectors:
             if is_async_detector(det):
                 raise ConfigurationError(f"detector {det.name!r} is async; it needs the ASGI middleware")
-        options = dict(self.plan.config.storage_options)
-        storage = storage_from_string(self.plan.config.storage_uri, **options)
-        strategy: Any = STRATEGIES[self.plan.config.strategy]
-        return SyncPerformer(strategy(storage))
+        return SyncPerformer(Limiter(self.plan.config, self.limiter_stats))
 
     def async_performer(self) -> AsyncPerformer:
         """A performer with an async ``limits`` strategy (``async+`` storage), for ASGI."""
-        options = dict(self.plan.config.storage_options)
-        storage = storage_from_string("async+" + self.plan.config.storage_uri, **options)
-        strategy: Any = ASYNC_STRATEGIES[self.plan.config.strategy]
-        return AsyncPerformer(strategy(storage))
+        return AsyncPerformer(AsyncLimiter(self.plan.config, self.limiter_stats))
 
     def decide(self, request: GuardRequest, perform: Callable[[Any], object]) -> Decision:
         """Run the pipeline synchronously; a failure of the guard itself follows policy."""

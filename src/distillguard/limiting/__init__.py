@@ -1,14 +1,24 @@
-"""Limits: which windows apply to a request (the plan), and the IETF RateLimit fields.
+"""Limits: which windows apply to a request (the plan), how they are counted through storage
+outages, token budgets, concurrency caps and the IETF RateLimit fields.
 
-Counting is done by the ``limits`` library's strategies and storages; this package only decides
-*which* limits a request is charged against and how outcomes are shown. It imports nothing from
-the rest of distillguard but :mod:`distillguard.errors`, :mod:`distillguard.identity` and
-:mod:`distillguard.query`.
+Counting is done by the ``limits`` library's strategies on its storages (or on the bounded
+memory storage of :mod:`.storage`); this package decides *which* windows a request is charged
+against, what a refusal or an outage means, and how outcomes are shown.
 """
 
 from __future__ import annotations
 
 from .config import LimitConfig
+from .outage import LimiterStats, OutagePolicy
 from .plan import LimitCheck, LimitOutcome, LimitPlan
+from .rules import LimitRule
 
-__all__ = ["LimitCheck", "LimitConfig", "LimitOutcome", "LimitPlan"]
+__all__ = [
+    "LimitCheck",
+    "LimitConfig",
+    "LimitOutcome",
+    "LimitPlan",
+    "LimitRule",
+    "LimiterStats",
+    "OutagePolicy",
+]

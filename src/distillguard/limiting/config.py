@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from limits import RateLimitItem, parse_many
 from limits.strategies import STRATEGIES
 
 from ..errors import ConfigurationError
+from .outage import OutagePolicy
+from .rules import LimitRule
 
 __all__ = ["LimitConfig", "parse_limits"]
 
@@ -44,6 +46,27 @@ class LimitConfig:
         headers: send the IETF ``RateLimit-Policy`` and ``RateLimit`` fields (draft-10) on
             responses. Limits are always enforced; this only controls disclosure.
         key_prefix: the namespace of distillguard's counters in the storage.
+        rules: extra windows by tier, route and model, in requests or tokens
+            (:class:`~distillguard.limiting.rules.LimitRule`).
+        tenant: windows shared by all clients of a tenant (the issuer, or
+            ``JWTConfig.tenant_claim``): an aggregate limit. Empty means none.
+        auth_failures: windows per client address for failed authentication, checked *before*
+            any signature is verified: an address over them gets 429 for every request that
+            carries a token. Empty (the default) turns it off; ``"20/minute;100/hour"`` suits
+            most APIs.
+        concurrency: requests (streams included) a client may have in flight at once in this
+            process; ``None`` for no cap.
+        concurrency_tiers: the cap by tier (overrides ``concurrency``).
+        chars_per_token: prompt characters per estimated token.
+        default_max_tokens: the completion budget assumed when a request gives no
+            ``max_tokens``.
+        outage: what to do when the shared storage is down (see
+            :mod:`distillguard.limiting.outage`).
+        outage_retry_after: the ``Retry-After`` of ``limiter_unavailable`` refusals.
+        breaker_threshold: consecutive storage failures that open the circuit breaker.
+        breaker_base_delay: seconds before the first probe of a failed storage (doubling).
+        breaker_max_delay: the longest wait between probes.
+        memory_max_keys: the key cap of the memory storage (also the local fallback).
     """
 
     default: str = "60/minute;1000/day"
@@ -53,6 +76,19 @@ class LimitConfig:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     headers: bool = True
     key_prefix: str = "dg"
+    rules: Sequence[LimitRule] = ()
+    tenant: str = ""
+    auth_failures: str = ""
+    concurrency: int | None = None
+    concurrency_tiers: Mapping[str, int] = field(default_factory=dict)
+    chars_per_token: float = 4.0
+    default_max_tokens: int = 1024
+    outage: OutagePolicy = "local_fallback"
+    outage_retry_after: int = 5
+    breaker_threshold: int = 3
+    breaker_base_delay: float = 1.0
+    breaker_max_delay: float = 60.0
+    memory_max_keys: int = 100_000
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -66,3 +102,35 @@ class LimitConfig:
             parse_limits(text)
         if "://" not in self.storage_uri:
             raise ConfigurationError(f"storage_uri must be a limits storage URI, got {self.storage_uri!r}")
+        self._validate_storage()
+        parse_limits(self.tenant)
+        parse_limits(self.auth_failures)
+        names: set[str] = set()
+        for rule in self.rules:
+            if not isinstance(rule, LimitRule):
+                raise ConfigurationError("LimitConfig.rules must hold LimitRule values")
+            if rule.name in names:
+                raise ConfigurationError(f"two limit rules are named {rule.name!r}")
+            names.add(rule.name)
+            if rule.strategy is not None and rule.strategy not in STRATEGIES:
+                raise ConfigurationError(f"LimitRule {rule.name!r}: unknown strategy {rule.strategy!r}")
+            if not parse_limits(rule.limits):
+                raise ConfigurationError(f"LimitRule {rule.name!r} has no windows")
+        caps = [self.concurrency, *self.concurrency_tiers.values()]
+        if any(c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1) for c in caps):
+            raise ConfigurationError("concurrency caps must be positive integers")
+        if not self.chars_per_token > 0 or self.default_max_tokens < 0:
+            raise ConfigurationError("chars_per_token must be > 0 and default_max_tokens >= 0")
+        if self.outage not in get_args(OutagePolicy):
+            raise ConfigurationError(f"LimitConfig.outage must be one of {get_args(OutagePolicy)}")
+        if self.outage_retry_after < 1 or self.breaker_threshold < 1:
+            raise ConfigurationError("outage_retry_after and breaker_threshold must be at least 1")
+        if not 0 < self.breaker_base_delay <= self.breaker_max_delay:
+            raise ConfigurationError("need 0 < breaker_base_delay <= breaker_max_delay")
+        if self.memory_max_keys < 16:
+            raise ConfigurationError("memory_max_keys must be at least 16")
+
+    def _validate_storage(self) -> None:
+        scheme = self.storage_uri.split("://", 1)[0]
+        if scheme.startswith("async+"):
+            raise ConfigurationError("give storage_uri without 'async+': the ASGI adapter adds it")

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from limits import RateLimitItem
 
 from ..identity import Identity
+from ..query import Query
+from .concurrency import ConcurrencyLimiter
 from .config import LimitConfig, parse_limits
+from .rules import CompiledRule
+from .tokens import TokenEstimate, estimate_tokens
 
 __all__ = ["LimitCheck", "LimitOutcome", "LimitPlan", "policy_name"]
 
@@ -27,6 +31,8 @@ class LimitCheck:
         key: the identifiers of the counter (e.g. ``("client", tier, client_id)``).
         cost: how much the request costs in the window's unit.
         headers: whether this window is disclosed in the RateLimit fields.
+        strategy: the ``limits`` strategy counting this window.
+        unit: ``"requests"`` or ``"tokens"``.
     """
 
     policy: str
@@ -34,6 +40,8 @@ class LimitCheck:
     key: tuple[str, ...]
     cost: int = 1
     headers: bool = True
+    strategy: str = "moving-window"
+    unit: str = "requests"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +54,9 @@ class LimitOutcome:
         remaining: what is left in the window after this request.
         reset_at: when more quota frees up (unix seconds).
         error: a storage failure message, when the storage could not be reached.
+        mode: where the decision was taken: ``"primary"`` (the configured storage),
+            ``"fallback"`` (the local memory storage during an outage), ``"open"`` (admitted
+            uncounted during an outage) or ``"closed"`` (refused during an outage).
     """
 
     check: LimitCheck
@@ -53,6 +64,12 @@ class LimitOutcome:
     remaining: int
     reset_at: float
     error: str | None = None
+    mode: str = "primary"
+
+    @property
+    def counted(self) -> bool:
+        """Whether the request's cost was added to a window (and could be refunded)."""
+        return self.allowed and self.mode in ("primary", "fallback")
 
 
 class LimitPlan:
@@ -63,22 +80,106 @@ class LimitPlan:
         self._default = self._compile(parse_limits(config.default))
         self._tiers = {tier: self._compile(parse_limits(text)) for tier, text in config.tiers.items()}
         self._cache: dict[tuple[str, str], tuple[LimitCheck, ...]] = {}
+        self._tenant = self._compile(parse_limits(config.tenant))
+        self._auth = self._compile(parse_limits(config.auth_failures))
+        self._rules = tuple(
+            CompiledRule(
+                rule,
+                tuple(
+                    (f"{rule.name}-{name}", item) for name, item in self._compile(parse_limits(rule.limits))
+                ),
+                rule.strategy or ("fixed-window" if rule.unit == "tokens" else config.strategy),
+            )
+            for rule in config.rules
+        )
+        self.concurrency = ConcurrencyLimiter(max_keys=config.memory_max_keys)
+        self.has_tokens = any(r.unit == "tokens" for r in config.rules)
 
     def _compile(self, items: tuple[RateLimitItem, ...]) -> tuple[tuple[str, RateLimitItem], ...]:
         return tuple((policy_name(item), item) for item in items)
 
-    def checks_for(self, identity: Identity) -> tuple[LimitCheck, ...]:
-        """The request-count checks of ``identity`` (cached per tier and client)."""
+    def checks_for(
+        self, identity: Identity, path: str = "", query: Query | None = None
+    ) -> tuple[LimitCheck, ...]:
+        """The checks of one request: the client's tier windows, then the tenant's aggregate
+        windows, then every matching rule (request rules, then token rules charged the
+        request's :func:`~distillguard.limiting.tokens.estimate_tokens`)."""
         cache_key = (identity.tier, identity.client_id)
         checks = self._cache.get(cache_key)
         if checks is None:
             windows = self._tiers.get(identity.tier, self._default)
             key = ("c", identity.tier, identity.client_id)
+            strategy = self.config.strategy
             checks = tuple(
-                LimitCheck(policy=name, item=item, key=key, headers=self.config.headers)
+                LimitCheck(policy=name, item=item, key=key, headers=self.config.headers, strategy=strategy)
                 for name, item in windows
             )
             if len(self._cache) >= 50_000:
                 self._cache.clear()
             self._cache[cache_key] = checks
-        return checks
+        if not self._rules and not (self._tenant and identity.tenant):
+            return checks
+        extra: list[LimitCheck] = []
+        if self._tenant and identity.tenant:
+            tenant_key: tuple[str, ...] = ("t", identity.tenant)
+            extra.extend(
+                LimitCheck(
+                    policy=f"tenant-{n}", item=i, key=tenant_key, headers=False, strategy=self.config.strategy
+                )
+                for n, i in self._tenant
+            )
+        model = query.model if query is not None else None
+        estimate: TokenEstimate | None = None
+        token_checks: list[LimitCheck] = []
+        for compiled in self._rules:
+            rule = compiled.rule
+            if not rule.matches(identity.tier, path, model):
+                continue
+            cost = 1
+            if rule.unit == "tokens":
+                if estimate is None:
+                    estimate = self.estimate(query)
+                if estimate is None:
+                    continue
+                cost = estimate.total
+            owner = (identity.tenant or "") if rule.per == "tenant" else identity.client_id
+            rule_key: tuple[str, ...] = (
+                ("r", rule.name, owner, model or "") if rule.models else ("r", rule.name, owner)
+            )
+            made = (
+                LimitCheck(
+                    policy=name,
+                    item=item,
+                    key=rule_key,
+                    cost=cost,
+                    headers=rule.headers and self.config.headers,
+                    strategy=compiled.strategy,
+                    unit=rule.unit,
+                )
+                for name, item in compiled.windows
+            )
+            (token_checks if rule.unit == "tokens" else extra).extend(made)
+        return (*checks, *extra, *token_checks)
+
+    def estimate(self, query: Query | None) -> TokenEstimate | None:
+        """The token estimate of ``query`` under this configuration."""
+        if query is None:
+            return None
+        config = self.config
+        return estimate_tokens(
+            query, chars_per_token=config.chars_per_token, default_max_tokens=config.default_max_tokens
+        )
+
+    def auth_failure_checks(self, address: str | None) -> tuple[LimitCheck, ...]:
+        """The failed-authentication windows of a client address (empty when off)."""
+        if not self._auth:
+            return ()
+        key = ("a", address or "unknown")
+        return tuple(
+            LimitCheck(policy=f"auth-{n}", item=i, key=key, headers=False, strategy="moving-window")
+            for n, i in self._auth
+        )
+
+    def concurrency_cap(self, identity: Identity) -> int | None:
+        """How many requests ``identity`` may have in flight (``None``: no cap)."""
+        return self.config.concurrency_tiers.get(identity.tier, self.config.concurrency)

@@ -1,0 +1,247 @@
+"""The bounded in-memory counter table behind :mod:`distillguard.limiting.storage`.
+
+One ordered dict holds every counter, least recently used first. Inserting past ``max_keys``
+evicts the least recently used key (counted in :attr:`BoundedTable.evictions`), so memory stays
+bounded however many identities a client rotates through. Expiry is lazy: a key is dropped when it
+is next read, and each insertion also drops up to two expired keys from the cold end. There is
+no timer thread.
+
+Moving windows store ``(timestamp, amount)`` pairs, so a cost of 4,000 (a token budget) is one
+entry, not 4,000.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from math import floor
+
+__all__ = ["BoundedTable"]
+
+
+class _Counter:
+    __slots__ = ("expires", "value")
+
+    def __init__(self, value: int, expires: float) -> None:
+        self.value = value
+        self.expires = expires
+
+
+class _Events:
+    __slots__ = ("entries", "expiry", "total")
+
+    def __init__(self, expiry: float) -> None:
+        self.entries: list[tuple[float, int]] = []  # oldest first
+        self.total = 0
+        self.expiry = expiry
+
+    def prune(self, now: float) -> None:
+        cutoff = now - self.expiry
+        entries = self.entries
+        cut = 0
+        while cut < len(entries) and entries[cut][0] < cutoff:
+            self.total -= entries[cut][1]
+            cut += 1
+        if cut:
+            del entries[:cut]
+
+
+_Slot = _Counter | _Events
+
+
+def _expired(slot: _Slot, now: float) -> bool:
+    if isinstance(slot, _Counter):
+        return slot.expires <= now
+    return not slot.entries or slot.entries[-1][0] < now - slot.expiry
+
+
+class BoundedTable:
+    """Counters and moving-window entries with a hard cap on keys (thread-safe).
+
+    Args:
+        max_keys: the most keys held at once.
+        clock: the time source (unix seconds).
+    """
+
+    def __init__(self, max_keys: int, clock: Callable[[], float] = time.time) -> None:
+        self.max_keys = max_keys
+        self.evictions = 0
+        self._clock = clock
+        self._data: OrderedDict[str, _Slot] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    # -- internals (call with the lock held) ----------------------------------------------------
+
+    def _live(self, key: str, now: float) -> _Slot | None:
+        slot = self._data.get(key)
+        if slot is None:
+            return None
+        if isinstance(slot, _Counter):
+            if slot.expires <= now:
+                del self._data[key]
+                return None
+        else:
+            slot.prune(now)
+            if not slot.entries:
+                del self._data[key]
+                return None
+        self._data.move_to_end(key)
+        return slot
+
+    def _insert(self, key: str, slot: _Slot, now: float) -> None:
+        data = self._data
+        data[key] = slot
+        for _ in range(2):  # amortised sweep of the cold end (without touching it)
+            cold_key, cold = next(iter(data.items()))
+            if cold_key == key or not _expired(cold, now):
+                break
+            del data[cold_key]
+        while len(data) > self.max_keys:
+            data.popitem(last=False)
+            self.evictions += 1
+
+    # -- counters (fixed window, sliding window counter) -------------------------------------
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        """Add ``amount``; a new counter expires ``expiry`` seconds from now."""
+        with self._lock:
+            now = self._clock()
+            slot = self._live(key, now)
+            if not isinstance(slot, _Counter):
+                slot = _Counter(0, now + expiry)
+                self._insert(key, slot, now)
+            slot.value += amount
+            return slot.value
+
+    def decr(self, key: str, amount: int = 1) -> int:
+        """Take ``amount`` back (never below zero); a missing counter stays missing."""
+        with self._lock:
+            slot = self._live(key, self._clock())
+            if not isinstance(slot, _Counter):
+                return 0
+            slot.value = max(0, slot.value - amount)
+            return slot.value
+
+    def get(self, key: str) -> int:
+        """The counter's value (0 when missing or expired)."""
+        with self._lock:
+            slot = self._live(key, self._clock())
+            return slot.value if isinstance(slot, _Counter) else 0
+
+    def get_expiry(self, key: str) -> float:
+        """When the counter expires (now when missing)."""
+        with self._lock:
+            now = self._clock()
+            slot = self._live(key, now)
+            return slot.expires if isinstance(slot, _Counter) else now
+
+    def clear(self, key: str) -> None:
+        """Forget ``key``."""
+        with self._lock:
+            self._data.pop(key, None)
+
+    def reset(self) -> int:
+        """Forget everything; return how many keys there were."""
+        with self._lock:
+            count = len(self._data)
+            self._data.clear()
+            return count
+
+    # -- moving window -----------------------------------------------------------------------
+
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """Add ``amount`` to the moving window if it fits under ``limit``."""
+        if amount > limit:
+            return False
+        with self._lock:
+            now = self._clock()
+            slot = self._live(key, now)
+            if not isinstance(slot, _Events):
+                if slot is not None:
+                    del self._data[key]
+                slot = _Events(expiry)
+                if slot.total + amount > limit:
+                    return False
+                self._insert(key, slot, now)
+            elif slot.total + amount > limit:
+                return False
+            slot.entries.append((now, amount))
+            slot.total += amount
+            return True
+
+    def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """``(start of the window's oldest entry, amount in the window)``."""
+        with self._lock:
+            now = self._clock()
+            slot = self._live(key, now)
+            if not isinstance(slot, _Events):
+                return now, 0
+            return slot.entries[0][0], slot.total
+
+    def pop_entries(self, key: str, amount: int) -> int:
+        """Remove up to ``amount`` from the newest moving-window entries; return how much."""
+        with self._lock:
+            slot = self._live(key, self._clock())
+            if not isinstance(slot, _Events):
+                return 0
+            removed = 0
+            entries = slot.entries
+            while entries and removed < amount:
+                stamp, count = entries[-1]
+                take = min(count, amount - removed)
+                removed += take
+                if take == count:
+                    entries.pop()
+                else:
+                    entries[-1] = (stamp, count - take)
+            slot.total -= removed
+            return removed
+
+    # -- sliding window counter --------------------------------------------------------------
+
+    @staticmethod
+    def sliding_keys(key: str, expiry: int, at: float) -> tuple[str, str]:
+        """The previous and the current window's counter keys."""
+        return f"{key}/{int((at - expiry) / expiry)}", f"{key}/{int(at / expiry)}"
+
+    def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
+        """``(previous count, previous ttl, current count, current ttl)`` as ``limits`` expects."""
+        with self._lock:
+            now = self._clock()
+            return self._sliding(key, expiry, now)
+
+    def _sliding(self, key: str, expiry: int, now: float) -> tuple[int, float, int, float]:
+        previous_key, current_key = self.sliding_keys(key, expiry, now)
+        previous = self.get(previous_key)
+        current = self.get(current_key)
+        previous_ttl = 0.0 if previous == 0 else (1 - (((now - expiry) / expiry) % 1)) * expiry
+        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
+        return previous, previous_ttl, current, current_ttl
+
+    def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """Add ``amount`` to the current window if the weighted count stays under ``limit``."""
+        if amount > limit:
+            return False
+        with self._lock:
+            now = self._clock()
+            previous, previous_ttl, current, _ = self._sliding(key, expiry, now)
+            if floor(previous * previous_ttl / expiry + current) + amount > limit:
+                return False
+            self.incr(self.sliding_keys(key, expiry, now)[1], 2 * expiry, amount)
+            return True
+
+    def refund_sliding(self, key: str, expiry: int, amount: int) -> int:
+        """Take ``amount`` back from the current sliding window (never below zero)."""
+        with self._lock:
+            return self.decr(self.sliding_keys(key, expiry, self._clock())[1], amount)
+
+    def clear_sliding_window(self, key: str, expiry: int) -> None:
+        """Forget both windows of ``key``."""
+        with self._lock:
+            for part in self.sliding_keys(key, expiry, self._clock()):
+                self._data.pop(part, None)

@@ -1,0 +1,116 @@
+"""Admission around the pipeline: the limit steps that come before and after it.
+
+:func:`admit` wraps :func:`distillguard.flow.evaluate` (sans-IO, like it):
+
+1. **Before verification**: an address over its failed-authentication windows
+   (``LimitConfig.auth_failures``) gets 429 for any request carrying a token; no signature is
+   checked. After the pipeline, an invalid token charges those windows.
+2. **Refusals keep nothing**: when the decision refuses a request (a window, a detector block,
+   the concurrency cap), every window it was charged on is refunded.
+3. **Outage**: a window refused because the storage is down under ``fail_closed`` becomes 503
+   ``limiter_unavailable`` with ``Retry-After``.
+4. **Concurrency**: an admitted request takes a slot of its client's cap, or gets 429.
+5. **Disclosure**: RateLimit fields are withheld from clients the detectors flagged (flag or
+   worse).
+6. **Budget**: token windows and the slot go on the decision as a
+   :class:`~distillguard.limiting.budget.Budget` for the exchange to settle and release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ..decision import Action, Decision
+from ..flow import Effect, Flow, HitLimit
+from ..problems import Problem
+from ..request import GuardRequest, bearer_token
+from .budget import Budget
+from .effects import RefundLimit
+from .headers import retry_after
+from .plan import LimitCheck, LimitOutcome
+
+if TYPE_CHECKING:
+    from ..guard import Guard
+
+__all__ = ["admit"]
+
+_RATELIMIT_FIELDS = frozenset({"ratelimit", "ratelimit-policy"})
+_FLAGGED = frozenset({"flag", "degrade", "throttle", "block"})
+
+
+def _refund(outcomes: tuple[LimitOutcome, ...]) -> Generator[Effect, object, None]:
+    for outcome in outcomes:
+        if outcome.counted:
+            yield RefundLimit(outcome.check, outcome.check.cost, outcome.mode)
+
+
+def admit(guard: Guard, request: GuardRequest, inner: Flow) -> Flow:
+    """Run ``inner`` (the pipeline of ``request``) with the admission steps around it."""
+    plan = guard.plan
+    now = request.timestamp
+    shadow = guard.policy.shadow
+    auth_checks: tuple[LimitCheck, ...] = ()
+    if (
+        guard.verifier is not None
+        and request.identity is None
+        and bearer_token(request.authorization) is not None
+    ):
+        auth_checks = plan.auth_failure_checks(request.client_address)
+        for check in auth_checks:
+            outcome = yield HitLimit(check, now, charge=False)
+            if (
+                isinstance(outcome, LimitOutcome)
+                and not outcome.allowed
+                and outcome.mode in ("primary", "fallback")
+                and not shadow
+            ):
+                inner.close()
+                return Decision(
+                    action=Action.RATE_LIMITED,
+                    problem=Problem.rate_limited(retry_after([outcome], now), [check.policy]),
+                    auth_failure="address_limited",
+                    limits=(outcome,),
+                )
+
+    decision = yield from inner
+
+    if auth_checks and decision.action is Action.UNAUTHENTICATED and decision.auth_failure != "missing":
+        for check in auth_checks:
+            yield HitLimit(check, now)
+    if decision.problem is not None:
+        yield from _refund(decision.limits)
+        if any(o.mode == "closed" for o in decision.limits):
+            retry = plan.config.outage_retry_after
+            return replace(
+                decision,
+                action=Action.UNAVAILABLE,
+                problem=Problem.unavailable("limiter_unavailable", retry),
+                headers=(),
+            )
+        return decision
+
+    if decision.headers and decision.action.value in _FLAGGED:
+        decision = replace(
+            decision, headers=tuple(h for h in decision.headers if h[0].lower() not in _RATELIMIT_FIELDS)
+        )
+    identity = decision.identity
+    slot = None
+    cap = plan.concurrency_cap(identity) if identity is not None else None
+    if identity is not None and cap is not None:
+        slot = plan.concurrency.acquire(identity.client_id, cap)
+        if slot is None and not shadow:
+            yield from _refund(decision.limits)
+            return replace(
+                decision,
+                action=Action.RATE_LIMITED,
+                problem=Problem.rate_limited(1, [f"concurrency-{cap}"]),
+                headers=(),
+                body=None,
+            )
+    charges = tuple((o.check, o.mode) for o in decision.limits if o.counted and o.check.unit == "tokens")
+    if charges or slot is not None:
+        estimate = plan.estimate(decision.query) if charges else None
+        decision = replace(decision, budget=Budget(charges=charges, estimate=estimate, slot=slot))
+    return decision

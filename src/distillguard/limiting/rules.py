@@ -1,0 +1,87 @@
+"""Limit rules: extra windows by tier, route and model, counted in requests or tokens."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from limits import RateLimitItem
+
+from ..errors import ConfigurationError
+
+__all__ = ["LimitRule", "Unit"]
+
+Unit = Literal["requests", "tokens"]
+"""What a window counts."""
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitRule:
+    """Extra windows that apply to the requests matching ``tiers``, ``routes`` and ``models``.
+
+    Args:
+        name: a short name (letters, digits, ``._-``); it prefixes the policy names shown in the
+            RateLimit fields and the counters' keys.
+        limits: the windows in ``limits`` notation, e.g. ``"100000/minute;2000000/day"``.
+        unit: ``"requests"`` (each request costs 1) or ``"tokens"`` (each request is charged its
+            estimated prompt tokens plus ``max_tokens`` x ``n``, then reconciled with the
+            response's ``usage``).
+        tiers: the tiers the rule applies to (all when empty).
+        routes: paths the rule applies to: exact, or a prefix when ending in ``/`` (all when empty).
+        models: the request's ``model`` values the rule applies to (all when empty). With
+            models listed, each model is counted separately.
+        per: ``"client"`` (one counter per client) or ``"tenant"`` (one counter shared by every
+            client of a tenant: an aggregate limit).
+        strategy: the ``limits`` strategy; token windows use ``"fixed-window"`` (the only one
+            whose refunds are exact). Request windows default to ``LimitConfig.strategy``.
+        headers: disclose these windows in the RateLimit fields.
+    """
+
+    name: str
+    limits: str
+    unit: Unit = "requests"
+    tiers: Sequence[str] = ()
+    routes: Sequence[str] = ()
+    models: Sequence[str] = ()
+    per: Literal["client", "tenant"] = "client"
+    strategy: str | None = None
+    headers: bool = True
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigurationError(f"LimitRule.name {self.name!r} must match {_NAME.pattern}")
+        if self.unit not in ("requests", "tokens"):
+            raise ConfigurationError("LimitRule.unit must be 'requests' or 'tokens'")
+        if self.per not in ("client", "tenant"):
+            raise ConfigurationError("LimitRule.per must be 'client' or 'tenant'")
+        for group in (self.tiers, self.routes, self.models):
+            if isinstance(group, str):
+                raise ConfigurationError(f"LimitRule {self.name!r}: tiers/routes/models must be lists")
+        if self.unit == "tokens" and self.strategy not in (None, "fixed-window"):
+            raise ConfigurationError(
+                f"LimitRule {self.name!r}: token windows use the fixed window (refunds are exact "
+                "only there; a moving window stores one entry per token)"
+            )
+
+    def matches(self, tier: str, path: str, model: str | None) -> bool:
+        """Whether a request of ``tier`` to ``path`` for ``model`` falls under this rule."""
+        if self.tiers and tier not in self.tiers:
+            return False
+        if self.models and model not in self.models:
+            return False
+        if self.routes:
+            return any(path == r or (r.endswith("/") and path.startswith(r)) for r in self.routes)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A rule with its windows parsed."""
+
+    rule: LimitRule
+    windows: tuple[tuple[str, RateLimitItem], ...]
+    strategy: str
