@@ -78,10 +78,12 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
     changed = {k: v for k, v in data.items() if k not in policy.degrade_fields}
     cap = policy.degrade_max_tokens
     if cap is not None:
-        for key in ("max_tokens", "max_completion_tokens"):
+        # Cap the field(s) the client sent; add ``max_tokens`` only when it sent neither.
+        present = [k for k in ("max_tokens", "max_completion_tokens") if k in data]
+        for key in present or ["max_tokens"]:
             value = changed.get(key)
             if not isinstance(value, int) or value > cap:
-                changed[key] = cap if key in data or key == "max_tokens" else value
+                changed[key] = cap
     if changed == data:
         return None
     return json.dumps(changed, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,293 @@
+"""The sans-IO pipeline (``flow.evaluate``) driven without HTTP: with the real performers
+(``limits`` on ``memory://``) and with performers that fail on purpose."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from distillguard import Action, ConfigurationError, Guard, Identity, LimitConfig, Policy
+from distillguard._drivers import adrive, drive
+from distillguard.detectors import Observation
+from distillguard.flow import RunDetector, degrade_body
+from distillguard.query import parse_query
+from distillguard.request import GuardRequest, bearer_token
+from tests.helpers import RaisingDetector, StaticDetector, make_token
+
+pytestmark = pytest.mark.timeout(30)
+
+CHAT = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hello"}], "logprobs": True}
+).encode()
+
+
+def request(token: str | None = None, *, body: bytes = CHAT, **overrides: Any) -> GuardRequest:
+    """A request to the chat endpoint."""
+    options: dict[str, Any] = {
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "authorization": f"Bearer {token}" if token is not None else None,
+        "content_type": "application/json",
+        "body": body,
+        "client_address": "10.0.0.1",
+        "user_agent": "pytest",
+        "timestamp": time.time(),
+    }
+    options.update(overrides)
+    return GuardRequest(**options)
+
+
+class Recording:
+    """Wraps a performer; records the type of every effect it performs."""
+
+    def __init__(self, inner: Callable[[Any], object]) -> None:
+        self.inner = inner
+        self.effects: list[str] = []
+
+    def __call__(self, effect: Any) -> object:
+        self.effects.append(type(effect).__name__)
+        return self.inner(effect)
+
+
+def refuse_effects(effect: Any) -> object:
+    raise AssertionError(f"no effect expected, got {effect!r}")
+
+
+def test_missing_token_performs_nothing(guard_factory: Callable[..., Guard]) -> None:
+    """Without a token the pipeline refuses before charging any limit or running a detector."""
+    guard = guard_factory(detectors=[StaticDetector()])
+    decision = drive(guard.flow(request()), refuse_effects)
+    assert decision.action is Action.UNAUTHENTICATED
+    assert decision.problem is not None and decision.problem.code == "missing_token"
+    assert decision.auth_failure == "missing"
+
+
+def test_forged_token_charges_nothing(guard_factory: Callable[..., Guard]) -> None:
+    """A forged token is refused before limits: forged tokens carrying a victim's ``sub``
+    cannot use up the victim's quota."""
+    guard = guard_factory(limits=LimitConfig(default="1/minute"))
+    forged = make_token(key=b"attacker-secret-attacker-secret-0123456789")
+    for _ in range(3):
+        decision = drive(guard.flow(request(forged)), refuse_effects)
+        assert decision.action is Action.UNAUTHENTICATED
+        assert decision.problem is not None and decision.problem.code == "invalid_token"
+    perform = guard.sync_performer()
+    assert drive(guard.flow(request(make_token())), perform).action is Action.ALLOW
+
+
+def test_order_limits_then_detectors(guard_factory: Callable[..., Guard]) -> None:
+    """An admitted request charges its limits first, then runs each detector once."""
+    guard = guard_factory(
+        limits=LimitConfig(default="5/minute;100/day"), detectors=[StaticDetector(), StaticDetector(name="b")]
+    )
+    perform = Recording(guard.sync_performer())
+    decision = drive(guard.flow(request(make_token())), perform)
+    assert decision.action is Action.ALLOW
+    assert perform.effects[-2:] == ["RunDetector", "RunDetector"]
+    assert "RunDetector" not in perform.effects[:-2] and len(perform.effects) > 2
+    assert [o.check.policy for o in decision.limits] == ["5-per-1-minute", "100-per-1-day"]
+    assert decision.limits[0].remaining == 4
+
+
+def test_rate_limited_skips_detectors(guard_factory: Callable[..., Guard]) -> None:
+    """A request over its limit is refused without running detectors."""
+    detector = StaticDetector()
+    guard = guard_factory(limits=LimitConfig(default="1/minute"), detectors=[detector])
+    perform = guard.sync_performer()
+    token = make_token()
+    assert drive(guard.flow(request(token)), perform).action is Action.ALLOW
+    decision = drive(guard.flow(request(token)), perform)
+    assert decision.action is Action.RATE_LIMITED
+    assert decision.problem is not None and decision.problem.status == 429
+    assert len(detector.calls) == 1
+
+
+def test_detector_failure_is_recorded(guard_factory: Callable[..., Guard]) -> None:
+    """A detector whose effect comes back as an exception scores 0 and is named in ``errors``;
+    with ``on_error="block"`` it scores 1 and blocks."""
+    for policy, action in ((Policy(), Action.ALLOW), (Policy(on_error="block"), Action.BLOCK)):
+        guard = guard_factory(detectors=[RaisingDetector()], policy=policy)
+        decision = drive(guard.flow(request(make_token())), guard.sync_performer())
+        assert decision.action is action
+        assert "detector:broken" in decision.errors
+        assert decision.results[0].reasons == ("error",)
+
+
+def test_detector_sees_the_observation(guard_factory: Callable[..., Guard]) -> None:
+    """Detectors get the verified identity, the parsed query and the request metadata."""
+    detector = StaticDetector()
+    guard = guard_factory(detectors=[detector])
+    drive(guard.flow(request(make_token(sub="obs", tier="pro"))), guard.sync_performer())
+    (observation,) = detector.calls
+    assert isinstance(observation, Observation)
+    assert observation.client_id == "obs" and observation.identity.tier == "pro"
+    assert observation.query.kind == "chat" and observation.query.text == "hello"
+    assert observation.route == "/v1/chat/completions" and observation.method == "POST"
+    assert observation.client_address == "10.0.0.1" and observation.user_agent == "pytest"
+
+
+def test_identity_from_upstream_skips_tokens(guard_factory: Callable[..., Guard]) -> None:
+    """An identity established upstream is used as is; no token is needed."""
+    guard = guard_factory()
+    upstream = Identity(client_id="gateway-user", tier="pro")
+    decision = drive(guard.flow(request(identity=upstream)), guard.sync_performer())
+    assert decision.action is Action.ALLOW and decision.identity == upstream
+
+
+def test_without_jwt_clients_are_anonymous_by_address(guard_factory: Callable[..., Guard]) -> None:
+    """With ``jwt=None`` clients are identified by address, as anonymous."""
+    guard = guard_factory(jwt=None)
+    decision = drive(guard.flow(request()), guard.sync_performer())
+    assert decision.identity is not None
+    assert decision.identity.client_id == "ip:10.0.0.1" and decision.identity.anonymous
+
+
+def test_shadow_never_refuses(guard_factory: Callable[..., Guard]) -> None:
+    """In shadow mode a block verdict and an exhausted limit both let the request through."""
+    guard = guard_factory(
+        limits=LimitConfig(default="1/minute"), detectors=[StaticDetector(1.0)], policy=Policy(shadow=True)
+    )
+    perform = guard.sync_performer()
+    token = make_token()
+    first, second = (drive(guard.flow(request(token)), perform) for _ in range(2))
+    assert (first.action, first.shadow, first.problem) == (Action.BLOCK, True, None)
+    assert (second.action, second.shadow, second.problem) == (Action.RATE_LIMITED, True, None)
+    assert first.body is None
+
+
+def test_sync_and_async_drivers_agree(guard_factory: Callable[..., Guard]) -> None:
+    """The same requests give the same actions through ``drive`` and ``adrive``."""
+    tokens = [make_token(), make_token(), make_token(), "bad", None]
+
+    def actions_sync() -> list[Action]:
+        guard = guard_factory(limits=LimitConfig(default="2/minute"), detectors=[StaticDetector(0.6)])
+        perform = guard.sync_performer()
+        return [drive(guard.flow(request(t)), perform).action for t in tokens]
+
+    async def actions_async() -> list[Action]:
+        guard = guard_factory(limits=LimitConfig(default="2/minute"), detectors=[StaticDetector(0.6)])
+        perform = guard.async_performer()
+        return [(await adrive(guard.flow(request(t)), perform)).action for t in tokens]
+
+    expected = [Action.FLAG, Action.FLAG, Action.RATE_LIMITED, Action.UNAUTHENTICATED, Action.UNAUTHENTICATED]
+    assert actions_sync() == expected
+    assert anyio.run(actions_async) == expected
+
+
+def test_internal_error_follows_policy(guard_factory: Callable[..., Guard]) -> None:
+    """When the pipeline itself fails, ``on_internal_error`` decides: allow (recorded) or a
+    500 ``guard_error``."""
+
+    def broken(effect: Any) -> object:
+        raise ZeroDivisionError
+
+    allowed = guard_factory().decide(request(make_token()), broken)
+    assert allowed.action is Action.ALLOW and allowed.errors == ("guard:ZeroDivisionError",)
+    denied = guard_factory(on_internal_error="deny").decide(request(make_token()), broken)
+    assert denied.problem is not None and denied.problem.status == 500
+    assert denied.problem.code == "guard_error"
+
+
+def test_effects_are_values(guard_factory: Callable[..., Guard]) -> None:
+    """The pipeline asks for work with effect values the driver can inspect."""
+    guard = guard_factory(limits=LimitConfig(default=""), detectors=[StaticDetector()])
+    flow = guard.flow(request(make_token()))
+    effect = next(flow)
+    assert isinstance(effect, RunDetector) and effect.detector.name == "static"
+    with pytest.raises(StopIteration) as done:
+        flow.send(effect.detector.score(effect.observation))
+    assert done.value.value.action is Action.ALLOW
+
+
+# -- degrade ---------------------------------------------------------------------------------
+
+
+def test_degrade_body_removes_fields_and_caps() -> None:
+    """``degrade_body`` drops the policy's fields and caps ``max_tokens``; unchanged bodies and
+    non-JSON bodies give ``None``."""
+    body = json.dumps({"prompt": "p", "logprobs": 5, "logit_bias": {"1": 2}, "max_tokens": 500}).encode()
+    out = degrade_body(parse_query(body), Policy(degrade_max_tokens=100))
+    assert out is not None
+    assert json.loads(out) == {"prompt": "p", "max_tokens": 100}
+    plain = json.dumps({"prompt": "p", "max_tokens": 10}).encode()
+    assert degrade_body(parse_query(plain), Policy(degrade_max_tokens=100)) is None
+    assert degrade_body(parse_query(b"not json", "text/plain"), Policy()) is None
+
+
+def test_degrade_keeps_unicode() -> None:
+    """Degrading keeps non-ASCII prompt text intact (UTF-8, not escaped into something else)."""
+    body = json.dumps({"messages": [{"role": "user", "content": "héllo ☃"}], "top_logprobs": 3}).encode()
+    out = degrade_body(parse_query(body), Policy())
+    assert out is not None and json.loads(out)["messages"][0]["content"] == "héllo ☃"
+
+
+# -- request helpers and guard configuration -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        (None, None),
+        ("", None),
+        ("Basic abc", None),
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        ("Bearer", ""),
+    ],
+)
+def test_bearer_token(header: str | None, token: str | None) -> None:
+    """Only the Bearer scheme yields a token (case-insensitive); an empty one is ``""``."""
+    assert bearer_token(header) == token
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"max_body_bytes": 0}, id="zero-body-cap"),
+        pytest.param({"on_internal_error": "explode"}, id="bad-internal-error-policy"),
+        pytest.param({"jwt": {"algorithms": ["HS256"]}}, id="jwt-not-a-config"),
+    ],
+)
+def test_guard_config_fails_fast(guard_factory: Callable[..., Guard], options: dict[str, Any]) -> None:
+    """Invalid guard settings raise ConfigurationError at construction."""
+    with pytest.raises(ConfigurationError):
+        guard_factory(**options)
+
+
+def test_exempt_paths(guard_factory: Callable[..., Guard]) -> None:
+    """Exempt paths match exactly, or by prefix when they end with ``/``."""
+    guard = guard_factory(exempt_paths=("/health", "/static/"))
+    assert guard.is_exempt("/health") and guard.is_exempt("/static/app.js")
+    assert not guard.is_exempt("/healthz") and not guard.is_exempt("/static")
+    assert not guard.is_exempt("/v1/chat/completions")
+
+
+@pytest.mark.parametrize(
+    ("sent", "seen"),
+    [
+        pytest.param({}, {"max_tokens": 100}, id="none-sent-adds-max-tokens"),
+        pytest.param({"max_tokens": 500}, {"max_tokens": 100}, id="max-tokens-capped"),
+        pytest.param({"max_tokens": 50}, {"max_tokens": 50}, id="max-tokens-under-cap"),
+        pytest.param(
+            {"max_completion_tokens": 500}, {"max_completion_tokens": 100}, id="completion-tokens-only"
+        ),
+        pytest.param(
+            {"max_tokens": 500, "max_completion_tokens": 900},
+            {"max_tokens": 100, "max_completion_tokens": 100},
+            id="both-capped",
+        ),
+        pytest.param({"max_tokens": None}, {"max_tokens": 100}, id="null-replaced"),
+    ],
+)
+def test_degrade_caps_only_sent_token_fields(sent: dict[str, Any], seen: dict[str, Any]) -> None:
+    """The cap rewrites the token-limit field(s) the client sent and never adds a second one
+    (``max_completion_tokens`` clients must not get ``max_tokens``, nor a ``null``)."""
+    body = json.dumps({"messages": [], "logprobs": True, **sent}).encode()
+    out = degrade_body(parse_query(body), Policy(degrade_max_tokens=100))
+    assert out is not None
+    assert json.loads(out) == {"messages": [], **seen}
