@@ -18,6 +18,7 @@ from .decision import Decision
 from .exchange import Exchange
 from .guard import Guard
 from .request import GuardRequest
+from .telemetry.propagation import ASGI_GETTER, asgi_route
 
 __all__ = ["DistillGuardMiddleware"]
 
@@ -75,7 +76,7 @@ class DistillGuardMiddleware:
             user_agent=user_agent,
             timestamp=guard.clock(),
         )
-        exchange = Exchange(guard, request)
+        exchange = Exchange(guard, request, scope, ASGI_GETTER)
         try:
             if body is None:
                 decision = guard.too_large()
@@ -120,6 +121,7 @@ class DistillGuardMiddleware:
             if kind == "http.response.body":
                 exchange.response_body(message.get("body", b""))
             elif kind == "http.response.start":
+                exchange.route = asgi_route(scope)
                 extra = exchange.response_start(message["status"])
                 if extra:
                     message = dict(message)

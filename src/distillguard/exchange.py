@@ -9,6 +9,7 @@ example reconciling a token budget with the response's ``usage``) for the adapte
 from __future__ import annotations
 
 from collections.abc import Generator
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context, trace
@@ -17,10 +18,12 @@ from .decision import Decision
 from .request import GuardRequest
 
 if TYPE_CHECKING:
+    from opentelemetry.propagators.textmap import Getter
     from opentelemetry.trace import Span
 
     from .flow import Effect
     from .guard import Guard
+    from .limiting.usage import UsageParser
 
 __all__ = ["Exchange"]
 
@@ -39,20 +42,44 @@ class Exchange:
         exchange.finish(exc)                    # ends the span, detaches the context
     """
 
-    __slots__ = ("_token", "decision", "guard", "request", "span", "status")
+    __slots__ = (
+        "_overhead",
+        "_started",
+        "_token",
+        "_usage",
+        "decision",
+        "guard",
+        "request",
+        "route",
+        "span",
+        "status",
+    )
 
-    def __init__(self, guard: Guard, request: GuardRequest) -> None:
+    def __init__(
+        self, guard: Guard, request: GuardRequest, carrier: Any = None, getter: Getter[Any] | None = None
+    ) -> None:
+        self._started = perf_counter()
+        self._overhead = 0.0
         self.guard = guard
         self.request = request
-        self.span: Span = guard.telemetry.start(request)
-        self._token: object | None = otel_context.attach(trace.set_span_in_context(self.span))
+        # ``carrier``/``getter`` read the request headers (trace context when no span is current)
+        span, nest = guard.telemetry.begin(request, carrier, getter)
+        self.span: Span = span
+        self._token: object | None = (
+            otel_context.attach(trace.set_span_in_context(self.span)) if nest else None
+        )
         self.decision: Decision | None = None
         self.status: int | None = None
+        self.route: str | None = None  # the matched route template, when the framework tells
+        self._usage: UsageParser | None = None  # reads ``usage`` for the span (no token limits)
 
     def decided(self, decision: Decision) -> Decision:
         """Record ``decision`` on the span; return it."""
         self.decision = decision
-        self.guard.telemetry.record(self.span, decision)
+        telemetry = self.guard.telemetry
+        telemetry.record(self.span, decision)
+        self._usage = telemetry.usage_parser(self.span, decision)
+        self._overhead = perf_counter() - self._started
         return decision
 
     def response_start(self, status: int) -> tuple[tuple[str, str], ...]:
@@ -66,6 +93,8 @@ class Exchange:
         decision = self.decision
         if decision is not None and decision.budget is not None:
             decision.budget.observe(chunk)
+        if self._usage is not None:
+            self._usage.feed(chunk)
 
     def settle(self) -> Generator[Effect, object, None]:
         """Effects to run once the response is complete (token reconciliation, once)."""
@@ -84,4 +113,9 @@ class Exchange:
         self.detach()
         if self.decision is not None and self.decision.budget is not None:
             self.decision.budget.release()  # every path ends here: completion, disconnect, error
-        self.guard.telemetry.finish(self.span, self.status, exc, extra)
+        telemetry = self.guard.telemetry
+        decision = self.decision
+        usage = telemetry.usage(self._usage, decision) if self.span.is_recording() else None
+        telemetry.finish(self.span, self.status, exc, extra, decision=decision, route=self.route, usage=usage)
+        if decision is not None:
+            telemetry.metrics.record_duration(self._overhead, decision.action.value)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
 from ._drivers import adrive, drive
@@ -48,6 +49,8 @@ class Guard:
         policy: how detector scores become verdicts.
         telemetry: span settings.
         tracer_provider: the OpenTelemetry provider (the global one when ``None``).
+        meter_provider: the OpenTelemetry provider for the guard's metrics (the global one
+            when ``None``); see ``docs/telemetry.md``.
         exempt_paths: paths served without any check (exact match, or prefix when ending in
             ``/``), e.g. health checks.
         max_body_bytes: larger request bodies get 413 ``request_too_large``.
@@ -76,6 +79,7 @@ class Guard:
         policy: Policy | None = None,
         telemetry: TelemetryConfig | None = None,
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
         exempt_paths: Sequence[str] = ("/health", "/healthz", "/livez", "/readyz"),
         max_body_bytes: int = 1_048_576,
         on_internal_error: Literal["allow", "deny"] = "allow",
@@ -91,13 +95,14 @@ class Guard:
         self.plan = LimitPlan(limits or LimitConfig())
         self.limiter_stats = LimiterStats()
         self.policy = policy or Policy()
-        self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider)
+        self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider, meter_provider)
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
         self.clock = clock
         self._exact = frozenset(p for p in exempt_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in exempt_paths if p.endswith("/"))
+        self.telemetry.observe(self)
         if self.plan.config.storage_uri.startswith("memory://"):
             logger.info("distillguard: limits are counted in memory, per process")
 

@@ -17,6 +17,7 @@ from ._drivers import drive
 from .exchange import Exchange
 from .guard import Guard
 from .request import GuardRequest
+from .telemetry.propagation import EXCHANGE_ENVIRON_KEY, WSGI_GETTER
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -126,7 +127,7 @@ class DistillGuardWSGIMiddleware:
             user_agent=environ.get("HTTP_USER_AGENT"),
             timestamp=guard.clock(),
         )
-        exchange = Exchange(guard, request)
+        exchange = Exchange(guard, request, environ, WSGI_GETTER)
         try:
             decision = guard.too_large() if body is None else guard.decide(request, self._perform)
             exchange.decided(decision)
@@ -143,6 +144,7 @@ class DistillGuardWSGIMiddleware:
             environ["CONTENT_LENGTH"] = str(len(sent))
             environ["distillguard.decision"] = decision
             environ["distillguard.identity"] = decision.identity
+            environ[EXCHANGE_ENVIRON_KEY] = exchange
 
             def start_with_headers(
                 status_line: str, headers: list[tuple[str, str]], exc_info: Any = None

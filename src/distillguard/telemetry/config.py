@@ -1,0 +1,55 @@
+"""Telemetry settings and the hashed form of client ids."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from ..errors import ConfigurationError
+
+__all__ = ["TelemetryConfig", "hash_identifier"]
+
+
+def hash_identifier(value: str, key: bytes = b"") -> str:
+    """The hashed form of a client id as it appears on spans (16 hex digits).
+
+    Operators can compute it to find a known client in their traces.
+    """
+    return hashlib.blake2b(value.encode(), key=key, digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryConfig:
+    """Telemetry settings.
+
+    Args:
+        hash_identifiers: record a hash of the client id instead of the id itself.
+        hash_key: a secret key for that hash (up to 64 bytes), so that ids cannot be guessed by
+            hashing candidates; operators with the key can still compute it.
+        max_attribute_length: longer string attributes (and list items) are cut.
+        max_span_attributes: the most attributes distillguard sets on its span; past it the
+            least important ones (per-detector scores first) are left out.
+        record_path: record ``url.path`` (turn off when paths carry identifiers).
+        record_client_address: record ``client.address`` (the peer address).
+        record_user_agent: record ``user_agent.original`` (off by default: free text chosen by
+            the client).
+        record_usage: read the token ``usage`` of chat, completion and embedding responses
+            (JSON and SSE streams) for ``gen_ai.usage.*`` when the span is recording.
+    """
+
+    hash_identifiers: bool = True
+    hash_key: bytes = b""
+    max_attribute_length: int = 256
+    max_span_attributes: int = 64
+    record_path: bool = True
+    record_client_address: bool = True
+    record_user_agent: bool = False
+    record_usage: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.hash_key) > 64:
+            raise ConfigurationError("TelemetryConfig.hash_key must be at most 64 bytes")
+        if self.max_attribute_length < 16:
+            raise ConfigurationError("TelemetryConfig.max_attribute_length must be at least 16")
+        if self.max_span_attributes < 8:
+            raise ConfigurationError("TelemetryConfig.max_span_attributes must be at least 8")

@@ -1,0 +1,102 @@
+"""Every span, event, attribute and metric name distillguard records.
+
+Standard names follow the *stable* OpenTelemetry HTTP semantic conventions (whatever
+``OTEL_SEMCONV_STABILITY_OPT_IN`` says) and the GenAI conventions; distillguard's own names live
+under ``distillguard.``. ``docs/telemetry.md`` has the reference tables.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ATTR_AUTH_FAILURE",
+    "ATTR_CLIENT_ID",
+    "ATTR_CLIENT_TIER",
+    "ATTR_DECISION",
+    "ATTR_DETECTOR",
+    "ATTR_DETECTOR_SCORE",
+    "ATTR_DETECTOR_VERDICT",
+    "ATTR_ERRORS",
+    "ATTR_LIMITER_OUTCOME",
+    "ATTR_LIMIT_POLICY",
+    "ATTR_LIMIT_REMAINING",
+    "ATTR_QUERY_FINGERPRINT",
+    "ATTR_QUERY_KIND",
+    "ATTR_QUERY_LENGTH",
+    "ATTR_REASONS",
+    "ATTR_SCORE",
+    "ATTR_SHADOW",
+    "ATTR_USAGE_SOURCE",
+    "CLIENT_ADDRESS",
+    "ERROR_TYPE",
+    "EVENT_DECISION",
+    "GEN_AI_MAX_TOKENS",
+    "GEN_AI_MODEL",
+    "GEN_AI_OPERATION",
+    "GEN_AI_USAGE_INPUT",
+    "GEN_AI_USAGE_OUTPUT",
+    "HTTP_METHOD",
+    "HTTP_ROUTE",
+    "HTTP_STATUS",
+    "METRIC_CLIENTS",
+    "METRIC_DECISIONS",
+    "METRIC_DETECTOR_VERDICTS",
+    "METRIC_DURATION",
+    "METRIC_LIMITER_FALLBACKS",
+    "METRIC_SCORE",
+    "SPAN_NAME",
+    "URL_PATH",
+    "USER_AGENT",
+]
+
+SPAN_NAME = "distillguard.guard"
+"""The guard's ``INTERNAL`` span, one per guarded request."""
+EVENT_DECISION = "distillguard.decision"
+"""Span event added when the decision is not ``allow``."""
+
+# -- distillguard's own span attributes ------------------------------------------------------
+ATTR_CLIENT_ID = "distillguard.client.id"
+ATTR_CLIENT_TIER = "distillguard.client.tier"
+ATTR_DECISION = "distillguard.decision"
+ATTR_SHADOW = "distillguard.shadow"
+ATTR_SCORE = "distillguard.score"
+ATTR_REASONS = "distillguard.reasons"
+ATTR_ERRORS = "distillguard.errors"
+ATTR_AUTH_FAILURE = "distillguard.auth.failure"
+ATTR_LIMIT_REMAINING = "distillguard.limit.remaining"
+ATTR_LIMIT_POLICY = "distillguard.limit.policy"
+ATTR_QUERY_FINGERPRINT = "distillguard.query.fingerprint"
+ATTR_QUERY_KIND = "distillguard.query.kind"
+ATTR_QUERY_LENGTH = "distillguard.query.length"
+ATTR_USAGE_SOURCE = "distillguard.usage.source"
+"""``deltas`` when the output tokens were counted from a stream that reported no ``usage``."""
+ATTR_DETECTOR_SCORE = "distillguard.detector.{}.score"
+"""Per-detector score; ``{}`` is the detector's name."""
+
+# -- metric attributes -----------------------------------------------------------------------
+ATTR_DETECTOR = "distillguard.detector.name"
+ATTR_DETECTOR_VERDICT = "distillguard.detector.verdict"
+ATTR_LIMITER_OUTCOME = "distillguard.limiter.outcome"
+ERROR_TYPE = "error.type"
+
+# -- stable HTTP semantic conventions --------------------------------------------------------
+HTTP_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+HTTP_STATUS = "http.response.status_code"
+URL_PATH = "url.path"
+CLIENT_ADDRESS = "client.address"
+USER_AGENT = "user_agent.original"
+
+# -- GenAI semantic conventions --------------------------------------------------------------
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_MODEL = "gen_ai.request.model"
+GEN_AI_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_USAGE_INPUT = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT = "gen_ai.usage.output_tokens"
+
+# -- metrics ---------------------------------------------------------------------------------
+METRIC_DECISIONS = "distillguard.decisions"
+METRIC_DETECTOR_VERDICTS = "distillguard.detector.verdicts"
+METRIC_LIMITER_FALLBACKS = "distillguard.limiter.fallbacks"
+METRIC_SCORE = "distillguard.risk.score"
+METRIC_DURATION = "distillguard.guard.duration"
+METRIC_CLIENTS = "distillguard.clients.tracked"

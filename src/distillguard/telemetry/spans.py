@@ -1,0 +1,264 @@
+"""The guard's span: where it goes in the trace and what it records.
+
+**Placement.** Each guarded request gets one ``INTERNAL`` span named ``distillguard.guard``.
+
+* When a span is current (the ``SERVER`` span of FastAPI's native telemetry or of the contrib
+  ASGI/FastAPI instrumentation placed outside the guard), the guard's span is its child and is
+  made current while the app runs, so the app's spans nest under it.
+* When no span is current (no instrumentation, Flask's instrumentation, which starts its span
+  in a ``before_request`` hook, or the contrib ASGI middleware placed *inside* the guard), the
+  guard's span continues the caller's trace from the ``traceparent`` header (a sibling of the
+  server span the framework starts later) or starts its own trace, and it is **not** made
+  current: the instrumentation downstream must still see "no span" and start its ``SERVER``
+  span, otherwise it would demote it to ``INTERNAL``. :func:`distillguard.telemetry.flask.
+  enrich_flask_spans` links the two spans in Flask.
+
+distillguard never starts a ``SERVER`` span, so it never duplicates one.
+
+**Cost.** Attributes known when the request arrives are passed to ``start_span``; everything
+else is gathered into one dict and set with a single ``set_attributes`` call when the span ends
+(only when it is recording); an event is added only when the request is not allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Tracer, TracerProvider
+
+from .._version import __version__
+from ..decision import Action, Decision
+from ..limiting.usage import Usage, UsageParser
+from ..request import GuardRequest
+from . import names as n
+from .config import TelemetryConfig, hash_identifier
+from .metrics import GuardMetrics
+
+if TYPE_CHECKING:
+    from ..guard import Guard
+
+__all__ = ["Telemetry"]
+
+_OPERATIONS = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
+_START_RESERVE = 4  # method, path, client address, user agent
+_MAX_LIST = 32
+
+
+class Telemetry:
+    """Starts the guard's span, records decisions on it, and owns the guard's metrics.
+
+    Args:
+        config: telemetry settings.
+        tracer_provider: the provider for spans (the global one when ``None``).
+        meter_provider: the provider for metrics (the global one when ``None``).
+    """
+
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.config = config
+        self.tracer: Tracer = trace.get_tracer("distillguard", __version__, tracer_provider)
+        self.metrics = GuardMetrics(meter_provider)
+        self._ids: dict[str, str] = {}
+        self._limit = config.max_attribute_length
+        self._budget = config.max_span_attributes - _START_RESERVE
+
+    def observe(self, guard: Guard) -> None:
+        """Wire the metrics to ``guard``: its policy thresholds, the detectors that report how
+        many clients they track (:class:`~distillguard.telemetry.ClientTracker`) and its limiter
+        statistics."""
+        import weakref
+
+        policy = guard.policy
+        self.metrics.set_thresholds(policy.flag, policy.degrade, policy.block)
+        for detector in guard.detectors:
+            source = getattr(detector, "tracked_clients", None)
+            if callable(source):
+                self.metrics.track_clients(detector.name, source)
+        ref = weakref.ref(guard)
+        self.metrics.use_limiter_stats(lambda: getattr(ref(), "limiter_stats", None))
+
+    # -- span ----------------------------------------------------------------------------------
+
+    def begin(
+        self, request: GuardRequest, carrier: Any = None, getter: Getter[Any] | None = None
+    ) -> tuple[Span, bool]:
+        """Start the guard's span for ``request``; return it and whether to make it current
+        while the app runs (see the module docstring). ``carrier`` and ``getter`` read the
+        request's headers for the trace context when no span is current."""
+        config = self.config
+        attributes: dict[str, Any] = {n.HTTP_METHOD: request.method}
+        if config.record_path:
+            attributes[n.URL_PATH] = self._cap(request.path)
+        if config.record_client_address and request.client_address:
+            attributes[n.CLIENT_ADDRESS] = self._cap(request.client_address)
+        if config.record_user_agent and request.user_agent:
+            attributes[n.USER_AGENT] = self._cap(request.user_agent)
+        current = trace.get_current_span()
+        if current is not INVALID_SPAN and current.get_span_context().is_valid:
+            span = self.tracer.start_span(n.SPAN_NAME, kind=SpanKind.INTERNAL, attributes=attributes)
+            return span, True
+        parent = None
+        if carrier is not None and getter is not None:
+            parent = propagate.extract(carrier, getter=getter)
+        span = self.tracer.start_span(
+            n.SPAN_NAME, context=parent, kind=SpanKind.INTERNAL, attributes=attributes
+        )
+        return span, False
+
+    def start(self, request: GuardRequest) -> Span:
+        """Start the guard's span for ``request`` (a child of the current span, if any)."""
+        return self.begin(request)[0]
+
+    def record(self, span: Span, decision: Decision) -> None:
+        """Count ``decision`` in the metrics; add a span event unless the request was allowed.
+        (Its attributes are set by :meth:`finish`, in the same call as the response's.)"""
+        self.metrics.record_decision(decision)
+        if decision.action is not Action.ALLOW and span.is_recording():
+            event: dict[str, Any] = {n.ATTR_DECISION: decision.action.value, n.ATTR_SCORE: decision.score}
+            if decision.reasons:
+                event[n.ATTR_REASONS] = self._list(decision.reasons)
+            if decision.shadow:
+                event[n.ATTR_SHADOW] = True
+            span.add_event(n.EVENT_DECISION, event)
+
+    def finish(
+        self,
+        span: Span,
+        status: int | None,
+        exc: BaseException | None = None,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        decision: Decision | None = None,
+        route: str | None = None,
+        usage: Usage | None = None,
+    ) -> None:
+        """Set the span's attributes (response status, route, token ``usage``, ``decision``) in
+        one call, record an app exception (unchanged), and end ``span``."""
+        if span.is_recording():
+            attrs: dict[str, Any] = {}
+            if status is not None:
+                attrs[n.HTTP_STATUS] = status
+            if route:
+                attrs[n.HTTP_ROUTE] = self._cap(route)
+            if decision is not None:
+                self._decision_attributes(decision, attrs)
+            if usage is not None:
+                if usage.prompt is not None:
+                    attrs[n.GEN_AI_USAGE_INPUT] = usage.prompt
+                attrs[n.GEN_AI_USAGE_OUTPUT] = usage.completion
+                if usage.source != "usage":
+                    attrs[n.ATTR_USAGE_SOURCE] = usage.source
+            if extra:
+                attrs.update(extra)
+            if decision is not None and decision.results:
+                for result in decision.results:
+                    attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+            if len(attrs) > self._budget:
+                attrs = dict(islice(attrs.items(), self._budget))
+            span.set_attributes(attrs)
+            if exc is not None:
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+        span.end()
+
+    # -- token usage ---------------------------------------------------------------------------
+
+    def usage_parser(self, span: Span, decision: Decision) -> UsageParser | None:
+        """A parser for the response's token ``usage``, when the span wants it and no token
+        limit already reads it (``None`` otherwise: nothing to parse)."""
+        query = decision.query
+        if (
+            query is None
+            or query.kind not in _OPERATIONS
+            or decision.problem is not None
+            or not self.config.record_usage
+            or not span.is_recording()
+        ):
+            return None
+        budget = getattr(decision, "budget", None)
+        if budget is not None and budget.parser is not None:
+            return None
+        return UsageParser()
+
+    @staticmethod
+    def usage(parser: UsageParser | None, decision: Decision | None) -> Usage | None:
+        """The response's token usage, from ``parser`` or the token limits' own reading."""
+        if parser is not None:
+            return parser.result()
+        budget = getattr(decision, "budget", None)
+        if budget is None or budget.parser is None:
+            return None
+        usage: Usage | None = budget.usage if budget.usage is not None else budget.parser.result()
+        return usage
+
+    # -- attributes ----------------------------------------------------------------------------
+
+    def _cap(self, value: str) -> str:
+        limit = self._limit
+        return value if len(value) <= limit else value[:limit]
+
+    def _list(self, values: tuple[str, ...]) -> list[str]:
+        return [self._cap(v) for v in values[:_MAX_LIST]]
+
+    def client_attribute(self, client_id: str) -> str:
+        """The value recorded for ``client_id`` (hashed when configured)."""
+        if not self.config.hash_identifiers:
+            return self._cap(client_id)
+        hashed = self._ids.get(client_id)
+        if hashed is None:
+            hashed = hash_identifier(client_id, self.config.hash_key)
+            if len(self._ids) >= 100_000:
+                self._ids.clear()
+            self._ids[client_id] = hashed
+        return hashed
+
+    def _decision_attributes(self, decision: Decision, attrs: dict[str, Any]) -> None:
+        attrs[n.ATTR_DECISION] = decision.action.value
+        identity = decision.identity
+        if identity is not None:
+            attrs[n.ATTR_CLIENT_ID] = self.client_attribute(identity.client_id)
+            attrs[n.ATTR_CLIENT_TIER] = self._cap(identity.tier)
+        if decision.shadow:
+            attrs[n.ATTR_SHADOW] = True
+        if decision.auth_failure is not None:
+            attrs[n.ATTR_AUTH_FAILURE] = self._cap(decision.auth_failure)
+        query = decision.query
+        if query is not None:
+            attrs[n.ATTR_QUERY_KIND] = query.kind
+            operation = _OPERATIONS.get(query.kind)
+            if operation is not None:
+                attrs[n.GEN_AI_OPERATION] = operation
+            if query.model is not None:
+                attrs[n.GEN_AI_MODEL] = self._cap(query.model)
+            if query.max_tokens is not None:
+                attrs[n.GEN_AI_MAX_TOKENS] = query.max_tokens
+            if query.text:
+                attrs[n.ATTR_QUERY_FINGERPRINT] = query.fingerprint
+                attrs[n.ATTR_QUERY_LENGTH] = len(query.text)
+        if decision.limits:
+            tightest = min(decision.limits, key=lambda o: o.remaining)
+            attrs[n.ATTR_LIMIT_REMAINING] = tightest.remaining
+            attrs[n.ATTR_LIMIT_POLICY] = self._cap(tightest.check.policy)
+        if decision.results:
+            attrs[n.ATTR_SCORE] = decision.score
+        if decision.reasons:
+            attrs[n.ATTR_REASONS] = self._list(decision.reasons)
+        if decision.errors:
+            attrs[n.ATTR_ERRORS] = self._list(decision.errors)
+
+    def attributes(self, decision: Decision) -> dict[str, Any]:
+        """The span attributes describing ``decision`` (pure; no raw request contents)."""
+        attrs: dict[str, Any] = {}
+        self._decision_attributes(decision, attrs)
+        for result in decision.results:
+            attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+        return attrs

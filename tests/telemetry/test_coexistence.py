@@ -1,0 +1,234 @@
+"""The guard's span beside the server instrumentations: FastAPI's native telemetry, the contrib
+ASGI/FastAPI instrumentation and the contrib Flask instrumentation. Each request must have
+exactly one SERVER span; the guard's INTERNAL span is its child when the server span is already
+current, and a sibling in the caller's trace (never a demoting parent) when it is not."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import fastapi
+import httpx
+import pytest
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from starlette.middleware import Middleware
+
+from distillguard import DistillGuardMiddleware, Guard
+from distillguard.flask import DistillGuard
+from distillguard.telemetry import ATTR_DECISION, SPAN_NAME
+from distillguard.telemetry.flask import enrich_flask_spans
+from tests.helpers import make_token
+from tests.telemetry.apps import CHAT_PATH, chat_body, fastapi_app, flask_app, starlette_app
+
+pytestmark = pytest.mark.anyio
+
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+PARENT_ID = 0xB7AD6B7169203331
+TRACEPARENT = f"00-{TRACE_ID:032x}-{PARENT_ID:016x}-01"
+
+
+async def post(app: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    """POST a chat request with a valid token through ``app`` (in process, real ASGI)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        all_headers = {"authorization": f"Bearer {make_token()}", "content-type": "application/json"}
+        all_headers.update(headers or {})
+        return await client.post(CHAT_PATH, content=chat_body(), headers=all_headers)
+
+
+def split(exporter: InMemorySpanExporter) -> tuple[list[ReadableSpan], ReadableSpan]:
+    """(SERVER spans, the one guard span) of the finished spans."""
+    spans = exporter.get_finished_spans()
+    servers = [s for s in spans if s.kind is SpanKind.SERVER]
+    guards = [s for s in spans if s.name == SPAN_NAME]
+    assert len(guards) == 1, [s.name for s in spans]
+    return servers, guards[0]
+
+
+def test_fastapi_version_has_native_telemetry() -> None:
+    """The installed FastAPI ships native telemetry (>= 0.142), which the next test exercises."""
+    major, minor = (int(x) for x in fastapi.__version__.split(".")[:2])
+    assert (major, minor) >= (0, 142)
+    from fastapi.telemetry import TelemetryConfig  # noqa: F401
+
+
+async def test_fastapi_native_server_span_is_the_parent(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """FastAPI's native SERVER span is current inside the middleware: one SERVER span, the
+    guard's INTERNAL span is its child and FastAPI's operation spans nest under the guard's."""
+    app = fastapi_app(telemetry={"tracer_provider": tracer_provider})
+    app.add_middleware(DistillGuardMiddleware, guard=guard_factory())
+    response = await post(app)
+    assert response.status_code == 200
+    servers, guard = split(span_exporter)
+    assert len(servers) == 1
+    server = servers[0]
+    assert server.attributes is not None and server.attributes["http.route"] == CHAT_PATH
+    assert guard.kind is SpanKind.INTERNAL
+    assert guard.parent is not None and guard.parent.span_id == server.context.span_id
+    assert guard.context.trace_id == server.context.trace_id
+    operations = [s for s in span_exporter.get_finished_spans() if s.name.startswith("fastapi.")]
+    assert operations and all(
+        s.parent is not None and s.parent.span_id == guard.context.span_id for s in operations
+    )
+
+
+async def test_fastapi_contrib_instrumentor_replaces_native(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """With ``FastAPIInstrumentor`` on an app whose native telemetry is also enabled, FastAPI
+    steps aside: still exactly one SERVER span, and the guard's span is its child."""
+    app = fastapi_app(telemetry={"tracer_provider": tracer_provider})
+    app.add_middleware(DistillGuardMiddleware, guard=guard_factory())
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider)
+    try:
+        response = await post(app)
+    finally:
+        FastAPIInstrumentor.uninstrument_app(app)
+    assert response.status_code == 200
+    servers, guard = split(span_exporter)
+    assert len(servers) == 1
+    assert guard.parent is not None and guard.parent.span_id == servers[0].context.span_id
+    assert servers[0].attributes is not None and servers[0].attributes["http.route"] == CHAT_PATH
+
+
+async def test_contrib_asgi_middleware_outside_the_guard(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """The contrib ASGI middleware wrapping the guarded app: one SERVER span, guard span child."""
+    guarded = DistillGuardMiddleware(starlette_app(), guard=guard_factory())
+    app = OpenTelemetryMiddleware(guarded, tracer_provider=tracer_provider, exclude_spans=["receive", "send"])
+    response = await post(app)
+    assert response.status_code == 200
+    servers, guard = split(span_exporter)
+    assert len(servers) == 1
+    assert guard.parent is not None and guard.parent.span_id == servers[0].context.span_id
+
+
+async def test_contrib_asgi_middleware_inside_the_guard(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """The contrib middleware *inside* the guard still makes the one SERVER span (the guard does
+    not make its span current when none was, so it is not demoted to INTERNAL); with a
+    ``traceparent`` both spans are siblings under the caller's span in the same trace."""
+    from starlette.applications import Starlette
+
+    inner = starlette_app()
+    app = Starlette(
+        routes=inner.routes,
+        middleware=[
+            Middleware(DistillGuardMiddleware, guard=guard_factory()),
+            Middleware(
+                OpenTelemetryMiddleware, tracer_provider=tracer_provider, exclude_spans=["receive", "send"]
+            ),
+        ],
+    )
+    response = await post(app, {"traceparent": TRACEPARENT})
+    assert response.status_code == 200
+    servers, guard = split(span_exporter)
+    assert len(servers) == 1
+    server = servers[0]
+    assert server.parent is not None and server.parent.span_id == PARENT_ID
+    assert guard.parent is not None and guard.parent.span_id == PARENT_ID
+    assert guard.context.trace_id == server.context.trace_id == TRACE_ID
+
+
+async def test_guard_alone_without_traceparent_is_a_root(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
+) -> None:
+    """Without any server instrumentation or incoming context the guard's span is the root of
+    its own trace, and no SERVER span is invented."""
+    app = DistillGuardMiddleware(starlette_app(), guard=guard_factory())
+    assert (await post(app)).status_code == 200
+    servers, guard = split(span_exporter)
+    assert servers == []
+    assert guard.parent is None
+
+
+def _flask(guard: Guard, tracer_provider: Any, *, hook: bool) -> Any:
+    app = flask_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=tracer_provider)
+    DistillGuard(guard, app)
+    if hook:
+        enrich_flask_spans(app)
+    return app
+
+
+def _flask_post(app: Any, headers: dict[str, str]) -> int:
+    client = app.test_client()
+    response = client.post(
+        "/v1/predict/m1",
+        json={"inputs": [1.0, 2.0]},
+        headers={"authorization": f"Bearer {make_token()}", **headers},
+    )
+    response.close()  # ends the WSGI response (and the guard's span)
+    return int(response.status_code)
+
+
+@pytest.mark.parametrize("traceparent", [True, False])
+def test_flask_instrumentation_keeps_its_server_span(
+    guard_factory: Callable[..., Guard],
+    tracer_provider: Any,
+    span_exporter: InMemorySpanExporter,
+    traceparent: bool,
+) -> None:
+    """Flask's instrumentation starts its span in ``before_request``, after the WSGI guard: it
+    stays the one SERVER span. The guard's span is its sibling under the caller's span when a
+    ``traceparent`` came in, and the root of its own trace otherwise."""
+    app = _flask(guard_factory(), tracer_provider, hook=False)
+    try:
+        assert _flask_post(app, {"traceparent": TRACEPARENT} if traceparent else {}) == 200
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+    servers, guard = split(span_exporter)
+    assert len(servers) == 1
+    server = servers[0]
+    assert guard.kind is SpanKind.INTERNAL
+    if traceparent:
+        assert guard.context.trace_id == server.context.trace_id == TRACE_ID
+        assert guard.parent is not None and guard.parent.span_id == PARENT_ID
+        assert server.parent is not None and server.parent.span_id == PARENT_ID
+    else:
+        assert guard.parent is None and server.parent is None
+        assert guard.context.trace_id != server.context.trace_id
+    assert guard.attributes is not None and "http.route" not in guard.attributes  # not visible to WSGI
+
+
+def test_flask_hook_links_the_spans_and_records_the_route(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """``enrich_flask_spans`` links Flask's SERVER span and the guard's span both ways, puts the
+    decision on the server span and the Flask route on the guard's span."""
+    app = _flask(guard_factory(), tracer_provider, hook=True)
+    try:
+        assert _flask_post(app, {}) == 200
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+    servers, guard = split(span_exporter)
+    assert len(servers) == 1
+    server = servers[0]
+    assert [link.context.span_id for link in server.links] == [guard.context.span_id]
+    assert [link.context.span_id for link in guard.links] == [server.context.span_id]
+    assert server.attributes is not None and server.attributes[ATTR_DECISION] == "allow"
+    assert guard.attributes is not None and guard.attributes["http.route"] == "/v1/predict/<model>"
+
+
+def test_flask_hook_without_instrumentation_records_the_route(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
+) -> None:
+    """Without Flask's instrumentation the hook still gives the guard's span ``http.route``."""
+    app = flask_app()
+    DistillGuard(guard_factory(), app)
+    enrich_flask_spans(app)
+    assert _flask_post(app, {}) == 200
+    servers, guard = split(span_exporter)
+    assert servers == []
+    assert guard.attributes is not None and guard.attributes["http.route"] == "/v1/predict/<model>"
+    assert guard.links == ()
