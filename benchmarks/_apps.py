@@ -99,11 +99,11 @@ def detector_sets() -> dict[str, list[Any]]:
     return sets
 
 
-def make_guard(provider: TracerProvider, detectors: list[Any]) -> Guard:
-    """The guard of the benchmark."""
+def make_guard(provider: Any, detectors: list[Any], limits: str = LIMITS) -> Guard:
+    """The guard of the benchmark (default settings apart from these)."""
     return Guard(
         jwt=JWTConfig(algorithms=["HS256"], key=SECRET, issuer=ISSUER, audience=AUDIENCE),
-        limits=LimitConfig(default=LIMITS),
+        limits=LimitConfig(default=limits),
         detectors=detectors,
         tracer_provider=provider,
     )
@@ -204,6 +204,14 @@ async def run_asgi(app: ASGIApp, scopes: Sequence[Scope], body: bytes, n: int) -
 # -- WSGI ---------------------------------------------------------------------------------------
 
 WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
+
+
+def raw_wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """A bare WSGI app: read the body, parse it, answer a fixed JSON."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    json.loads(environ["wsgi.input"].read(length))
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "59")])
+    return [RESPONSE]
 
 
 def flask_app() -> Any:

@@ -30,10 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _apps
+from opentelemetry.trace import NoOpTracerProvider
+
+from . import _apps, _peers
 
 START = "<!-- overhead:start -->"
 END = "<!-- overhead:end -->"
+
+Runner = Callable[[int], float]
+"""Runs n requests, returns microseconds per request."""
 
 
 @dataclass
@@ -41,27 +46,38 @@ class Pair:
     """A bare app and its guarded twin, measured alternately."""
 
     label: str
-    bare: Callable[[int], float]
-    guarded: Callable[[int], float]
+    bare: Runner
+    guarded: Runner
     bare_runs: list[float] = field(default_factory=list)
     guarded_runs: list[float] = field(default_factory=list)
 
+    @property
+    def overheads(self) -> list[float]:
+        return [g - b for b, g in zip(self.bare_runs, self.guarded_runs, strict=True)]
 
-def _asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, scopes: list[dict[str, Any]], body: bytes):  # type: ignore[no-untyped-def]
+
+def asgi_runner(
+    loop: asyncio.AbstractEventLoop, app: Any, scopes: list[dict[str, Any]], body: bytes
+) -> Runner:
+    """A runner calling the ASGI ``app``."""
+
     def run(n: int) -> float:
         return loop.run_until_complete(_apps.run_asgi(app, scopes, body, n)) / n / 1000
 
     return run
 
 
-def _wsgi_runner(app: Any, environs: list[dict[str, Any]], body: bytes):  # type: ignore[no-untyped-def]
+def wsgi_runner(app: Any, environs: list[dict[str, Any]], body: bytes) -> Runner:
+    """A runner calling the WSGI ``app``."""
+
     def run(n: int) -> float:
         return _apps.run_wsgi(app, environs, body, n) / n / 1000
 
     return run
 
 
-def _measure(pairs: list[Pair], requests: int, repeats: int, warmup: int) -> None:
+def measure(pairs: list[Pair], requests: int, repeats: int, warmup: int) -> None:
+    """Warm every app up, then measure each pair's bare and guarded app alternately."""
     for pair in pairs:
         pair.bare(warmup)
         pair.guarded(warmup)
@@ -77,13 +93,14 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def _overhead_table(pairs: list[Pair]) -> str:
+def overhead_table(pairs: list[Pair], guarded: str = "guarded") -> str:
+    """A markdown table: bare, guarded, overhead and ratio of each pair."""
     lines = [
-        "| stack | bare us/request | guarded us/request | overhead us (median, min-max) | guarded/bare |",
+        f"| app | bare us/request | {guarded} us/request | overhead us (median, min-max) | {guarded}/bare |",
         "|---|---|---|---|---|",
     ]
     for pair in pairs:
-        diffs = [g - b for b, g in zip(pair.bare_runs, pair.guarded_runs, strict=True)]
+        diffs = pair.overheads
         ratio = statistics.median(pair.guarded_runs) / statistics.median(pair.bare_runs)
         lines.append(
             f"| {pair.label} | {_fmt(pair.bare_runs)} | {_fmt(pair.guarded_runs)} | "
@@ -92,17 +109,111 @@ def _overhead_table(pairs: list[Pair]) -> str:
     return "\n".join(lines)
 
 
-def _clients_section(loop: asyncio.AbstractEventLoop, body: bytes, requests: int, repeats: int) -> str:
+def main_pairs(loop: asyncio.AbstractEventLoop, body: bytes, detectors: list[Any], suffix: str) -> list[Pair]:
+    """Bare and guarded raw ASGI, Starlette, raw WSGI and Flask apps, for one detector set."""
+    provider = _apps.tracer_provider()
+    bearer = _apps.token()
+    scopes = [_apps.asgi_scope(bearer, body)]
+    environs = [_apps.wsgi_environ(bearer, body)]
+
+    def guard() -> _apps.Guard:
+        return _apps.make_guard(provider, detectors)
+
+    return [
+        Pair(
+            f"raw ASGI{suffix}",
+            asgi_runner(loop, _apps.raw_asgi_app, scopes, body),
+            asgi_runner(loop, _apps.DistillGuardMiddleware(_apps.raw_asgi_app, guard=guard()), scopes, body),
+        ),
+        Pair(
+            f"Starlette{suffix}",
+            asgi_runner(loop, _apps.starlette_app(), scopes, body),
+            asgi_runner(loop, _apps.guarded_starlette(guard()), scopes, body),
+        ),
+        Pair(
+            f"raw WSGI{suffix}",
+            wsgi_runner(_apps.raw_wsgi_app, environs, body),
+            wsgi_runner(_apps.DistillGuardWSGIMiddleware(_apps.raw_wsgi_app, guard=guard()), environs, body),
+        ),
+        Pair(
+            f"Flask{suffix}",
+            wsgi_runner(_apps.flask_app().wsgi_app, environs, body),
+            wsgi_runner(_apps.guarded_flask(guard()).wsgi_app, environs, body),
+        ),
+    ]
+
+
+def attribution_pairs(loop: asyncio.AbstractEventLoop, body: bytes) -> list[Pair]:
+    """The raw apps guarded with parts left out, to see where the overhead goes."""
+    bearer = _apps.token()
+    scopes = [_apps.asgi_scope(bearer, body)]
+    environs = [_apps.wsgi_environ(bearer, body)]
+    detectors = [_apps.TrivialDetector()]
+    noop = NoOpTracerProvider()
+    variants = {
+        "JWT + query + detector (no limits, non-recording tracer)": (noop, ""),
+        "+ two limit windows (non-recording tracer)": (noop, _apps.LIMITS),
+        "+ SDK span (everything)": (_apps.tracer_provider(), _apps.LIMITS),
+    }
+    pairs = []
+    for label, (provider, limits) in variants.items():
+        guard = _apps.make_guard(provider, detectors, limits)
+        pairs.append(
+            Pair(
+                f"raw ASGI: {label}",
+                asgi_runner(loop, _apps.raw_asgi_app, scopes, body),
+                asgi_runner(
+                    loop, _apps.DistillGuardMiddleware(_apps.raw_asgi_app, guard=guard), scopes, body
+                ),
+            )
+        )
+    for label, (provider, limits) in variants.items():
+        guard = _apps.make_guard(provider, detectors, limits)
+        pairs.append(
+            Pair(
+                f"raw WSGI: {label}",
+                wsgi_runner(_apps.raw_wsgi_app, environs, body),
+                wsgi_runner(
+                    _apps.DistillGuardWSGIMiddleware(_apps.raw_wsgi_app, guard=guard), environs, body
+                ),
+            )
+        )
+    return pairs
+
+
+def peer_pairs(loop: asyncio.AbstractEventLoop, body: bytes) -> list[Pair]:
+    """Bare Starlette and Flask against the peer stacks (performance.md), when installed."""
+    if not _peers.available():
+        return []
+    provider = _apps.tracer_provider()
+    bearer = _apps.token()
+    scopes = [_apps.asgi_scope(bearer, body)]
+    environs = [_apps.wsgi_environ(bearer, body)]
+    return [
+        Pair(
+            "Starlette: AuthenticationMiddleware (PyJWT) + slowapi + OTel ASGI",
+            asgi_runner(loop, _apps.starlette_app(), scopes, body),
+            asgi_runner(loop, _peers.starlette_peer(provider), scopes, body),
+        ),
+        Pair(
+            "Flask: PyJWT before_request + Flask-Limiter + OTel WSGI",
+            wsgi_runner(_apps.flask_app().wsgi_app, environs, body),
+            wsgi_runner(_peers.flask_peer(provider), environs, body),
+        ),
+    ]
+
+
+def clients_section(loop: asyncio.AbstractEventLoop, body: bytes, requests: int, repeats: int) -> str:
     """CPU per request with 1 client against 10,000 distinct clients, and memory per client."""
     provider = _apps.tracer_provider()
-    detectors = _apps.detector_sets()["trivial detector"]
+    detectors = [_apps.TrivialDetector()]
     guard = _apps.make_guard(provider, detectors)
     app = _apps.DistillGuardMiddleware(_apps.raw_asgi_app, guard=guard)
     one = [_apps.asgi_scope(_apps.token("client-0"), body)]
-    many = [_apps.asgi_scope(_apps.token(f"client-{i}"), body) for i in range(10_000)]
-    run_one = _asgi_runner(loop, app, one, body)
-    run_many = _asgi_runner(loop, app, many, body)
-    run_one(2000)
+    many = [one[0], *(_apps.asgi_scope(_apps.token(f"client-{i}"), body) for i in range(1, 10_000))]
+    run_one = asgi_runner(loop, app, one, body)
+    run_many = asgi_runner(loop, app, many, body)
+    run_one(2_000)
     run_many(len(many))  # every client seen once: tokens verified, counters created
     ones: list[float] = []
     manys: list[float] = []
@@ -113,73 +224,68 @@ def _clients_section(loop: asyncio.AbstractEventLoop, body: bytes, requests: int
         manys.append(run_many(requests))
     ratio = statistics.median(manys) / statistics.median(ones)
 
-    # memory: a fresh guard, then 10,000 new clients one request each
-    guard2 = _apps.make_guard(provider, detectors)
-    app2 = _apps.DistillGuardMiddleware(_apps.raw_asgi_app, guard=guard2)
+    # memory: a fresh guard, then 10,000 new clients with one request each
+    fresh_app = _apps.DistillGuardMiddleware(_apps.raw_asgi_app, guard=_apps.make_guard(provider, detectors))
     fresh = [_apps.asgi_scope(_apps.token(f"other-{i}"), body) for i in range(10_000)]
-    run_fresh = _asgi_runner(loop, app2, [one[0]], body)
-    run_fresh(100)
+    asgi_runner(loop, fresh_app, one, body)(100)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    _asgi_runner(loop, app2, fresh, body)(len(fresh))
+    asgi_runner(loop, fresh_app, fresh, body)(len(fresh))
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-    per_client = grown / len(fresh)
+    stats = after.compare_to(before, "filename")
+    per_client = sum(stat.size_diff for stat in stats) / len(fresh)
+    top = sorted(stats, key=lambda s: -s.size_diff)[:4]
+    where = ", ".join(
+        f"{Path(s.traceback[0].filename).parent.name}/{Path(s.traceback[0].filename).name}"
+        f" {s.size_diff / len(fresh):,.0f} B"
+        for s in top
+    )
     provider.shutdown()
     return "\n".join(
         [
             "| clients | guarded raw ASGI us/request (median, min-max) |",
             "|---|---|",
             f"| 1 | {_fmt(ones)} |",
-            f"| 10,000 distinct (cycled) | {_fmt(manys)} |",
+            f"| 10,000 distinct, cycled | {_fmt(manys)} |",
             "",
             f"CPU per request, 10,000 clients / 1 client: **{ratio:.2f}x** (target: within 1.10x).",
-            f"Memory retained per tracked client (tracemalloc, 10,000 new clients, one request each;"
-            f" token cache, limit counters, span id cache and detector state together):"
-            f" **{per_client:,.0f} B** (target: <= 4 KB).",
+            "",
+            "Memory retained per tracked client (tracemalloc, a fresh guard, 10,000 new clients with one"
+            f" request each): **{per_client:,.0f} B** (target: <= 4 KB). Largest parts: {where}.",
         ]
     )
 
 
-def build_pairs(
-    loop: asyncio.AbstractEventLoop, body: bytes, detectors: list[Any], suffix: str
-) -> list[Pair]:
-    """The bare/guarded pairs for one detector set."""
-    provider = _apps.tracer_provider()
-    bearer = _apps.token()
-    scopes = [_apps.asgi_scope(bearer, body)]
-    environs = [_apps.wsgi_environ(bearer, body)]
-    raw_guarded = _apps.DistillGuardMiddleware(
-        _apps.raw_asgi_app, guard=_apps.make_guard(provider, detectors)
-    )
-    return [
-        Pair(
-            f"raw ASGI{suffix}",
-            _asgi_runner(loop, _apps.raw_asgi_app, scopes, body),
-            _asgi_runner(loop, raw_guarded, scopes, body),
-        ),
-        Pair(
-            f"Starlette{suffix}",
-            _asgi_runner(loop, _apps.starlette_app(), scopes, body),
-            _asgi_runner(loop, _apps.guarded_starlette(_apps.make_guard(provider, detectors)), scopes, body),
-        ),
-        Pair(
-            f"Flask (WSGI){suffix}",
-            _wsgi_runner(_apps.flask_app().wsgi_app, environs, body),
-            _wsgi_runner(_apps.guarded_flask(_apps.make_guard(provider, detectors)).wsgi_app, environs, body),
-        ),
-    ]
-
-
 def machine() -> str:
     """A one-line description of the machine and interpreter."""
-    return (
-        f"{os.cpu_count()} CPUs (nproc), Python {platform.python_version()} ({platform.machine()},"
-        f" {platform.system()})"
-    )
+    system = f"{platform.system()} {platform.machine()}"
+    return f"{os.cpu_count()} CPUs (nproc), Python {platform.python_version()} on {system}"
+
+
+def versions() -> str:
+    """The versions of the libraries measured."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = [
+        "distillguard",
+        "starlette",
+        "flask",
+        "limits",
+        "pyjwt",
+        "opentelemetry-sdk",
+        "slowapi",
+        "flask-limiter",
+    ]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--body-bytes", type=int, default=1024)
-    parser.add_argument("--no-clients", action="store_true", help="skip the 10,000-client run")
-    parser.add_argument("--write", metavar="MD", help="replace the overhead section of this file")
+    parser.add_argument("--quick", action="store_true", help="main table only (no parts, peers, clients)")
+    parser.add_argument("--write", metavar="MD", help="replace the overhead section of this markdown file")
     args = parser.parse_args(argv)
 
     body = _apps.chat_body(args.body_bytes)
@@ -197,35 +303,49 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.set_event_loop(loop)
     pairs: list[Pair] = []
     for name, detectors in _apps.detector_sets().items():
-        pairs.extend(build_pairs(loop, body, detectors, f", {name}"))
-    _measure(pairs, args.requests, args.repeats, args.warmup)
+        pairs.extend(main_pairs(loop, body, detectors, f", {name}"))
+    parts = [] if args.quick else attribution_pairs(loop, body)
+    peers = [] if args.quick else peer_pairs(loop, body)
+    measure([*pairs, *parts, *peers], args.requests, args.repeats, args.warmup)
 
     command = " ".join(["python -m benchmarks.overhead", *(argv if argv is not None else sys.argv[1:])])
-    parts = [
+    out = [
         f"Command: `{command}`",
-        f"Machine: {machine()}; date: {datetime.date.today().isoformat()}.",
-        f"Request: `POST {_apps.PATH}`, {len(body)}-byte chat body, HS256 JWT (one token reused),"
-        f" two limit windows, one span per request (BatchSpanProcessor, discarding exporter);"
-        f" {args.requests:,} requests x {args.repeats} repeats after {args.warmup:,} warm-up, bare and"
-        " guarded alternated.",
         "",
-        _overhead_table(pairs),
+        f"Machine: {machine()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Versions: {versions()}.",
+        "",
+        f"Request: `POST {_apps.PATH}` with a {len(body)}-byte OpenAI-style chat body and an HS256 JWT"
+        " (one token, reused); the guard verifies it, charges two limit windows"
+        f" (`{_apps.LIMITS}`: never reached), parses the query, runs the detectors and records one span"
+        " (SDK TracerProvider, BatchSpanProcessor, an exporter that drops spans)."
+        f" {args.requests:,} requests x {args.repeats} repeats after {args.warmup:,} warm-up;"
+        " bare and guarded apps alternate.",
+        "",
+        overhead_table(pairs),
     ]
-    if not args.no_clients:
-        parts += [
+    if parts:
+        out += ["", "### Where the overhead goes", "", overhead_table(parts)]
+    if peers:
+        out += [
             "",
-            "### Many distinct clients",
+            "### The peer stacks, same run",
             "",
-            _clients_section(loop, body, args.requests, args.repeats),
+            "What users assemble today (performance reference): JWT check with PyJWT, a limiter on"
+            " `limits`' memory storage, OpenTelemetry middleware with the same provider.",
+            "",
+            overhead_table(peers, "peer stack"),
         ]
-    report = "\n".join(parts)
+    if not args.quick:
+        out += ["", "### Many distinct clients", "", clients_section(loop, body, args.requests, args.repeats)]
+    report = "\n".join(out)
     print(report)
     if args.write:
         write_section(Path(args.write), report)
 
 
 def write_section(path: Path, report: str) -> None:
-    """Replace the generated section of ``path`` (or put it at the top, under the title)."""
+    """Replace the generated section of ``path`` (or put it under the title)."""
     block = f"{START}\n{report}\n{END}"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if START in text and END in text:
