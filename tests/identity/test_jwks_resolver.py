@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from distillguard import ConfigurationError, JWKSKeys
 from distillguard.identity import KeysUnavailable
-from tests.helpers import KeyPair, make_token
+from tests.helpers import KeyPair, keys as keys_module, make_token
 from tests.identity.conftest import JWKSServer, to_jwk
 
 
@@ -374,7 +376,7 @@ def test_close_stops_the_refresher(jwks_server: JWKSServer, keys: Any) -> None:
     resolver = JWKSKeys(jwks_server.url, lifespan=0.1)
     with resolver:
         assert resolver.prefetch(timeout=3)
-    thread = resolver._thread
+    thread = resolver._refresher._thread
     assert thread is not None
     thread.join(timeout=1)
     assert not thread.is_alive()
@@ -382,3 +384,57 @@ def test_close_stops_the_refresher(jwks_server: JWKSServer, keys: Any) -> None:
     time.sleep(0.3)
     assert jwks_server.hits == hits
     assert resolver.key_for("k1", "RS256") is not None
+
+
+def test_a_forked_child_starts_its_own_refresher(jwks_server: JWKSServer, make_keys: Any, keys: Any) -> None:
+    """After fork (gunicorn --preload) the child gets a new refresher thread and can refresh."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "k1")])
+    resolver = make_keys(jwks_server.url)
+    assert resolver.prefetch(timeout=3)
+    jwks_server.set_keys([to_jwk(keys.rsa, "k1"), to_jwk(keys.ec, "k2")])  # served by the parent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            if resolver.key_for("k1", "RS256") is not None and resolver.refresh(wait=3):
+                code = 0 if resolver.key_for("k2", "ES256") is not None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert jwks_server.hits == 2
+
+
+class _DownResolver:
+    """A custom resolver whose key source is down."""
+
+    def key_for(self, kid: str | None, alg: str) -> Any:
+        raise KeysUnavailable(retry_after=7)
+
+
+def test_any_resolver_raising_keys_unavailable_gets_503_with_its_retry_after(guard_factory: Any) -> None:
+    """The 503 path belongs to the KeyResolver contract, not to JWKSKeys alone."""
+    from distillguard.flow import evaluate
+    from distillguard.request import GuardRequest
+    from tests.helpers import jwt_config
+
+    guard = guard_factory(jwt=jwt_config(algorithms=["RS256"], key=None, key_resolver=_DownResolver()))
+    request = GuardRequest(
+        method="GET",
+        path="/v1/predict",
+        authorization="Bearer " + make_token(key=keys_module().rsa, headers={"kid": "k"}),
+        content_type="",
+        body=b"",
+        client_address="127.0.0.1",
+        user_agent=None,
+        timestamp=time.time(),
+    )
+    flow = evaluate(guard, request)
+    with pytest.raises(StopIteration) as stop:
+        next(flow)
+    decision = stop.value.value
+    assert decision.action.value == "unavailable" and decision.auth_failure == "keys_unavailable"
+    assert decision.problem.status == 503 and decision.problem.code == "auth_unavailable"
+    assert ("retry-after", "7") in decision.problem.headers

@@ -18,9 +18,7 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
 import ssl
 import threading
 import time
@@ -38,13 +36,12 @@ from .._version import __version__
 from ..errors import AuthenticationError, ConfigurationError
 from . import _jwkset
 from ._jwkset import JWKSFetchError, KeySet
+from ._refresher import Refresher
 from .keys import algorithm_family
 
 __all__ = ["JWKSKeys", "JWKSStatus", "KeysUnavailable"]
 
 logger = logging.getLogger("distillguard.jwks")
-
-_MAX_BACKOFF = 60.0
 
 
 class KeysUnavailable(AuthenticationError):
@@ -160,15 +157,12 @@ class JWKSKeys:
         self.generation = 0
         """Bumped when a key is removed or replaced; verifiers drop tokens cached before."""
         self._snapshot: _Snapshot | None = None
-        self._init_sync()
-        self._stopped = False
-        self._wanted = False
-        self._next_at = 0.0
-        self._last_attempt = -math.inf
-        self._attempts = 0
-        self._failures = 0
+        self._unknown_lock = threading.Lock()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         self._last_error: str | None = None
-        self._last_ok = False
+        self._refresher = Refresher(
+            self._fetch_once, period=lifespan, cooldown=cooldown, name="distillguard-jwks"
+        )
         meter = (meter_provider or metrics.get_meter_provider()).get_meter("distillguard", __version__)
         self._fetch_counter = meter.create_counter(
             "distillguard.jwks.fetches", unit="{fetch}", description="JWKS fetch attempts by outcome"
@@ -182,13 +176,6 @@ class JWKSKeys:
         )
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
 
-    def _init_sync(self) -> None:
-        self._cond = threading.Condition()
-        self._unknown_lock = threading.Lock()
-        self._unknown: OrderedDict[str, float] = OrderedDict()
-        self._thread: threading.Thread | None = None
-        self._in_flight = False
-
     # -- the request path (memory only) --------------------------------------------------------
 
     def key_for(self, kid: str | None, alg: str) -> Any | None:
@@ -201,12 +188,13 @@ class JWKSKeys:
             KeysUnavailable: before the first good fetch, or when the last good one is older
                 than ``max_stale``.
         """
-        if self._thread is None:
-            self.start()
+        refresher = self._refresher
+        if not refresher.started:
+            refresher.start()
         snapshot = self._snapshot
         now = time.monotonic()
         if snapshot is None or now - snapshot.fetched_at > self._max_stale:
-            raise KeysUnavailable(self._retry_after(now))
+            raise KeysUnavailable(refresher.retry_after(now))
         key = snapshot.keys.find(kid, alg)
         if key is None and not snapshot.keys.has_kid(kid):
             self._unknown_kid("" if kid is None else kid, now)
@@ -221,24 +209,13 @@ class JWKSKeys:
             self._unknown.move_to_end(kid)
             if len(self._unknown) > self._max_unknown:
                 self._unknown.popitem(last=False)
-        if now - self._last_attempt >= self._cooldown:
-            with self._cond:
-                if now - self._last_attempt >= self._cooldown:
-                    self._wanted = True
-                    self._cond.notify_all()
-
-    def _retry_after(self, now: float) -> int:
-        return max(1, min(int(_MAX_BACKOFF), math.ceil(self._next_at - now)))
+        self._refresher.poke(now)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> JWKSKeys:
         """Start the background refresher (non-blocking; the first fetch begins at once)."""
-        with self._cond:
-            if self._thread is None and not self._stopped:
-                thread = threading.Thread(target=self._run, name="distillguard-jwks", daemon=True)
-                self._thread = thread
-                thread.start()
+        self._refresher.start()
         return self
 
     def prefetch(self, timeout: float = 5.0) -> bool:
@@ -249,17 +226,8 @@ class JWKSKeys:
         """
         if self._snapshot is not None:
             return True
-        self.start()
-        with self._cond:
-            target = self._attempts + 1  # the fetch in flight, if any, will do
-            if not self._in_flight:
-                self._wanted = True
-                self._cond.notify_all()
-            self._cond.wait_for(
-                lambda: self._snapshot is not None or self._attempts >= target or self._stopped,
-                timeout=timeout,
-            )
-            return self._snapshot is not None
+        self._refresher.trigger(wait=timeout, fresh=False)
+        return self._snapshot is not None
 
     def refresh(self, wait: float | None = None) -> bool:
         """Ask for a fetch now, ignoring ``cooldown`` (still one fetch at a time).
@@ -267,24 +235,11 @@ class JWKSKeys:
         With ``wait``, block up to that many seconds for it and return whether it succeeded;
         without, return ``False`` at once.
         """
-        self.start()
-        with self._cond:
-            target = self._attempts + (2 if self._in_flight else 1)
-            self._wanted = True
-            self._cond.notify_all()
-            if wait is None:
-                return False
-            self._cond.wait_for(lambda: self._attempts >= target or self._stopped, timeout=wait)
-            return self._attempts >= target and self._last_ok
+        return self._refresher.trigger(wait=wait)
 
     def close(self) -> None:
         """Stop the refresher; the current key set stays usable until it is ``max_stale``."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=0.1)
+        self._refresher.stop()
 
     def __enter__(self) -> JWKSKeys:
         return self.start()
@@ -301,63 +256,35 @@ class JWKSKeys:
             ready=age is not None and age <= self._max_stale,
             kids=frozenset(snapshot.keys.by_kid) if snapshot is not None else frozenset(),
             age=age,
-            fetches=self._attempts,
-            failures=self._failures,
+            fetches=self._refresher.attempts,
+            failures=self._refresher.failures,
             last_error=self._last_error,
             generation=self.generation,
         )
 
-    # -- the refresher thread ------------------------------------------------------------------
+    # -- on the refresher thread ---------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped:
-                    now = time.monotonic()
-                    if self._wanted or now >= self._next_at:
-                        break
-                    self._cond.wait(self._next_at - now)
-                if self._stopped:
-                    return
-                self._wanted = False
-                self._in_flight = True
-                self._last_attempt = now
-            keys: KeySet | None = None
-            error: str | None = None
-            try:
-                raw = _jwkset.fetch(
-                    self._opener,
-                    self.url,
-                    timeout=self._timeout,
-                    max_bytes=self._max_bytes,
-                    headers=self._headers,
-                )
-                keys = _jwkset.parse(raw, self._algorithms)
-            except JWKSFetchError as exc:
-                error = exc.kind
-            except Exception as exc:  # a bug must not kill the refresher
-                error = type(exc).__name__
-                logger.exception("distillguard: unexpected error refreshing JWKS from %s", self._host)
-            self._finish(keys, error)
-
-    def _finish(self, keys: KeySet | None, error: str | None) -> None:
-        done = time.monotonic()
+    def _fetch_once(self) -> bool:
+        keys: KeySet | None = None
+        error: str | None = None
+        try:
+            raw = _jwkset.fetch(
+                self._opener,
+                self.url,
+                timeout=self._timeout,
+                max_bytes=self._max_bytes,
+                headers=self._headers,
+            )
+            keys = _jwkset.parse(raw, self._algorithms)
+        except JWKSFetchError as exc:
+            error = exc.kind
+        except Exception as exc:  # a bug must not kill the refresher
+            error = type(exc).__name__
+            logger.exception("distillguard: unexpected error refreshing JWKS from %s", self._host)
+        now = time.monotonic()
         if keys is not None:
-            self._install(keys, done)
-        with self._cond:
-            self._in_flight = False
-            self._attempts += 1
-            self._last_ok = keys is not None
-            if keys is not None:
-                self._failures = 0
-                self._last_error = None
-                self._next_at = done + self._lifespan * 0.8 * random.uniform(0.9, 1.1)
-            else:
-                self._failures += 1
-                self._last_error = error
-                backoff = min(2.0 ** (self._failures - 1), _MAX_BACKOFF, self._lifespan)
-                self._next_at = done + backoff * random.uniform(0.8, 1.2)
-            self._cond.notify_all()
+            self._install(keys, now)
+        self._last_error = error
         self._fetch_counter.add(1, {"outcome": "ok" if error is None else error})
         if error is not None:
             snapshot = self._snapshot
@@ -368,8 +295,9 @@ class JWKSKeys:
                     "distillguard: JWKS refresh from %s failed (%s); serving keys fetched %.0f s ago",
                     self._host,
                     error,
-                    done - snapshot.fetched_at,
+                    now - snapshot.fetched_at,
                 )
+        return keys is not None
 
     def _install(self, keys: KeySet, now: float) -> None:
         old = self._snapshot
@@ -390,5 +318,6 @@ def _observe_age(ref: weakref.ReferenceType[JWKSKeys], options: CallbackOptions)
 
 def _after_fork(ref: weakref.ReferenceType[JWKSKeys]) -> None:
     keys = ref()
-    if keys is not None:  # threads do not survive fork: the child starts its own refresher
-        keys._init_sync()
+    if keys is not None:  # threads and held locks do not survive fork: the child starts anew
+        keys._unknown_lock = threading.Lock()
+        keys._refresher.reset_after_fork()
