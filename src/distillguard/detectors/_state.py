@@ -1,0 +1,127 @@
+"""Bounded per-client detector state.
+
+Every built-in detector keeps a small, fixed-size state object per client (ring buffers in
+``array``/``bytearray``, bit rings in ``int``, a few floats) and reaches it through a
+:class:`StateStore`. The in-memory store, :class:`LRUStates`, caps the number of tracked clients
+and evicts the least recently seen one (evictions are counted). Cost per request is one dict
+look-up and a move to the end of an ``OrderedDict``: it does not grow with history.
+
+A shared store (e.g. Redis, so that several workers see one client) can implement the same
+:class:`StateStore` Protocol later: ``get`` would load the client's state object (each state
+class serialises to a few hundred bytes: its arrays are ``bytes``-compatible) and a ``put`` after
+scoring would write it back with a TTL. Only the in-memory store exists today.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+from ..errors import ConfigurationError
+
+__all__ = ["LRUStates", "StateStore", "bit_ring_push", "deep_sizeof"]
+
+S = TypeVar("S")
+S_co = TypeVar("S_co", covariant=True)
+
+
+class StateStore(Protocol[S_co]):
+    """**Protocol:** where a detector keeps one state object per client.
+
+    ``get`` returns the client's state, creating it when the client is new. Implementations
+    must bound their memory (a cap on clients, a TTL) and count what they drop.
+    """
+
+    def get(self, client_id: str) -> S_co:
+        """The state of ``client_id`` (created on first use)."""
+        ...
+
+    def __len__(self) -> int:
+        """How many clients are tracked."""
+        ...
+
+    @property
+    def evictions(self) -> int:
+        """How many client states were dropped to respect the cap."""
+        ...
+
+
+class LRUStates(Generic[S]):
+    """An in-memory :class:`StateStore` holding at most ``max_clients`` states (LRU eviction).
+
+    Args:
+        factory: builds the state of a new client.
+        max_clients: the cap on tracked clients.
+    """
+
+    __slots__ = ("_evictions", "_factory", "_lock", "_states", "max_clients")
+
+    def __init__(self, factory: Callable[[], S], max_clients: int = 100_000) -> None:
+        if max_clients < 1:
+            raise ConfigurationError("max_clients must be at least 1")
+        self._factory = factory
+        self.max_clients = max_clients
+        self._states: OrderedDict[str, S] = OrderedDict()
+        self._lock = threading.Lock()
+        self._evictions = 0
+
+    def get(self, client_id: str) -> S:
+        """The state of ``client_id``, most recently used from now on."""
+        states = self._states
+        with self._lock:
+            state = states.get(client_id)
+            if state is not None:
+                states.move_to_end(client_id)
+                return state
+            if len(states) >= self.max_clients:
+                states.popitem(last=False)
+                self._evictions += 1
+            state = states[client_id] = self._factory()
+            return state
+
+    def peek(self, client_id: str) -> S | None:
+        """The state of ``client_id`` without creating it or changing its recency."""
+        return self._states.get(client_id)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id in self._states
+
+    @property
+    def evictions(self) -> int:
+        """How many client states were evicted."""
+        return self._evictions
+
+
+def bit_ring_push(ring: int, bit: bool, width: int) -> int:
+    """Push ``bit`` into an integer used as a ring of the last ``width`` booleans."""
+    return ((ring << 1) | bit) & ((1 << width) - 1)
+
+
+def deep_sizeof(obj: object, _seen: set[int] | None = None) -> int:
+    """The memory held by ``obj`` and everything it references (``sys.getsizeof`` walk over
+    slots, dicts, containers and arrays; shared singletons such as small ints count once)."""
+    seen = _seen if _seen is not None else set()
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, (str, bytes, bytearray, array, int, float, bool)) or obj is None:
+        return size
+    if isinstance(obj, dict):
+        return size + sum(deep_sizeof(k, seen) + deep_sizeof(v, seen) for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return size + sum(deep_sizeof(v, seen) for v in obj)
+    for cls in type(obj).__mro__:
+        for slot in getattr(cls, "__slots__", ()):
+            if hasattr(obj, slot):
+                size += deep_sizeof(getattr(obj, slot), seen)
+    if hasattr(obj, "__dict__"):
+        size += deep_sizeof(vars(obj), seen)
+    return size

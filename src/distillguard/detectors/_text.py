@@ -1,0 +1,169 @@
+"""Cheap text features shared by the text detectors, computed once per request.
+
+One pass normalises the prompt (ASCII lower case, punctuation to spaces, every digit to ``0``)
+and splits it into words; every word gets a CRC-32 (deterministic across processes, so replays
+are reproducible). From those, lazily:
+
+* ``shingles``: the set of hashed word 3-shingles (hash of a tuple of ints: deterministic);
+* ``skeleton``: the sequence of *common* words of the prompt (the function words and the
+  instruction words that make up a template's fixed part; numbers, names and other rare words
+  are the slots and drop out);
+* ``embedding``: a signed hashed bag of word unigrams and character 4-gram word prefixes in
+  :data:`DIM` dimensions, L2-normalised, from at most :data:`EMBED_WORDS` evenly spaced words
+  (a fixed cost whatever the prompt size).
+
+For chat requests the prompt is the *last user message*: a conversation's history repeats on
+every turn and would look like a near-duplicate stream otherwise.
+
+The features of the last request are cached (one entry, keyed by the :class:`Query` object), so
+several detectors scoring the same request share the work.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from collections.abc import Mapping
+from itertools import repeat
+from operator import itemgetter, mul
+
+from ..query import Query
+
+__all__ = ["DIM", "EMBED_WORDS", "COMMON_WORDS", "TextFeatures", "embed_text", "features", "prompt_text"]
+
+DIM = 32
+"""Dimensions of the hashed embedding."""
+EMBED_WORDS = 48
+"""At most this many words (evenly spaced) feed the embedding."""
+
+_PUNCT = b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\t\n\r\x0b\x0c"
+_TABLE = bytearray(range(256))
+for _c in range(ord("A"), ord("Z") + 1):
+    _TABLE[_c] = _c + 32
+for _c in _PUNCT:
+    _TABLE[_c] = 32
+for _c in range(ord("0"), ord("9") + 1):
+    _TABLE[_c] = ord("0")
+_TRANSLATE = bytes(_TABLE)
+_PREFIX = itemgetter(slice(0, 4))
+_SALT = 0x5BD1E995
+
+COMMON_WORDS = frozenset(
+    """a about above across after again against all almost also although always am among an and
+    another any anyone anything are around as ask at be because been before being below between
+    both but by can cannot could did do does doing done down during each either else enough even
+    ever every few for from further get gets give given go going had has have having he her here
+    hers him his how however i if in into is it its itself just least less let like make many may
+    me might more most much must my myself need neither never no nor not now of off often on once
+    one only or other others our ours out over own per please rather same shall she should since
+    so some something still such than that the their them then there these they this those though
+    through thus to too toward under until up upon us very was way we well were what whatever when
+    where whether which while who whom whose why will with within without would yet you your yours
+    yourself explain describe write list give summarize summarise translate answer question answers
+    questions following step steps reasoning reason think detail detailed example examples show
+    tell provide generate create compare define definition meaning difference between briefly
+    short long sentence sentences words word paragraph paragraphs format response respond reply
+    output input using use used first second third next finally then now solve calculate compute
+    problem problems task tasks instruction instructions assistant user role act pretend imagine
+    chain thought thoughts carefully concise clear clearly simple simply language english code
+    function program python text essay story poem note notes key main points point important
+    include including based context information data topic about regarding into true false yes
+    """.split()  # noqa: SIM905
+)
+_COMMON_HASHES = frozenset(zlib.crc32(w.encode()) for w in COMMON_WORDS)
+_is_common = _COMMON_HASHES.__contains__
+
+
+def prompt_text(query: Query) -> str:
+    """The text the text detectors look at: the last user message of a chat, else the prompt."""
+    data = query.data
+    if query.kind == "chat" and data is not None:
+        messages = data.get("messages")
+        if isinstance(messages, list):
+            for message in reversed(messages):
+                if isinstance(message, Mapping) and message.get("role", "user") == "user":
+                    content = message.get("content")
+                    if isinstance(content, str):
+                        return content
+                    if isinstance(content, list):
+                        parts = [p.get("text") for p in content if isinstance(p, Mapping)]
+                        return "\n".join(p for p in parts if isinstance(p, str))
+                    break
+    return query.text
+
+
+class TextFeatures:
+    """Features of one prompt (see the module docstring). Attributes are computed on demand."""
+
+    __slots__ = ("_content", "_embedding", "_skeleton", "hashes", "key", "words")
+
+    def __init__(self, text: str) -> None:
+        normalised = text.encode("utf-8", "surrogatepass").translate(_TRANSLATE)
+        self.words: list[bytes] = normalised.split()
+        self.hashes: list[int] = list(map(zlib.crc32, self.words))
+        self.key: int = zlib.crc32(normalised)
+        self._content: frozenset[int] | None = None
+        self._skeleton: tuple[int, ...] | None = None
+        self._embedding: tuple[float, ...] | None = None
+
+    @property
+    def content(self) -> frozenset[int]:
+        """The hashes of the prompt's distinct *content* words (not in :data:`COMMON_WORDS`)."""
+        if self._content is None:
+            self._content = frozenset(self.hashes).difference(_COMMON_HASHES)
+        return self._content
+
+    @property
+    def skeleton(self) -> tuple[int, ...]:
+        """The hashes of the prompt's common words, in order (its template skeleton)."""
+        if self._skeleton is None:
+            self._skeleton = tuple(filter(_is_common, self.hashes))
+        return self._skeleton
+
+    @property
+    def embedding(self) -> tuple[float, ...]:
+        """The L2-normalised hashed embedding (:data:`DIM` floats; all zero for no words)."""
+        if self._embedding is None:
+            self._embedding = _embed(self.words, self.hashes)
+        return self._embedding
+
+
+_MASK = 2 * DIM - 1
+
+
+def _embed(words: list[bytes], hashes: list[int]) -> tuple[float, ...]:
+    step = max(1, len(hashes) // EMBED_WORDS)
+    sample = hashes[::step][:EMBED_WORDS]
+    codes: Counter[int] = Counter(map(_MASK.__and__, sample))
+    prefixes = words[:: step * 4][: EMBED_WORDS // 4]
+    codes.update(map(_MASK.__and__, map(zlib.crc32, map(_PREFIX, prefixes), repeat(_SALT, len(prefixes)))))
+    vec = [0.0] * DIM
+    for code, count in codes.items():
+        if code >= DIM:
+            vec[code - DIM] -= count
+        else:
+            vec[code] += count
+    norm = math.sqrt(sum(map(mul, vec, vec)))
+    if norm == 0.0:
+        return tuple(vec)
+    return tuple(map((1.0 / norm).__mul__, vec))
+
+
+def embed_text(text: str) -> tuple[float, ...]:
+    """The hashed embedding of ``text`` (as :attr:`TextFeatures.embedding`)."""
+    return TextFeatures(text).embedding
+
+
+_cache: tuple[Query | None, TextFeatures | None] = (None, None)
+
+
+def features(query: Query) -> TextFeatures:
+    """The features of ``query``'s prompt, shared by every detector scoring the same request."""
+    global _cache
+    cached_query, cached = _cache
+    if cached_query is query and cached is not None:
+        return cached
+    feats = TextFeatures(prompt_text(query))
+    _cache = (query, feats)
+    return feats

@@ -1,0 +1,61 @@
+"""The default detector set.
+
+``default_detectors()`` builds one of each built-in detector with its default settings:
+
+=================== ============================== ==========================================
+name                class                          catches
+=================== ============================== ==========================================
+``near_duplicate``  :class:`NearDuplicateDetector` systematic variation of one prompt
+``template_sweep``  :class:`TemplateSweepDetector` template + slot sweeps
+``coverage``        :class:`CoverageDetector`      natural-data sweeps (distribution shift)
+``parameter_probe`` :class:`ParameterProbeDetector` logprob/logit_bias probing, sampling sweeps
+``volume_timing``   :class:`VolumeTimingDetector`  sustained, machine-regular streams
+``prada``           :class:`PradaDetector`         synthetic/perturbed numeric inputs
+=================== ============================== ==========================================
+
+Every one of them is also registered under its name in the ``distillguard.detectors``
+entry-point group, so ``Guard(detectors=["near_duplicate", ...])`` loads it by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .coverage import CoverageDetector
+from .near_duplicate import NearDuplicateDetector
+from .prada import PradaDetector
+from .probing import ParameterProbeDetector
+from .template import TemplateSweepDetector
+from .timing import VolumeTimingDetector
+
+__all__ = [
+    "DEFAULT_DETECTORS",
+    "CoverageDetector",
+    "NearDuplicateDetector",
+    "ParameterProbeDetector",
+    "PradaDetector",
+    "TemplateSweepDetector",
+    "VolumeTimingDetector",
+    "default_detectors",
+]
+
+DEFAULT_DETECTORS: dict[str, type[Any]] = {
+    "near_duplicate": NearDuplicateDetector,
+    "template_sweep": TemplateSweepDetector,
+    "coverage": CoverageDetector,
+    "parameter_probe": ParameterProbeDetector,
+    "volume_timing": VolumeTimingDetector,
+    "prada": PradaDetector,
+}
+"""The built-in detectors by name."""
+
+
+def default_detectors(max_clients: int | None = None) -> list[Any]:
+    """A fresh instance of every built-in detector (each with its own client state).
+
+    Args:
+        max_clients: the cap on tracked clients of each detector (each detector's default
+            when ``None``).
+    """
+    options: dict[str, Any] = {} if max_clients is None else {"max_clients": max_clients}
+    return [cls(**options) for cls in DEFAULT_DETECTORS.values()]

@@ -1,0 +1,124 @@
+"""Near-duplicate / systematic-variation detector (``near_duplicate``).
+
+**Signal.** The share of a client's recent text queries that are near-duplicates of an earlier
+query in its window. Each prompt is reduced to a 4-value MinHash signature of its content-word
+set (words outside :data:`~distillguard.detectors._text.COMMON_WORDS`; all words for prompts with
+fewer than three): the minimum and maximum under two hash orders. The four values form one LSH
+band, so two prompts collide with probability about ``J**4`` (``J`` their Jaccard similarity):
+~0.24 at J=0.7, ~1e-4 at J=0.1. A query is a near-duplicate when its band key is already in the
+window and its exact text is not (exact repeats are retries and regenerations, not systematic
+variation); the score ramps with the near-duplicate rate.
+
+**Anchor.** Blacklight (Li et al., USENIX Security 2022: hashed sliding-window fingerprints, a
+match when enough hashes agree) and SEAT (Zhang, Chen, Wagner 2021: count of close query pairs
+per account), here with MinHash/LSH on word sets (Broder 1997). Measured on text: a template
+sweep reaches a near-duplicate rate of ~0.84 after 100 queries, benign conversational users a
+median of 0.02 (detection.md).
+
+**Cost.** O(words) to build the word set (shared with the other text detectors) plus four
+C-level passes over it; one ``bytearray.find`` over ``4 * window`` bytes. State: ``4 * window``
+bytes of band keys, ``window`` 32-bit text hashes and a ``window``-bit ring (~700 bytes per client
+at the default window of 64).
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Final
+
+from ._base import check_range, ramp
+from ._protocol import DetectorResult, Observation
+from ._state import LRUStates, bit_ring_push
+from ._text import features
+
+__all__ = ["NearDuplicateDetector"]
+
+_MIX: Final = 0x9E3779B9
+_EMPTY = DetectorResult("near_duplicate", 0.0)
+
+
+class _State:
+    __slots__ = ("flags", "keys", "n", "pos", "texts")
+
+    def __init__(self, window: int) -> None:
+        self.keys = bytearray(4 * window)
+        self.texts = array("I", bytes(4 * window))
+        self.flags = 0
+        self.n = 0
+        self.pos = 0
+
+
+def signature(content: frozenset[int]) -> bytes:
+    """The 4-byte LSH band key of a non-empty set of 32-bit word hashes."""
+    mixed = list(map(_MIX.__xor__, content))
+    key = hash((min(content), max(content), min(mixed), max(mixed))) & 0xFFFFFFFF
+    return key.to_bytes(4, "little") if key else b"\x01\x00\x00\x00"
+
+
+class NearDuplicateDetector:
+    """Scores the near-duplicate rate of a client's recent text queries.
+
+    Args:
+        window: how many recent queries are compared (and the rate's denominator).
+        min_requests: no score before this many text queries from the client.
+        low: the rate at which the score starts rising (benign users rarely exceed it).
+        high: the rate at which the score reaches 1.
+        max_clients: the cap on tracked clients (least recently seen evicted first).
+    """
+
+    name = "near_duplicate"
+
+    def __init__(
+        self,
+        *,
+        window: int = 64,
+        min_requests: int = 12,
+        low: float = 0.25,
+        high: float = 0.6,
+        max_clients: int = 50_000,
+    ) -> None:
+        check_range("window", window, 8, 1024)
+        check_range("min_requests", min_requests, 1, window)
+        check_range("low", low, 0.0, 1.0)
+        check_range("high", high, low, 1.0)
+        self.window = window
+        self.min_requests = min_requests
+        self.low = low
+        self.high = high
+        self.states: LRUStates[_State] = LRUStates(lambda: _State(window), max_clients)
+
+    def score(self, observation: Observation) -> DetectorResult:
+        """Record the query's band key and score the client's near-duplicate rate."""
+        query = observation.query
+        if not query.is_text:
+            return _EMPTY
+        feats = features(query)
+        content = feats.content
+        if len(content) < 3:
+            content = frozenset(feats.hashes)
+            if not content:
+                return _EMPTY
+        key = signature(content)
+        state = self.states.get(observation.identity.client_id)
+        keys = state.keys
+        text_key = feats.key or 1
+        dup = False
+        if text_key not in state.texts:  # exact repeats (retries, regenerations) do not count
+            i = keys.find(key)
+            while i != -1 and i & 3:
+                i = keys.find(key, i + 1)
+            dup = i != -1
+        pos = state.pos
+        keys[4 * pos : 4 * pos + 4] = key
+        state.texts[pos] = text_key
+        state.pos = (pos + 1) % self.window
+        window = self.window
+        state.flags = flags = bit_ring_push(state.flags, dup, window)
+        state.n = n = state.n + 1
+        seen = n if n < window else window
+        rate = flags.bit_count() / seen
+        if n < self.min_requests:
+            return DetectorResult(self.name, 0.0, (), {"rate": rate, "requests": n})
+        score = ramp(rate, self.low, self.high)
+        reasons = ("near_duplicate_rate",) if score > 0.0 else ()
+        return DetectorResult(self.name, score, reasons, {"rate": rate, "requests": n})

@@ -1,0 +1,117 @@
+"""Template-sweep detector (``template_sweep``).
+
+**Signal.** Extraction and distillation scripts fill a fixed prompt template with varying slots
+("Explain step by step how {X} works", "Translate '{Y}' into {Z}"). Each prompt is reduced to a
+*slot-masked skeleton*: the sequence of its common words (function words and instruction words;
+numbers, names and other rare words are the slots and drop out), hashed. A query *recurs* when
+its skeleton already appears at least twice in the client's window while its full text is new
+(varying slots; exact repeats do not count). The score ramps with the share of the window made of
+recurring queries, i.e. the share of the client's traffic sitting on a few top skeletons.
+Skeletons with fewer than ``min_fixed`` words, and prompts without any slot word, are ignored:
+short generic questions share skeletons by chance.
+
+**Anchor.** Slot-masked fingerprints as in provider disclosures of distillation campaigns
+("repeated templates", Feb 2026) and template-based query synthesis in extraction attacks
+(Krishna et al. 2020; Carlini et al. 2024's fixed prompts). The measured SEAT-style baseline on
+text is TPR 1.0 at 13.6% window FPR; the target here is every one-client sweep within 100
+queries with no false positive.
+
+**Cost.** One C-level ``filter`` over the word hashes (shared), one tuple hash, two
+``array.count``/``in`` scans over ``window`` 32-bit values. State: two ``window``-entry arrays
+of 32-bit hashes and a ``window``-bit ring (~600 bytes per client at the default window of 64).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from ._base import check_range, ramp
+from ._protocol import DetectorResult, Observation
+from ._state import LRUStates, bit_ring_push
+from ._text import features
+
+__all__ = ["TemplateSweepDetector"]
+
+_EMPTY = DetectorResult("template_sweep", 0.0)
+
+
+class _State:
+    __slots__ = ("flags", "n", "pos", "skeletons", "texts")
+
+    def __init__(self, window: int) -> None:
+        self.skeletons = array("I", bytes(4 * window))
+        self.texts = array("I", bytes(4 * window))
+        self.flags = 0
+        self.n = 0
+        self.pos = 0
+
+
+class TemplateSweepDetector:
+    """Scores how much of a client's recent traffic recurs on a few prompt skeletons.
+
+    Args:
+        window: how many recent queries are kept.
+        min_fixed: skeletons with fewer common words are ignored.
+        recur: a skeleton recurs from its ``recur``-th occurrence in the window on.
+        min_requests: no score before this many text queries from the client.
+        low: the recurring share at which the score starts rising.
+        high: the recurring share at which the score reaches 1.
+        max_clients: the cap on tracked clients.
+    """
+
+    name = "template_sweep"
+
+    def __init__(
+        self,
+        *,
+        window: int = 64,
+        min_fixed: int = 5,
+        recur: int = 3,
+        min_requests: int = 12,
+        low: float = 0.3,
+        high: float = 0.6,
+        max_clients: int = 50_000,
+    ) -> None:
+        check_range("window", window, 8, 1024)
+        check_range("min_fixed", min_fixed, 1, 64)
+        check_range("recur", recur, 2, window)
+        check_range("min_requests", min_requests, 1, window)
+        check_range("low", low, 0.0, 1.0)
+        check_range("high", high, low, 1.0)
+        self.window = window
+        self.min_fixed = min_fixed
+        self.recur = recur
+        self.min_requests = min_requests
+        self.low = low
+        self.high = high
+        self.states: LRUStates[_State] = LRUStates(lambda: _State(window), max_clients)
+
+    def score(self, observation: Observation) -> DetectorResult:
+        """Record the query's skeleton and score the client's recurring-skeleton share."""
+        query = observation.query
+        if not query.is_text:
+            return _EMPTY
+        feats = features(query)
+        skeleton = feats.skeleton
+        state = self.states.get(observation.identity.client_id)
+        text_key = feats.key or 1
+        repeat = text_key in state.texts
+        skel_key = 0
+        count = 0
+        if not repeat and len(skeleton) >= self.min_fixed and len(skeleton) < len(feats.hashes):
+            skel_key = (hash(skeleton) & 0xFFFFFFFF) or 1
+            count = state.skeletons.count(skel_key)
+        pos = state.pos
+        state.skeletons[pos] = skel_key
+        state.texts[pos] = text_key
+        state.pos = (pos + 1) % self.window
+        recurring = count + 1 >= self.recur
+        state.flags = flags = bit_ring_push(state.flags, recurring, self.window)
+        state.n = n = state.n + 1
+        seen = n if n < self.window else self.window
+        share = flags.bit_count() / seen
+        signals = {"recurring_share": share, "skeleton_share": (count + 1) / seen if skel_key else 0.0}
+        if n < self.min_requests:
+            return DetectorResult(self.name, 0.0, (), signals)
+        score = ramp(share, self.low, self.high)
+        return DetectorResult(self.name, score, ("template_recurrence",) if score > 0.0 else (), signals)
