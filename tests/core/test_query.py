@@ -1,0 +1,157 @@
+"""Parsing request bodies into a :class:`~distillguard.Query`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from distillguard.query import parse_query
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def body(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_chat_body() -> None:
+    """An OpenAI chat body gives its prompt text, model, limits and sampling fields."""
+    q = parse_query(
+        body(
+            model="gpt-test",
+            messages=[
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "image_url"}]},
+                {"role": "user", "content": "part two"},
+            ],
+            max_completion_tokens=64,
+            max_tokens=10,
+            n=3,
+            logprobs=True,
+            top_logprobs=5,
+            logit_bias={"50256": -100, "11": 2.5},
+            stream=True,
+            temperature=0.2,
+        )
+    )
+    assert q.kind == "chat"
+    assert q.text == "be brief\npart one\npart two"
+    assert q.model == "gpt-test"
+    assert q.max_tokens == 64  # max_completion_tokens wins
+    assert (q.n, q.logprobs, q.top_logprobs, q.stream, q.temperature) == (3, True, 5, True, 0.2)
+    assert q.logit_bias == (("11", 2.5), ("50256", -100.0))
+    assert q.is_text
+
+
+def test_completion_legacy_logprobs() -> None:
+    """A completion's integer ``logprobs`` is the number of alternatives per token."""
+    q = parse_query(body(model="m", prompt=["a", "b"], logprobs=5))
+    assert q.kind == "completion" and q.text == "a\nb" and q.inputs == 2
+    assert q.logprobs and q.top_logprobs == 5
+
+
+def test_embedding_batch() -> None:
+    """An embeddings body counts its inputs; token-array batches count without text."""
+    q = parse_query(body(model="e", input=["x", "y", "z"]))
+    assert (q.kind, q.inputs, q.text) == ("embedding", 3, "x\ny\nz")
+    tokens = parse_query(body(model="e", input=[[1, 2], [3]]))
+    assert (tokens.kind, tokens.inputs, tokens.text) == ("embedding", 2, "")
+
+
+@pytest.mark.parametrize(
+    ("payload", "vector", "inputs"),
+    [
+        pytest.param({"inputs": [1, 2.5, 3]}, (1.0, 2.5, 3.0), 1, id="flat"),
+        pytest.param({"instances": [[1, 2], [3, 4], [5, 6]]}, (1.0, 2.0), 3, id="batch-first-row"),
+        pytest.param({"features": {"a": 1, "b": 2}}, (1.0, 2.0), 1, id="named-features"),
+        pytest.param({"inputs": ["a", 1]}, None, 1, id="not-numeric"),
+    ],
+)
+def test_predict_vectors(payload: dict[str, Any], vector: tuple[float, ...] | None, inputs: int) -> None:
+    """Classic predict bodies give a numeric vector (the first row of a batch)."""
+    q = parse_query(json.dumps(payload).encode())
+    assert q.vector == vector and q.inputs == inputs
+    assert q.kind == ("vector" if vector is not None else "json")
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "kind"),
+    [
+        pytest.param(b"", "application/json", "empty", id="empty"),
+        pytest.param(b"hello", "text/plain", "raw", id="text"),
+        pytest.param(b"{not json", "application/json", "raw", id="broken-json"),
+        pytest.param(b"[1,2]", "application/json", "json", id="json-array"),
+        pytest.param(b'{"a":1}', "application/octet-stream", "json", id="json-without-type"),
+        pytest.param(b"\xff\xfe{", "application/json", "raw", id="invalid-utf8"),
+        pytest.param(b"[" * 100_000, "application/json", "raw", id="deeply-nested"),
+        pytest.param(b'{"a":"\xff"}', "application/json", "raw", id="invalid-utf8-in-object"),
+    ],
+)
+def test_other_bodies(raw: bytes, content_type: str, kind: str) -> None:
+    """Non-chat bodies still parse to a Query of the right kind, with their size."""
+    q = parse_query(raw, content_type)
+    assert q.kind == kind and q.size == len(raw) and q.text == ""
+
+
+def test_utf16_json() -> None:
+    """JSON in UTF-16 (allowed by RFC 8259 readers such as ``json.loads``) still parses."""
+    q = parse_query(json.dumps({"prompt": "hé"}).encode("utf-16"))
+    assert q.kind == "completion" and q.text == "hé"
+
+
+def test_wrong_types_are_ignored() -> None:
+    """Fields of the wrong type are ignored rather than trusted."""
+    q = parse_query(body(messages=[{"content": 5}, "x"], max_tokens="10", n=0, temperature="hot", model=3))
+    assert q.kind == "chat" and q.text == ""
+    assert (q.max_tokens, q.n, q.temperature, q.model) == (None, 1, None, None)
+    nan = parse_query(b'{"prompt":"p","temperature":NaN,"logit_bias":{"1":"x","2":Infinity}}')
+    assert nan.temperature is None and nan.logit_bias == ()
+
+
+def test_fingerprint_is_a_hash_of_the_text() -> None:
+    """Equal prompts share a 16-hex-digit fingerprint that does not contain the text."""
+    a = parse_query(body(messages=[{"role": "user", "content": "secret words"}], model="x"))
+    b = parse_query(body(prompt="secret words", temperature=1))
+    c = parse_query(body(prompt="other words"))
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert len(a.fingerprint) == 16 and int(a.fingerprint, 16) >= 0
+    assert "secret" not in a.fingerprint
+
+
+def test_repr_hides_the_parsed_document() -> None:
+    """``repr(query)`` does not dump the raw JSON document."""
+    q = parse_query(body(prompt="p", api_key="sk-should-not-print"))
+    assert "sk-should-not-print" not in repr(q)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512), st.sampled_from(["application/json", "text/plain", ""]))
+def test_never_raises_on_bytes(raw: bytes, content_type: str) -> None:
+    """Arbitrary bytes never make the parser raise."""
+    q = parse_query(raw, content_type)
+    assert q.size == len(raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+keys = st.sampled_from(
+    ["messages", "prompt", "input", "model", "max_tokens", "n", "logprobs", "top_logprobs", "logit_bias",
+     "stream", "temperature", "inputs", "instances", "content"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(keys, json_values, max_size=8))
+def test_never_raises_on_odd_json(doc: dict[str, Any]) -> None:
+    """Any JSON object using the recognised keys with any value types parses without raising."""
+    q = parse_query(json.dumps(doc).encode())
+    assert q.n >= 1 and q.inputs >= 1
+    assert isinstance(q.text, str)
