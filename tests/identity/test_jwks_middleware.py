@@ -148,7 +148,9 @@ def test_black_hole_jwks_at_startup_answers_503_without_waiting(
     client = Client(adapter, jwks_guard(resolver))
     started = time.monotonic()
     response = client.get(make_token(key=keys.rsa, headers={"kid": "rsa"}))
-    assert time.monotonic() - started < 0.5
+    elapsed = time.monotonic() - started
+    print(f"\n{adapter}: 503 auth_unavailable against a black-hole JWKS in {elapsed * 1000:.1f} ms")
+    assert elapsed < 0.5
     assert response.status_code == 503 and response.json()["code"] == "auth_unavailable"
     (span,) = guard_spans(span_exporter)
     assert span.attributes[ATTR_AUTH_FAILURE] == "keys_unavailable"
@@ -249,6 +251,7 @@ def test_a_random_kid_flood_causes_at_most_one_fetch(
         token = make_token(key=keys.rsa, headers={"kid": secrets.token_urlsafe(12)})
         assert client.get(token).status_code == 401
     time.sleep(0.1)
+    print(f"\n200 random-kid tokens: {jwks_server.hits - 1} extra JWKS fetch(es)")
     assert jwks_server.hits <= 2
 
 
@@ -286,15 +289,8 @@ def test_a_hung_refresh_does_not_slow_50_concurrent_requests(
     resolver = resolvers(jwks_server.url, timeout=3.0, cooldown=0)
     assert resolver.prefetch(timeout=3)
     middleware = DistillGuardMiddleware(EchoASGIApp(), guard=jwks_guard(resolver))
-    tokens = [make_token(key=keys.rsa, headers={"kid": "rsa"}, sub=f"user-{i}") for i in range(50)]
-    jwks_server.mode = "hang"
-    resolver.refresh()
-    deadline = time.monotonic() + 3
-    while jwks_server.in_flight == 0 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert jwks_server.in_flight == 1
 
-    async def scenario() -> tuple[list[int], list[float], float, float]:
+    async def scenario(tokens: list[str]) -> tuple[list[int], list[float], float, float]:
         lags: list[float] = []
         done = asyncio.Event()
 
@@ -320,13 +316,30 @@ def test_a_hung_refresh_does_not_slow_50_concurrent_requests(
             await prober
         return [s for s, _ in results], [d for _, d in results], total, max(lags)
 
-    statuses, latencies, total, max_lag = asyncio.run(scenario())
-    print(
-        f"\n50 concurrent requests during a hung JWKS refresh: total {total * 1000:.1f} ms, "
-        f"p50 {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms, "
-        f"max loop lag {max_lag * 1000:.1f} ms"
-    )
-    assert statuses == [200] * 50
-    assert total < 1.0  # the hung fetch would take 3 s
-    assert max_lag < 0.25  # CPU time of the 50 requests themselves, never the 3 s fetch
+    def batch(prefix: str) -> list[str]:  # distinct tokens: each one goes through key_for
+        return [make_token(key=keys.rsa, headers={"kid": "rsa"}, sub=f"{prefix}-{i}") for i in range(50)]
+
+    figures: dict[str, tuple[float, float, float]] = {}
+    for label in ("healthy JWKS", "hung refresh"):
+        if label == "hung refresh":
+            jwks_server.mode = "hang"
+            resolver.refresh()
+            deadline = time.monotonic() + 3
+            while jwks_server.in_flight == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert jwks_server.in_flight == 1
+        statuses, latencies, total, max_lag = asyncio.run(scenario(batch(label)))
+        assert statuses == [200] * 50
+        figures[label] = (total, statistics.median(latencies), max_lag)
+    for label, (total, p50, lag) in figures.items():
+        print(
+            f"\n50 concurrent requests, {label}: total {total * 1000:.1f} ms, "
+            f"p50 {p50 * 1000:.1f} ms, max loop lag {lag * 1000:.1f} ms",
+            end="",
+        )
+    total, _, max_lag = figures["hung refresh"]
+    # A request path waiting on the fetch would take >= 3 s (the fetch timeout); what remains
+    # is the CPU time of the 50 requests themselves, which a loaded CI machine stretches.
+    assert total < 1.5
+    assert max_lag < 0.5
     assert jwks_server.in_flight == 1 and jwks_server.hits == 2 and jwks_server.max_concurrent == 1

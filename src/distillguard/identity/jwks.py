@@ -142,7 +142,6 @@ class JWKSKeys:
         self.url = url
         self._host = urllib.parse.urlsplit(url).hostname or "?"
         self._algorithms = frozenset(algorithms) if algorithms is not None else None
-        self._lifespan = lifespan
         self._max_stale = max_stale
         self._timeout = timeout
         self._cooldown = cooldown
