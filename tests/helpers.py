@@ -283,7 +283,8 @@ class EchoASGIApp:
     """An ASGI app that records each HTTP call and answers by path.
 
     ``/stream`` streams :data:`STREAM_CHUNKS` (one ``send`` each), ``/empty`` answers 204,
-    ``/boom`` raises ``RuntimeError("app failed")``, anything else answers 200 JSON
+    ``/boom`` raises ``RuntimeError("app failed")``, ``/boom-stream`` sends one chunk then
+    raises ``RuntimeError("app failed mid-stream")``, anything else answers 200 JSON
     ``{"ok": true}``. After reading the body it calls ``receive()`` once more when
     ``receive_again`` is set and keeps the message in ``after_body``. ``lifespan`` sets
     ``started``/``stopped``; a ``websocket`` is accepted, greeted and closed.
@@ -344,6 +345,12 @@ class EchoASGIApp:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return
+        if path == "/boom-stream":
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+            )
+            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+            raise RuntimeError("app failed mid-stream")
         if path == "/stream":
             await send(
                 {
@@ -382,6 +389,11 @@ class _ClosingIterable:
         self._app.closed += 1
 
 
+def _fail_after_first_chunk() -> Iterator[bytes]:
+    yield b"partial"
+    raise RuntimeError("app failed mid-stream")
+
+
 class EchoWSGIApp:
     """The WSGI twin of :class:`EchoASGIApp` (same paths, same answers). Counts ``close()``
     calls of its response iterables in ``closed``."""
@@ -410,6 +422,9 @@ class EchoWSGIApp:
         if path == "/empty":
             start_response("204 No Content", [])
             return _ClosingIterable([], self)
+        if path == "/boom-stream":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return _ClosingIterable(_fail_after_first_chunk(), self)
         if path == "/stream":
             start_response("200 OK", [("Content-Type", "text/event-stream")])
             return _ClosingIterable(iter(STREAM_CHUNKS), self)

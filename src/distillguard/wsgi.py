@@ -65,7 +65,7 @@ class _Observed:
     """Pass the app's response iterable through unchanged, showing each chunk to the exchange;
     ``close()`` is forwarded, then the exchange settles and ends."""
 
-    __slots__ = ("_exchange", "_iterable", "_perform")
+    __slots__ = ("_error", "_exchange", "_iterable", "_perform")
 
     def __init__(
         self, iterable: Iterable[bytes], exchange: Exchange, perform: Callable[[Any], object]
@@ -73,12 +73,17 @@ class _Observed:
         self._iterable = iterable
         self._exchange = exchange
         self._perform = perform
+        self._error: BaseException | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         observe = self._exchange.response_body
-        for chunk in self._iterable:
-            observe(chunk)
-            yield chunk
+        try:
+            for chunk in self._iterable:
+                observe(chunk)
+                yield chunk
+        except Exception as exc:  # the app failed mid-stream: record it on the span at close()
+            self._error = exc
+            raise
 
     def close(self) -> None:
         exchange = self._exchange
@@ -90,7 +95,7 @@ class _Observed:
             exchange.finish(exc)
             raise
         drive(exchange.settle(), self._perform)
-        exchange.finish()
+        exchange.finish(self._error)
 
 
 class DistillGuardWSGIMiddleware:

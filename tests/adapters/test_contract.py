@@ -752,6 +752,19 @@ def test_app_exception_propagates(serve: Callable[..., Served], span_exporter: A
     assert event.attributes["exception.type"] == "RuntimeError"
 
 
+def test_app_exception_mid_stream_recorded(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """An exception raised by the app after its response started propagates unchanged and is
+    recorded on the span, in both adapters."""
+    served = serve()
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        served.client.get("/boom-stream", headers={"authorization": f"Bearer {make_token()}"})
+    (span,) = guard_spans(span_exporter)
+    assert span.status.status_code.name == "ERROR"
+    (event,) = [e for e in span.events if e.name == "exception"]
+    assert event.attributes["exception.type"] == "RuntimeError"
+    assert "mid-stream" not in str(event.attributes)  # the message may quote the request
+
+
 def test_too_large_span(serve: Callable[..., Served], span_exporter: Any) -> None:
     """A 413 is recorded on the span as ``too_large``."""
     served = serve(max_body_bytes=8)

@@ -148,7 +148,7 @@ keys = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.dictionaries(keys, json_values, max_size=8))
 def test_never_raises_on_odd_json(doc: dict[str, Any]) -> None:
     """Any JSON object using the recognised keys with any value types parses without raising."""
