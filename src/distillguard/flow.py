@@ -141,6 +141,18 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
                 action=Action.FORBIDDEN, identity=identity, problem=Problem.insufficient_scope(realm, missing)
             )
 
+    risk = guard.risk
+    if risk is not None and not policy.shadow:  # the penalty box holds across routes
+        until = risk.boxed_until(identity.client_id, now)
+        if until is not None:
+            retry = int(until - now) + 1
+            return Decision(
+                action=Action.BLOCK,
+                identity=identity,
+                problem=Problem.suspicious_usage(policy.block_status, retry),
+                reasons=("risk:penalty_box",),
+            )
+
     query = parse_query(request.body, request.content_type)
     checks = guard.plan.checks_for(identity, request.path, query)
     outcomes = yield from _limits(checks, now)
@@ -178,7 +190,18 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
             errors += (f"detector:{detector.name}",)
         results.append(result)
 
-    action, score, reasons = decide(results, policy)
+    if risk is None:
+        action, score, reasons = decide(results, policy)
+    else:
+        verdict = risk.assess(identity.client_id, results, now)
+        action, score, reasons = verdict.action, verdict.risk, verdict.reasons
+        if verdict.throttle and not refused:  # a throttled client is charged a tighter window
+            throttled = yield from _limits(risk.throttle_checks(identity), now)
+            outcomes = [*outcomes, *throttled]
+            refused_throttle = [o for o in throttled if not o.allowed]
+            if refused_throttle and action is not Action.BLOCK:
+                action = Action.THROTTLE
+                reasons = (*reasons, *(f"throttle:{o.check.policy}" for o in refused_throttle))
     if refused:  # shadow mode let a rate-limited request through
         return Decision(
             action=Action.RATE_LIMITED,
@@ -197,9 +220,12 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     if action is Action.BLOCK:
         problem = Problem.suspicious_usage(policy.block_status, policy.block_retry_after)
         headers = ()  # never disclose quota to a client the detectors refused
+    elif action is Action.THROTTLE:
+        blocked = [o for o in outcomes if not o.allowed]
+        problem = Problem.rate_limited(retry_after(blocked, now), [o.check.policy for o in blocked])
     elif action is Action.DEGRADE:
         body = degrade_body(query, policy)
-    shadow = policy.shadow and action in (Action.BLOCK, Action.DEGRADE)
+    shadow = policy.shadow and action in (Action.BLOCK, Action.DEGRADE, Action.THROTTLE)
     return Decision(
         action=action,
         identity=identity,

@@ -24,6 +24,7 @@ from .limiting.outage import LimiterStats
 from .policy import Policy
 from .problems import Problem
 from .request import GuardRequest
+from .risk import RiskEngine
 from .telemetry import Telemetry, TelemetryConfig
 
 __all__ = ["Guard"]
@@ -95,6 +96,7 @@ class Guard:
         self.plan = LimitPlan(limits or LimitConfig())
         self.limiter_stats = LimiterStats()
         self.policy = policy or Policy()
+        self.risk = RiskEngine(self.policy.risk) if self.policy.risk is not None else None
         self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider, meter_provider)
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
         self.max_body_bytes = max_body_bytes

@@ -9,6 +9,7 @@ from typing import Literal
 from .decision import Action
 from .detectors import DetectorResult
 from .errors import ConfigurationError
+from .risk import RiskPolicy
 
 __all__ = ["Policy", "decide"]
 
@@ -31,6 +32,9 @@ class Policy:
             as a ``"block"`` (scores 1).
         shadow: compute and record everything, never refuse or alter a request (limits
             included; authentication is still enforced).
+        risk: a per-client risk policy (decaying risk, throttle, penalty box; see
+            :mod:`distillguard.risk`). When set, it decides instead of ``flag``/``degrade``/
+            ``block`` above; ``block_status``, ``degrade_fields`` and ``shadow`` still apply.
     """
 
     flag: float = 0.5
@@ -42,6 +46,7 @@ class Policy:
     degrade_max_tokens: int | None = None
     on_error: Literal["ignore", "block"] = "ignore"
     shadow: bool = False
+    risk: RiskPolicy | None = None
 
     def __post_init__(self) -> None:
         levels = [t for t in (self.flag, self.degrade, self.block) if t is not None]

@@ -1,0 +1,320 @@
+"""The risk policy: detector scores become a per-client risk that decays over time.
+
+**Evidence.** Each detector's score ``s`` is first put on a common scale with its calibrated
+threshold ``t`` (the percentile of its benign null, see :func:`calibrate`): piecewise linear,
+``[0, t] -> [0, flag]`` and ``[t, 1] -> [flag, 1]``, so that a score at the benign percentile
+lands exactly on the flag level (the same mapping as ``distillguard calibrate``'s thresholds
+file). Detectors without a threshold are used as they are, times an optional weight.
+
+**Risk.** A client's risk is ``max(evidence now, risk before * 2 ** (-elapsed / half_life))``:
+it jumps with the strongest current evidence and decays with the configured half-life once the
+evidence stops. (``combine="noisy_or"`` uses ``1 - prod(1 - e)`` over the detectors instead of
+the maximum, so that several moderate signals add up.)
+
+**Verdict.** Thresholds on the risk, each level including the ones below it:
+
+* ``flag``: recorded on the span (decision ``flag``), served unchanged;
+* ``throttle``: the client is also charged against ``throttle_limits`` (e.g. ``"6/minute"``);
+  past it the request is refused with 429 ``rate_limited`` (decision ``throttle``);
+* ``degrade``: log probabilities and logit_bias are stripped (the policy's ``degrade_fields``);
+* ``block``: refused with ``suspicious_usage``, and the client goes into the *penalty box* for
+  ``penalty_seconds``: every request with that identity, on every route, is refused before the
+  limits or the detectors run.
+
+**Memory.** The risk table holds at most ``max_clients`` clients (LRU, evictions counted). The
+penalty box is a separate table of at most ``max_penalties`` entries; a flood of new identities
+only churns the risk table and can never push a boxed client out. When the box itself is full,
+expired entries go first, then the one closest to its release.
+
+**Shadow mode** (``Policy.shadow``): everything is computed and recorded, the box is kept, but
+nothing is refused or altered.
+
+**Span.** The decision's score is the risk; its reasons name the level (``risk:block``), the
+detectors that drove it (``near_duplicate:near_duplicate_rate``) and their numeric signals
+(``signal:near_duplicate.rate=0.91``); never request contents.
+
+**Default thresholds.** The detectors' own score ramps are set so that the benign traffic used
+to build them (a generator of varied conversational users and the 666 in-the-wild jailbreak
+prompts, see ``docs/detectors.md``) stays below 0.5; a deployment re-derives the per-detector
+thresholds from its own benign log with ``distillguard calibrate`` (99.9th percentile of the
+per-client-day maxima) and passes them as ``RiskPolicy(thresholds=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .decision import Action
+from .detectors import DetectorResult
+from .errors import ConfigurationError
+from .identity import Identity
+from .limiting import LimitCheck
+from .limiting.config import parse_limits
+from .limiting.plan import policy_name
+
+__all__ = ["RiskEngine", "RiskPolicy", "RiskVerdict", "calibrate", "rescale"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskPolicy:
+    """How detector scores become a client risk, and what each risk level does.
+
+    Args:
+        flag: risk at or above this flags the request.
+        throttle: risk at or above this also charges ``throttle_limits`` (``None`` disables).
+        degrade: risk at or above this strips log probabilities (``None`` disables).
+        block: risk at or above this refuses the request and boxes the client (``None``
+            disables).
+        half_life: seconds for a client's risk to halve once the evidence stops.
+        throttle_limits: the extra windows of a throttled client (``limits`` notation).
+        penalty_seconds: how long a blocked client stays in the penalty box.
+        thresholds: calibrated per-detector thresholds (see :func:`calibrate`).
+        weights: per-detector multipliers of the evidence (1 when absent).
+        combine: ``"max"`` (the strongest evidence) or ``"noisy_or"``.
+        max_clients: the cap on clients with a tracked risk.
+        max_penalties: the cap on boxed clients.
+    """
+
+    flag: float = 0.5
+    throttle: float | None = 0.6
+    degrade: float | None = 0.75
+    block: float | None = 0.9
+    half_life: float = 900.0
+    throttle_limits: str = "6/minute"
+    penalty_seconds: float = 3600.0
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=dict)
+    combine: Literal["max", "noisy_or"] = "max"
+    max_clients: int = 100_000
+    max_penalties: int = 10_000
+
+    def __post_init__(self) -> None:
+        levels = [t for t in (self.flag, self.throttle, self.degrade, self.block) if t is not None]
+        if any(not 0.0 < t <= 1.0 for t in levels):
+            raise ConfigurationError("risk thresholds must be in (0, 1]")
+        if levels != sorted(levels):
+            raise ConfigurationError("risk thresholds must satisfy flag <= throttle <= degrade <= block")
+        if not self.half_life > 0.0 or not self.penalty_seconds > 0.0:
+            raise ConfigurationError("half_life and penalty_seconds must be positive")
+        if self.combine not in ("max", "noisy_or"):
+            raise ConfigurationError("combine must be 'max' or 'noisy_or'")
+        if self.max_clients < 1 or self.max_penalties < 1:
+            raise ConfigurationError("max_clients and max_penalties must be at least 1")
+        for name, t in self.thresholds.items():
+            if not 0.0 < t < 1.0:
+                raise ConfigurationError(f"threshold of {name!r} must be in (0, 1)")
+        if any(w < 0.0 for w in self.weights.values()):
+            raise ConfigurationError("detector weights must be non-negative")
+        if self.throttle is not None:
+            parse_limits(self.throttle_limits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskVerdict:
+    """What the risk policy decided for one request.
+
+    Attributes:
+        action: ``ALLOW``, ``FLAG``, ``DEGRADE`` or ``BLOCK`` (throttling is decided by the
+            pipeline after charging :meth:`RiskEngine.throttle_checks`).
+        risk: the client's risk after this request.
+        throttle: whether the client is at or above the throttle level.
+        boxed_until: when the client leaves the penalty box (unix seconds), if boxed.
+        reasons: the level, the driving detectors and their signals.
+    """
+
+    action: Action
+    risk: float
+    throttle: bool = False
+    boxed_until: float | None = None
+    reasons: tuple[str, ...] = ()
+
+
+def rescale(score: float, threshold: float, flag: float) -> float:
+    """Map ``score`` so that ``threshold`` lands on ``flag`` (piecewise linear, 0 and 1 fixed)."""
+    if score <= threshold:
+        return score * flag / threshold
+    return flag + (score - threshold) * (1.0 - flag) / (1.0 - threshold)
+
+
+def calibrate(scores_by_detector: Mapping[str, Sequence[float]], percentile: float) -> dict[str, float]:
+    """Per-detector thresholds: the ``percentile`` (0-100) of each detector's benign null.
+
+    ``scores_by_detector`` holds, per detector, one score per benign sample: the highest score
+    a benign client reached in one window (a client-day), so that the false-positive rate is
+    per client-day. The percentile interpolates linearly between order statistics (numpy's
+    default). Thresholds are clamped to ``[0.05, 0.95]`` so that they stay usable by
+    :func:`rescale`. Pass the result as ``RiskPolicy(thresholds=...)``.
+
+    Raises:
+        ConfigurationError: for a percentile outside (0, 100) or a detector without scores.
+    """
+    if not 0.0 < percentile < 100.0:
+        raise ConfigurationError("percentile must be in (0, 100)")
+    out: dict[str, float] = {}
+    for name, scores in scores_by_detector.items():
+        if not scores:
+            raise ConfigurationError(f"no benign scores for detector {name!r}")
+        ordered = sorted(scores)
+        rank = percentile / 100.0 * (len(ordered) - 1)
+        low = math.floor(rank)
+        high = min(low + 1, len(ordered) - 1)
+        value = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+        out[name] = min(0.95, max(0.05, value))
+    return out
+
+
+class _Client:
+    __slots__ = ("driver", "risk", "ts")
+
+    def __init__(self) -> None:
+        self.risk = 0.0
+        self.ts = 0.0
+        self.driver = ""
+
+
+class RiskEngine:
+    """The per-client risk state of one guard (in memory, per process).
+
+    Args:
+        policy: the risk policy.
+    """
+
+    def __init__(self, policy: RiskPolicy) -> None:
+        self.policy = policy
+        self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._box: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+        self._decay = math.log(2.0) / policy.half_life
+        self._throttle = (
+            tuple((policy_name(item), item) for item in parse_limits(policy.throttle_limits))
+            if policy.throttle is not None
+            else ()
+        )
+        self.evictions = 0
+        self.box_evictions = 0
+
+    # -- the penalty box ------------------------------------------------------------------------
+
+    def boxed_until(self, client_id: str, now: float) -> float | None:
+        """When ``client_id`` leaves the penalty box, or ``None`` when it is not boxed."""
+        until = self._box.get(client_id)
+        if until is None:
+            return None
+        if until <= now:
+            with self._lock:
+                self._box.pop(client_id, None)
+            return None
+        return until
+
+    def box(self, client_id: str, now: float) -> float:
+        """Put ``client_id`` in the penalty box; return when it comes out."""
+        until = now + self.policy.penalty_seconds
+        box = self._box
+        with self._lock:
+            if client_id not in box and len(box) >= self.policy.max_penalties:
+                expired = [k for k, v in box.items() if v <= now]
+                for k in expired:
+                    del box[k]
+                if len(box) >= self.policy.max_penalties:
+                    del box[min(box, key=box.__getitem__)]
+                    self.box_evictions += 1
+            box[client_id] = max(until, box.get(client_id, 0.0))
+        return box[client_id]
+
+    @property
+    def boxed(self) -> int:
+        """How many clients are in the penalty box (expired entries included until touched)."""
+        return len(self._box)
+
+    @property
+    def tracked(self) -> int:
+        """How many clients have a tracked risk."""
+        return len(self._clients)
+
+    # -- risk -------------------------------------------------------------------------------------
+
+    def _evidence(self, result: DetectorResult) -> float:
+        policy = self.policy
+        score = result.score
+        threshold = policy.thresholds.get(result.detector)
+        if threshold is not None:
+            score = rescale(score, threshold, policy.flag)
+        weight = policy.weights.get(result.detector)
+        if weight is not None:
+            score = min(1.0, score * weight)
+        return score
+
+    def _client(self, client_id: str) -> _Client:
+        clients = self._clients
+        with self._lock:
+            state = clients.get(client_id)
+            if state is not None:
+                clients.move_to_end(client_id)
+                return state
+            if len(clients) >= self.policy.max_clients:
+                clients.popitem(last=False)
+                self.evictions += 1
+            state = clients[client_id] = _Client()
+            return state
+
+    def risk(self, client_id: str, now: float) -> float:
+        """The current (decayed) risk of ``client_id`` (0 for an unknown client)."""
+        state = self._clients.get(client_id)
+        if state is None:
+            return 0.0
+        return state.risk * math.exp(-self._decay * max(0.0, now - state.ts))
+
+    def assess(self, client_id: str, results: Sequence[DetectorResult], now: float) -> RiskVerdict:
+        """Update ``client_id``'s risk with this request's detector results; return the verdict
+        (a ``BLOCK`` also puts the client in the penalty box)."""
+        policy = self.policy
+        evidence = [(self._evidence(r), r) for r in results]
+        if policy.combine == "max":
+            current = max((e for e, _ in evidence), default=0.0)
+        else:
+            current = 1.0 - math.prod(1.0 - e for e, _ in evidence)
+        state = self._client(client_id)
+        decayed = state.risk * math.exp(-self._decay * max(0.0, now - state.ts)) if state.risk else 0.0
+        drivers = [(e, r) for e, r in evidence if e >= policy.flag]
+        if current >= decayed:
+            risk = current
+            if drivers:
+                state.driver = max(drivers, key=lambda d: d[0])[1].detector
+        else:
+            risk = decayed
+        state.risk = risk
+        state.ts = max(now, state.ts)
+        if risk < policy.flag:
+            return RiskVerdict(action=Action.ALLOW, risk=risk)
+        if policy.block is not None and risk >= policy.block:
+            action, level = Action.BLOCK, "block"
+        elif policy.degrade is not None and risk >= policy.degrade:
+            action, level = Action.DEGRADE, "degrade"
+        elif policy.throttle is not None and risk >= policy.throttle:
+            action, level = Action.FLAG, "throttle"
+        else:
+            action, level = Action.FLAG, "flag"
+        reasons = [f"risk:{level}"]
+        if not drivers and state.driver:
+            reasons.append(f"carried:{state.driver}")
+        for _, r in drivers:
+            reasons.extend(f"{r.detector}:{reason}" for reason in r.reasons)
+            reasons.extend(f"signal:{r.detector}.{k}={v:.4g}" for k, v in r.signals.items())
+        boxed = self.box(client_id, now) if action is Action.BLOCK else None
+        throttle = policy.throttle is not None and risk >= policy.throttle
+        return RiskVerdict(
+            action=action, risk=risk, throttle=throttle, boxed_until=boxed, reasons=tuple(reasons)
+        )
+
+    def throttle_checks(self, identity: Identity) -> tuple[LimitCheck, ...]:
+        """The extra windows a throttled client is charged against (not disclosed in headers)."""
+        key = ("risk", identity.client_id)
+        return tuple(
+            LimitCheck(policy=f"throttle-{name}", item=item, key=key, headers=False)
+            for name, item in self._throttle
+        )
