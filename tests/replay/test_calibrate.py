@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from replay_standins import line
 
 from distillguard.cli import main
 from distillguard.errors import ConfigurationError
 from distillguard.replay import Thresholds, percentile
 from distillguard.replay.calibration import rescale
+from tests.replay.standins import line
 
 DAY = 86_400.0
-STANDIN = "replay_standins:FieldScore"
+STANDIN = "tests.replay.standins:FieldScore"
 
 # (client, day, score): per client-day maxima are 0.3, 0.2, 0.9, 0.4, 0.6, 0.7
 ROWS = [

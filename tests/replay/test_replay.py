@@ -8,13 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
-from replay_standins import WORDS, PrefixRepeat, chat, line, small_log
 
 from distillguard.cli import main
 from distillguard.replay import LogStats, ReplayEngine, build_report, offline_guard, read_log, render_html
 from distillguard.replay.track import Series
+from tests.replay.standins import WORDS, PrefixRepeat, chat, line, small_log
 
-STANDIN = "replay_standins:PrefixRepeat"
+STANDIN = "tests.replay.standins:PrefixRepeat"
 
 
 def _replay(path: Path, **kwargs: object) -> dict[str, object]:

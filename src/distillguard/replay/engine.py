@@ -83,6 +83,7 @@ class ReplayEngine:
             its detectors keep per-client history.
         progress: where to write progress lines (e.g. ``sys.stderr``), or ``None``.
         progress_every: write a progress line every this many log lines.
+        observer: called with each record and its decision (for benchmarks and custom reports).
         clock: the wall clock for the rate measurement.
     """
 
@@ -92,6 +93,7 @@ class ReplayEngine:
         *,
         progress: TextIO | None = None,
         progress_every: int = 100_000,
+        observer: Callable[[LogRecord, Decision], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.guard = guard
@@ -102,6 +104,7 @@ class ReplayEngine:
         self._progress = progress
         self._every = max(1, progress_every)
         self._clock = clock
+        self._observer = observer
 
     def feed(self, record: LogRecord) -> Decision:
         """Replay one record; return the guard's decision."""
@@ -149,8 +152,11 @@ class ReplayEngine:
         progress = self._progress
         every = self._every
         next_report = every
+        observer = self._observer
         for record in read_log(lines, stats, RouteMatcher(routes)):
-            self.feed(record)
+            decision = self.feed(record)
+            if observer is not None:
+                observer(record, decision)
             if progress is not None and record.line >= next_report:
                 next_report = record.line + every
                 self._report(progress, stats, record.line, self._clock() - start)

@@ -14,7 +14,9 @@ Schema (every client of the log is listed, most suspicious first)::
          "template_families", "cadence_seconds", "linked_unflagged", "linked_unflagged_count"}
       ],
       "summary": {
-        "lines", "replayed", "clients", "flagged_clients", "flagged_requests", "campaigns",
+        "lines", "replayed", "clients", "flagged_clients", "flagged_requests",
+        "client_days", "flagged_client_days",   # active and flagged (client, UTC day) pairs
+        "campaigns",
         "malformed": {"count", "first_lines"}, "out_of_order": {...}, "unknown_path": {...},
         "first_ts", "last_ts", "detectors", "policy", "errors", "seconds", "lines_per_second"
       }
@@ -64,6 +66,8 @@ def build_report(result: ReplayResult) -> dict[str, Any]:
             "clients": len(ranked),
             "flagged_clients": sum(1 for t in ranked if t.first_flag_request is not None),
             "flagged_requests": sum(t.flagged for t in ranked),
+            "client_days": sum(t.days for t in ranked),
+            "flagged_client_days": sum(t.flagged_days for t in ranked),
             "campaigns": len(result.campaigns),
             "malformed": stats.malformed.as_dict(),
             "out_of_order": stats.out_of_order.as_dict(),

@@ -1,6 +1,7 @@
 """What replay remembers about each client, bounded in size.
 
-A :class:`ClientTrack` keeps the counts the report needs, the highest score of each detector,
+A :class:`ClientTrack` keeps the counts the report needs (requests, flags, active and flagged
+UTC days), the highest score of each detector,
 a risk-over-time :class:`Series` of at most :data:`SERIES_POINTS` points (peaks survive the
 down-sampling), and the few features that link clients into campaigns (see
 :mod:`distillguard.replay.campaigns`): the dominant prompt prefix and suffix, the regularity of
@@ -105,9 +106,13 @@ class ClientTrack:
 
     __slots__ = (
         "client",
+        "day",
+        "days",
         "first_flag_request",
         "first_flag_ts",
         "flagged",
+        "flagged_day",
+        "flagged_days",
         "gap_m2",
         "gap_mean",
         "gaps",
@@ -143,6 +148,10 @@ class ClientTrack:
         self.last_clock: float | None = None
         self.ip: str | None = None
         self.tenant: str | None = None
+        self.day = -1
+        self.days = 0
+        self.flagged_day = -1
+        self.flagged_days = 0
 
     def observe(
         self,
@@ -155,8 +164,15 @@ class ClientTrack:
     ) -> None:
         """Record one replayed request and its verdict."""
         self.requests += 1
+        day = int(ts // 86_400)
+        if day != self.day:
+            self.day = day
+            self.days += 1
         if flagged:
             self.flagged += 1
+            if day != self.flagged_day:
+                self.flagged_day = day
+                self.flagged_days += 1
             if self.first_flag_request is None:
                 self.first_flag_request = self.requests
                 self.first_flag_ts = ts
