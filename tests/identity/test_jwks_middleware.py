@@ -343,3 +343,47 @@ def test_a_hung_refresh_does_not_slow_50_concurrent_requests(
     assert total < 1.5
     assert max_lag < 0.5
     assert jwks_server.in_flight == 1 and jwks_server.hits == 2 and jwks_server.max_concurrent == 1
+
+
+def test_forged_tokens_never_lock_out_the_real_client(
+    jwks_server: JWKSServer,
+    resolvers: Any,
+    guard_factory: Any,
+    keys: Any,
+    rsa_keypair_2: KeyPair,
+    adapter: str,
+) -> None:
+    """jwt_tool's persistence check: 50 forged tokens carrying the victim's sub (wrong key under
+    the real kid, alg none, random kids, HS256 with the public key) are all 401 and charge
+    nothing; the victim's own token then gets 200 with its quota untouched."""
+    from distillguard import LimitConfig
+
+    jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
+    resolver = resolvers(jwks_server.url)
+    assert resolver.prefetch(timeout=3)
+    guard = guard_factory(
+        jwt=jwt_config(algorithms=["RS256", "HS256"], key=None, key_resolver=resolver),
+        limits=LimitConfig(default="5/minute"),
+    )
+    client = Client(adapter, guard)
+    victim = "victim-1"
+    forged: list[str] = []
+    for i in range(50):
+        kind = i % 4
+        if kind == 0:
+            forged.append(make_token(key=rsa_keypair_2, headers={"kid": "rsa"}, sub=victim))
+        elif kind == 1:
+            forged.append(raw_token({"alg": "none", "kid": "rsa"}, default_claims(sub=victim)))
+        elif kind == 2:
+            forged.append(make_token(key=rsa_keypair_2, headers={"kid": secrets.token_hex(6)}, sub=victim))
+        else:
+            header = {"alg": "HS256", "kid": "rsa"}
+            forged.append(raw_token(header, default_claims(sub=victim), hmac_key=keys.rsa.public_pem))
+    for token in forged:
+        response = client.get(token)
+        assert response.status_code == 401 and response.json()["code"] == "invalid_token"
+    assert client.app.calls == []
+    response = client.get(make_token(key=keys.rsa, headers={"kid": "rsa"}, sub=victim))
+    assert response.status_code == 200
+    assert "r=4" in response.headers["ratelimit"]
+    assert jwks_server.hits <= 2
