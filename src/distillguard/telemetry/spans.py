@@ -49,6 +49,11 @@ _START_RESERVE = 4  # method, path, client address, user agent
 _MAX_LIST = 32
 
 
+def _qualname(kind: type[BaseException]) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
 class Telemetry:
     """Starts the guard's span, records decisions on it, and owns the guard's metrics.
 
@@ -142,7 +147,8 @@ class Telemetry:
         usage: Usage | None = None,
     ) -> None:
         """Set the span's attributes (response status, route, token ``usage``, ``decision``) in
-        one call, record an app exception (unchanged), and end ``span``."""
+        one call and end ``span``. An app exception ``exc`` is recorded as ``error.type`` and an
+        error status, never with its message (which may quote the request)."""
         if span.is_recording():
             attrs: dict[str, Any] = {}
             if status is not None:
@@ -162,11 +168,15 @@ class Telemetry:
             if decision is not None and decision.results:
                 for result in decision.results:
                     attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+            if exc is not None:
+                # the type only (an ``exception`` event without message or stack trace): the
+                # app's exception message may quote the request
+                attrs = {n.ERROR_TYPE: _qualname(type(exc)), **attrs}
             if len(attrs) > self._budget:
                 attrs = dict(islice(attrs.items(), self._budget))
             span.set_attributes(attrs)
             if exc is not None:
-                span.record_exception(exc)
+                span.add_event("exception", {"exception.type": attrs[n.ERROR_TYPE]})
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
         span.end()
 

@@ -1,0 +1,226 @@
+"""The guard's metrics through the OpenTelemetry metrics API, read back from a real SDK
+``MeterProvider`` with an in-memory reader: decisions by action, detector verdicts, limiter
+fallbacks, the risk-score and overhead histograms, and the tracked-clients gauge."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from distillguard import DetectorResult, Guard, LimitConfig, Observation
+from distillguard.flask import DistillGuard
+from distillguard.telemetry import (
+    ATTR_DECISION,
+    ATTR_DETECTOR,
+    ATTR_DETECTOR_VERDICT,
+    ATTR_LIMITER_OUTCOME,
+    ATTR_SHADOW,
+    METRIC_CLIENTS,
+    METRIC_DECISIONS,
+    METRIC_DETECTOR_VERDICTS,
+    METRIC_DURATION,
+    METRIC_LIMITER_FALLBACKS,
+    METRIC_SCORE,
+    ClientTracker,
+)
+from tests.helpers import RaisingDetector, StaticDetector, make_token
+from tests.telemetry.apps import CHAT_PATH, chat_body, flask_app
+from tests.telemetry.conftest import metric_points, value_of
+
+ALLOWED_METRIC_ATTRIBUTES = {
+    ATTR_DECISION,
+    ATTR_SHADOW,
+    ATTR_DETECTOR,
+    ATTR_DETECTOR_VERDICT,
+    ATTR_LIMITER_OUTCOME,
+    "error.type",
+}
+
+
+def serve(guard: Guard, *, delay: float = 0.0) -> Any:
+    """A Flask chat app guarded by ``guard``; the endpoint sleeps ``delay`` seconds."""
+    app = flask_app()
+    if delay:
+        view = app.view_functions["chat"]
+
+        def slow() -> Any:
+            time.sleep(delay)
+            return view()
+
+        app.view_functions["chat"] = slow
+    DistillGuard(guard, app)
+    return app
+
+
+def post(app: Any, token: str | None = None) -> int:
+    """POST a chat request; close the response (the exchange ends there)."""
+    response = app.test_client().post(
+        CHAT_PATH,
+        data=chat_body(),
+        headers={"authorization": f"Bearer {token or make_token()}", "content-type": "application/json"},
+    )
+    response.get_data()
+    response.close()
+    return int(response.status_code)
+
+
+def test_instruments_exist_from_construction(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Building a guard registers its instruments: before any request the tracked-clients gauge
+    already reports 0 (no detector tracks clients)."""
+    guard_factory(meter_provider=meter_provider)
+    points = metric_points(metric_reader)
+    assert value_of(points[METRIC_CLIENTS]) == 0
+    assert METRIC_DECISIONS not in points  # nothing counted yet
+
+
+def test_decisions_are_counted_by_action(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Two allowed, one rate-limited and one unauthenticated request give those counts."""
+    app = serve(guard_factory(meter_provider=meter_provider, limits=LimitConfig(default="2/minute")))
+    assert [post(app), post(app), post(app), post(app, token="garbage")] == [200, 200, 429, 401]
+    decisions = metric_points(metric_reader)[METRIC_DECISIONS]
+    assert value_of(decisions, distillguard__decision="allow") == 2
+    assert value_of(decisions, distillguard__decision="rate_limited") == 1
+    assert value_of(decisions, distillguard__decision="unauthenticated") == 1
+    assert sum(point.value for _, point in decisions) == 4
+    # cumulative: a second collection after one more request adds to the same series
+    post(app, token="garbage")
+    decisions = metric_points(metric_reader)[METRIC_DECISIONS]
+    assert value_of(decisions, distillguard__decision="unauthenticated") == 2
+
+
+def test_detector_verdicts_and_risk_score_histogram(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Each detector's result is counted under the verdict its own score reaches (or
+    ``error``); the aggregate score of each request lands in the risk-score histogram."""
+    detectors = [StaticDetector(0.6, name="a"), StaticDetector(0.1, name="b"), RaisingDetector(name="broken")]
+    app = serve(guard_factory(meter_provider=meter_provider, detectors=detectors))
+    assert [post(app), post(app)] == [200, 200]
+    points = metric_points(metric_reader)
+    verdicts = points[METRIC_DETECTOR_VERDICTS]
+    assert value_of(verdicts, distillguard__detector__name="a", distillguard__detector__verdict="flag") == 2
+    assert value_of(verdicts, distillguard__detector__name="b", distillguard__detector__verdict="allow") == 2
+    assert (
+        value_of(verdicts, distillguard__detector__name="broken", distillguard__detector__verdict="error")
+        == 2
+    )
+    decisions = points[METRIC_DECISIONS]
+    assert value_of(decisions, distillguard__decision="flag") == 2
+    [(score_attrs, score)] = points[METRIC_SCORE]
+    assert score_attrs == {}
+    assert score.count == 2
+    assert score.sum == pytest.approx(1.2)
+    assert score.max == pytest.approx(0.6)
+
+
+def test_overhead_histogram_excludes_the_app(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """The overhead histogram gets one value per request, by decision, and does not include the
+    50 ms the app spends."""
+    app = serve(guard_factory(meter_provider=meter_provider), delay=0.05)
+    assert [post(app), post(app), post(app, token="garbage")] == [200, 200, 401]
+    durations = {
+        attrs[ATTR_DECISION]: point for attrs, point in metric_points(metric_reader)[METRIC_DURATION]
+    }
+    assert durations["allow"].count == 2
+    assert durations["unauthenticated"].count == 1
+    assert 0 < durations["allow"].min <= durations["allow"].max < 0.05
+
+
+def _dead_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_limiter_fallbacks_are_counted(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """With the shared storage unreachable, each request decided on the local fallback is
+    counted by outcome."""
+    limits = LimitConfig(
+        default="100/minute",
+        storage_uri=f"redis://127.0.0.1:{_dead_port()}",
+        storage_options={"socket_connect_timeout": 0.2},
+    )
+    app = serve(guard_factory(meter_provider=meter_provider, limits=limits))
+    assert [post(app), post(app), post(app)] == [200, 200, 200]
+    fallbacks = metric_points(metric_reader)[METRIC_LIMITER_FALLBACKS]
+    assert value_of(fallbacks, distillguard__limiter__outcome="local_fallback") == 3
+    assert value_of(fallbacks, distillguard__limiter__outcome="fail_open") == 0
+
+
+class Tracking:
+    """A detector that tracks clients (implements :class:`ClientTracker`)."""
+
+    def __init__(self, name: str, count: int | None) -> None:
+        self.name = name
+        self.count = count
+
+    def score(self, observation: Observation) -> DetectorResult:
+        return DetectorResult(self.name, 0.0)
+
+    def tracked_clients(self) -> int:
+        if self.count is None:
+            raise RuntimeError("tracker bug")
+        return self.count
+
+
+def test_tracked_clients_gauge_reads_the_detectors(
+    guard_factory: Callable[..., Guard],
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Detectors with ``tracked_clients()`` report on the gauge by detector name; a tracker that
+    raises is logged and skipped, and the collection still succeeds."""
+    good, broken = Tracking("near_dup", 42), Tracking("buggy", None)
+    assert isinstance(good, ClientTracker)
+    guard = guard_factory(meter_provider=meter_provider, detectors=[good, broken])
+    with caplog.at_level(logging.ERROR, logger="distillguard.telemetry"):
+        clients = metric_points(metric_reader)[METRIC_CLIENTS]
+    assert clients == [({ATTR_DETECTOR: "near_dup"}, clients[0][1])]
+    assert clients[0][1].value == 42
+    assert "buggy" in caplog.text
+    good.count = 7
+    assert (
+        value_of(metric_points(metric_reader)[METRIC_CLIENTS], distillguard__detector__name="near_dup") == 7
+    )
+    assert guard.telemetry.metrics is not None
+
+
+def test_metric_attributes_are_low_cardinality(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Many distinct clients produce no new series: metric attributes are only actions,
+    detector names, verdicts and outcomes; never client ids or their hashes."""
+    guard = guard_factory(meter_provider=meter_provider, detectors=[StaticDetector(0.6, name="a")])
+    app = serve(guard)
+
+    def series_after(subjects: list[str]) -> int:
+        for subject in subjects:
+            assert post(app, token=make_token(sub=subject)) == 200
+        hashed = {guard.telemetry.client_attribute(s) for s in subjects}
+        count = 0
+        for name, entries in metric_points(metric_reader).items():
+            for attrs, _ in entries:
+                count += 1
+                assert set(attrs) <= ALLOWED_METRIC_ATTRIBUTES, (name, attrs)
+                for value in attrs.values():
+                    assert value not in subjects and value not in hashed
+        return count
+
+    first = series_after([f"client-{i}" for i in range(20)])
+    assert series_after([f"other-{i}" for i in range(20)]) == first
