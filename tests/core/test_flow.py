@@ -291,3 +291,20 @@ def test_degrade_caps_only_sent_token_fields(sent: dict[str, Any], seen: dict[st
     out = degrade_body(parse_query(body), Policy(degrade_max_tokens=100))
     assert out is not None
     assert json.loads(out) == {"messages": [], **seen}
+
+
+def test_authentication_fails_closed_on_errors(guard_factory: Callable[..., Guard]) -> None:
+    """An unexpected error while verifying a token gives 401, not the guard's fail-open
+    ``allow`` for internal errors: nothing reaches the app unauthenticated."""
+    from distillguard import JWTConfig
+    from tests.helpers import AUDIENCE, ISSUER
+
+    class Broken:
+        def key_for(self, kid: str | None, alg: str) -> Any:
+            raise RuntimeError("resolver bug")
+
+    jwt = JWTConfig(algorithms=["HS256"], key_resolver=Broken(), issuer=ISSUER, audience=AUDIENCE)
+    guard = guard_factory(jwt=jwt)
+    decision = guard.decide(request(make_token()), guard.sync_performer())
+    assert decision.action is Action.UNAUTHENTICATED
+    assert decision.problem is not None and decision.problem.code == "invalid_token"

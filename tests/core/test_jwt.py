@@ -290,3 +290,24 @@ def test_key_and_resolver_are_exclusive() -> None:
         JWTConfig(algorithms=["HS256"], key_resolver=Resolver(), issuer=ISSUER, audience=AUDIENCE)
     )
     assert v.verify(make_token()).client_id == "client-1"
+
+
+def test_resolver_failure_is_a_refusal() -> None:
+    """A key resolver that raises (a bug, an outage surfaced as an exception) refuses the token:
+    authentication fails closed and never lets the request through unauthenticated."""
+
+    class Broken:
+        def key_for(self, kid: str | None, alg: str) -> Any:
+            raise RuntimeError("resolver bug")
+
+    v = JWTVerifier(JWTConfig(algorithms=["HS256"], key_resolver=Broken(), issuer=ISSUER, audience=AUDIENCE))
+    with pytest.raises(AuthenticationError):
+        v.verify(make_token())
+
+
+def test_infinite_exp_is_a_refusal() -> None:
+    """A correctly signed token whose ``exp`` is JSON ``Infinity`` is refused (PyJWT raises
+    OverflowError converting it), never an unexpected error."""
+    token = raw_token({"alg": "HS256", "typ": "JWT"}, default_claims(exp=float("inf")), hmac_key=HS256_SECRET)
+    with pytest.raises(AuthenticationError):
+        verifier().verify(token)

@@ -169,7 +169,12 @@ class JWTVerifier:
                 return cached
             del self._cache[token]
             raise AuthenticationError("expired")
-        identity = self._verify(token)
+        try:
+            identity = self._verify(token)
+        except AuthenticationError:
+            raise
+        except Exception as exc:  # fail closed: an error here must never admit the request
+            raise AuthenticationError(f"error:{type(exc).__name__}") from exc
         if self.config.cache_size and getattr(self._resolver, "generation", 0) == generation:
             if len(self._cache) >= self.config.cache_size:
                 self._cache.pop(next(iter(self._cache)), None)
