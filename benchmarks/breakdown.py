@@ -1,0 +1,154 @@
+"""What each step of one guarded request costs, each step timed alone (best of the repeats).
+
+Run from the repository root::
+
+    python -m benchmarks.breakdown
+
+The steps are those the ASGI middleware takes for the request of :mod:`benchmarks.overhead`
+(the WSGI middleware takes the same steps with the sync performer). The sum is close to, not
+equal to, the measured overhead: timed alone, each step runs with warm caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import timeit
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from opentelemetry.trace import NoOpTracerProvider
+
+from distillguard.exchange import Exchange
+from distillguard.flow import HitLimit, RunDetector
+from distillguard.limiting.headers import ratelimit_fields
+from distillguard.query import parse_query
+from distillguard.request import GuardRequest
+
+from . import _apps
+
+
+def _best(fn: Callable[[], object], number: int, repeats: int) -> float:
+    for _ in range(min(number, 2_000)):
+        fn()
+    return min(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e6
+
+
+def _best_async(
+    loop: asyncio.AbstractEventLoop, fn: Callable[[], Coroutine[Any, Any, object]], number: int, repeats: int
+) -> float:
+    async def batch(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            await fn()
+        return time.perf_counter() - start
+
+    loop.run_until_complete(batch(min(number, 2_000)))
+    return min(loop.run_until_complete(batch(number)) for _ in range(repeats)) / number * 1e6
+
+
+def steps(number: int, repeats: int) -> list[tuple[str, float]]:
+    """``(step, microseconds)`` for each step of one guarded request."""
+    loop = asyncio.new_event_loop()
+    body = _apps.chat_body()
+    bearer = _apps.token()
+    scope = _apps.asgi_scope(bearer, body)
+    guard = _apps.make_guard(_apps.tracer_provider(), [_apps.TrivialDetector()])
+    quiet = _apps.make_guard(NoOpTracerProvider(), [_apps.TrivialDetector()])
+    perform = guard.async_performer()
+    perform_sync = guard.sync_performer()
+
+    def request() -> GuardRequest:
+        return GuardRequest(
+            method="POST",
+            path=_apps.PATH,
+            authorization=f"Bearer {bearer}",
+            content_type="application/json",
+            body=body,
+            client_address="127.0.0.1",
+            user_agent="bench/1.0",
+            timestamp=time.time(),
+        )
+
+    req = request()
+    assert guard.verifier is not None
+    identity = guard.verifier.verify(bearer)
+    query = parse_query(body, "application/json")
+    checks = guard.plan.checks_for(identity, _apps.PATH, query)
+    decision = loop.run_until_complete(guard.adecide(req, perform))
+    detector = guard.detectors[0]
+    observation_effect: RunDetector | None = None
+
+    def flow_effects() -> None:
+        nonlocal observation_effect
+        flow = guard.flow(req)
+        effect = next(flow)
+        try:
+            while True:
+                if isinstance(effect, RunDetector):
+                    observation_effect = effect
+                effect = flow.send(loop.run_until_complete(perform(effect)))
+        except StopIteration:
+            return
+
+    flow_effects()
+    assert observation_effect is not None
+    seen = observation_effect
+
+    async def limits_async() -> None:
+        for check in checks:
+            await perform(HitLimit(check, time.time()))
+
+    def limits_sync() -> None:
+        for check in checks:
+            perform_sync(HitLimit(check, time.time()))
+
+    def lifecycle(g: Any) -> Callable[[], None]:
+        def run() -> None:
+            exchange = Exchange(g, req, scope, None)
+            exchange.decided(decision)
+            exchange.response_start(200)
+            exchange.response_body(_apps.RESPONSE)
+            exchange.finish()
+
+        return run
+
+    out = [
+        ("GuardRequest from the request", _best(request, number, repeats)),
+        ("JWT verification (cached token)", _best(lambda: guard.verifier.verify(bearer), number, repeats)),  # type: ignore[union-attr]
+        (
+            "parse_query, 1 KB chat body",
+            _best(lambda: parse_query(body, "application/json"), number, repeats),
+        ),
+        (
+            "plan.checks_for",
+            _best(lambda: guard.plan.checks_for(identity, _apps.PATH, query), number, repeats),
+        ),
+        (f"{len(checks)} limit windows, async performer", _best_async(loop, limits_async, number, repeats)),
+        (f"{len(checks)} limit windows, sync performer", _best(limits_sync, number, repeats)),
+        ("trivial detector", _best(lambda: detector.score(seen.observation), number, repeats)),
+        ("RateLimit fields", _best(lambda: ratelimit_fields(decision.limits, time.time()), number, repeats)),
+        (
+            "whole pipeline (adecide), all of the above",
+            _best_async(loop, lambda: guard.adecide(req, perform), number, repeats),
+        ),
+        ("span lifecycle, SDK provider (Exchange start to finish)", _best(lifecycle(guard), number, repeats)),
+        ("span lifecycle, non-recording tracer", _best(lifecycle(quiet), number, repeats)),
+    ]
+    loop.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--number", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    print("| step | us (best of repeats) |\n|---|---|")
+    for name, us in steps(args.number, args.repeats):
+        print(f"| {name} | {us:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
