@@ -554,6 +554,18 @@ def test_rate_limit_headers_draft10(serve: Callable[..., Served]) -> None:
     assert len(served.app.calls) == 2
 
 
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+def test_every_strategy_enforces_the_limit(serve: Callable[..., Served], strategy: str) -> None:
+    """Each ``limits`` strategy admits exactly the limit within a window, then refuses with
+    Retry-After >= 1."""
+    served = serve(limits=LimitConfig(default="3/minute", strategy=strategy))
+    token = make_token()
+    responses = [served.post(token=token) for _ in range(5)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429]
+    assert int(responses[3].headers["retry-after"]) >= 1
+    assert len(served.app.calls) == 3
+
+
 def test_rate_limit_headers_can_be_disabled(serve: Callable[..., Served]) -> None:
     """``LimitConfig(headers=False)`` still enforces limits but discloses no RateLimit fields."""
     served = serve(limits=LimitConfig(default="1/minute", headers=False))
