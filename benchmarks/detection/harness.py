@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillguard.replay import ReplayEngine, Thresholds, build_report, offline_guard, resolve_detectors
+from distillguard.replay import (
+    ReplayEngine,
+    Thresholds,
+    build_report,
+    offline_guard,
+    offline_policy,
+    resolve_detectors,
+)
 
 from .scenarios import DETECT_WITHIN, SHARES
 from .streams import Stream, write_log
@@ -53,12 +60,16 @@ class Metrics:
 
 
 def replay_in_process(
-    streams: Sequence[Stream], log: Path, detectors: Callable[[], list[Any]]
+    streams: Sequence[Stream],
+    log: Path,
+    detectors: Callable[[], list[Any]],
+    thresholds: Thresholds | None = None,
 ) -> tuple[dict[str, Any], BenignDays]:
     """Write ``streams`` to ``log``, replay it through the engine; return the report and the
     benign client-days."""
     write_log(streams, log)
-    engine = ReplayEngine(offline_guard(detectors(), None))
+    policy = offline_policy(thresholds.detectors if thresholds is not None else None)
+    engine = ReplayEngine(offline_guard(detectors(), policy))
     with log.open(encoding="utf-8") as lines:
         result = engine.run(lines)
     days = BenignDays()
@@ -179,12 +190,12 @@ def evaluate(streams: Sequence[Stream], report: dict[str, Any], benign: BenignDa
     return metrics
 
 
-def standard_detectors(names: str | None, thresholds: Thresholds | None) -> Callable[[], list[Any]]:
-    """A factory of fresh detectors (named, or the defaults), calibrated when ``thresholds``."""
+def standard_detectors(names: str | None) -> Callable[[], list[Any]]:
+    """A factory of fresh detectors (named, or the defaults)."""
 
     def make() -> list[Any]:
         chosen = [n.strip() for n in names.split(",")] if names else None
-        return resolve_detectors(chosen, thresholds)
+        return resolve_detectors(chosen)
 
     return make
 

@@ -24,7 +24,7 @@ def test_quick_benchmark_replays_every_scenario_and_writes_tables(tmp_path: Path
     """A tiny tuning population runs through the engine; every scenario gets metrics and tables."""
     scale = Scale.quick()
     streams = population(tuning_corpus(), "tuning", 5, scale)
-    report, days = replay_in_process(streams, tmp_path / "log.jsonl", standard_detectors(None, None))
+    report, days = replay_in_process(streams, tmp_path / "log.jsonl", standard_detectors(None))
     metrics = evaluate(streams, report, days)
     assert set(metrics.families) == {"template", "coverage", "random_words", "probe"}
     assert metrics.families["template"]["clients"] == scale.attackers

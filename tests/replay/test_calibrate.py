@@ -10,7 +10,6 @@ import pytest
 from distillguard.cli import main
 from distillguard.errors import ConfigurationError
 from distillguard.replay import Thresholds, percentile
-from distillguard.replay.calibration import rescale
 from tests.replay.standins import line
 
 DAY = 86_400.0
@@ -84,6 +83,7 @@ def test_replay_reads_the_thresholds_file(tmp_path: Path) -> None:
     """With --config, a score at the calibrated threshold reaches the flag level, below it does not."""
     thresholds = tmp_path / "t.json"
     Thresholds(detectors={"field_score": 0.8}, floor=0.0).save(thresholds)
+    assert Thresholds.load(thresholds).risk_policy().thresholds == {"field_score": 0.8}
     log = tmp_path / "log.jsonl"
     rows = [
         line(1.0, "at", {"prompt": "x y", "s": 0.8}, path="/v1/completions"),
@@ -98,15 +98,6 @@ def test_replay_reads_the_thresholds_file(tmp_path: Path) -> None:
     assert clients["below"]["max_risk"] == pytest.approx(0.5 * 0.7 / 0.8) and clients["below"]["flagged"] == 0
 
 
-def test_rescale_maps_threshold_to_flag() -> None:
-    """Rescaling is piecewise linear through (threshold, flag) and keeps 0 and 1."""
-    assert rescale(0.0, 0.4, 0.5) == 0.0
-    assert rescale(0.4, 0.4, 0.5) == pytest.approx(0.5)
-    assert rescale(0.7, 0.4, 0.5) == pytest.approx(0.75)
-    assert rescale(1.0, 0.4, 0.5) == pytest.approx(1.0)
-    assert rescale(0.2, 0.4, 0.5) == pytest.approx(0.25)
-
-
 def test_bad_thresholds_files_fail_fast(tmp_path: Path) -> None:
     """A file that is not a thresholds file is a configuration error."""
     bad = tmp_path / "bad.json"
@@ -114,7 +105,7 @@ def test_bad_thresholds_files_fail_fast(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
         Thresholds.load(bad)
     with pytest.raises(ConfigurationError):
-        Thresholds(detectors={"a": 1.5})
+        Thresholds(detectors={"a": 1.0})
     log = tmp_path / "log.jsonl"
     log.write_text(line(1.0, "a", {"prompt": "p q"}, path="/v1/completions") + "\n")
     assert main(["replay", str(log), "--config", str(bad), "--detectors", STANDIN, "--quiet"]) == 2

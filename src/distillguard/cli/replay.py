@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from ..errors import DistillGuardError
-from ..policy import Policy
 from ..replay import (
     DEFAULT_ROUTES,
     ReplayEngine,
     Thresholds,
     build_report,
     offline_guard,
+    offline_policy,
     resolve_detectors,
     write_html,
     write_json,
@@ -84,7 +84,9 @@ def register(subparsers: Any) -> None:
         "--config", metavar="PATH", help="thresholds file written by 'distillguard calibrate'"
     )
     parser.add_argument("--top", type=int, default=25, metavar="N", help="clients shown in the HTML report")
-    parser.add_argument("--flag", type=float, default=None, help="policy flag threshold (default 0.5)")
+    parser.add_argument(
+        "--flag", type=float, default=0.5, help="risk at which a client is flagged (default 0.5)"
+    )
     add_common(parser)
     parser.set_defaults(func=run)
 
@@ -92,10 +94,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``replay``; return the exit status."""
     try:
-        policy = Policy() if args.flag is None else Policy(flag=args.flag, degrade=None, block=None)
-        thresholds = Thresholds.load(args.config) if args.config else None
-        detectors = resolve_detectors(_names(args.detectors), thresholds, policy.flag)
-        guard = offline_guard(detectors, policy)
+        thresholds = Thresholds.load(args.config).detectors if args.config else None
+        policy = offline_policy(thresholds, flag=args.flag)
+        guard = offline_guard(resolve_detectors(_names(args.detectors)), policy)
     except DistillGuardError as exc:
         print(f"distillguard replay: {exc}", file=sys.stderr)
         return 2

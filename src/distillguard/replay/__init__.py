@@ -13,8 +13,8 @@ benign traffic. The pieces, for use from Python:
 
 from __future__ import annotations
 
-from .calibration import CalibratedDetector, Thresholds, apply_thresholds, calibrate, percentile
-from .engine import FLAGGED_ACTIONS, ReplayEngine, ReplayResult, offline_guard
+from .calibration import Thresholds, calibrate, percentile
+from .engine import FLAGGED_ACTIONS, ReplayEngine, ReplayResult, offline_guard, offline_policy
 from .html import render_html, write_html
 from .log import DEFAULT_ROUTES, LogRecord, LogStats, RouteMatcher, read_log
 from .report import build_report, write_json
@@ -23,18 +23,17 @@ from .setup import default_detector_names, resolve_detectors
 __all__ = [
     "DEFAULT_ROUTES",
     "FLAGGED_ACTIONS",
-    "CalibratedDetector",
     "LogRecord",
     "LogStats",
     "ReplayEngine",
     "ReplayResult",
     "RouteMatcher",
     "Thresholds",
-    "apply_thresholds",
     "build_report",
     "calibrate",
     "default_detector_names",
     "offline_guard",
+    "offline_policy",
     "percentile",
     "read_log",
     "render_html",

@@ -13,13 +13,16 @@ flagging at the first non-zero score. With ``p = 99.9`` about one benign client-
 thousand reaches the threshold, so the estimate needs several thousand client-windows: the file
 records how many samples each threshold rests on.
 
-**Using it.** :func:`apply_thresholds` wraps each detector so that its calibrated threshold maps
-to the policy's ``flag`` level (piecewise linear: ``[0, t] -> [0, flag]`` and
-``[t, 1] -> [flag, 1]``); the policy itself is unchanged. ``distillguard replay --config``
-reads the file, and so can a deployment::
+The percentile is computed by :func:`distillguard.risk.calibrate` (which also clamps
+thresholds to [0.05, 0.95]); the floor is applied on top.
+
+**Using it.** The thresholds go to the risk policy (:class:`distillguard.risk.RiskPolicy`),
+which rescales each detector's score so that its threshold lands on the ``flag`` level
+(piecewise linear: ``[0, t] -> [0, flag]`` and ``[t, 1] -> [flag, 1]``).
+``distillguard replay --config`` reads the file, and so can a deployment::
 
     thresholds = Thresholds.load("thresholds.json")
-    guard = Guard(jwt=..., detectors=apply_thresholds(load_detectors(names), thresholds, policy.flag))
+    guard = Guard(jwt=..., detectors=[...], policy=Policy(risk=thresholds.risk_policy()))
 """
 
 from __future__ import annotations
@@ -31,21 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..detectors import DetectorResult, Observation
 from ..errors import ConfigurationError
 from ..policy import Policy
+from ..risk import RiskPolicy, calibrate as risk_calibrate
 from .engine import ReplayEngine, offline_guard
 from .log import DEFAULT_ROUTES, LogStats, RouteMatcher, read_log
 
-__all__ = [
-    "CalibratedDetector",
-    "Thresholds",
-    "apply_thresholds",
-    "benign_null",
-    "calibrate",
-    "percentile",
-    "rescale",
-]
+__all__ = ["Thresholds", "benign_null", "calibrate", "percentile"]
 
 FORMAT = "distillguard-thresholds/1"
 
@@ -90,8 +85,13 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         for name, value in self.detectors.items():
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ConfigurationError(f"threshold of {name!r} must be in [0, 1]")
+            if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                raise ConfigurationError(f"threshold of {name!r} must be in (0, 1)")
+
+    def risk_policy(self, **options: Any) -> RiskPolicy:
+        """A :class:`~distillguard.risk.RiskPolicy` using these thresholds (``options`` are
+        passed on, e.g. ``block=None``)."""
+        return RiskPolicy(thresholds=dict(self.detectors), **options)
 
     def to_json(self) -> dict[str, Any]:
         """The file's content."""
@@ -137,49 +137,6 @@ class Thresholds:
     def save(self, path: str | Path) -> None:
         """Write the thresholds file."""
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
-
-
-def rescale(score: float, threshold: float, flag: float) -> float:
-    """Map ``score`` so that ``threshold`` lands on ``flag``: ``[0, t] -> [0, flag]`` and
-    ``[t, 1] -> [flag, 1]``, both linear."""
-    if score >= threshold:
-        if threshold >= 1.0:
-            return flag
-        return flag + (1.0 - flag) * (score - threshold) / (1.0 - threshold)
-    return flag * score / threshold if threshold > 0 else flag
-
-
-class CalibratedDetector:
-    """A detector whose score is rescaled by its calibrated threshold (see :func:`rescale`);
-    the raw score is kept in the result's signals as ``raw_score``. Everything else (the name,
-    ``observe_response``, ``blocking``) is the wrapped detector's."""
-
-    def __init__(self, detector: Any, threshold: float, flag: float) -> None:
-        self.inner = detector
-        self.name: str = detector.name
-        self.threshold = threshold
-        self.flag = flag
-        self.blocking = bool(getattr(detector, "blocking", False))
-        if callable(getattr(detector, "observe_response", None)):
-            self.observe_response = detector.observe_response
-
-    def score(self, observation: Observation) -> DetectorResult:
-        """The wrapped detector's result with its score rescaled."""
-        result: DetectorResult = self.inner.score(observation)
-        signals = dict(result.signals)
-        signals["raw_score"] = result.score
-        return DetectorResult(
-            result.detector, rescale(result.score, self.threshold, self.flag), result.reasons, signals
-        )
-
-
-def apply_thresholds(detectors: Iterable[Any], thresholds: Thresholds, flag: float) -> list[Any]:
-    """Wrap each detector that has a calibrated threshold; others are returned unchanged."""
-    out: list[Any] = []
-    for det in detectors:
-        t = thresholds.detectors.get(det.name)
-        out.append(det if t is None else CalibratedDetector(det, t, flag))
-    return out
 
 
 def benign_null(
@@ -228,11 +185,14 @@ def calibrate(
     """
     if not 0.0 < p < 100.0:
         raise ConfigurationError("the percentile must be in (0, 100)")
+    if not 0.0 <= floor < 1.0:
+        raise ConfigurationError("the floor must be in [0, 1)")
     null, stats, clients = benign_null(lines, detectors, window_seconds=window_seconds, routes=routes)
     if stats.replayed == 0:
         raise ConfigurationError("the benign log holds no usable request")
+    at_percentile = risk_calibrate(null, p)
     return Thresholds(
-        detectors={name: max(floor, percentile(values, p)) for name, values in null.items()},
+        detectors={name: max(floor, value) for name, value in at_percentile.items()},
         percentile=p,
         window_seconds=window_seconds,
         floor=floor,

@@ -21,25 +21,44 @@ from ..guard import Guard
 from ..identity import Identity
 from ..limiting import LimitConfig
 from ..policy import Policy
+from ..query import parse_query
 from ..request import GuardRequest
+from ..risk import RiskPolicy
 from .campaigns import find_campaigns
 from .log import DEFAULT_ROUTES, LogRecord, LogStats, RouteMatcher, read_log
 from .track import ClientTrack, request_shape
 
-__all__ = ["FLAGGED_ACTIONS", "ReplayEngine", "ReplayResult", "offline_guard"]
+__all__ = ["FLAGGED_ACTIONS", "ReplayEngine", "ReplayResult", "offline_guard", "offline_policy"]
 
 FLAGGED_ACTIONS = frozenset({Action.FLAG, Action.DEGRADE, Action.THROTTLE, Action.BLOCK})
 """Verdicts that count as flagging a client."""
 
 
-def offline_guard(detectors: Iterable[Any] | Mapping[str, Mapping[str, Any]], policy: Policy | None) -> Guard:
+def offline_policy(thresholds: Mapping[str, float] | None = None, *, flag: float = 0.5) -> Policy:
+    """The replay policy: the risk policy (:class:`~distillguard.risk.RiskPolicy`: decaying
+    per-client risk, degrade and block levels, penalty box) with the given calibrated
+    per-detector thresholds, and without the throttle level (a throttle is a limit, and limits
+    are off offline)."""
+    risk = RiskPolicy(
+        flag=flag,
+        throttle=None,
+        degrade=max(0.75, flag),
+        block=max(0.9, flag),
+        thresholds=dict(thresholds or {}),
+    )
+    return Policy(risk=risk)
+
+
+def offline_guard(
+    detectors: Iterable[Any] | Mapping[str, Mapping[str, Any]], policy: Policy | None = None
+) -> Guard:
     """A guard for offline replay: no token verification (identities come from the log), no
-    limits, no exempt paths."""
+    limits, no exempt paths; ``policy`` defaults to :func:`offline_policy`."""
     return Guard(
         jwt=None,
         limits=LimitConfig(default="", headers=False),
         detectors=detectors,
-        policy=policy,
+        policy=policy if policy is not None else offline_policy(),
         exempt_paths=(),
     )
 
@@ -125,7 +144,14 @@ class ReplayEngine:
             timestamp=record.clock,
             identity=identity,
         )
-        decision = self.guard.decide(request, self._perform)
+        guard = self.guard
+        decision = guard.decide(request, self._perform)
+        risk = decision.score
+        query = decision.query
+        if query is None:  # refused before parsing (the penalty box): the client's risk still counts
+            if guard.risk is not None:
+                risk = max(risk, guard.risk.risk(record.client, record.clock))
+            query = parse_query(record.body, request.content_type)
         track = self.tracks.get(record.client)
         if track is None:
             track = self.tracks[record.client] = ClientTrack(record.client)
@@ -134,13 +160,11 @@ class ReplayEngine:
         track.observe(
             ts=record.ts,
             clock=record.clock,
-            risk=decision.score,
+            risk=risk,
             flagged=decision.action in FLAGGED_ACTIONS,
             scores=[(r.detector, r.score) for r in decision.results],
         )
-        query = decision.query
-        if query is not None:
-            track.observe_features(query.text, request_shape(record.path, query, user_agent))
+        track.observe_features(query.text, request_shape(record.path, query, user_agent))
         for error in decision.errors:
             self.errors[error] += 1
         return decision

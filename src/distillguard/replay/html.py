@@ -136,7 +136,7 @@ def render_html(result: ReplayResult, *, top: int = 25, report: dict[str, Any] |
     report = report if report is not None else build_report(result)
     summary = report["summary"]
     entries = report["clients"][:top]
-    threshold = result.policy.flag
+    threshold = result.policy.risk.flag if result.policy.risk is not None else result.policy.flag
     figures = []
     for entry in entries:
         if entry["first_flag_request"] is None:

@@ -52,11 +52,25 @@ def client_entry(track: ClientTrack) -> dict[str, Any]:
     }
 
 
+def _policy(result: ReplayResult) -> dict[str, Any]:
+    risk = result.policy.risk
+    if risk is None:
+        p = result.policy
+        return {"flag": p.flag, "degrade": p.degrade, "block": p.block}
+    return {
+        "risk": True,
+        "flag": risk.flag,
+        "degrade": risk.degrade,
+        "block": risk.block,
+        "half_life": risk.half_life,
+        "thresholds": dict(sorted(risk.thresholds.items())),
+    }
+
+
 def build_report(result: ReplayResult) -> dict[str, Any]:
     """The report of ``result`` as a JSON-ready mapping (schema in the module docstring)."""
     stats = result.stats
     ranked = result.ranked()
-    policy = result.policy
     return {
         "clients": [client_entry(t) for t in ranked],
         "campaigns": result.campaigns,
@@ -75,7 +89,7 @@ def build_report(result: ReplayResult) -> dict[str, Any]:
             "first_ts": stats.first_ts,
             "last_ts": stats.last_ts,
             "detectors": list(result.detectors),
-            "policy": {"flag": policy.flag, "degrade": policy.degrade, "block": policy.block},
+            "policy": _policy(result),
             "errors": dict(sorted(result.errors.items())),
             "seconds": round(result.seconds, 3),
             "lines_per_second": round(result.lines_per_second, 1),

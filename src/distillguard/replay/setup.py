@@ -9,7 +9,6 @@ from typing import Any
 
 from ..detectors import ENTRY_POINT_GROUP, load_detectors, validate_detector
 from ..errors import ConfigurationError, PluginError
-from .calibration import Thresholds, apply_thresholds
 
 __all__ = ["default_detector_names", "default_detectors", "resolve_detectors"]
 
@@ -49,12 +48,9 @@ def _load(names: Sequence[str]) -> list[Any]:
     return out + load_detectors(plain)
 
 
-def resolve_detectors(
-    names: Sequence[str] | None, thresholds: Thresholds | None = None, flag: float = 0.5
-) -> list[Any]:
+def resolve_detectors(names: Sequence[str] | None) -> list[Any]:
     """Fresh detectors: the named ones (entry-point names, or ``module:factory`` paths) or the
-    defaults, wrapped by
-    ``thresholds`` when given.
+    defaults.
 
     Raises:
         ConfigurationError: when no detector is available.
@@ -63,4 +59,4 @@ def resolve_detectors(
     detectors = _load(names) if names else default_detectors()
     if not detectors:
         raise ConfigurationError(f"no detectors: none is installed in the {ENTRY_POINT_GROUP!r} group")
-    return apply_thresholds(detectors, thresholds, flag) if thresholds is not None else detectors
+    return detectors
