@@ -332,3 +332,19 @@ def test_refusals_and_streams_through_uvicorn(guard_factory: Callable[..., Guard
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+async def test_concurrent_requests_admit_exactly_the_limit(asgi: Callable[..., Any]) -> None:
+    """200 concurrent requests against a limit of 100 get exactly 100 admitted."""
+    from distillguard import LimitConfig
+
+    middleware, app = asgi(limits=LimitConfig(default="100/minute"))
+    token = make_token()
+    senders = [Sender() for _ in range(200)]
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for send in senders:
+                tg.start_soon(middleware, http_scope(token=token), Receiver(body_messages(b"{}")), send)
+    statuses = [s.status for s in senders]
+    assert statuses.count(200) == 100 and statuses.count(429) == 100
+    assert len(app.calls) == 100

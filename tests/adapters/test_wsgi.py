@@ -196,3 +196,28 @@ def test_refusals_through_a_real_wsgi_server(guard_factory: Callable[..., Guard]
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_concurrent_threads_admit_exactly_the_limit(wsgi: Callable[..., Any]) -> None:
+    """16 threads sending 10 requests each against a limit of 50 get exactly 50 admitted."""
+    from distillguard import LimitConfig
+
+    middleware, app = wsgi(limits=LimitConfig(default="50/minute"))
+    token = make_token()
+    statuses: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            start, _ = call(middleware, environ_for(token=token))
+            with lock:
+                statuses.append(start.status[:3])
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(statuses) == 160
+    assert statuses.count("200") == 50 and statuses.count("429") == 110
+    assert len(app.calls) == 50
