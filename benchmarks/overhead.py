@@ -338,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
     if not args.quick:
         out += ["", "### Many distinct clients", "", clients_section(loop, body, args.requests, args.repeats)]
+    loop.close()
+    asyncio.set_event_loop(None)
     report = "\n".join(out)
     print(report)
     if args.write:

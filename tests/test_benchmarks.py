@@ -1,0 +1,51 @@
+"""The overhead benchmark keeps working and keeps other sections of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from benchmarks import _apps, overhead
+
+
+def test_guarded_apps_answer_200_with_ratelimit_headers() -> None:
+    """The benchmark's guarded request is admitted (so it measures the allowed path)."""
+    body = _apps.chat_body()
+    guard = _apps.make_guard(_apps.tracer_provider(), [_apps.TrivialDetector()])
+    app = _apps.DistillGuardMiddleware(_apps.raw_asgi_app, guard=guard)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(_apps.asgi_scope(_apps.token(), body), receive, send))
+    assert sent[0]["status"] == 200
+    names = {name for name, _ in sent[0]["headers"]}  # type: ignore[attr-defined]
+    assert {b"ratelimit", b"ratelimit-policy"} <= names
+    assert 900 <= len(body) <= 1100
+
+
+def test_quick_run_prints_every_stack(capsys: pytest.CaptureFixture[str]) -> None:
+    """A tiny run measures raw ASGI, Starlette, raw WSGI and Flask, bare and guarded."""
+    overhead.main(["--requests", "30", "--repeats", "1", "--warmup", "5", "--quick"])
+    out = capsys.readouterr().out
+    for label in ("raw ASGI", "Starlette", "raw WSGI", "Flask"):
+        assert f"| {label}, trivial detector |" in out
+    assert "Command: `python -m benchmarks.overhead --requests 30" in out
+
+
+def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:
+    """Rewriting the generated block keeps the sections other people wrote."""
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nIntro.\n\n## Storage\n\nTheir figures.\n")
+    overhead.write_section(doc, "first")
+    overhead.write_section(doc, "second")
+    text = doc.read_text()
+    assert text.count(overhead.START) == 1
+    assert "second" in text and "first" not in text
+    assert text.index(overhead.START) < text.index("## Storage")
+    assert "Their figures." in text and "Intro." in text
