@@ -114,7 +114,7 @@ class LimitPlan:
                 LimitCheck(policy=name, item=item, key=key, headers=self.config.headers, strategy=strategy)
                 for name, item in windows
             )
-            if len(self._cache) >= 50_000:
+            if len(self._cache) >= 4096:  # bounded: rotating identities must not grow it
                 self._cache.clear()
             self._cache[cache_key] = checks
         if not self._rules and not (self._tenant and identity.tenant):

@@ -1,0 +1,240 @@
+"""Model-server stand-ins for the limit tests (real ASGI and WSGI apps) and small drivers.
+
+``LLMApp`` / ``llm_wsgi_app`` answer a chat request according to ``X-Mode``:
+
+* ``json`` (default): a JSON completion with ``usage`` (``X-Usage: prompt,completion``);
+* ``json-nousage``: the same without ``usage``;
+* ``sse``: an SSE stream of ``X-Deltas`` content deltas and a final usage chunk;
+* ``sse-nousage``: the same stream without the usage chunk;
+* ``error``: 500 with no usage;
+* ``raise``: the app raises after starting the stream;
+* ``hold``: starts an SSE stream and waits for ``release`` (an event) before finishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware
+
+__all__ = ["LLMApp", "asgi_call", "chat_body", "llm_wsgi_app", "wsgi_call"]
+
+
+def chat_body(
+    prompt: str = "x" * 40, *, max_tokens: int | None = 100, n: int = 1, model: str = "m1"
+) -> bytes:
+    """A chat-completions request body."""
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], "n": n}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return json.dumps(body).encode()
+
+
+def _json_body(mode: str, usage: tuple[int, int]) -> bytes:
+    doc: dict[str, Any] = {"id": "c1", "choices": [{"message": {"role": "assistant", "content": "hi"}}]}
+    if mode == "json":
+        doc["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+    return json.dumps(doc).encode()
+
+
+def _sse_events(deltas: int, usage: tuple[int, int] | None) -> list[bytes]:
+    events = [
+        b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}).encode() + b"\n\n"
+        for i in range(deltas)
+    ]
+    if usage is not None:
+        u = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+        events.append(b"data: " + json.dumps({"choices": [], "usage": u}).encode() + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _options(headers: dict[str, str]) -> tuple[str, tuple[int, int], int]:
+    mode = headers.get("x-mode", "json")
+    prompt, completion = (int(v) for v in headers.get("x-usage", "10,20").split(","))
+    return mode, (prompt, completion), int(headers.get("x-deltas", "5"))
+
+
+class LLMApp:
+    """An ASGI model server stand-in (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.disconnected = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        self.calls += 1
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        mode, usage, deltas = _options(headers)
+        if mode.startswith("json") or mode == "error":
+            status = 500 if mode == "error" else 200
+            body = b'{"error":"x"}' if mode == "error" else _json_body(mode, usage)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        if mode == "raise":
+            await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+            raise RuntimeError("model crashed")
+        if mode == "hold":  # like Starlette's StreamingResponse: stop when the client leaves
+            self.started.set()
+            await send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})
+            waiter = asyncio.ensure_future(self.release.wait())
+            listener = asyncio.ensure_future(receive())
+            done, pending = await asyncio.wait({waiter, listener}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            if listener in done and listener.result()["type"] == "http.disconnect":
+                self.disconnected = True
+                return
+        for event in _sse_events(deltas, usage if mode == "sse" else None):
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def llm_wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """The WSGI twin of :class:`LLMApp` (``hold`` waits on ``environ["test.release"]``)."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    environ["wsgi.input"].read(length)
+    headers = {k[5:].lower().replace("_", "-"): v for k, v in environ.items() if k.startswith("HTTP_")}
+    mode, usage, deltas = _options(headers)
+    if mode.startswith("json") or mode == "error":
+        status = "500 Internal Server Error" if mode == "error" else "200 OK"
+        start_response(status, [("content-type", "application/json")])
+        return [b'{"error":"x"}' if mode == "error" else _json_body(mode, usage)]
+    start_response("200 OK", [("content-type", "text/event-stream")])
+
+    def stream() -> Iterator[bytes]:
+        if mode == "raise":
+            yield b"data: {}\n\n"
+            raise RuntimeError("model crashed")
+        if mode == "hold":
+            yield b": open\n\n"
+            release: threading.Event = environ["test.release"]
+            release.wait(10)
+        yield from _sse_events(deltas, usage if mode == "sse" else None)
+
+    return stream()
+
+
+def _scope(body: bytes, token: str | None, headers: dict[str, str], path: str, client: str) -> dict[str, Any]:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if token is not None:
+        raw.append((b"authorization", f"Bearer {token}".encode()))
+    raw.extend((k.lower().encode(), v.encode()) for k, v in headers.items())
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": raw,
+        "client": (client, 5000),
+        "server": ("testserver", 80),
+    }
+
+
+async def asgi_call(
+    mw: DistillGuardMiddleware,
+    body: bytes = b"",
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    path: str = "/v1/chat/completions",
+    client: str = "10.0.0.1",
+) -> tuple[int, dict[str, str], bytes]:
+    """One request through ``mw``; ``(status, headers, body)``."""
+    sent: list[dict[str, Any]] = []
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await mw(_scope(body or chat_body(), token, headers or {}, path, client), receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    out_headers = {k.decode().lower(): v.decode() for k, v in start.get("headers", [])}
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], out_headers, payload
+
+
+def wsgi_call(
+    mw: DistillGuardWSGIMiddleware,
+    body: bytes = b"",
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    path: str = "/v1/chat/completions",
+    client: str = "10.0.0.1",
+    extra: dict[str, Any] | None = None,
+    consume: bool = True,
+) -> tuple[int, dict[str, str], Any]:
+    """One request through ``mw``; ``(status, headers, body bytes or the open iterable)``."""
+    import io
+
+    data = body or chat_body()
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(data)),
+        "REMOTE_ADDR": client,
+        "wsgi.input": io.BytesIO(data),
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+    }
+    if token is not None:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    for k, v in (headers or {}).items():
+        environ["HTTP_" + k.upper().replace("-", "_")] = v
+    environ.update(extra or {})
+    status: list[str] = []
+    out: dict[str, str] = {}
+
+    def start_response(line: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        status.append(line)
+        out.update({k.lower(): v for k, v in hdrs})
+        return lambda _: None
+
+    result = mw(environ, start_response)
+    if not consume:
+        return int(status[0][:3]) if status else 0, out, result
+    try:
+        payload = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return int(status[0][:3]), out, payload
