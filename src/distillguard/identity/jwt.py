@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 import time
@@ -167,7 +168,7 @@ class JWTVerifier:
             exp = cached.expires_at
             if exp is None or self._clock() < exp + self.config.leeway:
                 return cached
-            del self._cache[token]
+            self._cache.pop(token, None)
             raise AuthenticationError("expired")
         try:
             identity = self._verify(token)
@@ -177,7 +178,8 @@ class JWTVerifier:
             raise AuthenticationError(f"error:{type(exc).__name__}") from exc
         if self.config.cache_size and getattr(self._resolver, "generation", 0) == generation:
             if len(self._cache) >= self.config.cache_size:
-                self._cache.pop(next(iter(self._cache)), None)
+                with contextlib.suppress(RuntimeError):  # another thread changed the dict
+                    self._cache.pop(next(iter(self._cache), ""), None)
             self._cache[token] = identity
         return identity
 
