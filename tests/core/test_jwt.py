@@ -262,6 +262,43 @@ def test_invalid_config_fails_fast(overrides: dict[str, Any]) -> None:
         JWTVerifier(jwt_config(**overrides))
 
 
+def test_short_hmac_secret_as_jwk() -> None:
+    """A short HMAC secret is refused at construction also when given as an ``oct`` JWK."""
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        JWTVerifier(jwt_config(key={"kty": "oct", "k": b64url(b"short-secret")}))
+    long_jwk = {"kty": "oct", "k": b64url(HS256_SECRET)}
+    assert JWTVerifier(jwt_config(key=long_jwk)).verify(make_token()).client_id == "client-1"
+
+
+def test_embedded_key_headers_never_reach_the_resolver() -> None:
+    """Tokens with ``jku``/``jwk``/``x5u``/``x5c`` headers or a malformed ``kid`` are refused
+    before the key resolver is asked for anything."""
+    asked: list[Any] = []
+
+    class Recording:
+        def key_for(self, kid: str | None, alg: str) -> Any:
+            asked.append(kid)
+            return HS256_SECRET
+
+    v = JWTVerifier(
+        JWTConfig(algorithms=["HS256"], key_resolver=Recording(), issuer=ISSUER, audience=AUDIENCE)
+    )
+    headers: list[dict[str, Any]] = [
+        {"jku": "https://evil.example.test/jwks"},
+        {"jwk": {"kty": "oct", "k": "c2VjcmV0"}},
+        {"x5u": "https://evil.example.test/cert"},
+        {"x5c": ["MIIB"]},
+        {"kid": "../../etc/passwd"},
+    ]
+    for header in headers:
+        token = raw_token({"alg": "HS256", **header}, default_claims(), hmac_key=HS256_SECRET)
+        with pytest.raises(AuthenticationError):
+            v.verify(token)
+    assert asked == []
+    assert v.verify(make_token(headers={"kid": "good-kid"})).client_id == "client-1"
+    assert asked == ["good-kid"]
+
+
 def test_pem_key_with_only_hmac_algorithms(keys: Keys) -> None:
     """A PEM public key with only HS algorithms allowed is a configuration error (it would be
     the algorithm-confusion secret)."""

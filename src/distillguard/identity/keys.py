@@ -84,6 +84,10 @@ def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
         except jwt.PyJWTError as exc:
             raise ConfigurationError(f"invalid JWK: {exc}") from exc
         prepared: Any = jwk.key
+        if isinstance(prepared, bytes) and len(prepared) < _MIN_HMAC_BYTES:  # an "oct" JWK
+            raise ConfigurationError(
+                f"HMAC secrets must be at least {_MIN_HMAC_BYTES} bytes (RFC 7518 section 3.2)"
+            )
     elif isinstance(key, (str, bytes)):
         raw = key.encode() if isinstance(key, str) else key
         asymmetric = [a for a in algs if algorithm_family(a) != "oct"]
