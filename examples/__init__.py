@@ -1,0 +1,1 @@
+"""Runnable examples: an OpenAI-compatible mock model guarded by distillguard (FastAPI and Flask)."""

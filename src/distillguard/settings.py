@@ -1,0 +1,231 @@
+"""Building a :class:`~distillguard.Guard` from ``DISTILLGUARD_*`` environment variables.
+
+The examples, the demo and any twelve-factor deployment read their settings the same way::
+
+    from distillguard.settings import guard_from_env
+
+    guard = guard_from_env()                                  # os.environ
+    guard = guard_from_env(tracer_provider=provider)          # plus keyword overrides for Guard
+
+================================  ====================================  ======================
+variable                          meaning                               development default
+================================  ====================================  ======================
+``DISTILLGUARD_ENV``              ``development`` or ``production``     ``development``
+``DISTILLGUARD_JWT_SECRET``       HS256 secret (at least 32 bytes)      :data:`DEV_SECRET`
+``DISTILLGUARD_JWT_ISSUER``       accepted ``iss``                      :data:`DEV_ISSUER`
+``DISTILLGUARD_JWT_AUDIENCE``     accepted ``aud``                      :data:`DEV_AUDIENCE`
+``DISTILLGUARD_LIMITS``           default limits (``limits`` notation)  ``60/minute;1000/day``
+``DISTILLGUARD_STORAGE_URI``      ``limits`` storage URI                ``memory://``
+``DISTILLGUARD_SHADOW``           shadow mode (``true``/``false``)      ``false``
+``DISTILLGUARD_DETECTORS``        entry-point names, comma-separated    every registered one
+``DISTILLGUARD_MAX_BODY_BYTES``   request body cap in bytes             ``1048576``
+================================  ====================================  ======================
+
+An empty ``DISTILLGUARD_DETECTORS`` loads no detector.
+
+With the JWT variables unset the guard starts on the development defaults and logs a warning
+naming them. With ``DISTILLGUARD_ENV=production`` nothing falls back: the three JWT variables
+are required and the development secret is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from .detectors import ENTRY_POINT_GROUP
+from .errors import ConfigurationError
+from .guard import Guard
+from .identity import JWTConfig
+from .limiting import LimitConfig
+from .policy import Policy
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_STORAGE_URI",
+    "DEV_AUDIENCE",
+    "DEV_ISSUER",
+    "DEV_SECRET",
+    "Settings",
+    "guard_from_env",
+    "registered_detectors",
+    "settings_from_env",
+]
+
+logger = logging.getLogger("distillguard.settings")
+
+DEV_SECRET = "distillguard-development-secret-not-for-production"
+"""The HS256 secret used when ``DISTILLGUARD_JWT_SECRET`` is unset (development only)."""
+DEV_ISSUER = "https://dev.distillguard.local"
+"""The issuer used when ``DISTILLGUARD_JWT_ISSUER`` is unset (development only)."""
+DEV_AUDIENCE = "distillguard-dev"
+"""The audience used when ``DISTILLGUARD_JWT_AUDIENCE`` is unset (development only)."""
+
+DEFAULT_LIMITS = "60/minute;1000/day"
+DEFAULT_STORAGE_URI = "memory://"
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+
+_PREFIX = "DISTILLGUARD_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The settings read from the environment (see the module docstring for the variables).
+
+    Attributes:
+        environment: ``"development"`` or ``"production"``.
+        jwt_secret: the HS256 secret.
+        jwt_issuer: the accepted issuer.
+        jwt_audience: the accepted audience.
+        limits: the default limits (``limits`` notation).
+        storage_uri: the ``limits`` storage URI.
+        shadow: shadow mode.
+        detectors: the entry-point names of the detectors to load.
+        max_body_bytes: the request body cap.
+        dev_defaults: the variables that fell back to a development default.
+    """
+
+    environment: str = "development"
+    jwt_secret: str = DEV_SECRET
+    jwt_issuer: str = DEV_ISSUER
+    jwt_audience: str = DEV_AUDIENCE
+    limits: str = DEFAULT_LIMITS
+    storage_uri: str = DEFAULT_STORAGE_URI
+    shadow: bool = False
+    detectors: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    dev_defaults: tuple[str, ...] = ()
+
+    def jwt_config(self) -> JWTConfig:
+        """The HS256 :class:`~distillguard.JWTConfig` these settings describe."""
+        return JWTConfig(
+            algorithms=["HS256"], key=self.jwt_secret, issuer=self.jwt_issuer, audience=self.jwt_audience
+        )
+
+    def guard_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`~distillguard.Guard`."""
+        return {
+            "jwt": self.jwt_config(),
+            "limits": LimitConfig(default=self.limits, storage_uri=self.storage_uri),
+            "detectors": list(self.detectors),
+            "policy": Policy(shadow=self.shadow),
+            "max_body_bytes": self.max_body_bytes,
+        }
+
+
+def registered_detectors() -> tuple[str, ...]:
+    """The names in the ``distillguard.detectors`` entry-point group, sorted."""
+    return tuple(sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}))
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise ConfigurationError(f"{name} must be positive, got {value}")
+    return value
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read :class:`Settings` from ``environ`` (``os.environ`` by default), without logging.
+
+    Raises:
+        ConfigurationError: for an invalid value, or development defaults under
+            ``DISTILLGUARD_ENV=production``.
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(_PREFIX + name)
+        return None if value is None else value.strip()
+
+    environment = (get("ENV") or "development").lower()
+    if environment not in ("development", "production"):
+        raise ConfigurationError(f"DISTILLGUARD_ENV must be development or production, got {environment!r}")
+    defaults: list[str] = []
+    jwt: dict[str, str] = {}
+    for name, field_name, default in (
+        ("JWT_SECRET", "jwt_secret", DEV_SECRET),
+        ("JWT_ISSUER", "jwt_issuer", DEV_ISSUER),
+        ("JWT_AUDIENCE", "jwt_audience", DEV_AUDIENCE),
+    ):
+        value = get(name)
+        if not value:
+            defaults.append(_PREFIX + name)
+            value = default
+        jwt[field_name] = value
+    if environment == "production":
+        if defaults:
+            raise ConfigurationError(
+                "DISTILLGUARD_ENV=production needs " + ", ".join(defaults) + " (no development defaults)"
+            )
+        if jwt["jwt_secret"] == DEV_SECRET:
+            raise ConfigurationError("the development JWT secret is refused when DISTILLGUARD_ENV=production")
+
+    detectors_raw = get("DETECTORS")
+    if detectors_raw is None:
+        detectors = registered_detectors()
+    else:
+        detectors = tuple(n.strip() for n in detectors_raw.split(",") if n.strip())
+    limits = get("LIMITS")
+    storage = get("STORAGE_URI")
+    shadow = get("SHADOW")
+    body = get("MAX_BODY_BYTES")
+    return Settings(
+        environment=environment,
+        limits=DEFAULT_LIMITS if limits is None else limits,
+        storage_uri=storage or DEFAULT_STORAGE_URI,
+        shadow=False if shadow is None else _bool("DISTILLGUARD_SHADOW", shadow),
+        detectors=detectors,
+        max_body_bytes=DEFAULT_MAX_BODY_BYTES if body is None else _int("DISTILLGUARD_MAX_BODY_BYTES", body),
+        dev_defaults=tuple(defaults),
+        **jwt,
+    )
+
+
+def guard_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Guard:
+    """Build a :class:`~distillguard.Guard` from ``DISTILLGUARD_*`` variables.
+
+    Args:
+        environ: the variables (``os.environ`` by default).
+        **overrides: keyword arguments for :class:`~distillguard.Guard` that replace what the
+            environment says (e.g. ``tracer_provider=``, ``policy=``, ``detectors=``).
+
+    Logs a warning when development defaults are in use.
+
+    Raises:
+        ConfigurationError: for an invalid variable (e.g. ``DISTILLGUARD_LIMITS=lots``), an
+            unknown detector name, or development defaults in production.
+    """
+    settings = settings_from_env(environ)
+    if settings.dev_defaults:
+        logger.warning(
+            "distillguard: DEVELOPMENT defaults in use because %s not set (tokens: HS256, issuer %s, "
+            "audience %s%s). Never deploy like this: set DISTILLGUARD_JWT_SECRET, "
+            "DISTILLGUARD_JWT_ISSUER and DISTILLGUARD_JWT_AUDIENCE, and DISTILLGUARD_ENV=production.",
+            ", ".join(settings.dev_defaults),
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            ", the public development secret" if settings.jwt_secret == DEV_SECRET else "",
+        )
+    kwargs = settings.guard_kwargs()
+    kwargs.update(overrides)
+    return Guard(**kwargs)

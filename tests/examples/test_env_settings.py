@@ -1,0 +1,202 @@
+"""``distillguard.settings``: DISTILLGUARD_* variables into a Guard, and the examples' startup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from examples.make_token import main as make_token_main, mint_token
+
+from distillguard import AuthenticationError, ConfigurationError, Policy
+from distillguard.detectors import ENTRY_POINT_GROUP
+from distillguard.errors import PluginError
+from distillguard.settings import (
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    DEV_SECRET,
+    guard_from_env,
+    registered_detectors,
+    settings_from_env,
+)
+from tests.examples.conftest import ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_warn_and_accept_dev_tokens(caplog: pytest.LogCaptureFixture) -> None:
+    """With nothing set, the dev defaults apply, a warning names them, and dev tokens verify."""
+    with caplog.at_level(logging.WARNING, logger="distillguard.settings"):
+        guard = guard_from_env({"DISTILLGUARD_DETECTORS": ""})
+    [record] = [r for r in caplog.records if r.name == "distillguard.settings"]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert "DEVELOPMENT" in message and "DISTILLGUARD_JWT_SECRET" in message and DEV_ISSUER in message
+    assert DEV_SECRET not in caplog.text
+    assert guard.verifier is not None
+    identity = guard.verifier.verify(mint_token("alice", tier="free", environ={}))
+    assert (identity.client_id, identity.tier) == ("alice", "free")
+    assert guard.verifier.config.issuer == DEV_ISSUER
+    assert guard.verifier.config.audience == DEV_AUDIENCE
+    assert guard.plan.config.default == "60/minute;1000/day"
+    assert guard.plan.config.storage_uri == "memory://"
+    assert not guard.policy.shadow
+    assert guard.max_body_bytes == 1_048_576
+
+
+def test_custom_values_take_effect(caplog: pytest.LogCaptureFixture) -> None:
+    """Every variable reaches the guard, and no development warning is logged."""
+    environ = {
+        **ENV,
+        "DISTILLGUARD_LIMITS": "5/second;50/hour",
+        "DISTILLGUARD_STORAGE_URI": "memory://?x=1",
+        "DISTILLGUARD_SHADOW": "yes",
+        "DISTILLGUARD_MAX_BODY_BYTES": "4096",
+    }
+    with caplog.at_level(logging.WARNING):
+        guard = guard_from_env(environ)
+    assert not [r for r in caplog.records if r.name == "distillguard.settings"]
+    assert guard.verifier is not None
+    identity = guard.verifier.verify(mint_token("bob", environ=environ))
+    assert identity.client_id == "bob"
+    assert identity.tenant == ENV["DISTILLGUARD_JWT_ISSUER"]
+    with pytest.raises(AuthenticationError):
+        guard.verifier.verify(mint_token("bob", environ={}))  # a dev token is not accepted
+    assert guard.plan.config.default == "5/second;50/hour"
+    assert [c.policy for c in guard.plan.checks_for(identity)] == ["5-per-1-second", "50-per-1-hour"]
+    assert guard.plan.config.storage_uri == "memory://?x=1"
+    assert guard.policy.shadow
+    assert guard.max_body_bytes == 4096
+    assert guard.detectors == ()
+
+
+def test_overrides_replace_environment() -> None:
+    """Keyword overrides win over the variables."""
+    policy = Policy(flag=0.3)
+    guard = guard_from_env({**ENV, "DISTILLGUARD_SHADOW": "true"}, policy=policy, max_body_bytes=10)
+    assert guard.policy is policy
+    assert guard.max_body_bytes == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        pytest.param("DISTILLGUARD_LIMITS", "lots", "invalid limit string", id="limits"),
+        pytest.param("DISTILLGUARD_LIMITS", "10/fortnight", "invalid limit string", id="limits-unit"),
+        pytest.param("DISTILLGUARD_STORAGE_URI", "localhost:6379", "storage URI", id="storage"),
+        pytest.param("DISTILLGUARD_SHADOW", "maybe", "true or false", id="shadow"),
+        pytest.param("DISTILLGUARD_MAX_BODY_BYTES", "1MB", "integer", id="body-not-int"),
+        pytest.param("DISTILLGUARD_MAX_BODY_BYTES", "0", "positive", id="body-zero"),
+        pytest.param("DISTILLGUARD_JWT_SECRET", "short", "at least 32 bytes", id="short-secret"),
+        pytest.param("DISTILLGUARD_ENV", "staging", "development or production", id="env"),
+    ],
+)
+def test_invalid_values_fail_fast(name: str, value: str, match: str) -> None:
+    """An invalid variable raises ConfigurationError when the guard is built."""
+    with pytest.raises(ConfigurationError, match=match):
+        guard_from_env({**ENV, name: value})
+
+
+def test_unknown_detector_name() -> None:
+    """A name that no installed package registers raises PluginError naming it."""
+    with pytest.raises(PluginError) as caught:
+        guard_from_env({**ENV, "DISTILLGUARD_DETECTORS": "no_such_detector"})
+    assert caught.value.name == "no_such_detector"
+
+
+def test_detectors_default_to_every_registered_one() -> None:
+    """Unset ``DISTILLGUARD_DETECTORS`` means every entry point in the group; empty means none."""
+    names = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    assert list(registered_detectors()) == names
+    environ = {k: v for k, v in ENV.items() if k != "DISTILLGUARD_DETECTORS"}
+    assert list(settings_from_env(environ).detectors) == names
+    assert settings_from_env({**ENV, "DISTILLGUARD_DETECTORS": " a , b,, "}).detectors == ("a", "b")
+    assert settings_from_env(ENV).detectors == ()
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        pytest.param({"DISTILLGUARD_ENV": "production"}, id="nothing-set"),
+        pytest.param(
+            {**ENV, "DISTILLGUARD_ENV": "production", "DISTILLGUARD_JWT_SECRET": DEV_SECRET}, id="dev-secret"
+        ),
+        pytest.param(
+            {**ENV, "DISTILLGUARD_ENV": "Production", "DISTILLGUARD_JWT_AUDIENCE": ""}, id="missing-audience"
+        ),
+    ],
+)
+def test_production_refuses_development_defaults(environ: dict[str, str]) -> None:
+    """Under ``DISTILLGUARD_ENV=production`` no development default is used silently."""
+    with pytest.raises(ConfigurationError, match="production"):
+        guard_from_env(environ)
+    with pytest.raises(ConfigurationError):
+        mint_token("alice", environ=environ)
+
+
+def test_production_with_real_settings() -> None:
+    """Production with all three JWT variables set builds a guard."""
+    guard = guard_from_env({**ENV, "DISTILLGUARD_ENV": "production"})
+    assert settings_from_env({**ENV, "DISTILLGUARD_ENV": "production"}).dev_defaults == ()
+    assert guard.verifier is not None
+
+
+def test_make_token_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m examples.make_token`` prints a token the environment's guard accepts."""
+    for key in list(os.environ):
+        if key.startswith("DISTILLGUARD_"):
+            monkeypatch.delenv(key)
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    assert make_token_main(["--sub", "carol", "--tier", "pro", "--scope", "chat", "--scope", "embed"]) == 0
+    token = capsys.readouterr().out.strip()
+    guard = guard_from_env(ENV)
+    assert guard.verifier is not None
+    identity = guard.verifier.verify(token)
+    assert (identity.client_id, identity.tier, identity.scopes) == (
+        "carol",
+        "pro",
+        frozenset({"chat", "embed"}),
+    )
+    monkeypatch.setenv("DISTILLGUARD_ENV", "production")
+    monkeypatch.delenv("DISTILLGUARD_JWT_SECRET")
+    assert make_token_main(["--sub", "carol"]) == 2
+    assert "DISTILLGUARD_JWT_SECRET" in capsys.readouterr().err
+
+
+def _start(command: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLGUARD_")}
+    env.update(extra_env)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(
+            [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", "0"], id="uvicorn"
+        ),
+        pytest.param([sys.executable, "-m", "flask", "--app", "examples.flask_app", "routes"], id="flask"),
+    ],
+)
+def test_invalid_limits_stop_the_examples_at_startup(command: list[str]) -> None:
+    """``DISTILLGUARD_LIMITS=lots`` stops the app at startup with a ConfigurationError."""
+    result = _start(command, {"DISTILLGUARD_LIMITS": "lots"})
+    assert result.returncode != 0
+    assert "ConfigurationError" in result.stderr
+    assert "invalid limit string 'lots'" in result.stderr
+
+
+@pytest.mark.slow
+def test_flask_example_starts_on_defaults_and_says_so() -> None:
+    """With no variables the Flask example loads, logs the development warning and serves its routes."""
+    result = _start([sys.executable, "-m", "flask", "--app", "examples.flask_app", "routes"], {})
+    assert result.returncode == 0, result.stderr
+    assert "/v1/chat/completions" in result.stdout and "/healthz" in result.stdout
+    assert "DEVELOPMENT defaults in use" in result.stderr
+    assert DEV_SECRET not in result.stderr + result.stdout
