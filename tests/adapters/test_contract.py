@@ -49,6 +49,7 @@ from tests.helpers import (
     jwt_config,
     make_token,
     raw_token,
+    span_strings,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -498,6 +499,23 @@ def test_valid_token_identity_and_span(serve: Callable[..., Served], span_export
     assert attrs["http.response.status_code"] == 200
     assert not [e for e in span.events if e.name == EVENT_DECISION]
     assert_no_secrets(span, PROMPT, "SECRET-PROMPT", token, token.rsplit(".", 1)[1], SUBJECT)
+
+
+def test_span_strings_are_capped(serve: Callable[..., Served], span_exporter: Any) -> None:
+    """Oversized values from the client (tier claim, model name, path) and from detectors
+    (reasons) are cut to ``max_attribute_length`` on the span and its events."""
+    from distillguard import TelemetryConfig
+
+    served = serve(
+        telemetry=TelemetryConfig(hash_identifiers=False, max_attribute_length=64),
+        detectors=[StaticDetector(0.6, reasons=("r" * 5000,))],
+    )
+    body = json.dumps({"model": "m" * 5000, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    token = make_token(sub="s" * 2000, tier="t" * 2000)
+    assert served.post("/v1/" + "p" * 3000, token=token, body=body).status_code == 200
+    (span,) = guard_spans(span_exporter)
+    strings = [v for v in span_strings(span) if v not in (span.name,)]
+    assert strings and max(len(v) for v in strings) <= 64
 
 
 def test_client_id_unhashed_when_configured(serve: Callable[..., Served], span_exporter: Any) -> None:
