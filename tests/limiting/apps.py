@@ -21,7 +21,7 @@ from typing import Any
 
 from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware
 
-__all__ = ["LLMApp", "asgi_call", "chat_body", "llm_wsgi_app", "wsgi_call"]
+__all__ = ["Harness", "LLMApp", "asgi_call", "chat_body", "llm_wsgi_app", "wsgi_call"]
 
 
 def chat_body(
@@ -238,3 +238,32 @@ def wsgi_call(
         if close is not None:
             close()
     return int(status[0][:3]), out, payload
+
+
+class Harness:
+    """One adapter (``"asgi"`` or ``"wsgi"``) around the stand-in model server, called
+    synchronously (the ASGI one through ``anyio.run``, one event loop per call)."""
+
+    def __init__(self, kind: str, guard: Any) -> None:
+        self.kind = kind
+        self.guard = guard
+        if kind == "asgi":
+            self.mw: Any = DistillGuardMiddleware(LLMApp(), guard=guard)
+        else:
+            self.mw = DistillGuardWSGIMiddleware(llm_wsgi_app, guard=guard)
+
+    def call(self, body: bytes = b"", **kw: Any) -> tuple[int, dict[str, str], bytes]:
+        """One request (a valid token for ``client-1`` unless ``token`` is given)."""
+        import anyio
+
+        from tests.helpers import make_token
+
+        kw.setdefault("token", make_token())
+        if self.kind == "asgi":
+            return anyio.run(lambda: asgi_call(self.mw, body, **kw))  # type: ignore[no-any-return]
+        return wsgi_call(self.mw, body, **kw)  # type: ignore[return-value]
+
+    @property
+    def limiter(self) -> Any:
+        """The adapter's limiter."""
+        return self.mw._perform.limiter

@@ -29,7 +29,9 @@ class CountingKeys:
         return self.inner.key_for(kid, alg)
 
 
-def mw(tracer_provider: Any, jwt: Any = None, detectors: Any = (), **limits: Any) -> DistillGuardWSGIMiddleware:
+def mw(
+    tracer_provider: Any, jwt: Any = None, detectors: Any = (), **limits: Any
+) -> DistillGuardWSGIMiddleware:
     limits.setdefault("default", "1000/minute")
     guard = Guard(
         jwt=jwt or jwt_config(),
@@ -120,7 +122,9 @@ def test_headers_can_be_disabled_per_policy(tracer_provider: Any) -> None:
 
 
 @pytest.mark.parametrize(("score", "disclosed"), [(0.0, True), (0.6, False), (0.8, False)])
-def test_headers_are_withheld_from_flagged_clients(tracer_provider: Any, score: float, disclosed: bool) -> None:
+def test_headers_are_withheld_from_flagged_clients(
+    tracer_provider: Any, score: float, disclosed: bool
+) -> None:
     """RateLimit fields go to clean clients only: flagged or degraded clients get none."""
     guard = Guard(
         jwt=jwt_config(),

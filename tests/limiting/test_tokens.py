@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, LimitConfig
+from distillguard import Guard, LimitConfig
 from distillguard.limiting import LimitRule
 from distillguard.limiting.budget import Budget
 from distillguard.limiting.config import parse_limits
@@ -15,7 +15,7 @@ from distillguard.limiting.effects import ChargeLimit, RefundLimit
 from distillguard.limiting.plan import LimitCheck
 from distillguard.limiting.tokens import TokenEstimate
 from tests.helpers import jwt_config, make_token
-from tests.limiting.apps import LLMApp, asgi_call, chat_body, llm_wsgi_app, wsgi_call
+from tests.limiting.apps import Harness as BaseHarness, chat_body
 
 pytestmark = [pytest.mark.timeout(30)]
 
@@ -32,24 +32,8 @@ def build(tracer_provider: Any, **limits: Any) -> Guard:
     return Guard(jwt=jwt_config(), limits=LimitConfig(**config), tracer_provider=tracer_provider)
 
 
-class Harness:
-    """One adapter (ASGI or WSGI) around the stand-in model server."""
-
-    def __init__(self, kind: str, guard: Guard) -> None:
-        self.kind = kind
-        self.guard = guard
-        if kind == "asgi":
-            self.mw: Any = DistillGuardMiddleware(LLMApp(), guard=guard)
-        else:
-            self.mw = DistillGuardWSGIMiddleware(llm_wsgi_app, guard=guard)
-
-    def call(self, body: bytes = b"", **kw: Any) -> tuple[int, dict[str, str], bytes]:
-        kw.setdefault("token", make_token())
-        if self.kind == "asgi":
-            import anyio
-
-            return anyio.run(lambda: asgi_call(self.mw, body, **kw))  # type: ignore[no-any-return]
-        return wsgi_call(self.mw, body, **kw)  # type: ignore[return-value]
+class Harness(BaseHarness):
+    """The shared harness, reading the memory storage's token windows."""
 
     @property
     def table(self) -> Any:
