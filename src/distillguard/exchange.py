@@ -100,7 +100,9 @@ class Exchange:
         """Effects to run once the response is complete (token reconciliation, once)."""
         decision = self.decision
         if decision is not None and decision.budget is not None:
+            started = perf_counter()
             yield from decision.budget.settle(self.status)
+            self._overhead += perf_counter() - started  # the guard's time after the response
 
     def detach(self) -> None:
         """Stop making the span current (the app may still be streaming)."""

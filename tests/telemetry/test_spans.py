@@ -83,6 +83,7 @@ async def test_asgi_span_has_semconv_and_genai_attributes(
     assert a["gen_ai.usage.input_tokens"] == INPUT_TOKENS
     assert a["gen_ai.usage.output_tokens"] == OUTPUT_TOKENS
     assert a[ATTR_DECISION] == "allow"
+    assert "distillguard.query.kind" not in a  # gen_ai.operation.name says it
     for old in ("http.method", "http.status_code", "http.target", "net.peer.ip", "http.url"):
         assert old not in a
 
@@ -265,3 +266,30 @@ async def test_traceparent_continues_the_callers_trace_without_becoming_current(
     assert span.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
     assert span.parent is not None and span.parent.span_id == 0xB7AD6B7169203331 and span.parent.is_remote
     assert seen == [trace.INVALID_SPAN]
+
+
+async def test_uninformative_attributes_are_left_out(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
+) -> None:
+    """Zero detector scores and the limit policy of an unconstrained request are not recorded;
+    the binding window's policy is, once a request hits it."""
+    guard = guard_factory(
+        limits=LimitConfig(default="2/minute"),
+        detectors=[StaticDetector(0.0, name="quiet"), StaticDetector(0.3, name="loud")],
+    )
+    app = DistillGuardMiddleware(starlette_app(), guard=guard)
+    statuses = [(await asgi_post(app, chat_body())).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    first, _, refused = sorted(
+        (s for s in span_exporter.get_finished_spans() if s.name == SPAN_NAME),
+        key=lambda s: s.start_time or 0,
+    )
+    a = dict(first.attributes or {})
+    assert ATTR_DETECTOR_SCORE.format("quiet") not in a
+    assert a[ATTR_DETECTOR_SCORE.format("loud")] == pytest.approx(0.3)
+    assert a["distillguard.limit.remaining"] == 1
+    assert "distillguard.limit.policy" not in a
+    r = dict(refused.attributes or {})
+    assert r[ATTR_DECISION] == "rate_limited"
+    assert r["distillguard.limit.remaining"] == 0
+    assert r["distillguard.limit.policy"] == "2-per-1-minute"

@@ -167,7 +167,8 @@ class Telemetry:
                 attrs.update(extra)
             if decision is not None and decision.results:
                 for result in decision.results:
-                    attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+                    if result.score > 0.0:  # a zero score says nothing; leave it out
+                        attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
             if exc is not None:
                 # the type only (an ``exception`` event without message or stack trace): the
                 # app's exception message may quote the request
@@ -243,10 +244,11 @@ class Telemetry:
             attrs[n.ATTR_AUTH_FAILURE] = self._cap(decision.auth_failure)
         query = decision.query
         if query is not None:
-            attrs[n.ATTR_QUERY_KIND] = query.kind
             operation = _OPERATIONS.get(query.kind)
             if operation is not None:
-                attrs[n.GEN_AI_OPERATION] = operation
+                attrs[n.GEN_AI_OPERATION] = operation  # says the kind too
+            else:
+                attrs[n.ATTR_QUERY_KIND] = query.kind
             if query.model is not None:
                 attrs[n.GEN_AI_MODEL] = self._cap(query.model)
             if query.max_tokens is not None:
@@ -257,7 +259,8 @@ class Telemetry:
         if decision.limits:
             tightest = min(decision.limits, key=lambda o: o.remaining)
             attrs[n.ATTR_LIMIT_REMAINING] = tightest.remaining
-            attrs[n.ATTR_LIMIT_POLICY] = self._cap(tightest.check.policy)
+            if tightest.remaining <= 0 or not tightest.allowed:  # the window that binds
+                attrs[n.ATTR_LIMIT_POLICY] = self._cap(tightest.check.policy)
         if decision.results:
             attrs[n.ATTR_SCORE] = decision.score
         if decision.reasons:
@@ -270,5 +273,6 @@ class Telemetry:
         attrs: dict[str, Any] = {}
         self._decision_attributes(decision, attrs)
         for result in decision.results:
-            attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+            if result.score > 0.0:
+                attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
         return attrs

@@ -1,0 +1,183 @@
+"""Per-request cost of distillguard's telemetry (span, metrics, usage reading).
+
+Run from the repository root::
+
+    python -m benchmarks.telemetry                 # defaults: 5 repeats x 4000 requests
+    python -m benchmarks.telemetry --repeats 9 --requests 10000
+
+Two measurements, both in process with no server:
+
+1. **Telemetry calls alone.** A real decision is computed once; then the exact calls the
+   adapters make per request are timed in a loop (``Telemetry.begin``, ``record``, the usage
+   parser fed a response, ``finish`` with status, route and usage, ``record_duration``):
+   with the SDK (batch span processor to a discarding exporter; a meter provider whose reader
+   collects only at the end) and with no-op providers.
+2. **End to end.** The guarded raw ASGI app of ``benchmarks/overhead.py`` (JWT, two limit
+   windows, one trivial detector) with telemetry off (no-op providers) and with the span and
+   metrics on (SDK providers), measured alternately; the difference is telemetry's share.
+
+The tables give the median and the min-max over the repeats (microseconds per request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.trace import NoOpTracerProvider
+
+from distillguard import DistillGuardMiddleware, Guard, JWTConfig, LimitConfig, TelemetryConfig
+from distillguard._drivers import drive
+from distillguard.request import GuardRequest
+
+from . import _apps
+
+RESPONSE_WITH_USAGE = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",'
+    b'"content":"fine"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":7,'
+    b'"total_tokens":18}}'
+)
+
+
+def make_guard(tracer_provider: Any, meter_provider: Any, *, usage: bool = True) -> Guard:
+    """The benchmark guard with the given providers."""
+    return Guard(
+        jwt=JWTConfig(algorithms=["HS256"], key=_apps.SECRET, issuer=_apps.ISSUER, audience=_apps.AUDIENCE),
+        limits=LimitConfig(default=_apps.LIMITS),
+        detectors=[_apps.TrivialDetector()],
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        telemetry=TelemetryConfig(record_usage=usage),
+    )
+
+
+def providers(kind: str) -> tuple[Any, Any, InMemoryMetricReader | None]:
+    """(tracer provider, meter provider, reader) for ``off``, ``spans`` or ``spans+metrics``."""
+    if kind == "off":
+        return NoOpTracerProvider(), NoOpMeterProvider(), None
+    if kind == "spans":
+        return _apps.tracer_provider(), NoOpMeterProvider(), None
+    reader = InMemoryMetricReader()
+    return _apps.tracer_provider(), MeterProvider(metric_readers=[reader]), reader
+
+
+def telemetry_calls(guard: Guard, body: bytes) -> Callable[[int], float]:
+    """A runner timing only the telemetry calls of one request (microseconds per request)."""
+    request = GuardRequest(
+        method="POST",
+        path=_apps.PATH,
+        authorization=f"Bearer {_apps.token()}",
+        content_type="application/json",
+        body=body,
+        client_address="127.0.0.1",
+        user_agent="bench/1.0",
+        timestamp=time.time(),
+    )
+    perform = guard.sync_performer()
+    decision = drive(guard.flow(request), perform)
+    telemetry = guard.telemetry
+    metrics = telemetry.metrics
+    action = decision.action.value
+
+    def run(n: int) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            span, _nest = telemetry.begin(request)
+            telemetry.record(span, decision)
+            parser = telemetry.usage_parser(span, decision)
+            if parser is not None:
+                parser.feed(RESPONSE_WITH_USAGE)
+            usage = telemetry.usage(parser, decision) if span.is_recording() else None
+            telemetry.finish(span, 200, decision=decision, route=_apps.PATH, usage=usage)
+            metrics.record_duration(0.00004, action)
+        return (time.perf_counter_ns() - start) / n / 1000
+
+    return run
+
+
+def end_to_end(loop: asyncio.AbstractEventLoop, guard: Guard, body: bytes) -> Callable[[int], float]:
+    """A runner sending requests through the guarded raw ASGI app (microseconds per request)."""
+    app = DistillGuardMiddleware(_apps.raw_asgi_app, guard=guard)
+    scopes = [_apps.asgi_scope(_apps.token(f"client-{i}"), body) for i in range(16)]
+
+    def run(n: int) -> float:
+        return loop.run_until_complete(_apps.run_asgi(app, scopes, body, n)) / n / 1000
+
+    return run
+
+
+def measure(
+    runners: dict[str, Callable[[int], float]], requests: int, repeats: int
+) -> dict[str, list[float]]:
+    """Warm each runner up, then run them alternately ``repeats`` times."""
+    for run in runners.values():
+        run(max(200, requests // 10))
+    results: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            gc.collect()
+            gc.disable()
+            try:
+                results[name].append(run(requests))
+            finally:
+                gc.enable()
+    return results
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    body = _apps.chat_body()
+    loop = asyncio.new_event_loop()
+    readers: list[InMemoryMetricReader] = []
+
+    calls: dict[str, Callable[[int], float]] = {}
+    e2e: dict[str, Callable[[int], float]] = {}
+    for kind in ("off", "spans", "spans+metrics"):
+        tp, mp, reader = providers(kind)
+        if reader is not None:
+            readers.append(reader)
+        calls[kind] = telemetry_calls(make_guard(tp, mp), body)
+        tp2, mp2, reader2 = providers(kind)
+        if reader2 is not None:
+            readers.append(reader2)
+        e2e[kind] = end_to_end(loop, make_guard(tp2, mp2), body)
+    tp, mp, reader = providers("spans+metrics")
+    calls["spans+metrics, usage off"] = telemetry_calls(make_guard(tp, mp, usage=False), body)
+
+    call_results = measure(calls, args.requests, args.repeats)
+    e2e_results = measure(e2e, args.requests, args.repeats)
+    for reader in readers:  # the deferred histogram values are recorded here, off the timings
+        reader.get_metrics_data()
+
+    print(f"Telemetry calls per request, us: median (min-max) of {args.repeats} x {args.requests}")
+    for name, values in call_results.items():
+        print(f"  {name:<28} {_fmt(values)}")
+    print("End to end, guarded raw ASGI app, us per request")
+    for name, values in e2e_results.items():
+        print(f"  {name:<28} {_fmt(values)}")
+    off = statistics.median(e2e_results["off"])
+    for name in ("spans", "spans+metrics"):
+        share = [v - o for v, o in zip(e2e_results[name], e2e_results["off"], strict=True)]
+        total = statistics.median(e2e_results[name])
+        print(
+            f"  telemetry share ({name}): {statistics.median(share):.1f} us (of {total:.1f}; off {off:.1f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
