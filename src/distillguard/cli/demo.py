@@ -30,6 +30,7 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
+from ..errors import ConfigurationError
 from ..limiting import LimitConfig
 from ..settings import DEV_AUDIENCE, DEV_ISSUER, DEV_SECRET, guard_from_env, registered_detectors
 from ..telemetry import ATTR_CLIENT_ID, ATTR_DECISION, ATTR_REASONS, ATTR_SCORE, SPAN_NAME, hash_identifier
@@ -171,6 +172,8 @@ def _log_line(call: Call, number: int, outcome: Outcome) -> str:
     minutes, seconds = divmod(int(call.at), 60)
     preview = call.prompt if len(call.prompt) <= 44 else call.prompt[:43] + "…"
     verdict = outcome.action + ("" if outcome.code is None else f" ({outcome.code})")
+    if call.params.get("logprobs") and outcome.status == 200 and not outcome.logprobs_served:
+        verdict += " (no logprobs)"
     reasons = ",".join(outcome.reasons[:2])
     return (
         f"  +{minutes:02d}:{seconds:02d}  {call.client:<8} #{number:<3} {call.kind:<8} {preview:<45} "
@@ -210,9 +213,13 @@ def run(args: argparse.Namespace) -> int:
         "DISTILLGUARD_JWT_AUDIENCE": DEV_AUDIENCE,
         "DISTILLGUARD_DETECTORS": ",".join(names),
     }
-    guard = guard_from_env(
-        environ, limits=LimitConfig(default="1000/minute"), tracer_provider=provider, clock=clock
-    )
+    try:
+        guard = guard_from_env(
+            environ, limits=LimitConfig(default="1000/minute"), tracer_provider=provider, clock=clock
+        )
+    except ConfigurationError as exc:
+        print(f"distillguard demo: {exc}", file=sys.stderr)
+        return 2
     say = (lambda _line: None) if args.quiet else print
     say("distillguard demo: a guarded OpenAI-compatible mock, development settings (never in production)")
     if names:
