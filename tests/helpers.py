@@ -23,6 +23,7 @@ from typing import Any
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from opentelemetry import trace
 
 from distillguard import DetectorResult, Observation
 
@@ -269,7 +270,7 @@ STREAM_CHUNKS = (b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n")
 
 @dataclass(slots=True, kw_only=True)
 class Call:
-    """One call of an echo app: what the app saw."""
+    """One call of an echo app: what the app saw (``span_context``: the current span's)."""
 
     method: str
     path: str
@@ -277,6 +278,7 @@ class Call:
     content_length: str | None
     identity: Any
     decision: Any
+    span_context: Any = None
 
 
 class EchoASGIApp:
@@ -336,6 +338,7 @@ class EchoASGIApp:
                 content_length=headers[b"content-length"].decode() if b"content-length" in headers else None,
                 identity=getattr(decision, "identity", None),
                 decision=decision,
+                span_context=trace.get_current_span().get_span_context(),
             )
         )
         path = scope["path"]
@@ -415,6 +418,7 @@ class EchoWSGIApp:
                 content_length=length or None,
                 identity=environ.get("distillguard.identity"),
                 decision=environ.get("distillguard.decision"),
+                span_context=trace.get_current_span().get_span_context(),
             )
         )
         if path == "/boom":

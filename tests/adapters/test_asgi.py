@@ -348,3 +348,18 @@ async def test_concurrent_requests_admit_exactly_the_limit(asgi: Callable[..., A
     statuses = [s.status for s in senders]
     assert statuses.count(200) == 100 and statuses.count(429) == 100
     assert len(app.calls) == 100
+
+
+async def test_app_spans_nest_under_the_guard_span(
+    asgi: Callable[..., Any], tracer_provider: Any, span_exporter: Any
+) -> None:
+    """Under a server span, the guard's span is its child and is current while the app runs,
+    so the app's own spans nest under it."""
+    from opentelemetry.trace import SpanKind
+
+    middleware, app = asgi()
+    with tracer_provider.get_tracer("server").start_as_current_span("server", kind=SpanKind.SERVER) as server:
+        await middleware(http_scope(token=make_token()), Receiver(body_messages(b"{}")), Sender())
+    (span,) = guard_spans(span_exporter)
+    assert span.parent is not None and span.parent.span_id == server.get_span_context().span_id
+    assert app.calls[0].span_context.span_id == span.context.span_id

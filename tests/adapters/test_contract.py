@@ -9,6 +9,7 @@ is proven twice through real HTTP semantics: ASGI through Starlette's ``TestClie
 from __future__ import annotations
 
 import json
+import time
 import wsgiref.util
 import wsgiref.validate
 from collections.abc import Callable, Iterator
@@ -252,6 +253,11 @@ BAD_TOKENS = [
     pytest.param(lambda k: make_token(aud=None), id="missing-audience"),
     pytest.param(lambda k: make_token(iss="https://evil.example.test"), id="wrong-issuer"),
     pytest.param(lambda k: make_token(iss=ISSUER + ".evil"), id="issuer-superstring"),
+    pytest.param(lambda k: make_token(iss=ISSUER[:-1]), id="issuer-substring"),
+    pytest.param(lambda k: make_token(iss=None), id="missing-issuer"),
+    pytest.param(lambda k: make_token(iat=int(time.time()) + 3600), id="issued-in-future"),
+    pytest.param(lambda k: make_token(nbf=int(time.time()) + 3600), id="not-yet-valid"),
+    pytest.param(lambda k: make_token(headers={"typ": "JWT", "crit": ["exp"]}), id="crit-header"),
     pytest.param(lambda k: make_token(exp=None), id="missing-exp"),
     pytest.param(lambda k: make_token(iat=None), id="missing-iat"),
     pytest.param(lambda k: make_token(sub=None), id="missing-sub"),
@@ -499,6 +505,22 @@ def test_valid_token_identity_and_span(serve: Callable[..., Served], span_export
     assert attrs["http.response.status_code"] == 200
     assert not [e for e in span.events if e.name == EVENT_DECISION]
     assert_no_secrets(span, PROMPT, "SECRET-PROMPT", token, token.rsplit(".", 1)[1], SUBJECT)
+
+
+def test_logs_hold_no_token_or_prompt(serve: Callable[..., Served], caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing distillguard logs, at any level, carries a token, a signature or prompt text,
+    whatever happened to the request (forged token, refusal, detector failure)."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    served = serve(limits=LimitConfig(default="1/minute"), detectors=[RaisingDetector()])
+    good = make_token()
+    forged = make_token(key=b"another-secret-another-secret-0123456789")
+    codes = [served.post(token=t).status_code for t in (forged, good, good)]
+    assert codes == [401, 200, 429]
+    text = caplog.text
+    for secret in (good, forged, good.rsplit(".", 1)[1], forged.rsplit(".", 1)[1], PROMPT):
+        assert secret not in text
 
 
 def test_span_strings_are_capped(serve: Callable[..., Served], span_exporter: Any) -> None:

@@ -221,3 +221,17 @@ def test_concurrent_threads_admit_exactly_the_limit(wsgi: Callable[..., Any]) ->
     assert len(statuses) == 160
     assert statuses.count("200") == 50 and statuses.count("429") == 110
     assert len(app.calls) == 50
+
+
+def test_app_spans_nest_under_the_guard_span(
+    wsgi: Callable[..., Any], tracer_provider: Any, span_exporter: Any
+) -> None:
+    """Under a server span, the guard's span is its child and is current while the app runs."""
+    from opentelemetry.trace import SpanKind
+
+    middleware, app = wsgi()
+    with tracer_provider.get_tracer("server").start_as_current_span("server", kind=SpanKind.SERVER) as server:
+        call(middleware, environ_for(token=make_token()))
+    (span,) = guard_spans(span_exporter)
+    assert span.parent is not None and span.parent.span_id == server.get_span_context().span_id
+    assert app.calls[0].span_context.span_id == span.context.span_id

@@ -180,6 +180,12 @@ def test_deeply_nested_payload_is_bounded() -> None:
     reason(verifier(max_token_bytes=1_000_000), token)
 
 
+@pytest.mark.parametrize("token", ["é.é.é", "eyJhbGciOiJIUzI1NiJ9.é.sig", "a.b.c.d", "\x00.\x00.\x00"])
+def test_odd_characters_refused(token: str) -> None:
+    """Non-ASCII and control characters in a token are a plain refusal."""
+    reason(verifier(), token)
+
+
 def test_token_over_max_bytes_refused_before_parsing() -> None:
     """A token longer than ``max_token_bytes`` is refused as ``too_large``."""
     assert reason(verifier(max_token_bytes=100), make_token()) == "too_large"
