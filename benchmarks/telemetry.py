@@ -16,7 +16,9 @@ Two measurements, both in process with no server:
    windows, one trivial detector) with telemetry off (no-op providers) and with the span and
    metrics on (SDK providers), measured alternately; the difference is telemetry's share.
 
-The tables give the median and the min-max over the repeats (microseconds per request).
+The tables give the median and the min-max over the repeats (microseconds per request). The
+reference row (one SDK span without attributes) is measured in the same run: on a busy machine
+compare with it rather than with absolute figures.
 """
 
 from __future__ import annotations
@@ -103,6 +105,19 @@ def telemetry_calls(guard: Guard, body: bytes) -> Callable[[int], float]:
     return run
 
 
+def bare_span(provider: Any) -> Callable[[int], float]:
+    """The reference: one SDK span with no attributes, started and ended (microseconds)."""
+    tracer = provider.get_tracer("reference")
+
+    def run(n: int) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            tracer.start_span("reference").end()
+        return (time.perf_counter_ns() - start) / n / 1000
+
+    return run
+
+
 def end_to_end(loop: asyncio.AbstractEventLoop, guard: Guard, body: bytes) -> Callable[[int], float]:
     """A runner sending requests through the guarded raw ASGI app (microseconds per request)."""
     app = DistillGuardMiddleware(_apps.raw_asgi_app, guard=guard)
@@ -158,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         e2e[kind] = end_to_end(loop, make_guard(tp2, mp2), body)
     tp, mp, reader = providers("spans+metrics")
     calls["spans+metrics, usage off"] = telemetry_calls(make_guard(tp, mp, usage=False), body)
+    calls["reference: bare SDK span"] = bare_span(_apps.tracer_provider())
 
     call_results = measure(calls, args.requests, args.repeats)
     e2e_results = measure(e2e, args.requests, args.repeats)

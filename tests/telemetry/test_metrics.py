@@ -224,3 +224,24 @@ def test_metric_attributes_are_low_cardinality(
 
     first = series_after([f"client-{i}" for i in range(20)])
     assert series_after([f"other-{i}" for i in range(20)]) == first
+
+
+def test_tracked_clients_gauge_reads_the_risk_engine(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """With a per-client risk policy the gauge reports the risk engine's tracked clients (as
+    ``risk``), one per client that brought evidence."""
+    from distillguard import Policy
+    from distillguard.risk import RiskPolicy
+
+    guard = guard_factory(
+        meter_provider=meter_provider,
+        detectors=[StaticDetector(0.3, name="a")],
+        policy=Policy(risk=RiskPolicy()),
+    )
+    app = serve(guard)
+    for subject in ("alice", "bob", "carol"):
+        assert post(app, token=make_token(sub=subject)) == 200
+    assert guard.risk is not None and guard.risk.tracked == 3
+    clients = metric_points(metric_reader)[METRIC_CLIENTS]
+    assert value_of(clients, distillguard__detector__name="risk") == 3

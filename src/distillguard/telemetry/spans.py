@@ -78,8 +78,8 @@ class Telemetry:
 
     def observe(self, guard: Guard) -> None:
         """Wire the metrics to ``guard``: its policy thresholds, the detectors that report how
-        many clients they track (:class:`~distillguard.telemetry.ClientTracker`) and its limiter
-        statistics."""
+        many clients they track (:class:`~distillguard.telemetry.ClientTracker`), the risk
+        engine's tracked clients (reported as ``risk``) and the limiter statistics."""
         import weakref
 
         policy = guard.policy
@@ -88,6 +88,9 @@ class Telemetry:
             source = getattr(detector, "tracked_clients", None)
             if callable(source):
                 self.metrics.track_clients(detector.name, source)
+        engine = getattr(guard, "risk", None)
+        if engine is not None and hasattr(engine, "tracked"):
+            self.metrics.track_clients("risk", lambda: int(engine.tracked))
         ref = weakref.ref(guard)
         self.metrics.use_limiter_stats(lambda: getattr(ref(), "limiter_stats", None))
 
