@@ -363,3 +363,31 @@ async def test_app_spans_nest_under_the_guard_span(
     (span,) = guard_spans(span_exporter)
     assert span.parent is not None and span.parent.span_id == server.get_span_context().span_id
     assert app.calls[0].span_context.span_id == span.context.span_id
+
+
+async def test_trailers_pass_through(asgi: Callable[..., Any]) -> None:
+    """``http.response.trailers`` messages reach the server unchanged, after the body."""
+
+    async def with_trailers(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"data", "more_body": False})
+        await send(
+            {"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")], "more_trailers": False}
+        )
+
+    middleware, _ = asgi()
+    middleware.app = with_trailers
+    send = Sender()
+    await middleware(http_scope(token=make_token()), Receiver(body_messages(b"")), send)
+    assert [m["type"] for m in send.messages] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.trailers",
+    ]
+    assert send.messages[0]["trailers"] is True
+    assert send.messages[2] == {
+        "type": "http.response.trailers",
+        "headers": [(b"grpc-status", b"0")],
+        "more_trailers": False,
+    }

@@ -708,6 +708,22 @@ def test_degrade_strips_logprobs(serve: Callable[..., Served], span_exporter: An
     assert span.attributes[ATTR_DECISION] == "degrade"
 
 
+def test_degrade_chunked_request(serve: Callable[..., Served]) -> None:
+    """Degrading a chunked request (no Content-Length) gives the app the rewritten body with a
+    Content-Length that matches it."""
+    served = serve(detectors=[StaticDetector(0.8)])
+    parts = [CHAT[:20], CHAT[20:]]
+    response = served.client.post(
+        CHAT_PATH,
+        content=iter(parts),
+        headers={"authorization": f"Bearer {make_token()}", "content-type": "application/json"},
+    )
+    assert response.status_code == 200
+    (call,) = served.app.calls
+    assert "logprobs" not in json.loads(call.body)
+    assert call.content_length == str(len(call.body))
+
+
 def test_degrade_caps_max_tokens(serve: Callable[..., Served]) -> None:
     """``degrade_max_tokens`` caps ``max_tokens`` in the body the app sees."""
     served = serve(detectors=[StaticDetector(0.8)], policy=Policy(degrade_max_tokens=4))
