@@ -391,3 +391,60 @@ async def test_trailers_pass_through(asgi: Callable[..., Any]) -> None:
         "headers": [(b"grpc-status", b"0")],
         "more_trailers": False,
     }
+
+
+async def test_starlette_streaming_response_does_not_spin(asgi: Callable[..., Any]) -> None:
+    """Starlette's StreamingResponse polls ``receive()`` for a disconnect while streaming; after
+    the replay those calls reach the server and wait (finding 1: a replay that answered every
+    call would spin the event loop forever)."""
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = await Request(scope, receive).body()
+
+        async def chunks() -> Any:
+            yield body
+            await anyio.sleep(0.05)
+            yield b"end"
+
+        await StreamingResponse(chunks())(scope, receive, send)
+
+    middleware, _ = asgi()
+    middleware.app = app
+    receive = Receiver(body_messages(b"payload"))
+    send = Sender()
+    scope = http_scope(token=make_token(), asgi={"version": "3.0", "spec_version": "2.3"})
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(middleware, scope, receive, send)
+            await anyio.sleep(0.2)
+            receive.disconnect.set()
+    assert send.body == b"payloadend"
+    assert receive.calls <= 3
+
+
+def test_starlette_add_middleware(guard_factory: Callable[..., Guard]) -> None:
+    """``app.add_middleware(DistillGuardMiddleware, guard=...)`` guards a Starlette app whose
+    routes read the JSON body and ``request.state.distillguard``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    async def chat(request: Request) -> JSONResponse:
+        payload = await request.json()
+        decision = request.state.distillguard
+        return JSONResponse({"model": payload["model"], "client": decision.identity.client_id})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app.add_middleware(DistillGuardMiddleware, guard=guard_factory())
+    with TestClient(app) as client:
+        ok = client.post(
+            "/v1/chat/completions",
+            json={"model": "m"},
+            headers={"authorization": f"Bearer {make_token(sub='s1')}"},
+        )
+        assert ok.json() == {"model": "m", "client": "s1"}
+        assert client.post("/v1/chat/completions", json={"model": "m"}).status_code == 401
