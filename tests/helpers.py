@@ -25,12 +25,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from opentelemetry import trace
 
-from distillguard import DetectorResult, Observation
+from distillguard import DetectorResult, JWTConfig, Observation
 
 __all__ = [
     "AUDIENCE",
     "HS256_SECRET",
     "ISSUER",
+    "STREAM_CHUNKS",
+    "SUBJECT",
     "AsyncStaticDetector",
     "BlockingDetector",
     "Call",
@@ -38,15 +40,20 @@ __all__ = [
     "EchoWSGIApp",
     "KeyPair",
     "Keys",
+    "NotADetector",
     "RaisingDetector",
     "StaticDetector",
     "assert_no_secrets",
     "b64url",
+    "default_claims",
+    "failing_factory",
     "guard_spans",
     "jwt_config",
     "keys",
     "make_token",
     "raw_token",
+    "span_strings",
+    "static_detector_factory",
 ]
 
 ISSUER = "https://idp.example.test"
@@ -172,10 +179,8 @@ def default_claims(now: float | None = None, **claims: Any) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if v is not None}
 
 
-def jwt_config(**overrides: Any) -> Any:
+def jwt_config(**overrides: Any) -> JWTConfig:
     """A :class:`~distillguard.JWTConfig` for the test issuer and audience (HS256 by default)."""
-    from distillguard import JWTConfig
-
     options: dict[str, Any] = {
         "algorithms": ["HS256"],
         "key": HS256_SECRET,
