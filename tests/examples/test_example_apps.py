@@ -150,7 +150,7 @@ def test_rate_limit(kind: str, serve: Serve, openai_client: Client) -> None:
     first = client.chat.completions.with_raw_response.create(
         model="distillguard-mock-1", messages=[{"role": "user", "content": PROMPT}]
     )
-    assert first.headers["ratelimit-policy"] == '"2-per-1-minute";q=2;w=60'
+    assert '"2-per-1-minute";q=2;w=60' in first.headers["ratelimit-policy"]
     assert "r=1" in first.headers["ratelimit"]
     _ask(client)
     with pytest.raises(openai.RateLimitError) as caught:

@@ -45,7 +45,12 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run a guarded mock model against benign users and an extractor",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=(
+            "Start the FastAPI example app in-process (uvicorn, a free local port, development "
+            "settings, every registered detector) and replay simulated traffic through the openai "
+            "client: benign users and one extractor. Exit status 0 when the extractor is caught and "
+            "no benign user is refused, 1 otherwise, 2 on a configuration error."
+        ),
     )
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the summary as JSON to PATH")
     parser.add_argument(
