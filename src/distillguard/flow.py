@@ -86,7 +86,10 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
                 changed[key] = cap
     if changed == data:
         return None
-    return json.dumps(changed, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(changed, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate (valid JSON "\ud800"): keep it escaped
+        return json.dumps(changed, separators=(",", ":")).encode()
 
 
 def _limits(checks: tuple[LimitCheck, ...], now: float) -> Generator[Effect, object, list[LimitOutcome]]:

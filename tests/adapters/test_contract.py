@@ -724,6 +724,15 @@ def test_degrade_chunked_request(serve: Callable[..., Served]) -> None:
     assert call.content_length == str(len(call.body))
 
 
+def test_degrade_cannot_be_dodged_with_a_lone_surrogate(serve: Callable[..., Served]) -> None:
+    """A valid JSON body whose prompt holds ``\\ud800`` is degraded like any other."""
+    served = serve(detectors=[StaticDetector(0.8)])
+    body = b'{"messages":[{"role":"user","content":"a\\ud800b"}],"logprobs":true,"top_logprobs":5}'
+    assert served.post(token=make_token(), body=body).status_code == 200
+    seen = json.loads(served.app.calls[0].body)
+    assert "logprobs" not in seen and "top_logprobs" not in seen
+
+
 def test_degrade_caps_max_tokens(serve: Callable[..., Served]) -> None:
     """``degrade_max_tokens`` caps ``max_tokens`` in the body the app sees."""
     served = serve(detectors=[StaticDetector(0.8)], policy=Policy(degrade_max_tokens=4))

@@ -308,3 +308,12 @@ def test_authentication_fails_closed_on_errors(guard_factory: Callable[..., Guar
     decision = guard.decide(request(make_token()), guard.sync_performer())
     assert decision.action is Action.UNAUTHENTICATED
     assert decision.problem is not None and decision.problem.code == "invalid_token"
+
+
+def test_degrade_survives_lone_surrogates() -> None:
+    """A prompt holding a JSON-escaped lone surrogate (valid JSON) is still degraded: the
+    rewritten body keeps it escaped instead of failing to encode."""
+    body = b'{"messages":[{"role":"user","content":"x\\ud800y"}],"logprobs":true,"top_logprobs":5}'
+    out = degrade_body(parse_query(body), Policy())
+    assert out is not None
+    assert json.loads(out) == {"messages": [{"role": "user", "content": "x\ud800y"}]}
