@@ -118,7 +118,9 @@ def render_summary(summary: dict[str, Any]) -> str:
         for c in summary["clients"]
     ]
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in (head, *rows)]
+    lines = [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in (head, *rows)
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for c in summary["clients"]:
         if c["top_reasons"]:

@@ -183,7 +183,7 @@ def _log_line(call: Call, number: int, outcome: Outcome) -> str:
     return (
         f"  +{minutes:02d}:{seconds:02d}  {call.client:<8} #{number:<3} {call.kind:<8} {preview:<45} "
         f"{outcome.status:>3}  {verdict:<24} {outcome.score:4.2f}  {reasons}"
-    )
+    ).rstrip()
 
 
 def _detector_names(args: argparse.Namespace) -> tuple[str, ...]:
