@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from distillguard import Action, ConfigurationError, Guard, Identity, LimitConfig, Policy
 from distillguard._drivers import adrive, drive
@@ -317,3 +318,56 @@ def test_degrade_survives_lone_surrogates() -> None:
     out = degrade_body(parse_query(body), Policy())
     assert out is not None
     assert json.loads(out) == {"messages": [{"role": "user", "content": "x\ud800y"}]}
+
+
+_json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30)
+)
+_json_value = st.recursive(
+    _json_leaf,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=16,
+)
+_body_keys = st.sampled_from(
+    ["messages", "prompt", "input", "model", "max_tokens", "max_completion_tokens", "n", "logprobs",
+     "top_logprobs", "logit_bias", "stream", "temperature", "inputs", "instances", "features"]
+)  # fmt: skip
+
+
+_GUARDS: dict[Any, Any] = {}
+_TOKEN = make_token(exp=int(time.time()) + 3600)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.dictionaries(_body_keys, _json_value, max_size=8), score=st.sampled_from([0.0, 0.6, 0.8, 1.0]))
+def test_no_request_body_breaks_the_pipeline(
+    guard_factory: Callable[..., Guard], doc: dict[str, Any], score: float
+) -> None:
+    """No request body, however odd its field types and values, makes the pipeline fail (a
+    failure would fall back to the internal-error path and skip limits and detectors)."""
+    from distillguard.limiting.rules import LimitRule
+
+    key = (id(guard_factory), score)
+    if key not in _GUARDS:
+        guard = guard_factory(
+            limits=LimitConfig(
+                default="100000/minute",
+                rules=[LimitRule(name="tok", limits="1000000000/minute", unit="tokens", models=["m", "gpt"])],
+            ),
+            detectors=[StaticDetector(score)],
+            policy=Policy(degrade_max_tokens=64),
+        )
+        if len(_GUARDS) > 8:
+            _GUARDS.clear()
+        _GUARDS[key] = (guard, guard.sync_performer())
+    guard, perform = _GUARDS[key]
+    body = json.dumps(doc, allow_nan=True).encode()
+    decision = drive(guard.flow(request(_TOKEN, body=body)), perform)
+    assert not any(e.startswith("guard:") for e in decision.errors)
+    assert decision.identity is not None and decision.identity.client_id == "client-1"
