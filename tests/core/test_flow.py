@@ -18,7 +18,7 @@ from distillguard.detectors import Observation
 from distillguard.flow import RunDetector, degrade_body
 from distillguard.query import parse_query
 from distillguard.request import GuardRequest, bearer_token
-from tests.helpers import RaisingDetector, StaticDetector, make_token
+from tests.helpers import RaisingDetector, StaticDetector, b64url, make_token
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -371,3 +371,30 @@ def test_no_request_body_breaks_the_pipeline(
     decision = drive(guard.flow(request(_TOKEN, body=body)), perform)
     assert not any(e.startswith("guard:") for e in decision.errors)
     assert decision.identity is not None and decision.identity.client_id == "client-1"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    authorization=st.one_of(
+        st.text(max_size=200),
+        st.text(
+            alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.=", max_size=300
+        ).map(lambda t: "Bearer " + t),
+        st.lists(st.binary(max_size=60), min_size=3, max_size=3).map(
+            lambda parts: "Bearer " + ".".join(b64url(p) for p in parts)
+        ),
+    )
+)
+def test_no_authorization_header_gets_through(
+    guard_factory: Callable[..., Guard], authorization: str
+) -> None:
+    """Any ``Authorization`` value that is not a valid token is refused with 401 (never an
+    internal error, which would fail open)."""
+    key = ("auth", id(guard_factory))
+    if key not in _GUARDS:
+        guard = guard_factory()
+        _GUARDS[key] = (guard, guard.sync_performer())
+    guard, perform = _GUARDS[key]
+    decision = drive(guard.flow(request(authorization=authorization)), perform)
+    assert decision.action is Action.UNAUTHENTICATED
+    assert decision.problem is not None and decision.problem.status == 401
