@@ -398,3 +398,52 @@ def test_no_authorization_header_gets_through(
     decision = drive(guard.flow(request(authorization=authorization)), perform)
     assert decision.action is Action.UNAUTHENTICATED
     assert decision.problem is not None and decision.problem.status == 401
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    path=st.text(max_size=80).map(lambda p: "/" + p),
+    content_type=st.text(max_size=40),
+    user_agent=st.none() | st.text(max_size=40),
+    address=st.none() | st.text(max_size=40),
+    body=st.binary(max_size=200),
+)
+def test_no_request_metadata_breaks_the_pipeline(
+    guard_factory: Callable[..., Guard],
+    path: str,
+    content_type: str,
+    user_agent: str | None,
+    address: str | None,
+    body: bytes,
+) -> None:
+    """Odd paths, content types, user agents, addresses and bodies never make the pipeline
+    fail, with or without a token."""
+    from distillguard.limiting.rules import LimitRule
+
+    key = ("meta", id(guard_factory))
+    if key not in _GUARDS:
+        guard = guard_factory(
+            limits=LimitConfig(
+                default="100000/minute",
+                rules=[LimitRule(name="v1", limits="100000/minute", routes=["/v1/"])],
+            ),
+            detectors=[StaticDetector(0.8)],
+        )
+        _GUARDS[key] = (guard, guard.sync_performer())
+    guard, perform = _GUARDS[key]
+    for token in (_TOKEN, None):
+        decision = drive(
+            guard.flow(
+                request(
+                    token,
+                    body=body,
+                    path=path,
+                    content_type=content_type,
+                    user_agent=user_agent,
+                    client_address=address,
+                )
+            ),
+            perform,
+        )
+        assert not any(e.startswith("guard:") for e in decision.errors)
+        assert decision.action is (Action.DEGRADE if token else Action.UNAUTHENTICATED)
