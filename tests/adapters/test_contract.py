@@ -456,6 +456,8 @@ def test_scenario(serve: Callable[..., Served], keys: Keys, case: Case) -> None:
         assert len(served.app.calls) == case.app_calls
     assert ("retry-after" in response.headers) == (response.status_code in (429, 503))
     if case.code is None:
+        if token is not None and served.app.calls:
+            assert all(call.identity.client_id == SUBJECT for call in served.app.calls)
         return
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
