@@ -15,7 +15,6 @@ scoring would write it back with a TTL. Only the in-memory store exists today.
 from __future__ import annotations
 
 import sys
-import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
@@ -58,7 +57,7 @@ class LRUStates(Generic[S]):
         max_clients: the cap on tracked clients.
     """
 
-    __slots__ = ("_evictions", "_factory", "_lock", "_states", "max_clients")
+    __slots__ = ("_evictions", "_factory", "_states", "max_clients")
 
     def __init__(self, factory: Callable[[], S], max_clients: int = 100_000) -> None:
         if max_clients < 1:
@@ -66,22 +65,30 @@ class LRUStates(Generic[S]):
         self._factory = factory
         self.max_clients = max_clients
         self._states: OrderedDict[str, S] = OrderedDict()
-        self._lock = threading.Lock()
         self._evictions = 0
 
     def get(self, client_id: str) -> S:
-        """The state of ``client_id``, most recently used from now on."""
+        """The state of ``client_id``, most recently used from now on.
+
+        Lock-free: each ``OrderedDict`` operation is atomic under the GIL; a race between two
+        threads can at worst drop one client's state (it starts afresh), never corrupt it.
+        """
         states = self._states
-        with self._lock:
-            state = states.get(client_id)
-            if state is not None:
+        state = states.get(client_id)
+        if state is not None:
+            try:  # noqa: SIM105 (contextlib.suppress costs more on this hot path)
                 states.move_to_end(client_id)
-                return state
-            if len(states) >= self.max_clients:
+            except KeyError:  # evicted by another thread in between
+                pass
+            return state
+        if len(states) >= self.max_clients:
+            try:
                 states.popitem(last=False)
                 self._evictions += 1
-            state = states[client_id] = self._factory()
-            return state
+            except KeyError:
+                pass
+        state = states[client_id] = self._factory()
+        return state
 
     def peek(self, client_id: str) -> S | None:
         """The state of ``client_id`` without creating it or changing its recency."""

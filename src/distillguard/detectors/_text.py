@@ -2,15 +2,17 @@
 
 One pass normalises the prompt (ASCII lower case, punctuation to spaces, every digit to ``0``)
 and splits it into words; every word gets a CRC-32 (deterministic across processes, so replays
-are reproducible). From those, lazily:
+are reproducible), and ``key`` is the CRC-32 of the raw prompt (exact repeats). From those, lazily:
 
-* ``shingles``: the set of hashed word 3-shingles (hash of a tuple of ints: deterministic);
+* ``content``: the sorted distinct hashes of the prompt's *content* words (not in
+  :data:`COMMON_WORDS`): MinHash sketches and LSH buckets are read from its ends;
 * ``skeleton``: the sequence of *common* words of the prompt (the function words and the
   instruction words that make up a template's fixed part; numbers, names and other rare words
   are the slots and drop out);
-* ``embedding``: a signed hashed bag of word unigrams and character 4-gram word prefixes in
-  :data:`DIM` dimensions, L2-normalised, from at most :data:`EMBED_WORDS` evenly spaced words
-  (a fixed cost whatever the prompt size).
+* ``codes``: a signed hashed bag of word unigrams and character 4-gram word prefixes in
+  :data:`DIM` dimensions, from at most :data:`EMBED_WORDS` evenly spaced words and a quarter as
+  many prefixes (a fixed cost whatever the prompt size); ``embedding`` is its L2-normalised
+  dense form.
 
 For chat requests the prompt is the *last user message*: a conversation's history repeats on
 every turn and would look like a near-duplicate stream otherwise.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import Counter
 from collections.abc import Mapping
 from itertools import repeat
 from operator import itemgetter, mul
@@ -96,22 +97,23 @@ def prompt_text(query: Query) -> str:
 class TextFeatures:
     """Features of one prompt (see the module docstring). Attributes are computed on demand."""
 
-    __slots__ = ("_content", "_embedding", "_skeleton", "hashes", "key", "words")
+    __slots__ = ("_codes", "_content", "_skeleton", "hashes", "key", "words")
 
     def __init__(self, text: str) -> None:
-        normalised = text.encode("utf-8", "surrogatepass").translate(_TRANSLATE)
-        self.words: list[bytes] = normalised.split()
+        raw = text.encode("utf-8", "surrogatepass")
+        self.words: list[bytes] = raw.translate(_TRANSLATE).split()
         self.hashes: list[int] = list(map(zlib.crc32, self.words))
-        self.key: int = zlib.crc32(normalised)
-        self._content: frozenset[int] | None = None
+        self.key: int = zlib.crc32(raw)
+        self._content: list[int] | None = None
         self._skeleton: tuple[int, ...] | None = None
-        self._embedding: tuple[float, ...] | None = None
+        self._codes: list[int] | None = None
 
     @property
-    def content(self) -> frozenset[int]:
-        """The hashes of the prompt's distinct *content* words (not in :data:`COMMON_WORDS`)."""
+    def content(self) -> list[int]:
+        """The sorted hashes of the prompt's distinct *content* words (not in
+        :data:`COMMON_WORDS`)."""
         if self._content is None:
-            self._content = frozenset(self.hashes).difference(_COMMON_HASHES)
+            self._content = sorted(set(self.hashes).difference(_COMMON_HASHES))
         return self._content
 
     @property
@@ -122,32 +124,34 @@ class TextFeatures:
         return self._skeleton
 
     @property
+    def codes(self) -> list[int]:
+        """The signed-bin codes (``0 .. 2 * DIM - 1``) of the sampled words and word prefixes:
+        code ``c`` adds 1 to dimension ``c`` (``c < DIM``) or subtracts 1 from ``c - DIM``."""
+        if self._codes is None:
+            hashes = self.hashes
+            step = max(1, len(hashes) // EMBED_WORDS)
+            codes = list(map(_MASK.__and__, hashes[::step][:EMBED_WORDS]))
+            prefixes = self.words[:: step * 4][: EMBED_WORDS // 4]
+            codes.extend(map(_MASK.__and__, map(zlib.crc32, map(_PREFIX, prefixes), repeat(_SALT))))
+            self._codes = codes
+        return self._codes
+
+    @property
     def embedding(self) -> tuple[float, ...]:
         """The L2-normalised hashed embedding (:data:`DIM` floats; all zero for no words)."""
-        if self._embedding is None:
-            self._embedding = _embed(self.words, self.hashes)
-        return self._embedding
+        vec = [0.0] * DIM
+        for code in self.codes:
+            if code >= DIM:
+                vec[code - DIM] -= 1.0
+            else:
+                vec[code] += 1.0
+        norm = math.sqrt(sum(map(mul, vec, vec)))
+        if norm == 0.0:
+            return tuple(vec)
+        return tuple(map((1.0 / norm).__mul__, vec))
 
 
 _MASK = 2 * DIM - 1
-
-
-def _embed(words: list[bytes], hashes: list[int]) -> tuple[float, ...]:
-    step = max(1, len(hashes) // EMBED_WORDS)
-    sample = hashes[::step][:EMBED_WORDS]
-    codes: Counter[int] = Counter(map(_MASK.__and__, sample))
-    prefixes = words[:: step * 4][: EMBED_WORDS // 4]
-    codes.update(map(_MASK.__and__, map(zlib.crc32, map(_PREFIX, prefixes), repeat(_SALT, len(prefixes)))))
-    vec = [0.0] * DIM
-    for code, count in codes.items():
-        if code >= DIM:
-            vec[code - DIM] -= count
-        else:
-            vec[code] += count
-    norm = math.sqrt(sum(map(mul, vec, vec)))
-    if norm == 0.0:
-        return tuple(vec)
-    return tuple(map((1.0 / norm).__mul__, vec))
 
 
 def embed_text(text: str) -> tuple[float, ...]:

@@ -3,56 +3,56 @@
 **Signal.** A natural-data sweep (CopycatCNN/KnockoffNets style: real prompts replayed from a
 corpus) is query by query indistinguishable from a user; what gives it away is the *window*: it
 does not look like benign traffic as a whole, and it keeps covering new ground. Each prompt is
-embedded with a cheap hashed embedding (:data:`~distillguard.detectors._text.DIM` dimensions of
-signed hashed word unigrams and character 4-gram word prefixes, L2-normalised; see ``_text``)
-and the detector keeps, per client, two window statistics:
+reduced to a cheap hashed bag (:data:`~distillguard.detectors._text.DIM` signed dimensions of
+hashed word unigrams and character 4-gram word prefixes, from at most 48 + 12 sampled words;
+see ``_text``) and the detector keeps, per client, two window statistics:
 
 * *distance to the benign reference* -- the linear-kernel MMD witness: the window mean (an
-  exponential moving average, effective window ``2/alpha``) of ``<phi(x), mu_R>/|mu_R|``,
-  where ``mu_R`` is the mean embedding of a benign reference sample (shipped as package data:
-  a few hundred varied natural requests; replace it with your own traffic via ``reference``).
-  Under the null (the client's prompts drawn like the reference) that mean is approximately
-  normal with the reference's mean and ``sigma_R * sqrt(alpha / (2 - alpha))``; the detector
-  turns it into a one-sided z statistic. ``atypical`` ramps from ``z_low`` to ``z_high``.
-* *coverage growth* -- CAP-style random-hyperplane LSH: 11 sign bits of sparse random
-  projections of the embedding (a comparison of two coordinates each) give one of 2,048
-  buckets; the share of the client's last ``window`` queries that landed in a bucket it had
-  never used before. A person circles a few topics; a sweep keeps opening new buckets.
-  ``growth`` ramps from ``growth_low`` to ``growth_high``.
+  exponential moving average, effective window ``2/alpha``) of the projection of each prompt's
+  bag (scaled by ``1/sqrt(words)``) on ``mu_R/|mu_R|``, where ``mu_R`` is the mean embedding of
+  a benign reference sample (shipped as package data: a few hundred varied natural requests;
+  pass your own traffic as ``reference``). Under the null (the client's prompts drawn like the
+  reference) that mean is approximately normal with the reference's mean and
+  ``sigma_R * sqrt(alpha / (2 - alpha))``; the detector turns it into a one-sided z statistic.
+  ``atypical`` ramps from ``z_low`` to ``z_high``.
+* *coverage growth* -- CAP-style LSH coverage, with MinHash as the LSH: a prompt's bucket is
+  its smallest content-word hash modulo 2,048 (two prompts share it with probability equal to
+  the Jaccard similarity of their content words); the share of the client's last ``window``
+  queries that landed in a bucket it had never used before. A person circles a few topics and
+  reuses their words; a sweep keeps opening new buckets. ``growth`` ramps from ``growth_low``
+  to ``growth_high``.
 
 The score is ``atypical * growth`` (both must hold: a diverse but typical user, or a focused
 user from an unusual domain, stays low), from ``min_requests`` queries on, capped at
-``max_score``: a natural-data sweep can be slowed (throttle, degrade) on this evidence alone,
-blocking needs another detector or an operator's lower cap.
+``max_score`` (0.8): a natural-data sweep can be slowed (throttle, degrade) on this evidence
+alone; blocking needs another detector or an operator's higher cap.
 
 **Anchor.** LabRAI, "An Embarrassingly Simple Detector for Model Extraction Attacks in LLM API
 Traffic" (multi-bandwidth MMD of a 1,500-query window against benign reference traffic, window
 FPR 0.003, TPR 1.00) and the CAP coverage monitor ("Stealing and Defending the Ends of LLMs",
 random-hyperplane LSH into 2,048 buckets). Here the MMD is linear-kernel and streaming (O(1)
-per query instead of O(window x reference)), which detects mean shift only.
+per query instead of O(window x reference)): it detects a shift of the mean embedding only, and
+the hashed bag is lexical, not semantic.
 
-**Cost.** The embedding reads at most 48 words of the prompt (fixed cost), then one 32-term
-dot product, 11 comparisons and one EMA update of a 32-float mean. State: a 2,048-bit bitmap,
-a 32-float mean and a few numbers (~700 bytes per client).
+**Cost.** At most 60 table look-ups per prompt (fixed cost, whatever the prompt size), one
+EMA update, one bit test. State: a 2,048-bit bitmap and a few numbers (~400 bytes per client).
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from importlib import resources
-from operator import mul
 
+from ..errors import ConfigurationError
 from ._base import check_range, ramp
 from ._protocol import DetectorResult, Observation
 from ._state import LRUStates, bit_ring_push
-from ._text import DIM, embed_text, features
+from ._text import TextFeatures, features
 
 __all__ = ["CoverageDetector", "load_reference"]
 
-_BITS = 11
-_BUCKETS = 1 << _BITS
+_BUCKETS = 2048
 _EMPTY = DetectorResult("coverage", 0.0)
 
 
@@ -86,7 +86,6 @@ class CoverageDetector:
         growth_low: the new-bucket share at which ``growth`` starts rising.
         growth_high: the new-bucket share at which ``growth`` reaches 1.
         max_score: the highest score coverage alone can give.
-        seed: the seed of the LSH projections.
         max_clients: the cap on tracked clients.
     """
 
@@ -104,7 +103,6 @@ class CoverageDetector:
         growth_low: float = 0.5,
         growth_high: float = 0.85,
         max_score: float = 0.8,
-        seed: int = 20240601,
         max_clients: int = 50_000,
     ) -> None:
         check_range("alpha", alpha, 1e-4, 0.5)
@@ -114,20 +112,17 @@ class CoverageDetector:
         check_range("growth_high", growth_high, growth_low, 1.0)
         check_range("max_score", max_score, 0.0, 1.0)
         texts = list(load_reference() if reference is None else reference)
-        vectors = [v for v in map(embed_text, texts) if any(v)]
-        if len(vectors) < 50:
-            from ..errors import ConfigurationError
-
+        feats = [f for f in map(TextFeatures, texts) if f.codes]
+        if len(feats) < 50:
             raise ConfigurationError("coverage reference needs at least 50 non-empty prompts")
+        vectors = [f.embedding for f in feats]
         mu = [math.fsum(col) / len(vectors) for col in zip(*vectors, strict=True)]
         norm = math.sqrt(math.fsum(m * m for m in mu)) or 1.0
-        self.direction: tuple[float, ...] = tuple(m / norm for m in mu)
-        sims = [sum(map(mul, v, self.direction)) for v in vectors]
+        direction = [m / norm for m in mu]
+        self.table: tuple[float, ...] = (*direction, *(-d for d in direction))
+        sims = [self.similarity(f.codes) for f in feats]
         self.ref_mean = math.fsum(sims) / len(sims)
-        self.ref_std = math.sqrt(math.fsum((s - self.ref_mean) ** 2 for s in sims) / (len(sims) - 1)) or 1e-6
-        rng = random.Random(seed)
-        pairs = (rng.sample(range(DIM), 2) for _ in range(_BITS))
-        self.pairs: tuple[tuple[int, int], ...] = tuple((a, b) for a, b in pairs)
+        self.ref_std = math.sqrt(math.fsum((v - self.ref_mean) ** 2 for v in sims) / (len(sims) - 1)) or 1e-6
         self.alpha = alpha
         self._z_scale = 1.0 / (self.ref_std * math.sqrt(alpha / (2.0 - alpha)))
         self.window = window
@@ -137,12 +132,10 @@ class CoverageDetector:
         self.max_score = max_score
         self.states: LRUStates[_State] = LRUStates(_State, max_clients)
 
-    def bucket(self, vec: Sequence[float]) -> int:
-        """The LSH bucket (0..2047) of an embedding."""
-        code = 0
-        for a, b in self.pairs:
-            code = (code << 1) | (vec[a] > vec[b])
-        return code
+    def similarity(self, codes: list[int]) -> float:
+        """The projection of a prompt's hashed bag (its :attr:`TextFeatures.codes`, scaled by
+        ``1/sqrt(len)``) on the reference mean direction."""
+        return sum(map(self.table.__getitem__, codes)) / math.sqrt(len(codes))
 
     def score(self, observation: Observation) -> DetectorResult:
         """Update the client's window statistics with the query and score them."""
@@ -150,16 +143,16 @@ class CoverageDetector:
         if not query.is_text:
             return _EMPTY
         feats = features(query)
-        vec = feats.embedding
-        if not any(vec):
+        codes = feats.codes
+        if not codes:
             return _EMPTY
         state = self.states.get(observation.identity.client_id)
-        sim = sum(map(mul, vec, self.direction))
+        sim = self.similarity(codes)
         alpha = self.alpha
         n = state.n
         state.ema = sim if n == 0 else state.ema + alpha * (sim - state.ema)
         content = feats.content
-        code = (min(content) if content else self.bucket(vec) + 0x10000) & (_BUCKETS - 1)
+        code = (content[0] if content else min(feats.hashes)) & (_BUCKETS - 1)
         byte, bit = code >> 3, 1 << (code & 7)
         seen = state.seen
         new = not seen[byte] & bit
@@ -170,9 +163,8 @@ class CoverageDetector:
         count = n if n < self.window else self.window
         growth = state.fresh.bit_count() / count
         z = (self.ref_mean - state.ema) * self._z_scale
-        signals = {"z": z, "growth": growth, "requests": float(n)}
-        if n < self.min_requests:
-            return DetectorResult(self.name, 0.0, (), signals)
+        if n < self.min_requests or z <= self.z_low or growth <= self.growth_low:
+            return _EMPTY
         score = ramp(z, self.z_low, self.z_high) * ramp(growth, self.growth_low, self.growth_high)
-        score *= self.max_score
-        return DetectorResult(self.name, score, ("distribution_shift",) if score > 0.0 else (), signals)
+        signals = {"z": z, "growth": growth, "requests": float(n)}
+        return DetectorResult(self.name, score * self.max_score, ("distribution_shift",), signals)

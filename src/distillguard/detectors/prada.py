@@ -47,10 +47,12 @@ _EMPTY = DetectorResult("prada", 0.0)
 
 
 class _State:
-    __slots__ = ("alarm", "d_pos", "dist", "k_pos", "kept", "n", "w")
+    __slots__ = ("alarm", "count", "d_pos", "dim", "dist", "k_pos", "kept", "n", "w")
 
     def __init__(self) -> None:
-        self.kept: list[array[float]] = []
+        self.kept = array("f")  # the growing set, flattened: count vectors of dim floats
+        self.count = 0
+        self.dim = 0
         self.k_pos = 0
         self.dist = array("f")
         self.d_pos = 0
@@ -77,10 +79,10 @@ class PradaDetector:
         self,
         *,
         delta: float = 0.9,
-        min_distances: int = 100,
+        min_distances: int = 50,
         test_every: int = 10,
-        max_distances: int = 200,
-        memory_bytes: int = 3072,
+        max_distances: int = 150,
+        memory_bytes: int = 2048,
         max_clients: int = 50_000,
     ) -> None:
         check_range("delta", delta, 0.0, 1.0)
@@ -103,18 +105,20 @@ class PradaDetector:
         if not all(map(math.isfinite, vector)):
             return DetectorResult(self.name, 1.0, ("non_finite_input",), {"non_finite": 1.0})
         x = array("f", vector)
+        dim = len(x)
         state = self.states.get(observation.identity.client_id)
-        kept = state.kept
-        if kept and len(kept[0]) != len(x):  # the client changed input shape: start over
-            kept.clear()
+        if state.dim != dim:  # a new client, or one that changed input shape: start over
+            state.kept = array("f")
             state.dist = array("f")
-            state.k_pos = state.d_pos = 0
-        capacity = max(2, self.memory_bytes // (4 * len(x)))
+            state.dim, state.count, state.k_pos, state.d_pos = dim, 0, 0, 0
+        capacity = max(2, self.memory_bytes // (4 * dim))
         state.n += 1
-        if not kept:
-            kept.append(x)
+        kept = state.kept
+        if state.count == 0:
+            kept.extend(x)
+            state.count = 1
             return DetectorResult(self.name, 1.0 if state.alarm else 0.0, (), {"w": state.w})
-        d = min(math.dist(x, k) for k in kept)
+        d = min(math.dist(x, kept[i * dim : (i + 1) * dim]) for i in range(state.count))
         dist = state.dist
         if len(dist) > 1:
             mean = math.fsum(dist) / len(dist)
@@ -128,10 +132,12 @@ class PradaDetector:
             dist[state.d_pos] = d
             state.d_pos = (state.d_pos + 1) % self.max_distances
         if grow:
-            if len(kept) < capacity:
-                kept.append(x)
+            if state.count < capacity:
+                kept.extend(x)
+                state.count += 1
             else:
-                kept[state.k_pos % capacity] = x
+                slot = state.k_pos % capacity
+                kept[slot * dim : (slot + 1) * dim] = x
                 state.k_pos = (state.k_pos + 1) % capacity
         if len(dist) > self.min_distances and state.n % self.test_every == 0:
             state.w = _w(dist)

@@ -36,6 +36,7 @@ from ._state import LRUStates
 __all__ = ["ParameterProbeDetector"]
 
 _TEMPS = 8
+_EMPTY = DetectorResult("parameter_probe", 0.0)
 
 
 class _State:
@@ -77,7 +78,7 @@ class ParameterProbeDetector:
         """Add the request's probe points and score the client's recent mean."""
         q = observation.query
         if q.kind not in ("chat", "completion"):
-            return DetectorResult(self.name, 0.0)
+            return _EMPTY
         state = self.states.get(observation.identity.client_id)
         points = 0.0
         tiny = q.max_tokens is not None and q.max_tokens <= 2
@@ -106,9 +107,8 @@ class ParameterProbeDetector:
         state.n = n = state.n + 1
         seen = n if n < self.window else self.window
         mean = state.total / (100 * seen)
+        if mean <= 0.0:
+            return _EMPTY
         score = min(1.0, mean / 0.6) * min(1.0, n / 8)
-        signals = {"probe_points": mean, "requests": float(n)}
-        reasons: tuple[str, ...] = ()
-        if score > 0.0:
-            reasons = ("rotating_logit_bias",) if bias_key else ("sampling_sweep",)
-        return DetectorResult(self.name, score, reasons, signals)
+        reasons = ("rotating_logit_bias",) if bias_key else ("sampling_sweep",)
+        return DetectorResult(self.name, score, reasons, {"probe_points": mean, "requests": float(n)})

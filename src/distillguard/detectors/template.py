@@ -110,8 +110,8 @@ class TemplateSweepDetector:
         state.n = n = state.n + 1
         seen = n if n < self.window else self.window
         share = flags.bit_count() / seen
+        if n < self.min_requests or share <= self.low:
+            return _EMPTY
         signals = {"recurring_share": share, "skeleton_share": (count + 1) / seen if skel_key else 0.0}
-        if n < self.min_requests:
-            return DetectorResult(self.name, 0.0, (), signals)
         score = ramp(share, self.low, self.high)
-        return DetectorResult(self.name, score, ("template_recurrence",) if score > 0.0 else (), signals)
+        return DetectorResult(self.name, score, ("template_recurrence",), signals)

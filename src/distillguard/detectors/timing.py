@@ -33,6 +33,7 @@ from ._state import LRUStates
 __all__ = ["VolumeTimingDetector"]
 
 _FULL_DAY = (1 << 24) - 1
+_EMPTY = DetectorResult("volume_timing", 0.0)
 
 
 class _State:
@@ -97,7 +98,7 @@ class VolumeTimingDetector:
         last = state.last
         state.last = max(now, last)
         if last < 0.0 or now < last:
-            return DetectorResult(self.name, 0.0)
+            return _EMPTY
         gap = now - last
         pos = state.pos
         old = state.gaps[pos]
@@ -111,17 +112,21 @@ class VolumeTimingDetector:
             state.s2 += gap * gap - old * old
         state.n = n = state.n + 1
         if n < self.window:
-            return DetectorResult(self.name, 0.0, (), {"gaps": float(n)})
+            return _EMPTY
         w = self.window
         mean = max(state.s1 / w, 1e-9)
-        var = max(state.s2 / w - mean * mean, 0.0)
-        cv = math.sqrt(var) / mean
+        cv = math.sqrt(max(state.s2 / w - mean * mean, 0.0)) / mean
         rate = 60.0 / mean
+        if cv >= self.cv_high and rate <= 0.25 * self.rate_high:
+            return _EMPTY
         volume = ramp(rate, 0.25 * self.rate_high, self.rate_high)
-        regular = 1.0 - ramp(cv, self.cv_low, self.cv_high)
-        no_pause = 1.0 if state.hours == _FULL_DAY else 0.0
-        parts = {"regular": regular * max(volume, 0.5), "volume": 0.6 * volume, "no_pause": no_pause * volume}
-        top = max(parts, key=parts.__getitem__)
-        score = parts[top] * self.max_score
+        parts = (
+            ((1.0 - ramp(cv, self.cv_low, self.cv_high)) * max(volume, 0.5), "regular"),
+            (0.6 * volume, "volume"),
+            (volume if state.hours == _FULL_DAY else 0.0, "no_pause"),
+        )
+        top, reason = max(parts)
+        if top <= 0.0:
+            return _EMPTY
         signals = {"cv": cv, "rate_per_minute": rate, "active_hours": float(state.hours.bit_count())}
-        return DetectorResult(self.name, score, (top,) if score > 0.0 else (), signals)
+        return DetectorResult(self.name, top * self.max_score, (reason,), signals)

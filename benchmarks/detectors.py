@@ -1,0 +1,110 @@
+"""Per-request cost of the default detector set (a script, not a test).
+
+    python -m benchmarks.detectors            # the table in docs/detectors.md
+    python -m benchmarks.detectors --quick    # fewer repeats
+
+For each prompt size (256 B, 1 KB, 4 KB, 16 KB of natural-looking text) it builds a client with
+10 earlier queries and one with 100,000 earlier queries, then times ``score()`` of every
+detector of ``default_detectors()`` on fresh prompts of that size (each request is a new
+:class:`Query`, so the shared text features are recomputed every time, as in production).
+Reported: the median over repeats of the per-request time (each repeat times a few hundred
+requests), and the memory held per client (``deep_sizeof`` of every detector's state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+from distillguard.detectors import Observation
+from distillguard.detectors._state import deep_sizeof
+from distillguard.detectors.defaults import default_detectors
+from distillguard.identity import Identity
+from distillguard.query import Query, parse_query
+
+_VOCABULARY = (
+    "the a of to and in is you that it for on with as can how what why when my your this be are "
+    "explain model data question answer time people water city music history science computer "
+    "garden recipe travel budget health story idea problem system energy language market school "
+    "network animal planet weather book film coffee river mountain train window family friend"
+)
+WORDS = _VOCABULARY.split()
+
+
+def prompt(rng: random.Random, size: int) -> str:
+    """Random natural-looking text of about ``size`` bytes."""
+    out: list[str] = []
+    length = 0
+    while length < size:
+        word = rng.choice(WORDS) if rng.random() < 0.8 else f"{rng.choice(WORDS)}{rng.randrange(1000)}"
+        out.append(word)
+        length += len(word) + 1
+    return " ".join(out)[:size]
+
+
+def body(text: str) -> bytes:
+    """A chat request body."""
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+
+
+def observation(client: str, query: Query, ts: float) -> Observation:
+    """An observation from ``client``."""
+    identity = Identity(client_id=client)
+    return Observation(identity=identity, timestamp=ts, method="POST", route="/v1/chat", query=query)
+
+
+def measure(size: int, history: int, requests: int, repeats: int, seed: int = 1) -> tuple[float, int]:
+    """(median seconds per request, bytes of state per client) of the default set."""
+    rng = random.Random(seed)
+    detectors = default_detectors()
+    client = f"c{size}-{history}"
+    pool = [parse_query(body(prompt(rng, size))) for _ in range(min(history, 500))]
+    ts = 1_700_000_000.0
+    for i in range(history):
+        ts += 3.0 + rng.random()
+        obs = observation(client, pool[i % len(pool)], ts)
+        for det in detectors:
+            det.score(obs)
+    fresh = [parse_query(body(prompt(rng, size))) for _ in range(requests * repeats)]
+    per_request: list[float] = []
+    for r in range(repeats):
+        batch = fresh[r * requests : (r + 1) * requests]
+        obs_batch = []
+        for q in batch:
+            ts += 3.0 + rng.random()
+            obs_batch.append(observation(client, q, ts))
+        start = time.perf_counter()
+        for obs in obs_batch:
+            for det in detectors:
+                det.score(obs)
+        per_request.append((time.perf_counter() - start) / len(batch))
+    memory = sum(deep_sizeof(det.states.get(client)) for det in detectors if hasattr(det, "states"))
+    return statistics.median(per_request), memory
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    requests, repeats = (100, 5) if args.quick else (300, 15)
+    names = ", ".join(d.name for d in default_detectors())
+    print(f"default detectors: {names}")
+    print(f"{requests} requests x {repeats} repeats per cell; median per-request time\n")
+    print("| prompt | after 10 queries | after 100,000 queries | ratio | state per client |")
+    print("|---:|---:|---:|---:|---:|")
+    for size in (256, 1024, 4096, 16384):
+        short, mem_short = measure(size, 10, requests, repeats)
+        long, mem_long = measure(size, 100_000, requests, repeats)
+        label = f"{size} B" if size < 1024 else f"{size // 1024} KB"
+        print(
+            f"| {label} | {short * 1e6:.1f} us | {long * 1e6:.1f} us | {long / short:.2f} | "
+            f"{mem_short} B / {mem_long} B |"
+        )
+
+
+if __name__ == "__main__":
+    main()

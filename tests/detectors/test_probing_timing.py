@@ -1,0 +1,87 @@
+"""The parameter-probe and volume/timing detectors."""
+
+from __future__ import annotations
+
+import random
+
+from distillguard.detectors.probing import ParameterProbeDetector
+from distillguard.detectors.timing import VolumeTimingDetector
+from tests.detectors.traffic import observation, query
+
+
+def test_rotating_logit_bias_with_logprobs_scores_one_within_10() -> None:
+    """Carlini-style probes (new biased token ids each time, logprobs, max_tokens=1) reach 1."""
+    det = ParameterProbeDetector()
+    out = []
+    for i in range(12):
+        q = query("Hi", logprobs=True, top_logprobs=5, max_tokens=1, logit_bias={str(1000 + i): 100})
+        out.append(det.score(observation("p", q)))
+    assert out[9].score == 1.0 and out[9].reasons == ("rotating_logit_bias",)
+    assert out[9].signals["probe_points"] == 1.0
+
+
+def test_fixed_logit_bias_is_not_probing() -> None:
+    """A legitimate user banning the same two tokens on every request stays near 0."""
+    det = ParameterProbeDetector()
+    top = 0.0
+    for i in range(100):
+        q = query(f"question {i}", logprobs=True, max_tokens=1, logit_bias={"50256": -100, "198": -100})
+        top = max(top, det.score(observation("u", q)).score)
+    assert top < 0.25
+
+
+def test_sampling_sweeps_are_moderate_on_their_own() -> None:
+    """n and temperature sweeps without logit_bias score, but below the block level."""
+    det = ParameterProbeDetector()
+    result = None
+    for i in range(40):
+        q = query("Describe a cat.", n=8, max_tokens=8, temperature=round(0.1 * (i % 15), 1))
+        result = det.score(observation("s", q))
+    assert result is not None and 0.5 <= result.score < 0.9
+    assert result.reasons == ("sampling_sweep",)
+
+
+def test_probing_ignores_non_text_requests() -> None:
+    """Embedding and vector requests are not scored."""
+    det = ParameterProbeDetector()
+    from distillguard.query import parse_query
+
+    assert det.score(observation("e", parse_query(b'{"model": "e", "input": "x"}'))).score == 0.0
+
+
+def feed(det: VolumeTimingDetector, gaps: list[float], client: str = "t") -> float:
+    """Feed arrivals separated by ``gaps``; return the highest score."""
+    ts = 1_700_000_000.0
+    top = 0.0
+    q = query("hello")
+    for gap in gaps:
+        ts += gap
+        top = max(top, det.score(observation(client, q, ts)).score)
+    return top
+
+
+def test_machine_regular_fast_stream_is_flagged() -> None:
+    """A request every 2.0 s (jitter 1%) scores the detector's cap."""
+    rng = random.Random(0)
+    det = VolumeTimingDetector()
+    assert feed(det, [2.0 * rng.uniform(0.99, 1.01) for _ in range(100)]) == det.max_score
+
+
+def test_human_paced_traffic_is_not_flagged() -> None:
+    """Bursty human traffic (exponential gaps, mean 40 s, with long pauses) stays below 0.5."""
+    rng = random.Random(1)
+    gaps = [rng.expovariate(1 / 40) if rng.random() > 0.05 else rng.uniform(600, 3600) for _ in range(500)]
+    assert feed(VolumeTimingDetector(), gaps) < 0.5
+
+
+def test_timing_alone_never_blocks() -> None:
+    """Even a perfectly regular flood scores at most ``max_score`` (0.7 by default)."""
+    det = VolumeTimingDetector()
+    assert feed(det, [0.1] * 200) <= 0.7
+
+
+def test_out_of_order_timestamps_are_ignored() -> None:
+    """A request older than the last one is skipped, not counted as a negative gap."""
+    det = VolumeTimingDetector()
+    assert feed(det, [5.0, -3.0, 5.0, 5.0]) == 0.0
+    assert det.states.get("t").n == 2

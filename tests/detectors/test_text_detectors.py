@@ -1,0 +1,120 @@
+"""The text detectors one by one: near-duplicate, template sweep, coverage, and the shared
+text features."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from distillguard.detectors._text import TextFeatures, features, prompt_text
+from distillguard.detectors.coverage import CoverageDetector, load_reference
+from distillguard.detectors.near_duplicate import NearDuplicateDetector
+from distillguard.detectors.template import TemplateSweepDetector
+from distillguard.errors import ConfigurationError
+from distillguard.query import parse_query
+from tests.detectors.traffic import benign_prompts, jailbreak_prompts, observation, query, template_sweep
+
+
+def scores(det: object, texts: list[str], client: str = "c") -> list[float]:
+    """The detector's score after each text."""
+    return [det.score(observation(client, query(t), float(i))).score for i, t in enumerate(texts)]  # type: ignore[attr-defined]
+
+
+def test_features_normalise_case_punctuation_and_digits() -> None:
+    """Case, punctuation and the value of numbers do not change a prompt's words; only the
+    exact text changes its key."""
+    a = TextFeatures("Explain, step by step: question 17!")
+    b = TextFeatures("explain step by step question 42")
+    assert a.hashes == b.hashes and a.key != b.key
+    assert a.skeleton == b.skeleton and len(a.skeleton) == 5  # explain step by step question
+    assert len(a.content) == 1  # the number is the slot
+
+
+def test_features_read_the_last_user_message_of_a_chat() -> None:
+    """A chat's history is ignored: only the last user message is the prompt."""
+    body = (
+        b'{"messages": [{"role": "system", "content": "You are helpful."},'
+        b'{"role": "user", "content": "first question"},'
+        b'{"role": "assistant", "content": "an answer"},'
+        b'{"role": "user", "content": [{"type": "text", "text": "second question"}]}]}'
+    )
+    q = parse_query(body)
+    assert prompt_text(q) == "second question"
+    assert features(q) is features(q)  # shared by the detectors of one request
+
+
+def test_embedding_is_unit_length() -> None:
+    """The hashed embedding is L2-normalised (or all zero for an empty prompt)."""
+    vec = TextFeatures("how do I bake bread at home").embedding
+    assert abs(sum(v * v for v in vec) - 1.0) < 1e-9
+    assert not any(TextFeatures("").embedding)
+
+
+def test_near_duplicate_flags_systematic_variation() -> None:
+    """One prompt with one word varied each time reaches a score of 1 within 40 queries."""
+    rng = random.Random(0)
+    words = ["cats", "dogs", "lizards", "hamsters", "parrots", "goldfish", "rabbits", "ferrets"]
+    texts = [
+        f"Write a detailed product description for an automatic feeder designed for {rng.choice(words)} "
+        f"with a timer, a camera, a water fountain and a companion app, variant {i}"
+        for i in range(60)
+    ]
+    s = scores(NearDuplicateDetector(), texts)
+    assert max(s[:40]) == 1.0
+
+
+def test_near_duplicate_ignores_exact_repeats_and_varied_users() -> None:
+    """Retries of the same prompt and varied conversation do not score."""
+    assert max(scores(NearDuplicateDetector(), ["what is the weather like in Paris today?"] * 50)) == 0.0
+    rng = random.Random(1)
+    assert max(scores(NearDuplicateDetector(), list(benign_prompts(rng, 300)))) == 0.0
+
+
+def test_template_sweep_flagged_within_20_queries() -> None:
+    """A template with a varying slot reaches a score of 1 within 20 queries."""
+    s = scores(TemplateSweepDetector(), list(template_sweep(random.Random(2), 40)))
+    assert max(s[:20]) == 1.0
+
+
+def test_template_rotation_of_five_templates_is_caught() -> None:
+    """An attacker rotating five templates is still caught within 100 queries."""
+    templates = [
+        "Please explain in detail how {} works and list the main steps involved in the process.",
+        "Write a short essay about the history of {} and give three examples from the past.",
+        "You are an expert. Describe the key ideas of {} and then answer the following question.",
+        "Translate the following text about {} into French and show your reasoning step by step.",
+        "Summarize what an undergraduate should know about {} in five bullet points with examples.",
+    ]
+    rng = random.Random(3)
+    topics = [f"topic{i} subject{rng.randrange(999)}" for i in range(200)]
+    texts = [templates[i % 5].format(topics[i]) for i in range(100)]
+    assert max(scores(TemplateSweepDetector(), texts)) == 1.0
+
+
+def test_template_ignores_jailbreaks_and_benign_users() -> None:
+    """Jailbreak prompts and varied benign users stay below the flag level."""
+    jb = jailbreak_prompts()
+    random.Random(4).shuffle(jb)
+    assert max(scores(TemplateSweepDetector(), jb[:300])) < 0.5
+    assert max(scores(TemplateSweepDetector(), list(benign_prompts(random.Random(5), 300)))) < 0.5
+
+
+def test_coverage_reference_is_shipped_and_validated() -> None:
+    """The built-in benign reference loads; a reference that is too small is refused."""
+    assert len(load_reference()) >= 200
+    with pytest.raises(ConfigurationError):
+        CoverageDetector(reference=["hello there"] * 10)
+
+
+def test_coverage_flags_a_foreign_diverse_sweep_not_benign_users() -> None:
+    """A random-word sweep (Krishna et al. 2020: every query new words, nothing like the
+    reference) scores; benign users and a client echoing the reference itself do not."""
+    rng = random.Random(6)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    sweep = [
+        " ".join("".join(rng.choices(letters, k=rng.randint(3, 9))) for _ in range(12)) for _ in range(200)
+    ]
+    assert max(scores(CoverageDetector(), sweep)) >= 0.5
+    assert max(scores(CoverageDetector(), list(benign_prompts(rng, 300)))) < 0.5
+    assert max(scores(CoverageDetector(), load_reference())) == 0.0
