@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -37,8 +38,29 @@ LIMITS = "1000000000/minute;10000000000/day"
 RESPONSE = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[]}'
 
 
-def chat_body(size: int = 1024) -> bytes:
-    """An OpenAI-style chat body of about ``size`` bytes."""
+_SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "sa",
+    "ti",
+    "vo",
+    "ze",
+    "pa",
+    "qu",
+    "bre",
+    "dan",
+    "fel",
+    "gor",
+    "hin",
+]
+
+
+def chat_body(size: int = 1024, variant: int = 0) -> bytes:
+    """An OpenAI-style chat body of ``size`` bytes (for sizes above ~200); each ``variant``
+    asks something else, with the same length."""
     base = {
         "model": "gpt-4o-mini",
         "messages": [
@@ -48,11 +70,21 @@ def chat_body(size: int = 1024) -> bytes:
         "max_tokens": 256,
         "temperature": 0.7,
     }
-    filler = "Explain how a transformer attends to earlier tokens in a sequence. "
+    rng = random.Random(variant)
+    words = ("".join(rng.choices(_SYLLABLES, k=rng.randint(1, 4))) for _ in range(size // 4))
+    filler = " ".join(words) if variant else _FILLER
     empty = len(json.dumps(base).encode())
     text = (filler * (size // len(filler) + 1))[: max(0, size - empty)]
     base["messages"][1]["content"] = text  # type: ignore[index]
     return json.dumps(base).encode()
+
+
+_FILLER = "Explain how a transformer attends to earlier tokens in a sequence. "
+
+
+def chat_bodies(count: int, size: int = 1024) -> list[bytes]:
+    """``count`` different chat bodies of the same length (cycled by the runners)."""
+    return [chat_body(size, variant) for variant in range(1, count + 1)]
 
 
 def token(subject: str = "client-1", tier: str = "default") -> str:
@@ -92,7 +124,7 @@ def detector_sets() -> dict[str, list[Any]]:
     """The detector sets to measure: the trivial detector, and the default set when it exists."""
     sets: dict[str, list[Any]] = {"trivial detector": [TrivialDetector()]}
     try:
-        from distillguard.detectors.defaults import default_detectors  # type: ignore[import-not-found]
+        from distillguard.detectors.defaults import default_detectors
     except ImportError:
         return sets
     sets["default detectors"] = list(default_detectors())
@@ -179,9 +211,14 @@ def asgi_scope(bearer: str, body: bytes) -> Scope:
     }
 
 
-async def run_asgi(app: ASGIApp, scopes: Sequence[Scope], body: bytes, n: int) -> int:
-    """Send ``n`` requests to ``app`` (cycling through ``scopes``); return the elapsed ns."""
-    message = {"type": "http.request", "body": body, "more_body": False}
+async def run_asgi(app: ASGIApp, scopes: Sequence[Scope], body: bytes | Sequence[bytes], n: int) -> int:
+    """Send ``n`` requests to ``app`` (cycling through ``scopes`` and the bodies, which must
+    all have the length the scopes declare); return the CPU time they took
+    (ns, every thread of the process: the span exporter counts too)."""
+    bodies = [body] if isinstance(body, bytes) else list(body)
+    messages = [{"type": "http.request", "body": b, "more_body": False} for b in bodies]
+    kinds = len(messages)
+    message = messages[0]
     statuses: list[int] = []
 
     async def receive() -> dict[str, Any]:
@@ -192,10 +229,11 @@ async def run_asgi(app: ASGIApp, scopes: Sequence[Scope], body: bytes, n: int) -
             statuses.append(msg["status"])
 
     count = len(scopes)
-    start = time.perf_counter_ns()
+    start = time.process_time_ns()
     for i in range(n):
+        message = messages[i % kinds]
         await app(dict(scopes[i % count]), receive, send)
-    elapsed = time.perf_counter_ns() - start
+    elapsed = time.process_time_ns() - start
     if statuses[-1] != 200:
         raise RuntimeError(f"the app answered {statuses[-1]}, not 200")
     return elapsed
@@ -261,8 +299,12 @@ def wsgi_environ(bearer: str, body: bytes) -> dict[str, Any]:
     }
 
 
-def run_wsgi(app: WSGIApp, environs: Sequence[dict[str, Any]], body: bytes, n: int) -> int:
-    """Send ``n`` requests to ``app`` (cycling through ``environs``); return the elapsed ns."""
+def run_wsgi(app: WSGIApp, environs: Sequence[dict[str, Any]], body: bytes | Sequence[bytes], n: int) -> int:
+    """Send ``n`` requests to ``app`` (cycling through ``environs`` and the bodies, which must
+    all have the length the environs declare); return the CPU time they took
+    (ns, every thread of the process: the span exporter counts too)."""
+    bodies = [body] if isinstance(body, bytes) else list(body)
+    kinds = len(bodies)
     statuses: list[str] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -271,10 +313,10 @@ def run_wsgi(app: WSGIApp, environs: Sequence[dict[str, Any]], body: bytes, n: i
 
     count = len(environs)
     bytes_io = io.BytesIO
-    start = time.perf_counter_ns()
+    start = time.process_time_ns()
     for i in range(n):
         environ = dict(environs[i % count])
-        environ["wsgi.input"] = bytes_io(body)
+        environ["wsgi.input"] = bytes_io(bodies[i % kinds])
         result = app(environ, start_response)
         try:
             for _ in result:
@@ -283,7 +325,7 @@ def run_wsgi(app: WSGIApp, environs: Sequence[dict[str, Any]], body: bytes, n: i
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-    elapsed = time.perf_counter_ns() - start
+    elapsed = time.process_time_ns() - start
     if not statuses[-1].startswith("200"):
         raise RuntimeError(f"the app answered {statuses[-1]}, not 200")
     return elapsed
