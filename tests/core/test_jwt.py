@@ -260,6 +260,7 @@ def test_cache_is_bounded() -> None:
         pytest.param({"key": None}, id="no-key"),
         pytest.param({"realm": 'a"b'}, id="quote-in-realm"),
         pytest.param({"max_token_bytes": 10}, id="tiny-max-token"),
+        pytest.param({"audience": ["api", "api2"], "strict_aud": True}, id="strict-aud-with-a-list"),
     ],
 )
 def test_invalid_config_fails_fast(overrides: dict[str, Any]) -> None:

@@ -101,6 +101,8 @@ class JWTConfig:
             raise ConfigurationError("JWTConfig.cache_size must be >= 0 and max_token_bytes >= 64")
         if '"' in self.realm or "\\" in self.realm:
             raise ConfigurationError("JWTConfig.realm must not contain quotes or backslashes")
+        if self.strict_aud and not isinstance(self.audience, str):  # PyJWT would refuse every token
+            raise ConfigurationError("JWTConfig.strict_aud needs audience to be a single string")
 
 
 def _b64json(segment: str) -> Any:
