@@ -160,10 +160,14 @@ def test_crit_and_b64_headers_refused(header: dict[str, Any]) -> None:
 
 
 def test_typ_enforced_when_configured() -> None:
-    """With ``typ="at+jwt"`` an ID-token-style ``typ: JWT`` is refused; the right typ passes."""
+    """With ``typ="at+jwt"`` an ID-token-style ``typ: JWT`` (or none) is refused; the right
+    typ passes, compared as a media type (case-insensitive, ``application/`` optional)."""
     v = verifier(typ="at+jwt")
     assert reason(v, make_token()) == "typ"
-    assert v.verify(make_token(headers={"typ": "at+jwt"})).client_id == "client-1"
+    assert reason(v, raw_token({"alg": "HS256"}, default_claims(), hmac_key=HS256_SECRET)) == "typ"
+    for typ in ("at+jwt", "AT+JWT", "application/at+jwt", "Application/At+JWT"):
+        assert v.verify(make_token(headers={"typ": typ})).client_id == "client-1"
+    assert reason(v, make_token(headers={"typ": "application/jwt"})) == "typ"
 
 
 def test_deeply_nested_header_is_bounded() -> None:

@@ -105,6 +105,15 @@ class JWTConfig:
             raise ConfigurationError("JWTConfig.strict_aud needs audience to be a single string")
 
 
+def _media_type(typ: object) -> str | None:
+    """``typ`` compared as RFC 7515 section 4.1.9 says: case-insensitive, ``application/``
+    optional (``at+jwt`` == ``application/at+jwt``)."""
+    if not isinstance(typ, str):
+        return None
+    typ = typ.lower()
+    return typ[12:] if typ.startswith("application/") else typ
+
+
 def _b64json(segment: str) -> Any:
     if len(segment) > _MAX_HEADER_BYTES:
         raise AuthenticationError("header_too_large")
@@ -203,7 +212,7 @@ class JWTVerifier:
         kid = header.get("kid")
         if "kid" in header and (not isinstance(kid, str) or not _KID.match(kid)):  # even `"kid": null`
             raise AuthenticationError("kid")
-        if config.typ is not None and header.get("typ") != config.typ:
+        if config.typ is not None and _media_type(header.get("typ")) != _media_type(config.typ):
             raise AuthenticationError("typ")
         key = self._resolver.key_for(kid, alg)
         if key is None:
