@@ -1,0 +1,243 @@
+"""The risk policy: decaying client risk, thresholds to flag/throttle/degrade/block, the
+penalty box, shadow mode, calibration, and the verdict on the span."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from distillguard import Action, ConfigurationError, Guard, Identity, LimitConfig, Policy
+from distillguard._drivers import drive
+from distillguard.detectors import DetectorResult, Observation
+from distillguard.exchange import Exchange
+from distillguard.request import GuardRequest
+from distillguard.risk import RiskEngine, RiskPolicy, calibrate, rescale
+from tests.helpers import guard_spans
+
+T0 = 1_800_000_000.0
+CHAT = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 5}
+).encode()
+
+
+class Dial:
+    """A detector whose score is set by the test, with a numeric signal."""
+
+    name = "dial"
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.calls = 0
+
+    def score(self, observation: Observation) -> DetectorResult:
+        self.calls += 1
+        reasons = ("turned_up",) if self.value else ()
+        return DetectorResult(self.name, self.value, reasons, {"level": self.value})
+
+
+def result(score: float, name: str = "dial") -> DetectorResult:
+    """A detector result."""
+    return DetectorResult(name, score, ("r",), {"x": score})
+
+
+def req(client: str, ts: float, path: str = "/v1/chat/completions", body: bytes = CHAT) -> GuardRequest:
+    """A request from an identity established upstream."""
+    return GuardRequest(
+        method="POST",
+        path=path,
+        authorization=None,
+        content_type="application/json",
+        body=body,
+        client_address="10.0.0.1",
+        user_agent="pytest",
+        timestamp=ts,
+        identity=Identity(client_id=client),
+    )
+
+
+def guard_with(factory: Callable[..., Guard], dial: Dial, **risk: Any) -> Guard:
+    """A guard with the dial detector and a risk policy."""
+    shadow = risk.pop("shadow", False)
+    return factory(detectors=[dial], policy=Policy(risk=RiskPolicy(**risk), shadow=shadow))
+
+
+def test_risk_policy_validates_its_settings() -> None:
+    """Out-of-order thresholds, bad half-lives, thresholds and limits fail at construction."""
+    for bad in (
+        {"flag": 0.8, "throttle": 0.6},
+        {"half_life": 0},
+        {"thresholds": {"x": 1.0}},
+        {"throttle_limits": "lots"},
+        {"max_penalties": 0},
+        {"combine": "sum"},
+    ):
+        with pytest.raises(ConfigurationError):
+            RiskPolicy(**bad)
+
+
+def test_risk_decays_with_the_half_life() -> None:
+    """After one half-life without evidence the risk has halved; after two, quartered."""
+    engine = RiskEngine(RiskPolicy(half_life=600))
+    assert engine.assess("c", [result(0.8)], T0).risk == pytest.approx(0.8)
+    assert engine.risk("c", T0 + 600) == pytest.approx(0.4)
+    assert engine.assess("c", [result(0.0)], T0 + 1200).risk == pytest.approx(0.2)
+    assert engine.risk("unknown", T0) == 0.0
+
+
+def test_thresholds_map_to_actions() -> None:
+    """Risk levels map to allow, flag, flag+throttle, degrade and block (with the box)."""
+    cases = [(0.2, Action.ALLOW, False), (0.55, Action.FLAG, False), (0.65, Action.FLAG, True)]
+    cases += [(0.8, Action.DEGRADE, True), (0.95, Action.BLOCK, True)]
+    for i, (score, action, throttle) in enumerate(cases):
+        engine = RiskEngine(RiskPolicy())
+        verdict = engine.assess(f"c{i}", [result(score)], T0)
+        assert (verdict.action, verdict.throttle) == (action, throttle)
+        assert (verdict.boxed_until is not None) == (action is Action.BLOCK)
+
+
+def test_verdict_names_the_drivers_and_their_signals() -> None:
+    """The reasons give the level, the driving detector's reasons and its numeric signals only."""
+    verdict = RiskEngine(RiskPolicy()).assess("c", [result(0.95, "a"), result(0.1, "b")], T0)
+    assert verdict.reasons[0] == "risk:block"
+    assert "a:r" in verdict.reasons and "signal:a.x=0.95" in verdict.reasons
+    assert not any(r.startswith("b") or ".b." in r for r in verdict.reasons)
+
+
+def test_calibrated_thresholds_put_the_benign_percentile_on_flag() -> None:
+    """calibrate() takes the percentile of each detector's benign null; rescale() maps that
+    threshold to the flag level, so benign maxima stay below it."""
+    null = {"a": [i / 2000 for i in range(1000)], "b": [0.0] * 500, "c": [1.0] * 10}
+    thresholds = calibrate(null, 99.0)
+    assert thresholds["a"] == pytest.approx(0.4945, abs=1e-6)  # numpy's linear interpolation
+    assert thresholds["b"] == 0.05 and thresholds["c"] == 0.95  # clamped
+    assert rescale(thresholds["a"], thresholds["a"], 0.5) == pytest.approx(0.5)
+    assert rescale(1.0, 0.3, 0.5) == 1.0 and rescale(0.0, 0.3, 0.5) == 0.0
+    engine = RiskEngine(RiskPolicy(thresholds={"a": 0.9}))
+    assert engine.assess("c", [result(0.85, "a")], T0).action is Action.ALLOW
+    with pytest.raises(ConfigurationError):
+        calibrate(null, 100.0)
+    with pytest.raises(ConfigurationError):
+        calibrate({"a": []}, 99.0)
+
+
+def test_noisy_or_adds_up_moderate_signals() -> None:
+    """With combine="noisy_or" two moderate detectors together reach the flag level."""
+    two = [result(0.3, "a"), result(0.35, "b")]
+    assert RiskEngine(RiskPolicy()).assess("c", two, T0).action is Action.ALLOW
+    assert RiskEngine(RiskPolicy(combine="noisy_or")).assess("c", two, T0).action is Action.FLAG
+
+
+def test_block_boxes_the_client_across_routes(guard_factory: Callable[..., Guard]) -> None:
+    """Once blocked, the client is refused on every route for the penalty time, before any
+    detector runs, even when the detectors calm down; then it is let back in."""
+    dial = Dial()
+    guard = guard_with(guard_factory, dial, penalty_seconds=600)
+    perform = guard.sync_performer()
+    dial.value = 1.0
+    first = drive(guard.flow(req("thief", T0)), perform)
+    assert first.action is Action.BLOCK and first.problem is not None
+    assert first.problem.code == "suspicious_usage"
+    dial.value = 0.0
+    calls = dial.calls
+    later = drive(guard.flow(req("thief", T0 + 300, path="/v1/embeddings")), perform)
+    assert later.action is Action.BLOCK and later.reasons == ("risk:penalty_box",)
+    assert dial.calls == calls  # refused before the detectors
+    assert drive(guard.flow(req("other", T0 + 300)), perform).action is Action.ALLOW
+    released = drive(guard.flow(req("thief", T0 + 601)), perform)
+    assert released.problem is None
+
+
+def test_penalty_box_survives_a_flood_of_new_identities() -> None:
+    """100,000 new identities churn the bounded risk table but never free a boxed client."""
+    engine = RiskEngine(RiskPolicy(max_clients=1000, max_penalties=10, penalty_seconds=3600))
+    assert engine.assess("thief", [result(1.0)], T0).action is Action.BLOCK
+    for i in range(100_000):
+        engine.assess(f"sybil-{i}", [result(0.0)], T0 + 1)
+    assert engine.tracked == 1000 and engine.evictions == 100_000 + 1 - 1000
+    assert engine.boxed_until("thief", T0 + 10) == T0 + 3600
+
+
+def test_full_penalty_box_drops_the_earliest_release() -> None:
+    """When the box is full, the entry closest to release goes first (counted)."""
+    engine = RiskEngine(RiskPolicy(max_penalties=2, penalty_seconds=100))
+    for i, name in enumerate(("a", "b", "c")):
+        engine.box(name, T0 + i)
+    assert engine.boxed_until("a", T0 + 5) is None
+    assert engine.boxed_until("c", T0 + 5) is not None and engine.box_evictions == 1
+
+
+def test_throttle_charges_a_tighter_window(guard_factory: Callable[..., Guard]) -> None:
+    """A client at the throttle level is charged an extra "2/minute" window: its third request
+    in a minute is refused with rate_limited (action throttle); others are not affected."""
+    dial = Dial()
+    guard = guard_with(guard_factory, dial, throttle_limits="2/minute")
+    perform = guard.sync_performer()
+    dial.value = 0.65
+    now = time.time()
+    actions = [drive(guard.flow(req("pushy", now + i)), perform) for i in range(3)]
+    assert [d.action for d in actions] == [Action.FLAG, Action.FLAG, Action.THROTTLE]
+    assert actions[2].problem is not None and actions[2].problem.code == "rate_limited"
+    assert any(r.startswith("throttle:") for r in actions[2].reasons)
+    dial.value = 0.0
+    assert drive(guard.flow(req("calm", now + 3)), perform).action is Action.ALLOW
+
+
+def test_degrade_strips_logprobs(guard_factory: Callable[..., Guard]) -> None:
+    """At the degrade level the app receives the body without logprobs/top_logprobs."""
+    dial = Dial()
+    guard = guard_with(guard_factory, dial)
+    dial.value = 0.8
+    decision = drive(guard.flow(req("d", time.time())), guard.sync_performer())
+    assert decision.action is Action.DEGRADE and decision.body is not None
+    body = json.loads(decision.body)
+    assert "logprobs" not in body and "top_logprobs" not in body and body["messages"]
+
+
+def test_shadow_mode_records_but_never_refuses(guard_factory: Callable[..., Guard]) -> None:
+    """In shadow mode a block is recorded (the box too) but every request goes through."""
+    dial = Dial()
+    guard = guard_with(guard_factory, dial, shadow=True)
+    perform = guard.sync_performer()
+    dial.value = 1.0
+    first = drive(guard.flow(req("s", T0)), perform)
+    assert (first.action, first.shadow, first.problem) == (Action.BLOCK, True, None)
+    assert guard.risk is not None and guard.risk.boxed_until("s", T0 + 1) is not None
+    dial.value = 0.0
+    second = drive(guard.flow(req("s", T0 + 1)), perform)
+    assert second.problem is None
+
+
+def test_verdict_is_recorded_on_the_span(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
+) -> None:
+    """The guard span carries the risk as the score and the level, drivers and signals as
+    reasons."""
+    dial = Dial()
+    guard = guard_with(guard_factory, dial)
+    dial.value = 0.8
+    request = req("spanned", time.time())
+    exchange = Exchange(guard, request)
+    exchange.decided(guard.decide(request, guard.sync_performer()))
+    exchange.finish()
+    (span,) = guard_spans(span_exporter)
+    attrs = dict(span.attributes or {})
+    assert attrs["distillguard.decision"] == "degrade"
+    assert attrs["distillguard.score"] == pytest.approx(0.8)
+    reasons = list(attrs["distillguard.reasons"])  # type: ignore[arg-type]
+    assert "risk:degrade" in reasons and "dial:turned_up" in reasons and "signal:dial.level=0.8" in reasons
+
+
+def test_guard_without_risk_policy_keeps_per_request_thresholds(guard_factory: Callable[..., Guard]) -> None:
+    """Without Policy(risk=...) the guard has no risk engine and decides per request."""
+    dial = Dial()
+    guard = guard_factory(detectors=[dial], limits=LimitConfig(default="1000/minute"))
+    assert guard.risk is None
+    dial.value = 0.95
+    assert drive(guard.flow(req("x", time.time())), guard.sync_performer()).action is Action.BLOCK
+    dial.value = 0.0
+    assert drive(guard.flow(req("x", time.time())), guard.sync_performer()).action is Action.ALLOW
