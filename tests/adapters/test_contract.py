@@ -844,6 +844,29 @@ def test_app_exception_mid_stream_recorded(serve: Callable[..., Served], span_ex
     assert "mid-stream" not in str(event.attributes)  # the message may quote the request
 
 
+@pytest.mark.parametrize("on_internal_error", ["allow", "deny"])
+def test_guard_failure_follows_on_internal_error(
+    serve: Callable[..., Served], span_exporter: Any, monkeypatch: pytest.MonkeyPatch, on_internal_error: str
+) -> None:
+    """When the guard itself fails after authentication, ``on_internal_error="allow"`` serves
+    the request (the failure on the span) and ``"deny"`` answers a 500 ``guard_error``; never
+    a hang or a double response."""
+    served = serve(on_internal_error=on_internal_error)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("planner bug")
+
+    monkeypatch.setattr(served.guard.plan, "checks_for", broken)
+    response = served.post(token=make_token())
+    (span,) = guard_spans(span_exporter)
+    assert list(span.attributes[ATTR_ERRORS]) == ["guard:RuntimeError"]
+    if on_internal_error == "allow":
+        assert response.status_code == 200 and len(served.app.calls) == 1
+    else:
+        assert response.status_code == 500 and served.app.calls == []
+        assert response.json()["code"] == "guard_error"
+
+
 def test_too_large_span(serve: Callable[..., Served], span_exporter: Any) -> None:
     """A 413 is recorded on the span as ``too_large``."""
     served = serve(max_body_bytes=8)
