@@ -113,7 +113,7 @@ def test_calibrated_thresholds_put_the_benign_percentile_on_flag() -> None:
     threshold to the flag level, so benign maxima stay below it."""
     null = {"a": [i / 2000 for i in range(1000)], "b": [0.0] * 500, "c": [1.0] * 10}
     thresholds = calibrate(null, 99.0)
-X
+    assert thresholds["a"] == pytest.approx(0.494505, abs=1e-9)  # linear interpolation
     assert thresholds["b"] == 0.05 and thresholds["c"] == 0.95  # clamped
     assert rescale(thresholds["a"], thresholds["a"], 0.5) == pytest.approx(0.5)
     assert rescale(1.0, 0.3, 0.5) == 1.0 and rescale(0.0, 0.3, 0.5) == 0.0
