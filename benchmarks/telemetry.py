@@ -175,8 +175,13 @@ def main(argv: list[str] | None = None) -> None:
     calls["spans+metrics, usage off"] = telemetry_calls(make_guard(tp, mp, usage=False), body)
     calls["reference: bare SDK span"] = bare_span(_apps.tracer_provider())
 
-    call_results = measure(calls, args.requests, args.repeats)
-    e2e_results = measure(e2e, args.requests, args.repeats)
+    results = measure(
+        {**{f"calls/{k}": v for k, v in calls.items()}, **{f"e2e/{k}": v for k, v in e2e.items()}},
+        args.requests,
+        args.repeats,
+    )  # all alternated in one loop: same machine load
+    call_results = {k[6:]: v for k, v in results.items() if k.startswith("calls/")}
+    e2e_results = {k[4:]: v for k, v in results.items() if k.startswith("e2e/")}
     for reader in readers:  # the deferred histogram values are recorded here, off the timings
         reader.get_metrics_data()
 

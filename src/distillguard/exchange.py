@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from .flow import Effect
     from .guard import Guard
-    from .limiting.usage import UsageParser
+    from .telemetry.usage import UsageReader
 
 __all__ = ["Exchange"]
 
@@ -71,7 +71,7 @@ class Exchange:
         self.decision: Decision | None = None
         self.status: int | None = None
         self.route: str | None = None  # the matched route template, when the framework tells
-        self._usage: UsageParser | None = None  # reads ``usage`` for the span (no token limits)
+        self._usage: UsageReader | None = None  # reads ``usage`` for the span (no token limits)
 
     def decided(self, decision: Decision) -> Decision:
         """Record ``decision`` on the span; return it."""

@@ -33,11 +33,12 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Tracer, TracerProv
 
 from .._version import __version__
 from ..decision import Action, Decision
-from ..limiting.usage import Usage, UsageParser
+from ..limiting.usage import Usage
 from ..request import GuardRequest
 from . import names as n
 from .config import TelemetryConfig, hash_identifier
 from .metrics import GuardMetrics
+from .usage import UsageReader
 
 if TYPE_CHECKING:
     from ..guard import Guard
@@ -186,7 +187,7 @@ class Telemetry:
 
     # -- token usage ---------------------------------------------------------------------------
 
-    def usage_parser(self, span: Span, decision: Decision) -> UsageParser | None:
+    def usage_parser(self, span: Span, decision: Decision) -> UsageReader | None:
         """A parser for the response's token ``usage``, when the span wants it and no token
         limit already reads it (``None`` otherwise: nothing to parse)."""
         query = decision.query
@@ -201,10 +202,10 @@ class Telemetry:
         budget = getattr(decision, "budget", None)
         if budget is not None and budget.parser is not None:
             return None
-        return UsageParser()
+        return UsageReader()
 
     @staticmethod
-    def usage(parser: UsageParser | None, decision: Decision | None) -> Usage | None:
+    def usage(parser: UsageReader | None, decision: Decision | None) -> Usage | None:
         """The response's token usage, from ``parser`` or the token limits' own reading."""
         if parser is not None:
             return parser.result()

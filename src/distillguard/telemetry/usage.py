@@ -1,0 +1,78 @@
+"""Reading a response's token ``usage`` for the span, as cheaply as possible.
+
+JSON bodies are not parsed: the token counts are read with one regular expression from the last
+``"usage"`` key on (a JSON string cannot contain ``"usage"`` unescaped, so text quoting it does
+not match). That takes about half the time of ``json.loads`` on a small completion, and the body
+chunks are kept by reference, not copied. Server-Sent Events streams go to
+:class:`~distillguard.limiting.usage.UsageParser`, which follows events (the last ``usage`` wins,
+else content deltas are counted).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..limiting.usage import Usage, UsageParser
+
+__all__ = ["UsageReader"]
+
+_KEYS = re.compile(
+    rb'"(prompt_tokens|input_tokens|completion_tokens|output_tokens|total_tokens)"\s*:\s*(\d+)'
+)
+_MAX_JSON = 1 << 20  # bodies up to this size are kept whole
+_TAIL = 1 << 16  # beyond it, only the tail is kept (``usage`` comes last in practice)
+
+
+class UsageReader:
+    """Feed it the response body chunk by chunk; read :meth:`result` at the end."""
+
+    __slots__ = ("_chunks", "_size", "_stream")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._stream: UsageParser | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at the next chunk of the body (kept by reference)."""
+        if not chunk:
+            return
+        stream = self._stream
+        if stream is not None:
+            stream.feed(chunk)
+            return
+        if not self._chunks:
+            head = chunk.lstrip()[:1]
+            if not head:
+                return
+            if head != b"{":
+                self._stream = stream = UsageParser()
+                stream.feed(chunk)
+                return
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > _MAX_JSON:
+            tail = b"".join(self._chunks)[-_TAIL:]
+            self._chunks = [b"{", tail]  # still "started"
+            self._size = len(tail) + 1
+
+    def result(self) -> Usage | None:
+        """The usage the response reported (or, for a stream, counted), or ``None``."""
+        if self._stream is not None:
+            return self._stream.result()
+        chunks = self._chunks
+        if not chunks:
+            return None
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        start = body.rfind(b'"usage"')
+        if start < 0:
+            return None
+        found: dict[bytes, int] = {}
+        for match in _KEYS.finditer(body, start):
+            found.setdefault(match.group(1), int(match.group(2)))
+        prompt = found.get(b"prompt_tokens", found.get(b"input_tokens"))
+        completion = found.get(b"completion_tokens", found.get(b"output_tokens"))
+        total = found.get(b"total_tokens")
+        if prompt is None and completion is None:
+            return None
+        return Usage(prompt=prompt, completion=completion or 0, total=total, source="usage")
