@@ -92,6 +92,10 @@ class Guard:
             raise ConfigurationError("max_body_bytes must be positive")
         if on_internal_error not in ("allow", "deny"):
             raise ConfigurationError("on_internal_error must be 'allow' or 'deny'")
+        if isinstance(exempt_paths, str) or not all(
+            isinstance(p, str) and p.startswith("/") for p in exempt_paths
+        ):  # a bare string would exempt "/", i.e. everything
+            raise ConfigurationError("exempt_paths must be a list of paths starting with '/'")
         self.verifier = JWTVerifier(jwt, clock=clock) if jwt is not None else None
         self.plan = LimitPlan(limits or LimitConfig())
         self.limiter_stats = LimiterStats()

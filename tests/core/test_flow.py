@@ -252,6 +252,8 @@ def test_bearer_token(header: str | None, token: str | None) -> None:
         pytest.param({"max_body_bytes": 0}, id="zero-body-cap"),
         pytest.param({"on_internal_error": "explode"}, id="bad-internal-error-policy"),
         pytest.param({"jwt": {"algorithms": ["HS256"]}}, id="jwt-not-a-config"),
+        pytest.param({"exempt_paths": "/health"}, id="exempt-paths-as-a-string"),
+        pytest.param({"exempt_paths": ["health"]}, id="exempt-path-without-slash"),
     ],
 )
 def test_guard_config_fails_fast(guard_factory: Callable[..., Guard], options: dict[str, Any]) -> None:
