@@ -245,3 +245,43 @@ def test_tracked_clients_gauge_reads_the_risk_engine(
     assert guard.risk is not None and guard.risk.tracked == 3
     clients = metric_points(metric_reader)[METRIC_CLIENTS]
     assert value_of(clients, distillguard__detector__name="risk") == 3
+
+
+def test_histogram_queue_is_small_until_a_reader_collects(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Without a metrics SDK (no-op provider) at most 4,096 values wait; with an SDK provider
+    every value waits for the collection, which records them all and empties the queue."""
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    from distillguard.telemetry import GuardMetrics
+
+    idle = GuardMetrics(NoOpMeterProvider())
+    for _ in range(10_000):
+        idle.record_duration(0.00001, "allow")
+    assert len(idle._durations) == 4_096
+
+    live = GuardMetrics(meter_provider)
+    for _ in range(10_000):
+        live.record_duration(0.00001, "allow")
+    assert len(live._durations) == 10_000
+    (point,) = [p for _, p in metric_points(metric_reader)[METRIC_DURATION]]
+    assert point.count == 10_000
+    assert len(live._durations) == 0
+
+
+def test_limiter_errors_are_counted_without_limiter_stats(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """With no limiter statistics to read, ``limiter:`` errors of decisions are counted as
+    ``fail_open`` fallbacks by exception type."""
+    from distillguard import Action, Decision
+    from distillguard.telemetry import GuardMetrics
+
+    metrics = GuardMetrics(meter_provider)
+    for _ in range(3):
+        metrics.record_decision(Decision(action=Action.ALLOW, errors=("limiter:ConnectionError",)))
+    metrics.record_decision(Decision(action=Action.ALLOW, errors=("limiter:TimeoutError", "detector:x")))
+    fallbacks = metric_points(metric_reader)[METRIC_LIMITER_FALLBACKS]
+    assert value_of(fallbacks, distillguard__limiter__outcome="fail_open", error__type="ConnectionError") == 3
+    assert value_of(fallbacks, distillguard__limiter__outcome="fail_open", error__type="TimeoutError") == 1

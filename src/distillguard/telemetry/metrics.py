@@ -7,7 +7,9 @@ critical path, because one synchronous SDK measurement costs several microsecond
 * counters are tallied in plain integers under a lock and reported through *observable*
   counters (cumulative sums, exactly what a synchronous counter would export);
 * histogram values are queued (a bounded deque) and recorded into the histograms when a
-  metric reader collects, which the SDK does before it reads any instrument.
+  metric reader collects, which the SDK does before it reads any instrument. Until a reader
+  has collected once, with the API's default or no-op provider, the queue stops at 4,096 values
+  (an app without a metrics SDK holds no more).
 
 Every metric attribute is low-cardinality: actions, detector names, verdicts, limiter outcomes
 and exception type names. Client ids, paths and models never appear on metrics.
@@ -54,6 +56,7 @@ _DURATION_BUCKETS = (
     0.25,
 )
 _QUEUE = 200_000  # values kept between two collections (older ones are dropped past it)
+_IDLE_QUEUE = 4_096  # values kept while no reader has ever collected (maybe none ever will)
 _MAX_ERROR_TYPES = 32
 _FALLBACK_OUTCOMES = ("local_fallback", "fail_open", "fail_closed")
 
@@ -82,7 +85,12 @@ class GuardMetrics:
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
-        meter = metrics.get_meter("distillguard", __version__, meter_provider)
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        meter = metrics.get_meter("distillguard", __version__, provider)
+        # an SDK provider will collect; the API's default (proxy) or no-op one may never do
+        self._collecting = not isinstance(provider, metrics.NoOpMeterProvider) and type(
+            provider
+        ).__name__ not in ("_ProxyMeterProvider", "ProxyMeterProvider")
         self._lock = threading.Lock()
         self._decisions: dict[tuple[str, bool], int] = {}
         self._verdicts: dict[tuple[str, str], int] = {}
@@ -182,18 +190,23 @@ class GuardMetrics:
                             kind = "other"
                         limiter[kind] = limiter.get(kind, 0) + 1
         if results:
-            self._scores.append(decision.score)
+            scores = self._scores
+            if self._collecting or len(scores) < _IDLE_QUEUE:
+                scores.append(decision.score)
 
     def record_duration(self, seconds: float, action: str) -> None:
         """Queue one overhead measurement (recorded into the histogram at collection)."""
         attrs = self._duration_attrs.get(action)
         if attrs is None:
             attrs = self._duration_attrs.setdefault(action, {names.ATTR_DECISION: action})
-        self._durations.append((seconds, attrs))
+        durations = self._durations
+        if self._collecting or len(durations) < _IDLE_QUEUE:
+            durations.append((seconds, attrs))
 
     def flush(self) -> None:
         """Record every queued histogram value now (metric readers call this through the
         observable instruments' callbacks before each collection)."""
+        self._collecting = True
         scores, durations = self._scores, self._durations
         score, duration = self._score, self._duration
         try:
