@@ -49,6 +49,8 @@ class Policy:
     risk: RiskPolicy | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.degrade_fields, str):  # "logprobs" would remove "l", "o", ...
+            raise ConfigurationError("Policy.degrade_fields must be a list of field names")
         levels = [t for t in (self.flag, self.degrade, self.block) if t is not None]
         if any(not 0.0 < t <= 1.0 for t in levels):
             raise ConfigurationError("policy thresholds must be in (0, 1]")

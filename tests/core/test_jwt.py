@@ -265,6 +265,9 @@ def test_cache_is_bounded() -> None:
         pytest.param({"realm": 'a"b'}, id="quote-in-realm"),
         pytest.param({"max_token_bytes": 10}, id="tiny-max-token"),
         pytest.param({"audience": ["api", "api2"], "strict_aud": True}, id="strict-aud-with-a-list"),
+        pytest.param({"required_scopes": "infer"}, id="required-scopes-as-a-string"),
+        pytest.param({"required_claims": "exp"}, id="required-claims-as-a-string"),
+        pytest.param({"route_scopes": {"/v1/": "embed"}}, id="route-scopes-as-a-string"),
     ],
 )
 def test_invalid_config_fails_fast(overrides: dict[str, Any]) -> None:

@@ -65,6 +65,7 @@ def test_scores_are_clamped() -> None:
         pytest.param({"block_status": 500}, id="bad-block-status"),
         pytest.param({"on_error": "explode"}, id="bad-on-error"),
         pytest.param({"block_retry_after": 0}, id="zero-retry-after"),
+        pytest.param({"degrade_fields": "logprobs"}, id="degrade-fields-as-a-string"),
     ],
 )
 def test_invalid_policy(options: dict[str, Any]) -> None:

@@ -87,6 +87,10 @@ class JWTConfig:
     def __post_init__(self) -> None:
         if isinstance(self.algorithms, str) or not self.algorithms:
             raise ConfigurationError("JWTConfig.algorithms must be a non-empty list, e.g. ['RS256']")
+        if isinstance(self.required_claims, str) or isinstance(self.required_scopes, str):
+            raise ConfigurationError("JWTConfig.required_claims and required_scopes must be lists")
+        if any(isinstance(v, str) for v in self.route_scopes.values()):
+            raise ConfigurationError("JWTConfig.route_scopes values must be lists of scopes")
         for alg in self.algorithms:
             algorithm_family(alg)
         if not self.issuer:
