@@ -35,7 +35,7 @@ __all__ = ["DIM", "EMBED_WORDS", "COMMON_WORDS", "TextFeatures", "embed_text", "
 
 DIM = 32
 """Dimensions of the hashed embedding."""
-EMBED_WORDS = 48
+EMBED_WORDS = 32
 """At most this many words (evenly spaced) feed the embedding."""
 
 _PUNCT = b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\t\n\r\x0b\x0c"

@@ -4,7 +4,7 @@
 corpus) is query by query indistinguishable from a user; what gives it away is the *window*: it
 does not look like benign traffic as a whole, and it keeps covering new ground. Each prompt is
 reduced to a cheap hashed bag (:data:`~distillguard.detectors._text.DIM` signed dimensions of
-hashed word unigrams and character 4-gram word prefixes, from at most 48 + 12 sampled words;
+hashed word unigrams and character 4-gram word prefixes, from at most 32 + 8 sampled words;
 see ``_text``) and the detector keeps, per client, two window statistics:
 
 * *distance to the benign reference* -- the linear-kernel MMD witness: the window mean (an
@@ -34,7 +34,7 @@ random-hyperplane LSH into 2,048 buckets). Here the MMD is linear-kernel and str
 per query instead of O(window x reference)): it detects a shift of the mean embedding only, and
 the hashed bag is lexical, not semantic.
 
-**Cost.** At most 60 table look-ups per prompt (fixed cost, whatever the prompt size), one
+**Cost.** At most 40 table look-ups per prompt (fixed cost, whatever the prompt size), one
 EMA update, one bit test. State: a 2,048-bit bitmap and a few numbers (~400 bytes per client).
 """
 

@@ -7,7 +7,8 @@ set* of earlier queries is recorded; the query joins the growing set when that d
 ``max(0, mean - std)`` of the distances so far. Benign inputs give roughly normally distributed
 distances; synthetic and perturbation streams (Jacobian augmentation, FGSM-style steps, ART's
 FunctionallyEquivalentExtraction) do not. Every ``test_every`` queries, once more than
-``min_distances`` distances are kept, the Shapiro-Wilk W of the distances (after removing values
+``min_distances`` distances are kept (50 by default, to decide within 100 queries; the reference
+code waits for 100), the Shapiro-Wilk W of the distances (after removing values
 beyond 3 standard deviations, as the reference code does) is compared to ``delta`` (0.9 in the
 reference code): ``W < delta`` raises the alarm. Shapiro-Wilk is computed in pure Python with
 Royston's approximation (:mod:`._normality`; no SciPy).
