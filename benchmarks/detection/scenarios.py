@@ -42,12 +42,26 @@ class Scale:
     users: int = 600
     days: int = 8
     attackers: int = 20
-    mixed: int = 8
+    mixed: int = 5
     mixed_queries: int = 1500
     campaign_accounts: int = 24
     campaign_per_day: int = 40
     campaign_days: int = 5
     attack_scale: float = 1.0
+
+    def holdout(self) -> Scale:
+        """The holdout's scale: half the users and mixed clients."""
+        return Scale(
+            users=max(10, self.users // 2),
+            days=self.days,
+            attackers=self.attackers,
+            mixed=max(1, self.mixed // 2),
+            mixed_queries=self.mixed_queries,
+            campaign_accounts=self.campaign_accounts,
+            campaign_per_day=self.campaign_per_day,
+            campaign_days=self.campaign_days,
+            attack_scale=self.attack_scale,
+        )
 
     @classmethod
     def quick(cls) -> Scale:
