@@ -2,6 +2,7 @@
 
     python -m benchmarks.detectors            # the table in docs/detectors.md
     python -m benchmarks.detectors --quick    # fewer repeats
+    python -m benchmarks.detectors --null     # the benign null of each detector's score
 
 For each prompt size (256 B, 1 KB, 4 KB, 16 KB of natural-looking text) it builds a client with
 10 earlier queries and one with 100,000 earlier queries, then times ``score()`` of every
@@ -85,11 +86,48 @@ def measure(size: int, history: int, requests: int, repeats: int, seed: int = 1)
     return statistics.median(per_request), memory
 
 
+def null(clients: int = 200) -> None:
+    """Print each detector's benign null: the highest score per benign client (generated
+    conversational users of 300 requests and jailbreak-prompt replayers of 200), its 99th and
+    99.9th percentiles as :func:`distillguard.risk.calibrate` computes them, and its maximum."""
+    from tests.detectors.traffic import benign_prompts, jailbreak_prompts
+
+    from distillguard.risk import calibrate
+
+    jailbreaks = jailbreak_prompts()
+    maxima: dict[str, list[float]] = {d.name: [] for d in default_detectors()}
+    for i in range(clients):
+        rng = random.Random(i)
+        texts = rng.sample(jailbreaks, 200) if i % 4 == 3 else list(benign_prompts(rng, 300))
+        detectors = default_detectors()
+        top = dict.fromkeys(maxima, 0.0)
+        ts = 1_700_000_000.0
+        for text in texts:
+            ts += rng.expovariate(1 / 30)
+            obs = observation(f"b{i}", parse_query(body(text)), ts)
+            for det in detectors:
+                top[det.name] = max(top[det.name], det.score(obs).score)
+        for name, value in top.items():
+            maxima[name].append(value)
+    p99, p999 = calibrate(maxima, 99.0), calibrate(maxima, 99.9)
+    print(f"benign null over {clients} clients (max score per client)\n")
+    print("| detector | p99 | p99.9 | max | clients >= 0.5 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, values in maxima.items():
+        flagged = sum(v >= 0.5 for v in values)
+        print(f"| {name} | {p99[name]:.3f} | {p999[name]:.3f} | {max(values):.3f} | {flagged} |")
+    print("\n(calibrate() clamps thresholds to [0.5, 0.95]: 0.500 means the null is below the flag level)")
+
+
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--null", action="store_true", help="print the benign null instead")
     args = parser.parse_args()
+    if args.null:
+        null()
+        return
     requests, repeats = (100, 5) if args.quick else (300, 15)
     names = ", ".join(d.name for d in default_detectors())
     print(f"default detectors: {names}")

@@ -111,10 +111,11 @@ def test_verdict_names_the_drivers_and_their_signals() -> None:
 def test_calibrated_thresholds_put_the_benign_percentile_on_flag() -> None:
     """calibrate() takes the percentile of each detector's benign null; rescale() maps that
     threshold to the flag level, so benign maxima stay below it."""
-    null = {"a": [i / 2000 for i in range(1000)], "b": [0.0] * 500, "c": [1.0] * 10}
+    null = {"a": [0.3 + 0.6 * i / 999 for i in range(1000)], "b": [0.0] * 500, "c": [1.0] * 10}
     thresholds = calibrate(null, 99.0)
-    assert thresholds["a"] == pytest.approx(0.494505, abs=1e-9)  # linear interpolation
-    assert thresholds["b"] == 0.05 and thresholds["c"] == 0.95  # clamped
+    assert thresholds["a"] == pytest.approx(0.3 + 0.6 * 989.01 / 999, abs=1e-9)  # linear interpolation
+    assert thresholds["b"] == 0.5 and thresholds["c"] == 0.95  # clamped to [floor, ceiling]
+    assert calibrate(null, 99.0, floor=0.1)["b"] == 0.1
     assert rescale(thresholds["a"], thresholds["a"], 0.5) == pytest.approx(0.5)
     assert rescale(1.0, 0.3, 0.5) == 1.0 and rescale(0.0, 0.3, 0.5) == 0.0
     engine = RiskEngine(RiskPolicy(thresholds={"a": 0.9}))
@@ -123,6 +124,8 @@ def test_calibrated_thresholds_put_the_benign_percentile_on_flag() -> None:
         calibrate(null, 100.0)
     with pytest.raises(ConfigurationError):
         calibrate({"a": []}, 99.0)
+    with pytest.raises(ConfigurationError):
+        calibrate(null, 99.0, floor=0.0)
 
 
 def test_noisy_or_adds_up_moderate_signals() -> None:

@@ -141,20 +141,31 @@ def rescale(score: float, threshold: float, flag: float) -> float:
     return flag + (score - threshold) * (1.0 - flag) / (1.0 - threshold)
 
 
-def calibrate(scores_by_detector: Mapping[str, Sequence[float]], percentile: float) -> dict[str, float]:
+def calibrate(
+    scores_by_detector: Mapping[str, Sequence[float]],
+    percentile: float,
+    *,
+    floor: float = 0.5,
+    ceiling: float = 0.95,
+) -> dict[str, float]:
     """Per-detector thresholds: the ``percentile`` (0-100) of each detector's benign null.
 
     ``scores_by_detector`` holds, per detector, one score per benign sample: the highest score
     a benign client reached in one window (a client-day), so that the false-positive rate is
     per client-day. The percentile interpolates linearly between order statistics (numpy's
-    default). Thresholds are clamped to ``[0.05, 0.95]`` so that they stay usable by
-    :func:`rescale`. Pass the result as ``RiskPolicy(thresholds=...)``.
+    default). Thresholds are clamped to ``[floor, ceiling]``: with the default floor (the
+    default flag level) a detector whose benign null is near 0 keeps its own scale, and
+    calibration only ever makes a detector less sensitive than its defaults. Pass the result as
+    ``RiskPolicy(thresholds=...)``.
 
     Raises:
-        ConfigurationError: for a percentile outside (0, 100) or a detector without scores.
+        ConfigurationError: for a percentile outside (0, 100), bounds outside (0, 1) or a
+            detector without scores.
     """
     if not 0.0 < percentile < 100.0:
         raise ConfigurationError("percentile must be in (0, 100)")
+    if not 0.0 < floor <= ceiling < 1.0:
+        raise ConfigurationError("calibration bounds must satisfy 0 < floor <= ceiling < 1")
     out: dict[str, float] = {}
     for name, scores in scores_by_detector.items():
         if not scores:
@@ -164,7 +175,7 @@ def calibrate(scores_by_detector: Mapping[str, Sequence[float]], percentile: flo
         low = math.floor(rank)
         high = min(low + 1, len(ordered) - 1)
         value = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-        out[name] = min(0.95, max(0.05, value))
+        out[name] = min(ceiling, max(floor, value))
     return out
 
 
