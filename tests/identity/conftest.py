@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,6 +51,7 @@ class JWKSServer:
         self.mode = "ok"
         self.redirect_to = "http://127.0.0.1:9/jwks.json"
         self.hits = 0
+        self.log: list[tuple[float, str]] = []  # (when, mode) of each request
         self.in_flight = 0
         self.max_concurrent = 0
         self.release = threading.Event()
@@ -59,6 +61,7 @@ class JWKSServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 with server._lock:
+                    server.log.append((time.monotonic(), server.mode))
                     server.hits += 1
                     server.in_flight += 1
                     server.max_concurrent = max(server.max_concurrent, server.in_flight)

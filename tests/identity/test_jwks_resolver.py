@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from distillguard import ConfigurationError, JWKSKeys
-from distillguard.identity import KeysUnavailable
+from distillguard.identity import KeyResolver, KeysUnavailable
 from tests.helpers import KeyPair, keys as keys_module, make_token
 from tests.identity.conftest import JWKSServer, to_jwk
 
@@ -121,6 +121,30 @@ def test_prefetch_then_key_for_returns_a_working_key(
     assert claims["sub"] == "client-1"
     assert resolver.status().ready and resolver.status().kids == {"k1"}
     assert jwks_server.hits == 1
+    assert isinstance(resolver, KeyResolver)
+
+
+def test_prefetch_after_start_reuses_the_first_fetch(
+    jwks_server: JWKSServer, make_keys: Any, keys: Any
+) -> None:
+    """start() then prefetch(): the fetch start() began is the one prefetch waits for."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "k1")])
+    resolver = make_keys(jwks_server.url).start()
+    assert wait_until(lambda: resolver.status().fetches == 1)
+    assert resolver.prefetch(timeout=3)
+    assert jwks_server.hits == 1
+
+
+def test_prefetch_after_a_failed_first_fetch_tries_again(
+    jwks_server: JWKSServer, make_keys: Any, keys: Any
+) -> None:
+    """When the first fetch already failed, prefetch() runs a new one rather than report the old."""
+    jwks_server.mode = "503"
+    resolver = make_keys(jwks_server.url).start()
+    assert wait_until(lambda: resolver.status().fetches == 1)
+    jwks_server.set_keys([to_jwk(keys.rsa, "k1")])
+    assert resolver.prefetch(timeout=3)
+    assert jwks_server.hits == 2
 
 
 def test_one_key_one_algorithm(jwks_server: JWKSServer, make_keys: Any, keys: Any) -> None:

@@ -81,26 +81,35 @@ class Refresher:
                     self._wanted = True
                     self._cond.notify_all()
 
-    def trigger(self, *, wait: float | None = None, fresh: bool = True) -> bool:
-        """Ask for a run now, ignoring ``cooldown``.
+    def trigger(self, *, wait: float | None = None) -> bool:
+        """Ask for a run that starts after this call, ignoring ``cooldown`` (a run already in
+        flight is followed by another).
 
-        Args:
-            wait: block up to this many seconds for the run to end and return whether it
-                succeeded (without ``wait``, return ``False`` at once).
-            fresh: when a run is already in flight, queue another after it (``False``: the run
-                in flight will do).
+        With ``wait``, block up to that many seconds for the run to end and return whether it
+        succeeded; without, return ``False`` at once.
         """
         self.start()
         with self._cond:
-            queue_another = fresh and self._in_flight
-            if queue_another or not self._in_flight:
-                self._wanted = True
-                self._cond.notify_all()
-            target = self.attempts + (2 if queue_another else 1)
+            target = self.attempts + (2 if self._in_flight else 1)
+            self._wanted = True
+            self._cond.notify_all()
             if wait is None:
                 return False
             self._cond.wait_for(lambda: self.attempts >= target or self._stopped, timeout=wait)
             return self.attempts >= target and self._last_ok
+
+    def ensure(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Unless ``ready()``, wait up to ``timeout`` seconds for ``ready()`` or for the end of a
+        run: the first one (due at start), the one in flight, or else a new one."""
+        self.start()
+        with self._cond:
+            if ready():
+                return
+            target = self.attempts + 1
+            if not self._in_flight and self.attempts > 0:
+                self._wanted = True
+                self._cond.notify_all()
+            self._cond.wait_for(lambda: ready() or self.attempts >= target or self._stopped, timeout=timeout)
 
     def retry_after(self, now: float) -> int:
         """Whole seconds until the next scheduled run (1 to 60)."""

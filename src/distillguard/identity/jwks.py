@@ -173,7 +173,8 @@ class JWKSKeys:
             unit="s",
             description="Seconds since the last good JWKS fetch",
         )
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        if hasattr(os, "register_at_fork"):  # POSIX
+            os.register_at_fork(after_in_child=lambda: _after_fork(ref))
 
     # -- the request path (memory only) --------------------------------------------------------
 
@@ -223,9 +224,7 @@ class JWKSKeys:
         For startup (e.g. in an ASGI lifespan: ``await asyncio.to_thread(keys.prefetch)``).
         Returns whether keys are available; on ``False`` requests get 503 until a fetch works.
         """
-        if self._snapshot is not None:
-            return True
-        self._refresher.trigger(wait=timeout, fresh=False)
+        self._refresher.ensure(lambda: self._snapshot is not None, timeout)
         return self._snapshot is not None
 
     def refresh(self, wait: float | None = None) -> bool:
