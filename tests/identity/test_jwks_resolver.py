@@ -261,7 +261,7 @@ def test_black_hole_at_startup_never_blocks_the_caller(black_hole: str, make_key
         t0 = time.monotonic()
         with pytest.raises(KeysUnavailable):
             resolver.key_for("k1", "RS256")
-        assert time.monotonic() - t0 < 0.05
+        assert time.monotonic() - t0 < 0.1
     assert wait_until(lambda: resolver.status().last_error == "timeout", timeout=2.0)
 
 
@@ -270,7 +270,7 @@ def test_last_good_keys_survive_a_failed_refresh_until_max_stale(
 ) -> None:
     """Stale-while-revalidate: keys keep working while refreshes fail, until max_stale; then 503."""
     jwks_server.set_keys([to_jwk(keys.rsa, "k1")])
-    resolver = make_keys(jwks_server.url, lifespan=0.2, max_stale=0.8)
+    resolver = make_keys(jwks_server.url, lifespan=0.2, max_stale=1.5)
     assert resolver.prefetch(timeout=3)
     jwks_server.mode = "503"
     assert resolver.refresh(wait=3) is False
