@@ -455,6 +455,8 @@ def test_scenario(serve: Callable[..., Served], keys: Keys, case: Case) -> None:
     if case.app_calls is not None:
         assert len(served.app.calls) == case.app_calls
     assert ("retry-after" in response.headers) == (response.status_code in (429, 503))
+    if response.status_code in (401, 403, 413) or case.code == "suspicious_usage":
+        assert "ratelimit" not in response.headers and "ratelimit-policy" not in response.headers
     if case.code is None:
         if token is not None and served.app.calls:
             assert all(call.identity.client_id == SUBJECT for call in served.app.calls)
