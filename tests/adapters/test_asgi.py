@@ -265,13 +265,39 @@ async def test_async_detector_is_awaited(asgi: Callable[..., Any], span_exporter
 
 
 async def test_blocking_detector_runs_in_a_thread(asgi: Callable[..., Any]) -> None:
-    """A ``blocking = True`` detector runs in a worker thread, not on the event loop."""
-    detector = BlockingDetector(0.0)
+    """A ``blocking = True`` detector runs in a worker thread: while it sleeps 0.3 s the event
+    loop keeps ticking (no gap near the 0.3 s it would block for)."""
+
+    class Slow(BlockingDetector):
+        def score(self, observation: Any) -> Any:
+            time.sleep(0.3)
+            return super().score(observation)
+
+    detector = Slow(0.0)
     middleware, _ = asgi(detectors=[detector])
     send = Sender()
-    await middleware(http_scope(token=make_token()), Receiver(body_messages(b"{}")), send)
+    gaps: list[float] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await anyio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async def request() -> None:
+        await middleware(http_scope(token=make_token()), Receiver(body_messages(b"{}")), send)
+        done.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            tg.start_soon(request)
     assert send.status == 200
     assert len(detector.threads) == 1 and detector.threads[0] != threading.get_ident()
+    assert len(gaps) >= 5 and max(gaps) < 0.25  # inline, one gap would be >= 0.3 s
 
 
 async def test_raising_detector_with_block_policy(asgi: Callable[..., Any], span_exporter: Any) -> None:
