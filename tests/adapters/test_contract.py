@@ -570,6 +570,16 @@ def test_refusals_leave_no_secret_on_spans(serve: Callable[..., Served], span_ex
         )
 
 
+def test_forged_tokens_do_not_spend_the_victims_quota(serve: Callable[..., Served]) -> None:
+    """50 forged tokens carrying a victim's ``sub`` are refused without charging the victim's
+    limits: the victim's own valid token still gets its full quota."""
+    served = serve(limits=LimitConfig(default="2/minute"))
+    forged = make_token(sub="victim", key=b"attacker-secret-attacker-secret-0123456789")
+    assert {served.post(token=forged).status_code for _ in range(50)} == {401}
+    victim = make_token(sub="victim")
+    assert [served.post(token=victim).status_code for _ in range(3)] == [200, 200, 429]
+
+
 def test_rate_limit_headers_draft10(serve: Callable[..., Served]) -> None:
     """Allowed responses carry RateLimit-Policy/RateLimit in draft-10 structured-field syntax
     and no Retry-After; the refusal has Retry-After >= 1 and a problem+json body."""
