@@ -85,3 +85,13 @@ def test_out_of_order_timestamps_are_ignored() -> None:
     det = VolumeTimingDetector()
     assert feed(det, [5.0, -3.0, 5.0, 5.0]) == 0.0
     assert det.states.get("t").n == 2
+
+
+def test_bias_value_search_on_the_same_ids_is_probing() -> None:
+    """logit_bias alone, searching bias values on one fixed token id, reaches 1 within 10."""
+    det = ParameterProbeDetector()
+    result = None
+    for i in range(10):
+        q = query("Answer yes or no.", max_tokens=1, logit_bias={"3763": 2.0 + 0.5 * i})
+        result = det.score(observation("search", q))
+    assert result is not None and result.score == 1.0

@@ -52,23 +52,27 @@ def test_embedding_is_unit_length() -> None:
 
 
 def test_near_duplicate_flags_systematic_variation() -> None:
-    """One prompt with one word varied each time reaches a score of 1 within 40 queries."""
+    """One prompt with one word varied each time reaches a score of 1 within 60 queries."""
     rng = random.Random(0)
     words = ["cats", "dogs", "lizards", "hamsters", "parrots", "goldfish", "rabbits", "ferrets"]
     texts = [
         f"Write a detailed product description for an automatic feeder designed for {rng.choice(words)} "
         f"with a timer, a camera, a water fountain and a companion app, variant {i}"
-        for i in range(60)
+        for i in range(80)
     ]
     s = scores(NearDuplicateDetector(), texts)
-    assert max(s[:40]) == 1.0
+    assert max(s[:60]) == 1.0
 
 
 def test_near_duplicate_ignores_exact_repeats_and_varied_users() -> None:
-    """Retries of the same prompt and varied conversation do not score."""
+    """Retries of the same prompt, one long prompt reused with up to five questions at a time,
+    and varied conversation do not score."""
     assert max(scores(NearDuplicateDetector(), ["what is the weather like in Paris today?"] * 50)) == 0.0
     rng = random.Random(1)
     assert max(scores(NearDuplicateDetector(), list(benign_prompts(rng, 300)))) == 0.0
+    jb = jailbreak_prompts()
+    reused = [f"{jb[i // 5]}\n\n{q}" for i, q in enumerate(benign_prompts(rng, 300))]
+    assert max(scores(NearDuplicateDetector(), reused)) == 0.0
 
 
 def test_template_sweep_flagged_within_20_queries() -> None:

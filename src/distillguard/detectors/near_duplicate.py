@@ -2,13 +2,13 @@
 
 **Signal.** The share of a client's recent text queries that are near-duplicates of an earlier
 query in its window. Each prompt is reduced to a 4-value MinHash signature of its content-word
-set (words outside :data:`~distillguard.detectors._text.COMMON_WORDS`; all words for prompts with
-fewer than three): its two smallest and two largest word hashes (a bottom-k sketch, k=2 at
-each end, from one sort). The four values form one LSH
-band, so two prompts collide with probability about ``J**4`` (``J`` their Jaccard similarity):
-~0.24 at J=0.7, ~1e-4 at J=0.1. A query is a near-duplicate when its band key is already in the
-window and its exact text is not (exact repeats are retries and regenerations, not systematic
-variation); the score ramps with the near-duplicate rate.
+set (words outside :data:`~distillguard.detectors._text.COMMON_WORDS`; all words for prompts
+with fewer than three): its two smallest and two largest word hashes (a bottom-k sketch, k=2 at
+each end, from one sort). The four values form one LSH band, so two prompts collide with
+probability about ``J**4`` (``J`` their Jaccard similarity): ~0.24 at J=0.7, ~1e-4 at J=0.1. A
+query is a near-duplicate when its band key is already in the window at least ``cluster`` times
+(5: the sixth variant of one prompt) and its exact text is not (exact repeats are retries and
+regenerations, not systematic variation); the score ramps with the near-duplicate rate.
 
 **Anchor.** Blacklight (Li et al., USENIX Security 2022: hashed sliding-window fingerprints, a
 match when enough hashes agree) and SEAT (Zhang, Chen, Wagner 2021: count of close query pairs
@@ -17,7 +17,7 @@ sweep reaches a near-duplicate rate of ~0.84 after 100 queries, benign conversat
 median of 0.02 (detection.md).
 
 **Cost.** O(words) to build and sort the content-word set (shared with the other text
-detectors); one ``bytearray.find`` over ``4 * window`` bytes. State: ``4 * window``
+detectors); one ``bytearray.count`` over ``4 * window`` bytes. State: ``4 * window``
 bytes of band keys, ``window`` 32-bit text hashes and a ``window``-bit ring (~700 bytes per client
 at the default window of 64).
 """
@@ -60,6 +60,9 @@ class NearDuplicateDetector:
 
     Args:
         window: how many recent queries are compared (and the rate's denominator).
+        cluster: a query counts as a near-duplicate when at least this many earlier queries in
+            the window share its band key (a person reusing one long prompt, such as a
+            jailbreak, with a few questions stays under it; a variation sweep does not).
         min_requests: no score before this many text queries from the client.
         low: the rate at which the score starts rising (benign users rarely exceed it).
         high: the rate at which the score reaches 1.
@@ -72,16 +75,19 @@ class NearDuplicateDetector:
         self,
         *,
         window: int = 64,
+        cluster: int = 5,
         min_requests: int = 12,
         low: float = 0.25,
         high: float = 0.6,
         max_clients: int = 50_000,
     ) -> None:
         check_range("window", window, 8, 1024)
+        check_range("cluster", cluster, 1, window)
         check_range("min_requests", min_requests, 1, window)
         check_range("low", low, 0.0, 1.0)
         check_range("high", high, low, 1.0)
         self.window = window
+        self.cluster = cluster
         self.min_requests = min_requests
         self.low = low
         self.high = high
@@ -104,10 +110,7 @@ class NearDuplicateDetector:
         text_key = feats.key or 1
         dup = False
         if text_key not in state.texts:  # exact repeats (retries, regenerations) do not count
-            i = keys.find(key)
-            while i != -1 and i & 3:
-                i = keys.find(key, i + 1)
-            dup = i != -1
+            dup = keys.count(key) >= self.cluster
         pos = state.pos
         keys[4 * pos : 4 * pos + 4] = key
         state.texts[pos] = text_key

@@ -6,10 +6,11 @@ sampling parameters rather than its text: ``logprobs``/``top_logprobs`` together
 ``max_tokens`` (1-2), and sweeps over ``n`` and ``temperature``. Each request earns probe
 points, kept in a ring over the client's last ``window`` requests:
 
-* a ``logit_bias`` whose token-id set is new for this client (not among its last ``window``
-  bias sets): 0.6, plus 0.25 with log probabilities and 0.15 with ``max_tokens <= 2``. A
-  legitimate user with a fixed ``logit_bias`` (banning or forcing a few tokens) repeats the same
-  set and earns points only once;
+* a ``logit_bias`` map (token ids and bias values) that is new for this client (not among its
+  last ``window`` bias maps: rotating ids, or bias values searched on the same ids): 0.6, plus
+  0.25 with log probabilities and 0.15 with ``max_tokens <= 2``. A legitimate user with a fixed
+  ``logit_bias`` (banning or forcing a few tokens) repeats the same map and earns points only
+  once;
 * ``n >= n_sweep`` with ``max_tokens <= 16``: 0.3; a temperature not among the client's last
   eight: 0.2 (sampling sweeps; moderate on their own).
 
@@ -84,9 +85,9 @@ class ParameterProbeDetector:
         tiny = q.max_tokens is not None and q.max_tokens <= 2
         bias_key = 0
         if q.logit_bias:
-            ids = tuple(tok for tok, bias in q.logit_bias if abs(bias) >= self.min_bias)
-            if ids:
-                bias_key = (hash(ids) & 0xFFFFFFFF) or 1
+            biased = tuple((tok, round(bias, 2)) for tok, bias in q.logit_bias if abs(bias) >= self.min_bias)
+            if biased:
+                bias_key = (hash(biased) & 0xFFFFFFFF) or 1
                 if bias_key not in state.biases:
                     points = 0.6 + (0.25 if q.logprobs else 0.0) + (0.15 if tiny else 0.0)
         if q.n >= self.n_sweep and (q.max_tokens is not None and q.max_tokens <= 16):

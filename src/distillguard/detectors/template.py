@@ -4,11 +4,12 @@
 ("Explain step by step how {X} works", "Translate '{Y}' into {Z}"). Each prompt is reduced to a
 *slot-masked skeleton*: the sequence of its common words (function words and instruction words;
 numbers, names and other rare words are the slots and drop out), hashed. A query *recurs* when
-its skeleton already appears at least twice in the client's window while its full text is new
-(varying slots; exact repeats do not count). The score ramps with the share of the window made of
-recurring queries, i.e. the share of the client's traffic sitting on a few top skeletons.
-Skeletons with fewer than ``min_fixed`` words, and prompts without any slot word, are ignored:
-short generic questions share skeletons by chance.
+its skeleton already appears at least ``recur - 1`` times (5) in the client's window while its
+full text is new (varying slots; exact repeats do not count): a person reusing one prompt with a
+few questions stays under it, a sweep filling one template dozens of times does not. The score
+ramps with the share of the window made of recurring queries, i.e. the share of the client's
+traffic sitting on a few top skeletons. Skeletons with fewer than ``min_fixed`` words, and
+prompts without any slot word, are ignored: short generic questions share skeletons by chance.
 
 **Anchor.** Slot-masked fingerprints as in provider disclosures of distillation campaigns
 ("repeated templates", Feb 2026) and template-based query synthesis in extraction attacks
@@ -66,7 +67,7 @@ class TemplateSweepDetector:
         *,
         window: int = 64,
         min_fixed: int = 5,
-        recur: int = 3,
+        recur: int = 6,
         min_requests: int = 12,
         low: float = 0.3,
         high: float = 0.6,
