@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from .flow import Effect
     from .guard import Guard
+    from .telemetry.spans import Pending
     from .telemetry.usage import UsageReader
 
 __all__ = ["Exchange"]
@@ -44,6 +45,7 @@ class Exchange:
 
     __slots__ = (
         "_overhead",
+        "_pending",
         "_started",
         "_token",
         "_usage",
@@ -62,11 +64,13 @@ class Exchange:
         self._overhead = 0.0
         self.guard = guard
         self.request = request
-        # ``carrier``/``getter`` read the request headers (trace context when no span is current)
-        span, nest = guard.telemetry.begin(request, carrier, getter)
+        # ``carrier``/``getter`` read the request headers (trace context when no span is current);
+        # without a current span the guard's span starts at the decision (``_pending``)
+        span, pending = guard.telemetry.begin(request, carrier, getter)
         self.span: Span = span
+        self._pending: Pending | None = pending
         self._token: object | None = (
-            otel_context.attach(trace.set_span_in_context(self.span)) if nest else None
+            otel_context.attach(trace.set_span_in_context(span)) if pending is None else None
         )
         self.decision: Decision | None = None
         self.status: int | None = None
@@ -77,6 +81,9 @@ class Exchange:
         """Record ``decision`` on the span; return it."""
         self.decision = decision
         telemetry = self.guard.telemetry
+        if self._pending is not None:
+            self.span = telemetry.open(self._pending, decision)
+            self._pending = None
         telemetry.record(self.span, decision)
         self._usage = telemetry.usage_parser(self.span, decision)
         self._overhead = perf_counter() - self._started
@@ -117,6 +124,9 @@ class Exchange:
             self.decision.budget.release()  # every path ends here: completion, disconnect, error
         telemetry = self.guard.telemetry
         decision = self.decision
+        if self._pending is not None:  # ended before any decision
+            self.span = telemetry.open(self._pending, None)
+            self._pending = None
         usage = telemetry.usage(self._usage, decision) if self.span.is_recording() else None
         telemetry.finish(self.span, self.status, exc, extra, decision=decision, route=self.route, usage=usage)
         if decision is not None:

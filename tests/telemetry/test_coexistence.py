@@ -1,7 +1,9 @@
 """The guard's span beside the server instrumentations: FastAPI's native telemetry, the contrib
 ASGI/FastAPI instrumentation and the contrib Flask instrumentation. Each request must have
 exactly one SERVER span; the guard's INTERNAL span is its child when the server span is already
-current, and a sibling in the caller's trace (never a demoting parent) when it is not."""
+current, and a sibling in the caller's trace (never a demoting parent) when it is not. A request
+the guard refuses before an inner instrumentation could see it has the guard's span as its
+SERVER span."""
 
 from __future__ import annotations
 
@@ -232,3 +234,67 @@ def test_flask_hook_without_instrumentation_records_the_route(
     assert servers == []
     assert guard.attributes is not None and guard.attributes["http.route"] == "/v1/predict/<model>"
     assert guard.links == ()
+
+
+def test_flask_refusal_gets_the_guard_span_as_its_server_span(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """A request the guard refuses never reaches Flask, so Flask's instrumentation starts no
+    span: the guard's span is then the one SERVER span, starting when the request arrived."""
+    import time
+
+    app = _flask(guard_factory(), tracer_provider, hook=True)
+    before = time.time_ns()
+    try:
+        client = app.test_client()
+        response = client.post("/v1/predict/m1", json={"inputs": [1.0]}, headers={"traceparent": TRACEPARENT})
+        response.close()
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+    assert response.status_code == 401
+    servers, guard = split(span_exporter)
+    assert servers == [guard]
+    assert guard.kind is SpanKind.SERVER
+    assert guard.parent is not None and guard.parent.span_id == PARENT_ID
+    assert guard.attributes is not None and guard.attributes["http.response.status_code"] == 401
+    assert guard.start_time is not None and guard.end_time is not None
+    assert before <= guard.start_time <= guard.end_time
+
+
+async def test_asgi_refusal_with_inner_instrumentation_has_one_server_span(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """Contrib middleware inside the guard never sees a refused request: the guard's span is
+    its SERVER span; an allowed request still gets the contrib SERVER span and an INTERNAL
+    guard span."""
+    from starlette.applications import Starlette
+
+    app = Starlette(
+        routes=starlette_app().routes,
+        middleware=[
+            Middleware(DistillGuardMiddleware, guard=guard_factory()),
+            Middleware(
+                OpenTelemetryMiddleware, tracer_provider=tracer_provider, exclude_spans=["receive", "send"]
+            ),
+        ],
+    )
+    assert (await post(app, {"authorization": "Bearer nope"})).status_code == 401
+    servers, guard = split(span_exporter)
+    assert servers == [guard] and guard.kind is SpanKind.SERVER
+    span_exporter.clear()
+    assert (await post(app)).status_code == 200
+    servers, guard = split(span_exporter)
+    assert len(servers) == 1 and servers[0] is not guard and guard.kind is SpanKind.INTERNAL
+
+
+async def test_fastapi_native_refusal_keeps_one_server_span(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """Under FastAPI's native SERVER span a refusal is still an INTERNAL child of it."""
+    app = fastapi_app(telemetry={"tracer_provider": tracer_provider})
+    app.add_middleware(DistillGuardMiddleware, guard=guard_factory())
+    assert (await post(app, {"authorization": "Bearer nope"})).status_code == 401
+    servers, guard = split(span_exporter)
+    assert len(servers) == 1 and guard.kind is SpanKind.INTERNAL
+    assert guard.parent is not None and guard.parent.span_id == servers[0].context.span_id
+    assert servers[0].attributes is not None and servers[0].attributes["http.response.status_code"] == 401

@@ -11,9 +11,12 @@
   server span the framework starts later) or starts its own trace, and it is **not** made
   current: the instrumentation downstream must still see "no span" and start its ``SERVER``
   span, otherwise it would demote it to ``INTERNAL``. :func:`distillguard.telemetry.flask.
-  enrich_flask_spans` links the two spans in Flask.
+  enrich_flask_spans` links the two spans in Flask. In this case the span is started (with the
+  request's arrival time) once the decision is known: a request the guard refuses never
+  reaches the framework, whose instrumentation therefore never starts a ``SERVER`` span for
+  it, so the guard's span is the ``SERVER`` span of that request.
 
-distillguard never starts a ``SERVER`` span, so it never duplicates one.
+So there is exactly one ``SERVER`` span per request whenever the framework is instrumented.
 
 **Cost.** Attributes known when the request arrives are passed to ``start_span``; everything
 else is gathered into one dict and set with a single ``set_attributes`` call when the span ends
@@ -24,9 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from itertools import islice
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Tracer, TracerProvider
@@ -43,7 +48,7 @@ from .usage import UsageReader
 if TYPE_CHECKING:
     from ..guard import Guard
 
-__all__ = ["Telemetry"]
+__all__ = ["Pending", "Telemetry"]
 
 _OPERATIONS = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
 _START_RESERVE = 4  # method, path, client address, user agent
@@ -53,6 +58,17 @@ _MAX_LIST = 32
 def _qualname(kind: type[BaseException]) -> str:
     module = kind.__module__
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+class Pending:
+    """A guard span not started yet: what :meth:`Telemetry.open` needs to start it."""
+
+    __slots__ = ("attributes", "parent", "start")
+
+    def __init__(self, attributes: dict[str, Any], parent: Context | None, start: int) -> None:
+        self.attributes = attributes
+        self.parent = parent
+        self.start = start
 
 
 class Telemetry:
@@ -99,10 +115,15 @@ class Telemetry:
 
     def begin(
         self, request: GuardRequest, carrier: Any = None, getter: Getter[Any] | None = None
-    ) -> tuple[Span, bool]:
-        """Start the guard's span for ``request``; return it and whether to make it current
-        while the app runs (see the module docstring). ``carrier`` and ``getter`` read the
-        request's headers for the trace context when no span is current."""
+    ) -> tuple[Span, Pending | None]:
+        """Begin the guard's span for ``request``.
+
+        When a span is current, start the guard's span as its child and return it with
+        ``None``: the caller makes it current while the app runs. Otherwise return
+        ``INVALID_SPAN`` and a :class:`Pending` span (the trace context read from ``carrier``
+        with ``getter``, the start time): :meth:`open` starts it once the decision is known, as
+        ``SERVER`` if the guard answers the request itself, else ``INTERNAL``; it is never made
+        current (see the module docstring)."""
         config = self.config
         attributes: dict[str, Any] = {n.HTTP_METHOD: request.method}
         if config.record_path:
@@ -114,18 +135,28 @@ class Telemetry:
         current = trace.get_current_span()
         if current is not INVALID_SPAN and current.get_span_context().is_valid:
             span = self.tracer.start_span(n.SPAN_NAME, kind=SpanKind.INTERNAL, attributes=attributes)
-            return span, True
+            return span, None
         parent = None
         if carrier is not None and getter is not None:
             parent = propagate.extract(carrier, getter=getter)
-        span = self.tracer.start_span(
-            n.SPAN_NAME, context=parent, kind=SpanKind.INTERNAL, attributes=attributes
+        return INVALID_SPAN, Pending(attributes, parent, time_ns())
+
+    def open(self, pending: Pending, decision: Decision | None) -> Span:
+        """Start a :class:`Pending` span: ``SERVER`` when ``decision`` refuses the request (no
+        server instrumentation will see it: the guard is the server), else ``INTERNAL``."""
+        kind = SpanKind.SERVER if decision is not None and decision.problem is not None else SpanKind.INTERNAL
+        return self.tracer.start_span(
+            n.SPAN_NAME,
+            context=pending.parent,
+            kind=kind,
+            attributes=pending.attributes,
+            start_time=pending.start,
         )
-        return span, False
 
     def start(self, request: GuardRequest) -> Span:
         """Start the guard's span for ``request`` (a child of the current span, if any)."""
-        return self.begin(request)[0]
+        span, pending = self.begin(request)
+        return span if pending is None else self.open(pending, None)
 
     def record(self, span: Span, decision: Decision) -> None:
         """Count ``decision`` in the metrics; add a span event unless the request was allowed.

@@ -42,7 +42,7 @@ class UsageReader:
             stream.feed(chunk)
             return
         if not self._chunks:
-            head = chunk.lstrip()[:1]
+            head = chunk[:64].lstrip()[:1] or chunk.lstrip()[:1]  # no copy of a large chunk
             if not head:
                 return
             if head != b"{":
