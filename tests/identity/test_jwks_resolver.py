@@ -251,6 +251,14 @@ def test_redirect_is_not_followed(
         resolver.key_for("attacker", "RS256")
 
 
+def test_a_tls_failure_is_a_failed_fetch(jwks_server: JWKSServer, make_keys: Any, keys: Any) -> None:
+    """https:// to a server that does not speak TLS fails the fetch as ``tls`` (no fallback to http)."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "k1")])
+    resolver = make_keys(jwks_server.url.replace("http://", "https://"))
+    assert resolver.prefetch(timeout=3) is False
+    assert resolver.status().last_error == "tls"
+
+
 def test_black_hole_at_startup_never_blocks_the_caller(black_hole: str, make_keys: Any) -> None:
     """A JWKS host that never answers: key_for raises at once; the fetch times out in the background."""
     resolver = make_keys(black_hole, timeout=0.5)

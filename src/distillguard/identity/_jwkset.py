@@ -34,7 +34,8 @@ _SUPPORTED = frozenset(jwt.algorithms.get_default_algorithms()) - {"none"}
 
 class JWKSFetchError(Exception):
     """A fetch or parse failed; ``kind`` is a short label for logs and metrics
-    (``timeout``, ``connection``, ``redirect``, ``http_503``, ``invalid_json``, ``no_keys``...)."""
+    (``timeout``, ``connection``, ``tls``, ``redirect``, ``http_503``, ``invalid_json``,
+    ``no_keys``...)."""
 
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
@@ -166,10 +167,13 @@ def fetch(
         kind = "redirect" if 300 <= exc.code < 400 else f"http_{exc.code}"
         raise JWKSFetchError(kind) from None
     except urllib.error.URLError as exc:
-        timed_out = isinstance(exc.reason, TimeoutError)
-        raise JWKSFetchError("timeout" if timed_out else "connection") from None
+        reason = exc.reason
+        kind = "timeout" if isinstance(reason, TimeoutError) else "connection"
+        raise JWKSFetchError("tls" if isinstance(reason, ssl.SSLError) else kind) from None
     except TimeoutError:
         raise JWKSFetchError("timeout") from None
+    except ssl.SSLError:
+        raise JWKSFetchError("tls") from None
     except (OSError, http.client.HTTPException, ValueError):
         raise JWKSFetchError("connection") from None
 
