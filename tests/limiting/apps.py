@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -240,6 +241,12 @@ def wsgi_call(
     return int(status[0][:3]), out, payload
 
 
+def _close_loop(loop: asyncio.AbstractEventLoop, mw: Any) -> None:
+    if not loop.is_closed():
+        loop.run_until_complete(mw._perform.limiter.aclose())
+    loop.close()
+
+
 class Harness:
     """One adapter (``"asgi"`` or ``"wsgi"``) around the stand-in model server, called
     synchronously (the ASGI one through ``anyio.run``, one event loop per call)."""
@@ -247,20 +254,21 @@ class Harness:
     def __init__(self, kind: str, guard: Any) -> None:
         self.kind = kind
         self.guard = guard
+        self.loop: asyncio.AbstractEventLoop | None = None
         if kind == "asgi":
             self.mw: Any = DistillGuardMiddleware(LLMApp(), guard=guard)
+            self.loop = asyncio.new_event_loop()  # one loop, as a server has
+            weakref.finalize(self, _close_loop, self.loop, self.mw)
         else:
             self.mw = DistillGuardWSGIMiddleware(llm_wsgi_app, guard=guard)
 
     def call(self, body: bytes = b"", **kw: Any) -> tuple[int, dict[str, str], bytes]:
         """One request (a valid token for ``client-1`` unless ``token`` is given)."""
-        import anyio
-
         from tests.helpers import make_token
 
         kw.setdefault("token", make_token())
-        if self.kind == "asgi":
-            return anyio.run(lambda: asgi_call(self.mw, body, **kw))  # type: ignore[no-any-return]
+        if self.loop is not None:
+            return self.loop.run_until_complete(asgi_call(self.mw, body, **kw))
         return wsgi_call(self.mw, body, **kw)  # type: ignore[return-value]
 
     @property

@@ -276,3 +276,18 @@ class AsyncLimiter(_Base):
             if done:
                 return
         await self.local.incr(key, item.get_expiry(), amount)
+
+    async def aclose(self) -> None:
+        """Close the storage's connections (call it on the event loop that used them, e.g. at
+        lifespan shutdown)."""
+        bridge = getattr(self._primary, "bridge", None)
+        sentinel = getattr(bridge, "sentinel", None)
+        clients = [getattr(bridge, "storage", None), getattr(bridge, "storage_replica", None)]
+        clients.extend(getattr(sentinel, "sentinels", ()))
+        for client in clients:
+            if client is None or not hasattr(client, "aclose"):
+                continue
+            pool = getattr(client, "connection_pool", None)
+            await client.aclose()
+            if pool is not None and hasattr(pool, "disconnect"):
+                await pool.disconnect()
