@@ -7,11 +7,11 @@ Run from the repository root::
 
 Two measurements, both in process with no server:
 
-1. **Telemetry calls alone.** A real decision is computed once; then the exact calls the
-   adapters make per request are timed in a loop (``Telemetry.begin``, ``record``, the usage
-   parser fed a response, ``finish`` with status, route and usage, ``record_duration``):
-   with the SDK (batch span processor to a discarding exporter; a meter provider whose reader
-   collects only at the end) and with no-op providers.
+1. **Telemetry calls alone.** A real decision is computed once; then the request's
+   ``Exchange`` (what the adapters drive around the decision: the span, the metrics, the usage
+   reading of a JSON response with ``usage``) is timed in a loop, with the SDK (batch span
+   processor to a discarding exporter; a meter provider whose reader collects only at the end)
+   and with no-op providers.
 2. **End to end.** The guarded raw ASGI app of ``benchmarks/overhead.py`` (JWT, two limit
    windows, one trivial detector) with telemetry off (no-op providers) and with the span and
    metrics on (SDK providers), measured alternately; the difference is telemetry's share.
@@ -38,6 +38,7 @@ from opentelemetry.trace import NoOpTracerProvider
 
 from distillguard import DistillGuardMiddleware, Guard, JWTConfig, LimitConfig, TelemetryConfig
 from distillguard._drivers import drive
+from distillguard.exchange import Exchange
 from distillguard.request import GuardRequest
 
 from . import _apps
@@ -72,7 +73,9 @@ def providers(kind: str) -> tuple[Any, Any, InMemoryMetricReader | None]:
 
 
 def telemetry_calls(guard: Guard, body: bytes) -> Callable[[int], float]:
-    """A runner timing only the telemetry calls of one request (microseconds per request)."""
+    """A runner timing one request's :class:`~distillguard.exchange.Exchange` around a decision
+    computed once: the span (begun, opened, finished), the metrics, the usage reading of a
+    response body. This is everything telemetry adds to a request (microseconds per request)."""
     request = GuardRequest(
         method="POST",
         path=_apps.PATH,
@@ -85,21 +88,16 @@ def telemetry_calls(guard: Guard, body: bytes) -> Callable[[int], float]:
     )
     perform = guard.sync_performer()
     decision = drive(guard.flow(request), perform)
-    telemetry = guard.telemetry
-    metrics = telemetry.metrics
-    action = decision.action.value
 
     def run(n: int) -> float:
         start = time.perf_counter_ns()
         for _ in range(n):
-            span, _nest = telemetry.begin(request)
-            telemetry.record(span, decision)
-            parser = telemetry.usage_parser(span, decision)
-            if parser is not None:
-                parser.feed(RESPONSE_WITH_USAGE)
-            usage = telemetry.usage(parser, decision) if span.is_recording() else None
-            telemetry.finish(span, 200, decision=decision, route=_apps.PATH, usage=usage)
-            metrics.record_duration(0.00004, action)
+            exchange = Exchange(guard, request)
+            exchange.decided(decision)
+            exchange.route = _apps.PATH
+            exchange.response_start(200)
+            exchange.response_body(RESPONSE_WITH_USAGE)
+            exchange.finish()
         return (time.perf_counter_ns() - start) / n / 1000
 
     return run
