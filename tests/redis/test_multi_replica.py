@@ -1,0 +1,104 @@
+"""Two uvicorn processes sharing one real redis-server hold one client to exactly its limit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import make_token
+from tests.redis.conftest import RedisServer, free_port
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.redis.replica_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(process.stderr.read().decode() if process.stderr else "replica died")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError("replica did not start")
+
+
+@pytest.fixture
+def replicas(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[list[int]]:
+    """Two uvicorn replicas of ``replica_app`` on ``redis_server`` (limit from the param)."""
+    limit, strategy = request.param
+    env = dict(os.environ, DG_REDIS_URL=redis_server.url, DG_LIMIT=limit, DG_STRATEGY=strategy)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    ports = [free_port(), free_port()]
+    processes = [_start(port, env) for port in ports]
+    try:
+        for port, process in zip(ports, processes, strict=True):
+            _wait_ready(port, process)
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
+            if process.stderr is not None:
+                process.stderr.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "replicas",
+    [("10/minute", "moving-window"), ("10/minute", "fixed-window"), ("10/minute", "sliding-window-counter")],
+    indirect=True,
+    ids=["moving", "fixed", "sliding"],
+)
+def test_one_client_over_two_replicas_gets_exactly_its_limit(replicas: list[int]) -> None:
+    """A client spreading 30 requests over both replicas is admitted exactly 10 times (all three
+    strategies count on Redis; within one window there is no strategy slack), and both replicas
+    admitted some of them."""
+    headers = {"authorization": f"Bearer {make_token(sub='spread')}", "content-type": "application/json"}
+    admitted: dict[str, int] = {}
+    statuses: list[int] = []
+    with httpx.Client(timeout=5) as client:
+        for i in range(30):
+            port = replicas[i % 2]
+            response = client.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers, content=b"{}"
+            )
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                replica = response.headers["x-replica"]
+                admitted[replica] = admitted.get(replica, 0) + 1
+            else:
+                assert response.status_code == 429
+                assert int(response.headers["retry-after"]) >= 1
+    assert statuses.count(200) == 10
+    assert len(admitted) == 2 and sum(admitted.values()) == 10
