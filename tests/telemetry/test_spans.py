@@ -293,3 +293,40 @@ async def test_uninformative_attributes_are_left_out(
     assert r[ATTR_DECISION] == "rate_limited"
     assert r["distillguard.limit.remaining"] == 0
     assert r["distillguard.limit.policy"] == "2-per-1-minute"
+
+
+def test_guard_5xx_sets_error_status_and_4xx_does_not(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
+) -> None:
+    """A 503 the guard answers itself (limit storage down, ``fail_closed``) marks the span as an
+    error with ``error.type`` = ``503``; a 401 leaves the status unset (a client error)."""
+    import socket
+
+    from opentelemetry.trace import StatusCode
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    limits = LimitConfig(
+        default="100/minute",
+        storage_uri=f"redis://127.0.0.1:{dead}",
+        storage_options={"socket_connect_timeout": 0.2},
+        outage="fail_closed",
+    )
+    app = flask_app()
+    DistillGuard(guard_factory(limits=limits), app)
+    status, _ = wsgi_post(app, CHAT_PATH, chat_body())
+    assert status == 503
+    span = the_span(span_exporter)
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {})["error.type"] == "503"
+
+    span_exporter.clear()
+    app = flask_app()
+    DistillGuard(guard_factory(), app)
+    response = app.test_client().post(CHAT_PATH, data=chat_body(), headers={"authorization": "Bearer nope"})
+    response.close()
+    assert response.status_code == 401
+    span = the_span(span_exporter)
+    assert span.status.status_code is StatusCode.UNSET
+    assert "error.type" not in dict(span.attributes or {})

@@ -204,16 +204,24 @@ class Telemetry:
                 for result in decision.results:
                     if result.score > 0.0:  # a zero score says nothing; leave it out
                         attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+            failed = False  # the guard answered 5xx itself (e.g. its storage is unavailable)
             if exc is not None:
                 # the type only (an ``exception`` event without message or stack trace): the
                 # app's exception message may quote the request
                 attrs = {n.ERROR_TYPE: _qualname(type(exc)), **attrs}
+            elif (
+                status is not None and status >= 500 and decision is not None and decision.problem is not None
+            ):
+                failed = True
+                attrs = {n.ERROR_TYPE: str(status), **attrs}
             if len(attrs) > self._budget:
                 attrs = dict(islice(attrs.items(), self._budget))
             span.set_attributes(attrs)
             if exc is not None:
                 span.add_event("exception", {"exception.type": attrs[n.ERROR_TYPE]})
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            elif failed:
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
         span.end()
 
     # -- token usage ---------------------------------------------------------------------------
