@@ -4,8 +4,8 @@ One pass normalises the prompt (ASCII lower case, punctuation to spaces, every d
 and splits it into words; every word gets a CRC-32 (deterministic across processes, so replays
 are reproducible), and ``key`` is the CRC-32 of the raw prompt (exact repeats). From those, lazily:
 
-* ``content``: the sorted distinct hashes of the prompt's *content* words (not in
-  :data:`COMMON_WORDS`): MinHash sketches and LSH buckets are read from its ends;
+* ``content``: the distinct hashes of the prompt's *content* words (not in
+  :data:`COMMON_WORDS`): MinHash values and LSH buckets are its minimum and maximum;
 * ``skeleton``: the sequence of *common* words of the prompt (the function words and the
   instruction words that make up a template's fixed part; numbers, names and other rare words
   are the slots and drop out);
@@ -83,7 +83,9 @@ def prompt_text(query: Query) -> str:
         messages = data.get("messages")
         if isinstance(messages, list):
             for message in reversed(messages):
-                if isinstance(message, Mapping) and message.get("role", "user") == "user":
+                if (type(message) is dict or isinstance(message, Mapping)) and message.get(
+                    "role", "user"
+                ) == "user":
                     content = message.get("content")
                     if isinstance(content, str):
                         return content
@@ -100,20 +102,22 @@ class TextFeatures:
     __slots__ = ("_codes", "_content", "_skeleton", "hashes", "key", "words")
 
     def __init__(self, text: str) -> None:
-        raw = text.encode("utf-8", "surrogatepass")
+        try:
+            raw = text.encode()
+        except UnicodeEncodeError:  # lone surrogates
+            raw = text.encode("utf-8", "surrogatepass")
         self.words: list[bytes] = raw.translate(_TRANSLATE).split()
         self.hashes: list[int] = list(map(zlib.crc32, self.words))
         self.key: int = zlib.crc32(raw)
-        self._content: list[int] | None = None
+        self._content: set[int] | None = None
         self._skeleton: tuple[int, ...] | None = None
         self._codes: list[int] | None = None
 
     @property
-    def content(self) -> list[int]:
-        """The sorted hashes of the prompt's distinct *content* words (not in
-        :data:`COMMON_WORDS`)."""
+    def content(self) -> set[int]:
+        """The hashes of the prompt's distinct *content* words (not in :data:`COMMON_WORDS`)."""
         if self._content is None:
-            self._content = sorted(set(self.hashes).difference(_COMMON_HASHES))
+            self._content = set(self.hashes).difference(_COMMON_HASHES)
         return self._content
 
     @property
@@ -152,6 +156,7 @@ class TextFeatures:
 
 
 _MASK = 2 * DIM - 1
+_TEXT_KINDS = frozenset(("chat", "completion", "embedding"))
 
 
 def embed_text(text: str) -> tuple[float, ...]:

@@ -47,12 +47,13 @@ from importlib import resources
 from ..errors import ConfigurationError
 from ._base import check_range, ramp
 from ._protocol import DetectorResult, Observation
-from ._state import LRUStates, bit_ring_push
-from ._text import TextFeatures, features
+from ._state import LRUStates
+from ._text import _TEXT_KINDS, EMBED_WORDS, TextFeatures, features
 
 __all__ = ["CoverageDetector", "load_reference"]
 
 _BUCKETS = 2048
+_INV_SQRT = (0.0, *(1.0 / math.sqrt(n) for n in range(1, EMBED_WORDS + EMBED_WORDS // 4 + 1)))
 _EMPTY = DetectorResult("coverage", 0.0)
 
 
@@ -126,6 +127,7 @@ class CoverageDetector:
         self.alpha = alpha
         self._z_scale = 1.0 / (self.ref_std * math.sqrt(alpha / (2.0 - alpha)))
         self.window = window
+        self._mask = (1 << window) - 1
         self.min_requests = min_requests
         self.z_low, self.z_high = z_low, z_high
         self.growth_low, self.growth_high = growth_low, growth_high
@@ -135,30 +137,30 @@ class CoverageDetector:
     def similarity(self, codes: list[int]) -> float:
         """The projection of a prompt's hashed bag (its :attr:`TextFeatures.codes`, scaled by
         ``1/sqrt(len)``) on the reference mean direction."""
-        return sum(map(self.table.__getitem__, codes)) / math.sqrt(len(codes))
+        return sum(map(self.table.__getitem__, codes)) * _INV_SQRT[len(codes)]
 
     def score(self, observation: Observation) -> DetectorResult:
         """Update the client's window statistics with the query and score them."""
         query = observation.query
-        if not query.is_text:
+        if not query.text or query.kind not in _TEXT_KINDS:
             return _EMPTY
         feats = features(query)
         codes = feats.codes
         if not codes:
             return _EMPTY
         state = self.states.get(observation.identity.client_id)
-        sim = self.similarity(codes)
+        sim = sum(map(self.table.__getitem__, codes)) * _INV_SQRT[len(codes)]
         alpha = self.alpha
         n = state.n
         state.ema = sim if n == 0 else state.ema + alpha * (sim - state.ema)
         content = feats.content
-        code = (content[0] if content else min(feats.hashes)) & (_BUCKETS - 1)
+        code = (min(content) if content else min(feats.hashes)) & (_BUCKETS - 1)
         byte, bit = code >> 3, 1 << (code & 7)
         seen = state.seen
         new = not seen[byte] & bit
         if new:
             seen[byte] |= bit
-        state.fresh = bit_ring_push(state.fresh, new, self.window)
+        state.fresh = ((state.fresh << 1) | new) & self._mask
         state.n = n = n + 1
         count = n if n < self.window else self.window
         growth = state.fresh.bit_count() / count

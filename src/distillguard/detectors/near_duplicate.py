@@ -1,14 +1,16 @@
 """Near-duplicate / systematic-variation detector (``near_duplicate``).
 
-**Signal.** The share of a client's recent text queries that are near-duplicates of an earlier
-query in its window. Each prompt is reduced to a 4-value MinHash signature of its content-word
+**Signal.** The share of a client's recent text queries that are near-duplicates of earlier
+queries in its window. Each prompt is reduced to a 2-value MinHash signature of its content-word
 set (words outside :data:`~distillguard.detectors._text.COMMON_WORDS`; all words for prompts
-with fewer than three): its two smallest and two largest word hashes (a bottom-k sketch, k=2 at
-each end, from one sort). The four values form one LSH band, so two prompts collide with
-probability about ``J**4`` (``J`` their Jaccard similarity): ~0.24 at J=0.7, ~1e-4 at J=0.1. A
-query is a near-duplicate when its band key is already in the window at least ``cluster`` times
-(5: the sixth variant of one prompt) and its exact text is not (exact repeats are retries and
-regenerations, not systematic variation); the score ramps with the near-duplicate rate.
+with fewer than three): its smallest and largest word hash (the minima under two opposite
+orders). The two values form one LSH band, so two prompts collide with probability about
+``J**2`` (``J`` their Jaccard similarity): ~0.5 at J=0.7, ~0.01 at J=0.1. A query is a near-
+duplicate when at least ``cluster`` earlier queries in the window share its band key (5: the
+sixth variant of one prompt; for a topical user with J~0.1 to its other queries that takes five
+chance collisions among 63, probability ~1e-4) and its exact text is new (exact repeats are
+retries and regenerations, not systematic variation); the score ramps with the near-duplicate
+rate.
 
 **Anchor.** Blacklight (Li et al., USENIX Security 2022: hashed sliding-window fingerprints, a
 match when enough hashes agree) and SEAT (Zhang, Chen, Wagner 2021: count of close query pairs
@@ -16,8 +18,8 @@ per account), here with MinHash/LSH on word sets (Broder 1997). Measured on text
 sweep reaches a near-duplicate rate of ~0.84 after 100 queries, benign conversational users a
 median of 0.02 (detection.md).
 
-**Cost.** O(words) to build and sort the content-word set (shared with the other text
-detectors); one ``bytearray.count`` over ``4 * window`` bytes. State: ``4 * window``
+**Cost.** O(words) to build the content-word set (shared with the other text detectors), a
+``min`` and a ``max`` over it; one ``bytearray.count`` over ``4 * window`` bytes. State: ``4 * window``
 bytes of band keys, ``window`` 32-bit text hashes and a ``window``-bit ring (~700 bytes per client
 at the default window of 64).
 """
@@ -28,8 +30,8 @@ from array import array
 
 from ._base import check_range, ramp
 from ._protocol import DetectorResult, Observation
-from ._state import LRUStates, bit_ring_push
-from ._text import features
+from ._state import LRUStates
+from ._text import _TEXT_KINDS, features
 
 __all__ = ["NearDuplicateDetector"]
 
@@ -47,11 +49,10 @@ class _State:
         self.pos = 0
 
 
-def signature(content: list[int]) -> bytes:
-    """The 4-byte LSH band key of a non-empty sorted list of distinct 32-bit word hashes: its
-    two smallest and two largest values (a bottom-2/top-2 MinHash sketch)."""
-    last = len(content) - 1
-    key = hash((content[0], content[min(1, last)], content[max(last - 1, 0)], content[last])) & 0xFFFFFFFF
+def signature(content: set[int]) -> bytes:
+    """The 4-byte LSH band key of a non-empty set of 32-bit word hashes: its smallest and
+    largest values (two MinHash values under opposite orders)."""
+    key = hash((min(content), max(content))) & 0xFFFFFFFF
     return key.to_bytes(4, "little") if key else b"\x01\x00\x00\x00"
 
 
@@ -87,6 +88,7 @@ class NearDuplicateDetector:
         check_range("low", low, 0.0, 1.0)
         check_range("high", high, low, 1.0)
         self.window = window
+        self._mask = (1 << window) - 1
         self.cluster = cluster
         self.min_requests = min_requests
         self.low = low
@@ -96,12 +98,12 @@ class NearDuplicateDetector:
     def score(self, observation: Observation) -> DetectorResult:
         """Record the query's band key and score the client's near-duplicate rate."""
         query = observation.query
-        if not query.is_text:
+        if not query.text or query.kind not in _TEXT_KINDS:
             return _EMPTY
         feats = features(query)
         content = feats.content
         if len(content) < 3:
-            content = sorted(set(feats.hashes))
+            content = set(feats.hashes)
             if not content:
                 return _EMPTY
         key = signature(content)
@@ -116,7 +118,7 @@ class NearDuplicateDetector:
         state.texts[pos] = text_key
         state.pos = (pos + 1) % self.window
         window = self.window
-        state.flags = flags = bit_ring_push(state.flags, dup, window)
+        state.flags = flags = ((state.flags << 1) | dup) & self._mask
         state.n = n = state.n + 1
         seen = n if n < window else window
         rate = flags.bit_count() / seen

@@ -28,8 +28,8 @@ from array import array
 
 from ._base import check_range, ramp
 from ._protocol import DetectorResult, Observation
-from ._state import LRUStates, bit_ring_push
-from ._text import features
+from ._state import LRUStates
+from ._text import _TEXT_KINDS, features
 
 __all__ = ["TemplateSweepDetector"]
 
@@ -80,6 +80,7 @@ class TemplateSweepDetector:
         check_range("low", low, 0.0, 1.0)
         check_range("high", high, low, 1.0)
         self.window = window
+        self._mask = (1 << window) - 1
         self.min_fixed = min_fixed
         self.recur = recur
         self.min_requests = min_requests
@@ -90,7 +91,7 @@ class TemplateSweepDetector:
     def score(self, observation: Observation) -> DetectorResult:
         """Record the query's skeleton and score the client's recurring-skeleton share."""
         query = observation.query
-        if not query.is_text:
+        if not query.text or query.kind not in _TEXT_KINDS:
             return _EMPTY
         feats = features(query)
         skeleton = feats.skeleton
@@ -107,7 +108,7 @@ class TemplateSweepDetector:
         state.texts[pos] = text_key
         state.pos = (pos + 1) % self.window
         recurring = count + 1 >= self.recur
-        state.flags = flags = bit_ring_push(state.flags, recurring, self.window)
+        state.flags = flags = ((state.flags << 1) | recurring) & self._mask
         state.n = n = state.n + 1
         seen = n if n < self.window else self.window
         share = flags.bit_count() / seen
