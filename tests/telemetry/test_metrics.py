@@ -285,3 +285,23 @@ def test_limiter_errors_are_counted_without_limiter_stats(
     fallbacks = metric_points(metric_reader)[METRIC_LIMITER_FALLBACKS]
     assert value_of(fallbacks, distillguard__limiter__outcome="fail_open", error__type="ConnectionError") == 3
     assert value_of(fallbacks, distillguard__limiter__outcome="fail_open", error__type="TimeoutError") == 1
+
+
+def test_guards_sharing_a_meter_provider_share_the_instruments(
+    guard_factory: Callable[..., Guard],
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two guards on one meter provider create the instruments once (no SDK duplicate warning)
+    and report one stream per attribute set, summing both guards."""
+    with caplog.at_level(logging.WARNING, logger="opentelemetry"):
+        first = serve(guard_factory(meter_provider=meter_provider))
+        second = serve(guard_factory(meter_provider=meter_provider))
+    assert not [r for r in caplog.records if "created already" in r.getMessage()]
+    assert [post(first), post(first), post(second)] == [200, 200, 200]
+    points = metric_points(metric_reader)
+    assert [attrs for attrs, _ in points[METRIC_DECISIONS]] == [{ATTR_DECISION: "allow"}]
+    assert value_of(points[METRIC_DECISIONS], distillguard__decision="allow") == 3
+    (duration,) = [p for _, p in points[METRIC_DURATION]]
+    assert duration.count == 3

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -77,30 +78,18 @@ class ClientTracker(Protocol):
         ...
 
 
-class GuardMetrics:
-    """The guard's instruments and the cheap per-request recording behind them.
+class _Instruments:
+    """The instruments of one meter provider, shared by every guard that uses it (creating
+    them twice would make the SDK warn and export two streams with the same name). Observable
+    callbacks sum the guards' tallies; a guard that is garbage-collected drops out."""
 
-    Args:
-        meter_provider: the provider (the global one when ``None``).
-    """
-
-    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
-        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+    def __init__(self, provider: MeterProvider) -> None:
         meter = metrics.get_meter("distillguard", __version__, provider)
         # an SDK provider will collect; the API's default (proxy) or no-op one may never do
-        self._collecting = not isinstance(provider, metrics.NoOpMeterProvider) and type(
+        self.collecting = not isinstance(provider, metrics.NoOpMeterProvider) and type(
             provider
         ).__name__ not in ("_ProxyMeterProvider", "ProxyMeterProvider")
-        self._lock = threading.Lock()
-        self._decisions: dict[tuple[str, bool], int] = {}
-        self._verdicts: dict[tuple[str, str], int] = {}
-        self._limiter_errors: dict[str, int] = {}
-        self._scores: deque[float] = deque(maxlen=_QUEUE)
-        self._durations: deque[tuple[float, Mapping[str, Any]]] = deque(maxlen=_QUEUE)
-        self._duration_attrs: dict[str, Mapping[str, Any]] = {}
-        self._trackers: list[tuple[str, Callable[[], int]]] = []
-        self._limiter_stats: Callable[[], object | None] | None = None
-        self._thresholds: tuple[float, float, float] = (0.5, 0.75, 0.9)
+        self.members: weakref.WeakSet[GuardMetrics] = weakref.WeakSet()
         meter.create_observable_counter(
             names.METRIC_DECISIONS,
             callbacks=[self._observe_decisions],
@@ -125,18 +114,108 @@ class GuardMetrics:
             unit="{client}",
             description="Clients the detectors currently hold state for.",
         )
-        self._score = meter.create_histogram(
+        self.score = meter.create_histogram(
             names.METRIC_SCORE,
             unit="1",
             description="Aggregate detector score of requests that reached the detectors.",
             explicit_bucket_boundaries_advisory=_SCORE_BUCKETS,
         )
-        self._duration = meter.create_histogram(
+        self.duration = meter.create_histogram(
             names.METRIC_DURATION,
             unit="s",
             description="Time the guard itself spent on a request (deciding and settling), app excluded.",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
+
+    def _members(self) -> list[GuardMetrics]:
+        self.collecting = True
+        members = list(self.members)
+        for member in members:
+            member.flush()
+        return members
+
+    @staticmethod
+    def _sum(parts: Iterable[Iterable[tuple[Any, int]]]) -> dict[Any, int]:
+        totals: dict[Any, int] = {}
+        for part in parts:
+            for key, count in part:
+                totals[key] = totals.get(key, 0) + count
+        return totals
+
+    def _observe_decisions(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = self._sum(m.decision_counts() for m in self._members())
+        out = []
+        for (action, shadow), count in totals.items():
+            attrs: dict[str, Any] = {names.ATTR_DECISION: action}
+            if shadow:
+                attrs[names.ATTR_SHADOW] = True
+            out.append(Observation(count, attrs))
+        return out
+
+    def _observe_verdicts(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = self._sum(m.verdict_counts() for m in self._members())
+        return [
+            Observation(count, {names.ATTR_DETECTOR: detector, names.ATTR_DETECTOR_VERDICT: verdict})
+            for (detector, verdict), count in totals.items()
+        ]
+
+    def _observe_fallbacks(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = self._sum(m.fallback_counts() for m in self._members())
+        out = []
+        for (outcome, kind), count in totals.items():
+            attrs = {names.ATTR_LIMITER_OUTCOME: outcome}
+            if kind is not None:
+                attrs[names.ERROR_TYPE] = kind
+            out.append(Observation(count, attrs))
+        return out
+
+    def _observe_clients(self, options: CallbackOptions) -> Iterable[Observation]:
+        members = self._members()
+        totals = self._sum(m.tracked_counts() for m in members)
+        if not totals:
+            return [Observation(0)]
+        return [Observation(count, {names.ATTR_DETECTOR: name}) for name, count in totals.items()]
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def _instruments(provider: MeterProvider) -> _Instruments:
+    with _SHARED_LOCK:
+        try:
+            shared = _SHARED.get(provider)
+        except TypeError:  # a provider that cannot be weakly referenced: not shared
+            return _Instruments(provider)
+        if shared is None:
+            shared = _SHARED[provider] = _Instruments(provider)
+        return shared
+
+
+class GuardMetrics:
+    """One guard's cheap per-request recording, reported through the instruments of its meter
+    provider (created once per provider, when the first guard using it is built).
+
+    Args:
+        meter_provider: the provider (the global one when ``None``).
+    """
+
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        self._shared = shared = _instruments(provider)
+        shared.members.add(self)
+        self._score = shared.score
+        self._duration = shared.duration
+        self._lock = threading.Lock()
+        self._decisions: dict[tuple[str, bool], int] = {}
+        self._verdicts: dict[tuple[str, str], int] = {}
+        self._limiter_errors: dict[str, int] = {}
+        self._scores: deque[float] = deque(maxlen=_QUEUE)
+        self._durations: deque[tuple[float, Mapping[str, Any]]] = deque(maxlen=_QUEUE)
+        self._duration_attrs: dict[str, Mapping[str, Any]] = {}
+        self._trackers: list[tuple[str, Callable[[], int]]] = []
+        self._limiter_stats: Callable[[], object | None] | None = None
+        self._thresholds: tuple[float, float, float] = (0.5, 0.75, 0.9)
 
     # -- wiring (construction time) ------------------------------------------------------------
 
@@ -191,7 +270,7 @@ class GuardMetrics:
                         limiter[kind] = limiter.get(kind, 0) + 1
         if results:
             scores = self._scores
-            if self._collecting or len(scores) < _IDLE_QUEUE:
+            if self._shared.collecting or len(scores) < _IDLE_QUEUE:
                 scores.append(decision.score)
 
     def record_duration(self, seconds: float, action: str) -> None:
@@ -200,13 +279,12 @@ class GuardMetrics:
         if attrs is None:
             attrs = self._duration_attrs.setdefault(action, {names.ATTR_DECISION: action})
         durations = self._durations
-        if self._collecting or len(durations) < _IDLE_QUEUE:
+        if self._shared.collecting or len(durations) < _IDLE_QUEUE:
             durations.append((seconds, attrs))
 
     def flush(self) -> None:
         """Record every queued histogram value now (metric readers call this through the
         observable instruments' callbacks before each collection)."""
-        self._collecting = True
         scores, durations = self._scores, self._durations
         score, duration = self._score, self._duration
         try:
@@ -221,31 +299,21 @@ class GuardMetrics:
         except IndexError:
             pass
 
-    # -- callbacks (metric reader's thread) ----------------------------------------------------
+    # -- read by the shared instruments (metric reader's thread) -------------------------------
 
-    def _observe_decisions(self, options: CallbackOptions) -> Iterable[Observation]:
-        self.flush()
+    def decision_counts(self) -> list[tuple[tuple[str, bool], int]]:
+        """``((action, shadow), count)`` so far."""
         with self._lock:
-            items = list(self._decisions.items())
-        out = []
-        for (action, shadow), count in items:
-            attrs: dict[str, Any] = {names.ATTR_DECISION: action}
-            if shadow:
-                attrs[names.ATTR_SHADOW] = True
-            out.append(Observation(count, attrs))
-        return out
+            return list(self._decisions.items())
 
-    def _observe_verdicts(self, options: CallbackOptions) -> Iterable[Observation]:
-        self.flush()
+    def verdict_counts(self) -> list[tuple[tuple[str, str], int]]:
+        """``((detector, verdict), count)`` so far."""
         with self._lock:
-            items = list(self._verdicts.items())
-        return [
-            Observation(count, {names.ATTR_DETECTOR: detector, names.ATTR_DETECTOR_VERDICT: verdict})
-            for (detector, verdict), count in items
-        ]
+            return list(self._verdicts.items())
 
-    def _observe_fallbacks(self, options: CallbackOptions) -> Iterable[Observation]:
-        self.flush()
+    def fallback_counts(self) -> list[tuple[tuple[str, str | None], int]]:
+        """``((outcome, error type or None), count)``: from the limiter statistics when there
+        are some, else from the decisions' ``limiter:`` errors (as ``fail_open``)."""
         stats = None
         if self._limiter_stats is not None:
             try:
@@ -253,25 +321,16 @@ class GuardMetrics:
             except Exception:
                 logger.exception("distillguard: reading the limiter stats failed")
         if stats is not None:
-            return [
-                Observation(int(getattr(stats, outcome, 0)), {names.ATTR_LIMITER_OUTCOME: outcome})
-                for outcome in _FALLBACK_OUTCOMES
-            ]
+            return [((outcome, None), int(getattr(stats, outcome, 0))) for outcome in _FALLBACK_OUTCOMES]
         with self._lock:
-            items = list(self._limiter_errors.items())
-        return [
-            Observation(count, {names.ATTR_LIMITER_OUTCOME: "fail_open", names.ERROR_TYPE: kind})
-            for kind, count in items
-        ]
+            return [(("fail_open", kind), count) for kind, count in self._limiter_errors.items()]
 
-    def _observe_clients(self, options: CallbackOptions) -> Iterable[Observation]:
-        self.flush()
-        if not self._trackers:
-            return [Observation(0)]
+    def tracked_counts(self) -> list[tuple[str, int]]:
+        """``(name, clients)`` of each tracker that answered."""
         out = []
         for name, source in self._trackers:
             try:
-                out.append(Observation(int(source()), {names.ATTR_DETECTOR: name}))
+                out.append((name, int(source())))
             except Exception:
                 logger.exception("distillguard: %s.tracked_clients() failed", name)
         return out
