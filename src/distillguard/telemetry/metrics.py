@@ -1,7 +1,8 @@
 """The guard's metrics, through the OpenTelemetry metrics API.
 
-Instruments are created once, when the guard is built, from the ``meter_provider`` given to
-:class:`~distillguard.Guard` (the global one otherwise). Recording is kept off the request's
+Instruments are created once per meter provider, when the first guard using it is built, from
+the ``meter_provider`` given to :class:`~distillguard.Guard` (the global one otherwise); guards
+sharing a provider share them and their counts are summed. Recording is kept off the request's
 critical path, because one synchronous SDK measurement costs several microseconds:
 
 * counters are tallied in plain integers under a lock and reported through *observable*
