@@ -162,3 +162,37 @@ def test_html_renders_without_flagged_clients(tmp_path: Path) -> None:
     result = engine.run(log.read_text().splitlines())
     page = render_html(result)
     assert "No client was flagged" in page and "<svg" not in page
+
+
+def test_default_detectors_catch_a_sweeper_and_a_prober_among_chat_users(tmp_path: Path) -> None:
+    """With the built-in default detectors, the command flags a template sweeper and a logprob
+    prober early and none of a dozen conversational users."""
+    from benchmarks.detection.attacks import attack_stream
+    from benchmarks.detection.benign import chat_user
+    from benchmarks.detection.scenarios import tuning_corpus
+    from benchmarks.detection.streams import write_log
+
+    rng = random.Random(11)
+    corpus = tuning_corpus()
+    streams = [chat_user(f"user-{i}", corpus, rng, days=2) for i in range(12)]
+    streams.append(attack_stream("sweeper", "template", corpus, rng, queries=150, days=2))
+    log = tmp_path / "log.jsonl"
+    write_log(streams, log)
+    start = streams[-1].events[0][0]
+    with log.open("a", encoding="utf-8") as out:  # Carlini et al.: top-5 logprobs, rotating biased ids
+        for i in range(40):
+            bias = {str(5000 + 5 * i + k): 100 for k in range(5)}
+            body = chat("What is the capital of France?", max_tokens=1, logprobs=True, top_logprobs=5)
+            out.write(line(start + 2.0 * i, "prober", {**body, "logit_bias": bias}) + "\n")
+    rows = sorted(log.read_text().splitlines(), key=lambda r: json.loads(r)["ts"])
+    log.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "report.json"
+    assert main(["replay", str(log), "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    clients = {c["client"]: c for c in report["clients"]}
+    assert clients["sweeper"]["first_flag_request"] is not None
+    assert clients["sweeper"]["first_flag_request"] <= 100
+    assert clients["prober"]["first_flag_request"] is not None
+    assert clients["prober"]["first_flag_request"] <= 20
+    assert [name for name, c in clients.items() if c["flagged"] and name.startswith("user-")] == []
+    assert set(report["summary"]["detectors"]) >= {"template_sweep", "parameter_probe", "coverage"}
