@@ -12,7 +12,7 @@ import anyio.to_thread
 
 from .detectors import is_async_detector
 from .flow import Effect, HitLimit, RunDetector, TestLimit
-from .limiting.effects import ChargeLimit, RefundLimit
+from .limiting.effects import ChargeLimit, HitLimits, RefundLimit
 from .limiting.limiter import AsyncLimiter, Limiter
 
 __all__ = ["AsyncPerformer", "SyncPerformer"]
@@ -26,6 +26,8 @@ class SyncPerformer:
 
     def __call__(self, effect: Effect) -> object:
         try:
+            if type(effect) is HitLimits:
+                return self.limiter.hit_many(effect.checks)
             if type(effect) is HitLimit:
                 return self.limiter.hit(effect.check, effect.charge)
             if type(effect) is RefundLimit:
@@ -65,6 +67,8 @@ class AsyncPerformer:
 
     async def __call__(self, effect: Effect) -> object:
         try:
+            if type(effect) is HitLimits:
+                return await self.limiter.hit_many(effect.checks)
             if type(effect) is HitLimit:
                 return await self.limiter.hit(effect.check, effect.charge)
             if type(effect) is RefundLimit:

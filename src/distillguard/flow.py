@@ -19,7 +19,7 @@ from .detectors import DetectorResult, Observation
 from .errors import AuthenticationError
 from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
-from .limiting.effects import ChargeLimit, RefundLimit
+from .limiting.effects import ChargeLimit, HitLimits, RefundLimit
 from .limiting.headers import ratelimit_fields, retry_after
 from .policy import Policy, decide
 from .problems import Problem
@@ -59,7 +59,7 @@ class RunDetector:
     observation: Observation
 
 
-Effect: TypeAlias = TestLimit | HitLimit | RunDetector | ChargeLimit | RefundLimit
+Effect: TypeAlias = TestLimit | HitLimit | HitLimits | RunDetector | ChargeLimit | RefundLimit
 """Anything the pipeline asks an adapter to do."""
 Flow: TypeAlias = Generator[Effect, object, Decision]
 """The pipeline of one request."""
@@ -93,9 +93,14 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
 
 
 def _limits(checks: tuple[LimitCheck, ...], now: float) -> Generator[Effect, object, list[LimitOutcome]]:
-    """Charge each window in order and stop at the first that refuses. Windows before it count
-    the refused request (as Flask-Limiter does); moving and sliding windows never count a
-    request they refuse themselves."""
+    """Charge every window of the request at once (one Redis round trip, all or nothing, when
+    the storage allows; see :mod:`distillguard.limiting.limiter`). If the performer cannot, charge
+    each window in order and stop at the first that refuses; the windows already charged are
+    refunded when the request is refused (:mod:`distillguard.limiting.admission`)."""
+    if checks:
+        batch = yield HitLimits(checks, now)
+        if isinstance(batch, tuple):
+            return list(batch)
     outcomes: list[LimitOutcome] = []
     for check in checks:
         outcome = yield HitLimit(check, now)

@@ -29,7 +29,9 @@ def harness(kind: str, url: str, tracer_provider: Any, **limits: Any) -> Harness
         "breaker_max_delay": 0.4,
     }
     options.update(limits)
-    return Harness(kind, Guard(jwt=jwt_config(), limits=LimitConfig(**options), tracer_provider=tracer_provider))
+    return Harness(
+        kind, Guard(jwt=jwt_config(), limits=LimitConfig(**options), tracer_provider=tracer_provider)
+    )
 
 
 def timed(h: Harness) -> tuple[int, dict[str, str], bytes, float]:

@@ -161,3 +161,36 @@ def test_other_schemes_are_wired_and_fail_over(
     h = Harness(kind, g)
     assert [h.call()[0] for _ in range(3)] == [200, 200, 429]
     assert g.limiter_stats.local_fallback == 3 and g.limiter_stats.storage_errors >= 1
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_one_round_trip_per_request(redis_server: RedisServer, tracer_provider: Any, kind: str) -> None:
+    """With moving or fixed windows on a single Redis, a request's windows (tier, rule and
+    token windows alike) are checked and charged in one round trip."""
+    from benchmarks.storage import RoundTrips
+
+    rules = [LimitRule(name="tok", limits="100000/minute", unit="tokens")]
+    h = Harness(kind, guard(tracer_provider, redis_server.url, default="50/minute;500/day", rules=rules))
+    h.call(chat_body(), headers={"x-mode": "json-nousage"})  # connect, load the script
+    with RoundTrips() as trips:
+        for _ in range(10):
+            assert h.call(chat_body(), headers={"x-mode": "json-nousage"})[0] == 200
+    assert trips.count == 10
+
+
+def test_replicas_with_skewed_clocks_share_one_exact_window(
+    redis_server: RedisServer, tracer_provider: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moving-window entries are stamped with the Redis server's clock: a replica whose clock is
+    61 s ahead (past the window) still counts in the same window, so the limit holds exactly."""
+    import time as time_module
+
+    a = Harness("wsgi", guard(tracer_provider, redis_server.url))
+    b = Harness("asgi", guard(tracer_provider, redis_server.url))
+    assert [a.call()[0] for _ in range(3)] == [200, 200, 200]
+    token = make_token()
+    real = time_module.time
+    monkeypatch.setattr(time_module, "time", lambda: real() + 61)
+    assert [b.call(token=token)[0] for _ in range(3)] == [200, 200, 429]
+    monkeypatch.setattr(time_module, "time", real)
+    assert a.call()[0] == 429

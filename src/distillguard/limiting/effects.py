@@ -6,7 +6,18 @@ from dataclasses import dataclass
 
 from .plan import LimitCheck
 
-__all__ = ["ChargeLimit", "RefundLimit"]
+__all__ = ["ChargeLimit", "HitLimits", "RefundLimit"]
+
+
+@dataclass(frozen=True, slots=True)
+class HitLimits:
+    """Effect: charge every window of a request. The driver answers a tuple of
+    :class:`~distillguard.limiting.plan.LimitOutcome` (one per window charged or refused, in
+    order; it may stop at the first refusal), or the exception it hit. On a single-node Redis
+    this is one round trip and all or nothing."""
+
+    checks: tuple[LimitCheck, ...]
+    now: float
 
 
 @dataclass(frozen=True, slots=True)

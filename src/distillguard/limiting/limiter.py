@@ -25,8 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
+from limits.errors import StorageError
 from limits.strategies import STRATEGIES
 
+from ._script import CHARGE_WINDOWS_LUA, outcomes, script_args, scriptable
 from .config import LimitConfig
 from .outage import CircuitBreaker, LimiterStats
 from .plan import LimitCheck, LimitOutcome
@@ -50,6 +52,18 @@ def _outcome(
     )
 
 
+def _with_error(outcome: LimitOutcome, error: str) -> LimitOutcome:
+    return LimitOutcome(
+        check=outcome.check,
+        allowed=outcome.allowed,
+        remaining=outcome.remaining,
+        reset_at=outcome.reset_at,
+        error=error,
+        mode=outcome.mode,
+        charged=outcome.charged,
+    )
+
+
 class _Base:
     def __init__(self, config: LimitConfig, stats: LimiterStats, *, asynchronous: bool) -> None:
         self.config = config
@@ -67,6 +81,7 @@ class _Base:
         factory: dict[str, Any] = dict(ASYNC_STRATEGIES if asynchronous else STRATEGIES)
         self._local_strategies = {name: cls(self.local) for name, cls in factory.items()}
         self._strategies: dict[str, Any] = {} if self.remote else self._local_strategies
+        self._script: Any = None
         previous = stats.evictions
         stats.evictions = (
             (lambda: self.local.evictions + previous())
@@ -91,6 +106,7 @@ class _Base:
                 continue
         self._primary = storage
         self._strategies = strategies
+        self._script = None
 
     @property
     def storage(self) -> Any:
@@ -162,18 +178,48 @@ class Limiter(_Base):
         self.breaker.success()
         return True, result, None
 
-    def hit(self, check: LimitCheck, charge: bool = True) -> LimitOutcome:
-        """Charge ``check`` (or only test it); the outcome says whether it fit."""
+    def _many(
+        self,
+        strategies: dict[str, Any],
+        storage: Any,
+        checks: tuple[LimitCheck, ...],
+        charge: bool,
+        mode: str,
+    ) -> tuple[LimitOutcome, ...]:
+        if mode == "primary" and self.remote and scriptable(storage, checks):
+            if self._script is None:
+                self._script = storage.get_connection().register_script(CHARGE_WINDOWS_LUA)
+            keys, args = script_args(storage, checks, charge)
+            try:
+                replies = self._script(keys=keys, args=args)
+            except Exception as exc:  # the driver's error, as limits would wrap it
+                raise StorageError(exc) from exc
+            return outcomes(checks, replies, charge)
+        out: list[LimitOutcome] = []
+        for check in checks:
+            allowed, stats = self._hit(strategies, storage, check, charge)
+            out.append(_outcome(check, allowed, stats, mode))
+            if not allowed:
+                break
+        return tuple(out)
+
+    def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
+        """Charge every window of a request (one round trip and all or nothing on a single
+        Redis; otherwise window by window, stopping at the first refusal)."""
         done, result, exc = self._on_primary(
-            lambda: self._hit(self._strategies, self._primary, check, charge)
+            lambda: self._many(self._strategies, self._primary, checks, charge, "primary")
         )
         if done:
-            return _outcome(check, result[0], result[1])
+            return result  # type: ignore[no-any-return]
         mode, error = self._degraded(exc)
         if mode != "fallback":
-            return self._uncounted(check, mode, error)
-        allowed, stats = self._hit(self._local_strategies, self.local, check, charge)
-        return _outcome(check, allowed, stats, mode, error)
+            return (self._uncounted(checks[0], mode, error),)
+        local = self._many(self._local_strategies, self.local, checks, charge, mode)
+        return tuple(_with_error(o, error) for o in local)
+
+    def hit(self, check: LimitCheck, charge: bool = True) -> LimitOutcome:
+        """Charge ``check`` (or only test it); the outcome says whether it fit."""
+        return self.hit_many((check,), charge)[0]
 
     def refund(self, check: LimitCheck, amount: int, mode: str = "primary") -> None:
         """Take ``amount`` back from the window ``check`` was charged on (``mode``)."""
@@ -237,18 +283,47 @@ class AsyncLimiter(_Base):
         self.breaker.success()
         return True, result, None
 
-    async def hit(self, check: LimitCheck, charge: bool = True) -> LimitOutcome:
-        """Charge ``check`` (or only test it); the outcome says whether it fit."""
+    async def _many(
+        self,
+        strategies: dict[str, Any],
+        storage: Any,
+        checks: tuple[LimitCheck, ...],
+        charge: bool,
+        mode: str,
+    ) -> tuple[LimitOutcome, ...]:
+        if mode == "primary" and self.remote and scriptable(storage, checks):
+            if self._script is None:
+                self._script = storage.bridge.get_connection().register_script(CHARGE_WINDOWS_LUA)
+            keys, args = script_args(storage, checks, charge)
+            try:
+                replies = await self._script(keys=keys, args=args)
+            except Exception as exc:  # the driver's error, as limits would wrap it
+                raise StorageError(exc) from exc
+            return outcomes(checks, replies, charge)
+        out: list[LimitOutcome] = []
+        for check in checks:
+            allowed, stats = await self._hit(strategies, storage, check, charge)
+            out.append(_outcome(check, allowed, stats, mode))
+            if not allowed:
+                break
+        return tuple(out)
+
+    async def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
+        """Charge every window of a request (see :meth:`Limiter.hit_many`)."""
         done, result, exc = await self._on_primary(
-            lambda: self._hit(self._strategies, self._primary, check, charge)
+            lambda: self._many(self._strategies, self._primary, checks, charge, "primary")
         )
         if done:
-            return _outcome(check, result[0], result[1])
+            return result  # type: ignore[no-any-return]
         mode, error = self._degraded(exc)
         if mode != "fallback":
-            return self._uncounted(check, mode, error)
-        allowed, stats = await self._hit(self._local_strategies, self.local, check, charge)
-        return _outcome(check, allowed, stats, mode, error)
+            return (self._uncounted(checks[0], mode, error),)
+        local = await self._many(self._local_strategies, self.local, checks, charge, mode)
+        return tuple(_with_error(o, error) for o in local)
+
+    async def hit(self, check: LimitCheck, charge: bool = True) -> LimitOutcome:
+        """Charge ``check`` (or only test it); the outcome says whether it fit."""
+        return (await self.hit_many((check,), charge))[0]
 
     async def refund(self, check: LimitCheck, amount: int, mode: str = "primary") -> None:
         """Take ``amount`` back from the window ``check`` was charged on (``mode``)."""

@@ -57,6 +57,8 @@ class LimitOutcome:
         mode: where the decision was taken: ``"primary"`` (the configured storage),
             ``"fallback"`` (the local memory storage during an outage), ``"open"`` (admitted
             uncounted during an outage) or ``"closed"`` (refused during an outage).
+        charged: whether the window was charged (``False`` when another window of an
+            all-or-nothing charge refused, or when it was only tested).
     """
 
     check: LimitCheck
@@ -65,11 +67,12 @@ class LimitOutcome:
     reset_at: float
     error: str | None = None
     mode: str = "primary"
+    charged: bool = True
 
     @property
     def counted(self) -> bool:
         """Whether the request's cost was added to a window (and could be refunded)."""
-        return self.allowed and self.mode in ("primary", "fallback")
+        return self.allowed and self.charged and self.mode in ("primary", "fallback")
 
 
 class LimitPlan:

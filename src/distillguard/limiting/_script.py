@@ -1,0 +1,131 @@
+"""One Redis round trip per request: a Lua script that checks and charges every window of a
+request at once, and reports each window's remaining quota and reset time.
+
+It keeps ``limits``' data layout, so the refund script and ``limits``' own readers see the same
+counters: a moving window is a list of timestamps (newest first, trimmed to the limit, expiring
+with the window) and a fixed window is a counter set to expire one window after its first hit.
+
+It improves on charging window by window in three ways:
+
+* **one round trip** instead of two or three per window;
+* **all or nothing**: when one window refuses, none is charged, so a refused request never
+  holds quota (no refund needed, no window of over-counting);
+* **server time**: moving-window timestamps come from Redis ``TIME``, so replicas whose clocks
+  disagree still share one exact window (``limits`` stamps entries with each client's clock).
+
+The sliding window counter and Redis Cluster (whose keys sit in different hash slots) are
+charged window by window through ``limits`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .plan import LimitCheck, LimitOutcome
+
+__all__ = ["CHARGE_WINDOWS_LUA", "outcomes", "script_args", "scriptable"]
+
+CHARGE_WINDOWS_LUA = """
+local t = redis.call('time')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local charge = ARGV[1] == '1'
+local n = #KEYS
+local fits, counts, starts = {}, {}, {}
+local all = true
+for i = 1, n do
+  local b = 1 + (i - 1) * 4
+  local kind, limit = ARGV[b + 1], tonumber(ARGV[b + 2])
+  local expiry, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local count, start = 0, now
+  if kind == 'm' then
+    local low, high, found = 0, redis.call('llen', KEYS[i]) - 1, -1
+    while low <= high do
+      local mid = math.floor((low + high) / 2)
+      local v = tonumber(redis.call('lindex', KEYS[i], mid))
+      if v and v >= now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
+    end
+    if found >= 0 then
+      count = found + 1
+      start = tonumber(redis.call('lindex', KEYS[i], found))
+    end
+  else
+    count = tonumber(redis.call('get', KEYS[i]) or '0')
+  end
+  fits[i] = cost <= limit and count + cost <= limit
+  counts[i], starts[i] = count, start
+  if not fits[i] then all = false end
+end
+local out = {}
+for i = 1, n do
+  local b = 1 + (i - 1) * 4
+  local kind, limit = ARGV[b + 1], tonumber(ARGV[b + 2])
+  local expiry, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local count, reset = counts[i], 0
+  if kind == 'm' then
+    if all and charge then
+      local entries = {}
+      for j = 1, cost do entries[j] = now end
+      for j = 1, #entries, 5000 do
+        redis.call('lpush', KEYS[i], unpack(entries, j, math.min(j + 4999, #entries)))
+      end
+      redis.call('ltrim', KEYS[i], 0, limit - 1)
+      redis.call('expire', KEYS[i], expiry)
+      if count == 0 then starts[i] = now end
+      count = count + cost
+    end
+    reset = (count > 0 and starts[i] or now) + expiry
+  else
+    if all and charge then
+      count = redis.call('incrby', KEYS[i], cost)
+      if count == cost then redis.call('expire', KEYS[i], expiry) end
+    end
+    local ttl = redis.call('pttl', KEYS[i])
+    if ttl < 0 then ttl = 0 end
+    reset = now + ttl / 1000
+  end
+  out[i] = {fits[i] and 1 or 0, limit - count, tostring(reset)}
+end
+return out
+"""
+
+
+def scriptable(storage: Any, checks: Sequence[LimitCheck]) -> bool:
+    """Whether ``checks`` can be charged with the script on ``storage`` (a single-node Redis or
+    Valkey, possibly behind Sentinel; moving and fixed windows only)."""
+    if any(c.strategy not in ("moving-window", "fixed-window") for c in checks):
+        return False
+    mode = getattr(storage, "MODE", None)
+    if mode is not None:  # limits.aio redis storages
+        return mode in ("BASIC", "SENTINEL") and hasattr(storage, "bridge")
+    name = type(storage).__name__
+    return name in ("RedisStorage", "RedisSentinelStorage") and hasattr(storage, "prefixed_key")
+
+
+def script_args(
+    storage: Any, checks: Sequence[LimitCheck], charge: bool
+) -> tuple[list[str], list[str | int]]:
+    """The script's ``KEYS`` and ``ARGV`` for ``checks``."""
+    prefix = storage.prefixed_key if hasattr(storage, "prefixed_key") else storage.bridge.prefixed_key
+    keys = [prefix(c.item.key_for(*c.key)) for c in checks]
+    args: list[str | int] = ["1" if charge else "0"]
+    for c in checks:
+        args.extend(
+            ("m" if c.strategy == "moving-window" else "f", c.item.amount, c.item.get_expiry(), c.cost)
+        )
+    return keys, args
+
+
+def outcomes(checks: Sequence[LimitCheck], replies: Sequence[Any], charge: bool) -> tuple[LimitOutcome, ...]:
+    """The script's replies as outcomes; when any window refuses, none was charged."""
+    all_fit = all(int(r[0]) == 1 for r in replies)
+    return tuple(
+        LimitOutcome(
+            check=check,
+            allowed=int(reply[0]) == 1,
+            remaining=max(0, int(reply[1])),
+            reset_at=float(reply[2]),
+            charged=charge and all_fit,
+        )
+        for check, reply in zip(checks, replies, strict=True)
+    )
