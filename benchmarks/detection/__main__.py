@@ -24,6 +24,7 @@ from .scenarios import Scale
 from .tasks import calibrate_task, holdout_task, tuning_task
 
 ROOT = Path(__file__).resolve().parents[2]
+LOW_FLOOR = 0.25
 HOLDOUT_NOTE = (
     "Held-out corpora (English trivia, Italian, Spanish, Portuguese, Dutch, German, French, "
     "Indonesian), the other half of the jailbreak prompts, paraphrased templates, probes with "
@@ -63,18 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         cal_h = pool.submit(
             calibrate_task, "holdout", seed + 3000, scale.holdout(), work, args.percentile, det
         )
-        (tuned, tuned_days), (own, own_days) = cal_t.result(), cal_h.result()
+        cal_l = pool.submit(
+            calibrate_task, "tuning", seed + 1000, scale, work, args.percentile, det, LOW_FLOOR
+        )
+        (tuned, tuned_days), (own, own_days), (low, _) = cal_t.result(), cal_h.result(), cal_l.result()
         _log("replaying the tuning and holdout populations")
         jobs = {
             "own": pool.submit(tuning_task, seed, scale, work, None, det),
             "calibrated": pool.submit(tuning_task, seed, scale, work, tuned, det),
+            "calibrated-low": pool.submit(tuning_task, seed, scale, work, low, det),
             "holdout-transfer": pool.submit(
                 holdout_task, seed + 2000, scale.holdout(), work, tuned, det, "transfer"
             ),
             "holdout-own": pool.submit(holdout_task, seed + 2000, scale.holdout(), work, own, det, "own"),
         }
         results = {name: job.result() for name, job in jobs.items()}
-        thresholds_tuned, thresholds_own = _thresholds(tuned), _thresholds(own)
+        thresholds_tuned, thresholds_own, thresholds_low = (
+            _thresholds(tuned),
+            _thresholds(own),
+            _thresholds(low),
+        )
 
     elapsed = time.perf_counter() - started
     command = "python -m benchmarks.detection" + (" --quick" if args.quick else "")
@@ -87,12 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Calibration (`distillguard calibrate`, p{args.percentile:g}): on a benign tuning log "
         f"({tuned_days:,} client-days, seed {seed + 1000}): {thresholds_tuned}; on a benign holdout log "
-        f"({own_days:,} client-days, seed {seed + 3000}): {thresholds_own}.",
+        f"({own_days:,} client-days, seed {seed + 3000}): {thresholds_own}. With `--floor {LOW_FLOOR:g}` on "
+        f"the tuning log: {thresholds_low}.",
         "",
     ]
     sections = [
         section("Tuning set, detectors' own thresholds", results["own"]),
         section("Tuning set, calibrated thresholds", results["calibrated"]),
+        section(
+            f"Tuning set, calibrated thresholds with `--floor {LOW_FLOOR:g}`",
+            results["calibrated-low"],
+            "A floor below the flag level lets a detector whose benign null is quiet become more "
+            "sensitive than its defaults.",
+        ),
         section(
             "Holdout set through `distillguard replay --config`, thresholds calibrated on the tuning set",
             results["holdout-transfer"],

@@ -104,10 +104,12 @@ def replay_command(
     return report
 
 
-def calibrate_command(log: Path, out: Path, *, percentile: float, detectors: str | None = None) -> None:
+def calibrate_command(
+    log: Path, out: Path, *, percentile: float, detectors: str | None = None, floor: float = 0.5
+) -> None:
     """Run ``distillguard calibrate`` on a benign log."""
     argv = [*_command(), "calibrate", str(log), "--out", str(out), "--quiet"]
-    argv += ["--percentile", str(percentile)]
+    argv += ["--percentile", str(percentile), "--floor", str(floor)]
     if detectors:
         argv += ["--detectors", detectors]
     subprocess.run(argv, check=True)

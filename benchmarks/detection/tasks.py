@@ -24,16 +24,22 @@ __all__ = ["calibrate_task", "holdout_task", "tuning_task"]
 
 
 def calibrate_task(
-    part: str, seed: int, scale: Scale, work: Path, percentile: float, detectors: str | None
+    part: str,
+    seed: int,
+    scale: Scale,
+    work: Path,
+    percentile: float,
+    detectors: str | None,
+    floor: float = 0.5,
 ) -> tuple[Path, int]:
     """``distillguard calibrate`` on a benign-only log of ``part``; return the thresholds file
     and the number of client-days it rests on."""
     corpus = tuning_corpus() if part == "tuning" else holdout_corpus(random.Random(seed))
     streams = population(corpus, part, seed, scale, benign_only=True)
-    log = work / f"calibration-{part}.jsonl"
+    log = work / f"calibration-{part}-{floor:g}.jsonl"
     write_log(streams, log)
-    out = work / f"thresholds-{part}.json"
-    calibrate_command(log, out, percentile=percentile, detectors=detectors)
+    out = work / f"thresholds-{part}-{floor:g}.json"
+    calibrate_command(log, out, percentile=percentile, detectors=detectors, floor=floor)
     days = len({(s.name, int(t // 86_400)) for s in streams for t, _, _ in s.events})
     return out, days
 
@@ -44,7 +50,7 @@ def tuning_task(
     """The tuning population through the replay engine, in process."""
     streams = population(tuning_corpus(), "tuning", seed, scale)
     th = Thresholds.load(thresholds) if thresholds is not None else None
-    log = work / f"tuning-{'calibrated' if th else 'own'}.jsonl"
+    log = work / f"tuning-{thresholds.stem if thresholds else 'own'}.jsonl"
     report, days = replay_in_process(streams, log, standard_detectors(detectors), th)
     return evaluate(streams, report, days)
 

@@ -58,7 +58,7 @@ def test_calibrate_writes_percentiles_of_the_client_day_maxima(
     log = tmp_path / "benign.jsonl"
     _benign_log(log)
     out = tmp_path / "thresholds.json"
-    argv = ["calibrate", str(log), "--out", str(out), "--percentile", str(p), "--floor", "0"]
+    argv = ["calibrate", str(log), "--out", str(out), "--percentile", str(p), "--floor", "0.01"]
     assert main([*argv, "--detectors", STANDIN, "--quiet"]) == 0
     data = json.loads(out.read_text())
     assert data["thresholds"]["field_score"] == pytest.approx(expected, abs=1e-6)
@@ -75,14 +75,14 @@ def test_floor_and_window_are_applied(tmp_path: Path) -> None:
     assert main([*base, "--percentile", "10", "--floor", "0.3"]) == 0
     assert json.loads(out.read_text())["thresholds"]["field_score"] == pytest.approx(0.3)
     # two-day windows: maxima per client are 0.3, 0.9, 0.6, 0.7 -> p50 = 0.65
-    assert main([*base, "--percentile", "50", "--floor", "0", "--window-seconds", str(2 * DAY)]) == 0
+    assert main([*base, "--percentile", "50", "--floor", "0.01", "--window-seconds", str(2 * DAY)]) == 0
     assert json.loads(out.read_text())["thresholds"]["field_score"] == pytest.approx(0.65)
 
 
 def test_replay_reads_the_thresholds_file(tmp_path: Path) -> None:
     """With --config, a score at the calibrated threshold reaches the flag level, below it does not."""
     thresholds = tmp_path / "t.json"
-    Thresholds(detectors={"field_score": 0.8}, floor=0.0).save(thresholds)
+    Thresholds(detectors={"field_score": 0.8}, floor=0.01).save(thresholds)
     assert Thresholds.load(thresholds).risk_policy().thresholds == {"field_score": 0.8}
     log = tmp_path / "log.jsonl"
     rows = [

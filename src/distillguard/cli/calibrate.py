@@ -31,7 +31,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--window-seconds", type=float, default=86_400.0, help="client-window length (default one UTC day)"
     )
-    parser.add_argument("--floor", type=float, default=0.25, help="lowest threshold allowed (default 0.25)")
+    parser.add_argument(
+        "--floor", type=float, default=0.5, help="lowest threshold allowed (default 0.5, the flag level)"
+    )
     add_common(parser)
     parser.set_defaults(func=run)
 

@@ -6,15 +6,14 @@ score of each detector is one sample of that detector's benign null. Taking the 
 client-window (not per request) matches how false positives are counted: a client-day is a
 false positive when *any* of its requests is flagged.
 
-**The threshold.** For each detector, ``threshold = max(floor, P_p(null))`` where ``P_p`` is the
-``p``-th percentile with linear interpolation between order statistics (numpy's default
-``"linear"`` method) and ``floor`` keeps a detector that scored 0 on all benign traffic from
-flagging at the first non-zero score. With ``p = 99.9`` about one benign client-window in a
-thousand reaches the threshold, so the estimate needs several thousand client-windows: the file
-records how many samples each threshold rests on.
-
-The percentile is computed by :func:`distillguard.risk.calibrate` (which also clamps
-thresholds to [0.05, 0.95]); the floor is applied on top.
+**The threshold.** For each detector, ``threshold = min(0.95, max(floor, P_p(null)))`` where
+``P_p`` is the ``p``-th percentile with linear interpolation between order statistics (numpy's
+default ``"linear"`` method), computed by :func:`distillguard.risk.calibrate`. The ``floor``
+(0.5 by default: the detectors' own flag level) keeps a detector that scored 0 on all benign
+traffic at its own scale, so calibration only ever makes a detector *less* sensitive than its
+defaults; a lower floor lets a quiet benign null make it more sensitive. With ``p = 99.9``
+about one benign client-window in a thousand reaches the threshold, so the estimate needs
+several thousand client-windows: the file records how many samples each threshold rests on.
 
 **Using it.** The thresholds go to the risk policy (:class:`distillguard.risk.RiskPolicy`),
 which rescales each detector's score so that its threshold lands on the ``flag`` level
@@ -79,7 +78,7 @@ class Thresholds:
     detectors: Mapping[str, float]
     percentile: float = 99.9
     window_seconds: float = 86_400.0
-    floor: float = 0.25
+    floor: float = 0.5
     samples: Mapping[str, int] = field(default_factory=dict)
     clients: int = 0
 
@@ -118,7 +117,7 @@ class Thresholds:
             detectors={str(k): float(v) for k, v in data["thresholds"].items()},
             percentile=float(data.get("percentile", 99.9)),
             window_seconds=float(data.get("window_seconds", 86_400.0)),
-            floor=float(data.get("floor", 0.25)),
+            floor=float(data.get("floor", 0.5)),
             samples={str(k): int(v) for k, v in data.get("samples", {}).items()},
             clients=int(data.get("clients", 0)),
         )
@@ -174,7 +173,7 @@ def calibrate(
     *,
     p: float = 99.9,
     window_seconds: float = 86_400.0,
-    floor: float = 0.25,
+    floor: float = 0.5,
     routes: Iterable[str] = DEFAULT_ROUTES,
 ) -> Thresholds:
     """Thresholds at the ``p``-th percentile of each detector's benign null (see the module
@@ -185,14 +184,14 @@ def calibrate(
     """
     if not 0.0 < p < 100.0:
         raise ConfigurationError("the percentile must be in (0, 100)")
-    if not 0.0 <= floor < 1.0:
-        raise ConfigurationError("the floor must be in [0, 1)")
+    if not 0.0 < floor <= 0.95:
+        raise ConfigurationError("the floor must be in (0, 0.95]")
     null, stats, clients = benign_null(lines, detectors, window_seconds=window_seconds, routes=routes)
     if stats.replayed == 0:
         raise ConfigurationError("the benign log holds no usable request")
-    at_percentile = risk_calibrate(null, p)
+    at_percentile = risk_calibrate(null, p, floor=floor)
     return Thresholds(
-        detectors={name: max(floor, value) for name, value in at_percentile.items()},
+        detectors=at_percentile,
         percentile=p,
         window_seconds=window_seconds,
         floor=floor,

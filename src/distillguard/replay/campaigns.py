@@ -4,10 +4,10 @@ Real extraction campaigns spread over many accounts that each stay under their l
 gives them away is what the accounts share. Two *flagged* clients are linked when they share
 
 * a **template family**: the same first-four-words or last-four-words skeleton (digits masked)
-  in at least half of each client's prompts;
+  in at least 30% of each client's prompts (campaigns blend in other traffic);
 * a **timing cadence** *and* a **request shape**: regular inter-arrival times (coefficient of
   variation <= 0.3) whose means are within 25% of each other, and the same dominant request
-  shape (route, body keys, model, output parameters, user agent);
+  shape (route, body keys, model, output parameters, user agent) in at least half of the requests;
 * a **network or tenant** *and* a request shape: the same logged tenant or the same /24 (IPv4)
   or /48 (IPv6) address prefix, and the same dominant request shape.
 

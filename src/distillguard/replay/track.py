@@ -31,14 +31,18 @@ def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
 
 
+def _mask(words: list[str]) -> str:
+    return " ".join("#" if any(c.isdigit() for c in w) else w for w in words).lower()
+
+
 def skeleton_keys(text: str) -> tuple[str, str] | None:
     """Hashes of the first and the last four words of a prompt (lower case, digits masked),
     or ``None`` for prompts shorter than five words."""
-    words = text.lower().split()
+    words = text.split(None, _AFFIX_WORDS)
     if len(words) <= _AFFIX_WORDS:
         return None
-    masked = ["#" if any(c.isdigit() for c in w) else w for w in words]
-    return _digest(" ".join(masked[:_AFFIX_WORDS])), _digest(" ".join(masked[-_AFFIX_WORDS:]))
+    tail = text.rsplit(None, _AFFIX_WORDS)[-_AFFIX_WORDS:]
+    return _digest(_mask(words[:_AFFIX_WORDS])), _digest(_mask(tail))
 
 
 def request_shape(path: str, query: Query, user_agent: str | None) -> str:
@@ -204,7 +208,7 @@ class ClientTrack:
 
     # -- campaign features ----------------------------------------------------------------
 
-    def template_family(self, share: float = 0.5) -> str | None:
+    def template_family(self, share: float = 0.3) -> str | None:
         """The prefix (``p:``) or suffix (``s:``) hash shared by at least ``share`` of this
         client's text requests (at least five of them), or ``None``."""
         if self.texts < 5:
@@ -224,7 +228,7 @@ class ClientTrack:
         std = math.sqrt(self.gap_m2 / (self.gaps - 1))
         return self.gap_mean if std / self.gap_mean <= max_cv else None
 
-    def dominant_shape(self, share: float = 0.8) -> str | None:
+    def dominant_shape(self, share: float = 0.5) -> str | None:
         """The request shape of at least ``share`` of the requests, or ``None``."""
         if not self.shapes:
             return None
