@@ -329,7 +329,11 @@ def report(url: str, requests: int, repeats: int) -> str:
     """The Markdown section."""
     over = overhead(url, requests, repeats)
     trips = round_trips(url, 200)
-    machine = f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = (
+        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs "
+        f"(load average {load:.1f} at the start: absolute times vary with the machine's load)"
+    )
     lines = [
         "## Storage",
         "",
@@ -356,13 +360,12 @@ def report(url: str, requests: int, repeats: int) -> str:
         lines.append(f"| {adapter} | {strategy} | {count:g} | {commands} |")
     lines += [
         "",
-        "The target of one round trip per request is not met: each window costs one call to charge "
-        "it (`limits`' atomic Lua script) plus the call(s) that read its remaining quota and reset "
-        "time for the RateLimit fields and `Retry-After` (`limits` has no hit-and-report call): "
-        "two per window for the moving and sliding windows, three for the fixed window (`GET` and "
-        "`TTL` after the increment). One round trip per request would need a single script charging "
-        "every window of the request, which `limits` does not offer (and Redis Cluster could not "
-        "run across the windows' hash slots).",
+        "Moving and fixed windows on a single Redis (or Sentinel) cost one round trip per request: "
+        "one script checks every window of the request, charges them all or none, and returns each "
+        "window's remaining quota and reset time (`distillguard/limiting/_script.py`). The sliding "
+        "window counter, and Redis Cluster (a request's windows live in different hash slots), are "
+        "charged window by window through `limits`: two round trips per window (charge, then read "
+        "the window for the RateLimit fields).",
     ]
     return "\n".join(lines)
 
