@@ -1,6 +1,7 @@
 """The guard's span: where it goes in the trace and what it records.
 
-**Placement.** Each guarded request gets one ``INTERNAL`` span named ``distillguard.guard``.
+**Placement.** Each guarded request gets one span named ``distillguard.guard``, normally
+``INTERNAL``.
 
 * When a span is current (the ``SERVER`` span of FastAPI's native telemetry or of the contrib
   ASGI/FastAPI instrumentation placed outside the guard), the guard's span is its child and is
@@ -41,18 +42,17 @@ from ..decision import Action, Decision
 from ..limiting.usage import Usage
 from ..request import GuardRequest
 from . import names as n
-from .config import TelemetryConfig, hash_identifier
+from .attributes import AttributeBuilder
+from .config import TelemetryConfig
 from .metrics import GuardMetrics
-from .usage import UsageReader
+from .usage import UsageReader, reader_for, usage_of
 
 if TYPE_CHECKING:
     from ..guard import Guard
 
 __all__ = ["Pending", "Telemetry"]
 
-_OPERATIONS = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
 _START_RESERVE = 4  # method, path, client address, user agent
-_MAX_LIST = 32
 
 
 def _qualname(kind: type[BaseException]) -> str:
@@ -89,8 +89,7 @@ class Telemetry:
         self.config = config
         self.tracer: Tracer = trace.get_tracer("distillguard", __version__, tracer_provider)
         self.metrics = GuardMetrics(meter_provider)
-        self._ids: dict[str, str] = {}
-        self._limit = config.max_attribute_length
+        self.attrs = AttributeBuilder(config)
         self._budget = config.max_span_attributes - _START_RESERVE
 
     def observe(self, guard: Guard) -> None:
@@ -124,14 +123,7 @@ class Telemetry:
         with ``getter``, the start time): :meth:`open` starts it once the decision is known, as
         ``SERVER`` if the guard answers the request itself, else ``INTERNAL``; it is never made
         current (see the module docstring)."""
-        config = self.config
-        attributes: dict[str, Any] = {n.HTTP_METHOD: request.method}
-        if config.record_path:
-            attributes[n.URL_PATH] = self._cap(request.path)
-        if config.record_client_address and request.client_address:
-            attributes[n.CLIENT_ADDRESS] = self._cap(request.client_address)
-        if config.record_user_agent and request.user_agent:
-            attributes[n.USER_AGENT] = self._cap(request.user_agent)
+        attributes = self.attrs.request(request)
         current = trace.get_current_span()
         if current is not INVALID_SPAN and current.get_span_context().is_valid:
             span = self.tracer.start_span(n.SPAN_NAME, kind=SpanKind.INTERNAL, attributes=attributes)
@@ -165,7 +157,7 @@ class Telemetry:
         if decision.action is not Action.ALLOW and span.is_recording():
             event: dict[str, Any] = {n.ATTR_DECISION: decision.action.value, n.ATTR_SCORE: decision.score}
             if decision.reasons:
-                event[n.ATTR_REASONS] = self._list(decision.reasons)
+                event[n.ATTR_REASONS] = self.attrs.strings(decision.reasons)
             if decision.shadow:
                 event[n.ATTR_SHADOW] = True
             span.add_event(n.EVENT_DECISION, event)
@@ -189,9 +181,9 @@ class Telemetry:
             if status is not None:
                 attrs[n.HTTP_STATUS] = status
             if route:
-                attrs[n.HTTP_ROUTE] = self._cap(route)
+                attrs[n.HTTP_ROUTE] = self.attrs.cap(route)
             if decision is not None:
-                self._decision_attributes(decision, attrs)
+                self.attrs.decision(decision, attrs)
             if usage is not None:
                 if usage.prompt is not None:
                     attrs[n.GEN_AI_USAGE_INPUT] = usage.prompt
@@ -201,9 +193,7 @@ class Telemetry:
             if extra:
                 attrs.update(extra)
             if decision is not None and decision.results:
-                for result in decision.results:
-                    if result.score > 0.0:  # a zero score says nothing; leave it out
-                        attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+                self.attrs.detectors(decision, attrs)  # the least important: cut first
             failed = False  # the guard answered 5xx itself (e.g. its storage is unavailable)
             if exc is not None:
                 # the type only (an ``exception`` event without message or stack trace): the
@@ -224,98 +214,29 @@ class Telemetry:
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
         span.end()
 
-    # -- token usage ---------------------------------------------------------------------------
+    # -- token usage (see :mod:`distillguard.telemetry.usage`) -------------------------------
 
     def usage_parser(self, span: Span, decision: Decision) -> UsageReader | None:
-        """A parser for the response's token ``usage``, when the span wants it and no token
-        limit already reads it (``None`` otherwise: nothing to parse)."""
-        query = decision.query
-        if (
-            query is None
-            or query.kind not in _OPERATIONS
-            or decision.problem is not None
-            or not self.config.record_usage
-            or not span.is_recording()
-        ):
+        """A reader for the response's token ``usage``, when the span wants it and no token
+        limit already reads it (``None`` otherwise: nothing to read)."""
+        if not self.config.record_usage or not span.is_recording():
             return None
-        budget = getattr(decision, "budget", None)
-        if budget is not None and budget.parser is not None:
-            return None
-        return UsageReader()
+        return reader_for(decision)
 
     @staticmethod
-    def usage(parser: UsageReader | None, decision: Decision | None) -> Usage | None:
-        """The response's token usage, from ``parser`` or the token limits' own reading."""
-        if parser is not None:
-            return parser.result()
-        budget = getattr(decision, "budget", None)
-        if budget is None or budget.parser is None:
-            return None
-        usage: Usage | None = budget.usage if budget.usage is not None else budget.parser.result()
-        return usage
+    def usage(reader: UsageReader | None, decision: Decision | None) -> Usage | None:
+        """The response's token usage, from ``reader`` or the token limits' own reading."""
+        return usage_of(reader, decision)
 
-    # -- attributes ----------------------------------------------------------------------------
-
-    def _cap(self, value: str) -> str:
-        limit = self._limit
-        return value if len(value) <= limit else value[:limit]
-
-    def _list(self, values: tuple[str, ...]) -> list[str]:
-        return [self._cap(v) for v in values[:_MAX_LIST]]
+    # -- attributes (see :class:`~distillguard.telemetry.attributes.AttributeBuilder`) ------
 
     def client_attribute(self, client_id: str) -> str:
         """The value recorded for ``client_id`` (hashed when configured)."""
-        if not self.config.hash_identifiers:
-            return self._cap(client_id)
-        hashed = self._ids.get(client_id)
-        if hashed is None:
-            hashed = hash_identifier(client_id, self.config.hash_key)
-            if len(self._ids) >= 100_000:
-                self._ids.clear()
-            self._ids[client_id] = hashed
-        return hashed
-
-    def _decision_attributes(self, decision: Decision, attrs: dict[str, Any]) -> None:
-        attrs[n.ATTR_DECISION] = decision.action.value
-        identity = decision.identity
-        if identity is not None:
-            attrs[n.ATTR_CLIENT_ID] = self.client_attribute(identity.client_id)
-            attrs[n.ATTR_CLIENT_TIER] = self._cap(identity.tier)
-        if decision.shadow:
-            attrs[n.ATTR_SHADOW] = True
-        if decision.auth_failure is not None:
-            attrs[n.ATTR_AUTH_FAILURE] = self._cap(decision.auth_failure)
-        query = decision.query
-        if query is not None:
-            operation = _OPERATIONS.get(query.kind)
-            if operation is not None:
-                attrs[n.GEN_AI_OPERATION] = operation  # says the kind too
-            else:
-                attrs[n.ATTR_QUERY_KIND] = query.kind
-            if query.model is not None:
-                attrs[n.GEN_AI_MODEL] = self._cap(query.model)
-            if query.max_tokens is not None:
-                attrs[n.GEN_AI_MAX_TOKENS] = query.max_tokens
-            if query.text:
-                attrs[n.ATTR_QUERY_FINGERPRINT] = query.fingerprint
-                attrs[n.ATTR_QUERY_LENGTH] = len(query.text)
-        if decision.limits:
-            tightest = min(decision.limits, key=lambda o: o.remaining)
-            attrs[n.ATTR_LIMIT_REMAINING] = tightest.remaining
-            if tightest.remaining <= 0 or not tightest.allowed:  # the window that binds
-                attrs[n.ATTR_LIMIT_POLICY] = self._cap(tightest.check.policy)
-        if decision.results:
-            attrs[n.ATTR_SCORE] = decision.score
-        if decision.reasons:
-            attrs[n.ATTR_REASONS] = self._list(decision.reasons)
-        if decision.errors:
-            attrs[n.ATTR_ERRORS] = self._list(decision.errors)
+        return self.attrs.client(client_id)
 
     def attributes(self, decision: Decision) -> dict[str, Any]:
         """The span attributes describing ``decision`` (pure; no raw request contents)."""
         attrs: dict[str, Any] = {}
-        self._decision_attributes(decision, attrs)
-        for result in decision.results:
-            if result.score > 0.0:
-                attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+        self.attrs.decision(decision, attrs)
+        self.attrs.detectors(decision, attrs)
         return attrs

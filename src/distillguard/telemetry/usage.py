@@ -11,10 +11,15 @@ else content deltas are counted).
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from ..limiting.usage import Usage, UsageParser
+from .attributes import OPERATIONS
 
-__all__ = ["UsageReader"]
+if TYPE_CHECKING:
+    from ..decision import Decision
+
+__all__ = ["UsageReader", "reader_for", "usage_of"]
 
 _KEYS = re.compile(
     rb'"(prompt_tokens|input_tokens|completion_tokens|output_tokens|total_tokens)"\s*:\s*(\d+)'
@@ -76,3 +81,26 @@ class UsageReader:
         if prompt is None and completion is None:
             return None
         return Usage(prompt=prompt, completion=completion or 0, total=total, source="usage")
+
+
+def reader_for(decision: Decision) -> UsageReader | None:
+    """A reader for the response to ``decision``: only for GenAI requests passed to the app,
+    and only when no token limit reads the usage already (its reading is reused)."""
+    query = decision.query
+    if query is None or query.kind not in OPERATIONS or decision.problem is not None:
+        return None
+    budget = getattr(decision, "budget", None)
+    if budget is not None and budget.parser is not None:
+        return None
+    return UsageReader()
+
+
+def usage_of(reader: UsageReader | None, decision: Decision | None) -> Usage | None:
+    """The response's token usage, from ``reader`` or the token limits' own reading."""
+    if reader is not None:
+        return reader.result()
+    budget = getattr(decision, "budget", None)
+    if budget is None or budget.parser is None:
+        return None
+    usage: Usage | None = budget.usage if budget.usage is not None else budget.parser.result()
+    return usage
