@@ -4,11 +4,15 @@ distillguard uses the OpenTelemetry *API* at run time and accepts a ``tracer_pro
 ``meter_provider``; without them it uses the global providers (no-ops until the application
 installs an SDK).
 
-* :mod:`.spans`: one ``INTERNAL`` span ``distillguard.guard`` per guarded request, placed so
-  that it never duplicates or demotes a framework's ``SERVER`` span (see there).
+* :mod:`.spans`: one span ``distillguard.guard`` per guarded request, placed so that it never
+  duplicates or demotes a framework's ``SERVER`` span (see there).
 * :mod:`.metrics`: decisions, detector verdicts, limiter fallbacks, risk scores, the guard's own
   overhead and the number of tracked clients, recorded off the request's critical path.
+  The instruments live in :mod:`.instruments`, one set per meter provider.
+* :mod:`.attributes`: what the span records, capped and hashed (:mod:`.config`).
+* :mod:`.usage`: the response's token ``usage`` (JSON and SSE) for ``gen_ai.usage.*``.
 * :mod:`.names`: every name, following the stable HTTP and the GenAI semantic conventions.
+* :mod:`.propagation`: trace context and routes from ASGI scopes and WSGI environs.
 * :mod:`.flask`: a ``before_request`` hook that links Flask's server span to the guard's.
 
 Hygiene: attributes never carry raw prompts, tokens or secrets (the query is a fingerprint, the
