@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,11 @@ def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
 
 
+_DIGITS = re.compile(r"\S*\d\S*")
+
+
 def _mask(words: list[str]) -> str:
-    return " ".join("#" if any(c.isdigit() for c in w) else w for w in words).lower()
+    return _DIGITS.sub("#", " ".join(words)).lower()
 
 
 def skeleton_keys(text: str) -> tuple[str, str] | None:
