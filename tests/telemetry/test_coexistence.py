@@ -63,8 +63,7 @@ def test_fastapi_version_has_native_telemetry() -> None:
 async def test_fastapi_native_server_span_is_the_parent(
     guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
 ) -> None:
-    """FastAPI's native SERVER span is current inside the middleware: one SERVER span, the
-    guard's INTERNAL span is its child and FastAPI's operation spans nest under the guard's."""
+    """FastAPI native: one SERVER span, the guard's span its child, FastAPI's operation spans under ours."""
     app = fastapi_app(telemetry={"tracer_provider": tracer_provider})
     app.add_middleware(DistillGuardMiddleware, guard=guard_factory())
     response = await post(app)
@@ -85,8 +84,7 @@ async def test_fastapi_native_server_span_is_the_parent(
 async def test_fastapi_contrib_instrumentor_replaces_native(
     guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
 ) -> None:
-    """With ``FastAPIInstrumentor`` on an app whose native telemetry is also enabled, FastAPI
-    steps aside: still exactly one SERVER span, and the guard's span is its child."""
+    """FastAPIInstrumentor beside native telemetry: still one SERVER span, the guard's span its child."""
     app = fastapi_app(telemetry={"tracer_provider": tracer_provider})
     app.add_middleware(DistillGuardMiddleware, guard=guard_factory())
     FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider)
@@ -117,9 +115,7 @@ async def test_contrib_asgi_middleware_outside_the_guard(
 async def test_contrib_asgi_middleware_inside_the_guard(
     guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
 ) -> None:
-    """The contrib middleware *inside* the guard still makes the one SERVER span (the guard does
-    not make its span current when none was, so it is not demoted to INTERNAL); with a
-    ``traceparent`` both spans are siblings under the caller's span in the same trace."""
+    """Contrib middleware inside the guard keeps its SERVER span; both are siblings under traceparent."""
     from starlette.applications import Starlette
 
     inner = starlette_app()
@@ -145,8 +141,7 @@ async def test_contrib_asgi_middleware_inside_the_guard(
 async def test_guard_alone_without_traceparent_is_a_root(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
 ) -> None:
-    """Without any server instrumentation or incoming context the guard's span is the root of
-    its own trace, and no SERVER span is invented."""
+    """Without instrumentation or incoming context the guard's span is a root and no SERVER span exists."""
     app = DistillGuardMiddleware(starlette_app(), guard=guard_factory())
     assert (await post(app)).status_code == 200
     servers, guard = split(span_exporter)
@@ -181,9 +176,7 @@ def test_flask_instrumentation_keeps_its_server_span(
     span_exporter: InMemorySpanExporter,
     traceparent: bool,
 ) -> None:
-    """Flask's instrumentation starts its span in ``before_request``, after the WSGI guard: it
-    stays the one SERVER span. The guard's span is its sibling under the caller's span when a
-    ``traceparent`` came in, and the root of its own trace otherwise."""
+    """Flask's span stays the one SERVER span; ours is its sibling (traceparent) or its own trace."""
     app = _flask(guard_factory(), tracer_provider, hook=False)
     try:
         assert _flask_post(app, {"traceparent": TRACEPARENT} if traceparent else {}) == 200
@@ -206,8 +199,7 @@ def test_flask_instrumentation_keeps_its_server_span(
 def test_flask_hook_links_the_spans_and_records_the_route(
     guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
 ) -> None:
-    """``enrich_flask_spans`` links Flask's SERVER span and the guard's span both ways, puts the
-    decision on the server span and the Flask route on the guard's span."""
+    """The Flask hook links both spans, puts the decision on Flask's span and the route on ours."""
     app = _flask(guard_factory(), tracer_provider, hook=True)
     try:
         assert _flask_post(app, {}) == 200
@@ -239,8 +231,7 @@ def test_flask_hook_without_instrumentation_records_the_route(
 def test_flask_refusal_gets_the_guard_span_as_its_server_span(
     guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
 ) -> None:
-    """A request the guard refuses never reaches Flask, so Flask's instrumentation starts no
-    span: the guard's span is then the one SERVER span, starting when the request arrived."""
+    """A refusal never reaches Flask: the guard's span, from arrival, is the one SERVER span."""
     import time
 
     app = _flask(guard_factory(), tracer_provider, hook=True)
@@ -264,9 +255,7 @@ def test_flask_refusal_gets_the_guard_span_as_its_server_span(
 async def test_asgi_refusal_with_inner_instrumentation_has_one_server_span(
     guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
 ) -> None:
-    """Contrib middleware inside the guard never sees a refused request: the guard's span is
-    its SERVER span; an allowed request still gets the contrib SERVER span and an INTERNAL
-    guard span."""
+    """Inner contrib middleware: refusals get our span as SERVER, allowed requests contrib's."""
     from starlette.applications import Starlette
 
     app = Starlette(

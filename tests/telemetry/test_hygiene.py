@@ -161,8 +161,7 @@ async def test_asgi_exports_no_prompt_token_or_secret(
     span_exporter: InMemorySpanExporter,
     capture_all_logs: pytest.LogCaptureFixture,
 ) -> None:
-    """FastAPI: allowed+flagged, streamed, failing-app, bad-token and rate-limited requests
-    with marked contents leave no marker in spans, metrics or logs."""
+    """FastAPI: marked prompts, tokens and secrets never reach spans, metrics or logs."""
     token = make_token(sub=SUBJECT, api_secret=CLAIM)
     app = fastapi_app(answer=OUTPUT)
     add_boom_route(app, "fastapi")
@@ -234,8 +233,7 @@ def test_wsgi_exports_no_prompt_token_or_secret(
 def test_client_ids_are_hashed_by_default_and_keyed_on_request(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
 ) -> None:
-    """The client id on spans is a 16-hex-digit hash by default; with ``hash_key`` it is the
-    keyed hash operators can recompute with :func:`hash_identifier`."""
+    """Client ids are hashed by default, keyed with hash_key, raw only when configured."""
     key = b"k" * 32
     for config, expected in [
         (TelemetryConfig(), hash_identifier(SUBJECT)),

@@ -74,8 +74,7 @@ def post(app: Any, token: str | None = None) -> int:
 def test_instruments_exist_from_construction(
     guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
-    """Building a guard registers its instruments: before any request the tracked-clients gauge
-    already reports 0 (no detector tracks clients)."""
+    """Building a guard registers its instruments: the tracked-clients gauge reports 0 at once."""
     guard_factory(meter_provider=meter_provider)
     points = metric_points(metric_reader)
     assert value_of(points[METRIC_CLIENTS]) == 0
@@ -102,8 +101,7 @@ def test_decisions_are_counted_by_action(
 def test_detector_verdicts_and_risk_score_histogram(
     guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
-    """Each detector's result is counted under the verdict its own score reaches (or
-    ``error``); the aggregate score of each request lands in the risk-score histogram."""
+    """Detector results count by their own verdict (or error); aggregate scores fill the histogram."""
     detectors = [StaticDetector(0.6, name="a"), StaticDetector(0.1, name="b"), RaisingDetector(name="broken")]
     app = serve(guard_factory(meter_provider=meter_provider, detectors=detectors))
     assert [post(app), post(app)] == [200, 200]
@@ -127,8 +125,7 @@ def test_detector_verdicts_and_risk_score_histogram(
 def test_overhead_histogram_excludes_the_app(
     guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
-    """The overhead histogram gets one value per request, by decision, and does not include the
-    50 ms the app spends."""
+    """The overhead histogram gets one value per request by decision, without the app's 50 ms."""
     app = serve(guard_factory(meter_provider=meter_provider), delay=0.05)
     assert [post(app), post(app), post(app, token="garbage")] == [200, 200, 401]
     durations = {
@@ -148,8 +145,7 @@ def _dead_port() -> int:
 def test_limiter_fallbacks_are_counted(
     guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
-    """With the shared storage unreachable, each request decided on the local fallback is
-    counted by outcome."""
+    """With the shared storage unreachable, each local-fallback decision is counted by outcome."""
     limits = LimitConfig(
         default="100/minute",
         storage_uri=f"redis://127.0.0.1:{_dead_port()}",
@@ -184,8 +180,7 @@ def test_tracked_clients_gauge_reads_the_detectors(
     metric_reader: InMemoryMetricReader,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Detectors with ``tracked_clients()`` report on the gauge by detector name; a tracker that
-    raises is logged and skipped, and the collection still succeeds."""
+    """The gauge reports each tracking detector by name; a raising tracker is logged and skipped."""
     good, broken = Tracking("near_dup", 42), Tracking("buggy", None)
     assert isinstance(good, ClientTracker)
     guard = guard_factory(meter_provider=meter_provider, detectors=[good, broken])
@@ -204,8 +199,7 @@ def test_tracked_clients_gauge_reads_the_detectors(
 def test_metric_attributes_are_low_cardinality(
     guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
-    """Many distinct clients produce no new series: metric attributes are only actions,
-    detector names, verdicts and outcomes; never client ids or their hashes."""
+    """More clients add no metric series: attributes never carry client ids or their hashes."""
     guard = guard_factory(meter_provider=meter_provider, detectors=[StaticDetector(0.6, name="a")])
     app = serve(guard)
 
@@ -229,8 +223,7 @@ def test_metric_attributes_are_low_cardinality(
 def test_tracked_clients_gauge_reads_the_risk_engine(
     guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
-    """With a per-client risk policy the gauge reports the risk engine's tracked clients (as
-    ``risk``), one per client that brought evidence."""
+    """With a risk policy the gauge reports the risk engine's tracked clients as ``risk``."""
     from distillguard import Policy
     from distillguard.risk import RiskPolicy
 
@@ -250,8 +243,7 @@ def test_tracked_clients_gauge_reads_the_risk_engine(
 def test_histogram_queue_is_small_until_a_reader_collects(
     meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
-    """Without a metrics SDK (no-op provider) at most 4,096 values wait; with an SDK provider
-    every value waits for the collection, which records them all and empties the queue."""
+    """Without a metrics SDK at most 4,096 values wait; with one all wait and a collection drains them."""
     from opentelemetry.metrics import NoOpMeterProvider
 
     from distillguard.telemetry import GuardMetrics
@@ -273,8 +265,7 @@ def test_histogram_queue_is_small_until_a_reader_collects(
 def test_limiter_errors_are_counted_without_limiter_stats(
     meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
-    """With no limiter statistics to read, ``limiter:`` errors of decisions are counted as
-    ``fail_open`` fallbacks by exception type."""
+    """Without limiter statistics, ``limiter:`` errors count as fail_open fallbacks by error type."""
     from distillguard import Action, Decision
     from distillguard.telemetry import GuardMetrics
 
@@ -293,8 +284,7 @@ def test_guards_sharing_a_meter_provider_share_the_instruments(
     metric_reader: InMemoryMetricReader,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Two guards on one meter provider create the instruments once (no SDK duplicate warning)
-    and report one stream per attribute set, summing both guards."""
+    """Guards on one meter provider share its instruments (no duplicate warning) and sum counts."""
     with caplog.at_level(logging.WARNING, logger="opentelemetry"):
         first = serve(guard_factory(meter_provider=meter_provider))
         second = serve(guard_factory(meter_provider=meter_provider))

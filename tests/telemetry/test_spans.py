@@ -65,8 +65,7 @@ def wsgi_post(app: Any, path: str, body: bytes) -> tuple[int, bytes]:
 async def test_asgi_span_has_semconv_and_genai_attributes(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter, stream: bool
 ) -> None:
-    """An allowed chat request through Starlette: stable HTTP names, the route, the GenAI
-    request attributes and the usage read from the JSON body or the SSE stream's last chunk."""
+    """Starlette: stable HTTP names, the route, GenAI request attributes and usage (JSON or SSE)."""
     app = DistillGuardMiddleware(starlette_app(), guard=guard_factory())
     response = await asgi_post(app, chat_body(model="gpt-test", max_tokens=64, stream=stream))
     assert response.status_code == 200
@@ -126,8 +125,7 @@ async def test_usage_is_read_once_when_token_limits_already_parse_it(
 async def test_stream_without_usage_counts_deltas(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
 ) -> None:
-    """A stream that never reports ``usage`` gets output tokens counted from its deltas, marked
-    ``distillguard.usage.source = deltas``, and no input tokens."""
+    """A stream without ``usage`` gets output tokens counted from deltas, marked as such."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         while (await receive()).get("more_body"):
@@ -226,8 +224,7 @@ async def test_long_values_are_capped(
 async def test_attribute_count_is_capped_least_important_first(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
 ) -> None:
-    """With many detectors the span keeps at most ``max_span_attributes``: the per-detector
-    scores go first, the decision and the response status stay."""
+    """Past max_span_attributes per-detector scores go first; decision and status stay."""
     detectors = [StaticDetector(0.1, name=f"d{i}") for i in range(40)]
     guard = guard_factory(detectors=detectors, telemetry=TelemetryConfig(max_span_attributes=12))
     app = DistillGuardMiddleware(starlette_app(), guard=guard)
@@ -248,8 +245,7 @@ async def test_attribute_count_is_capped_least_important_first(
 async def test_traceparent_continues_the_callers_trace_without_becoming_current(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
 ) -> None:
-    """With no span current, the guard's span continues an incoming ``traceparent`` and the app
-    runs with no current span (so an inner instrumentation starts the SERVER span)."""
+    """With no current span ours continues traceparent and the app runs with no current span."""
     from opentelemetry import trace
 
     seen: list[Any] = []
@@ -271,8 +267,7 @@ async def test_traceparent_continues_the_callers_trace_without_becoming_current(
 async def test_uninformative_attributes_are_left_out(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
 ) -> None:
-    """Zero detector scores and the limit policy of an unconstrained request are not recorded;
-    the binding window's policy is, once a request hits it."""
+    """Zero detector scores and an unbound limit policy are left out; the binding window is named."""
     guard = guard_factory(
         limits=LimitConfig(default="2/minute"),
         detectors=[StaticDetector(0.0, name="quiet"), StaticDetector(0.3, name="loud")],
@@ -298,8 +293,7 @@ async def test_uninformative_attributes_are_left_out(
 def test_guard_5xx_sets_error_status_and_4xx_does_not(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
 ) -> None:
-    """A 503 the guard answers itself (limit storage down, ``fail_closed``) marks the span as an
-    error with ``error.type`` = ``503``; a 401 leaves the status unset (a client error)."""
+    """A 503 the guard answers sets ERROR and error.type 503; a 401 leaves the status unset."""
     import socket
 
     from opentelemetry.trace import StatusCode

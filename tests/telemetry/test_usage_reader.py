@@ -39,8 +39,7 @@ def test_responses_api_names() -> None:
 
 
 def test_quoted_usage_in_the_content_is_not_read() -> None:
-    """Text quoting ``"usage": {"prompt_tokens": 999}`` inside a string is escaped JSON and does
-    not match; the real ``usage`` object does."""
+    """Escaped ``usage`` text inside a string never matches; the real usage object does."""
     body = completion('{"usage": {"prompt_tokens": 999, "completion_tokens": 999}}')
     encoded = json.dumps(body).encode()
     assert b'\\"usage\\"' in encoded
