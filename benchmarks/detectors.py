@@ -20,6 +20,7 @@ import json
 import random
 import statistics
 import time
+from typing import Any
 
 from distillguard.detectors import Observation
 from distillguard.detectors._state import deep_sizeof
@@ -58,11 +59,9 @@ def observation(client: str, query: Query, ts: float) -> Observation:
     return Observation(identity=identity, timestamp=ts, method="POST", route="/v1/chat", query=query)
 
 
-def measure(size: int, history: int, requests: int, repeats: int, seed: int = 1) -> tuple[float, float, int]:
-    """(median wall seconds per request, median CPU seconds per request, bytes of state per
-    client) of the default set. Wall time is ``time.perf_counter``; CPU time is
-    ``time.process_time`` (this process only: less disturbed by other load on the machine)."""
-    rng = random.Random(seed)
+def _client(size: int, history: int, rng: random.Random) -> tuple[list[Any], str, float]:
+    """Fresh default detectors that have seen ``history`` earlier queries of ``size`` bytes
+    from one client; returns the detectors, the client and the last timestamp."""
     detectors = default_detectors()
     client = f"c{size}-{history}"
     pool = [parse_query(body(prompt(rng, size))) for _ in range(min(history, 500))]
@@ -72,23 +71,50 @@ def measure(size: int, history: int, requests: int, repeats: int, seed: int = 1)
         obs = observation(client, pool[i % len(pool)], ts)
         for det in detectors:
             det.score(obs)
+    return detectors, client, ts
+
+
+def _time(detectors: list[Any], client: str, queries: list[Query], ts: float) -> tuple[float, float]:
+    batch = [observation(client, q, ts + 3.0 * (i + 1)) for i, q in enumerate(queries)]
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for obs in batch:
+        for det in detectors:
+            det.score(obs)
+    return (time.perf_counter() - start) / len(batch), (time.process_time() - start_cpu) / len(batch)
+
+
+def measure(size: int, requests: int, repeats: int, seed: int = 1) -> dict[str, float]:
+    """Median per-request wall time (``time.perf_counter``) and CPU time (``time.process_time``,
+    this process only: less disturbed by other load on the machine) of the default set, for a
+    client with 10 and one with 100,000 earlier queries (timed alternately, so that both see
+    the same machine load), and the bytes of state held per client."""
+    rng = random.Random(seed)
+    young, young_id, young_ts = _client(size, 10, rng)
+    old, old_id, old_ts = _client(size, 100_000, rng)
     fresh = [parse_query(body(prompt(rng, size))) for _ in range(requests * repeats)]
-    wall: list[float] = []
-    cpu: list[float] = []
+    walls: dict[str, list[float]] = {"young": [], "old": []}
+    cpus: dict[str, list[float]] = {"young": [], "old": []}
     for r in range(repeats):
         batch = fresh[r * requests : (r + 1) * requests]
-        obs_batch = []
-        for q in batch:
-            ts += 3.0 + rng.random()
-            obs_batch.append(observation(client, q, ts))
-        start, start_cpu = time.perf_counter(), time.process_time()
-        for obs in obs_batch:
-            for det in detectors:
-                det.score(obs)
-        wall.append((time.perf_counter() - start) / len(batch))
-        cpu.append((time.process_time() - start_cpu) / len(batch))
-    memory = sum(deep_sizeof(det.states.get(client)) for det in detectors if hasattr(det, "states"))
-    return statistics.median(wall), statistics.median(cpu), memory
+        for key, (dets, client, ts) in (
+            ("young", (young, young_id, young_ts)),
+            ("old", (old, old_id, old_ts)),
+        ):
+            wall, cpu = _time(dets, client, batch, ts + 10_000.0 * r)
+            walls[key].append(wall)
+            cpus[key].append(cpu)
+    memory = {
+        key: sum(deep_sizeof(det.states.get(client)) for det in dets if hasattr(det, "states"))
+        for key, dets, client in (("young", young, young_id), ("old", old, old_id))
+    }
+    return {
+        "young": statistics.median(walls["young"]),
+        "old": statistics.median(walls["old"]),
+        "young_cpu": statistics.median(cpus["young"]),
+        "old_cpu": statistics.median(cpus["old"]),
+        "young_mem": memory["young"],
+        "old_mem": memory["old"],
+    }
 
 
 def null(clients: int = 200) -> None:
@@ -114,14 +140,18 @@ def null(clients: int = 200) -> None:
                 top[det.name] = max(top[det.name], det.score(obs).score)
         for name, value in top.items():
             maxima[name].append(value)
-    p99, p999 = calibrate(maxima, 99.0), calibrate(maxima, 99.9)
+    raw = {"floor": 1e-9, "ceiling": 1.0 - 1e-9}
+    p99, p999 = calibrate(maxima, 99.0, **raw), calibrate(maxima, 99.9, **raw)
+    threshold = calibrate(maxima, 99.9)
     print(f"benign null over {clients} clients (max score per client)\n")
-    print("| detector | p99 | p99.9 | max | clients >= 0.5 |")
-    print("|---|---:|---:|---:|---:|")
+    print("| detector | p99 | p99.9 | max | clients >= 0.5 | calibrate(p=99.9) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, values in maxima.items():
         flagged = sum(v >= 0.5 for v in values)
-        print(f"| {name} | {p99[name]:.3f} | {p999[name]:.3f} | {max(values):.3f} | {flagged} |")
-    print("\n(calibrate() clamps thresholds to [0.5, 0.95]: 0.500 means the null is below the flag level)")
+        print(
+            f"| {name} | {p99[name]:.3f} | {p999[name]:.3f} | {max(values):.3f} | {flagged} "
+            f"| {threshold[name]:.3f} |"
+        )
 
 
 def main() -> None:
@@ -143,12 +173,13 @@ def main() -> None:
     )
     print("|---:|---:|---:|---:|---:|---:|")
     for size in (256, 1024, 4096, 16384):
-        short, short_cpu, mem_short = measure(size, 10, requests, repeats)
-        long, long_cpu, mem_long = measure(size, 100_000, requests, repeats)
+        m = measure(size, requests, repeats)
         label = f"{size} B" if size < 1024 else f"{size // 1024} KB"
         print(
-            f"| {label} | {short * 1e6:.1f} us | {long * 1e6:.1f} us | {long / short:.2f} | "
-            f"{short_cpu * 1e6:.1f} / {long_cpu * 1e6:.1f} us | {mem_short} B / {mem_long} B |"
+            f"| {label} | {m['young'] * 1e6:.1f} us | {m['old'] * 1e6:.1f} us "
+            f"| {m['old'] / m['young']:.2f} | "
+            f"{m['young_cpu'] * 1e6:.1f} / {m['old_cpu'] * 1e6:.1f} us | "
+            f"{m['young_mem']:.0f} B / {m['old_mem']:.0f} B |"
         )
 
 
