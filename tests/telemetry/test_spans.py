@@ -324,3 +324,44 @@ def test_guard_5xx_sets_error_status_and_4xx_does_not(
     span = the_span(span_exporter)
     assert span.status.status_code is StatusCode.UNSET
     assert "error.type" not in dict(span.attributes or {})
+
+
+async def test_no_tracing_sdk_skips_span_work_but_still_counts(
+    guard_factory: Callable[..., Guard], meter_provider: Any, metric_reader: Any
+) -> None:
+    """With a no-op tracer provider no span is built (none current in the app); metrics still count."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from tests.telemetry.conftest import metric_points, value_of
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(trace.get_current_span())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = guard_factory(tracer_provider=NoOpTracerProvider(), meter_provider=meter_provider)
+    assert guard.telemetry.begin(guard_request())[0] is trace.INVALID_SPAN
+    guarded = DistillGuardMiddleware(app, guard=guard)
+    assert (await asgi_post(guarded, chat_body())).status_code == 200
+    assert seen == [trace.INVALID_SPAN]
+    decisions = metric_points(metric_reader)["distillguard.decisions"]
+    assert value_of(decisions, distillguard__decision="allow") == 1
+
+
+def guard_request() -> Any:
+    """A minimal request for calling the telemetry directly."""
+    from distillguard.request import GuardRequest
+
+    return GuardRequest(
+        method="POST",
+        path=CHAT_PATH,
+        authorization=None,
+        content_type="application/json",
+        body=b"{}",
+        client_address="203.0.113.7",
+        user_agent=None,
+        timestamp=0.0,
+    )

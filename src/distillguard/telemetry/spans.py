@@ -71,6 +71,16 @@ class Pending:
         self.start = start
 
 
+_NOTHING = Pending({}, None, 0)
+
+
+def _is_noop(tracer: Tracer) -> bool:
+    """Whether ``tracer`` can only make non-recording spans (no SDK installed)."""
+    if isinstance(tracer, trace.ProxyTracer):  # the global provider: real once an SDK is set
+        tracer = getattr(tracer, "_tracer", tracer)
+    return isinstance(tracer, trace.NoOpTracer)
+
+
 class Telemetry:
     """Starts the guard's span, records decisions on it, and owns the guard's metrics.
 
@@ -123,6 +133,8 @@ class Telemetry:
         with ``getter``, the start time): :meth:`open` starts it once the decision is known, as
         ``SERVER`` if the guard answers the request itself, else ``INTERNAL``; it is never made
         current (see the module docstring)."""
+        if _is_noop(self.tracer):  # no SDK: nothing to build, no context to read
+            return INVALID_SPAN, _NOTHING
         attributes = self.attrs.request(request)
         current = trace.get_current_span()
         if current is not INVALID_SPAN and current.get_span_context().is_valid:
@@ -136,6 +148,8 @@ class Telemetry:
     def open(self, pending: Pending, decision: Decision | None) -> Span:
         """Start a :class:`Pending` span: ``SERVER`` when ``decision`` refuses the request (no
         server instrumentation will see it: the guard is the server), else ``INTERNAL``."""
+        if pending is _NOTHING:
+            return INVALID_SPAN
         kind = SpanKind.SERVER if decision is not None and decision.problem is not None else SpanKind.INTERNAL
         return self.tracer.start_span(
             n.SPAN_NAME,
