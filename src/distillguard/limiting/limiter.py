@@ -40,7 +40,12 @@ logger = logging.getLogger("distillguard")
 
 
 def _outcome(
-    check: LimitCheck, allowed: bool, stats: Any, mode: str = "primary", error: str | None = None
+    check: LimitCheck,
+    allowed: bool,
+    stats: Any,
+    mode: str = "primary",
+    error: str | None = None,
+    charged: bool = True,
 ) -> LimitOutcome:
     return LimitOutcome(
         check=check,
@@ -49,6 +54,7 @@ def _outcome(
         reset_at=stats.reset_time,
         mode=mode,
         error=error,
+        charged=charged,
     )
 
 
@@ -198,7 +204,7 @@ class Limiter(_Base):
         out: list[LimitOutcome] = []
         for check in checks:
             allowed, stats = self._hit(strategies, storage, check, charge)
-            out.append(_outcome(check, allowed, stats, mode))
+            out.append(_outcome(check, allowed, stats, mode, charged=charge))
             if not allowed:
                 break
         return tuple(out)
@@ -303,7 +309,7 @@ class AsyncLimiter(_Base):
         out: list[LimitOutcome] = []
         for check in checks:
             allowed, stats = await self._hit(strategies, storage, check, charge)
-            out.append(_outcome(check, allowed, stats, mode))
+            out.append(_outcome(check, allowed, stats, mode, charged=charge))
             if not allowed:
                 break
         return tuple(out)
