@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parts: list[Path] = []
     while written < args.lines:
         streams = population(corpus, "tuning", args.seed + period, scale)
-        shift = period * scale.days * DAY
+        shift = period * (scale.days + 1) * DAY  # one spare day: late sessions spill past the last day
         for stream in streams:
             stream.client.name = f"p{period}-{stream.client.name}"
             stream.events = [(ts + shift, route, body) for ts, route, body in stream.events]
