@@ -1,0 +1,428 @@
+"""Multi-account campaign detector (``campaign``).
+
+**Signal.** A campaign spreads one extraction sweep over many accounts that each stay far under
+their limits, so no per-account detector sees enough of it. What the accounts share is the
+*template family* (the slot-masked skeleton of :mod:`~distillguard.detectors._text`, hashed as the
+``template_sweep`` detector hashes it) and a *group*: the same tenant (issuer), the same /24
+(IPv4) or /48 (IPv6) prefix of ``client_address``, or the same user agent.
+
+* **Membership.** Each account keeps its last ``window`` family keys. An account is
+  *concentrated* on a family when at least ``recur`` of them (2) are that family and they make
+  up at least ``min_share`` of its recent text requests (0.5); exact repeats of a prompt
+  (retries) do not count. A concentrated account becomes a *member* of the family in each of its
+  groups for ``horizon`` seconds (a day).
+* **Benign null.** Shared skeletons are common in benign traffic too ("how do I ... in ...").
+  Under the null, members of a family ``s`` in a group of ``A`` active accounts (accounts seen in
+  the last ``horizon``) are Poisson with mean ``lambda = A * p_member * q(s)``, where
+  ``p_member`` is the share of benign accounts that ever become concentrated on some family
+  (measured on benign traffic with :func:`benign_member_rate`; the default, 0.05, is the
+  measured rate on the benchmark's conversational users and chatterbot-corpus clients rounded up,
+  see ``docs/detectors.md``) and ``q(s)`` is the family's share of a benign reference sample
+  (the coverage detector's package data by default; unseen families get the share of one
+  occurrence, a conservative floor). The campaign's *surprise* is a Chernoff bound on the
+  Poisson tail, ``-log10 P(X >= m) >= (m ln(m / lambda) - m + lambda) / ln 10`` for ``m``
+  distinct members; the campaign score ramps from ``surprise_low`` to ``surprise_high`` once
+  ``m >= min_accounts``, times ``max_score``.
+* **Acting on every member.** Each member's requests, including ones outside the family (blended
+  traffic), carry the current score of its campaign for as long as it is a member, so that the
+  risk policy throttles, degrades or blocks all of them, not only the one whose request tipped it.
+
+The score is capped at ``max_score`` (0.85: throttle and degrade with the default risk
+policy; an operator who trusts it can raise it to 1 to block). Signals on the span: the members
+``accounts``, the null's ``expected`` members, the ``surprise`` (log10) and the members' mean
+``concentration`` on the family; never prompt text or account names.
+
+**Anchor.** Provider disclosures of distillation campaigns (Feb 2026): ~24,000 accounts that
+blended extraction with normal traffic and stayed under per-account thresholds, detected by
+repeated templates, synchronised timing and shared payment/IP metadata; Kesarwani et al. 2018
+(per colluding group); detection.md section 3 item 8. Target: a campaign of >= 20 accounts
+flagged before it has been served 10% of its queries.
+
+**Cost.** Per request: one account look-up, a ``window``-entry ``array.count`` and ``in`` (the
+skeleton is shared with ``template_sweep``), and for a member, a read of its family's score. A
+concentrated request also refreshes its family in each group: a ``max_members``-entry
+``array.index``/``min`` and one pass counting live members (C-level, ~1 us at 64 members).
+Nothing grows with history. Memory: at most ``max_accounts`` accounts (~600 bytes each at the
+default window of 8; group keys are interned and shared), ``max_families`` (group, family)
+records (~1.2 KB each at 64 members) and ``max_groups`` groups (~100 bytes each), all LRU with
+counted evictions; a member past the cap displaces the least recently seen member (counted);
+a 32 KB count-min sketch of background family counts.
+
+**Limits.** Only template families are shared-feature keys today: campaigns that share a
+*coverage partition* (each account replays a different slice of a natural corpus) or only a
+*timing cadence* are not grouped here (the offline ``distillguard replay`` campaign grouping links
+cadences). A campaign whose every account also rotates templates, or that spreads over more
+than ``max_families`` live families between two of its requests, evades it. State is per
+process: workers behind a load balancer each see a share of the campaign.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import sys
+import zlib
+from array import array
+from collections.abc import Iterable, Sequence
+
+from ..errors import ConfigurationError
+from ._base import check_range, ramp
+from ._protocol import DetectorResult, Observation
+from ._state import LRUStates
+from ._text import TextFeatures, features
+
+__all__ = ["CampaignDetector", "benign_member_rate", "family_key", "network_prefix"]
+
+_LN10 = math.log(10.0)
+_EMPTY = DetectorResult("campaign", 0.0)
+
+
+def family_key(feats: TextFeatures, min_fixed: int) -> int:
+    """The template-family key of a prompt (as ``template_sweep`` hashes skeletons), or 0 when
+    its skeleton has fewer than ``min_fixed`` words or the prompt has no slot word."""
+    skeleton = feats.skeleton
+    if len(skeleton) < min_fixed or len(skeleton) >= len(feats.hashes):
+        return 0
+    return (hash(skeleton) & 0xFFFFFFFF) or 1
+
+
+def network_prefix(address: str | None) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) prefix of ``address`` as text, or ``None`` when it is not an
+    IP address (IPv4-mapped IPv6 addresses count as IPv4)."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            return str(ipaddress.IPv6Network((int(ip) >> 80 << 80, 48)))
+        ip = ip.ipv4_mapped
+    return str(ipaddress.IPv4Network((int(ip) >> 8 << 8, 24)))
+
+
+class _Account:
+    __slots__ = ("families", "groups", "last", "member", "member_ts", "n", "pos", "source", "texts")
+
+    def __init__(self, window: int) -> None:
+        self.families = array("I", bytes(4 * window))
+        self.texts = array("I", bytes(4 * window))
+        self.n = 0
+        self.pos = 0
+        self.last = -math.inf
+        self.source = 0
+        self.groups: tuple[str, ...] = ()
+        self.member: tuple[str, ...] = ()
+        self.member_ts = -math.inf
+
+
+class _Group:
+    __slots__ = ("active", "ts")
+
+    def __init__(self) -> None:
+        self.active = 0.0
+        self.ts = 0.0
+
+
+class _Family:
+    __slots__ = ("accounts", "concentration", "expected", "ids", "last", "score", "seen", "surprise")
+
+    def __init__(self, members: int) -> None:
+        self.ids = array("I", bytes(4 * members))
+        self.seen = array("d", [-math.inf]) * members
+        self.accounts = 0
+        self.concentration = 0.0
+        self.expected = 0.0
+        self.surprise = 0.0
+        self.score = 0.0
+        self.last = -math.inf
+
+
+def _concentrated(families: array[int], fam: int, n: int, recur: int, min_share: float) -> float:
+    """The account's share on ``fam`` when it is concentrated on it, else 0."""
+    if not fam:
+        return 0.0
+    count = families.count(fam)
+    share = count / min(n, len(families))
+    return share if count >= recur and share >= min_share else 0.0
+
+
+def benign_member_rate(
+    streams: Iterable[Sequence[str]],
+    *,
+    window: int = 8,
+    recur: int = 2,
+    min_share: float = 0.5,
+    min_fixed: int = 4,
+) -> float:
+    """The share of benign accounts that become concentrated on some template family at least
+    once (``p_member`` of the null): each element of ``streams`` is one benign account's prompts
+    in order. Use the detector's own ``window``, ``recur``, ``min_share`` and ``min_fixed``."""
+    total = hits = 0
+    for prompts in streams:
+        total += 1
+        families = array("I", bytes(4 * window))
+        texts = array("I", bytes(4 * window))
+        for n, text in enumerate(prompts, 1):
+            feats = TextFeatures(text)
+            key = feats.key or 1
+            fam = 0 if key in texts else family_key(feats, min_fixed)
+            pos = (n - 1) % window
+            families[pos], texts[pos] = fam, key
+            if _concentrated(families, fam, n, recur, min_share):
+                hits += 1
+                break
+    return hits / total if total else 0.0
+
+
+class CampaignDetector:
+    """Scores template families shared by many concentrated accounts of one group, and every
+    member's requests (see the module docstring).
+
+    Args:
+        reference: benign prompts whose skeleton frequencies are the null's ``q(s)`` (the
+            coverage detector's built-in sample when ``None``).
+        p_member: the share of benign accounts that become concentrated on some family
+            (measure it with :func:`benign_member_rate`).
+        dispersion: the null's mean is multiplied by this (benign member counts are
+            overdispersed: some users reuse a phrasing far more than others).
+        window: how many recent text requests of an account are kept.
+        recur: an account is concentrated on a family from this many requests of it.
+        min_share: ... and when the family is at least this share of its recent requests.
+        min_fixed: skeletons with fewer common words are not families.
+        horizon: seconds an account stays active in its groups and a member of its family.
+        min_accounts: no campaign below this many distinct members.
+        surprise_low: the surprise (-log10 of the null's tail) at which the score starts rising.
+        surprise_high: the surprise at which it reaches ``max_score``.
+        max_score: the highest score this detector gives.
+        max_accounts: the cap on tracked accounts.
+        max_families: the cap on tracked (group, family) records.
+        max_members: the cap on members per family record.
+        max_groups: the cap on tracked groups.
+        sketch_width: counters per row of the background count-min sketch (a power of two).
+        sketch_limit: the sketch halves its counters after this many counted requests.
+    """
+
+    name = "campaign"
+
+    def __init__(
+        self,
+        *,
+        reference: Iterable[str] | None = None,
+        p_member: float = 0.05,
+        dispersion: float = 4.0,
+        window: int = 8,
+        recur: int = 2,
+        min_share: float = 0.5,
+        min_fixed: int = 4,
+        horizon: float = 86_400.0,
+        min_accounts: int = 8,
+        surprise_low: float = 6.0,
+        surprise_high: float = 12.0,
+        max_score: float = 0.85,
+        max_accounts: int = 100_000,
+        max_families: int = 4096,
+        max_members: int = 64,
+        max_groups: int = 10_000,
+        sketch_width: int = 4096,
+        sketch_limit: int = 1 << 20,
+    ) -> None:
+        check_range("p_member", p_member, 1e-6, 1.0)
+        check_range("dispersion", dispersion, 1.0, 1e6)
+        check_range("window", window, 2, 256)
+        check_range("recur", recur, 2, window)
+        check_range("min_share", min_share, 0.0, 1.0)
+        check_range("min_fixed", min_fixed, 1, 64)
+        check_range("horizon", horizon, 1.0, 30 * 86_400.0)
+        check_range("max_members", max_members, 2, 1024)
+        check_range("min_accounts", min_accounts, 2, max_members)
+        check_range("surprise_low", surprise_low, 0.0, 1e6)
+        check_range("surprise_high", surprise_high, surprise_low + 1e-9, 1e6)
+        check_range("max_score", max_score, 0.0, 1.0)
+        check_range("max_families", max_families, 1, 10_000_000)
+        check_range("max_groups", max_groups, 1, 10_000_000)
+        if reference is None:
+            from .coverage import load_reference
+
+            reference = load_reference()
+        counts: dict[int, int] = {}
+        total = qualifying = 0
+        for text in reference:
+            total += 1
+            fam = family_key(TextFeatures(text), min_fixed)
+            if fam:
+                qualifying += 1
+                counts[fam] = counts.get(fam, 0) + 1
+        if total < 50 or qualifying < 10:
+            raise ConfigurationError("campaign reference needs at least 50 prompts, 10 of them templated")
+        self._reference_counts = counts
+        self._reference_total = qualifying
+        self._reference_squares = sum(c * c for c in counts.values())
+        check_range("sketch_width", sketch_width, 64, 1 << 24)
+        if sketch_width & (sketch_width - 1):
+            raise ConfigurationError("sketch_width must be a power of two")
+        self._mask = sketch_width - 1
+        self._sketch = (array("I", bytes(4 * sketch_width)), array("I", bytes(4 * sketch_width)))
+        self._background = 0
+        self._squares = 0
+        self.sketch_limit = sketch_limit
+        self.p_member = p_member
+        self.dispersion = dispersion
+        self.window = window
+        self.recur = recur
+        self.min_share = min_share
+        self.min_fixed = min_fixed
+        self.horizon = horizon
+        self.min_accounts = min_accounts
+        self.surprise_low = surprise_low
+        self.surprise_high = surprise_high
+        self.max_score = max_score
+        self.max_members = max_members
+        self.member_evictions = 0
+        self.states: LRUStates[_Account] = LRUStates(lambda: _Account(window), max_accounts)
+        self.families: LRUStates[_Family] = LRUStates(lambda: _Family(max_members), max_families)
+        self.groups: LRUStates[_Group] = LRUStates(_Group, max_groups)
+
+    def null_rate(self, fam: int) -> float:
+        """The benign probability that an active account is a member of family ``fam``:
+        ``p_member * q(s)**2 / sum(q**2)``, where ``q`` is the share of templated requests of
+        each family in the reference and the background sketch pooled (the reference counts as
+        that many requests; a family it lacks gets one), and ``sum(q**2)`` is their collision
+        probability (an account concentrated on a family has drawn it twice)."""
+        first, second = self._sketch
+        seen = min(first[fam & self._mask], second[(fam >> 16 ^ fam * 0x9E3779B1) & self._mask])
+        count = seen + max(self._reference_counts.get(fam, 0), 1)
+        total = self._background + self._reference_total
+        collision = (self._squares + self._reference_squares) / (total * total)
+        share = count / total
+        return min(1.0, self.p_member * share * share / collision)
+
+    def _count_background(self, fam: int) -> None:
+        """Count a templated request of an account not concentrated on it (count-min sketch of
+        two rows; every counter halved once ``sketch_limit`` requests have been counted)."""
+        first, second = self._sketch
+        cell = fam & self._mask
+        old = first[cell]
+        first[cell] = old + 1
+        self._squares += 2 * old + 1
+        second[(fam >> 16 ^ fam * 0x9E3779B1) & self._mask] += 1
+        self._background += 1
+        if self._background >= self.sketch_limit:
+            self._sketch = (array("I", [c >> 1 for c in first]), array("I", [c >> 1 for c in second]))
+            self._background = sum(self._sketch[0])
+            self._squares = sum(c * c for c in self._sketch[0])
+
+    def _groups(self, observation: Observation) -> tuple[str, ...]:
+        tenant = observation.identity.tenant
+        prefix = network_prefix(observation.client_address)
+        agent = observation.user_agent
+        out = []
+        if tenant:
+            out.append(f"t:{zlib.crc32(tenant.encode('utf-8', 'surrogatepass')):08x}")
+        if prefix:
+            out.append(f"n:{prefix}")
+        if agent:
+            out.append(f"u:{zlib.crc32(agent.encode('utf-8', 'surrogatepass')):08x}")
+        return tuple(map(sys.intern, out))
+
+    def _arrive(self, groups: Iterable[str], now: float) -> None:
+        """Count an account that became active in ``groups`` (decayed over ``horizon``)."""
+        for key in groups:
+            group = self.groups.get(key)
+            group.active = 1.0 + group.active * math.exp(-max(0.0, now - group.ts) / self.horizon)
+            group.ts = max(group.ts, now)
+
+    def _active(self, key: str, now: float) -> float:
+        group = self.groups.peek(key)
+        if group is None:
+            return 0.0
+        return group.active * math.exp(-max(0.0, now - group.ts) / self.horizon)
+
+    def _join(self, key: str, member: int, share: float, fam: int, now: float) -> _Family:
+        """Refresh ``member`` in the family record ``key`` and rescore the campaign."""
+        record = self.families.get(key)
+        ids, seen = record.ids, record.seen
+        cutoff = now - self.horizon
+        if member in ids:
+            slot = ids.index(member)
+        else:
+            oldest = min(seen)
+            slot = seen.index(oldest)
+            if oldest > cutoff:
+                self.member_evictions += 1
+            ids[slot] = member
+        seen[slot] = now
+        record.last = max(record.last, now)
+        accounts = sum(map(cutoff.__lt__, seen))
+        record.accounts = accounts
+        record.concentration = (
+            share
+            if accounts <= 1
+            else record.concentration + (share - record.concentration) / min(accounts, 16)
+        )
+        group = key[: key.rindex("#")]
+        expected = max(self._active(group, now), float(accounts)) * self.null_rate(fam) * self.dispersion
+        record.expected = expected
+        if accounts < self.min_accounts or accounts <= expected:
+            record.surprise = 0.0
+            record.score = 0.0
+            return record
+        surprise = (accounts * math.log(accounts / expected) - accounts + expected) / _LN10
+        record.surprise = surprise
+        record.score = ramp(surprise, self.surprise_low, self.surprise_high) * self.max_score
+        return record
+
+    def score(self, observation: Observation) -> DetectorResult:
+        """Record the request in its account's window, refresh its campaign membership, and
+        return the score of the strongest campaign the account is a member of."""
+        query = observation.query
+        if not query.is_text:
+            return _EMPTY
+        feats = features(query)
+        now = observation.timestamp
+        client_id = observation.identity.client_id
+        account = self.states.get(client_id)
+        source = hash((observation.identity.tenant, observation.client_address, observation.user_agent))
+        if source != account.source:
+            account.source = source
+            groups = self._groups(observation)
+            fresh = groups if now - account.last > self.horizon else tuple(set(groups) - set(account.groups))
+            account.groups = groups
+            self._arrive(fresh, now)
+        elif now - account.last > self.horizon:
+            self._arrive(account.groups, now)
+        account.last = max(account.last, now)
+        text_key = feats.key or 1
+        fam = 0 if text_key in account.texts else family_key(feats, self.min_fixed)
+        pos = account.pos
+        account.families[pos] = fam
+        account.texts[pos] = text_key
+        account.pos = (pos + 1) % self.window
+        account.n = n = account.n + 1
+        share = _concentrated(account.families, fam, n, self.recur, self.min_share)
+        if fam and not share:
+            self._count_background(fam)
+        if share and account.groups:
+            member = zlib.crc32(client_id.encode("utf-8", "surrogatepass")) or 1
+            suffix = f"#{fam:08x}"
+            account.member = tuple(sys.intern(g + suffix) for g in account.groups)
+            account.member_ts = now
+            for key in account.member:
+                self._join(key, member, share, fam, now)
+        elif not account.member or now - account.member_ts > self.horizon:
+            return _EMPTY
+        best: _Family | None = None
+        for key in account.member:
+            record = self.families.peek(key)
+            if record is not None and record.score > 0.0 and (best is None or record.score > best.score):
+                best = record
+        if best is None or now - best.last > self.horizon:
+            return _EMPTY
+        signals = {
+            "accounts": float(best.accounts),
+            "expected": best.expected,
+            "surprise": best.surprise,
+            "concentration": best.concentration,
+        }
+        return DetectorResult(self.name, best.score, ("shared_template_family",), signals)
