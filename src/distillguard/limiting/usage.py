@@ -8,7 +8,8 @@ Two shapes are recognised from the first bytes of the body (no header needed):
 * a Server-Sent Events stream (``data: ...``): each event's JSON. The last event with a
   ``usage`` object wins (OpenAI sends it in a final chunk when asked with
   ``stream_options.include_usage``); otherwise the non-empty content deltas of every choice are
-  counted, one token each (servers stream about one token per delta). A partial event is held
+  counted, one token each (servers stream about one token per delta; none counted means none
+  produced). A partial event is held
   up to ``max_event_bytes``; a longer event is skipped (and counted in :attr:`overflows`).
 
 The parser never raises and never alters the body.
@@ -160,11 +161,8 @@ class UsageParser:
                 self._buffer.clear()
             if self._usage is not None:
                 return self._usage
-            return (
-                Usage(prompt=None, completion=self._deltas, total=None, source="deltas")
-                if self._deltas
-                else None
-            )
+            # a stream without usage and without content produced no completion tokens
+            return Usage(prompt=None, completion=self._deltas, total=None, source="deltas")
         if self._kind == "json":
             if self._size <= self.max_json_bytes:
                 try:
