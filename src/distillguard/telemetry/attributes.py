@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..decision import Decision
+from ..decision import Action, Decision
 from ..request import GuardRequest
 from . import names as n
 from .config import TelemetryConfig, hash_identifier
@@ -89,13 +89,14 @@ class AttributeBuilder:
                 attrs[n.GEN_AI_MAX_TOKENS] = query.max_tokens
             if query.text:
                 attrs[n.ATTR_QUERY_FINGERPRINT] = query.fingerprint
-                attrs[n.ATTR_QUERY_LENGTH] = len(query.text)
+                if decision.action is not Action.ALLOW:  # for a closer look only
+                    attrs[n.ATTR_QUERY_LENGTH] = len(query.text)
         if decision.limits:
             tightest = min(decision.limits, key=lambda o: o.remaining)
             attrs[n.ATTR_LIMIT_REMAINING] = tightest.remaining
             if tightest.remaining <= 0 or not tightest.allowed:  # the window that binds
                 attrs[n.ATTR_LIMIT_POLICY] = self.cap(tightest.check.policy)
-        if decision.results:
+        if decision.score > 0.0:  # detectors ran and found something
             attrs[n.ATTR_SCORE] = decision.score
         if decision.reasons:
             attrs[n.ATTR_REASONS] = self.strings(decision.reasons)

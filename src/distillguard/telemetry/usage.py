@@ -64,7 +64,10 @@ class UsageReader:
     def result(self) -> Usage | None:
         """The usage the response reported (or, for a stream, counted), or ``None``."""
         if self._stream is not None:
-            return self._stream.result()
+            usage = self._stream.result()
+            if usage is not None and usage.source != "usage" and not usage.completion:
+                return None  # nothing reported and nothing counted: not a model stream
+            return usage
         chunks = self._chunks
         if not chunks:
             return None
