@@ -83,6 +83,7 @@ async def test_asgi_span_has_semconv_and_genai_attributes(
     assert a["gen_ai.usage.output_tokens"] == OUTPUT_TOKENS
     assert a[ATTR_DECISION] == "allow"
     assert "distillguard.query.kind" not in a  # gen_ai.operation.name says it
+    assert "distillguard.query.length" not in a and "distillguard.score" not in a  # allowed, no detectors
     for old in ("http.method", "http.status_code", "http.target", "net.peer.ip", "http.url"):
         assert old not in a
 
@@ -288,6 +289,8 @@ async def test_uninformative_attributes_are_left_out(
     assert r[ATTR_DECISION] == "rate_limited"
     assert r["distillguard.limit.remaining"] == 0
     assert r["distillguard.limit.policy"] == "2-per-1-minute"
+    assert r["distillguard.query.length"] == len("hello")  # a refused request's prompt length
+    assert "distillguard.query.length" not in a
 
 
 def test_guard_5xx_sets_error_status_and_4xx_does_not(
