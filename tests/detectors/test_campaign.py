@@ -454,3 +454,26 @@ def test_cost_per_request_does_not_grow_with_history() -> None:
         long.append(_cost(old, batch))
     ratio = statistics.median(long) / statistics.median(short)
     assert ratio < 1.5, (statistics.median(short), statistics.median(long))
+
+
+def test_null_learns_common_families_from_background() -> None:
+    """A family that benign accounts use without concentrating on it gets a higher null rate
+    than an unseen one, and halving the sketch at its limit keeps the shares."""
+    from distillguard.detectors._campaign_null import BenignNull, family_key
+    from distillguard.detectors._text import TextFeatures
+    from distillguard.detectors.coverage import load_reference
+
+    null = BenignNull(load_reference(), p_member=0.05, min_fixed=4, sketch_limit=2048)
+    common = family_key(TextFeatures("What is the difference between Rust and Go?"), 4)
+    rare = family_key(
+        TextFeatures("Enumerate the invariants of the Klingon grammar in the order of their use"), 4
+    )
+    assert common and rare and common != rare
+    before = null.rate(common)
+    for _ in range(1000):
+        null.count(common)
+    assert null.rate(common) > 10 * before and null.rate(common) > 100 * null.rate(rare)
+    share = null.share(common)
+    for _ in range(1100):
+        null.count(common)
+    assert null.background < 2048 and null.share(common) >= share

@@ -11,18 +11,22 @@ their limits, so no per-account detector sees enough of it. What the accounts sh
   up at least ``min_share`` of its recent text requests (0.5); exact repeats of a prompt
   (retries) do not count. A concentrated account becomes a *member* of the family in each of its
   groups for ``horizon`` seconds (a day).
-* **Benign null.** Shared skeletons are common in benign traffic too ("how do I ... in ...").
-  Under the null, members of a family ``s`` in a group of ``A`` active accounts (accounts seen in
-  the last ``horizon``) are Poisson with mean ``lambda = A * p_member * q(s)``, where
-  ``p_member`` is the share of benign accounts that ever become concentrated on some family
-  (measured on benign traffic with :func:`benign_member_rate`; the default, 0.05, is the
-  measured rate on the benchmark's conversational users and chatterbot-corpus clients rounded up,
-  see ``docs/detectors.md``) and ``q(s)`` is the family's share of a benign reference sample
-  (the coverage detector's package data by default; unseen families get the share of one
-  occurrence, a conservative floor). The campaign's *surprise* is a Chernoff bound on the
-  Poisson tail, ``-log10 P(X >= m) >= (m ln(m / lambda) - m + lambda) / ln 10`` for ``m``
-  distinct members; the campaign score ramps from ``surprise_low`` to ``surprise_high`` once
-  ``m >= min_accounts``, times ``max_score``.
+* **Benign null.** Shared skeletons are common in benign traffic too ("how do I ... in ...",
+  "what is the difference between ... and ..."). Under the null, the members of family ``s`` in a
+  group of ``A`` active accounts (seen in the last ``horizon``, a decayed count) are Poisson with
+  mean ``lambda = dispersion * A * p_member * q(s)**2 / sum(q**2)``
+  (:mod:`~distillguard.detectors._campaign_null`): ``q(s)`` is the family's share of templated
+  requests in a benign reference (the coverage detector's package data by default) pooled with
+  the deployment's own background traffic (a count-min sketch of the requests of accounts *not*
+  concentrated on the family, so members do not raise their own base rate); ``p_member`` (0.05)
+  is the share of benign accounts that ever become concentrated, measured with
+  :func:`benign_member_rate` (0.035 on the generator's conversational users, 0.01 on
+  chatterbot-corpus users); ``dispersion`` (4) covers benign users who reuse one phrasing far
+  more than others (on the benign stress set in ``docs/detectors.md`` the largest family held
+  2.9 times its Poisson mean). The campaign's *surprise* is the Chernoff bound on the Poisson
+  tail, ``-log10 P(X >= m) >= (m ln(m / lambda) - m + lambda) / ln 10`` for ``m`` distinct
+  members; the score ramps from ``surprise_low`` (6) to ``surprise_high`` (12) once
+  ``m >= min_accounts`` (8), times ``max_score``.
 * **Acting on every member.** Each member's requests, including ones outside the family (blended
   traffic), carry the current score of its campaign for as long as it is a member, so that the
   risk policy throttles, degrades or blocks all of them, not only the one whose request tipped it.
@@ -63,27 +67,18 @@ import math
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from ..errors import ConfigurationError
 from ._base import check_range, ramp
+from ._campaign_null import BenignNull, benign_member_rate, concentrated, family_key
 from ._protocol import DetectorResult, Observation
 from ._state import LRUStates
-from ._text import TextFeatures, features
+from ._text import features
 
 __all__ = ["CampaignDetector", "benign_member_rate", "family_key", "network_prefix"]
 
 _LN10 = math.log(10.0)
 _EMPTY = DetectorResult("campaign", 0.0)
-
-
-def family_key(feats: TextFeatures, min_fixed: int) -> int:
-    """The template-family key of a prompt (as ``template_sweep`` hashes skeletons), or 0 when
-    its skeleton has fewer than ``min_fixed`` words or the prompt has no slot word."""
-    skeleton = feats.skeleton
-    if len(skeleton) < min_fixed or len(skeleton) >= len(feats.hashes):
-        return 0
-    return (hash(skeleton) & 0xFFFFFFFF) or 1
 
 
 def network_prefix(address: str | None) -> str | None:
@@ -139,43 +134,6 @@ class _Family:
         self.last = -math.inf
 
 
-def _concentrated(families: array[int], fam: int, n: int, recur: int, min_share: float) -> float:
-    """The account's share on ``fam`` when it is concentrated on it, else 0."""
-    if not fam:
-        return 0.0
-    count = families.count(fam)
-    share = count / min(n, len(families))
-    return share if count >= recur and share >= min_share else 0.0
-
-
-def benign_member_rate(
-    streams: Iterable[Sequence[str]],
-    *,
-    window: int = 8,
-    recur: int = 2,
-    min_share: float = 0.5,
-    min_fixed: int = 4,
-) -> float:
-    """The share of benign accounts that become concentrated on some template family at least
-    once (``p_member`` of the null): each element of ``streams`` is one benign account's prompts
-    in order. Use the detector's own ``window``, ``recur``, ``min_share`` and ``min_fixed``."""
-    total = hits = 0
-    for prompts in streams:
-        total += 1
-        families = array("I", bytes(4 * window))
-        texts = array("I", bytes(4 * window))
-        for n, text in enumerate(prompts, 1):
-            feats = TextFeatures(text)
-            key = feats.key or 1
-            fam = 0 if key in texts else family_key(feats, min_fixed)
-            pos = (n - 1) % window
-            families[pos], texts[pos] = fam, key
-            if _concentrated(families, fam, n, recur, min_share):
-                hits += 1
-                break
-    return hits / total if total else 0.0
-
-
 class CampaignDetector:
     """Scores template families shared by many concentrated accounts of one group, and every
     member's requests (see the module docstring).
@@ -228,7 +186,6 @@ class CampaignDetector:
         sketch_width: int = 4096,
         sketch_limit: int = 1 << 20,
     ) -> None:
-        check_range("p_member", p_member, 1e-6, 1.0)
         check_range("dispersion", dispersion, 1.0, 1e6)
         check_range("window", window, 2, 256)
         check_range("recur", recur, 2, window)
@@ -246,27 +203,13 @@ class CampaignDetector:
             from .coverage import load_reference
 
             reference = load_reference()
-        counts: dict[int, int] = {}
-        total = qualifying = 0
-        for text in reference:
-            total += 1
-            fam = family_key(TextFeatures(text), min_fixed)
-            if fam:
-                qualifying += 1
-                counts[fam] = counts.get(fam, 0) + 1
-        if total < 50 or qualifying < 10:
-            raise ConfigurationError("campaign reference needs at least 50 prompts, 10 of them templated")
-        self._reference_counts = counts
-        self._reference_total = qualifying
-        self._reference_squares = sum(c * c for c in counts.values())
-        check_range("sketch_width", sketch_width, 64, 1 << 24)
-        if sketch_width & (sketch_width - 1):
-            raise ConfigurationError("sketch_width must be a power of two")
-        self._mask = sketch_width - 1
-        self._sketch = (array("I", bytes(4 * sketch_width)), array("I", bytes(4 * sketch_width)))
-        self._background = 0
-        self._squares = 0
-        self.sketch_limit = sketch_limit
+        self.null = BenignNull(
+            reference,
+            p_member=p_member,
+            min_fixed=min_fixed,
+            sketch_width=sketch_width,
+            sketch_limit=sketch_limit,
+        )
         self.p_member = p_member
         self.dispersion = dispersion
         self.window = window
@@ -283,35 +226,6 @@ class CampaignDetector:
         self.states: LRUStates[_Account] = LRUStates(lambda: _Account(window), max_accounts)
         self.families: LRUStates[_Family] = LRUStates(lambda: _Family(max_members), max_families)
         self.groups: LRUStates[_Group] = LRUStates(_Group, max_groups)
-
-    def null_rate(self, fam: int) -> float:
-        """The benign probability that an active account is a member of family ``fam``:
-        ``p_member * q(s)**2 / sum(q**2)``, where ``q`` is the share of templated requests of
-        each family in the reference and the background sketch pooled (the reference counts as
-        that many requests; a family it lacks gets one), and ``sum(q**2)`` is their collision
-        probability (an account concentrated on a family has drawn it twice)."""
-        first, second = self._sketch
-        seen = min(first[fam & self._mask], second[(fam >> 16 ^ fam * 0x9E3779B1) & self._mask])
-        count = seen + max(self._reference_counts.get(fam, 0), 1)
-        total = self._background + self._reference_total
-        collision = (self._squares + self._reference_squares) / (total * total)
-        share = count / total
-        return min(1.0, self.p_member * share * share / collision)
-
-    def _count_background(self, fam: int) -> None:
-        """Count a templated request of an account not concentrated on it (count-min sketch of
-        two rows; every counter halved once ``sketch_limit`` requests have been counted)."""
-        first, second = self._sketch
-        cell = fam & self._mask
-        old = first[cell]
-        first[cell] = old + 1
-        self._squares += 2 * old + 1
-        second[(fam >> 16 ^ fam * 0x9E3779B1) & self._mask] += 1
-        self._background += 1
-        if self._background >= self.sketch_limit:
-            self._sketch = (array("I", [c >> 1 for c in first]), array("I", [c >> 1 for c in second]))
-            self._background = sum(self._sketch[0])
-            self._squares = sum(c * c for c in self._sketch[0])
 
     def _groups(self, observation: Observation) -> tuple[str, ...]:
         tenant = observation.identity.tenant
@@ -362,7 +276,7 @@ class CampaignDetector:
             else record.concentration + (share - record.concentration) / min(accounts, 16)
         )
         group = key[: key.rindex("#")]
-        expected = max(self._active(group, now), float(accounts)) * self.null_rate(fam) * self.dispersion
+        expected = max(self._active(group, now), float(accounts)) * self.null.rate(fam) * self.dispersion
         record.expected = expected
         if accounts < self.min_accounts or accounts <= expected:
             record.surprise = 0.0
@@ -400,9 +314,9 @@ class CampaignDetector:
         account.texts[pos] = text_key
         account.pos = (pos + 1) % self.window
         account.n = n = account.n + 1
-        share = _concentrated(account.families, fam, n, self.recur, self.min_share)
+        share = concentrated(account.families, fam, n, self.recur, self.min_share)
         if fam and not share:
-            self._count_background(fam)
+            self.null.count(fam)
         if share and account.groups:
             member = zlib.crc32(client_id.encode("utf-8", "surrogatepass")) or 1
             suffix = f"#{fam:08x}"
