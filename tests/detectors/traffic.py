@@ -233,3 +233,97 @@ def observation(client: str, q: Query, ts: float = 0.0) -> Observation:
         route="/v1/chat/completions",
         query=q,
     )
+
+
+_FOREIGN_FUNCTION = [
+    "il",
+    "la",
+    "di",
+    "che",
+    "e",
+    "un",
+    "una",
+    "per",
+    "non",
+    "con",
+    "mi",
+    "ti",
+    "come",
+    "sono",
+    "ho",
+    "del",
+    "della",
+    "questo",
+    "quando",
+    "perche",
+    "cosa",
+    "posso",
+    "puoi",
+    "si",
+    "ma",
+    "anche",
+    "molto",
+]
+_SYLLABLES = [
+    "ba",
+    "be",
+    "bi",
+    "bo",
+    "ca",
+    "ce",
+    "ci",
+    "co",
+    "da",
+    "de",
+    "di",
+    "do",
+    "fa",
+    "fe",
+    "fi",
+    "la",
+    "le",
+    "li",
+    "lo",
+    "ma",
+    "me",
+    "mi",
+    "mo",
+    "na",
+    "ne",
+    "ni",
+    "no",
+    "pa",
+    "pe",
+    "pi",
+    "po",
+    "ra",
+    "re",
+    "ri",
+    "ro",
+    "sa",
+    "se",
+    "si",
+    "so",
+    "ta",
+    "te",
+    "ti",
+    "to",
+    "va",
+    "ve",
+    "vi",
+    "vo",
+    "za",
+]
+_FOREIGN_CONTENT = [a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in ("re", "to", "ne", "la")]
+
+
+def foreign_prompts(rng: random.Random, n: int) -> Iterator[str]:
+    """A diverse user writing in a language the built-in reference does not cover (its own
+    function words, a large content vocabulary)."""
+    for _ in range(n):
+        k = rng.randint(6, 14)
+        words = (
+            rng.choice(_FOREIGN_FUNCTION) if rng.random() < 0.55 else rng.choice(_FOREIGN_CONTENT)
+            for _ in range(k)
+        )
+        yield " ".join(words) + "?"

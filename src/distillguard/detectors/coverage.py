@@ -14,7 +14,13 @@ see ``_text``) and the detector keeps, per client, two window statistics:
   pass your own traffic as ``reference``). Under the null (the client's prompts drawn like the
   reference) that mean is approximately normal with the reference's mean and
   ``sigma_R * sqrt(alpha / (2 - alpha))``; the detector turns it into a one-sided z statistic.
-  ``atypical`` ramps from ``z_low`` to ``z_high``.
+  ``atypical`` ramps from ``z_low`` to ``z_high``. Because a fixed reference cannot describe
+  every deployment (another language, another domain), the detector also learns the *live
+  population's* null: exponential moving mean and variance of the same projection over the
+  queries of clients that do not score here (``population_alpha``, effective window ~2,000
+  queries). After ``population_warmup`` queries, z is the smaller of the two (atypical must hold
+  against the reference *and* against the population): a deployment whose users all write
+  Italian stops looking atypical, a sweep unlike both still does.
 * *coverage growth* -- CAP-style LSH coverage, with MinHash as the LSH: a prompt's bucket is
   its smallest content-word hash modulo 2,048 (two prompts share it with probability equal to
   the Jaccard similarity of their content words); the share of the client's last ``window``
@@ -87,6 +93,10 @@ class CoverageDetector:
         growth_low: the new-bucket share at which ``growth`` starts rising.
         growth_high: the new-bucket share at which ``growth`` reaches 1.
         max_score: the highest score coverage alone can give.
+        population_warmup: after this many scored queries, the z statistic is also taken
+            against the live population of clients (see the module docstring), and the smaller
+            of the two is used; ``0`` disables.
+        population_alpha: the EMA weight of one query in the population statistics.
         max_clients: the cap on tracked clients.
     """
 
@@ -104,6 +114,8 @@ class CoverageDetector:
         growth_low: float = 0.5,
         growth_high: float = 0.85,
         max_score: float = 0.8,
+        population_warmup: int = 2000,
+        population_alpha: float = 1e-3,
         max_clients: int = 50_000,
     ) -> None:
         check_range("alpha", alpha, 1e-4, 0.5)
@@ -132,6 +144,14 @@ class CoverageDetector:
         self.z_low, self.z_high = z_low, z_high
         self.growth_low, self.growth_high = growth_low, growth_high
         self.max_score = max_score
+        check_range("population_warmup", population_warmup, 0, 1 << 40)
+        check_range("population_alpha", population_alpha, 1e-7, 0.1)
+        self.population_warmup = population_warmup
+        self.population_alpha = population_alpha
+        self._client_factor = math.sqrt(alpha / (2.0 - alpha))
+        self.pop_n = 0
+        self.pop_mean = self.ref_mean
+        self.pop_sq = self.ref_std**2 + self.ref_mean**2
         self.states: LRUStates[_State] = LRUStates(_State, max_clients)
 
     def similarity(self, codes: list[int]) -> float:
@@ -165,7 +185,16 @@ class CoverageDetector:
         count = n if n < self.window else self.window
         growth = state.fresh.bit_count() / count
         z = (self.ref_mean - state.ema) * self._z_scale
+        pop_mean = self.pop_mean
+        if self.population_warmup and self.pop_n >= self.population_warmup:
+            pop_std = math.sqrt(max(self.pop_sq - pop_mean * pop_mean, 1e-12))
+            z = min(z, (pop_mean - state.ema) / (pop_std * self._client_factor))
         if n < self.min_requests or z <= self.z_low or growth <= self.growth_low:
+            # only clients that do not score feed the population null
+            a = self.population_alpha
+            self.pop_mean = pop_mean + a * (sim - pop_mean)
+            self.pop_sq += a * (sim * sim - self.pop_sq)
+            self.pop_n += 1
             return _EMPTY
         score = ramp(z, self.z_low, self.z_high) * ramp(growth, self.growth_low, self.growth_high)
         signals = {"z": z, "growth": growth, "requests": float(n)}
