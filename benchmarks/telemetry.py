@@ -35,6 +35,9 @@ from typing import Any
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NoOpTracerProvider
 
 from distillguard import DistillGuardMiddleware, Guard, JWTConfig, LimitConfig, TelemetryConfig
@@ -68,9 +71,15 @@ def make_guard(tracer_provider: Any, meter_provider: Any, *, usage: bool = True)
 
 
 def providers(kind: str) -> tuple[Any, Any, InMemoryMetricReader | None]:
-    """(tracer provider, meter provider, reader) for ``off``, ``spans`` or ``spans+metrics``."""
+    """(tracer provider, meter provider, reader) for ``off``, ``sampled out`` (an SDK whose
+    sampler drops every trace, plus SDK metrics), ``spans`` or ``spans+metrics``."""
     if kind == "off":
         return NoOpTracerProvider(), NoOpMeterProvider(), None
+    if kind == "sampled out":
+        provider = TracerProvider(sampler=ALWAYS_OFF)
+        provider.add_span_processor(BatchSpanProcessor(_apps.DiscardExporter()))
+        reader = InMemoryMetricReader()
+        return provider, MeterProvider(metric_readers=[reader]), reader
     if kind == "spans":
         return _apps.tracer_provider(), NoOpMeterProvider(), None
     reader = InMemoryMetricReader()
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
 
     calls: dict[str, Callable[[int], float]] = {}
     e2e: dict[str, Callable[[int], float]] = {}
-    for kind in ("off", "spans", "spans+metrics"):
+    for kind in ("off", "sampled out", "spans", "spans+metrics"):
         tp, mp, reader = providers(kind)
         if reader is not None:
             readers.append(reader)
@@ -202,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, values in e2e_results.items():
         print(f"  {name:<28} {_fmt(values)}")
     off = statistics.median(e2e_results["off"])
-    for name in ("spans", "spans+metrics"):
+    for name in ("sampled out", "spans", "spans+metrics"):
         share = [v - o for v, o in zip(e2e_results[name], e2e_results["off"], strict=True)]
         total = statistics.median(e2e_results[name])
         print(
