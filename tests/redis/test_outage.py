@@ -151,3 +151,20 @@ def test_redis_errors_replies_take_the_outage_path(redis_server: RedisServer, tr
         assert h.guard.limiter_stats.local_fallback == 5
     finally:
         redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+
+
+@pytest.mark.parametrize("scheme", ["redis+sentinel", "valkey", "rediss"])
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_black_hole_behind_other_schemes_costs_one_timeout(
+    black_hole: BlackHole, tracer_provider: Any, scheme: str, kind: str
+) -> None:
+    """Sentinel, Valkey and TLS clients get the same short timeouts and no client-side retries:
+    a black hole costs one 250 ms timeout per request (redis-py's default retries made a
+    Sentinel lookup take about 3 s)."""
+    path = "/mymaster" if scheme.endswith("sentinel") else "/0"
+    url = f"{scheme}://127.0.0.1:{black_hole.port}{path}"
+    h = harness(kind, url, tracer_provider, breaker_threshold=5)
+    h.call()  # first request: imports, client construction
+    results = [timed(h) for _ in range(3)]
+    assert all(r[0] == 200 for r in results)
+    assert all(r[3] < 0.6 for r in results), [r[3] for r in results]

@@ -211,16 +211,51 @@ def _remote_options(
         "socket_connect_timeout": DEFAULT_TIMEOUT,
         "key_prefix": key_prefix,
     }
+    retry = _no_retry(scheme, asynchronous)
+    if retry is not None:
+        out["retry"] = retry
     if scheme.endswith("+sentinel"):
         out["sentinel_kwargs"] = {
             "socket_timeout": DEFAULT_TIMEOUT,
             "socket_connect_timeout": DEFAULT_TIMEOUT,
         }
+        if retry is not None:
+            out["sentinel_kwargs"]["retry"] = retry
     if asynchronous and scheme.startswith("redis"):
         out["implementation"] = "redispy"
     out.update(options)
     out["wrap_exceptions"] = True
     return out
+
+
+def _no_retry(scheme: str, asynchronous: bool) -> Any:
+    """A policy of no client-side retries: a retry after a timeout multiplies the time a dead
+    storage costs (measured: 2.9 s instead of 0.25 s through Sentinel); the breaker and the
+    outage policy handle failures instead. ``None`` for clients that take no such option."""
+    if scheme.endswith("+cluster"):
+        return None
+    try:
+        if scheme.startswith("valkey"):
+            from valkey.backoff import NoBackoff as ValkeyNoBackoff
+
+            if asynchronous:
+                from valkey.asyncio.retry import Retry as AsyncValkeyRetry
+
+                return AsyncValkeyRetry(ValkeyNoBackoff(), 0)
+            from valkey.retry import Retry as ValkeyRetry
+
+            return ValkeyRetry(ValkeyNoBackoff(), 0)
+        from redis.backoff import NoBackoff
+
+        if asynchronous:
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            return AsyncRetry(NoBackoff(), 0)
+        from redis.retry import Retry
+
+        return Retry(NoBackoff(), 0)
+    except ImportError:
+        return None
 
 
 def build_storage(
@@ -266,6 +301,7 @@ def _blocking_pool(uri: str, options: dict[str, Any]) -> Any:
         timeout=pool_timeout,
         socket_timeout=options["socket_timeout"],
         socket_connect_timeout=options["socket_connect_timeout"],
+        retry=options.get("retry"),
     )
 
 
