@@ -113,6 +113,7 @@ def test_spans_and_metrics_reach_an_otlp_http_receiver() -> None:
         if r.span.kind == SERVER_KIND and _attrs(r.span.attributes)["http.request.method"] == "POST"
     }
     assert len(servers) == 3  # FastAPI's native span, once per request (readiness GETs aside)
+    assert {r.scope.name for r in servers.values()} == {"fastapi"}  # on by itself: a global SDK
     resource = _attrs(guards[0].resource.attributes)
     assert resource["service.name"] == "distillguard-e2e"
     assert resource["deployment.environment.name"] == "test"
