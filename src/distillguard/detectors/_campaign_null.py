@@ -152,6 +152,21 @@ class BenignNull:
             self._background = sum(self._sketch[0])
             self._squares = sum(c * c for c in self._sketch[0])
 
+    def uncount(self, fam: int, times: int) -> None:
+        """Take back ``times`` requests of ``fam`` counted before its account became
+        concentrated on it (counters never go below zero)."""
+        if times <= 0:
+            return
+        first, second = self._sketch
+        cell = fam & self._mask
+        old = first[cell]
+        new = max(0, old - times)
+        first[cell] = new
+        self._squares += new * new - old * old
+        self._background -= old - new
+        other = (fam >> 16 ^ fam * _GOLDEN) & self._mask
+        second[other] = max(0, second[other] - times)
+
     def share(self, fam: int) -> float:
         """``q(s)``: the family's share of templated requests, reference and background pooled
         (the reference counts as that many requests; a family it lacks gets one)."""

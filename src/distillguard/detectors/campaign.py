@@ -98,7 +98,7 @@ def network_prefix(address: str | None) -> str | None:
 
 
 class _Account:
-    __slots__ = ("families", "groups", "last", "member", "member_ts", "n", "pos", "source", "texts")
+    __slots__ = ("fam", "families", "groups", "last", "member", "member_ts", "n", "pos", "source", "texts")
 
     def __init__(self, window: int) -> None:
         self.families = array("I", bytes(4 * window))
@@ -110,6 +110,7 @@ class _Account:
         self.groups: tuple[str, ...] = ()
         self.member: tuple[str, ...] = ()
         self.member_ts = -math.inf
+        self.fam = 0
 
 
 class _Group:
@@ -318,6 +319,11 @@ class CampaignDetector:
         if fam and not share:
             self.null.count(fam)
         if share and account.groups:
+            if fam != account.fam or now - account.member_ts > self.horizon:
+                # newly concentrated: its earlier requests of the family were counted as
+                # background; take them back so that members never raise their own base rate
+                account.fam = fam
+                self.null.uncount(fam, round(share * min(n, self.window)) - 1)
             member = zlib.crc32(client_id.encode("utf-8", "surrogatepass")) or 1
             suffix = f"#{fam:08x}"
             account.member = tuple(sys.intern(g + suffix) for g in account.groups)
