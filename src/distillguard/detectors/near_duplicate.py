@@ -26,8 +26,6 @@ at the default window of 64).
 
 from __future__ import annotations
 
-from array import array
-
 from ._base import check_range, ramp
 from ._protocol import DetectorResult, Observation
 from ._state import LRUStates
@@ -43,7 +41,7 @@ class _State:
 
     def __init__(self, window: int) -> None:
         self.keys = bytearray(4 * window)
-        self.texts = array("I", bytes(4 * window))
+        self.texts = bytearray(4 * window)
         self.flags = 0
         self.n = 0
         self.pos = 0
@@ -109,13 +107,13 @@ class NearDuplicateDetector:
         key = signature(content)
         state = self.states.get(observation.identity.client_id)
         keys = state.keys
-        text_key = feats.key or 1
+        text_key = (feats.key or 1).to_bytes(4, "little")
         dup = False
         if text_key not in state.texts:  # exact repeats (retries, regenerations) do not count
             dup = keys.count(key) >= self.cluster
         pos = state.pos
         keys[4 * pos : 4 * pos + 4] = key
-        state.texts[pos] = text_key
+        state.texts[4 * pos : 4 * pos + 4] = text_key
         state.pos = (pos + 1) % self.window
         window = self.window
         state.flags = flags = ((state.flags << 1) | dup) & self._mask

@@ -17,14 +17,12 @@ prompts without any slot word, are ignored: short generic questions share skelet
 text is TPR 1.0 at 13.6% window FPR; the target here is every one-client sweep within 100
 queries with no false positive.
 
-**Cost.** One C-level ``filter`` over the word hashes (shared), one tuple hash, two
-``array.count``/``in`` scans over ``window`` 32-bit values. State: two ``window``-entry arrays
+**Cost.** One C-level ``filter`` over the word hashes (shared), one tuple hash, two byte
+searches (``bytearray.count``/``in``) over ``4 * window`` bytes. State: two ``window``-entry arrays
 of 32-bit hashes and a ``window``-bit ring (~600 bytes per client at the default window of 64).
 """
 
 from __future__ import annotations
-
-from array import array
 
 from ._base import check_range, ramp
 from ._protocol import DetectorResult, Observation
@@ -34,14 +32,15 @@ from ._text import _TEXT_KINDS, features
 __all__ = ["TemplateSweepDetector"]
 
 _EMPTY = DetectorResult("template_sweep", 0.0)
+_NONE = bytes(4)
 
 
 class _State:
     __slots__ = ("flags", "n", "pos", "skeletons", "texts")
 
     def __init__(self, window: int) -> None:
-        self.skeletons = array("I", bytes(4 * window))
-        self.texts = array("I", bytes(4 * window))
+        self.skeletons = bytearray(4 * window)  # 32-bit little-endian hashes, searched as bytes
+        self.texts = bytearray(4 * window)
         self.flags = 0
         self.n = 0
         self.pos = 0
@@ -96,16 +95,16 @@ class TemplateSweepDetector:
         feats = features(query)
         skeleton = feats.skeleton
         state = self.states.get(observation.identity.client_id)
-        text_key = feats.key or 1
+        text_key = (feats.key or 1).to_bytes(4, "little")
         repeat = text_key in state.texts
-        skel_key = 0
+        skel_key = _NONE
         count = 0
         if not repeat and len(skeleton) >= self.min_fixed and len(skeleton) < len(feats.hashes):
-            skel_key = (hash(skeleton) & 0xFFFFFFFF) or 1
+            skel_key = ((hash(skeleton) & 0xFFFFFFFF) or 1).to_bytes(4, "little")
             count = state.skeletons.count(skel_key)
         pos = state.pos
-        state.skeletons[pos] = skel_key
-        state.texts[pos] = text_key
+        state.skeletons[4 * pos : 4 * pos + 4] = skel_key
+        state.texts[4 * pos : 4 * pos + 4] = text_key
         state.pos = (pos + 1) % self.window
         recurring = count + 1 >= self.recur
         state.flags = flags = ((state.flags << 1) | recurring) & self._mask
@@ -114,6 +113,6 @@ class TemplateSweepDetector:
         share = flags.bit_count() / seen
         if n < self.min_requests or share <= self.low:
             return _EMPTY
-        signals = {"recurring_share": share, "skeleton_share": (count + 1) / seen if skel_key else 0.0}
+        signals = {"recurring_share": share, "skeleton_share": (count + 1) / seen if count else 0.0}
         score = ramp(share, self.low, self.high)
         return DetectorResult(self.name, score, ("template_recurrence",), signals)
