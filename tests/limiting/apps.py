@@ -241,10 +241,28 @@ def wsgi_call(
     return int(status[0][:3]), out, payload
 
 
+OPEN: list[Harness] = []
+"""ASGI harnesses not closed yet (the test fixtures close those a test created)."""
+
+
 def _close_loop(loop: asyncio.AbstractEventLoop, mw: Any) -> None:
-    if not loop.is_closed():
+    """Close the limiter's connections on their loop, then the loop (from a helper thread when
+    this thread is already running another loop)."""
+    if loop.is_closed():
+        return
+
+    def close() -> None:
         loop.run_until_complete(mw._perform.limiter.aclose())
-    loop.close()
+        loop.close()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        close()
+        return
+    helper = threading.Thread(target=close)
+    helper.start()
+    helper.join()
 
 
 class Harness:
@@ -258,7 +276,8 @@ class Harness:
         if kind == "asgi":
             self.mw: Any = DistillGuardMiddleware(LLMApp(), guard=guard)
             self.loop = asyncio.new_event_loop()  # one loop, as a server has
-            weakref.finalize(self, _close_loop, self.loop, self.mw)
+            self._finalizer = weakref.finalize(self, _close_loop, self.loop, self.mw)
+            OPEN.append(self)
         else:
             self.mw = DistillGuardWSGIMiddleware(llm_wsgi_app, guard=guard)
 
@@ -275,3 +294,10 @@ class Harness:
     def limiter(self) -> Any:
         """The adapter's limiter."""
         return self.mw._perform.limiter
+
+    def close(self) -> None:
+        """Close the ASGI harness's connections and loop (idempotent)."""
+        if self.loop is not None:
+            self._finalizer()
+            if self in OPEN:
+                OPEN.remove(self)

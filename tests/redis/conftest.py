@@ -20,6 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.limiting.apps import OPEN
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -168,3 +170,12 @@ def black_hole() -> Iterator[BlackHole]:
     hole = BlackHole()
     yield hole
     hole.close()
+
+
+@pytest.fixture(autouse=True)
+def close_harnesses() -> Iterator[None]:
+    """Close the ASGI harnesses a test created (their Redis connections and event loops)."""
+    before = list(OPEN)
+    yield
+    for harness in [h for h in OPEN if h not in before]:
+        harness.close()
