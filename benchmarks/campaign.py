@@ -2,6 +2,7 @@
 
     python -m benchmarks.campaign            # the figures in docs/detectors.md
     python -m benchmarks.campaign --quick    # a smaller population
+    python -m benchmarks.campaign --edge     # with head and tail families (edge=4)
 
 Traffic comes from the detection benchmark's generators (``benchmarks.detection``): a benign
 population of one tenant (conversational users composed from chatterbot-corpus, power users,
@@ -33,6 +34,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from distillguard.detectors import Observation
 from distillguard.detectors._text import features, prompt_text
@@ -78,9 +80,9 @@ def requests(streams: Iterable[Stream]) -> list[Request]:
     return out
 
 
-def run(reqs: list[Request]) -> dict[str, object]:
-    """A fresh detector over ``reqs``: detection and false-positive figures."""
-    det = CampaignDetector()
+def run(reqs: list[Request], **options: Any) -> dict[str, object]:
+    """A fresh detector with ``options`` over ``reqs``: detection and false-positive figures."""
+    det = CampaignDetector(**options)
     served = 0
     first: int | None = None
     flagged: set[str] = set()
@@ -198,19 +200,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller benign population")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--edge", action="store_true", help="head and tail families too (edge=4, p_member=0.12)"
+    )
     args = parser.parse_args(argv)
+    options: dict[str, Any] = {"edge": 4, "p_member": 0.12} if args.edge else {}
     users = 600 if args.quick else 3000
     corpus = load_corpus("english", TUNING_TOPICS)
     holdout = load_corpus("english", HOLDOUT_TOPICS)
     rng = random.Random(args.seed)
     benign = benign_population(corpus, jailbreaks("tuning"), rng, users=users, days=2)
     benign_reqs = requests(benign)
-    report: dict[str, object] = {"benign_users": users}
+    report: dict[str, object] = {"benign_users": users, "options": options}
     per_client: dict[str, list[str]] = {}
     for r in benign_reqs:
         per_client.setdefault(r.client, []).append(prompt_text(r.obs.query))
-    report["p_member_measured"] = benign_member_rate(per_client.values())
-    report["benign_only"] = run(benign_reqs)
+    report["p_member_measured"] = benign_member_rate(per_client.values(), edge=int(options.get("edge", 0)))
+    report["benign_only"] = run(benign_reqs, **options)
     scenarios = {
         "template, 24 accounts x 40": dict(corpus=corpus, accounts=24, per_day=40, variant="tuning"),
         "template (holdout phrasing), 24 x 40": dict(
@@ -238,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
             days=1,
             variant=str(spec["variant"]),
         )
-        campaigns[name] = run(sorted(benign_reqs + requests(streams), key=lambda r: r.obs.timestamp))
+        campaigns[name] = run(
+            sorted(benign_reqs + requests(streams), key=lambda r: r.obs.timestamp), **options
+        )
     report["campaigns"] = campaigns
     report["cost"] = cost(20_000 if args.quick else 100_000, 5 if args.quick else 9)
     print(json.dumps(report, indent=2))

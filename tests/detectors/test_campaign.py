@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -175,10 +176,11 @@ class Outcome:
     benign_campaign_scores: list[float]
 
 
-def run(events: list[Event], *, defaults: bool = True) -> Outcome:
-    """Feed the events, in time order, through the default detectors plus the campaign detector
-    and one risk engine."""
-    detectors = [*default_detectors(), CampaignDetector()] if defaults else [CampaignDetector()]
+def run(events: list[Event], *, defaults: bool = True, **options: Any) -> Outcome:
+    """Feed the events, in time order, through the default detectors (unless ``defaults`` is
+    false) plus a campaign detector with ``options``, and one risk engine."""
+    campaign_detector = CampaignDetector(**options)
+    detectors = [*default_detectors(), campaign_detector] if defaults else [campaign_detector]
     engine = RiskEngine(RiskPolicy())
     out = Outcome(0, None, None, set(), set(), [])
     for event in sorted(events, key=lambda e: e.ts):
@@ -315,13 +317,14 @@ def test_non_text_requests_score_zero() -> None:
 
 
 def test_benign_member_rate_measures_the_null() -> None:
-    """The null's member rate is small on varied benign users and 1 on sweeping accounts."""
+    """The null's member rate on varied benign users is within the default p_member, and 1 on
+    sweeping accounts."""
     rng = random.Random(8)
     questions = chatterbot_questions()
     benign = [[rng.choice(questions) for _ in range(20)] for _ in range(300)]
     benign += [list(benign_prompts(random.Random(i), 20)) for i in range(300)]
     sweeps = [list(template_sweep(random.Random(i), 3)) for i in range(20)]
-    assert benign_member_rate(benign) < 0.05
+    assert benign_member_rate(benign) <= CampaignDetector().p_member
     assert benign_member_rate(sweeps) == 1.0
     assert benign_member_rate([]) == 0.0
 
@@ -397,9 +400,9 @@ def test_memory_is_bounded_under_100k_accounts() -> None:
     state = det.states.peek("acct-99996")
     assert state is not None and state.member
     shared = {id(key) for key in (*state.groups, *state.member)}  # interned, shared by every member
-    assert deep_sizeof(state, shared) <= 640
+    assert deep_sizeof(state, shared) <= 768
     size = deep_sizeof(det)
-    assert size < 10_000 * 800 + 512 * 1000 + 64 * 400 + 300_000, size
+    assert size < 10_000 * 900 + 512 * 1000 + 64 * 400 + 300_000, size
 
 
 def _pool(seed: int, n: int) -> list[Query]:
@@ -477,3 +480,63 @@ def test_null_learns_common_families_from_background() -> None:
     for _ in range(1100):
         null.count(common)
     assert null.background < 2048 and null.share(common) >= share
+
+
+def test_family_keys_whole_head_and_tail() -> None:
+    """A template wrapped around natural questions keeps its tail family while the whole
+    skeleton changes with each question's common words; short skeletons have no edges, and
+    skeletons under four words no family at all."""
+    from distillguard.detectors._text import TextFeatures
+    from distillguard.detectors.campaign import EDGE, family_keys
+
+    a = family_keys(TextFeatures("Q: how do I reset my router?\nA: Let's think step by step."), 4, EDGE)
+    b = family_keys(TextFeatures("Q: what is the capital of Peru?\nA: Let's think step by step."), 4, EDGE)
+    assert a[0] != b[0] and a[1] != b[1] and a[2] == b[2] != 0
+    whole, head, tail = family_keys(TextFeatures("what is the capital of Peru"), 4, EDGE)
+    assert whole and head == tail == 0
+    assert family_keys(TextFeatures("what is it"), 4, EDGE) == (0, 0, 0)
+    assert family_keys(TextFeatures("Q: how do I reset my router?\nA: Let's think step by step."), 4)[1:] == (
+        0,
+        0,
+    )
+
+
+def test_wrapped_question_campaign_is_caught_with_edge_families(background: list[Event]) -> None:
+    """With head and tail families on (``edge=4``, ``p_member`` measured with them), 25 accounts
+    sending "Q: <a corpus question> A: Let's think step by step." (the question changes the
+    whole skeleton every time) are flagged within the campaign's first 100 queries."""
+    rng = random.Random(12)
+    questions = chatterbot_questions()
+    attack = campaign(rng, 25, 1000, spread_networks=True, spread_agents=False, start=START + 25_000)
+    attack = [
+        Event(e.ts, e.client, f"Q: {rng.choice(questions)}\nA: Let's think step by step.", e.address, e.agent)
+        for e in attack
+    ]
+    out = run(background + attack, defaults=False, edge=4, p_member=0.12)
+    assert out.first_campaign_flag is not None and out.first_campaign_flag <= 100, out.first_campaign_flag
+    assert not out.benign_flagged
+    assert run(background + attack, defaults=False).first_campaign_flag is None  # whole skeletons only
+
+
+CLASSIFY = "Is the following message positive or negative? Answer with one word."
+
+
+def test_shared_integration_wrapper_is_not_a_campaign_by_default() -> None:
+    """30 accounts of one tenant using the same classification wrapper around their own varied
+    messages (a legitimate integration many customers share) are not flagged with the default
+    whole-skeleton families; head and tail families (``edge=4``) do flag them, which is why they
+    are off by default."""
+    rng = random.Random(13)
+    questions = chatterbot_questions()
+    events = [
+        Event(
+            START + i * 37.0,
+            f"integration-{i % 30}",
+            f"{CLASSIFY}\n\n{rng.choice(questions)}",
+            f"100.{i % 30}.{i % 7}.5",
+            "OpenAI/Python 1.51.0",
+        )
+        for i in range(300)
+    ]
+    assert max(run(events, defaults=False).benign_campaign_scores) == 0.0
+    assert run(events, defaults=False, edge=4, p_member=0.12).benign_flagged

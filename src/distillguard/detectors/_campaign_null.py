@@ -23,26 +23,54 @@ from ..errors import ConfigurationError
 from ._base import check_range
 from ._text import TextFeatures
 
-__all__ = ["BenignNull", "benign_member_rate", "concentrated", "family_key"]
+__all__ = [
+    "EDGE",
+    "NO_FAMILIES",
+    "BenignNull",
+    "benign_member_rate",
+    "concentrated",
+    "family_key",
+    "family_keys",
+]
 
 _GOLDEN = 0x9E3779B1
 
 
-def family_key(feats: TextFeatures, min_fixed: int) -> int:
-    """The template-family key of a prompt (as ``template_sweep`` hashes skeletons), or 0 when
-    its skeleton has fewer than ``min_fixed`` words or the prompt has no slot word."""
+EDGE = 4
+"""Words of the skeleton's head and tail families when they are enabled (``edge=EDGE``)."""
+NO_FAMILIES = (0, 0, 0)
+
+
+def family_keys(feats: TextFeatures, min_fixed: int, edge: int = 0) -> tuple[int, int, int]:
+    """The template-family keys of a prompt: its whole skeleton (hashed as ``template_sweep``
+    hashes it), and, for skeletons longer than ``edge + 1`` words, its first and its last
+    ``edge`` words (a template wrapped around a natural question, "Q: {q} A: Let's think step by
+    step", keeps its tail while the question's own common words change the whole skeleton).
+    All 0 when the skeleton has fewer than ``min_fixed`` words or the prompt has no slot word;
+    head and tail 0 when the skeleton is short."""
     skeleton = feats.skeleton
-    if len(skeleton) < min_fixed or len(skeleton) >= len(feats.hashes):
-        return 0
-    return (hash(skeleton) & 0xFFFFFFFF) or 1
+    size = len(skeleton)
+    if size < min_fixed or size >= len(feats.hashes):
+        return NO_FAMILIES
+    whole = (hash(skeleton) & 0xFFFFFFFF) or 1
+    if not edge or size <= edge + 1:
+        return (whole, 0, 0)
+    head = (hash((1, *skeleton[:edge])) & 0xFFFFFFFF) or 1
+    tail = (hash((2, *skeleton[-edge:])) & 0xFFFFFFFF) or 1
+    return (whole, head, tail)
 
 
-def concentrated(families: array[int], fam: int, n: int, recur: int, min_share: float) -> float:
-    """The account's share on ``fam`` when it is concentrated on it, else 0."""
-    if not fam:
-        return 0.0
+def family_key(feats: TextFeatures, min_fixed: int) -> int:
+    """The whole-skeleton family key of a prompt (see :func:`family_keys`), or 0."""
+    return family_keys(feats, min_fixed, 0)[0]
+
+
+def concentrated(families: array[int], fam: int, n: int, window: int, recur: int, min_share: float) -> float:
+    """The account's share on ``fam`` when it is concentrated on it, else 0. ``families`` holds
+    the keys of every kind of the last ``window`` requests (keys of different kinds are salted
+    apart, so counting over all of them counts one kind)."""
     count = families.count(fam)
-    share = count / min(n, len(families))
+    share = count / (n if n < window else window)
     return share if count >= recur and share >= min_share else 0.0
 
 
@@ -53,22 +81,25 @@ def benign_member_rate(
     recur: int = 2,
     min_share: float = 0.5,
     min_fixed: int = 4,
+    edge: int = 0,
 ) -> float:
     """The share of benign accounts that become concentrated on some template family at least
     once (``p_member`` of the null): each element of ``streams`` is one benign account's prompts
-    in order. Use the detector's own ``window``, ``recur``, ``min_share`` and ``min_fixed``."""
+    in order. Use the detector's own ``window``, ``recur``, ``min_share``, ``min_fixed`` and
+    ``edge``."""
     total = hits = 0
     for prompts in streams:
         total += 1
-        families = array("I", bytes(4 * window))
+        families = array("I", bytes(12 * window))
         texts = array("I", bytes(4 * window))
         for n, text in enumerate(prompts, 1):
             feats = TextFeatures(text)
             key = feats.key or 1
-            fam = 0 if key in texts else family_key(feats, min_fixed)
+            keys = NO_FAMILIES if key in texts else family_keys(feats, min_fixed, edge)
             pos = (n - 1) % window
-            families[pos], texts[pos] = fam, key
-            if concentrated(families, fam, n, recur, min_share):
+            families[3 * pos : 3 * pos + 3] = array("I", keys)
+            texts[pos] = key
+            if any(fam and concentrated(families, fam, n, window, recur, min_share) for fam in keys):
                 hits += 1
                 break
     return hits / total if total else 0.0
@@ -82,6 +113,7 @@ class BenignNull:
         reference: benign prompts (at least 50, 10 of them templated).
         p_member: the share of benign accounts that become concentrated on some family.
         min_fixed: skeletons with fewer common words are not families.
+        edge: words of the head and tail families (0: whole skeletons only).
         sketch_width: counters per row of the background sketch (a power of two).
         sketch_limit: every counter is halved once this many requests have been counted (the
             background is a window of roughly the last ``sketch_limit`` templated requests).
@@ -105,6 +137,7 @@ class BenignNull:
         *,
         p_member: float,
         min_fixed: int,
+        edge: int = 0,
         sketch_width: int = 4096,
         sketch_limit: int = 1 << 20,
     ) -> None:
@@ -117,14 +150,16 @@ class BenignNull:
         total = qualifying = 0
         for text in reference:
             total += 1
-            fam = family_key(TextFeatures(text), min_fixed)
-            if fam:
+            keys = family_keys(TextFeatures(text), min_fixed, edge)
+            if keys[0]:
                 qualifying += 1
-                counts[fam] = counts.get(fam, 0) + 1
+            for fam in keys:
+                if fam:
+                    counts[fam] = counts.get(fam, 0) + 1
         if total < 50 or qualifying < 10:
             raise ConfigurationError("campaign reference needs at least 50 prompts, 10 of them templated")
         self._ref = counts
-        self._ref_total = qualifying
+        self._ref_total = sum(counts.values())
         self._ref_squares = sum(c * c for c in counts.values())
         self._mask = sketch_width - 1
         self._sketch = (array("I", bytes(4 * sketch_width)), array("I", bytes(4 * sketch_width)))

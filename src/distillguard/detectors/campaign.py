@@ -46,7 +46,7 @@ flagged before it has been served 10% of its queries.
 skeleton is shared with ``template_sweep``), and for a member, a read of its family's score. A
 concentrated request also refreshes its family in each group: a ``max_members``-entry
 ``array.index``/``min`` and one pass counting live members (C-level, ~1 us at 64 members).
-Nothing grows with history. Memory: at most ``max_accounts`` accounts (~600 bytes each at the
+Nothing grows with history. Memory: at most ``max_accounts`` accounts (~700 bytes each at the
 default window of 8; group keys are interned and shared), ``max_families`` (group, family)
 records (~1.2 KB each at 64 members) and ``max_groups`` groups (~100 bytes each), all LRU with
 counted evictions; a member past the cap displaces the least recently seen member (counted);
@@ -70,12 +70,20 @@ from array import array
 from collections.abc import Iterable
 
 from ._base import check_range, ramp
-from ._campaign_null import BenignNull, benign_member_rate, concentrated, family_key
+from ._campaign_null import (
+    EDGE,
+    NO_FAMILIES,
+    BenignNull,
+    benign_member_rate,
+    concentrated,
+    family_key,
+    family_keys,
+)
 from ._protocol import DetectorResult, Observation
 from ._state import LRUStates
 from ._text import features
 
-__all__ = ["CampaignDetector", "benign_member_rate", "family_key", "network_prefix"]
+__all__ = ["EDGE", "CampaignDetector", "benign_member_rate", "family_key", "family_keys", "network_prefix"]
 
 _LN10 = math.log(10.0)
 _EMPTY = DetectorResult("campaign", 0.0)
@@ -98,10 +106,10 @@ def network_prefix(address: str | None) -> str | None:
 
 
 class _Account:
-    __slots__ = ("fam", "families", "groups", "last", "member", "member_ts", "n", "pos", "source", "texts")
+    __slots__ = ("families", "groups", "last", "member", "member_ts", "n", "pos", "source", "texts")
 
     def __init__(self, window: int) -> None:
-        self.families = array("I", bytes(4 * window))
+        self.families = array("I", bytes(12 * window))
         self.texts = array("I", bytes(4 * window))
         self.n = 0
         self.pos = 0
@@ -110,7 +118,6 @@ class _Account:
         self.groups: tuple[str, ...] = ()
         self.member: tuple[str, ...] = ()
         self.member_ts = -math.inf
-        self.fam = 0
 
 
 class _Group:
@@ -150,6 +157,10 @@ class CampaignDetector:
         recur: an account is concentrated on a family from this many requests of it.
         min_share: ... and when the family is at least this share of its recent requests.
         min_fixed: skeletons with fewer common words are not families.
+        edge: words of the skeleton's head and tail families (0, the default: whole skeletons
+            only; :data:`EDGE` (4) also groups templates wrapped around natural text, at the
+            cost of flagging legitimate integrations that many accounts share, see the module
+            docstring; measure ``p_member`` with the same ``edge``).
         horizon: seconds an account stays active in its groups and a member of its family.
         min_accounts: no campaign below this many distinct members.
         surprise_low: the surprise (-log10 of the null's tail) at which the score starts rising.
@@ -175,6 +186,7 @@ class CampaignDetector:
         recur: int = 2,
         min_share: float = 0.5,
         min_fixed: int = 4,
+        edge: int = 0,
         horizon: float = 86_400.0,
         min_accounts: int = 8,
         surprise_low: float = 6.0,
@@ -192,6 +204,7 @@ class CampaignDetector:
         check_range("recur", recur, 2, window)
         check_range("min_share", min_share, 0.0, 1.0)
         check_range("min_fixed", min_fixed, 1, 64)
+        check_range("edge", edge, 0, 64)
         check_range("horizon", horizon, 1.0, 30 * 86_400.0)
         check_range("max_members", max_members, 2, 1024)
         check_range("min_accounts", min_accounts, 2, max_members)
@@ -208,6 +221,7 @@ class CampaignDetector:
             reference,
             p_member=p_member,
             min_fixed=min_fixed,
+            edge=edge,
             sketch_width=sketch_width,
             sketch_limit=sketch_limit,
         )
@@ -217,6 +231,7 @@ class CampaignDetector:
         self.recur = recur
         self.min_share = min_share
         self.min_fixed = min_fixed
+        self.edge = edge
         self.horizon = horizon
         self.min_accounts = min_accounts
         self.surprise_low = surprise_low
@@ -309,27 +324,38 @@ class CampaignDetector:
             self._arrive(account.groups, now)
         account.last = max(account.last, now)
         text_key = feats.key or 1
-        fam = 0 if text_key in account.texts else family_key(feats, self.min_fixed)
+        keys = NO_FAMILIES if text_key in account.texts else family_keys(feats, self.min_fixed, self.edge)
         pos = account.pos
-        account.families[pos] = fam
+        families = account.families
+        families[3 * pos], families[3 * pos + 1], families[3 * pos + 2] = keys
         account.texts[pos] = text_key
         account.pos = (pos + 1) % self.window
         account.n = n = account.n + 1
-        share = concentrated(account.families, fam, n, self.recur, self.min_share)
-        if fam and not share:
-            self.null.count(fam)
-        if share and account.groups:
-            if fam != account.fam or now - account.member_ts > self.horizon:
-                # newly concentrated: its earlier requests of the family were counted as
-                # background; take them back so that members never raise their own base rate
-                account.fam = fam
-                self.null.uncount(fam, round(share * min(n, self.window)) - 1)
+        joined: list[tuple[int, float]] = []
+        for fam in keys:
+            if fam:
+                share = concentrated(families, fam, n, self.window, self.recur, self.min_share)
+                if share:
+                    joined.append((fam, share))
+                else:
+                    self.null.count(fam)
+        if joined and account.groups:
+            lapsed = now - account.member_ts > self.horizon
+            for fam, share in joined:
+                suffix = f"#{fam:08x}"
+                if lapsed or not any(key.endswith(suffix) for key in account.member):
+                    # newly concentrated: its earlier requests of the family were counted as
+                    # background; take them back so that members never raise their own base rate
+                    self.null.uncount(fam, round(share * min(n, self.window)) - 1)
             member = zlib.crc32(client_id.encode("utf-8", "surrogatepass")) or 1
-            suffix = f"#{fam:08x}"
-            account.member = tuple(sys.intern(g + suffix) for g in account.groups)
+            records = []
+            for fam, share in joined:
+                for group in account.groups:
+                    key = sys.intern(f"{group}#{fam:08x}")
+                    records.append(key)
+                    self._join(key, member, share, fam, now)
+            account.member = tuple(records)
             account.member_ts = now
-            for key in account.member:
-                self._join(key, member, share, fam, now)
         elif not account.member or now - account.member_ts > self.horizon:
             return _EMPTY
         best: _Family | None = None
