@@ -1,0 +1,125 @@
+"""What the sync and async limiters share: outcomes, the outage bookkeeping and the storages."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
+from limits.strategies import STRATEGIES
+
+from .config import LimitConfig
+from .outage import CircuitBreaker, LimiterStats
+from .plan import LimitCheck, LimitOutcome
+from .storage import build_storage, is_memory
+
+__all__ = ["LimiterBase", "outcome_of", "with_error"]
+
+logger = logging.getLogger("distillguard")
+
+
+def outcome_of(
+    check: LimitCheck,
+    allowed: bool,
+    stats: Any,
+    mode: str = "primary",
+    error: str | None = None,
+    charged: bool = True,
+) -> LimitOutcome:
+    return LimitOutcome(
+        check=check,
+        allowed=allowed,
+        remaining=stats.remaining,
+        reset_at=stats.reset_time,
+        mode=mode,
+        error=error,
+        charged=charged,
+    )
+
+
+def with_error(outcome: LimitOutcome, error: str) -> LimitOutcome:
+    return LimitOutcome(
+        check=outcome.check,
+        allowed=outcome.allowed,
+        remaining=outcome.remaining,
+        reset_at=outcome.reset_at,
+        error=error,
+        mode=outcome.mode,
+        charged=outcome.charged,
+    )
+
+
+class LimiterBase:
+    """State shared by :class:`~.limiter.Limiter` and :class:`~.limiter.AsyncLimiter`."""
+
+    def __init__(self, config: LimitConfig, stats: LimiterStats, *, asynchronous: bool) -> None:
+        self.config = config
+        self.stats = stats
+        self.breaker = CircuitBreaker(
+            threshold=config.breaker_threshold,
+            base_delay=config.breaker_base_delay,
+            max_delay=config.breaker_max_delay,
+            stats=stats,
+        )
+        self.local = build_storage("memory://", asynchronous=asynchronous, max_keys=config.memory_max_keys)
+        self.remote = not is_memory(config.storage_uri)
+        self._primary: Any = None if self.remote else self.local
+        self._asynchronous = asynchronous
+        factory: dict[str, Any] = dict(ASYNC_STRATEGIES if asynchronous else STRATEGIES)
+        self._local_strategies = {name: cls(self.local) for name, cls in factory.items()}
+        self._strategies: dict[str, Any] = {} if self.remote else self._local_strategies
+        self._script: Any = None
+        previous = stats.evictions
+        stats.evictions = (
+            (lambda: self.local.evictions + previous())
+            if previous is not None
+            else (lambda: self.local.evictions)
+        )
+
+    def _build_primary(self) -> None:
+        storage = build_storage(
+            self.config.storage_uri,
+            self.config.storage_options,
+            asynchronous=self._asynchronous,
+            max_keys=self.config.memory_max_keys,
+            key_prefix=self.config.key_prefix,
+        )
+        factory: dict[str, Any] = dict(ASYNC_STRATEGIES if self._asynchronous else STRATEGIES)
+        strategies: dict[str, Any] = {}
+        for name, cls in factory.items():
+            try:
+                strategies[name] = cls(storage)
+            except NotImplementedError:
+                continue
+        self._primary = storage
+        self._strategies = strategies
+        self._script = None
+
+    @property
+    def storage(self) -> Any:
+        """The configured storage (``None`` until first used)."""
+        return self._primary
+
+    def _degraded(self, exc: BaseException | None) -> tuple[str, str]:
+        """Count one outage decision; return ``(mode, error)`` (the error names the mode and the
+        failure, e.g. ``"fallback:StorageError"``, and shows on the span)."""
+        policy = self.config.outage
+        reason = type(exc).__name__ if exc is not None else "breaker_open"
+        if exc is not None and self.breaker.failures == 1:
+            logger.warning("distillguard: limit storage failed (%s); outage policy %s", reason, policy)
+        if policy == "local_fallback":
+            self.stats.local_fallback += 1
+            mode = "fallback"
+        elif policy == "fail_open":
+            self.stats.fail_open += 1
+            mode = "open"
+        else:
+            self.stats.fail_closed += 1
+            mode = "closed"
+        return mode, f"{mode}:{reason}"
+
+    @staticmethod
+    def _uncounted(check: LimitCheck, mode: str, error: str) -> LimitOutcome:
+        return LimitOutcome(
+            check=check, allowed=mode == "open", remaining=0, reset_at=0.0, error=error, mode=mode
+        )
