@@ -4,7 +4,13 @@
 their limits, so no per-account detector sees enough of it. What the accounts share is the
 *template family* (the slot-masked skeleton of :mod:`~distillguard.detectors._text`, hashed as the
 ``template_sweep`` detector hashes it) and a *group*: the same tenant (issuer), the same /24
-(IPv4) or /48 (IPv6) prefix of ``client_address``, or the same user agent.
+(IPv4) or /48 (IPv6) prefix of ``client_address``, or the same user agent. With ``edge=4`` the
+first and the last four skeleton words are families too, so that a fixed wrapper around natural
+text ("Q: {question} A: Let's think step by step") is grouped even though the question's own
+common words change the whole skeleton; this is off by default, because a legitimate integration
+that many accounts share (a classification wrapper around each customer's own messages) then
+looks exactly like a campaign: in the detection benchmark's benign population it flagged 14 of
+956 client-days, all of them such users.
 
 * **Membership.** Each account keeps its last ``window`` family keys. An account is
   *concentrated* on a family when at least ``recur`` of them (2) are that family and they make
@@ -53,11 +59,17 @@ counted evictions; a member past the cap displaces the least recently seen membe
 a 32 KB count-min sketch of background family counts.
 
 **Limits.** Only template families are shared-feature keys today: campaigns that share a
-*coverage partition* (each account replays a different slice of a natural corpus) or only a
-*timing cadence* are not grouped here (the offline ``distillguard replay`` campaign grouping links
-cadences). A campaign whose every account also rotates templates, or that spreads over more
-than ``max_families`` live families between two of its requests, evades it. State is per
-process: workers behind a load balancer each see a share of the campaign.
+*coverage partition* (each account replays a different slice of a natural corpus), random-word
+queries, or only a *timing cadence* are not grouped here (the offline ``distillguard replay``
+campaign grouping links cadences). With the default whole-skeleton families, templates wrapped
+around natural text are missed (see ``edge``). An account needs ``recur`` (2) requests of the
+family before it counts: a campaign rotating evenly over N accounts is served at least N
+queries first (100 accounts x 10 queries: flagged after 156 of 1,000 in the benchmark). Many
+accounts legitimately sharing one fixed template whose slots are only rare words (names,
+numbers) look like a campaign; the score cap keeps them from being blocked on this evidence
+alone. A campaign whose accounts also rotate templates, or that spreads over more than
+``max_families`` live families between two of its requests, evades it. State is per process:
+workers behind a load balancer each see a share of the campaign.
 """
 
 from __future__ import annotations
@@ -108,8 +120,8 @@ def network_prefix(address: str | None) -> str | None:
 class _Account:
     __slots__ = ("families", "groups", "last", "member", "member_ts", "n", "pos", "source", "texts")
 
-    def __init__(self, window: int) -> None:
-        self.families = array("I", bytes(12 * window))
+    def __init__(self, window: int, kinds: int) -> None:
+        self.families = array("I", bytes(4 * kinds * window))
         self.texts = array("I", bytes(4 * window))
         self.n = 0
         self.pos = 0
@@ -239,7 +251,7 @@ class CampaignDetector:
         self.max_score = max_score
         self.max_members = max_members
         self.member_evictions = 0
-        self.states: LRUStates[_Account] = LRUStates(lambda: _Account(window), max_accounts)
+        self.states: LRUStates[_Account] = LRUStates(lambda: _Account(window, 3 if edge else 1), max_accounts)
         self.families: LRUStates[_Family] = LRUStates(lambda: _Family(max_members), max_families)
         self.groups: LRUStates[_Group] = LRUStates(_Group, max_groups)
 
@@ -327,7 +339,10 @@ class CampaignDetector:
         keys = NO_FAMILIES if text_key in account.texts else family_keys(feats, self.min_fixed, self.edge)
         pos = account.pos
         families = account.families
-        families[3 * pos], families[3 * pos + 1], families[3 * pos + 2] = keys
+        if self.edge:
+            families[3 * pos], families[3 * pos + 1], families[3 * pos + 2] = keys
+        else:
+            families[pos] = keys[0]
         account.texts[pos] = text_key
         account.pos = (pos + 1) % self.window
         account.n = n = account.n + 1
