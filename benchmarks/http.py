@@ -56,14 +56,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _ms(text: str) -> float:
-    value = float(re.sub(r"[a-z]+$", "", text))
-    return (
-        value / 1000
-        if text.endswith("us")
-        else value * 1000
-        if text.endswith("s") and not text.endswith("ms")
-        else value
-    )
+    """A wrk duration (``812.00us``, ``1.23ms``, ``1.05s``) in milliseconds."""
+    number = float(re.sub(r"[a-z]+$", "", text))
+    unit = text[len(text.rstrip("smu")) :]
+    return number * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
 def _wrk(port: int, script: str, seconds: int, threads: int, connections: int) -> dict[str, float]:
@@ -87,8 +83,8 @@ def _wrk(port: int, script: str, seconds: int, threads: int, connections: int) -
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if bad:
         raise RuntimeError(f"{bad.group(1)} error responses:\n{out}")
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     return {"rps": rps, "p50": p50, "p99": p99, "requests": total}
 
 
