@@ -196,3 +196,30 @@ def test_default_detectors_catch_a_sweeper_and_a_prober_among_chat_users(tmp_pat
     assert clients["prober"]["first_flag_request"] <= 20
     assert [name for name, c in clients.items() if c["flagged"] and name.startswith("user-")] == []
     assert set(report["summary"]["detectors"]) >= {"template_sweep", "parameter_probe", "coverage"}
+
+
+def test_parallel_replay_gives_the_same_report(tmp_path: Path) -> None:
+    """--jobs 2 shards clients over two processes and reports exactly what one process does."""
+    from benchmarks.detection.attacks import attack_stream
+    from benchmarks.detection.benign import chat_user
+    from benchmarks.detection.scenarios import tuning_corpus
+    from benchmarks.detection.streams import write_log
+
+    rng = random.Random(5)
+    corpus = tuning_corpus()
+    streams = [chat_user(f"user-{i}", corpus, rng, days=1) for i in range(6)]
+    streams += [attack_stream(f"sweeper-{i}", "template", corpus, rng, queries=80, days=1) for i in range(3)]
+    log = tmp_path / "log.jsonl"
+    write_log(streams, log)
+    with log.open("a") as out:
+        out.write("{broken\n")
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main(["replay", str(log), "--json", str(one), "--quiet"]) == 0
+    assert main(["replay", str(log), "--json", str(two), "--quiet", "--jobs", "2"]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["clients"] == b["clients"]
+    assert a["campaigns"] == b["campaigns"]
+    assert sum(1 for c in a["clients"] if c["flagged"]) >= 3
+    for key in ("lines", "replayed", "clients", "malformed", "detectors", "client_days"):
+        assert a["summary"][key] == b["summary"][key]
+    assert b["summary"]["malformed"]["count"] == 1

@@ -21,6 +21,7 @@ from ..replay import (
     write_html,
     write_json,
 )
+from ..replay.parallel import ShardSpec, replay_parallel
 
 __all__ = ["register", "run"]
 
@@ -85,6 +86,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--top", type=int, default=25, metavar="N", help="clients shown in the HTML report")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="replay in N processes, sharded by client (per-client detectors only; not for stdin)",
+    )
+    parser.add_argument(
         "--flag", type=float, default=0.5, help="risk at which a client is flagged (default 0.5)"
     )
     add_common(parser)
@@ -100,12 +108,24 @@ def run(args: argparse.Namespace) -> int:
     except DistillGuardError as exc:
         print(f"distillguard replay: {exc}", file=sys.stderr)
         return 2
-    engine = ReplayEngine(
-        guard, progress=None if args.quiet else sys.stderr, progress_every=args.progress_every
-    )
     try:
-        with open_log(args.log) as lines:
-            result = engine.run(lines, routes_of(args))
+        if args.jobs > 1 and args.log != "-":
+            spec = ShardSpec(
+                path=args.log,
+                detectors=_names(args.detectors),
+                thresholds=thresholds,
+                flag=args.flag,
+                routes=routes_of(args),
+                jobs=args.jobs,
+                progress_every=0 if args.quiet else args.progress_every,
+            )
+            result = replay_parallel(spec)
+        else:
+            engine = ReplayEngine(
+                guard, progress=None if args.quiet else sys.stderr, progress_every=args.progress_every
+            )
+            with open_log(args.log) as lines:
+                result = engine.run(lines, routes_of(args))
     except OSError as exc:
         print(f"distillguard replay: cannot read {args.log}: {exc}", file=sys.stderr)
         return 2
