@@ -154,6 +154,18 @@ def null(clients: int = 200) -> None:
         )
 
 
+def _reference_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python loop, to compare machines (best of 5)."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        total = 0
+        for i in range(1_000_000):
+            total += i & 7
+        best = min(best, time.process_time() - start)
+    return best * 1e3
+
+
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -166,6 +178,7 @@ def main() -> None:
     requests, repeats = (100, 5) if args.quick else (300, 15)
     names = ", ".join(d.name for d in default_detectors())
     print(f"default detectors: {names}")
+    print(f"machine reference: {_reference_ms():.1f} ms for a 1,000,000-step pure-Python loop (CPU time)")
     print(f"{requests} requests x {repeats} repeats per cell; median per-request time\n")
     print(
         "| prompt | after 10 queries | after 100,000 queries | ratio "
