@@ -9,8 +9,8 @@ first and the last four skeleton words are families too, so that a fixed wrapper
 text ("Q: {question} A: Let's think step by step") is grouped even though the question's own
 common words change the whole skeleton; this is off by default, because a legitimate integration
 that many accounts share (a classification wrapper around each customer's own messages) then
-looks exactly like a campaign: in the detection benchmark's benign population it flagged 14 of
-956 client-days, all of them such users.
+looks exactly like a campaign: in the detection benchmark's benign population it flagged 128 of
+4,728 client-days, all of them such users.
 
 * **Membership.** Each account keeps its last ``window`` family keys. An account is
   *concentrated* on a family when at least ``recur`` of them (2) are that family and they make
@@ -52,7 +52,7 @@ flagged before it has been served 10% of its queries.
 skeleton is shared with ``template_sweep``), and for a member, a read of its family's score. A
 concentrated request also refreshes its family in each group: a ``max_members``-entry
 ``array.index``/``min`` and one pass counting live members (C-level, ~1 us at 64 members).
-Nothing grows with history. Memory: at most ``max_accounts`` accounts (~700 bytes each at the
+Nothing grows with history. Memory: at most ``max_accounts`` accounts (~600 bytes each at the
 default window of 8; group keys are interned and shared), ``max_families`` (group, family)
 records (~1.2 KB each at 64 members) and ``max_groups`` groups (~100 bytes each), all LRU with
 counted evictions; a member past the cap displaces the least recently seen member (counted);
@@ -64,7 +64,7 @@ queries, or only a *timing cadence* are not grouped here (the offline ``distillg
 campaign grouping links cadences). With the default whole-skeleton families, templates wrapped
 around natural text are missed (see ``edge``). An account needs ``recur`` (2) requests of the
 family before it counts: a campaign rotating evenly over N accounts is served at least N
-queries first (100 accounts x 10 queries: flagged after 156 of 1,000 in the benchmark). Many
+queries first (100 accounts x 10 queries: flagged after 138 of 1,000 in the benchmark). Many
 accounts legitimately sharing one fixed template whose slots are only rare words (names,
 numbers) look like a campaign; the score cap keeps them from being blocked on this evidence
 alone. A campaign whose accounts also rotate templates, or that spreads over more than
