@@ -137,3 +137,22 @@ def test_headers_are_withheld_from_flagged_clients(
     assert status == 200
     assert ("ratelimit" in headers) is disclosed
     assert ("ratelimit-policy" in headers) is disclosed
+
+
+def test_shadow_mode_computes_limits_but_refuses_nothing(tracer_provider: Any) -> None:
+    """In shadow mode over-limit, over-concurrency and failed-auth addresses are recorded but
+    served (authentication itself is still enforced)."""
+    guard = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default="2/minute", auth_failures="1/minute", concurrency=1),
+        policy=Policy(shadow=True),
+        tracer_provider=tracer_provider,
+    )
+    app = DistillGuardWSGIMiddleware(llm_wsgi_app, guard=guard)
+    assert [wsgi_call(app, token=make_token())[0] for _ in range(4)] == [200] * 4
+    forged = make_token(key=b"another-secret-that-is-long-enough-0123")
+    assert [wsgi_call(app, token=forged, client="6.6.6.6")[0] for _ in range(2)] == [401, 401]
+    assert wsgi_call(app, token=make_token(sub="x"), client="6.6.6.6")[0] == 200
+    _, _, held = wsgi_call(app, token=make_token(), consume=False)
+    assert wsgi_call(app, token=make_token())[0] == 200  # over the cap: recorded, served
+    held.close()
