@@ -74,7 +74,6 @@ workers behind a load balancer each see a share of the campaign.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import sys
 import zlib
@@ -82,6 +81,7 @@ from array import array
 from collections.abc import Iterable
 
 from ._base import check_range, ramp
+from ._campaign_groups import ActiveAccounts, group_keys, network_prefix
 from ._campaign_null import (
     EDGE,
     NO_FAMILIES,
@@ -101,22 +101,6 @@ _LN10 = math.log(10.0)
 _EMPTY = DetectorResult("campaign", 0.0)
 
 
-def network_prefix(address: str | None) -> str | None:
-    """The /24 (IPv4) or /48 (IPv6) prefix of ``address`` as text, or ``None`` when it is not an
-    IP address (IPv4-mapped IPv6 addresses count as IPv4)."""
-    if not address:
-        return None
-    try:
-        ip = ipaddress.ip_address(address.strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is None:
-            return str(ipaddress.IPv6Network((int(ip) >> 80 << 80, 48)))
-        ip = ip.ipv4_mapped
-    return str(ipaddress.IPv4Network((int(ip) >> 8 << 8, 24)))
-
-
 class _Account:
     __slots__ = ("families", "groups", "last", "member", "member_ts", "n", "pos", "source", "texts")
 
@@ -130,14 +114,6 @@ class _Account:
         self.groups: tuple[str, ...] = ()
         self.member: tuple[str, ...] = ()
         self.member_ts = -math.inf
-
-
-class _Group:
-    __slots__ = ("active", "ts")
-
-    def __init__(self) -> None:
-        self.active = 0.0
-        self.ts = 0.0
 
 
 class _Family:
@@ -253,33 +229,8 @@ class CampaignDetector:
         self.member_evictions = 0
         self.states: LRUStates[_Account] = LRUStates(lambda: _Account(window, 3 if edge else 1), max_accounts)
         self.families: LRUStates[_Family] = LRUStates(lambda: _Family(max_members), max_families)
-        self.groups: LRUStates[_Group] = LRUStates(_Group, max_groups)
-
-    def _groups(self, observation: Observation) -> tuple[str, ...]:
-        tenant = observation.identity.tenant
-        prefix = network_prefix(observation.client_address)
-        agent = observation.user_agent
-        out = []
-        if tenant:
-            out.append(f"t:{zlib.crc32(tenant.encode('utf-8', 'surrogatepass')):08x}")
-        if prefix:
-            out.append(f"n:{prefix}")
-        if agent:
-            out.append(f"u:{zlib.crc32(agent.encode('utf-8', 'surrogatepass')):08x}")
-        return tuple(map(sys.intern, out))
-
-    def _arrive(self, groups: Iterable[str], now: float) -> None:
-        """Count an account that became active in ``groups`` (decayed over ``horizon``)."""
-        for key in groups:
-            group = self.groups.get(key)
-            group.active = 1.0 + group.active * math.exp(-max(0.0, now - group.ts) / self.horizon)
-            group.ts = max(group.ts, now)
-
-    def _active(self, key: str, now: float) -> float:
-        group = self.groups.peek(key)
-        if group is None:
-            return 0.0
-        return group.active * math.exp(-max(0.0, now - group.ts) / self.horizon)
+        self.active = ActiveAccounts(horizon, max_groups)
+        self.groups = self.active.groups
 
     def _join(self, key: str, member: int, share: float, fam: int, now: float) -> _Family:
         """Refresh ``member`` in the family record ``key`` and rescore the campaign."""
@@ -304,7 +255,7 @@ class CampaignDetector:
             else record.concentration + (share - record.concentration) / min(accounts, 16)
         )
         group = key[: key.rindex("#")]
-        expected = max(self._active(group, now), float(accounts)) * self.null.rate(fam) * self.dispersion
+        expected = max(self.active.count(group, now), float(accounts)) * self.null.rate(fam) * self.dispersion
         record.expected = expected
         if accounts < self.min_accounts or accounts <= expected:
             record.surprise = 0.0
@@ -328,12 +279,14 @@ class CampaignDetector:
         source = hash((observation.identity.tenant, observation.client_address, observation.user_agent))
         if source != account.source:
             account.source = source
-            groups = self._groups(observation)
+            groups = group_keys(
+                observation.identity.tenant, observation.client_address, observation.user_agent
+            )
             fresh = groups if now - account.last > self.horizon else tuple(set(groups) - set(account.groups))
             account.groups = groups
-            self._arrive(fresh, now)
+            self.active.arrive(fresh, now)
         elif now - account.last > self.horizon:
-            self._arrive(account.groups, now)
+            self.active.arrive(account.groups, now)
         account.last = max(account.last, now)
         text_key = feats.key or 1
         keys = NO_FAMILIES if text_key in account.texts else family_keys(feats, self.min_fixed, self.edge)
