@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from distillguard import Action
+from distillguard import Action, Decision, Guard, Policy
+from distillguard._drivers import drive
 from distillguard.detectors import Observation, load_detectors
 from distillguard.detectors._state import deep_sizeof
 from distillguard.detectors._text import COMMON_WORDS
@@ -24,8 +25,10 @@ from distillguard.detectors.defaults import default_detectors
 from distillguard.errors import ConfigurationError
 from distillguard.identity import Identity
 from distillguard.query import Query
+from distillguard.request import GuardRequest
 from distillguard.risk import RiskEngine, RiskPolicy
-from tests.detectors.traffic import benign_prompts, query, template_sweep
+from tests.detectors.traffic import benign_prompts, chat_body, query, template_sweep
+from tests.helpers import make_token
 
 TENANT = "https://login.example.com/"
 BROWSERS = (
@@ -330,11 +333,14 @@ def test_benign_member_rate_measures_the_null() -> None:
 
 
 def test_network_prefix() -> None:
-    """/24 for IPv4 (mapped IPv6 included), /48 for IPv6 in any notation, None otherwise."""
+    """/24 for IPv4 (mapped IPv6 included), /48 for IPv6 in any notation, ports ignored, None
+    for anything else."""
     assert network_prefix("203.0.113.77") == "203.0.113.0/24"
     assert network_prefix("::ffff:203.0.113.77") == "203.0.113.0/24"
     assert network_prefix("2001:db8:abcd:12::1") == "2001:db8:abcd::/48"
     assert network_prefix("[2001:db8:abcd:ffff:1:2:3:4]") == "2001:db8:abcd::/48"
+    assert network_prefix("203.0.113.77:51234") == "203.0.113.0/24"
+    assert network_prefix("[2001:db8:abcd::1]:443") == "2001:db8:abcd::/48"
     assert network_prefix("unix:/tmp/sock") is None and network_prefix(None) is None
 
 
@@ -540,3 +546,48 @@ def test_shared_integration_wrapper_is_not_a_campaign_by_default() -> None:
     ]
     assert max(run(events, defaults=False).benign_campaign_scores) == 0.0
     assert run(events, defaults=False, edge=4, p_member=0.12).benign_flagged
+
+
+def test_guard_flags_every_member_from_real_tokens(guard_factory: Callable[..., Guard]) -> None:
+    """Through the guard with real JWTs (tenant = issuer), addresses and user agents: after a
+    12-account sweep has been recognised, every member's next (unrelated) request is degraded,
+    not blocked (the score cap), with the campaign's reason and signals on the decision, and a
+    benign user's is allowed."""
+    guard = guard_factory(detectors=[CampaignDetector()], policy=Policy(risk=RiskPolicy(throttle=None)))
+    perform = guard.sync_performer()
+    rng = random.Random(14)
+    questions = chatterbot_questions()
+    now = time.time()
+
+    def send(sub: str, text: str, address: str, agent: str, ts: float) -> Decision:
+        request = GuardRequest(
+            method="POST",
+            path="/v1/chat/completions",
+            authorization=f"Bearer {make_token(sub=sub, now=now)}",
+            content_type="application/json",
+            body=chat_body(text),
+            client_address=address,
+            user_agent=agent,
+            timestamp=ts,
+        )
+        decision: Decision = drive(guard.flow(request), perform)
+        return decision
+
+    ts = now
+    for u in range(60):
+        for _ in range(4):
+            ts += 1.0
+            send(f"user-{u}", rng.choice(questions), f"198.51.100.{u + 1}", BROWSERS[u % 3], ts)
+    for text, a in zip(template_sweep(rng, 48), [a for _ in range(4) for a in range(12)], strict=True):
+        ts += 1.0
+        send(f"acct-{a}", text, f"203.0.113.{a + 1}", "python-httpx/0.27.0", ts)
+    for a in range(12):
+        ts += 1.0
+        decision = send(
+            f"acct-{a}", "thanks, that was useful", f"203.0.113.{a + 1}", "python-httpx/0.27.0", ts
+        )
+        assert decision.action is Action.DEGRADE, (a, decision.action)  # capped at 0.85: not blocked
+        assert "campaign:shared_template_family" in decision.reasons
+        assert any(r.startswith("signal:campaign.accounts=12") for r in decision.reasons)
+    benign = send("user-3", "thanks, that was useful", "198.51.100.4", BROWSERS[0], ts + 1)
+    assert benign.action is Action.ALLOW

@@ -21,9 +21,13 @@ __all__ = ["ActiveAccounts", "group_keys", "network_prefix"]
 
 def network_prefix(address: str | None) -> str | None:
     """The /24 (IPv4) or /48 (IPv6) prefix of ``address`` as text, or ``None`` when it is not an
-    IP address (IPv4-mapped IPv6 addresses count as IPv4)."""
+    IP address (IPv4-mapped IPv6 addresses count as IPv4; a trailing port is ignored)."""
     if not address:
         return None
+    if address.count(":") == 1 and "." in address:  # "203.0.113.7:51234"
+        address = address.partition(":")[0]
+    elif address.startswith("[") and "]:" in address:  # "[2001:db8::1]:51234"
+        address = address[1 : address.index("]")]
     try:
         ip = ipaddress.ip_address(address.strip("[]"))
     except ValueError:
