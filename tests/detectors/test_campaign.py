@@ -591,3 +591,27 @@ def test_guard_flags_every_member_from_real_tokens(guard_factory: Callable[..., 
         assert any(r.startswith("signal:campaign.accounts=12") for r in decision.reasons)
     benign = send("user-3", "thanks, that was useful", "198.51.100.4", BROWSERS[0], ts + 1)
     assert benign.action is Action.ALLOW
+
+
+def test_benchmark_script_measures_detection_null_and_cost() -> None:
+    """``benchmarks.campaign`` runs on a small population: a 24-account sweep is flagged early
+    with every account, no benign client-day is flagged, and the cost figures are positive."""
+    from benchmarks import campaign as bench
+    from benchmarks.detection.attacks import campaign_streams
+    from benchmarks.detection.benign import benign_population
+    from benchmarks.detection.corpora import TUNING_TOPICS, jailbreaks, load_corpus
+
+    corpus = load_corpus("english", TUNING_TOPICS)
+    rng = random.Random(15)
+    benign = bench.requests(benign_population(corpus, jailbreaks("tuning"), rng, users=120, days=1))
+    attack = bench.requests(
+        campaign_streams("camp", "template", corpus, random.Random(3), accounts=24, per_day=40, days=1)
+    )
+    both = sorted(benign + attack, key=lambda r: r.obs.timestamp)
+    report = bench.run(both)
+    assert report["accounts_flagged"] == 24 and report["benign_flagged_client_days"] == 0
+    served = report["served_before_flag"]
+    assert isinstance(served, int) and served <= 96, served
+    costs = bench.cost(history=500, repeats=1)
+    assert set(costs) == {"campaign_after_10_us", "campaign_after_500_us", "default_set_us"}
+    assert costs["default_set_us"] > 0
