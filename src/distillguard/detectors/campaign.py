@@ -69,7 +69,8 @@ accounts legitimately sharing one fixed template whose slots are only rare words
 numbers) look like a campaign; the score cap keeps them from being blocked on this evidence
 alone. A campaign whose accounts also rotate templates, or that spreads over more than
 ``max_families`` live families between two of its requests, evades it. State is per process:
-workers behind a load balancer each see a share of the campaign.
+workers behind a load balancer each see a share of the campaign. Like the other detectors it is
+lock-free: two threads racing on one family record can at worst miscount a member once.
 """
 
 from __future__ import annotations
