@@ -199,7 +199,8 @@ def test_default_detectors_catch_a_sweeper_and_a_prober_among_chat_users(tmp_pat
 
 
 def test_parallel_replay_gives_the_same_report(tmp_path: Path) -> None:
-    """--jobs 2 shards clients over two processes and reports exactly what one process does."""
+    """--jobs 2 shards clients over two processes and, with per-client detectors, reports exactly
+    what one process does."""
     from benchmarks.detection.attacks import attack_stream
     from benchmarks.detection.benign import chat_user
     from benchmarks.detection.scenarios import tuning_corpus
@@ -214,12 +215,21 @@ def test_parallel_replay_gives_the_same_report(tmp_path: Path) -> None:
     with log.open("a") as out:
         out.write("{broken\n")
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    assert main(["replay", str(log), "--json", str(one), "--quiet"]) == 0
-    assert main(["replay", str(log), "--json", str(two), "--quiet", "--jobs", "2"]) == 0
+    names = "near_duplicate,template_sweep,parameter_probe,volume_timing"
+    assert main(["replay", str(log), "--json", str(one), "--quiet", "--detectors", names]) == 0
+    assert main(["replay", str(log), "--json", str(two), "--quiet", "--detectors", names, "--jobs", "2"]) == 0
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["clients"] == b["clients"]
     assert a["campaigns"] == b["campaigns"]
     assert sum(1 for c in a["clients"] if c["flagged"]) >= 3
-    for key in ("lines", "replayed", "clients", "malformed", "detectors", "client_days"):
+    for key in (
+        "lines",
+        "replayed",
+        "clients",
+        "malformed",
+        "detectors",
+        "client_days",
+        "flagged_client_days",
+    ):
         assert a["summary"][key] == b["summary"][key]
     assert b["summary"]["malformed"]["count"] == 1

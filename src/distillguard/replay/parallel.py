@@ -1,11 +1,14 @@
 """Replaying one log in several processes, sharded by client.
 
-Every built-in detector and the risk policy keep their state per client, so a client's verdicts
-depend only on that client's own stream: each worker reads the whole log, replays the clients
-of its shard (``crc32(client) % jobs``) through its own guard, and the per-client results are
-merged. The report is the same as a single-process replay, except where a detector's client cap
-(its LRU) would have evicted clients in one process but not in several. A detector that kept
-state *across* clients would see only its shard: use one process for such detectors.
+Each worker reads the whole log, replays the clients of its shard (``crc32(client) % jobs``)
+through its own guard, and the per-client results are merged. For detectors that keep state per
+client only (``near_duplicate``, ``template_sweep``, ``parameter_probe``, ``volume_timing``,
+``prada``) and for the risk policy, a client's verdicts depend only on its own stream, so the
+report equals a single-process replay (except where a detector's client cap would have evicted
+clients in one process but not in several). Detectors with state *across* clients see only
+their shard's clients: the ``coverage`` detector's live-population null (after its warm-up) and
+the ``campaign`` detector. With those, a sharded replay is an approximation, like a deployment
+with several workers that do not share detector state; use one process for the exact result.
 """
 
 from __future__ import annotations
