@@ -45,12 +45,12 @@ def calibrate_task(
 
 
 def tuning_task(
-    seed: int, scale: Scale, work: Path, thresholds: Path | None, detectors: str | None
+    seed: int, scale: Scale, work: Path, thresholds: Path | None, detectors: str | None, tag: str
 ) -> Metrics:
     """The tuning population through the replay engine, in process."""
     streams = population(tuning_corpus(), "tuning", seed, scale)
     th = Thresholds.load(thresholds) if thresholds is not None else None
-    log = work / f"tuning-{thresholds.stem if thresholds else 'own'}.jsonl"
+    log = work / f"tuning-{tag}.jsonl"
     report, days = replay_in_process(streams, log, standard_detectors(detectors), th)
     return evaluate(streams, report, days)
 
