@@ -92,7 +92,7 @@ def risk_svg(
 
 
 def _signals(signals: dict[str, float], limit: int = 4) -> str:
-    top = sorted(signals.items(), key=lambda kv: -kv[1])[:limit]
+    top = sorted(((k, v) for k, v in signals.items() if v > 0), key=lambda kv: -kv[1])[:limit]
     return ", ".join(f"{escape(name)} {score:.2f}" for name, score in top) or "-"
 
 
