@@ -178,3 +178,21 @@ def test_coverage_still_flags_a_sweep_after_the_population_warms_up() -> None:
         for i, t in enumerate(benign_prompts(rng, 200))
     ]
     assert max(benign) == 0.0
+
+
+def test_template_ignores_single_token_classifiers() -> None:
+    """A classifier app (one fixed instruction, varying texts, max_tokens=1) does not score;
+    the same sweep asking for long completions does."""
+    rng = random.Random(8)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    reviews = [" ".join("".join(rng.choices(letters, k=6)) for _ in range(4)) for _ in range(80)]
+    texts = [
+        f"Classify the sentiment of the following review as positive or negative. Review: {r}"
+        for r in reviews
+    ]
+    det = TemplateSweepDetector()
+    short = [
+        det.score(observation("clf", query(t, max_tokens=1), float(i))).score for i, t in enumerate(texts)
+    ]
+    assert max(short) == 0.0
+    assert max(scores(TemplateSweepDetector(), texts)) == 1.0

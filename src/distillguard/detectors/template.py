@@ -10,6 +10,9 @@ few questions stays under it, a sweep filling one template dozens of times does 
 ramps with the share of the window made of recurring queries, i.e. the share of the client's
 traffic sitting on a few top skeletons. Skeletons with fewer than ``min_fixed`` words, and
 prompts without any slot word, are ignored: short generic questions share skeletons by chance.
+Requests with ``max_tokens <= 4`` never count as recurring: a fixed-instruction classifier asking
+for one label token is the commonest legitimate template workload, and a distillation sweep
+harvests long completions (reasoning traces), not single tokens.
 
 **Anchor.** Slot-masked fingerprints as in provider disclosures of distillation campaigns
 ("repeated templates", Feb 2026) and template-based query synthesis in extraction attacks
@@ -53,6 +56,9 @@ class TemplateSweepDetector:
         window: how many recent queries are kept.
         min_fixed: skeletons with fewer common words are ignored.
         recur: a skeleton recurs from its ``recur``-th occurrence in the window on.
+        min_output: requests with ``max_tokens`` at or below this never count as recurring (a
+            fixed-instruction classifier asking for one label token is the commonest
+            legitimate template workload; distillation sweeps harvest long completions).
         min_requests: no score before this many text queries from the client.
         low: the recurring share at which the score starts rising.
         high: the recurring share at which the score reaches 1.
@@ -67,6 +73,7 @@ class TemplateSweepDetector:
         window: int = 64,
         min_fixed: int = 5,
         recur: int = 6,
+        min_output: int = 4,
         min_requests: int = 12,
         low: float = 0.3,
         high: float = 0.6,
@@ -75,9 +82,11 @@ class TemplateSweepDetector:
         check_range("window", window, 8, 1024)
         check_range("min_fixed", min_fixed, 1, 64)
         check_range("recur", recur, 2, window)
+        check_range("min_output", min_output, 0, 1 << 20)
         check_range("min_requests", min_requests, 1, window)
         check_range("low", low, 0.0, 1.0)
         check_range("high", high, low, 1.0)
+        self.min_output = min_output
         self.window = window
         self._mask = (1 << window) - 1
         self.min_fixed = min_fixed
@@ -106,7 +115,8 @@ class TemplateSweepDetector:
         state.skeletons[4 * pos : 4 * pos + 4] = skel_key
         state.texts[4 * pos : 4 * pos + 4] = text_key
         state.pos = (pos + 1) % self.window
-        recurring = count + 1 >= self.recur
+        budget = query.max_tokens
+        recurring = count + 1 >= self.recur and (budget is None or budget > self.min_output)
         state.flags = flags = ((state.flags << 1) | recurring) & self._mask
         state.n = n = state.n + 1
         seen = n if n < self.window else self.window
