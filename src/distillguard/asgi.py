@@ -47,10 +47,12 @@ class DistillGuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.guard.is_exempt(scope["path"]):
+            if scope["type"] == "lifespan":
+                send = self._closing_on_shutdown(send)
             await self.app(scope, receive, send)
             return
         guard = self.guard
-        authorization = content_type = user_agent = None
+        authorization = content_type = user_agent = preflight = None
         declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -61,6 +63,11 @@ class DistillGuardMiddleware:
                 declared = int(value) if value.isdigit() else None
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
+            elif name == b"access-control-request-method":
+                preflight = value
+        if preflight is not None and guard.is_preflight(scope["method"], preflight):
+            await self.app(scope, receive, send)
+            return
         try:
             body = await _read_body(receive, guard.max_body_bytes, declared)
         except _Disconnected:
@@ -94,6 +101,16 @@ class DistillGuardMiddleware:
             exchange.finish(exc)
             raise
         exchange.finish()
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        """Close the limiter's connections once the app has shut down."""
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self._perform.limiter.aclose()
+            await send(message)
+
+        return closing
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, exchange: Exchange, decision: Decision

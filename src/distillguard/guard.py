@@ -54,6 +54,9 @@ class Guard:
             when ``None``); see ``docs/telemetry.md``.
         exempt_paths: paths served without any check (exact match, or prefix when ending in
             ``/``), e.g. health checks.
+        exempt_preflight: pass CORS preflight requests (``OPTIONS`` with
+            ``Access-Control-Request-Method``) to the app unchecked: browsers send them without
+            credentials, and the app's CORS middleware answers them.
         max_body_bytes: larger request bodies get 413 ``request_too_large``.
         on_internal_error: when the guard itself fails (a bug), ``"allow"`` the request (the
             default; recorded on the span) or ``"deny"`` it with a 500 problem.
@@ -82,6 +85,7 @@ class Guard:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         exempt_paths: Sequence[str] = ("/health", "/healthz", "/livez", "/readyz"),
+        exempt_preflight: bool = True,
         max_body_bytes: int = 1_048_576,
         on_internal_error: Literal["allow", "deny"] = "allow",
         clock: Callable[[], float] = time.time,
@@ -108,6 +112,7 @@ class Guard:
         self.clock = clock
         self._exact = frozenset(p for p in exempt_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in exempt_paths if p.endswith("/"))
+        self.exempt_preflight = exempt_preflight
         self.telemetry.observe(self)
         if self.plan.config.storage_uri.startswith("memory://"):
             logger.info("distillguard: limits are counted in memory, per process")
@@ -136,6 +141,11 @@ class Guard:
     def is_exempt(self, path: str) -> bool:
         """Whether ``path`` bypasses the guard."""
         return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))
+
+    def is_preflight(self, method: str, request_method: object) -> bool:
+        """Whether a request is a CORS preflight that bypasses the guard (``request_method``
+        is the ``Access-Control-Request-Method`` header, or ``None``)."""
+        return self.exempt_preflight and method == "OPTIONS" and bool(request_method)
 
     def flow(self, request: GuardRequest) -> Flow:
         """The pipeline for ``request`` (see :func:`distillguard.flow.evaluate`)."""

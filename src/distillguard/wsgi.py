@@ -119,7 +119,9 @@ class DistillGuardWSGIMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         guard = self.guard
         path = environ.get("PATH_INFO", "") or "/"
-        if guard.is_exempt(path):
+        if guard.is_exempt(path) or guard.is_preflight(
+            environ.get("REQUEST_METHOD", ""), environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD")
+        ):
             return self.app(environ, start_response)
         body = _read_body(environ, guard.max_body_bytes)
         request = GuardRequest(
