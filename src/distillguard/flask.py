@@ -33,11 +33,23 @@ class DistillGuard:
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask) -> None:
-        """Guard ``app`` (the app is not stored on the extension)."""
+    def init_app(self, app: Flask, *, enrich_spans: bool = True) -> None:
+        """Guard ``app`` (the app is not stored on the extension).
+
+        Args:
+            app: the Flask app.
+            enrich_spans: also register :func:`distillguard.telemetry.flask.enrich_flask_spans`,
+                so the guard's span gets the matched ``http.route`` and Flask's own server span
+                (when ``FlaskInstrumentor`` instrumented the app *before* this call) gets the
+                decision and a link to the guard's span.
+        """
         if "distillguard" in app.extensions:
             raise RuntimeError("distillguard is already initialised on this app")
         app.wsgi_app = DistillGuardWSGIMiddleware(app.wsgi_app, guard=self.guard)  # type: ignore[method-assign]
+        if enrich_spans:
+            from .telemetry.flask import enrich_flask_spans
+
+            enrich_flask_spans(app)
         app.extensions["distillguard"] = self
 
 
