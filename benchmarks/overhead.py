@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable
@@ -285,6 +286,21 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs (nproc), Python {platform.python_version()} on {system}"
 
 
+def commit() -> str:
+    """The commit measured (and whether the tree had changes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+    return f"commit {head}{' with uncommitted changes' if dirty else ''}"
+
+
 def versions() -> str:
     """The versions of the libraries measured."""
     from importlib.metadata import PackageNotFoundError, version
@@ -332,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     out = [
         f"Command: `{command}`",
         "",
-        f"Machine: {machine()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the start;"
+        f" {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {commit()}.",
         f"Versions: {versions()}.",
         "",
         f"Request: `POST {_apps.PATH}` with {len(body[0])}-byte OpenAI-style chat bodies"
