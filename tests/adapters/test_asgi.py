@@ -3,7 +3,6 @@ blocking detectors, disconnects. The middleware is called directly with hand-bui
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +11,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from hypothesis import given, settings, strategies as st
 
 from distillguard import DistillGuardMiddleware, Guard, Policy
@@ -26,6 +24,7 @@ from tests.helpers import (
     guard_spans,
     make_token,
 )
+from tests.servers import serve_in_thread
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -333,21 +332,9 @@ def test_refusals_and_streams_through_uvicorn(guard_factory: Callable[..., Guard
     """Through a real uvicorn server: a 2 MB upload over a 1 kB cap gets 413 without hanging,
     the connection after it works, and a stream arrives whole."""
     middleware = DistillGuardMiddleware(EchoASGIApp(), guard=guard_factory(max_body_bytes=1024))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(middleware, host="127.0.0.1", port=port, log_level="error", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    try:
+    with serve_in_thread(middleware) as base_url:
         auth = {"authorization": f"Bearer {make_token()}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        with httpx.Client(base_url=base_url, timeout=5) as client:
             big = client.post("/v1/chat/completions", content=b"x" * 2_000_000, headers=auth)
             assert big.status_code == 413 and big.json()["code"] == "request_too_large"
             chunked = client.post("/v1/chat/completions", content=iter([b"y" * 800] * 4), headers=auth)
@@ -355,9 +342,6 @@ def test_refusals_and_streams_through_uvicorn(guard_factory: Callable[..., Guard
             assert client.post("/v1/chat/completions", content=b"{}", headers=auth).status_code == 200
             with client.stream("GET", "/stream", headers=auth) as stream:
                 assert b"".join(stream.iter_bytes()) == b"".join(STREAM_CHUNKS)
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 async def test_concurrent_requests_admit_exactly_the_limit(asgi: Callable[..., Any]) -> None:

@@ -3,16 +3,17 @@ controls, a "black hole" endpoint that accepts connections and never answers, an
 
 ``jwks_server.set_keys([...])`` publishes JWKs; ``jwks_server.mode`` switches the behaviour
 (``"ok"``, ``"503"``, ``"html"``, ``"empty"``, ``"redirect"``, ``"hang"``). ``hits`` counts
-requests, ``max_concurrent`` the most requests in flight at once.
+requests, ``max_concurrent`` the most requests in flight at once; ``hang_refresh(keys)`` leaves
+one background refresh hanging. ``make_keys(url, **options)`` builds ``JWKSKeys`` closed after
+the test.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,7 +21,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from distillguard import JWKSKeys
 from tests.helpers import KeyPair, _pair
+from tests.servers import BlackHole
 
 
 def to_jwk(pair: KeyPair, kid: Any, *, alg: str | None = "default", **extra: Any) -> dict[str, Any]:
@@ -115,6 +118,15 @@ class JWKSServer:
         handler.end_headers()
         handler.wfile.write(body)
 
+    def hang_refresh(self, keys: JWKSKeys) -> None:
+        """Switch to ``"hang"`` and start a refresh of ``keys``; return once it hangs here."""
+        self.mode = "hang"
+        keys.refresh()
+        deadline = time.monotonic() + 3
+        while self.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert self.in_flight == 1
+
     def close(self) -> None:
         self.release.set()
         self._httpd.shutdown()
@@ -140,11 +152,24 @@ def other_server() -> Iterator[JWKSServer]:
 @pytest.fixture
 def black_hole() -> Iterator[str]:
     """A URL whose host accepts TCP connections (kernel backlog) and never answers."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/jwks.json"
-    sock.close()
+    hole = BlackHole()
+    yield f"http://127.0.0.1:{hole.port}/jwks.json"
+    hole.close()
+
+
+@pytest.fixture
+def make_keys() -> Iterator[Callable[..., JWKSKeys]]:
+    """Build ``JWKSKeys(url, **options)``; every one built is closed after the test."""
+    created: list[JWKSKeys] = []
+
+    def build(url: str, **options: Any) -> JWKSKeys:
+        keys = JWKSKeys(url, **options)
+        created.append(keys)
+        return keys
+
+    yield build
+    for keys in created:
+        keys.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import asyncio
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -33,20 +33,6 @@ from tests.identity.conftest import JWKSServer, to_jwk
 pytestmark = pytest.mark.timeout(60)
 
 ALGS = ["RS256", "ES256", "EdDSA"]
-
-
-@pytest.fixture
-def resolvers() -> Iterator[Callable[..., JWKSKeys]]:
-    created: list[JWKSKeys] = []
-
-    def build(url: str, **options: Any) -> JWKSKeys:
-        keys = JWKSKeys(url, **options)
-        created.append(keys)
-        return keys
-
-    yield build
-    for keys in created:
-        keys.close()
 
 
 @pytest.fixture
@@ -105,11 +91,11 @@ def pair_for(keys: Keys, alg: str) -> KeyPair:
 
 @pytest.mark.parametrize("alg", ALGS)
 def test_tokens_verified_with_jwks_keys_reach_the_app(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str, alg: str
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any, adapter: str, alg: str
 ) -> None:
     """RS256, ES256 and EdDSA tokens signed by keys in the JWKS get 200; the app sees the client."""
     jwks_server.set_keys([to_jwk(keys.rsa, "rsa"), to_jwk(keys.ec, "ec"), to_jwk(keys.ed25519, "ed")])
-    resolver = resolvers(jwks_server.url)
+    resolver = make_keys(jwks_server.url)
     assert resolver.prefetch(timeout=3)
     client = Client(adapter, jwks_guard(resolver))
     kid = {"RS256": "rsa", "ES256": "ec", "EdDSA": "ed"}[alg]
@@ -121,11 +107,11 @@ def test_tokens_verified_with_jwks_keys_reach_the_app(
 
 @pytest.mark.parametrize("mode", ["503", "html", "empty", "redirect"])
 def test_first_start_with_a_broken_jwks_gives_503_auth_unavailable(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str, mode: str
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any, adapter: str, mode: str
 ) -> None:
     """No key ever fetched: 503 auth_unavailable with Retry-After, not 401, and no hang."""
     jwks_server.mode = mode
-    resolver = resolvers(jwks_server.url)
+    resolver = make_keys(jwks_server.url)
     assert resolver.prefetch(timeout=3) is False
     client = Client(adapter, jwks_guard(resolver))
     started = time.monotonic()
@@ -140,10 +126,10 @@ def test_first_start_with_a_broken_jwks_gives_503_auth_unavailable(
 
 
 def test_black_hole_jwks_at_startup_answers_503_without_waiting(
-    black_hole: str, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str, span_exporter: Any
+    black_hole: str, make_keys: Any, jwks_guard: Any, keys: Any, adapter: str, span_exporter: Any
 ) -> None:
     """A JWKS host that never answers: requests still get 503 at once; the span says why."""
-    resolver = resolvers(black_hole, timeout=2.0)
+    resolver = make_keys(black_hole, timeout=2.0)
     resolver.start()
     client = Client(adapter, jwks_guard(resolver))
     started = time.monotonic()
@@ -158,11 +144,11 @@ def test_black_hole_jwks_at_startup_answers_503_without_waiting(
 
 
 def test_missing_and_forged_tokens_stay_401_while_keys_are_unavailable(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, adapter: str
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, adapter: str
 ) -> None:
     """Before keys exist, no token is still 401 missing_token and a malformed one 401, not 503."""
     jwks_server.mode = "503"
-    resolver = resolvers(jwks_server.url)
+    resolver = make_keys(jwks_server.url)
     resolver.start()
     client = Client(adapter, jwks_guard(resolver))
     assert client.get(None).json()["code"] == "missing_token"
@@ -170,11 +156,11 @@ def test_missing_and_forged_tokens_stay_401_while_keys_are_unavailable(
 
 
 def test_last_known_good_keys_keep_working_when_the_jwks_goes_down(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any, adapter: str
 ) -> None:
     """After a good fetch the JWKS fails (503, then HTML): new tokens are still verified."""
     jwks_server.set_keys([to_jwk(keys.ec, "ec")])
-    resolver = resolvers(jwks_server.url)
+    resolver = make_keys(jwks_server.url)
     assert resolver.prefetch(timeout=3)
     client = Client(adapter, jwks_guard(resolver))
     for mode in ("503", "html"):
@@ -187,11 +173,11 @@ def test_last_known_good_keys_keep_working_when_the_jwks_goes_down(
 
 @pytest.mark.parametrize("alg", ["RS384", "PS256", "HS256"])
 def test_algorithm_confusion_against_a_jwks_key_is_401(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, adapter: str, alg: str
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any, adapter: str, alg: str
 ) -> None:
     """The JWK says RS256; a token under the same kid with RS384, PS256 or HS256 is refused."""
     jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
-    resolver = resolvers(jwks_server.url)
+    resolver = make_keys(jwks_server.url)
     assert resolver.prefetch(timeout=3)
     client = Client(adapter, jwks_guard(resolver, ["RS256", "RS384", "PS256", "HS256"]))
     if alg == "HS256":  # HMAC keyed with the public key the JWKS publishes
@@ -221,11 +207,11 @@ def test_algorithm_confusion_against_a_jwks_key_is_401(
     ],
 )
 def test_hostile_kid_values_are_401_fast_without_fetching(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, kid: Any
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any, kid: Any
 ) -> None:
     """Path, SQL, shell, huge and non-string kids: 401 in well under 50 ms and no JWKS fetch."""
     jwks_server.set_keys([to_jwk(keys.rsa, "rsa"), to_jwk(keys.ec, "ec")])
-    resolver = resolvers(jwks_server.url)
+    resolver = make_keys(jwks_server.url)
     assert resolver.prefetch(timeout=3)
     guard = jwks_guard(resolver)
     token = rs256_token({"alg": "RS256", "typ": "JWT", "kid": kid}, keys.rsa)  # the real key signs
@@ -240,11 +226,11 @@ def test_hostile_kid_values_are_401_fast_without_fetching(
 
 
 def test_a_random_kid_flood_causes_at_most_one_fetch(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any
 ) -> None:
     """200 tokens with random kids: all 401, and the JWKS sees at most one extra request."""
     jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
-    resolver = resolvers(jwks_server.url)
+    resolver = make_keys(jwks_server.url)
     assert resolver.prefetch(timeout=3)
     client = Client("wsgi", jwks_guard(resolver))
     for _ in range(200):
@@ -256,12 +242,12 @@ def test_a_random_kid_flood_causes_at_most_one_fetch(
 
 
 def test_rotation_through_the_middleware(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any, rsa_keypair_2: KeyPair, adapter: str
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any, rsa_keypair_2: KeyPair, adapter: str
 ) -> None:
     """A new kid works after the refresh it triggers; once the old kid leaves the JWKS, even a
     token the verifier had cached under it is refused."""
     jwks_server.set_keys([to_jwk(keys.rsa, "old")])
-    resolver = resolvers(jwks_server.url, cooldown=0.1)
+    resolver = make_keys(jwks_server.url, cooldown=0.1)
     assert resolver.prefetch(timeout=3)
     client = Client(adapter, jwks_guard(resolver))
     old_token = make_token(key=keys.rsa, headers={"kid": "old"})
@@ -281,12 +267,12 @@ def test_rotation_through_the_middleware(
 
 
 def test_a_hung_refresh_does_not_slow_50_concurrent_requests(
-    jwks_server: JWKSServer, resolvers: Any, jwks_guard: Any, keys: Any
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any
 ) -> None:
     """While the one refresh hangs (3 s timeout), 50 concurrent ASGI requests with distinct
     tokens all pass at once, the event loop stays responsive and no second fetch starts."""
     jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
-    resolver = resolvers(jwks_server.url, timeout=3.0, cooldown=0)
+    resolver = make_keys(jwks_server.url, timeout=3.0, cooldown=0)
     assert resolver.prefetch(timeout=3)
     started = time.monotonic()
     middleware = DistillGuardMiddleware(EchoASGIApp(), guard=jwks_guard(resolver))
@@ -323,12 +309,7 @@ def test_a_hung_refresh_does_not_slow_50_concurrent_requests(
     figures: dict[str, tuple[float, float, float]] = {}
     for label in ("healthy JWKS", "hung refresh"):
         if label == "hung refresh":
-            jwks_server.mode = "hang"
-            resolver.refresh()
-            deadline = time.monotonic() + 3
-            while jwks_server.in_flight == 0 and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert jwks_server.in_flight == 1
+            jwks_server.hang_refresh(resolver)
         statuses, latencies, total, max_lag = asyncio.run(scenario(batch(label)))
         assert statuses == [200] * 50
         figures[label] = (total, statistics.median(latencies), max_lag)
@@ -352,7 +333,7 @@ def test_a_hung_refresh_does_not_slow_50_concurrent_requests(
 
 def test_forged_tokens_never_lock_out_the_real_client(
     jwks_server: JWKSServer,
-    resolvers: Any,
+    make_keys: Any,
     guard_factory: Any,
     keys: Any,
     rsa_keypair_2: KeyPair,
@@ -364,7 +345,7 @@ def test_forged_tokens_never_lock_out_the_real_client(
     from distillguard import LimitConfig
 
     jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
-    resolver = resolvers(jwks_server.url)
+    resolver = make_keys(jwks_server.url)
     assert resolver.prefetch(timeout=3)
     guard = guard_factory(
         jwt=jwt_config(algorithms=["RS256", "HS256"], key=None, key_resolver=resolver),

@@ -8,7 +8,6 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -29,20 +28,6 @@ def wait_until(condition: Any, timeout: float = 3.0) -> bool:
             return True
         time.sleep(0.01)
     return bool(condition())
-
-
-@pytest.fixture
-def make_keys() -> Iterator[Any]:
-    created: list[JWKSKeys] = []
-
-    def build(url: str, **options: Any) -> JWKSKeys:
-        keys = JWKSKeys(url, **options)
-        created.append(keys)
-        return keys
-
-    yield build
-    for keys in created:
-        keys.close()
 
 
 # -- configuration ---------------------------------------------------------------------------

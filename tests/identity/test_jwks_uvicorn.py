@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import statistics
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -23,29 +20,9 @@ from starlette.routing import Route
 from distillguard import DistillGuardMiddleware, JWKSKeys
 from tests.helpers import jwt_config, make_token
 from tests.identity.conftest import JWKSServer, to_jwk
+from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_prefetch_in_lifespan_and_a_hung_refresh_behind_uvicorn(
@@ -70,7 +47,7 @@ def test_prefetch_in_lifespan_and_a_hung_refresh_behind_uvicorn(
     guard = guard_factory(jwt=jwt_config(algorithms=["RS256", "EdDSA"], key=None, key_resolver=resolver))
     app.add_middleware(DistillGuardMiddleware, guard=guard)
 
-    with serve(app) as base_url:
+    with serve_in_thread(app, lifespan="on") as base_url:
         assert resolver.status().ready and jwks_server.hits == 1
         with httpx.Client(base_url=base_url, timeout=5) as client:
             token = make_token(key=keys.ed25519, headers={"kid": "ed"}, sub="alice")
@@ -96,12 +73,7 @@ def test_prefetch_in_lifespan_and_a_hung_refresh_behind_uvicorn(
         assert healthy_statuses == [200] * 50
         healthy = (healthy_latencies, healthy_total)
 
-        jwks_server.mode = "hang"
-        resolver.refresh()
-        deadline = time.monotonic() + 3
-        while jwks_server.in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert jwks_server.in_flight == 1
+        jwks_server.hang_refresh(resolver)
         statuses, latencies, total = asyncio.run(burst("hung"))
         for label, (lat, tot) in (("healthy JWKS", healthy), ("hung refresh", (latencies, total))):
             print(

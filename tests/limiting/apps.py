@@ -20,6 +20,8 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import pytest
+
 from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware
 
 __all__ = ["Harness", "LLMApp", "asgi_call", "chat_body", "llm_wsgi_app", "wsgi_call"]
@@ -243,6 +245,17 @@ def wsgi_call(
 
 OPEN: list[Harness] = []
 """ASGI harnesses not closed yet (the test fixtures close those a test created)."""
+
+
+@pytest.fixture(autouse=True)
+def close_harnesses() -> Iterator[None]:
+    """Close the ASGI harnesses a test created (their Redis connections and event loops).
+
+    Imported into the conftest of each folder whose tests build harnesses."""
+    before = list(OPEN)
+    yield
+    for harness in [h for h in OPEN if h not in before]:
+        harness.close()
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop, mw: Any) -> None:

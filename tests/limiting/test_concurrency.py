@@ -15,7 +15,7 @@ import uvicorn
 from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, LimitConfig
 from tests.helpers import jwt_config, make_token
 from tests.limiting.apps import LLMApp, asgi_call, chat_body, llm_wsgi_app, wsgi_call
-from tests.redis.conftest import free_port
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.timeout(30)]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers import make_token
-from tests.redis.conftest import RedisServer, free_port
+from tests.servers import RedisServer, free_port, wait_until_serving
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
 
@@ -39,19 +38,6 @@ def _start(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(process.stderr.read().decode() if process.stderr else "replica died")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError("replica did not start")
-
-
 @pytest.fixture
 def replicas(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[list[int]]:
     """Two uvicorn replicas of ``replica_app`` on ``redis_server`` (limit from the param)."""
@@ -62,7 +48,7 @@ def replicas(redis_server: RedisServer, request: pytest.FixtureRequest) -> Itera
     processes = [_start(port, env) for port in ports]
     try:
         for port, process in zip(ports, processes, strict=True):
-            _wait_ready(port, process)
+            wait_until_serving(port, process, timeout=30)
         yield ports
     finally:
         for process in processes:

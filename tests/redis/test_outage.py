@@ -13,7 +13,7 @@ import pytest
 from distillguard import Guard, LimitConfig
 from tests.helpers import jwt_config
 from tests.limiting.apps import Harness
-from tests.redis.conftest import BlackHole, RedisServer
+from tests.servers import BlackHole, RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 

@@ -14,7 +14,7 @@ from distillguard.limiting import LimitRule
 from distillguard.limiting.storage import DEFAULT_TIMEOUT, build_storage
 from tests.helpers import jwt_config, make_token
 from tests.limiting.apps import Harness, LLMApp, asgi_call, chat_body, llm_wsgi_app, wsgi_call
-from tests.redis.conftest import RedisServer
+from tests.servers import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 

@@ -13,7 +13,7 @@ from distillguard import Guard, LimitConfig
 from distillguard.limiting import LimitRule
 from tests.helpers import jwt_config, make_token
 from tests.limiting.apps import Harness
-from tests.redis.conftest import RedisServer
+from tests.servers import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +17,12 @@ import pytest
 from opentelemetry.test._otlp_test_server import OtlpProtoTestServer
 
 from tests.helpers import make_token
+from tests.servers import free_port, wait_until_serving
 from tests.telemetry.apps import CHAT_PATH, INPUT_TOKENS, OUTPUT_TOKENS, chat_body
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 INTERNAL_KIND = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _value(any_value: Any) -> Any:
@@ -41,26 +34,11 @@ def _attrs(key_values: Any) -> dict[str, Any]:
     return {kv.key: _value(kv.value) for kv in key_values}
 
 
-def _wait_until_serving(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"the app exited: {process.stderr.read().decode() if process.stderr else ''}"
-            )
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError("the app did not start")
-
-
 @pytest.mark.slow
 def test_spans_and_metrics_reach_an_otlp_http_receiver() -> None:
     """Spans and metrics configured only by OTEL_* reach a real OTLP/HTTP receiver intact."""
     with OtlpProtoTestServer() as receiver:
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "FASTAPI_OTEL"))}
         env.update(
             {
@@ -81,7 +59,7 @@ def test_spans_and_metrics_reach_an_otlp_http_receiver() -> None:
             stderr=subprocess.PIPE,
         )
         try:
-            _wait_until_serving(port, process)
+            wait_until_serving(port, process, timeout=20)
             base = f"http://127.0.0.1:{port}"
             headers = {"authorization": f"Bearer {make_token()}", "content-type": "application/json"}
             with httpx.Client(base_url=base, timeout=10) as client:
