@@ -1,13 +1,16 @@
-"""What the sync and async limiters share: outcomes, the outage bookkeeping and the storages."""
+"""What the sync and async limiters share: outcomes, window keys, the charging script, the outage
+bookkeeping and the storages."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
 from limits.strategies import STRATEGIES
 
+from ._script import CHARGE_WINDOWS_LUA, scriptable
 from .config import LimitConfig
 from .outage import CircuitBreaker, LimiterStats
 from .plan import LimitCheck, LimitOutcome
@@ -123,3 +126,37 @@ class LimiterBase:
         return LimitOutcome(
             check=check, allowed=mode == "open", remaining=0, reset_at=0.0, error=error, mode=mode
         )
+
+    def _outage(
+        self, checks: tuple[LimitCheck, ...], exc: BaseException | None
+    ) -> tuple[str, tuple[LimitOutcome, ...] | None]:
+        """After the configured storage failed (or the breaker is open): ``(error, outcomes)``,
+        the outcomes being the decision when the policy does not fall back to local counting,
+        ``None`` when the windows are to be charged on the local storage."""
+        mode, error = self._degraded(exc)
+        if mode != "fallback":
+            return error, (self._uncounted(checks[0], mode, error),)
+        return error, None
+
+    def _charge_script(
+        self, storage: Any, checks: tuple[LimitCheck, ...], mode: str, connection: Callable[[], Any]
+    ) -> Any:
+        """The all-or-nothing charging script when it applies (``mode`` primary, on a remote
+        storage that runs it for these checks), registered once on ``connection()``; ``None``
+        when the windows are charged one by one."""
+        if mode != "primary" or not self.remote or not scriptable(storage, checks):
+            return None
+        if self._script is None:
+            self._script = connection().register_script(CHARGE_WINDOWS_LUA)
+        return self._script
+
+    @staticmethod
+    def _window(check: LimitCheck) -> tuple[str, int]:
+        """The storage key and the expiry (seconds) of the window ``check`` is charged on."""
+        item = check.item
+        return item.key_for(*check.key), item.get_expiry()
+
+    def _count_refund(self, done: bool, applied: Any) -> None:
+        """Count a refund the configured storage had no way to apply."""
+        if done and not applied:
+            self.stats.refunds_unsupported += 1

@@ -26,7 +26,7 @@ from typing import Any
 from limits.errors import StorageError
 
 from ._limiter_base import LimiterBase, outcome_of, with_error
-from ._script import CHARGE_WINDOWS_LUA, outcomes, script_args, scriptable
+from ._script import outcomes, script_args
 from .config import LimitConfig
 from .outage import LimiterStats
 from .plan import LimitCheck, LimitOutcome
@@ -54,7 +54,7 @@ class Limiter(LimiterBase):
         if charge:
             allowed = strategy.hit(item, *key, cost=check.cost)
             if not allowed and check.strategy == "fixed-window":
-                refund(storage, check.strategy, item.key_for(*key), item.get_expiry(), check.cost)
+                refund(storage, check.strategy, *self._window(check), check.cost)
         else:
             allowed = strategy.test(item, *key, cost=check.cost)
         return allowed, strategy.get_window_stats(item, *key)
@@ -83,12 +83,11 @@ class Limiter(LimiterBase):
         charge: bool,
         mode: str,
     ) -> tuple[LimitOutcome, ...]:
-        if mode == "primary" and self.remote and scriptable(storage, checks):
-            if self._script is None:
-                self._script = storage.get_connection().register_script(CHARGE_WINDOWS_LUA)
+        script = self._charge_script(storage, checks, mode, lambda: storage.get_connection())
+        if script is not None:
             keys, args = script_args(storage, checks, charge)
             try:
-                replies = self._script(keys=keys, args=args)
+                replies = script(keys=keys, args=args)
             except Exception as exc:  # the driver's error, as limits would wrap it
                 raise StorageError(exc) from exc
             return outcomes(checks, replies, charge)
@@ -108,10 +107,10 @@ class Limiter(LimiterBase):
         )
         if done:
             return result  # type: ignore[no-any-return]
-        mode, error = self._degraded(exc)
-        if mode != "fallback":
-            return (self._uncounted(checks[0], mode, error),)
-        local = self._many(self._local_strategies, self.local, checks, charge, mode)
+        error, decided = self._outage(checks, exc)
+        if decided is not None:
+            return decided
+        local = self._many(self._local_strategies, self.local, checks, charge, "fallback")
         return tuple(with_error(o, error) for o in local)
 
     def hit(self, check: LimitCheck, charge: bool = True) -> LimitOutcome:
@@ -120,30 +119,27 @@ class Limiter(LimiterBase):
 
     def refund(self, check: LimitCheck, amount: int, mode: str = "primary") -> None:
         """Take ``amount`` back from the window ``check`` was charged on (``mode``)."""
-        item = check.item
-        key = item.key_for(*check.key)
+        key, expiry = self._window(check)
         if mode == "fallback":
-            refund(self.local, check.strategy, key, item.get_expiry(), amount)
+            refund(self.local, check.strategy, key, expiry, amount)
             return
         if mode != "primary":
             return
         done, applied, _ = self._on_primary(
-            lambda: refund(self._primary, check.strategy, key, item.get_expiry(), amount)
+            lambda: refund(self._primary, check.strategy, key, expiry, amount)
         )
-        if done and not applied:
-            self.stats.refunds_unsupported += 1
+        self._count_refund(done, applied)
 
     def charge(self, check: LimitCheck, amount: int, mode: str = "primary") -> None:
         """Add ``amount`` to a counter window even past its limit (usage beyond the estimate)."""
         if amount <= 0 or mode not in ("primary", "fallback"):
             return
-        item = check.item
-        key = item.key_for(*check.key)
+        key, expiry = self._window(check)
         if mode == "primary":
-            done, _, _ = self._on_primary(lambda: self._primary.incr(key, item.get_expiry(), amount))
+            done, _, _ = self._on_primary(lambda: self._primary.incr(key, expiry, amount))
             if done:
                 return
-        self.local.incr(key, item.get_expiry(), amount)
+        self.local.incr(key, expiry, amount)
 
 
 class AsyncLimiter(LimiterBase):
@@ -160,7 +156,7 @@ class AsyncLimiter(LimiterBase):
         if charge:
             allowed = await strategy.hit(item, *key, cost=check.cost)
             if not allowed and check.strategy == "fixed-window":
-                await arefund(storage, check.strategy, item.key_for(*key), item.get_expiry(), check.cost)
+                await arefund(storage, check.strategy, *self._window(check), check.cost)
         else:
             allowed = await strategy.test(item, *key, cost=check.cost)
         return allowed, await strategy.get_window_stats(item, *key)
@@ -188,12 +184,11 @@ class AsyncLimiter(LimiterBase):
         charge: bool,
         mode: str,
     ) -> tuple[LimitOutcome, ...]:
-        if mode == "primary" and self.remote and scriptable(storage, checks):
-            if self._script is None:
-                self._script = storage.bridge.get_connection().register_script(CHARGE_WINDOWS_LUA)
+        script = self._charge_script(storage, checks, mode, lambda: storage.bridge.get_connection())
+        if script is not None:
             keys, args = script_args(storage, checks, charge)
             try:
-                replies = await self._script(keys=keys, args=args)
+                replies = await script(keys=keys, args=args)
             except Exception as exc:  # the driver's error, as limits would wrap it
                 raise StorageError(exc) from exc
             return outcomes(checks, replies, charge)
@@ -212,10 +207,10 @@ class AsyncLimiter(LimiterBase):
         )
         if done:
             return result  # type: ignore[no-any-return]
-        mode, error = self._degraded(exc)
-        if mode != "fallback":
-            return (self._uncounted(checks[0], mode, error),)
-        local = await self._many(self._local_strategies, self.local, checks, charge, mode)
+        error, decided = self._outage(checks, exc)
+        if decided is not None:
+            return decided
+        local = await self._many(self._local_strategies, self.local, checks, charge, "fallback")
         return tuple(with_error(o, error) for o in local)
 
     async def hit(self, check: LimitCheck, charge: bool = True) -> LimitOutcome:
@@ -224,30 +219,27 @@ class AsyncLimiter(LimiterBase):
 
     async def refund(self, check: LimitCheck, amount: int, mode: str = "primary") -> None:
         """Take ``amount`` back from the window ``check`` was charged on (``mode``)."""
-        item = check.item
-        key = item.key_for(*check.key)
+        key, expiry = self._window(check)
         if mode == "fallback":
-            await arefund(self.local, check.strategy, key, item.get_expiry(), amount)
+            await arefund(self.local, check.strategy, key, expiry, amount)
             return
         if mode != "primary":
             return
         done, applied, _ = await self._on_primary(
-            lambda: arefund(self._primary, check.strategy, key, item.get_expiry(), amount)
+            lambda: arefund(self._primary, check.strategy, key, expiry, amount)
         )
-        if done and not applied:
-            self.stats.refunds_unsupported += 1
+        self._count_refund(done, applied)
 
     async def charge(self, check: LimitCheck, amount: int, mode: str = "primary") -> None:
         """Add ``amount`` to a counter window even past its limit (usage beyond the estimate)."""
         if amount <= 0 or mode not in ("primary", "fallback"):
             return
-        item = check.item
-        key = item.key_for(*check.key)
+        key, expiry = self._window(check)
         if mode == "primary":
-            done, _, _ = await self._on_primary(lambda: self._primary.incr(key, item.get_expiry(), amount))
+            done, _, _ = await self._on_primary(lambda: self._primary.incr(key, expiry, amount))
             if done:
                 return
-        await self.local.incr(key, item.get_expiry(), amount)
+        await self.local.incr(key, expiry, amount)
 
     async def aclose(self) -> None:
         """Close the storage's connections (call it on the event loop that used them, e.g. at
