@@ -22,7 +22,22 @@ from ._table import BoundedTable
 __all__ = ["AsyncBoundedMemoryStorage", "BoundedMemoryStorage"]
 
 
-class BoundedMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
+class _TableFace:
+    """What both faces say about their :class:`~distillguard.limiting._table.BoundedTable`."""
+
+    table: BoundedTable
+
+    @property
+    def evictions(self) -> int:
+        """How many keys were evicted to stay under the cap."""
+        return self.table.evictions
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return ValueError
+
+
+class BoundedMemoryStorage(_TableFace, Storage, MovingWindowSupport, SlidingWindowCounterSupport):
     """A ``limits`` storage in process memory with a hard cap on tracked keys.
 
     Args:
@@ -36,15 +51,6 @@ class BoundedMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSup
     def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         super().__init__(None, wrap_exceptions=True)
         self.table = BoundedTable(max_keys, clock)
-
-    @property
-    def evictions(self) -> int:
-        """How many keys were evicted to stay under the cap."""
-        return self.table.evictions
-
-    @property
-    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
-        return ValueError
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         return self.table.incr(key, expiry, amount)
@@ -84,7 +90,9 @@ class BoundedMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSup
         self.table.clear_sliding_window(key, expiry)
 
 
-class AsyncBoundedMemoryStorage(AsyncStorage, AsyncMovingWindowSupport, AsyncSlidingWindowCounterSupport):
+class AsyncBoundedMemoryStorage(
+    _TableFace, AsyncStorage, AsyncMovingWindowSupport, AsyncSlidingWindowCounterSupport
+):
     """The ``limits.aio`` face of :class:`BoundedMemoryStorage` (same table, no awaits inside)."""
 
     STORAGE_SCHEME = None
@@ -92,15 +100,6 @@ class AsyncBoundedMemoryStorage(AsyncStorage, AsyncMovingWindowSupport, AsyncSli
     def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         super().__init__(None, wrap_exceptions=True)
         self.table = BoundedTable(max_keys, clock)
-
-    @property
-    def evictions(self) -> int:
-        """How many keys were evicted to stay under the cap."""
-        return self.table.evictions
-
-    @property
-    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
-        return ValueError
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         return self.table.incr(key, expiry, amount)
