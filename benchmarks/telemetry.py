@@ -43,9 +43,9 @@ from opentelemetry.trace import NoOpTracerProvider
 from distillguard import DistillGuardMiddleware, Guard, JWTConfig, LimitConfig, TelemetryConfig
 from distillguard._drivers import drive
 from distillguard.exchange import Exchange
-from distillguard.request import GuardRequest
 
 from . import _apps
+from .breakdown import guard_request
 
 CLOCK = time.process_time_ns
 """CPU time of the process (all its threads: the span processor's too), not wall time, so that
@@ -90,16 +90,7 @@ def telemetry_calls(guard: Guard, body: bytes) -> Callable[[int], float]:
     """A runner timing one request's :class:`~distillguard.exchange.Exchange` around a decision
     computed once: the span (begun, opened, finished), the metrics, the usage reading of a
     response body. This is everything telemetry adds to a request (microseconds per request)."""
-    request = GuardRequest(
-        method="POST",
-        path=_apps.PATH,
-        authorization=f"Bearer {_apps.token()}",
-        content_type="application/json",
-        body=body,
-        client_address="127.0.0.1",
-        user_agent="bench/1.0",
-        timestamp=time.time(),
-    )
+    request = guard_request(f"Bearer {_apps.token()}", body)
     perform = guard.sync_performer()
     decision = drive(guard.flow(request), perform)
 
