@@ -1,21 +1,16 @@
-"""The text detectors one by one: near-duplicate, template sweep, coverage, and the shared
-text features."""
+"""The text detectors one by one: near-duplicate, template sweep, and the shared text features
+(coverage: ``test_coverage.py``)."""
 
 from __future__ import annotations
 
 import random
 
-import pytest
-
 from distillguard.detectors._text import TextFeatures, features, prompt_text
-from distillguard.detectors.coverage import CoverageDetector, load_reference
 from distillguard.detectors.near_duplicate import NearDuplicateDetector
 from distillguard.detectors.template import TemplateSweepDetector
-from distillguard.errors import ConfigurationError
 from distillguard.query import parse_query
 from tests.detectors.traffic import (
     benign_prompts,
-    foreign_prompts,
     jailbreak_prompts,
     observation,
     query,
@@ -109,75 +104,6 @@ def test_template_ignores_jailbreaks_and_benign_users() -> None:
     random.Random(4).shuffle(jb)
     assert max(scores(TemplateSweepDetector(), jb[:300])) < 0.5
     assert max(scores(TemplateSweepDetector(), list(benign_prompts(random.Random(5), 300)))) < 0.5
-
-
-def test_coverage_reference_is_shipped_and_validated() -> None:
-    """The built-in benign reference loads; a reference that is too small is refused."""
-    assert len(load_reference()) >= 200
-    with pytest.raises(ConfigurationError):
-        CoverageDetector(reference=["hello there"] * 10)
-
-
-def test_coverage_flags_a_foreign_diverse_sweep_not_benign_users() -> None:
-    """A random-word sweep (Krishna et al. 2020: every query new words, nothing like the
-    reference) scores; benign users and a client echoing the reference itself do not."""
-    rng = random.Random(6)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    sweep = [
-        " ".join("".join(rng.choices(letters, k=rng.randint(3, 9))) for _ in range(12)) for _ in range(200)
-    ]
-    assert max(scores(CoverageDetector(), sweep)) >= 0.5
-    assert max(scores(CoverageDetector(), list(benign_prompts(rng, 300)))) < 0.5
-    assert max(scores(CoverageDetector(), load_reference())) == 0.0
-
-
-def _population(det: CoverageDetector, make: object, users: int = 40, each: int = 60) -> float:
-    """Interleave ``users`` clients of ``each`` queries from ``make(rng, n)``; return the last ts."""
-    streams = [iter(make(random.Random(u), each)) for u in range(users)]  # type: ignore[operator]
-    ts = 0.0
-    for _ in range(each):
-        for u, stream in enumerate(streams):
-            ts += 1.0
-            det.score(observation(f"pop-{u}", query(next(stream)), ts))
-    return ts
-
-
-def test_coverage_learns_the_live_population() -> None:
-    """In a deployment whose users all write another language, a new diverse user of that
-    language is atypical against the built-in reference (it scores without the population
-    null) but not once the population null has warmed up."""
-    scores_by_warmup = {}
-    for warmup in (0, 2000):
-        det = CoverageDetector(population_warmup=warmup)
-        ts = _population(det, foreign_prompts, each=100)
-        top = 0.0
-        for text in foreign_prompts(random.Random(99), 200):
-            ts += 1.0
-            top = max(top, det.score(observation("newcomer", query(text), ts)).score)
-        scores_by_warmup[warmup] = top
-    assert scores_by_warmup[0] > 0.1 and scores_by_warmup[2000] == 0.0
-
-
-def test_coverage_still_flags_a_sweep_after_the_population_warms_up() -> None:
-    """After 2,400 benign conversational queries have taught the population null, a
-    random-word sweep still scores (less than against the reference alone: the population's
-    spread is wider) and a new benign user does not."""
-    det = CoverageDetector()
-    ts = _population(det, benign_prompts)
-    assert det.pop_n >= det.population_warmup
-    rng = random.Random(7)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    top = 0.0
-    for _ in range(200):
-        ts += 1.0
-        text = " ".join("".join(rng.choices(letters, k=rng.randint(3, 9))) for _ in range(12))
-        top = max(top, det.score(observation("sweeper", query(text), ts)).score)
-    assert top >= 0.3
-    benign = [
-        det.score(observation("newcomer", query(t), ts + i)).score
-        for i, t in enumerate(benign_prompts(rng, 200))
-    ]
-    assert max(benign) == 0.0
 
 
 def test_template_ignores_single_token_classifiers() -> None:
