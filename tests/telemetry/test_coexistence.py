@@ -152,9 +152,7 @@ async def test_guard_alone_without_traceparent_is_a_root(
 def _flask(guard: Guard, tracer_provider: Any, *, hook: bool) -> Any:
     app = flask_app()
     FlaskInstrumentor().instrument_app(app, tracer_provider=tracer_provider)
-    DistillGuard(guard, app)
-    if hook:
-        enrich_flask_spans(app)
+    DistillGuard(guard).init_app(app, enrich_spans=hook)
     return app
 
 

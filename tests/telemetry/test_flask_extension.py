@@ -60,3 +60,12 @@ def test_route_hook_can_be_left_out(
     response.close()
     assert HTTP_ROUTE not in (_guard_span(span_exporter).attributes or {})
     assert app.before_request_funcs.get(None, []) == []
+
+
+def test_span_hook_registers_once(guard_factory: Callable[..., Guard]) -> None:
+    """Calling enrich_flask_spans after init_app does not register the hook a second time."""
+    from distillguard.telemetry.flask import enrich_flask_spans
+
+    app = _app(guard_factory())
+    enrich_flask_spans(app)
+    assert len(app.before_request_funcs[None]) == 1

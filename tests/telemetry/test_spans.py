@@ -175,7 +175,7 @@ def test_predict_request_has_no_genai_operation(
 ) -> None:
     """A classic predict body is not a GenAI operation: no ``gen_ai.*`` attributes."""
     app = flask_app()
-    DistillGuard(guard_factory(), app)
+    DistillGuard(guard_factory()).init_app(app, enrich_spans=False)
     status, _ = wsgi_post(app, "/v1/predict/m1", json.dumps({"inputs": [1.0, 2.0]}).encode())
     assert status == 200
     a = attrs(span_exporter)

@@ -34,6 +34,10 @@ def enrich_flask_spans(app: Flask) -> None:
     """
     from flask import request
 
+    if app.extensions.get("distillguard.spans"):  # registered already (e.g. by init_app)
+        return
+    app.extensions["distillguard.spans"] = True
+
     def _distillguard_spans() -> None:
         exchange = request.environ.get(EXCHANGE_ENVIRON_KEY)
         if exchange is None:
