@@ -17,13 +17,14 @@ are reproducible), and ``key`` is the CRC-32 of the raw prompt (exact repeats). 
 For chat requests the prompt is the *last user message*: a conversation's history repeats on
 every turn and would look like a near-duplicate stream otherwise.
 
-The features of the last request are cached (one entry, keyed by the :class:`Query` object), so
-several detectors scoring the same request share the work.
+The features of the last request are cached (one entry per thread, keyed by the :class:`Query`
+object), so several detectors scoring the same request share the work.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 from collections.abc import Mapping
 from itertools import repeat
@@ -164,15 +165,24 @@ def embed_text(text: str) -> tuple[float, ...]:
     return TextFeatures(text).embedding
 
 
-_cache: tuple[Query | None, TextFeatures | None] = (None, None)
+class _Last(threading.local):
+    """The last request's features, per thread: the detectors of one request share them, and a
+    request scored in another thread (threaded WSGI servers, ASGI worker threads) does not
+    evict them in between."""
+
+    entry: tuple[Query | None, TextFeatures | None] = (None, None)
+
+
+_last = _Last()
 
 
 def features(query: Query) -> TextFeatures:
-    """The features of ``query``'s prompt, shared by every detector scoring the same request."""
-    global _cache
-    cached_query, cached = _cache
+    """The features of ``query``'s prompt, shared by every detector scoring the same request
+    (computed once per request and thread)."""
+    last = _last
+    cached_query, cached = last.entry
     if cached_query is query and cached is not None:
         return cached
     feats = TextFeatures(prompt_text(query))
-    _cache = (query, feats)
+    last.entry = (query, feats)
     return feats

@@ -104,22 +104,23 @@ class NearDuplicateDetector:
             content = set(feats.hashes)
             if not content:
                 return _EMPTY
-        key = signature(content)
+        band = hash((min(content), max(content))) & 0xFFFFFFFF  # as signature() computes it
+        key = band.to_bytes(4, "little") if band else b"\x01\x00\x00\x00"
         state = self.states.get(observation.identity.client_id)
         keys = state.keys
+        texts = state.texts
         text_key = (feats.key or 1).to_bytes(4, "little")
-        dup = False
-        if text_key not in state.texts:  # exact repeats (retries, regenerations) do not count
-            dup = keys.count(key) >= self.cluster
+        # exact repeats (retries, regenerations) do not count
+        dup = text_key not in texts and keys.count(key) >= self.cluster
         pos = state.pos
-        keys[4 * pos : 4 * pos + 4] = key
-        state.texts[4 * pos : 4 * pos + 4] = text_key
-        state.pos = (pos + 1) % self.window
+        at = slice(4 * pos, 4 * pos + 4)
+        keys[at] = key
+        texts[at] = text_key
         window = self.window
+        state.pos = pos + 1 if pos + 1 < window else 0
         state.flags = flags = ((state.flags << 1) | dup) & self._mask
         state.n = n = state.n + 1
-        seen = n if n < window else window
-        rate = flags.bit_count() / seen
+        rate = flags.bit_count() / (n if n < window else window)
         if n < self.min_requests or rate <= self.low:
             return _EMPTY
         score = ramp(rate, self.low, self.high)

@@ -104,22 +104,25 @@ class TemplateSweepDetector:
         feats = features(query)
         skeleton = feats.skeleton
         state = self.states.get(observation.identity.client_id)
+        texts = state.texts
+        skeletons = state.skeletons
         text_key = (feats.key or 1).to_bytes(4, "little")
-        repeat = text_key in state.texts
         skel_key = _NONE
         count = 0
-        if not repeat and len(skeleton) >= self.min_fixed and len(skeleton) < len(feats.hashes):
+        if len(skeleton) >= self.min_fixed and len(skeleton) < len(feats.hashes) and text_key not in texts:
             skel_key = ((hash(skeleton) & 0xFFFFFFFF) or 1).to_bytes(4, "little")
-            count = state.skeletons.count(skel_key)
+            count = skeletons.count(skel_key)
         pos = state.pos
-        state.skeletons[4 * pos : 4 * pos + 4] = skel_key
-        state.texts[4 * pos : 4 * pos + 4] = text_key
-        state.pos = (pos + 1) % self.window
+        at = slice(4 * pos, 4 * pos + 4)
+        skeletons[at] = skel_key
+        texts[at] = text_key
+        window = self.window
+        state.pos = pos + 1 if pos + 1 < window else 0
         budget = query.max_tokens
         recurring = count + 1 >= self.recur and (budget is None or budget > self.min_output)
         state.flags = flags = ((state.flags << 1) | recurring) & self._mask
         state.n = n = state.n + 1
-        seen = n if n < self.window else self.window
+        seen = n if n < window else window
         share = flags.bit_count() / seen
         if n < self.min_requests or share <= self.low:
             return _EMPTY

@@ -91,23 +91,30 @@ class VolumeTimingDetector:
         now = observation.timestamp
         state = self.states.get(observation.identity.client_id)
         hour = int(now // 3600)
-        if hour != state.hour:
-            shift = hour - state.hour if state.hour >= 0 else 24
-            state.hours = ((state.hours << min(shift, 24)) | 1) & _FULL_DAY if shift > 0 else state.hours
-            state.hour = max(hour, state.hour)
+        last_hour = state.hour
+        if hour != last_hour:
+            shift = hour - last_hour if last_hour >= 0 else 24
+            if shift > 0:
+                state.hours = ((state.hours << min(shift, 24)) | 1) & _FULL_DAY
+            if hour > last_hour:
+                state.hour = hour
         last = state.last
-        state.last = max(now, last)
-        if last < 0.0 or now < last:
+        if now < last or last < 0.0:
+            state.last = max(now, last)
             return _EMPTY
+        state.last = now
         gap = now - last
         pos = state.pos
-        old = state.gaps[pos]
-        state.gaps[pos] = gap
-        state.pos = pos = (pos + 1) % self.window
-        if pos == 0:  # recompute the running sums once per lap: no drift over long histories
-            state.s1 = math.fsum(state.gaps)
-            state.s2 = math.fsum(g * g for g in state.gaps)
+        gaps = state.gaps
+        old = gaps[pos]
+        gaps[pos] = gap
+        pos += 1
+        if pos == self.window:  # recompute the running sums once per lap: no drift over long histories
+            state.pos = 0
+            state.s1 = math.fsum(gaps)
+            state.s2 = math.fsum(g * g for g in gaps)
         else:
+            state.pos = pos
             state.s1 += gap - old
             state.s2 += gap * gap - old * old
         state.n = n = state.n + 1
