@@ -74,7 +74,7 @@ COMMON_WORDS = frozenset(
     """.split()  # noqa: SIM905
 )
 _COMMON_HASHES = frozenset(zlib.crc32(w.encode()) for w in COMMON_WORDS)
-_is_common = _COMMON_HASHES.__contains__
+_is_common = set(_COMMON_HASHES).__contains__  # a set look-up is a little cheaper than a frozenset one
 
 
 def prompt_text(query: Query) -> str:
