@@ -4,8 +4,9 @@ benchmark's populations (benign null and sweeps), fast.
 Generates the tuning and holdout populations of ``benchmarks.detection`` (benign users,
 single-client attackers, heavy users with a share of attack queries), runs each client's
 prompts through a fresh :class:`~distillguard.detectors.coverage.CoverageDetector` (one client
-at a time: the detector has no cross-client state), and prints per scenario the highest
-novelty and score reached and, for attacks, when the score first reached the flag level (0.5).
+at a time: the detector has no cross-client state), and prints per scenario the novelty
+its clients reached after ``min_requests`` queries (the highest, and the lowest of the
+per-client maxima) and when the score first reached the flag level (0.5).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for part, seed in zip(("tuning", "holdout"), seeds, strict=True):
         results = run(part, seed, scale if part == "tuning" else scale.holdout())
         print(f"\n{part} (seed {seed})")
-        head = f"{'scenario':26} {'clients':>7} {'max novelty':>11} {'flagged':>8}"
+        head = f"{'scenario':26} {'clients':>7} {'novelty max':>11} {'lowest':>6} {'flagged':>8}"
         print(f"{head} {'median q':>8} {'worst q':>8}")
         for kind in sorted(results):
             rows = results[kind]
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             median = f"{statistics.median(firsts):.0f}" if firsts else "-"
             worst = f"{max(firsts)}" if firsts else "-"
             top = max(r[0] for r in rows)
+            lowest = min(r[0] for r in rows)
             flagged = f"{len(firsts):4}/{len(rows):<3}"
-            print(f"{kind:26} {len(rows):7} {top:11.3f} {flagged} {median:>8} {worst:>8}")
+            print(f"{kind:26} {len(rows):7} {top:11.3f} {lowest:6.3f} {flagged} {median:>8} {worst:>8}")
     return 0
 
 

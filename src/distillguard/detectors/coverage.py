@@ -31,8 +31,8 @@ its last value (a sweep stays flagged, a benign user is not scored on an empty f
 **Calibration.** The benign null of the detection benchmark (``benchmarks/coverage_null.py``):
 the highest ``novelty`` any benign client reached after 256 queries, tuning and holdout
 populations (other languages, power users sending up to 400 varied requests a day, legitimate
-classifier users, jailbreak replayers), is 0.35; a single-client coverage sweep over the
-benchmark's corpora never fell below 0.43. ``low`` and ``high`` (0.35, 0.43) put the flag level
+classifier users, jailbreak replayers), is 0.35; every single-client coverage sweep over the
+benchmark's corpora reached at least 0.43. ``low`` and ``high`` (0.35, 0.43) put the flag level
 (0.5 = ``max_score`` x 0.625) at novelty 0.40.
 
 **Anchor.** LabRAI, "An Embarrassingly Simple Detector for Model Extraction Attacks in LLM API
