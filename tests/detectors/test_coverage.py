@@ -4,9 +4,11 @@ heavy power users) are not; its state is bounded and its cost flat."""
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
+from pathlib import Path
 
 import pytest
 from benchmarks.detection.benign import chat_user, power_user
@@ -202,3 +204,27 @@ def test_coverage_ignores_non_text_queries() -> None:
     q = parse_query(b'{"inputs": [[0.1, 0.2, 0.3]]}')
     assert det.score(observation("vec", q)).score == 0.0
     assert det.states.peek("vec") is None
+
+
+def test_coverage_sharded_replay_equals_one_process(tmp_path: Path) -> None:
+    """The coverage detector keeps no cross-client state: ``replay --jobs 2`` reports exactly what
+    one process does, coverage sweepers flagged included."""
+    from benchmarks.detection.attacks import attack_stream
+    from benchmarks.detection.streams import write_log
+
+    from distillguard.cli import main
+
+    rng = random.Random(17)
+    corpus = tuning_corpus()
+    streams = [chat_user(f"user-{i}", corpus, rng, days=1) for i in range(4)]
+    streams += [attack_stream(f"sweeper-{i}", "coverage", corpus, rng, queries=300, days=1) for i in range(2)]
+    log = tmp_path / "log.jsonl"
+    write_log(streams, log)
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    argv = ["replay", str(log), "--quiet", "--detectors", "coverage"]
+    assert main([*argv, "--json", str(one)]) == 0
+    assert main([*argv, "--json", str(two), "--jobs", "2"]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["clients"] == b["clients"]
+    flagged = sorted(c["client"] for c in a["clients"] if c["flagged"])
+    assert flagged == ["sweeper-0", "sweeper-1"]

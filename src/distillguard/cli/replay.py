@@ -91,7 +91,7 @@ def register(subparsers: Any) -> None:
         default=1,
         metavar="N",
         help="replay in N processes, sharded by client: exact for per-client detectors, an approximation "
-        "for detectors with cross-client state (coverage's population null, campaign); not for stdin",
+        "for detectors with cross-client state (campaign); not for stdin",
     )
     parser.add_argument(
         "--flag", type=float, default=0.5, help="risk at which a client is flagged (default 0.5)"

@@ -2,13 +2,13 @@
 
 Each worker reads the whole log, replays the clients of its shard (``crc32(client) % jobs``)
 through its own guard, and the per-client results are merged. For detectors that keep state per
-client only (``near_duplicate``, ``template_sweep``, ``parameter_probe``, ``volume_timing``,
-``prada``) and for the risk policy, a client's verdicts depend only on its own stream, so the
-report equals a single-process replay (except where a detector's client cap would have evicted
-clients in one process but not in several). Detectors with state *across* clients see only
-their shard's clients: the ``coverage`` detector's live-population null (after its warm-up) and
-the ``campaign`` detector. With those, a sharded replay is an approximation, like a deployment
-with several workers that do not share detector state; use one process for the exact result.
+client only (``near_duplicate``, ``template_sweep``, ``coverage``, ``parameter_probe``,
+``volume_timing``, ``prada``) and for the risk policy, a client's verdicts depend only on its own
+stream, so the report equals a single-process replay (except where a detector's client cap would
+have evicted clients in one process but not in several). Detectors with state *across* clients
+see only their shard's clients: the opt-in ``campaign`` detector. With it, a sharded replay is
+an approximation, like a deployment with several workers that do not share detector state; use
+one process for the exact result.
 """
 
 from __future__ import annotations
