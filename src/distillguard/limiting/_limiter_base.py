@@ -11,7 +11,9 @@ from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
 from limits.strategies import STRATEGIES
 
 from ._script import CHARGE_WINDOWS_LUA, scriptable
+from ._windows import WindowKeys, charge_window
 from .config import LimitConfig
+from .memory import AsyncBoundedMemoryStorage, BoundedMemoryStorage
 from .outage import CircuitBreaker, LimiterStats
 from .plan import LimitCheck, LimitOutcome
 from .storage import build_storage, is_memory
@@ -19,6 +21,8 @@ from .storage import build_storage, is_memory
 __all__ = ["LimiterBase", "outcome_of", "with_error"]
 
 logger = logging.getLogger("distillguard")
+
+_MAX_CACHED_KEYS = 4096  # window keys of the most active clients (a few hundred KB at most)
 
 
 def outcome_of(
@@ -72,6 +76,7 @@ class LimiterBase:
         self._local_strategies = {name: cls(self.local) for name, cls in factory.items()}
         self._strategies: dict[str, Any] = {} if self.remote else self._local_strategies
         self._script: Any = None
+        self._keys = WindowKeys(min(config.memory_max_keys, _MAX_CACHED_KEYS))
         previous = stats.evictions
         stats.evictions = (
             (lambda: self.local.evictions + previous())
@@ -149,6 +154,22 @@ class LimiterBase:
         if self._script is None:
             self._script = connection().register_script(CHARGE_WINDOWS_LUA)
         return self._script
+
+    def _in_memory(
+        self, storage: Any, checks: tuple[LimitCheck, ...], charge: bool, mode: str
+    ) -> tuple[LimitOutcome, ...] | None:
+        """Charge ``checks`` one by one on a bounded memory ``storage`` (stopping at the first
+        refusal) in one call per window (:mod:`._windows`); ``None`` for any other storage."""
+        if not isinstance(storage, (BoundedMemoryStorage, AsyncBoundedMemoryStorage)):
+            return None
+        table, keys = storage.table, self._keys
+        out: list[LimitOutcome] = []
+        for check in checks:
+            outcome = charge_window(table, check, keys(check), charge, mode)
+            out.append(outcome)
+            if not outcome.allowed:
+                break
+        return tuple(out)
 
     @staticmethod
     def _window(check: LimitCheck) -> tuple[str, int]:

@@ -75,6 +75,11 @@ class BoundedTable:
     def __len__(self) -> int:
         return len(self._data)
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The table's (reentrant) lock: hold it to run several operations as one."""
+        return self._lock
+
     # -- internals (call with the lock held) ----------------------------------------------------
 
     def _live(self, key: str, now: float) -> _Slot | None:

@@ -91,6 +91,9 @@ class Limiter(LimiterBase):
             except Exception as exc:  # the driver's error, as limits would wrap it
                 raise StorageError(exc) from exc
             return outcomes(checks, replies, charge)
+        fast = self._in_memory(storage, checks, charge, mode)
+        if fast is not None:
+            return fast
         out: list[LimitOutcome] = []
         for check in checks:
             allowed, stats = self._hit(strategies, storage, check, charge)
@@ -192,6 +195,9 @@ class AsyncLimiter(LimiterBase):
             except Exception as exc:  # the driver's error, as limits would wrap it
                 raise StorageError(exc) from exc
             return outcomes(checks, replies, charge)
+        fast = self._in_memory(storage, checks, charge, mode)
+        if fast is not None:
+            return fast
         out: list[LimitOutcome] = []
         for check in checks:
             allowed, stats = await self._hit(strategies, storage, check, charge)
