@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry import propagate
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 
-__all__ = ["ASGI_GETTER", "EXCHANGE_ENVIRON_KEY", "WSGI_GETTER", "asgi_route"]
+__all__ = ["ASGI_GETTER", "EXCHANGE_ENVIRON_KEY", "WSGI_GETTER", "asgi_route", "carries_context"]
 
 EXCHANGE_ENVIRON_KEY = "distillguard.exchange"
 """Where the WSGI adapter leaves the request's exchange (read by the Flask span hook)."""
@@ -38,6 +39,41 @@ class _WSGIGetter(Getter[Mapping[str, Any]]):
 
 ASGI_GETTER = _ASGIGetter()
 WSGI_GETTER = _WSGIGetter()
+
+
+class _Fields:
+    """The header names the global propagator reads, as ASGI names and as WSGI environ keys
+    (recomputed when the global propagator changes)."""
+
+    __slots__ = ("asgi", "propagator", "wsgi")
+
+    def __init__(self, propagator: TextMapPropagator | None) -> None:
+        self.propagator = propagator
+        fields = set(propagator.fields) if propagator is not None else set()
+        self.asgi = frozenset(f.lower().encode("latin-1") for f in fields)
+        self.wsgi = tuple("HTTP_" + f.upper().replace("-", "_") for f in fields)
+
+
+_fields = _Fields(None)
+
+
+def carries_context(carrier: Any, getter: Getter[Any]) -> bool:
+    """Whether ``carrier`` has a header the global propagator reads (``traceparent``,
+    ``tracestate``, ``baggage`` by default), i.e. whether extracting a context from it can find
+    anything. ``True`` for other getters and for propagators that declare no fields."""
+    global _fields
+    propagator = propagate.get_global_textmap()
+    fields = _fields
+    if fields.propagator is not propagator:
+        _fields = fields = _Fields(propagator)
+    if getter is ASGI_GETTER:
+        if not fields.asgi:
+            return True
+        names = fields.asgi
+        return any(name in names for name, _ in carrier.get("headers", ()))
+    if getter is WSGI_GETTER:
+        return not fields.wsgi or any(key in carrier for key in fields.wsgi)
+    return True
 
 
 def asgi_route(scope: Mapping[str, Any]) -> str | None:

@@ -45,6 +45,7 @@ from . import names as n
 from .attributes import AttributeBuilder
 from .config import TelemetryConfig
 from .metrics import GuardMetrics
+from .propagation import carries_context
 from .usage import UsageReader, reader_for, usage_of
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class Telemetry:
             span = self.tracer.start_span(n.SPAN_NAME, kind=SpanKind.INTERNAL, attributes=attributes)
             return span, None
         parent = None
-        if carrier is not None and getter is not None:
+        if carrier is not None and getter is not None and carries_context(carrier, getter):
             parent = propagate.extract(carrier, getter=getter)
         return INVALID_SPAN, Pending(attributes, parent, time_ns())
 
