@@ -29,7 +29,7 @@ def test_charge_window_matches_the_strategy(strategy: str, cost: int) -> None:
     limiter = STRATEGIES[strategy](reference)
     item = parse("10/minute")
     check = LimitCheck(policy="p", item=item, key=("client", "a"), cost=cost, strategy=strategy)
-    keys = WindowKeys(16)
+    keys = WindowKeys()
     refused = 0
     for step in range(40):
         clock.now += 7.0 if step % 5 == 4 else 0.5
@@ -50,13 +50,14 @@ def test_charge_window_matches_the_strategy(strategy: str, cost: int) -> None:
     assert refused > 0  # the sequence reaches the limit
 
 
-def test_window_keys_are_cached_and_bounded() -> None:
-    """A window's key is computed once per identifiers and the cache empties at its bound."""
-    keys = WindowKeys(2)
-    item = parse("5/second")
-    first = LimitCheck(policy="p", item=item, key=("client", "a"))
-    assert keys(first) == item.key_for("client", "a")
-    assert keys(first) is keys(first)
-    for name in ("b", "c", "d"):
-        keys(LimitCheck(policy="p", item=item, key=("client", name)))
-    assert len(keys._keys) <= 2
+def test_window_keys_equal_limits_keys() -> None:
+    """A window's key is exactly ``item.key_for(*identifiers)``, namespaces and the empty
+    identifiers included, and the per-window cache stays within its bound."""
+    keys = WindowKeys(max_windows=2)
+    items = [parse("5/second"), parse("5/second"), parse("60/2 minutes"), parse("1000/day")]
+    items[1].namespace = "OTHER"
+    for item in items:
+        for identifiers in [("client", "pro", "a/b"), ("x",), ()]:
+            check = LimitCheck(policy="p", item=item, key=identifiers)
+            assert keys(check) == item.key_for(*identifiers)
+    assert len(keys._parts) <= 2

@@ -22,8 +22,6 @@ __all__ = ["LimiterBase", "outcome_of", "with_error"]
 
 logger = logging.getLogger("distillguard")
 
-_MAX_CACHED_KEYS = 4096  # window keys of the most active clients (a few hundred KB at most)
-
 
 def outcome_of(
     check: LimitCheck,
@@ -76,7 +74,7 @@ class LimiterBase:
         self._local_strategies = {name: cls(self.local) for name, cls in factory.items()}
         self._strategies: dict[str, Any] = {} if self.remote else self._local_strategies
         self._script: Any = None
-        self._keys = WindowKeys(min(config.memory_max_keys, _MAX_CACHED_KEYS))
+        self._keys = WindowKeys()
         previous = stats.evictions
         stats.evictions = (
             (lambda: self.local.evictions + previous())

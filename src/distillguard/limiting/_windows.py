@@ -20,28 +20,32 @@ __all__ = ["WindowKeys", "charge_window"]
 
 
 class WindowKeys:
-    """Storage keys by ``(window, identifiers)``, computed once (``item.key_for``) and cached
-    (the cache is emptied when it holds ``max_keys``: rotating identities cannot grow it).
+    """Storage keys of windows, equal to ``item.key_for(*check.key)``: the window's own part
+    (namespace, amount, multiples, granularity) is built once per window and cached, so a key
+    costs one string join and the cache does not grow with the number of clients.
 
     Args:
-        max_keys: the most keys cached at once.
+        max_windows: the most windows cached at once (the cache empties past it).
     """
 
-    __slots__ = ("_keys", "_max")
+    __slots__ = ("_max", "_parts")
 
-    def __init__(self, max_keys: int) -> None:
-        self._keys: dict[tuple[Any, tuple[str, ...]], str] = {}
-        self._max = max_keys
+    def __init__(self, max_windows: int = 1024) -> None:
+        self._parts: dict[tuple[Any, str], tuple[str, str]] = {}
+        self._max = max_windows
 
     def __call__(self, check: LimitCheck) -> str:
-        cache_key = (check.item, check.key)
-        key = self._keys.get(cache_key)
-        if key is None:
-            key = check.item.key_for(*check.key)
-            if len(self._keys) >= self._max:
-                self._keys.clear()
-            self._keys[cache_key] = key
-        return key
+        item, identifiers = check.item, check.key
+        if not identifiers or not all(type(part) is str for part in identifiers):
+            return item.key_for(*identifiers)
+        cache_key = (item, item.namespace)  # items compare without their namespace
+        parts = self._parts.get(cache_key)
+        if parts is None:
+            if len(self._parts) >= self._max:
+                self._parts.clear()
+            parts = (item.namespace, f"{item.amount}/{item.multiples}/{item.GRANULARITY.name}")
+            self._parts[cache_key] = parts
+        return f"{parts[0]}/{'/'.join(identifiers)}/{parts[1]}"
 
 
 def charge_window(table: BoundedTable, check: LimitCheck, key: str, charge: bool, mode: str) -> LimitOutcome:
