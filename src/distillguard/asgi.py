@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from ._drivers import adrive
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .decision import Decision
@@ -21,6 +23,9 @@ from .request import GuardRequest
 from .telemetry.propagation import ASGI_GETTER, asgi_route
 
 __all__ = ["DistillGuardMiddleware"]
+
+_DRAIN_BYTES = 8 * 1024 * 1024
+_DRAIN_SECONDS = 1.0
 
 
 class _Disconnected(Exception):
@@ -94,6 +99,8 @@ class DistillGuardMiddleware:
                 code, headers, payload = decision.problem.render(decision.headers)
                 exchange.status = code
                 await _send_response(send, code, headers, payload)
+                if body is None:
+                    await _discard_rest(receive)
             else:
                 await self._forward(scope, receive, send, request.body, exchange, decision)
                 await adrive(exchange.settle(), self._perform)
@@ -174,6 +181,21 @@ async def _read_body(receive: Receive, cap: int, declared: int | None) -> bytes 
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _discard_rest(receive: Receive) -> None:
+    """After a 413, read and drop what the client is still sending (bounded in bytes and time),
+    so the server does not close the connection under a client still writing: that close can
+    reach the client as a reset instead of the 413 it was sent."""
+    left = _DRAIN_BYTES
+    with anyio.move_on_after(_DRAIN_SECONDS):
+        while left > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            left -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
 
 async def _send_response(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:

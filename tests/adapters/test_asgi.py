@@ -230,26 +230,43 @@ async def test_disconnect_before_body_skips_app(asgi: Callable[..., Any]) -> Non
     assert app.calls == [] and send.messages == []
 
 
+class CountingSender(Sender):
+    """A :class:`Sender` that notes how many ``receive()`` calls came before its first message."""
+
+    def __init__(self, receive: Receiver) -> None:
+        super().__init__()
+        self.receive = receive
+        self.received_before: int | None = None
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.received_before is None:
+            self.received_before = self.receive.calls
+        await super().__call__(message)
+
+
 async def test_lying_content_length_is_capped(asgi: Callable[..., Any]) -> None:
-    """A Content-Length smaller than the real body does not lift the cap: 413, app not called,
-    and reading stops one message past the cap."""
+    """A Content-Length smaller than the real body does not lift the cap: 413 sent one message
+    past the cap, app not called; only then is the rest read and dropped (bounded in time)."""
     middleware, app = asgi(max_body_bytes=100)
     messages = [{"type": "http.request", "body": b"z" * 60, "more_body": True} for _ in range(10)]
     receive = Receiver(messages)
-    send = Sender()
-    await middleware(http_scope(token=make_token(), headers={"content-length": "10"}), receive, send)
+    send = CountingSender(receive)
+    with anyio.fail_after(5):
+        await middleware(http_scope(token=make_token(), headers={"content-length": "10"}), receive, send)
     assert send.status == 413 and app.calls == []
-    assert receive.calls == 2
+    assert send.received_before == 2
     assert send.headers[b"connection"] == b"close"
+    assert receive.messages == []  # drained after the answer, so the server's close is clean
 
 
 async def test_declared_oversize_refused_before_reading(asgi: Callable[..., Any]) -> None:
     """A Content-Length over the cap is refused without reading the body at all."""
     middleware, app = asgi(max_body_bytes=100)
     receive = Receiver(body_messages(b"x" * 500))
-    send = Sender()
+    send = CountingSender(receive)
     await middleware(http_scope(token=make_token(), headers={"content-length": "500"}), receive, send)
-    assert send.status == 413 and app.calls == [] and receive.calls == 0
+    assert send.status == 413 and app.calls == [] and send.received_before == 0
+    assert receive.calls == 1  # the body is dropped after the answer, never kept
 
 
 async def test_async_detector_is_awaited(asgi: Callable[..., Any], span_exporter: Any) -> None:
