@@ -105,6 +105,8 @@ class Limiter(LimiterBase):
     def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
         """Charge every window of a request (one round trip and all or nothing on a single
         Redis; otherwise window by window, stopping at the first refusal)."""
+        if not self.remote:  # memory: no outage possible, one call per window
+            return self._in_memory(self.local, checks, charge, "primary") or ()
         done, result, exc = self._on_primary(
             lambda: self._many(self._strategies, self._primary, checks, charge, "primary")
         )
@@ -208,6 +210,8 @@ class AsyncLimiter(LimiterBase):
 
     async def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
         """Charge every window of a request (see :meth:`Limiter.hit_many`)."""
+        if not self.remote:  # memory: no outage possible, one call per window
+            return self._in_memory(self.local, checks, charge, "primary") or ()
         done, result, exc = await self._on_primary(
             lambda: self._many(self._strategies, self._primary, checks, charge, "primary")
         )
