@@ -114,40 +114,47 @@ def _limits(checks: tuple[LimitCheck, ...], now: float) -> Generator[Effect, obj
     return outcomes
 
 
+def _identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
+    """Who is calling (pure CPU), or the refusal when the token does not say (401, 403, 503)."""
+    verifier = guard.verifier
+    if request.identity is not None:
+        return request.identity
+    if verifier is None:
+        return _anonymous(request)
+    realm = verifier.config.realm
+    token = bearer_token(request.authorization)
+    if token is None:
+        return Decision(
+            action=Action.UNAUTHENTICATED, problem=Problem.missing_token(realm), auth_failure="missing"
+        )
+    try:
+        identity = verifier.verify(token)
+    except AuthenticationError as exc:
+        if exc.reason == "keys_unavailable":  # no key set yet: the token may be fine
+            retry = getattr(exc, "retry_after", 5)
+            return Decision(
+                action=Action.UNAVAILABLE,
+                problem=Problem.unavailable("auth_unavailable", retry),
+                auth_failure=exc.reason,
+            )
+        return Decision(
+            action=Action.UNAUTHENTICATED, problem=Problem.invalid_token(realm), auth_failure=exc.reason
+        )
+    missing = verifier.missing_scopes(identity, request.path)
+    if missing:
+        return Decision(
+            action=Action.FORBIDDEN, identity=identity, problem=Problem.insufficient_scope(realm, missing)
+        )
+    return identity
+
+
 def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     """Decide one request. See the module docstring for the order of steps."""
     policy = guard.policy
     now = request.timestamp
-    verifier = guard.verifier
-    if request.identity is not None:
-        identity = request.identity
-    elif verifier is None:
-        identity = _anonymous(request)
-    else:
-        realm = verifier.config.realm
-        token = bearer_token(request.authorization)
-        if token is None:
-            return Decision(
-                action=Action.UNAUTHENTICATED, problem=Problem.missing_token(realm), auth_failure="missing"
-            )
-        try:
-            identity = verifier.verify(token)
-        except AuthenticationError as exc:
-            if exc.reason == "keys_unavailable":  # no key set yet: the token may be fine
-                retry = getattr(exc, "retry_after", 5)
-                return Decision(
-                    action=Action.UNAVAILABLE,
-                    problem=Problem.unavailable("auth_unavailable", retry),
-                    auth_failure=exc.reason,
-                )
-            return Decision(
-                action=Action.UNAUTHENTICATED, problem=Problem.invalid_token(realm), auth_failure=exc.reason
-            )
-        missing = verifier.missing_scopes(identity, request.path)
-        if missing:
-            return Decision(
-                action=Action.FORBIDDEN, identity=identity, problem=Problem.insufficient_scope(realm, missing)
-            )
+    identity = _identify(guard, request)
+    if isinstance(identity, Decision):
+        return identity
 
     risk = guard.risk
     if risk is not None and not policy.shadow:  # the penalty box holds across routes
