@@ -21,7 +21,9 @@ variable                          meaning                               developm
 ``DISTILLGUARD_MAX_BODY_BYTES``   request body cap in bytes             ``1048576``
 ================================  ====================================  ======================
 
-An empty ``DISTILLGUARD_DETECTORS`` loads no detector.
+An empty ``DISTILLGUARD_DETECTORS`` loads no detector. Scores are turned into verdicts by the
+risk policy (:class:`~distillguard.risk.RiskPolicy`: decaying per-client risk, throttle, degrade,
+block and penalty box), the same as ``distillguard replay`` uses.
 
 With the JWT variables unset the guard starts on the development defaults and logs a warning
 naming them. With ``DISTILLGUARD_ENV=production`` nothing falls back: the three JWT variables
@@ -43,6 +45,7 @@ from .guard import Guard
 from .identity import JWTConfig
 from .limiting import LimitConfig
 from .policy import Policy
+from .risk import RiskPolicy
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -115,7 +118,7 @@ class Settings:
             "jwt": self.jwt_config(),
             "limits": LimitConfig(default=self.limits, storage_uri=self.storage_uri),
             "detectors": list(self.detectors),
-            "policy": Policy(shadow=self.shadow),
+            "policy": Policy(shadow=self.shadow, risk=RiskPolicy()),
             "max_body_bytes": self.max_body_bytes,
         }
 

@@ -200,3 +200,12 @@ def test_flask_example_starts_on_defaults_and_says_so() -> None:
     assert "/v1/chat/completions" in result.stdout and "/healthz" in result.stdout
     assert "DEVELOPMENT defaults in use" in result.stderr
     assert DEV_SECRET not in result.stderr + result.stdout
+
+
+def test_settings_use_the_risk_policy() -> None:
+    """Guards built from the environment decide with the risk policy (decay, throttle, penalty
+    box), as the offline replay does, in shadow mode too."""
+    guard = guard_from_env({"DISTILLGUARD_DETECTORS": ""})
+    assert guard.risk is not None and guard.policy.risk is not None
+    shadow = guard_from_env({"DISTILLGUARD_DETECTORS": "", "DISTILLGUARD_SHADOW": "true"})
+    assert shadow.policy.shadow and shadow.risk is not None
