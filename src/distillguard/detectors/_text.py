@@ -157,7 +157,6 @@ class TextFeatures:
 
 
 _MASK = 2 * DIM - 1
-_TEXT_KINDS = frozenset(("chat", "completion", "embedding"))
 
 
 def embed_text(text: str) -> tuple[float, ...]:

@@ -58,7 +58,7 @@ from itertools import islice
 from ._base import check_range, ramp
 from ._protocol import DetectorResult, Observation
 from ._state import LRUStates
-from ._text import _TEXT_KINDS, features
+from ._text import features
 
 __all__ = ["CoverageDetector", "load_reference"]
 
@@ -134,7 +134,7 @@ class CoverageDetector:
     def score(self, observation: Observation) -> DetectorResult:
         """Update the client's vocabulary filter and novelty with the query and score them."""
         query = observation.query
-        if not query.text or query.kind not in _TEXT_KINDS:
+        if not query.is_text:
             return _EMPTY
         feats = features(query)
         if not feats.hashes:

@@ -29,7 +29,7 @@ from __future__ import annotations
 from ._base import check_range, ramp
 from ._protocol import DetectorResult, Observation
 from ._state import LRUStates
-from ._text import _TEXT_KINDS, features
+from ._text import features
 
 __all__ = ["NearDuplicateDetector"]
 
@@ -96,7 +96,7 @@ class NearDuplicateDetector:
     def score(self, observation: Observation) -> DetectorResult:
         """Record the query's band key and score the client's near-duplicate rate."""
         query = observation.query
-        if not query.text or query.kind not in _TEXT_KINDS:
+        if not query.is_text:
             return _EMPTY
         feats = features(query)
         content = feats.content
