@@ -11,7 +11,7 @@ from typing import Any
 import anyio.to_thread
 
 from .detectors import is_async_detector
-from .flow import Effect, HitLimit, RunDetector, TestLimit
+from .flow import Effect, HitLimit, RunDetector
 from .limiting.effects import ChargeLimit, HitLimits, RefundLimit
 from .limiting.limiter import AsyncLimiter, Limiter
 
@@ -36,8 +36,6 @@ class SyncPerformer:
             if type(effect) is ChargeLimit:
                 self.limiter.charge(effect.check, effect.amount, effect.mode)
                 return None
-            if type(effect) is TestLimit:
-                return self.limiter.hit(effect.check, charge=False).allowed
             if type(effect) is RunDetector:
                 return effect.detector.score(effect.observation)
         except Exception as exc:
@@ -77,8 +75,6 @@ class AsyncPerformer:
             if type(effect) is ChargeLimit:
                 await self.limiter.charge(effect.check, effect.amount, effect.mode)
                 return None
-            if type(effect) is TestLimit:
-                return (await self.limiter.hit(effect.check, charge=False)).allowed
             if type(effect) is RunDetector:
                 detector = effect.detector
                 kind = self._kind(detector)

@@ -29,15 +29,7 @@ from .request import GuardRequest, bearer_token
 if TYPE_CHECKING:
     from .guard import Guard
 
-__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "TestLimit", "evaluate"]
-
-
-@dataclass(frozen=True, slots=True)
-class TestLimit:
-    """Effect: would ``check`` fit? The driver answers ``bool`` (or the exception it hit)."""
-
-    __test__ = False  # not a pytest class
-    check: LimitCheck
+__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +51,7 @@ class RunDetector:
     observation: Observation
 
 
-Effect: TypeAlias = TestLimit | HitLimit | HitLimits | RunDetector | ChargeLimit | RefundLimit
+Effect: TypeAlias = HitLimit | HitLimits | RunDetector | ChargeLimit | RefundLimit
 """Anything the pipeline asks an adapter to do."""
 Flow: TypeAlias = Generator[Effect, object, Decision]
 """The pipeline of one request."""
