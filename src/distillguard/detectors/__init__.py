@@ -21,7 +21,6 @@ from ._protocol import (
     Detector,
     DetectorResult,
     Observation,
-    ResponseObserver,
     is_async_detector,
 )
 from ._registry import ENTRY_POINT_GROUP, load_detectors, validate_detector
@@ -32,7 +31,6 @@ __all__ = [
     "Detector",
     "DetectorResult",
     "Observation",
-    "ResponseObserver",
     "is_async_detector",
     "load_detectors",
     "validate_detector",

@@ -6,7 +6,7 @@ import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..identity import Identity
 from ..query import Query
@@ -16,7 +16,6 @@ __all__ = [
     "Detector",
     "DetectorResult",
     "Observation",
-    "ResponseObserver",
     "is_async_detector",
 ]
 
@@ -93,20 +92,6 @@ class AsyncDetector(Protocol):
 
     async def score(self, observation: Observation) -> DetectorResult:
         """Score one request in the context of its client's history."""
-        ...
-
-
-@runtime_checkable
-class ResponseObserver(Protocol):
-    """**Protocol:** optional; a detector with this method also sees what was served.
-
-    ``observe_response`` is called once the response is complete, with the status, the parsed
-    JSON body (or ``None`` for streams and non-JSON bodies) and the output token count when known.
-    It must not raise; exceptions are recorded and dropped.
-    """
-
-    def observe_response(self, observation: Observation, status: int, body: Mapping[str, Any] | None) -> None:
-        """Learn from a completed response (e.g. the predicted class for PRADA)."""
         ...
 
 
