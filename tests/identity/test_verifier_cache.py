@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from typing import Any
+
+import jwt as pyjwt
 
 from distillguard.identity import JWTVerifier
 from tests.helpers import Keys, jwt_config, make_token
@@ -34,3 +38,48 @@ def test_a_generation_change_drops_cached_tokens(keys: Keys) -> None:
         assert type(exc).__name__ == "AuthenticationError"
     else:
         raise AssertionError("a token of a removed key was still accepted")
+
+
+def test_cached_identities_read_their_claims_from_the_token() -> None:
+    """A cached identity's ``claims`` are the verified token's claims, read on demand, for
+    every client (interleaved reads never mix two tokens up)."""
+    verifier = JWTVerifier(jwt_config())
+    tokens = [make_token(sub=f"c{i}", org=f"org-{i}", tier="gold", roles=["a", str(i)]) for i in range(5)]
+    identities = [verifier.verify(t) for t in tokens]
+    for _ in range(2):
+        for i, identity in enumerate(identities):
+            assert identity.claims["org"] == f"org-{i}"
+            assert identity.claims["roles"] == ["a", str(i)]
+            assert dict(identity.claims) == pyjwt.decode(tokens[i], options={"verify_signature": False})
+            assert "sub" in identity.claims and "nope" not in identity.claims
+            assert identity.claims.get("nope") is None
+    assert identities[0] is verifier.verify(tokens[0])  # from the cache
+    assert "org-0" not in repr(identities[0].claims)
+
+
+def test_cached_identities_share_tier_tenant_and_scopes() -> None:
+    """Identities with the same tier, tenant and scopes hold one object of each."""
+    verifier = JWTVerifier(jwt_config())
+    a = verifier.verify(make_token(sub="a", tier="gold", scope="read write"))
+    b = verifier.verify(make_token(sub="b", tier="gold", scope="write read"))
+    assert a.tier == "gold" and a.scopes == frozenset({"read", "write"})
+    assert a.tier is b.tier and a.tenant is b.tenant and a.scopes is b.scopes
+
+
+def test_a_cached_identity_is_compact() -> None:
+    """Verifying a new client's token keeps well under 1 KB: the token (the cache key), a
+    cache entry and a compact identity, no dict of claims (which alone took about 0.9 KB)."""
+    verifier = JWTVerifier(jwt_config(cache_size=5_000))
+    tokens = [make_token(sub=f"client-{i:06d}", tier="gold", scope="read write") for i in range(2_000)]
+    for token in tokens[:10]:
+        verifier.verify(token)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for token in tokens[10:]:
+        verifier.verify(token)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    retained = sum(s.size_diff for s in after.compare_to(before, "filename")) / (len(tokens) - 10)
+    assert retained < 450, f"{retained:.0f} B per cached identity"

@@ -7,7 +7,10 @@ Every failure is an :class:`~distillguard.errors.AuthenticationError` whose ``re
 logs and tests only; clients get one generic message.
 
 Verified tokens are cached until they expire, so a client reusing its token pays for the
-signature check once (a bounded cache; an evicted token is simply verified again).
+signature check once (a bounded cache; an evicted token is simply verified again). A cached
+:class:`Identity` is compact: its tier, tenant and scopes are shared between the clients that have
+the same ones, and its ``claims`` are read again from the verified token's payload when the app
+asks for them (the token is the cache key, so it is kept anyway) rather than kept as a dict.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import binascii
 import contextlib
 import json
 import re
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt as pyjwt
 
@@ -28,11 +32,13 @@ from ..errors import AuthenticationError, ConfigurationError
 from .identity import Identity
 from .keys import KeyResolver, StaticKeys, algorithm_family
 
-__all__ = ["JWTConfig", "JWTVerifier"]
+__all__ = ["JWTConfig", "JWTVerifier", "TokenClaims"]
 
 _KID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _FORBIDDEN_HEADERS = ("jwk", "jku", "x5u", "x5c")
 _MAX_HEADER_BYTES = 2048
+_MAX_SHARED = 1024  # distinct tiers, tenants and scope sets shared between cached identities
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +146,60 @@ def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
+class _LastClaims(threading.local):
+    """The claims decoded last in this thread, so that an app reading several claims of one
+    request decodes its token once."""
+
+    token: str | None = None
+    claims: Mapping[str, Any] = {}
+
+
+_last_claims = _LastClaims()
+
+
+class TokenClaims(Mapping[str, Any]):
+    """The claims of a verified token, decoded from its payload segment when read.
+
+    A cached :class:`Identity` holds this instead of a dict: the token (the cache key) is kept
+    anyway, and a dict of its claims would add about 0.9 KB per cached client. Only tokens whose
+    signature and claims were verified are ever wrapped; the payload decodes exactly as PyJWT
+    decoded it. The last decoded dict is kept per thread, so reading several claims of one
+    request decodes once.
+    """
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def _claims(self) -> Mapping[str, Any]:
+        last = _last_claims
+        if last.token is self._token:
+            return last.claims
+        claims = _b64json_payload(self._token.split(".")[1])
+        last.token, last.claims = self._token, claims
+        return claims
+
+    def __getitem__(self, key: str) -> Any:
+        return self._claims()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._claims())
+
+    def __len__(self) -> int:
+        return len(self._claims())
+
+    def __repr__(self) -> str:
+        return "TokenClaims(...)"  # claims are never printed (logs, tracebacks)
+
+
+def _b64json_payload(segment: str) -> Mapping[str, Any]:
+    claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    if not isinstance(claims, dict):  # cannot happen for a verified token
+        raise AuthenticationError("malformed")
+    return claims
+
+
 class JWTVerifier:
     """Verifies bearer tokens against a :class:`JWTConfig`. Pure CPU, thread-safe enough for
     the GIL (the cache is a plain dict; a lost update only costs one more verification).
@@ -166,6 +226,7 @@ class JWTVerifier:
             "enforce_minimum_key_length": True,
         }
         self._cache: dict[str, Identity] = {}
+        self._shared: dict[object, object] = {}
         self._generation = getattr(self._resolver, "generation", 0)
 
     def verify(self, token: str) -> Identity:
@@ -237,9 +298,19 @@ class JWTVerifier:
             raise AuthenticationError(type(exc).__name__) from exc
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise AuthenticationError("malformed") from exc
-        return self._identity(claims)
+        return self._identity(claims, TokenClaims(token) if config.cache_size else claims)
 
-    def _identity(self, claims: Mapping[str, Any]) -> Identity:
+    def _share(self, value: _T) -> _T:
+        """One shared object for each distinct tier, tenant and scope set (a bounded table:
+        past ``_MAX_SHARED`` distinct values, new ones are simply not shared)."""
+        shared = self._shared.get(value)
+        if shared is not None:
+            return shared  # type: ignore[return-value]
+        if len(self._shared) < _MAX_SHARED:
+            self._shared[value] = value
+        return value
+
+    def _identity(self, claims: Mapping[str, Any], kept: Mapping[str, Any]) -> Identity:
         config = self.config
         client = claims.get(config.identity_claim)
         if isinstance(client, bool) or not isinstance(client, (str, int)) or client == "":
@@ -247,13 +318,16 @@ class JWTVerifier:
         tier = claims.get(config.tier_claim)
         tenant = claims.get(config.tenant_claim)
         exp = claims.get("exp")
+        share = self._share
         return Identity(
             client_id=str(client),
-            tier=tier if isinstance(tier, str) and tier else config.default_tier,
-            scopes=_scopes(claims),
-            tenant=str(tenant) if isinstance(tenant, (str, int)) and not isinstance(tenant, bool) else None,
+            tier=share(tier) if isinstance(tier, str) and tier else config.default_tier,
+            scopes=share(_scopes(claims)),
+            tenant=share(str(tenant))
+            if isinstance(tenant, (str, int)) and not isinstance(tenant, bool)
+            else None,
             expires_at=float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None,
-            claims=claims,
+            claims=kept,
         )
 
     def missing_scopes(self, identity: Identity, path: str) -> tuple[str, ...]:
