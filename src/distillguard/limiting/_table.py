@@ -179,6 +179,33 @@ class BoundedTable:
             slot.total += amount
             return True
 
+    def charge_moving_window(
+        self, key: str, limit: int, expiry: int, amount: int, charge: bool
+    ) -> tuple[bool, float, int]:
+        """Charge the moving window (or, ``charge`` false, only test it) and read it, in one
+        lock acquisition: ``(allowed, start of the oldest entry, amount in the window)``, as
+        :meth:`acquire_entry` (or a test of :meth:`get_moving_window`) then
+        :meth:`get_moving_window` would answer."""
+        with self._lock:
+            now = self._clock()
+            slot = self._live(key, now)
+            if not isinstance(slot, _Events):
+                if not charge or amount > limit:
+                    return amount <= limit, now, 0
+                if slot is not None:
+                    del self._data[key]
+                slot = _Events(expiry)
+                slot.entries.append((now, amount))
+                slot.total = amount
+                self._insert(key, slot, now)
+                return True, now, amount
+            total = slot.total
+            allowed = total + amount <= limit
+            if charge and allowed:
+                slot.entries.append((now, amount))
+                slot.total = total = total + amount
+            return allowed, slot.entries[0][0], total
+
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         """``(start of the window's oldest entry, amount in the window)``."""
         with self._lock:

@@ -36,7 +36,11 @@ class WindowKeys:
 
     def __call__(self, check: LimitCheck) -> str:
         item, identifiers = check.item, check.key
-        if not identifiers or not all(type(part) is str for part in identifiers):
+        try:
+            joined = "/".join(identifiers) if identifiers else None
+        except TypeError:  # a part that is not a string: ``key_for`` formats it
+            joined = None
+        if joined is None:
             return item.key_for(*identifiers)
         cache_key = (item, item.namespace)  # items compare without their namespace
         parts = self._parts.get(cache_key)
@@ -45,7 +49,7 @@ class WindowKeys:
                 self._parts.clear()
             parts = (item.namespace, f"{item.amount}/{item.multiples}/{item.GRANULARITY.name}")
             self._parts[cache_key] = parts
-        return f"{parts[0]}/{'/'.join(identifiers)}/{parts[1]}"
+        return f"{parts[0]}/{joined}/{parts[1]}"
 
 
 def charge_window(table: BoundedTable, check: LimitCheck, key: str, charge: bool, mode: str) -> LimitOutcome:
@@ -56,15 +60,18 @@ def charge_window(table: BoundedTable, check: LimitCheck, key: str, charge: bool
     expiry = item.get_expiry()
     cost = check.cost
     strategy = check.strategy
+    if strategy == "moving-window":
+        allowed, start, items = table.charge_moving_window(key, limit, expiry, cost, charge)
+        return LimitOutcome(
+            check=check,
+            allowed=allowed,
+            remaining=limit - items,
+            reset_at=start + expiry,
+            mode=mode,
+            charged=charge,
+        )
     with table.lock:
-        if strategy == "moving-window":
-            if charge:
-                allowed = table.acquire_entry(key, limit, expiry, cost)
-            else:
-                allowed = table.get_moving_window(key, limit, expiry)[1] <= limit - cost
-            start, items = table.get_moving_window(key, limit, expiry)
-            remaining, reset = limit - items, start + expiry
-        elif strategy == "fixed-window":
+        if strategy == "fixed-window":
             if charge:
                 allowed = table.incr(key, expiry, cost) <= limit
                 if not allowed:
