@@ -27,6 +27,7 @@ from distillguard import (
     JWTConfig,
     LimitConfig,
     Observation,
+    TelemetryConfig,
 )
 
 SECRET = b"benchmark-secret-of-at-least-32-bytes!!"
@@ -131,13 +132,15 @@ def detector_sets() -> dict[str, list[Any]]:
     return sets
 
 
-def make_guard(provider: Any, detectors: list[Any], limits: str = LIMITS) -> Guard:
-    """The guard of the benchmark (default settings apart from these)."""
+def make_guard(provider: Any, detectors: list[Any], limits: str = LIMITS, span: str = "child") -> Guard:
+    """The guard of the benchmark (default settings apart from these; ``span`` is
+    ``TelemetryConfig.span``)."""
     return Guard(
         jwt=JWTConfig(algorithms=["HS256"], key=SECRET, issuer=ISSUER, audience=AUDIENCE),
         limits=LimitConfig(default=limits),
         detectors=detectors,
         tracer_provider=provider,
+        telemetry=TelemetryConfig(span=span),
     )
 
 

@@ -146,6 +146,52 @@ def main_pairs(
     ]
 
 
+def instrumented_pairs(loop: asyncio.AbstractEventLoop, body: list[bytes]) -> list[Pair]:
+    """The raw apps behind OpenTelemetry's contrib server middleware (one ``SERVER`` span per
+    request; ``receive``/``send`` spans off), bare and guarded with the trivial detector: the
+    guard's span a child of the server span (the default), or the server span enriched
+    (``TelemetryConfig(span="enrich")``). Empty when the contrib middleware is not installed."""
+    try:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as ASGIServer
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WSGIServer
+    except ImportError:
+        return []
+    provider = _apps.tracer_provider()
+    bearer = _apps.token()
+    scopes = [_apps.asgi_scope(bearer, body[0])]
+    environs = [_apps.wsgi_environ(bearer, body[0])]
+    detectors = [_apps.TrivialDetector()]
+
+    def asgi(app: Any) -> Any:
+        return ASGIServer(app, tracer_provider=provider, exclude_spans=["receive", "send"])
+
+    def wsgi(app: Any) -> Any:
+        return WSGIServer(app, tracer_provider=provider)
+
+    pairs = []
+    for mode, label in (("enrich", 'enriches it (`span="enrich"`)'), ("child", "adds a child span")):
+        guard = _apps.make_guard(provider, detectors, span=mode)
+        pairs.append(
+            Pair(
+                f"raw ASGI + OTel server span, trivial detector; the guard {label}",
+                asgi_runner(loop, asgi(_apps.raw_asgi_app), scopes, body),
+                asgi_runner(
+                    loop, asgi(_apps.DistillGuardMiddleware(_apps.raw_asgi_app, guard=guard)), scopes, body
+                ),
+            )
+        )
+        pairs.append(
+            Pair(
+                f"raw WSGI + OTel server span, trivial detector; the guard {label}",
+                wsgi_runner(wsgi(_apps.raw_wsgi_app), environs, body),
+                wsgi_runner(
+                    wsgi(_apps.DistillGuardWSGIMiddleware(_apps.raw_wsgi_app, guard=guard)), environs, body
+                ),
+            )
+        )
+    return pairs
+
+
 def attribution_pairs(loop: asyncio.AbstractEventLoop, body: list[bytes]) -> list[Pair]:
     """The raw apps guarded with parts left out, to see where the overhead goes."""
     bearer = _apps.token()
@@ -340,9 +386,10 @@ def main(argv: list[str] | None = None) -> None:
     pairs: list[Pair] = []
     for name, detectors in _apps.detector_sets().items():
         pairs.extend(main_pairs(loop, body, detectors, f", {name}"))
+    instrumented = instrumented_pairs(loop, body)
     parts = [] if args.quick else attribution_pairs(loop, body)
     peers = [] if args.quick else peer_pairs(loop, body)
-    measure([*pairs, *parts, *peers], args.requests, args.repeats, args.warmup)
+    measure([*pairs, *instrumented, *parts, *peers], args.requests, args.repeats, args.warmup)
 
     command = " ".join(["python -m benchmarks.overhead", *(argv if argv is not None else sys.argv[1:])])
     out = [
@@ -362,6 +409,18 @@ def main(argv: list[str] | None = None) -> None:
         "",
         overhead_table(pairs),
     ]
+    if instrumented:
+        out += [
+            "",
+            "### Behind a server instrumentation",
+            "",
+            "The same raw apps behind OpenTelemetry's contrib server middleware (the `SERVER` span"
+            " every instrumented deployment already pays for; `receive`/`send` spans off), bare and"
+            " guarded: the guard's overhead when its span is a child of the server span (the"
+            ' default) and when it enriches the server span instead (`TelemetryConfig(span="enrich")`).',
+            "",
+            overhead_table(instrumented),
+        ]
     if parts:
         out += ["", "### Where the overhead goes", "", overhead_table(parts)]
     if peers:

@@ -143,7 +143,7 @@ class DistillGuardMiddleware:
         async def observe(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.body":
-                exchange.response_body(message.get("body", b""))
+                exchange.response_body(message.get("body", b""), not message.get("more_body", False))
             elif kind == "http.response.start":
                 exchange.route = asgi_route(scope)
                 extra = exchange.response_start(message["status"])

@@ -45,6 +45,7 @@ class Exchange:
 
     __slots__ = (
         "_overhead",
+        "_own",
         "_pending",
         "_started",
         "_token",
@@ -66,11 +67,12 @@ class Exchange:
         self.request = request
         # ``carrier``/``getter`` read the request headers (trace context when no span is current);
         # without a current span the guard's span starts at the decision (``_pending``)
-        span, pending = guard.telemetry.begin(request, carrier, getter)
+        span, pending, own = guard.telemetry.begin(request, carrier, getter)
         self.span: Span = span
         self._pending: Pending | None = pending
+        self._own = own  # False: the span is the server span, enriched (not ended) by the guard
         self._token: object | None = (
-            otel_context.attach(trace.set_span_in_context(span)) if pending is None else None
+            otel_context.attach(trace.set_span_in_context(span)) if pending is None and own else None
         )
         self.decision: Decision | None = None
         self.status: int | None = None
@@ -85,6 +87,8 @@ class Exchange:
             self.span = telemetry.open(self._pending, decision)
             self._pending = None
         telemetry.record(self.span, decision)
+        if not self._own:
+            telemetry.enrich(self.span, decision)
         self._usage = telemetry.usage_parser(self.span, decision)
         self._overhead = perf_counter() - self._started
         return decision
@@ -95,13 +99,23 @@ class Exchange:
         decision = self.decision
         return () if decision is None else decision.headers
 
-    def response_body(self, chunk: bytes) -> None:
-        """A chunk of the app's response body passed through (unchanged)."""
+    def response_body(self, chunk: bytes, final: bool = False) -> None:
+        """A chunk of the app's response body is passing through (unchanged); ``final`` when
+        it is the last one."""
         decision = self.decision
         if decision is not None and decision.budget is not None:
             decision.budget.observe(chunk)
         if self._usage is not None:
             self._usage.feed(chunk)
+            if final and not self._own:  # its owner may end the server span once this is sent
+                self._record_usage()
+
+    def _record_usage(self) -> None:
+        telemetry = self.guard.telemetry
+        usage = telemetry.usage(self._usage, self.decision)
+        self._usage = None
+        if usage is not None:
+            telemetry.finish(self.span, self.status, decision=self.decision, usage=usage, own=False)
 
     def settle(self) -> Generator[Effect, object, None]:
         """Effects to run once the response is complete (token reconciliation, once)."""
@@ -128,6 +142,15 @@ class Exchange:
             self.span = telemetry.open(self._pending, None)
             self._pending = None
         usage = telemetry.usage(self._usage, decision) if self.span.is_recording() else None
-        telemetry.finish(self.span, self.status, exc, extra, decision=decision, route=self.route, usage=usage)
+        telemetry.finish(
+            self.span,
+            self.status,
+            exc,
+            extra,
+            decision=decision,
+            route=self.route,
+            usage=usage,
+            own=self._own,
+        )
         if decision is not None:
             telemetry.metrics.record_duration(self._overhead, decision.action.value)

@@ -285,3 +285,106 @@ async def test_fastapi_native_refusal_keeps_one_server_span(
     assert len(servers) == 1 and guard.kind is SpanKind.INTERNAL
     assert guard.parent is not None and guard.parent.span_id == servers[0].context.span_id
     assert servers[0].attributes is not None and servers[0].attributes["http.response.status_code"] == 401
+
+
+# -- span="enrich": the guard records on the server span instead of starting its own ----------
+
+
+class _Blocker:
+    name = "blocker"
+
+    def score(self, observation: Any) -> Any:
+        from distillguard import DetectorResult
+
+        return DetectorResult(self.name, 1.0, ("test",))
+
+
+async def test_enrich_records_on_the_contrib_server_span(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """``span="enrich"`` under the contrib middleware: no guard span; the SERVER span carries
+    the decision, the hashed client, the fingerprint and the GenAI attributes, and is ended once."""
+    from distillguard import TelemetryConfig
+    from distillguard.telemetry import ATTR_CLIENT_ID, ATTR_QUERY_FINGERPRINT
+    from distillguard.telemetry.names import GEN_AI_USAGE_OUTPUT
+
+    guard = guard_factory(telemetry=TelemetryConfig(span="enrich"))
+    guarded = DistillGuardMiddleware(starlette_app(), guard=guard)
+    app = OpenTelemetryMiddleware(guarded, tracer_provider=tracer_provider, exclude_spans=["receive", "send"])
+    response = await post(app)
+    assert response.status_code == 200
+    spans = span_exporter.get_finished_spans()
+    assert [s.name for s in spans if s.name == SPAN_NAME] == []
+    servers = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert len(servers) == 1
+    attributes = dict(servers[0].attributes or {})
+    assert attributes[ATTR_DECISION] == "allow"
+    assert attributes[ATTR_CLIENT_ID] == guard.telemetry.client_attribute("client-1")
+    assert len(str(attributes[ATTR_QUERY_FINGERPRINT])) == 16
+    assert attributes[GEN_AI_USAGE_OUTPUT] > 0
+    status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    assert status == 200  # recorded by the span's owner
+
+
+async def test_enrich_puts_the_decision_event_on_the_server_span(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """A block under ``span="enrich"``: the decision event lands on the FastAPI SERVER span."""
+    from distillguard import Policy, TelemetryConfig
+    from distillguard.telemetry import EVENT_DECISION
+
+    app = fastapi_app(telemetry={"tracer_provider": tracer_provider})
+    guard = guard_factory(
+        telemetry=TelemetryConfig(span="enrich"), detectors=[_Blocker()], policy=Policy(block=0.9)
+    )
+    app.add_middleware(DistillGuardMiddleware, guard=guard)
+    response = await post(app)
+    assert response.status_code == 429
+    spans = span_exporter.get_finished_spans()
+    assert [s for s in spans if s.name == SPAN_NAME] == []
+    servers = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert len(servers) == 1
+    server = servers[0]
+    assert server.attributes is not None and server.attributes[ATTR_DECISION] == "block"
+    assert [e.name for e in server.events].count(EVENT_DECISION) == 1
+
+
+async def test_enrich_without_a_current_span_starts_the_guard_span(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
+) -> None:
+    """With nothing to enrich, ``span="enrich"`` still records the request on the guard's span."""
+    from distillguard import TelemetryConfig
+
+    guard = guard_factory(telemetry=TelemetryConfig(span="enrich"))
+    app = DistillGuardMiddleware(starlette_app(), guard=guard)
+    assert (await post(app)).status_code == 200
+    _, span = split(span_exporter)
+    assert span.attributes is not None and span.attributes[ATTR_DECISION] == "allow"
+
+
+def test_span_mode_is_checked_at_construction() -> None:
+    from distillguard import ConfigurationError, TelemetryConfig
+
+    with pytest.raises(ConfigurationError, match="span"):
+        TelemetryConfig(span="sibling")
+
+
+def test_enrich_records_on_the_contrib_wsgi_server_span(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """``span="enrich"`` under the contrib WSGI middleware: one SERVER span with the decision."""
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WSGIMiddleware
+
+    from distillguard import DistillGuardWSGIMiddleware, TelemetryConfig
+
+    app = flask_app()
+    guard = guard_factory(telemetry=TelemetryConfig(span="enrich"))
+    app.wsgi_app = WSGIMiddleware(  # type: ignore[method-assign]
+        DistillGuardWSGIMiddleware(app.wsgi_app, guard=guard), tracer_provider=tracer_provider
+    )
+    assert _flask_post(app, {}) == 200
+    spans = span_exporter.get_finished_spans()
+    assert [s for s in spans if s.name == SPAN_NAME] == []
+    servers = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert len(servers) == 1
+    assert servers[0].attributes is not None and servers[0].attributes[ATTR_DECISION] == "allow"

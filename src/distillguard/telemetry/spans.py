@@ -102,6 +102,7 @@ class Telemetry:
         self.metrics = GuardMetrics(meter_provider)
         self.attrs = AttributeBuilder(config)
         self._budget = config.max_span_attributes - _START_RESERVE
+        self._enrich = config.span == "enrich"
 
     def observe(self, guard: Guard) -> None:
         """Wire the metrics to ``guard``: its policy thresholds, the detectors that report how
@@ -125,26 +126,30 @@ class Telemetry:
 
     def begin(
         self, request: GuardRequest, carrier: Any = None, getter: Getter[Any] | None = None
-    ) -> tuple[Span, Pending | None]:
-        """Begin the guard's span for ``request``.
+    ) -> tuple[Span, Pending | None, bool]:
+        """Begin the guard's span for ``request``: ``(span, pending, own)``.
 
         When a span is current, start the guard's span as its child and return it with
-        ``None``: the caller makes it current while the app runs. Otherwise return
-        ``INVALID_SPAN`` and a :class:`Pending` span (the trace context read from ``carrier``
-        with ``getter``, the start time): :meth:`open` starts it once the decision is known, as
-        ``SERVER`` if the guard answers the request itself, else ``INTERNAL``; it is never made
-        current (see the module docstring)."""
+        ``None`` and ``True``: the caller makes it current while the app runs. With
+        ``span="enrich"`` return the current span itself and ``False`` instead: the guard
+        records on it and neither makes it current nor ends it. With no current span return
+        ``INVALID_SPAN``, a :class:`Pending` span (the trace context read from ``carrier`` with
+        ``getter``, the start time) and ``True``: :meth:`open` starts it once the decision is
+        known, as ``SERVER`` if the guard answers the request itself, else ``INTERNAL``; it is
+        never made current (see the module docstring)."""
         if _is_noop(self.tracer):  # no SDK: nothing to build, no context to read
-            return INVALID_SPAN, _NOTHING
-        attributes = self.attrs.request(request)
+            return INVALID_SPAN, _NOTHING, True
         current = trace.get_current_span()
         if current is not INVALID_SPAN and current.get_span_context().is_valid:
+            if self._enrich:
+                return current, None, False
+            attributes = self.attrs.request(request)
             span = self.tracer.start_span(n.SPAN_NAME, kind=SpanKind.INTERNAL, attributes=attributes)
-            return span, None
+            return span, None, True
         parent = None
         if carrier is not None and getter is not None and carries_context(carrier, getter):
             parent = propagate.extract(carrier, getter=getter)
-        return INVALID_SPAN, Pending(attributes, parent, time_ns())
+        return INVALID_SPAN, Pending(self.attrs.request(request), parent, time_ns()), True
 
     def open(self, pending: Pending, decision: Decision | None) -> Span:
         """Start a :class:`Pending` span: ``SERVER`` when ``decision`` refuses the request (no
@@ -162,7 +167,7 @@ class Telemetry:
 
     def start(self, request: GuardRequest) -> Span:
         """Start the guard's span for ``request`` (a child of the current span, if any)."""
-        span, pending = self.begin(request)
+        span, pending, _ = self.begin(request)
         return span if pending is None else self.open(pending, None)
 
     def record(self, span: Span, decision: Decision) -> None:
@@ -177,6 +182,16 @@ class Telemetry:
                 event[n.ATTR_SHADOW] = True
             span.add_event(n.EVENT_DECISION, event)
 
+    def enrich(self, span: Span, decision: Decision) -> None:
+        """Record ``decision`` on a span the guard does not own (``span="enrich"``), as soon as
+        it is known: the span's owner may end it as soon as the response is sent."""
+        if span.is_recording():
+            attrs: dict[str, Any] = {}
+            self.attrs.decision(decision, attrs)
+            if decision.results:
+                self.attrs.detectors(decision, attrs)
+            span.set_attributes(dict(islice(attrs.items(), self._budget)))
+
     def finish(
         self,
         span: Span,
@@ -187,24 +202,33 @@ class Telemetry:
         decision: Decision | None = None,
         route: str | None = None,
         usage: Usage | None = None,
+        own: bool = True,
     ) -> None:
         """Set the span's attributes (response status, route, token ``usage``, ``decision``) in
         one call and end ``span``. An app exception ``exc`` is recorded as ``error.type`` and an
-        error status, never with its message (which may quote the request)."""
+        error status, never with its message (which may quote the request).
+
+        A span the guard does not ``own`` (``span="enrich"``: the server span) gets the token
+        usage only (:meth:`enrich` recorded the decision): its owner records the status, the
+        route and errors, and ends it."""
+        if not own:  # the decision is already on it (:meth:`enrich`)
+            if span.is_recording():
+                attrs: dict[str, Any] = {}
+                self._usage_attributes(usage, attrs)
+                if extra:
+                    attrs.update(extra)
+                if attrs:
+                    span.set_attributes(attrs)
+            return
         if span.is_recording():
-            attrs: dict[str, Any] = {}
+            attrs = {}
             if status is not None:
                 attrs[n.HTTP_STATUS] = status
             if route:
                 attrs[n.HTTP_ROUTE] = self.attrs.cap(route)
             if decision is not None:
                 self.attrs.decision(decision, attrs)
-            if usage is not None:
-                if usage.prompt is not None:
-                    attrs[n.GEN_AI_USAGE_INPUT] = usage.prompt
-                attrs[n.GEN_AI_USAGE_OUTPUT] = usage.completion
-                if usage.source != "usage":
-                    attrs[n.ATTR_USAGE_SOURCE] = usage.source
+            self._usage_attributes(usage, attrs)
             if extra:
                 attrs.update(extra)
             if decision is not None and decision.results:
@@ -228,6 +252,15 @@ class Telemetry:
             elif failed:
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
         span.end()
+
+    @staticmethod
+    def _usage_attributes(usage: Usage | None, attrs: dict[str, Any]) -> None:
+        if usage is not None:
+            if usage.prompt is not None:
+                attrs[n.GEN_AI_USAGE_INPUT] = usage.prompt
+            attrs[n.GEN_AI_USAGE_OUTPUT] = usage.completion
+            if usage.source != "usage":
+                attrs[n.ATTR_USAGE_SOURCE] = usage.source
 
     # -- token usage (see :mod:`distillguard.telemetry.usage`) -------------------------------
 
