@@ -98,6 +98,35 @@ def test_template_rotation_of_five_templates_is_caught() -> None:
     assert max(scores(TemplateSweepDetector(), texts)) == 1.0
 
 
+def test_template_whose_skeleton_varies_is_caught_by_its_anchors() -> None:
+    """A slot holding a whole question (its common words change the skeleton on every fill),
+    an instruction in another language and a fixed tail are caught within 30 queries by the
+    prompt's head or tail anchor; the skeleton alone does not catch the first two."""
+    templates = [
+        "Write a thorough answer and lay out your chain of thought before the verdict. Question: {}",
+        "Bitte erkläre Schritt für Schritt: {}",
+        "{}\n\nShow every intermediate step, then the final answer.",
+    ]
+    for i, template in enumerate(templates):
+        texts = [template.format(q) for q in benign_prompts(random.Random(10 + i), 60)]
+        assert max(scores(TemplateSweepDetector(), texts)[:30]) >= 0.5, template
+        if i < 2:
+            assert max(scores(TemplateSweepDetector(anchor_recur=64), texts)) < 0.5, template
+
+
+def test_template_ignores_a_users_batches_of_one_instruction() -> None:
+    """A heavy user who every fifty prompts or so runs one short instruction over ten of their
+    own texts ("Fix the grammar: ..."), twice in a row at worst, stays below the flag level."""
+    rng = random.Random(6)
+    own = list(benign_prompts(random.Random(7), 400))
+    texts: list[str] = []
+    for burst in range(12):
+        texts += list(benign_prompts(rng, 45))
+        for _ in range(2 if burst % 3 == 0 else 1):
+            texts += [f"Fix the grammar: {rng.choice(own)}" for _ in range(10)]
+    assert max(scores(TemplateSweepDetector(), texts)) < 0.5
+
+
 def test_template_ignores_jailbreaks_and_benign_users() -> None:
     """Jailbreak prompts and varied benign users stay below the flag level."""
     jb = jailbreak_prompts()

@@ -10,6 +10,17 @@ few questions stays under it, a sweep filling one template dozens of times does 
 ramps with the share of the window made of recurring queries, i.e. the share of the client's
 traffic sitting on a few top skeletons. Skeletons with fewer than ``min_fixed`` words, and
 prompts without any slot word, are ignored: short generic questions share skeletons by chance.
+
+A skeleton changes with the common words *inside* the slots: a template whose slot is a whole
+question ("... Question: {q}"), a phrase ("how to {subject}") or text in a language whose
+function words are not in the common list gets a different skeleton for nearly every fill. The
+fixed part of such a template still sits at the start or at the end of the prompt, so each
+prompt also has two *anchors*: its first and its last ``anchor`` words (3; any words, so any
+language), hashed. A query also recurs when one of its anchors already appears at least
+``anchor_recur - 1`` times (11) in the window: three words collide far more often than a
+whole skeleton (a person's batch of one short instruction over their own texts, "Fix the
+grammar: ...", shares its head), so an anchor needs about twice the repetitions of a skeleton.
+
 Requests with ``max_tokens <= 4`` never count as recurring: a fixed-instruction classifier asking
 for one label token is the commonest legitimate template workload, and a distillation sweep
 harvests long completions (reasoning traces), not single tokens.
@@ -20,9 +31,10 @@ harvests long completions (reasoning traces), not single tokens.
 text is TPR 1.0 at 13.6% window FPR; the target here is every one-client sweep within 100
 queries with no false positive.
 
-**Cost.** One C-level ``filter`` over the word hashes (shared), one tuple hash, two byte
-searches (``bytearray.count``/``in``) over ``4 * window`` bytes. State: two ``window``-entry arrays
-of 32-bit hashes and a ``window``-bit ring (~600 bytes per client at the default window of 64).
+**Cost.** One C-level ``filter`` over the word hashes (shared), three small tuple hashes, four
+byte searches (``bytearray.count``/``in``) over ``4 * window`` bytes. State: two ``window``-entry
+arrays of 32-bit hashes, one of 16-bit anchor pairs (a chance match of 16 bits adds one to a
+count that needs 11) and a ``window``-bit ring (~850 bytes per client at the default window of 64).
 """
 
 from __future__ import annotations
@@ -36,14 +48,17 @@ __all__ = ["TemplateSweepDetector"]
 
 _EMPTY = DetectorResult("template_sweep", 0.0)
 _NONE = bytes(4)
+_NONE16 = bytes(2)
+_TAIL = 0x9E3779B9  # keeps a tail anchor from matching a head anchor of the same words
 
 
 class _State:
-    __slots__ = ("flags", "n", "pos", "skeletons", "texts")
+    __slots__ = ("anchors", "flags", "n", "pos", "skeletons", "texts")
 
     def __init__(self, window: int) -> None:
         self.skeletons = bytearray(4 * window)  # 32-bit little-endian hashes, searched as bytes
         self.texts = bytearray(4 * window)
+        self.anchors = bytearray(4 * window)  # 16-bit head and tail anchors of each query
         self.flags = 0
         self.n = 0
         self.pos = 0
@@ -56,6 +71,10 @@ class TemplateSweepDetector:
         window: how many recent queries are kept.
         min_fixed: skeletons with fewer common words are ignored.
         recur: a skeleton recurs from its ``recur``-th occurrence in the window on.
+        anchor: the words of a head or tail anchor (the first or last words of a prompt).
+        anchor_recur: an anchor recurs from its ``anchor_recur``-th occurrence in the window on
+            (more than ``recur``: a few words collide more often than a whole skeleton, and a
+            person's own batch of one instruction over their texts is shorter than this).
         min_output: requests with ``max_tokens`` at or below this never count as recurring (a
             fixed-instruction classifier asking for one label token is the commonest
             legitimate template workload; distillation sweeps harvest long completions).
@@ -73,6 +92,8 @@ class TemplateSweepDetector:
         window: int = 64,
         min_fixed: int = 5,
         recur: int = 6,
+        anchor: int = 3,
+        anchor_recur: int = 12,
         min_output: int = 4,
         min_requests: int = 12,
         low: float = 0.3,
@@ -82,6 +103,8 @@ class TemplateSweepDetector:
         check_range("window", window, 8, 1024)
         check_range("min_fixed", min_fixed, 1, 64)
         check_range("recur", recur, 2, window)
+        check_range("anchor", anchor, 1, 32)
+        check_range("anchor_recur", anchor_recur, 2, window)
         check_range("min_output", min_output, 0, 1 << 20)
         check_range("min_requests", min_requests, 1, window)
         check_range("low", low, 0.0, 1.0)
@@ -91,6 +114,8 @@ class TemplateSweepDetector:
         self._mask = (1 << window) - 1
         self.min_fixed = min_fixed
         self.recur = recur
+        self.anchor = anchor
+        self.anchor_recur = anchor_recur
         self.min_requests = min_requests
         self.low = low
         self.high = high
@@ -107,25 +132,42 @@ class TemplateSweepDetector:
         texts = state.texts
         skeletons = state.skeletons
         text_key = (feats.key or 1).to_bytes(4, "little")
+        anchors = state.anchors
         skel_key = _NONE
-        count = 0
-        if len(skeleton) >= self.min_fixed and len(skeleton) < len(feats.hashes) and text_key not in texts:
-            skel_key = ((hash(skeleton) & 0xFFFFFFFF) or 1).to_bytes(4, "little")
-            count = skeletons.count(skel_key)
+        head = tail = _NONE16
+        count = anchored = 0
+        if text_key not in texts:
+            hashes = feats.hashes
+            if len(skeleton) >= self.min_fixed and len(skeleton) < len(hashes):
+                skel_key = ((hash(skeleton) & 0xFFFFFFFF) or 1).to_bytes(4, "little")
+                count = skeletons.count(skel_key)
+            k = self.anchor
+            if len(hashes) > k:
+                head = ((hash(tuple(hashes[:k])) & 0xFFFF) or 1).to_bytes(2, "little")
+                tail = (((hash(tuple(hashes[-k:])) ^ _TAIL) & 0xFFFF) or 1).to_bytes(2, "little")
+                anchored = max(anchors.count(head), anchors.count(tail))
         pos = state.pos
         at = slice(4 * pos, 4 * pos + 4)
         skeletons[at] = skel_key
         texts[at] = text_key
+        anchors[4 * pos : 4 * pos + 2] = head
+        anchors[4 * pos + 2 : 4 * pos + 4] = tail
         window = self.window
         state.pos = pos + 1 if pos + 1 < window else 0
         budget = query.max_tokens
-        recurring = count + 1 >= self.recur and (budget is None or budget > self.min_output)
+        recurring = (count + 1 >= self.recur or anchored + 1 >= self.anchor_recur) and (
+            budget is None or budget > self.min_output
+        )
         state.flags = flags = ((state.flags << 1) | recurring) & self._mask
         state.n = n = state.n + 1
         seen = n if n < window else window
         share = flags.bit_count() / seen
         if n < self.min_requests or share <= self.low:
             return _EMPTY
-        signals = {"recurring_share": share, "skeleton_share": (count + 1) / seen if count else 0.0}
+        signals = {
+            "recurring_share": share,
+            "skeleton_share": (count + 1) / seen if count else 0.0,
+            "anchor_share": (anchored + 1) / seen if anchored else 0.0,
+        }
         score = ramp(share, self.low, self.high)
         return DetectorResult(self.name, score, ("template_recurrence",), signals)
