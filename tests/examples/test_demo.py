@@ -33,11 +33,27 @@ def test_demo_catches_the_extractor(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert clients[name]["blocked"] == 0
         assert clients[name]["first_caught"] is None
     attacker = clients[EXTRACTOR]
-    assert isinstance(attacker["first_caught"], int) and 1 <= attacker["first_caught"] <= attacker["requests"]
+    sweep = sum(1 for c in calls if c.client == EXTRACTOR and c.kind == "sweep")
+    assert isinstance(attacker["first_caught"], int) and 1 <= attacker["first_caught"] <= sweep
     assert attacker["top_reasons"]
     assert summary["elapsed_seconds"] < 60
     assert "PASS" in printed and f"request #{attacker['first_caught']}" in printed
     assert sum(1 for line in printed.splitlines() if line.lstrip().startswith("+")) == len(calls)
+
+
+@pytest.mark.slow
+def test_template_detector_alone_catches_the_sweep(tmp_path: Path) -> None:
+    """The template detector on its own catches the extractor's template sweep ("Explain step by
+    step how to {subject}", whose subjects change the common-word skeleton) within 25 requests,
+    long before the log probability probe."""
+    out = tmp_path / "summary.json"
+    assert main(["demo", "--detectors", "template_sweep", "--quiet", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    attacker = next(c for c in summary["clients"] if c["client"] == EXTRACTOR)
+    assert isinstance(attacker["first_caught"], int) and attacker["first_caught"] <= 25
+    assert "template_sweep:template_recurrence" in attacker["top_reasons"]
+    assert summary["benign_blocked"] == []
+    assert all(c["first_caught"] is None for c in summary["clients"] if c["client"] != EXTRACTOR)
 
 
 @pytest.mark.slow
