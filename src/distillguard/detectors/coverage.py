@@ -47,7 +47,9 @@ whole stream (measured in ``docs/detection.md``); a heavy user whose work is gen
 level; an attacker who interleaves each corpus prompt with re-used vocabulary dilutes it.
 
 **Cost.** At most ``sample`` (24) bit tests per prompt over the shared content-word set, one EMA
-update. State: a 512-byte filter and a few numbers (~650 bytes per client).
+update. State: a 512-byte filter and a few numbers (~650 bytes per client). Until it has 128 set
+bits (the client's first few prompts) the filter is kept as the list of its set bits, two bytes
+each (~150 bytes for a client seen once); the bits, and so the scores, are the same.
 """
 
 from __future__ import annotations
@@ -63,7 +65,12 @@ from ._text import features
 __all__ = ["CoverageDetector", "load_reference"]
 
 _BITS = 4096
+_DENSE = _BITS // 8
+_SPARSE_MAX = 2 * 128  # a sparse filter turns dense past 128 set bits (256 of its 512 bytes)
 _EMPTY = DetectorResult("coverage", 0.0)
+# A bit ``k`` of a sparse filter is two bytes, ``0x80 | k >> 6`` then ``k & 63``: a search can
+# only match at an even offset (no first byte is below 0x80, no second one above 0x3F).
+_CODES = [bytes((0x80 | k >> 6, k & 63)) for k in range(_BITS)]
 
 
 def load_reference() -> list[str]:
@@ -77,7 +84,9 @@ class _State:
     __slots__ = ("bits", "hold", "n", "novelty", "words")
 
     def __init__(self) -> None:
-        self.words = bytearray(_BITS // 8)  # the Bloom filter of content words
+        # The Bloom filter of content words: while it has few set bits, the list of them (two
+        # bytes each, see ``_CODES``; a client seen once holds ~50 bytes), then 512 bytes.
+        self.words = bytearray()
         self.bits = 0  # set bits in ``words``
         self.novelty = 0.0
         self.n = 0
@@ -142,13 +151,23 @@ class CoverageDetector:
         state = self.states.get(observation.identity.client_id)
         words = state.words
         read = fresh = 0
-        for h in islice(feats.content, self.sample):
-            k = (h >> 7) & (_BITS - 1)
-            byte, bit = k >> 3, 1 << (k & 7)
-            read += 1
-            if not words[byte] & bit:
-                words[byte] |= bit
-                fresh += 1
+        if len(words) == _DENSE:
+            for h in islice(feats.content, self.sample):
+                k = (h >> 7) & (_BITS - 1)
+                byte, bit = k >> 3, 1 << (k & 7)
+                read += 1
+                if not words[byte] & bit:
+                    words[byte] |= bit
+                    fresh += 1
+        else:
+            for h in islice(feats.content, self.sample):
+                code = _CODES[(h >> 7) & (_BITS - 1)]
+                read += 1
+                if code not in words:
+                    words += code
+                    fresh += 1
+            if len(words) > _SPARSE_MAX:
+                state.words = _dense(words)
         state.bits += fresh
         share = fresh / read if read else 0.0
         if state.hold:
@@ -156,7 +175,7 @@ class CoverageDetector:
         else:
             state.novelty += self.alpha * (share - state.novelty)
         if state.bits >= self.rotate_bits:
-            state.words = bytearray(_BITS // 8)
+            state.words = bytearray()
             state.bits = 0
             state.hold = self.refill
         state.n = n = state.n + 1
@@ -166,3 +185,12 @@ class CoverageDetector:
         score = ramp(novelty, self.low, self.high) * self.max_score
         signals = {"novelty": novelty, "requests": float(n)}
         return DetectorResult(self.name, score, ("vocabulary_novelty",), signals)
+
+
+def _dense(sparse: bytearray) -> bytearray:
+    """The 512-byte filter with the bits of a sparse one."""
+    words = bytearray(_DENSE)
+    for i in range(0, len(sparse), 2):
+        k = (sparse[i] & 0x3F) << 6 | sparse[i + 1]
+        words[k >> 3] |= 1 << (k & 7)
+    return words

@@ -21,7 +21,8 @@ median of 0.02 (detection.md).
 **Cost.** O(words) to build the content-word set (shared with the other text detectors), a
 ``min`` and a ``max`` over it; one ``bytearray.count`` over ``4 * window`` bytes. State: ``4 * window``
 bytes of band keys, ``window`` 32-bit text hashes and a ``window``-bit ring (~700 bytes per client
-at the default window of 64).
+at the default window of 64; the rings grow with the client's first ``window`` queries, so a
+client seen once holds ~200 bytes).
 """
 
 from __future__ import annotations
@@ -37,14 +38,17 @@ _EMPTY = DetectorResult("near_duplicate", 0.0)
 
 
 class _State:
-    __slots__ = ("flags", "keys", "n", "pos", "texts")
+    """Rings of the last ``window`` band keys and exact-text keys (4 bytes each, little-endian,
+    searched as bytes), grown as queries arrive (a client seen once holds 8 bytes of them), and
+    a ``window``-bit ring of near-duplicate flags. Slot ``i`` holds text query ``i % window``."""
 
-    def __init__(self, window: int) -> None:
-        self.keys = bytearray(4 * window)
-        self.texts = bytearray(4 * window)
+    __slots__ = ("flags", "keys", "n", "texts")
+
+    def __init__(self) -> None:
+        self.keys = bytearray()
+        self.texts = bytearray()
         self.flags = 0
         self.n = 0
-        self.pos = 0
 
 
 def signature(content: set[int]) -> bytes:
@@ -91,7 +95,7 @@ class NearDuplicateDetector:
         self.min_requests = min_requests
         self.low = low
         self.high = high
-        self.states: LRUStates[_State] = LRUStates(lambda: _State(window), max_clients)
+        self.states: LRUStates[_State] = LRUStates(_State, max_clients)
 
     def score(self, observation: Observation) -> DetectorResult:
         """Record the query's band key and score the client's near-duplicate rate."""
@@ -112,14 +116,20 @@ class NearDuplicateDetector:
         text_key = (feats.key or 1).to_bytes(4, "little")
         # exact repeats (retries, regenerations) do not count
         dup = text_key not in texts and keys.count(key) >= self.cluster
-        pos = state.pos
-        at = slice(4 * pos, 4 * pos + 4)
-        keys[at] = key
-        texts[at] = text_key
+        n = state.n
         window = self.window
-        state.pos = pos + 1 if pos + 1 < window else 0
+        if n < window - 1:
+            keys += key
+            texts += text_key
+        elif n == window - 1:  # full: copies of the exact size (appending over-allocates)
+            state.keys = keys + key
+            state.texts = texts + text_key
+        else:
+            at = slice(4 * (n % window), 4 * (n % window) + 4)
+            keys[at] = key
+            texts[at] = text_key
         state.flags = flags = ((state.flags << 1) | dup) & self._mask
-        state.n = n = state.n + 1
+        state.n = n = n + 1
         rate = flags.bit_count() / (n if n < window else window)
         if n < self.min_requests or rate <= self.low:
             return _EMPTY

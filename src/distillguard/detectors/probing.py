@@ -22,8 +22,9 @@ logprobs plus logit_bias recover a logit row in ~0.25 queries per logit, logit_b
 detector exists; target: every probe within 20 requests, no false positive on fixed-bias users.
 
 **Cost.** O(size of logit_bias) per request (one sort is already done by the parser, one tuple
-hash), an ``array`` scan over ``window`` values. State: ~200 bytes per client at the default
-window of 32.
+hash), an ``array`` scan over ``window`` values. State: ~300 bytes per client at the default
+window of 32 (the ring of ``logit_bias`` keys, 128 bytes more, is made on the client's first
+``logit_bias``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class _State:
     __slots__ = ("biases", "n", "points", "pos", "temps", "total")
 
     def __init__(self, window: int) -> None:
-        self.biases = array("I", bytes(4 * window))
+        self.biases: array[int] | None = None  # made on the client's first logit_bias
         self.points = bytearray(window)
         self.temps = bytearray(_TEMPS)
         self.total = 0
@@ -88,8 +89,12 @@ class ParameterProbeDetector:
             biased = tuple((tok, round(bias, 2)) for tok, bias in q.logit_bias if abs(bias) >= self.min_bias)
             if biased:
                 bias_key = (hash(biased) & 0xFFFFFFFF) or 1
-                if bias_key not in state.biases:
+                biases = state.biases
+                if biases is None:
+                    biases = state.biases = array("I", bytes(4 * self.window))
+                if bias_key not in biases:
                     points = 0.6 + (0.25 if q.logprobs else 0.0) + (0.15 if tiny else 0.0)
+                biases[state.pos] = bias_key
         if q.n >= self.n_sweep and (q.max_tokens is not None and q.max_tokens <= 16):
             points += 0.3
         if q.temperature is not None:
@@ -100,8 +105,6 @@ class ParameterProbeDetector:
                 state.temps[state.n % _TEMPS] = code
         points = min(points, 1.0)
         pos = state.pos
-        if bias_key:
-            state.biases[pos] = bias_key
         state.total += round(points * 100) - state.points[pos]
         state.points[pos] = round(points * 100)
         state.pos = (pos + 1) % self.window

@@ -18,7 +18,8 @@ OWASP LLM10:2025 recommends anomaly detection on query patterns and rate. Stream
 detection.md section 3.7.
 
 **Cost.** O(1) per request: a ring of ``window`` float gaps (running sums are kept), one bitmap
-update. State: ~300 bytes per client at the default window of 32.
+update. State: ~450 bytes per client at the default window of 32 (the ring of gaps grows with
+the client's first ``window`` requests: ~200 bytes for a client seen once).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ _EMPTY = DetectorResult("volume_timing", 0.0)
 class _State:
     __slots__ = ("gaps", "hour", "hours", "last", "n", "pos", "s1", "s2")
 
-    def __init__(self, window: int) -> None:
-        self.gaps = array("d", bytes(8 * window))
+    def __init__(self) -> None:
+        self.gaps = array("d")  # grows to ``window`` gaps, then a ring
         self.last = -1.0
         self.hour = -1
         self.hours = 0
@@ -84,7 +85,7 @@ class VolumeTimingDetector:
         self.cv_low = cv_low
         self.cv_high = cv_high
         self.max_score = max_score
-        self.states: LRUStates[_State] = LRUStates(lambda: _State(window), max_clients)
+        self.states: LRUStates[_State] = LRUStates(_State, max_clients)
 
     def score(self, observation: Observation) -> DetectorResult:
         """Record the request's arrival and score the client's recent timing."""
@@ -106,8 +107,14 @@ class VolumeTimingDetector:
         gap = now - last
         pos = state.pos
         gaps = state.gaps
-        old = gaps[pos]
-        gaps[pos] = gap
+        if pos < len(gaps):
+            old = gaps[pos]
+            gaps[pos] = gap
+        else:
+            old = 0.0
+            gaps.append(gap)
+            if len(gaps) == self.window:  # full: a copy of the exact size (appending over-allocates)
+                state.gaps = gaps = array("d", gaps)
         pos += 1
         if pos == self.window:  # recompute the running sums once per lap: no drift over long histories
             state.pos = 0
