@@ -15,7 +15,15 @@ from distillguard.detectors.defaults import DEFAULT_DETECTORS, default_detectors
 from distillguard.request import GuardRequest
 from distillguard.risk import RiskPolicy
 
-NAMES = ["near_duplicate", "template_sweep", "coverage", "parameter_probe", "volume_timing", "prada"]
+NAMES = [
+    "near_duplicate",
+    "template_sweep",
+    "coverage",
+    "parameter_probe",
+    "volume_timing",
+    "prada",
+    "scripted_sweep",
+]
 
 
 def test_default_set_has_the_fixed_names() -> None:

@@ -63,9 +63,10 @@ def _texts(n: int, seed: int) -> list[str]:
     return out
 
 
-def test_text_client_state_fits_in_4_kb() -> None:
+def test_text_client_state_fits_in_4_5_kb() -> None:
     """After 2,000 varied text queries (with logit_bias, temperatures and timing), all default
-    detectors together hold at most 4 KB for the client."""
+    detectors together hold at most 4.5 KB for the client (~0.65 KB of it the scripted-sweep
+    rings)."""
     detectors = default_detectors()
     rng = random.Random(7)
     ts = 1_700_000_000.0
@@ -76,7 +77,7 @@ def test_text_client_state_fits_in_4_kb() -> None:
         for det in detectors:
             det.score(obs)
     total = sum(deep_sizeof(det.states.peek("heavy")) for det in detectors if det.states.peek("heavy"))
-    assert 0 < total <= 4096, total
+    assert 0 < total <= 4608, total
 
 
 def test_vector_client_state_fits_in_4_kb() -> None:

@@ -11,6 +11,7 @@ name                class                          catches
 ``parameter_probe`` :class:`ParameterProbeDetector` logprob/logit_bias probing, sampling sweeps
 ``volume_timing``   :class:`VolumeTimingDetector`  sustained, machine-regular streams
 ``prada``           :class:`PradaDetector`         synthetic/perturbed numeric inputs
+``scripted_sweep``  :class:`ScriptedSweepDetector` new standalone prompts at a machine cadence
 =================== ============================== ==========================================
 
 Every one of them is also registered under its name in the ``distillguard.detectors``
@@ -25,6 +26,7 @@ from .coverage import CoverageDetector
 from .near_duplicate import NearDuplicateDetector
 from .prada import PradaDetector
 from .probing import ParameterProbeDetector
+from .scripted import ScriptedSweepDetector
 from .template import TemplateSweepDetector
 from .timing import VolumeTimingDetector
 
@@ -34,6 +36,7 @@ __all__ = [
     "NearDuplicateDetector",
     "ParameterProbeDetector",
     "PradaDetector",
+    "ScriptedSweepDetector",
     "TemplateSweepDetector",
     "VolumeTimingDetector",
     "default_detectors",
@@ -46,6 +49,7 @@ DEFAULT_DETECTORS: dict[str, type[Any]] = {
     "parameter_probe": ParameterProbeDetector,
     "volume_timing": VolumeTimingDetector,
     "prada": PradaDetector,
+    "scripted_sweep": ScriptedSweepDetector,
 }
 """The built-in detectors by name."""
 
