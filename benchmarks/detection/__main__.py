@@ -22,12 +22,20 @@ from pathlib import Path
 
 from distillguard.detectors.defaults import DEFAULT_DETECTORS
 
-from .markdown import render, section, splice
+from .markdown import render, section, splice, vector_section
 from .scenarios import Scale
-from .tasks import calibrate_task, holdout_task, tuning_task
+from .tasks import calibrate_task, holdout_task, tuning_task, vector_task
+from .vectors import VectorScale
 
 ROOT = Path(__file__).resolve().parents[2]
 LOW_FLOOR = 0.25
+VECTOR_NOTE = (
+    'A classifier\'s predict endpoint (`{"inputs": [[...]]}` on `/v1/predict`) over a seeded Gaussian '
+    "mixture: benign apps sending natural records of their few classes with re-sends and edited "
+    "records (a tenth are batch scorers), and one client per attack: Papernot et al.'s Jacobian-based "
+    "augmentation (JbDA), PRADA's JbDA-TR and T-RND-IFGSM, uniform random points, and natural-data "
+    "Knockoff sampling (see `benchmarks/detection/vectors.py`). "
+)
 HOLDOUT_NOTE = (
     "Held-out corpora (English trivia, Italian, Spanish, Portuguese, Dutch, German, French, "
     "Indonesian), the other half of the jailbreak prompts, paraphrased templates, probes with "
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the generated logs here (default: a temp dir)")
     args = parser.parse_args(argv)
     scale = Scale.quick() if args.quick else Scale()
+    vscale = VectorScale.quick() if args.quick else VectorScale()
     seed, det = args.seed, args.detectors
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(max(1, args.jobs)) as pool:
@@ -93,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "holdout-own": pool.submit(holdout_task, seed + 2000, scale.holdout(), work, own, det, "own"),
         }
+        jobs["vectors"] = pool.submit(vector_task, "tuning", seed + 4000, vscale, work, det, "own")
+        jobs["vectors-holdout"] = pool.submit(vector_task, "holdout", seed + 5000, vscale, work, det, "own")
         if not at_defaults:
             jobs["calibrated"] = pool.submit(tuning_task, seed, scale, work, tuned, det, "calibrated")
         results = {name: job.result() for name, job in jobs.items()}
@@ -154,6 +165,16 @@ def main(argv: list[str] | None = None) -> int:
             results["holdout-own"],
             "The deployment procedure: calibrate on a benign log of the same traffic (a different seed "
             "and different users than the evaluated ones), then replay.",
+        ),
+        vector_section(
+            "Classifier endpoint (vector inputs), detectors' own thresholds",
+            results["vectors"],
+            VECTOR_NOTE + f"{vscale.dim_note('tuning')}.",
+        ),
+        vector_section(
+            "Classifier endpoint, held-out mixture and input shape",
+            results["vectors-holdout"],
+            VECTOR_NOTE + f"{vscale.dim_note('holdout')}, not used while tuning.",
         ),
     ]
     generated = render(header, sections)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from .harness import Metrics
 from .scenarios import SHARES
+from .vectors import VECTOR_TARGETS
 
-__all__ = ["render", "splice"]
+__all__ = ["render", "section", "splice", "vector_section"]
 
 START = "<!-- benchmark:start -->"
 END = "<!-- benchmark:end -->"
@@ -18,6 +19,7 @@ TARGETS = {
     "coverage": "TPR >= 99% (1,500-query window)",
     "random_words": "(no published target)",
     "probe": "100% within 20, 0 FP on logit_bias users",
+    **VECTOR_TARGETS,
 }
 
 
@@ -126,6 +128,20 @@ def section(title: str, m: Metrics, note: str = "") -> list[str]:
         *_campaigns(m),
         "",
     ]
+    return out
+
+
+def vector_section(title: str, m: Metrics, note: str = "") -> list[str]:
+    """The tables of a classifier-endpoint run: benign vector clients and single-client attacks."""
+    out = [f"### {title}", ""]
+    if note:
+        out += [note, ""]
+    out += [
+        f"{m.lines:,} log lines replayed in {m.seconds:,.1f} s ({m.lines / m.seconds if m.seconds else 0:,.0f} lines/s).",
+        "",
+    ]
+    out += ["**False positives (benign vector clients)**", "", *_benign(m), ""]
+    out += ["**Single-client attacks on the classifier**", "", *_families(m), ""]
     return out
 
 

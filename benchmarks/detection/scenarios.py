@@ -15,6 +15,7 @@ from .attacks import attack_stream, campaign_streams, mixed_stream
 from .benign import Composer, benign_population, power_user
 from .corpora import HOLDOUT_LANGUAGES, HOLDOUT_TOPICS, TUNING_TOPICS, Corpus, jailbreaks, load_corpus
 from .streams import Client, Stream, chat_body
+from .vectors import VECTOR_WITHIN
 
 __all__ = [
     "ATTACK_QUERIES",
@@ -28,7 +29,7 @@ __all__ = [
 
 ATTACK_QUERIES = {"template": 400, "coverage": 1500, "random_words": 300, "probe": 120}
 """Queries sent by each single-client attacker."""
-DETECT_WITHIN = {"template": 100, "coverage": 1500, "random_words": 100, "probe": 20}
+DETECT_WITHIN = {"template": 100, "coverage": 1500, "random_words": 100, "probe": 20, **VECTOR_WITHIN}
 """The "detected within N queries" budget of each family (section 5 of the detection reference)."""
 SHARES = (0.05, 0.10, 0.25, 0.50)
 """Attack shares of mixed-traffic clients."""
@@ -145,11 +146,12 @@ def population(
         return "/v1/chat/completions", chat_body(client, composer.turn(None))
 
     campaigns = (
-        ("camp-template", "template", 0.0),
-        ("camp-coverage", "coverage", 0.0),
-        ("camp-hydra", "template", 0.5),
+        ("camp-template", "template", 0.0, False),
+        ("camp-coverage", "coverage", 0.0, False),
+        ("camp-hydra", "template", 0.5, False),
+        ("camp-coverage-poisson", "coverage", 0.0, True),  # no machine cadence
     )
-    for group, family, blend in campaigns:
+    for group, family, blend, poisson in campaigns:
         streams += campaign_streams(
             group,
             family,
@@ -161,5 +163,6 @@ def population(
             blend=blend,
             benign=benign_query,
             variant=variant,
+            poisson=poisson,
         )
     return streams

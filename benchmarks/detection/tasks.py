@@ -19,8 +19,9 @@ from .harness import (
 )
 from .scenarios import Scale, holdout_corpus, population, tuning_corpus
 from .streams import write_log
+from .vectors import VectorScale, vector_population
 
-__all__ = ["calibrate_task", "holdout_task", "tuning_task"]
+__all__ = ["calibrate_task", "holdout_task", "tuning_task", "vector_task"]
 
 
 def calibrate_task(
@@ -76,3 +77,14 @@ def holdout_task(
     metrics = evaluate(streams, report, None)
     metrics.benign = days
     return metrics
+
+
+def vector_task(
+    part: str, seed: int, scale: VectorScale, work: Path, detectors: str | None, tag: str
+) -> Metrics:
+    """A classifier endpoint's population (benign vector clients and the vector attacks, see
+    :mod:`.vectors`) through the replay engine, in process."""
+    streams = vector_population(part, seed, scale)
+    log = work / f"vectors-{part}-{tag}.jsonl"
+    report, days = replay_in_process(streams, log, standard_detectors(detectors))
+    return evaluate(streams, report, days)
