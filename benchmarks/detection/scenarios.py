@@ -146,12 +146,11 @@ def population(
         return "/v1/chat/completions", chat_body(client, composer.turn(None))
 
     campaigns = (
-        ("camp-template", "template", 0.0, False),
-        ("camp-coverage", "coverage", 0.0, False),
-        ("camp-hydra", "template", 0.5, False),
-        ("camp-coverage-poisson", "coverage", 0.0, True),  # no machine cadence
+        ("camp-template", "template", 0.0),
+        ("camp-coverage", "coverage", 0.0),
+        ("camp-hydra", "template", 0.5),
     )
-    for group, family, blend, poisson in campaigns:
+    for group, family, blend in campaigns:
         streams += campaign_streams(
             group,
             family,
@@ -163,6 +162,5 @@ def population(
             blend=blend,
             benign=benign_query,
             variant=variant,
-            poisson=poisson,
         )
     return streams
