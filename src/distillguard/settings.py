@@ -17,7 +17,8 @@ variable                          meaning                               developm
 ``DISTILLGUARD_LIMITS``           default limits (``limits`` notation)  ``60/minute;1000/day``
 ``DISTILLGUARD_STORAGE_URI``      ``limits`` storage URI                ``memory://``
 ``DISTILLGUARD_SHADOW``           shadow mode (``true``/``false``)      ``false``
-``DISTILLGUARD_DETECTORS``        entry-point names, comma-separated    every registered one
+``DISTILLGUARD_DETECTORS``        entry-point names, comma-separated    every registered one but
+                                                                       the built-in opt-in ones
 ``DISTILLGUARD_MAX_BODY_BYTES``   request body cap in bytes             ``1048576``
 ================================  ====================================  ======================
 
@@ -124,8 +125,13 @@ class Settings:
 
 
 def registered_detectors() -> tuple[str, ...]:
-    """The names in the ``distillguard.detectors`` entry-point group, sorted."""
-    return tuple(sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}))
+    """The names in the ``distillguard.detectors`` entry-point group, sorted, without the
+    built-in opt-in ones (:data:`~distillguard.detectors.defaults.OPT_IN_DETECTORS`: they load
+    only when named)."""
+    from .detectors.defaults import OPT_IN_DETECTORS
+
+    names = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return tuple(sorted(names - OPT_IN_DETECTORS))
 
 
 def _bool(name: str, raw: str) -> bool:

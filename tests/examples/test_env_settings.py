@@ -109,8 +109,12 @@ def test_unknown_detector_name() -> None:
 
 
 def test_detectors_default_to_every_registered_one() -> None:
-    """Unset ``DISTILLGUARD_DETECTORS`` means every entry point in the group; empty means none."""
-    names = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    """Unset ``DISTILLGUARD_DETECTORS`` means every entry point in the group but the built-in
+    opt-in ones (``campaign``, ``semantic_coverage``); empty means none."""
+    names = sorted(
+        {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)} - {"campaign", "semantic_coverage"}
+    )
+    assert "near_duplicate" in names and "semantic_coverage" not in registered_detectors()
     assert list(registered_detectors()) == names
     environ = {k: v for k, v in ENV.items() if k != "DISTILLGUARD_DETECTORS"}
     assert list(settings_from_env(environ).detectors) == names

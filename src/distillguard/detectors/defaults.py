@@ -32,6 +32,7 @@ from .timing import VolumeTimingDetector
 
 __all__ = [
     "DEFAULT_DETECTORS",
+    "OPT_IN_DETECTORS",
     "CoverageDetector",
     "NearDuplicateDetector",
     "ParameterProbeDetector",
@@ -52,6 +53,11 @@ DEFAULT_DETECTORS: dict[str, type[Any]] = {
     "scripted_sweep": ScriptedSweepDetector,
 }
 """The built-in detectors by name."""
+
+OPT_IN_DETECTORS = frozenset({"campaign", "semantic_coverage"})
+"""Built-in detectors registered by name but left out unless asked for: ``campaign`` (state
+across accounts) and ``semantic_coverage`` (the ``embeddings`` extra's model, milliseconds per
+prompt)."""
 
 
 def default_detectors(max_clients: int | None = None) -> list[Any]:
