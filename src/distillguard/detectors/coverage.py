@@ -150,19 +150,20 @@ class CoverageDetector:
             return _EMPTY
         state = self.states.get(observation.identity.client_id)
         words = state.words
-        read = fresh = 0
+        content = feats.content
+        read = min(len(content), self.sample)
+        fresh = 0
         if len(words) == _DENSE:
-            for h in islice(feats.content, self.sample):
+            for h in islice(content, read):
                 k = (h >> 7) & (_BITS - 1)
-                byte, bit = k >> 3, 1 << (k & 7)
-                read += 1
-                if not words[byte] & bit:
-                    words[byte] |= bit
+                value = words[k >> 3]
+                bit = 1 << (k & 7)
+                if not value & bit:
+                    words[k >> 3] = value | bit
                     fresh += 1
         else:
-            for h in islice(feats.content, self.sample):
+            for h in islice(content, read):
                 code = _CODES[(h >> 7) & (_BITS - 1)]
-                read += 1
                 if code not in words:
                     words += code
                     fresh += 1
