@@ -158,6 +158,30 @@ def test_a_first_query_at_another_scale_does_not_blind_or_trip_the_detector() ->
     assert max(scores) >= 0.5
 
 
+def test_uniform_random_queries_are_outside_the_population_domain() -> None:
+    """Once the endpoint's population of natural clients has set the domain reference, a client
+    sending uniform random points over the data's range is flagged within 40 queries; the
+    natural clients never are."""
+    rng = random.Random(11)
+    means = _mixture(rng, classes=6)
+    det = PradaDetector(warmup=500)
+    natural_max = 0.0
+    for i in range(1500):  # 30 natural clients
+        x = [rng.gauss(m, 0.8) for m in rng.choice(means)]
+        natural_max = max(natural_max, det.score(vector_obs(f"n{i % 30}", x)).score)
+    scores = []
+    for _ in range(40):
+        x = [rng.uniform(-5.0, 5.0) for _ in range(16)]
+        scores.append(det.score(vector_obs("random", x)).score)
+        natural = [rng.gauss(m, 0.8) for m in rng.choice(means)]
+        natural_max = max(natural_max, det.score(vector_obs("n0", natural)).score)
+    assert natural_max == 0.0
+    assert max(scores) >= 0.5
+    assert det.score(vector_obs("random", [rng.uniform(-5.0, 5.0) for _ in range(16)])).reasons == (
+        "outside_input_domain",
+    )
+
+
 def test_text_queries_are_ignored() -> None:
     """PRADA scores only vector inputs and keeps no state for text clients."""
     det = PradaDetector()

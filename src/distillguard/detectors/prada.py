@@ -24,6 +24,15 @@ earlier queries) without the normality assumption and without the class, and nee
 over a ring of ``max_distances`` nearest-neighbour distances, every ``test_every`` queries),
 off by default.
 
+**Input domain.** Uniform random queries over the data's range (the oldest extraction
+strategy, Tramer et al. 2016) are not close to each other, and per client they look like one
+broad natural class. What gives them away is the endpoint's *population*: a running per-feature
+mean and variance over every client's distinct queries (:mod:`._domain`, after ``warmup``
+queries); a query is *outside* when its mean squared z-score exceeds ``outside`` (2; natural
+inputs average 1, uniform points over the data's range about 4), and the share of outside
+queries among the client's last ``window`` ramps the score like the close share. The reference
+describes the population only when no single client sends most of the traffic.
+
 Non-finite inputs (NaN, infinity) score 1 at once: no legitimate client sends them, and ART's
 FunctionallyEquivalentExtraction does from its first query.
 
@@ -32,7 +41,8 @@ input is sub-sampled), quantised to 8 bits each with a per-client step, set from
 first query and doubled (the kept bytes re-quantised by one table look-up) whenever a query does
 not fit; a query more than eight times finer than the step starts the kept queries over. Kept:
 ``min(ring, memory_bytes / features)`` queries (32 at the defaults, 1 KB), a 32-bit hash of each
-(for exact re-sends) and a ``window``-bit ring.
+(for exact re-sends) and two ``window``-bit rings; per endpoint, two float arrays per input
+width for the domain reference.
 
 **Anchor.** PRADA reported "all prior attacks, no false positives" (MNIST/GTSRB, synthetic-query
 attacks); a replay on scikit-learn digits caught a perturbation stream at 151 queries and ART
@@ -42,9 +52,10 @@ Wagner's stateful detection and of SEAT. Text endpoints: PRADA-style detection i
 (LabRAI), so this detector only scores ``vector`` queries.
 
 **Cost.** Sub-sampling and quantising the query (O(features)) and at most ``ring`` (32)
-``math.dist`` calls over ``features`` bytes per vector query, flat in the input size and in the
-client's history; with ``delta > 0``, an O(n log n) test every ``test_every`` queries. Text
-queries cost one attribute check.
+``math.dist`` calls over ``features`` bytes per vector query, plus one pass over the features
+for the domain reference, flat in the input size and in the client's history; with
+``delta > 0``, an O(n log n) test every ``test_every`` queries. Text queries cost one attribute
+check.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ import math
 from array import array
 
 from ._base import check_range, ramp
+from ._domain import DomainReference
 from ._normality import shapiro_wilk
 from ._protocol import DetectorResult, Observation
 from ._state import LRUStates
@@ -74,6 +86,8 @@ class _State:
         "hashes",
         "kept",
         "n",
+        "outside",
+        "outside_n",
         "pos",
         "score",
         "step",
@@ -84,6 +98,8 @@ class _State:
         self.reset(0, 0.0)
         self.flags = 0
         self.n = 0
+        self.outside = 0
+        self.outside_n = 0
         self.score = 0.0
         self.dist = array("f")
         self.d_pos = 0
@@ -114,6 +130,9 @@ class PradaDetector:
         features: at most this many evenly spaced features of a query are compared (a larger
             input is sub-sampled: the cost per query stays flat in the input size).
         memory_bytes: the budget for kept queries per client (one byte per feature).
+        outside: a query is outside the endpoint's input domain when its mean squared z-score
+            against the population reference exceeds this (about 1 for natural inputs).
+        warmup: queries of one input width before the population reference is used.
         delta: the reference's Shapiro-Wilk alarm threshold on W (0.9 in the reference code;
             0 disables the test, the default).
         test_every: run the Shapiro-Wilk test every this many queries.
@@ -134,6 +153,8 @@ class PradaDetector:
         ring: int = 32,
         features: int = 32,
         memory_bytes: int = 2048,
+        outside: float = 2.0,
+        warmup: int = 1000,
         delta: float = 0.0,
         test_every: int = 10,
         max_distances: int = 150,
@@ -147,6 +168,8 @@ class PradaDetector:
         check_range("ring", ring, 2, 4096)
         check_range("features", features, 1, 1 << 16)
         check_range("memory_bytes", memory_bytes, 64, 1 << 24)
+        check_range("outside", outside, 1.0, 1e6)
+        check_range("warmup", warmup, 1, 1 << 30)
         check_range("delta", delta, 0.0, 1.0)
         check_range("test_every", test_every, 1, 10_000)
         check_range("max_distances", max_distances, 12, 5000)
@@ -159,6 +182,8 @@ class PradaDetector:
         self.ring = ring
         self.features = features
         self.memory_bytes = memory_bytes
+        self.outside = outside
+        self.domain = DomainReference(warmup=warmup)
         self.delta = delta
         self.test_every = test_every
         self.max_distances = max_distances
@@ -209,8 +234,11 @@ class PradaDetector:
             kept[slot * width : (slot + 1) * width] = q
             hashes[4 * slot : 4 * slot + 4] = key
             state.pos = (slot + 1) % capacity
-        if state.n >= self.min_distances:
-            state.score = ramp(state.flags.bit_count() / min(state.n, self.window), self.low, self.high)
+        spread = self.domain.spread(sample)
+        if spread is not None:
+            state.outside = ((state.outside << 1) | (spread > self.outside)) & self._mask
+            state.outside_n += 1
+        state.score = max(_share(state.flags, state.n, self), _share(state.outside, state.outside_n, self))
         return self._result(state)
 
     def _test(self, state: _State, d: float) -> None:
@@ -225,17 +253,26 @@ class PradaDetector:
             state.alarm = state.w < self.delta
 
     def _result(self, state: _State) -> DetectorResult:
-        if state.n < self.min_distances:
+        if state.n < self.min_distances and state.outside_n < self.min_distances:
             return _EMPTY
-        share = state.flags.bit_count() / min(state.n, self.window)
-        signals = {"close_share": share}
+        close = state.flags.bit_count() / max(1, min(state.n, self.window))
+        outside = state.outside.bit_count() / max(1, min(state.outside_n, self.window))
+        signals = {"close_share": close, "outside_share": outside}
         if self.delta > 0.0:
             signals["w"] = state.w
             if state.alarm:
                 return DetectorResult(self.name, 1.0, ("non_normal_distances",), signals)
         if state.score <= 0.0:
             return DetectorResult(self.name, 0.0, (), signals)
-        return DetectorResult(self.name, state.score, ("close_queries",), signals)
+        reason = "close_queries" if close >= outside else "outside_input_domain"
+        return DetectorResult(self.name, state.score, (reason,), signals)
+
+
+def _share(flags: int, n: int, det: PradaDetector) -> float:
+    """The ramped share of set bits among the last ``min(n, window)`` (0 before ``min_distances``)."""
+    if n < det.min_distances:
+        return 0.0
+    return ramp(flags.bit_count() / min(n, det.window), det.low, det.high)
 
 
 def _resent(hashes: bytearray, key: bytes) -> bool:
