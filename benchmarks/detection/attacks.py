@@ -179,9 +179,11 @@ def campaign_streams(
     blend: float = 0.0,
     benign: Callable[[Client], tuple[str, dict[str, Any]]] | None = None,
     variant: str = "tuning",
+    poisson: bool = False,
 ) -> list[Stream]:
     """A campaign: ``attack`` split over ``accounts`` accounts, each sending ``per_day``
-    requests a day (under a daily limit) on a shared cadence (the same mean gap, small jitter);
+    requests a day (under a daily limit) on a shared cadence (the same mean gap, small jitter;
+    with ``poisson``, exponential gaps of the same mean instead: no machine cadence);
     a ``blend`` share of each account's requests is benign-looking traffic from ``benign``."""
     shared = Client.random(f"{group}-0", rng)
     make = query_maker(attack, shared, corpus, rng, variant)
@@ -204,7 +206,7 @@ def campaign_streams(
                 route, body = benign(client)  # type: ignore[misc]
             stream.events.append((t, route, body))
             stream.attack.append(is_attack)
-            t += cadence * rng.uniform(0.9, 1.1)
+            t += cadence * (rng.expovariate(1.0) if poisson else rng.uniform(0.9, 1.1))
         streams.append(stream)
     return streams
 

@@ -146,11 +146,12 @@ def population(
         return "/v1/chat/completions", chat_body(client, composer.turn(None))
 
     campaigns = (
-        ("camp-template", "template", 0.0),
-        ("camp-coverage", "coverage", 0.0),
-        ("camp-hydra", "template", 0.5),
+        ("camp-template", "template", 0.0, False),
+        ("camp-coverage", "coverage", 0.0, False),
+        ("camp-hydra", "template", 0.5, False),
+        ("camp-coverage-poisson", "coverage", 0.0, True),  # no machine cadence
     )
-    for group, family, blend in campaigns:
+    for group, family, blend, poisson in campaigns:
         streams += campaign_streams(
             group,
             family,
@@ -162,5 +163,6 @@ def population(
             blend=blend,
             benign=benign_query,
             variant=variant,
+            poisson=poisson,
         )
     return streams

@@ -31,7 +31,7 @@ def test_quick_benchmark_replays_every_scenario_and_writes_tables(tmp_path: Path
     assert metrics.families["template"]["caught"] == scale.attackers  # a template sweep never escapes
     assert metrics.families["probe"]["caught_within"] == scale.attackers
     assert len(metrics.mixed) == 4 * 4 + 1
-    assert set(metrics.campaigns) == {"camp-template", "camp-coverage", "camp-hydra"}
+    assert set(metrics.campaigns) == {"camp-template", "camp-coverage", "camp-hydra", "camp-coverage-poisson"}
     assert metrics.campaigns["camp-template"]["accounts"] == scale.campaign_accounts
     assert metrics.benign.total > 0 and sum(c for c, _ in metrics.benign_clients.values()) == scale.users
     doc = tmp_path / "detection.md"
