@@ -10,14 +10,16 @@ import json
 import math
 import random
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
 from benchmarks.detection.attacks import campaign_streams
 from benchmarks.detection.benign import chat_user, jailbreak_user, power_user
 from benchmarks.detection.scenarios import holdout_corpus, tuning_corpus
-from benchmarks.detection.streams import Stream
+from benchmarks.detection.streams import Stream, write_log
 
+from distillguard.cli import main
 from distillguard.detectors._state import deep_sizeof
 from distillguard.detectors.scripted import ScriptedSweepDetector, has_history
 from distillguard.errors import ConfigurationError
@@ -169,3 +171,22 @@ def test_memory_per_client() -> None:
     rings ~660 bytes (measured with tracemalloc)."""
     assert _bytes_per_client(1_000, 1) < 300
     assert _bytes_per_client(100, 40) < 800
+
+
+def test_sharded_replay_is_exact(tmp_path: Path) -> None:
+    """The state is per client, so ``distillguard replay --jobs 2`` reports what one process
+    does: a 24-account campaign among conversational users, every account flagged."""
+    rng = random.Random(11)
+    corpus = tuning_corpus()
+    streams = campaign_streams("camp", "coverage", corpus, rng, accounts=24, per_day=40, days=1, benign=_noop)
+    streams += [chat_user(f"user-{i}", corpus, rng, 2) for i in range(10)]
+    log = tmp_path / "log.jsonl"
+    write_log(streams, log)
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    args = ["replay", str(log), "--quiet", "--detectors", "scripted_sweep"]
+    assert main([*args, "--json", str(one)]) == 0
+    assert main([*args, "--json", str(two), "--jobs", "2"]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["clients"] == b["clients"]
+    flagged = {c["client"] for c in a["clients"] if c["flagged"]}
+    assert flagged == {s.name for s in streams if s.name.startswith("camp-")}
