@@ -1,16 +1,19 @@
-"""Memory held per tracked client by the detectors (measured with tracemalloc), and the compact
-forms of their state giving the same results as the full-size forms."""
+"""Memory held per tracked client by the detectors (measured with tracemalloc), the compact
+forms of their state giving the same results as the full-size forms, and the client store's
+exact LRU order."""
 
 from __future__ import annotations
 
 import gc
 import random
 import tracemalloc
+from collections import OrderedDict
 from typing import Any
 
 import pytest
 
 from distillguard.detectors import Observation
+from distillguard.detectors._state import LRUStates
 from distillguard.detectors.coverage import CoverageDetector
 from distillguard.detectors.near_duplicate import NearDuplicateDetector
 from distillguard.detectors.probing import ParameterProbeDetector
@@ -104,3 +107,27 @@ def test_rings_filled_then_wrapped_keep_scoring_the_window() -> None:
     assert tail[-1] == 0.0
     state = detector.states.get("s")
     assert len(state.keys) == len(state.texts) == 4 * 16
+
+
+@pytest.mark.parametrize("cap", [1, 3, 200, 5_000])
+def test_the_store_evicts_exactly_the_least_recently_used_client(cap: int) -> None:
+    """Against an ``OrderedDict`` model, over random uses of returning and new clients: the
+    same clients are kept, in the same order, and every eviction is counted."""
+    store: LRUStates[list[int]] = LRUStates(list, max_clients=cap)
+    model: OrderedDict[str, None] = OrderedDict()
+    rng = random.Random(cap)
+    evicted = 0
+    for i in range(20 * cap + 200):
+        client = f"c{rng.randrange(2 * cap + 2)}" if rng.random() < 0.7 else f"new-{i}"
+        store.get(client)
+        if client in model:
+            model.move_to_end(client)
+        else:
+            if len(model) >= cap:
+                model.popitem(last=False)
+                evicted += 1
+            model[client] = None
+        if i % 97 == 0:
+            assert list(store._states) == list(model)
+    assert list(store._states) == list(model)
+    assert len(store) == len(model) <= cap and store.evictions == evicted
