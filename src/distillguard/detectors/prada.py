@@ -52,10 +52,10 @@ Wagner's stateful detection and of SEAT. Text endpoints: PRADA-style detection i
 (LabRAI), so this detector only scores ``vector`` queries.
 
 **Cost.** Sub-sampling and quantising the query (O(features)) and at most ``ring`` (32)
-``math.dist`` calls over ``features`` bytes per vector query, plus one pass over the features
-for the domain reference, flat in the input size and in the client's history; with
-``delta > 0``, an O(n log n) test every ``test_every`` queries. Text queries cost one attribute
-check.
+``math.dist`` calls over ``features`` bytes per vector query, plus one more for the domain
+reference (whose update, a Python loop over the features, runs for one query in four): flat in
+the input size and in the client's history. With ``delta > 0``, an O(n log n) test every
+``test_every`` queries. Text queries cost one attribute check.
 """
 
 from __future__ import annotations
