@@ -1,6 +1,7 @@
 """Per-request cost of the default detector set (a script, not a test).
 
-    python -m benchmarks.detectors            # the table in docs/detectors.md
+    python -m benchmarks.detectors            # the tables
+    python -m benchmarks.detectors --write docs/benchmarks.md   # ...also into its detectors section
     python -m benchmarks.detectors --quick    # fewer repeats
     python -m benchmarks.detectors --null     # the benign null of each detector's score
 
@@ -10,23 +11,37 @@ detector of ``default_detectors()`` on fresh prompts of that size (each request 
 :class:`Query`, so the shared text features are recomputed every time, as in production).
 Reported: the median over repeats of the per-request wall time (``time.perf_counter``; each
 repeat times a few hundred requests) and CPU time (``time.process_time``), and the memory held
-per client (``deep_sizeof`` of every detector's state).
+per client (``deep_sizeof`` of every detector's state). Then each detector's own mean time at
+1 KB (the shared text features computed before the timer starts, and timed apart), and the
+memory the whole set retains per client (``tracemalloc``: 1,000 clients seen once, and 100
+clients after 130 queries each, when every window is full).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import gc
 import json
+import os
+import platform
 import random
+import re
 import statistics
+import subprocess
 import time
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
-from distillguard.detectors import Observation
+from distillguard.detectors import Observation, _text
 from distillguard.detectors._state import deep_sizeof
 from distillguard.detectors.defaults import default_detectors
 from distillguard.identity import Identity
 from distillguard.query import Query, parse_query
+
+START = "<!-- detectors:start -->"
+END = "<!-- detectors:end -->"
 
 _VOCABULARY = (
     "the a of to and in is you that it for on with as can how what why when my your this be are "
@@ -166,34 +181,159 @@ def _reference_ms() -> float:
     return best * 1e3
 
 
+def per_detector(requests: int, repeats: int, seed: int = 2) -> tuple[float, dict[str, float]]:
+    """Mean microseconds of the shared text features and of each detector's ``score`` alone
+    (features computed beforehand; the timer's own cost per call subtracted), 1 KB prompts, a
+    client with 200 earlier queries; best of ``repeats``."""
+    rng = random.Random(seed)
+    detectors, client, ts = _client(1024, 200, rng)
+    queries = [parse_query(body(prompt(rng, 1024))) for _ in range(requests)]
+    feature_best = float("inf")
+    best = {det.name: float("inf") for det in detectors}
+    for r in range(repeats):
+        batch = [observation(client, q, ts + 3.0 * (i + 1) + 10_000.0 * r) for i, q in enumerate(queries)]
+        start = time.process_time()
+        for obs in batch:
+            feats = _text.TextFeatures(_text.prompt_text(obs.query))
+            _ = feats.content, feats.skeleton
+        feature_best = min(feature_best, time.process_time() - start)
+        for det in detectors:
+            spent = 0.0
+            for obs in batch:
+                feats = _text.features(obs.query)  # computed here, outside the timer
+                _ = feats.content, feats.skeleton, feats.hashes
+                start = time.process_time()
+                det.score(obs)
+                spent += time.process_time() - start
+            best[det.name] = min(best[det.name], spent)
+    clock = min(_clock_cost() for _ in range(repeats))  # the timer's own cost, taken off each call
+    return feature_best / requests * 1e6, {name: (t / requests - clock) * 1e6 for name, t in best.items()}
+
+
+def _clock_cost(calls: int = 5_000) -> float:
+    """Seconds that an empty ``start = process_time(); spent += process_time() - start`` span
+    measures (the timer's own share of each timed call)."""
+    spent = 0.0
+    for _ in range(calls):
+        start = time.process_time()
+        spent += time.process_time() - start
+    return spent / calls
+
+
+def memory_per_client(clients: int, requests: int, seed: int = 3) -> float:
+    """Bytes the default set retains per client (tracemalloc) after ``requests`` 1 KB queries
+    from each of ``clients`` new clients."""
+    rng = random.Random(seed)
+    pool = [parse_query(body(prompt(rng, 1024))) for _ in range(300)]
+    detectors = default_detectors()
+    names = [f"client-{c:05d}" for c in range(clients)]
+    streams = [
+        [observation(name, pool[(7 * c + i) % len(pool)], 1_700_000_000.0 + 3.0 * i) for i in range(requests)]
+        for c, name in enumerate(names)
+    ]
+    for det in detectors:
+        det.score(observation("warm-up", pool[0], 1_700_000_000.0))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for stream in streams:
+        for obs in stream:
+            for det in detectors:
+                det.score(obs)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    return sum(stat.size_diff for stat in after.compare_to(before, "filename")) / clients
+
+
+def _commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+    return f"commit {head}" + (" (with uncommitted changes in the tree)" if dirty else "")
+
+
+def write_section(path: Path, report: str) -> None:
+    """Replace the detectors section of ``path`` (or append it), leaving the rest alone."""
+    block = f"{START}\n{report}\n{END}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def main() -> None:
-    """Print the table."""
+    """Print the tables (and write them into a Markdown file with ``--write``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--null", action="store_true", help="print the benign null instead")
+    parser.add_argument("--write", type=Path, default=None, help="write the section into this Markdown file")
     args = parser.parse_args()
     if args.null:
         null()
         return
     requests, repeats = (100, 5) if args.quick else (300, 15)
     names = ", ".join(d.name for d in default_detectors())
-    print(f"default detectors: {names}")
-    print(f"machine reference: {_reference_ms():.1f} ms for a 1,000,000-step pure-Python loop (CPU time)")
-    print(f"{requests} requests x {repeats} repeats per cell; median per-request time\n")
-    print(
-        "| prompt | after 10 queries | after 100,000 queries | ratio "
-        "| CPU after 10 / 100,000 | state per client |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python -m benchmarks.detectors" + (" --quick" if args.quick else "")
+    out = [
+        "## Detectors",
+        "",
+        f"Command: `{command}`. Machine: {os.cpu_count()} CPUs, Python {platform.python_version()} on "
+        f"{platform.system()} {platform.machine()}, load average {load:.1f} at the start; {now}; "
+        f"{_commit()}.",
+        f"Default detectors: {names}. Machine reference: {_reference_ms():.1f} ms of CPU for a "
+        "1,000,000-step pure-Python loop.",
+        "",
+        f"Whole default set, median per-request time ({requests} requests x {repeats} repeats per cell; each "
+        "request a fresh chat `Query` of natural-looking text, so the shared text features are "
+        "computed every time):",
+        "",
+        "| prompt | after 10 queries | after 100,000 queries | ratio | CPU after 10 / 100,000 "
+        "| state per client |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    print("\n".join(out))
     for size in (256, 1024, 4096, 16384):
         m = measure(size, requests, repeats)
         label = f"{size} B" if size < 1024 else f"{size // 1024} KB"
-        print(
+        row = (
             f"| {label} | {m['young'] * 1e6:.1f} us | {m['old'] * 1e6:.1f} us "
             f"| {m['old'] / m['young']:.2f} | "
             f"{m['young_cpu'] * 1e6:.1f} / {m['old_cpu'] * 1e6:.1f} us | "
             f"{m['young_mem']:.0f} B / {m['old_mem']:.0f} B |"
         )
+        print(row)
+        out.append(row)
+    feature_us, costs = per_detector(requests, max(3, repeats // 3))
+    parts = [
+        "",
+        "At 1 KB, each part alone (CPU, mean, best of the repeats): the shared text features "
+        f"(`detectors/_text.py`, computed once per request) {feature_us:.1f} us; "
+        + ", ".join(f"`{name}` {us:.1f} us" for name, us in costs.items())
+        + ".",
+    ]
+    once, full = memory_per_client(1_000, 1), memory_per_client(100, 130)
+    parts += [
+        "",
+        f"Memory retained per client by the default set (tracemalloc, state and store entries): "
+        f"**{once:,.0f} B** for a client seen once (1,000 clients), **{full:,.0f} B** once every window "
+        "is full (100 clients x 130 queries).",
+    ]
+    print("\n".join(parts))
+    out += parts
+    if args.write:
+        write_section(args.write, "\n".join(out))
 
 
 if __name__ == "__main__":
