@@ -190,3 +190,20 @@ def test_sharded_replay_is_exact(tmp_path: Path) -> None:
     assert a["clients"] == b["clients"]
     flagged = {c["client"] for c in a["clients"] if c["flagged"]}
     assert flagged == {s.name for s in streams if s.name.startswith("camp-")}
+
+
+def test_odd_timestamps_never_break_it_nor_look_regular() -> None:
+    """Simultaneous, out-of-order, infinite and NaN timestamps are not gaps of a cadence: they
+    are skipped (no error, no score), and the gaps around them still count."""
+    det = ScriptedSweepDetector()
+    rng = random.Random(12)
+    texts = list(benign_prompts(rng, 140))
+    stamps = [float(i) for i in range(20)] + [math.inf, 5.0, math.nan, -math.inf, 19.0] * 12
+    pairs = zip(texts[:80], stamps, strict=True)
+    scores = [det.score(observation("c", query(t), ts)).score for t, ts in pairs]
+    assert max(scores[:16]) == 0.0 and scores[16] == pytest.approx(0.7)  # 16 one-second gaps
+    assert max(scores[20:]) == 0.0
+    state = det.states.peek("c")
+    assert state is not None and state.last == 19.0 and state.n == 19
+    burst = [det.score(observation("b", query(t), 100.0)).score for t in texts[80:]]  # one instant
+    assert max(burst) == 0.0 and det.states.peek("b").n == 0  # type: ignore[union-attr]

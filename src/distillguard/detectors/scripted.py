@@ -9,7 +9,9 @@ rarely does together:
 * *a machine cadence*: the spread (standard deviation) of the logarithm of the last ``window``
   (16) inter-arrival gaps is small. A script on a timer or a rate budget sends at a steady
   interval (log-gap spread ~0.06 for +-10% jitter); people read, type, pause and sleep
-  (lognormal conversational gaps have a spread near 1, Poisson traffic 1.28). The log makes the
+  (lognormal conversational gaps have a spread near 1, Poisson traffic 1.28). Gaps under 1 ms
+  (simultaneous requests), out-of-order and non-finite times are skipped: concurrency is not a
+  cadence, and a burst cannot make a client look regular. The log makes the
   test independent of the rate (a request a minute or one an hour), which is what the
   ``volume_timing`` detector cannot be: it weighs regularity by volume, because a regular
   low-volume client on its own is only a batch job;
@@ -65,7 +67,8 @@ from ._text import features
 
 __all__ = ["ScriptedSweepDetector", "has_history"]
 
-_MIN_GAP = 1e-3  # seconds; simultaneous or out-of-order requests read as a very short gap
+_MIN_GAP = 1e-3  # seconds; a shorter gap (simultaneous requests, concurrency) is not a cadence
+_MAX_GAP = 1e9  # seconds; nor is a longer or non-finite one
 _EMPTY = DetectorResult("scripted_sweep", 0.0)
 _log = math.log
 _NONE = array("H")  # shared, never written: a client's rings are made on its second request
@@ -158,9 +161,14 @@ class ScriptedSweepDetector:
         state.history = ((state.history << 1) | history) & self._history_mask
         ts = observation.timestamp
         last = state.last
-        state.last = ts
-        if last != last:  # NaN: the client's first request has no gap
+        gap = ts - last
+        if not _MIN_GAP < gap < _MAX_GAP:  # not a gap of a cadence: skipped
+            # a first, repeated or very late (finite) time moves the clock; an out-of-order or a
+            # non-finite one leaves it as it was
+            if (last != last or (gap >= 0.0 and gap - gap == 0.0)) and ts - ts == 0.0:
+                state.last = ts
             return _EMPTY
+        state.last = ts
         pos = state.pos
         sample = self.sample
         words = state.words
@@ -175,8 +183,7 @@ class ScriptedSweepDetector:
         while j < end:
             words[j] = 0
             j += 1
-        gap = ts - last
-        gap = _log(gap if gap > _MIN_GAP else _MIN_GAP)
+        gap = _log(gap)
         gaps = state.gaps
         old = gaps[pos]
         gaps[pos] = gap
