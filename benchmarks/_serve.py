@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from opentelemetry.trace import NoOpTracerProvider
+
 from . import _apps, _peers
 
 bare = _apps.starlette_app()
@@ -9,6 +11,9 @@ bare = _apps.starlette_app()
 
 guarded = _apps.guarded_starlette(_apps.make_guard(_apps.tracer_provider(), [_apps.TrivialDetector()]))
 """Starlette guarded by distillguard (JWT, two windows, span, trivial detector)."""
+
+guarded_unsampled = _apps.guarded_starlette(_apps.make_guard(NoOpTracerProvider(), [_apps.TrivialDetector()]))
+"""The same with a non-recording tracer (what a request whose trace is sampled out costs)."""
 
 
 def peer() -> object:

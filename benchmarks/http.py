@@ -4,9 +4,10 @@ Run from the repository root (needs ``wrk`` and the ``bench`` extra)::
 
     python -m benchmarks.http
 
-The bare, guarded and peer-stack Starlette apps each run in their own uvicorn process; ``wrk``
-loads them in turn, ``--rounds`` times, so that all three see the same machine conditions. The
-table gives the median of the rounds; server CPU per request is read from ``/proc``.
+The bare, guarded (with a recording span, and with the trace sampled out) and peer-stack Starlette
+apps each run in their own uvicorn process; ``wrk`` loads them in turn, ``--rounds`` times, so
+that all of them see the same machine conditions. The table gives the median of the rounds;
+server CPU per request is read from ``/proc``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from pathlib import Path
 
 from . import _apps, _peers
 
-APPS = {"bare": "benchmarks._serve:bare", "guarded": "benchmarks._serve:guarded"}
+APPS = {
+    "bare": "benchmarks._serve:bare",
+    "guarded": "benchmarks._serve:guarded",
+    "guarded, trace sampled out": "benchmarks._serve:guarded_unsampled",
+}
 
 
 def _free_port() -> int:

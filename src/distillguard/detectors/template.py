@@ -53,12 +53,13 @@ _TAIL = 0x9E3779B9  # keeps a tail anchor from matching a head anchor of the sam
 
 
 class _State:
-    __slots__ = ("anchors", "flags", "n", "pos", "skeletons", "texts")
+    __slots__ = ("flags", "n", "pos", "rings")
 
     def __init__(self, window: int) -> None:
-        self.skeletons = bytearray(4 * window)  # 32-bit little-endian hashes, searched as bytes
-        self.texts = bytearray(4 * window)
-        self.anchors = bytearray(4 * window)  # 16-bit head and tail anchors of each query
+        # three rings in one buffer (one object header, not three), each ``4 * window`` bytes,
+        # searched as bytes within its own range: the skeletons' and the texts' 32-bit
+        # little-endian hashes, then the 16-bit head and tail anchors of each query
+        self.rings = bytearray(12 * window)
         self.flags = 0
         self.n = 0
         self.pos = 0
@@ -129,30 +130,29 @@ class TemplateSweepDetector:
         feats = features(query)
         skeleton = feats.skeleton
         state = self.states.get(observation.identity.client_id)
-        texts = state.texts
-        skeletons = state.skeletons
+        rings = state.rings
+        window = self.window
+        texts, anchors, end = 4 * window, 8 * window, 12 * window  # where each ring starts
         text_key = (feats.key or 1).to_bytes(4, "little")
-        anchors = state.anchors
         skel_key = _NONE
         head = tail = _NONE16
         count = anchored = 0
-        if text_key not in texts:
+        if rings.find(text_key, texts, anchors) < 0:
             hashes = feats.hashes
             if len(skeleton) >= self.min_fixed and len(skeleton) < len(hashes):
                 skel_key = ((hash(skeleton) & 0xFFFFFFFF) or 1).to_bytes(4, "little")
-                count = skeletons.count(skel_key)
+                count = rings.count(skel_key, 0, texts)
             k = self.anchor
             if len(hashes) > k:
                 head = ((hash(tuple(hashes[:k])) & 0xFFFF) or 1).to_bytes(2, "little")
                 tail = (((hash(tuple(hashes[-k:])) ^ _TAIL) & 0xFFFF) or 1).to_bytes(2, "little")
-                anchored = max(anchors.count(head), anchors.count(tail))
+                anchored = max(rings.count(head, anchors, end), rings.count(tail, anchors, end))
         pos = state.pos
-        at = slice(4 * pos, 4 * pos + 4)
-        skeletons[at] = skel_key
-        texts[at] = text_key
-        anchors[4 * pos : 4 * pos + 2] = head
-        anchors[4 * pos + 2 : 4 * pos + 4] = tail
-        window = self.window
+        at = 4 * pos
+        rings[at : at + 4] = skel_key
+        rings[texts + at : texts + at + 4] = text_key
+        rings[anchors + at : anchors + at + 2] = head
+        rings[anchors + at + 2 : anchors + at + 4] = tail
         state.pos = pos + 1 if pos + 1 < window else 0
         budget = query.max_tokens
         recurring = (count + 1 >= self.recur or anchored + 1 >= self.anchor_recur) and (
