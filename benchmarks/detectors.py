@@ -26,9 +26,7 @@ import json
 import os
 import platform
 import random
-import re
 import statistics
-import subprocess
 import time
 import tracemalloc
 from pathlib import Path
@@ -39,6 +37,9 @@ from distillguard.detectors._state import deep_sizeof
 from distillguard.detectors.defaults import default_detectors
 from distillguard.identity import Identity
 from distillguard.query import Query, parse_query
+
+from ._report import replace_section
+from .overhead import commit
 
 START = "<!-- detectors:start -->"
 END = "<!-- detectors:end -->"
@@ -246,29 +247,9 @@ def memory_per_client(clients: int, requests: int, seed: int = 3) -> float:
     return sum(stat.size_diff for stat in after.compare_to(before, "filename")) / clients
 
 
-def _commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown"
-    return f"commit {head}" + (" (with uncommitted changes in the tree)" if dirty else "")
-
-
 def write_section(path: Path, report: str) -> None:
     """Replace the detectors section of ``path`` (or append it), leaving the rest alone."""
-    block = f"{START}\n{report}\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(path, START, END, report)
 
 
 def main() -> None:
@@ -291,7 +272,7 @@ def main() -> None:
         "",
         f"Command: `{command}`. Machine: {os.cpu_count()} CPUs, Python {platform.python_version()} on "
         f"{platform.system()} {platform.machine()}, load average {load:.1f} at the start; {now}; "
-        f"{_commit()}.",
+        f"{commit()}.",
         f"Default detectors: {names}. Machine reference: {_reference_ms():.1f} ms of CPU for a "
         "1,000,000-step pure-Python loop.",
         "",

@@ -41,6 +41,7 @@ from opentelemetry.trace import NoOpTracerProvider
 from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, JWTConfig, LimitConfig
 
 from . import _apps
+from ._report import replace_section
 
 START = "<!-- storage:start -->"
 END = "<!-- storage:end -->"
@@ -380,13 +381,7 @@ def redis_version(url: str) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace (or append) the storage section of ``path``, leaving the rest alone."""
-    block = f"{START}\n{section}\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(path, START, END, section)
 
 
 def main(argv: list[str] | None = None) -> None:
