@@ -105,8 +105,8 @@ def _benign(m: Metrics) -> list[str]:
     return rows
 
 
-def section(title: str, m: Metrics, note: str = "") -> list[str]:
-    """All tables of one run."""
+def _heading(title: str, m: Metrics, note: str) -> list[str]:
+    """A run's title, its note and how fast its log replayed."""
     out = [f"### {title}", ""]
     if note:
         out += [note, ""]
@@ -114,6 +114,12 @@ def section(title: str, m: Metrics, note: str = "") -> list[str]:
         f"{m.lines:,} log lines replayed in {m.seconds:,.1f} s ({m.lines / m.seconds if m.seconds else 0:,.0f} lines/s).",
         "",
     ]
+    return out
+
+
+def section(title: str, m: Metrics, note: str = "") -> list[str]:
+    """All tables of one run."""
+    out = _heading(title, m, note)
     out += ["**False positives (benign clients)**", "", *_benign(m), ""]
     out += ["**Single-client attacks**", "", *_families(m), ""]
     out += [
@@ -133,13 +139,7 @@ def section(title: str, m: Metrics, note: str = "") -> list[str]:
 
 def vector_section(title: str, m: Metrics, note: str = "") -> list[str]:
     """The tables of a classifier-endpoint run: benign vector clients and single-client attacks."""
-    out = [f"### {title}", ""]
-    if note:
-        out += [note, ""]
-    out += [
-        f"{m.lines:,} log lines replayed in {m.seconds:,.1f} s ({m.lines / m.seconds if m.seconds else 0:,.0f} lines/s).",
-        "",
-    ]
+    out = _heading(title, m, note)
     out += ["**False positives (benign vector clients)**", "", *_benign(m), ""]
     out += ["**Single-client attacks on the classifier**", "", *_families(m), ""]
     return out
