@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from distillguard.detectors.probing import ParameterProbeDetector
 from distillguard.detectors.timing import VolumeTimingDetector
+from distillguard.errors import ConfigurationError
 from tests.detectors.traffic import observation, query
 
 
@@ -95,3 +98,74 @@ def test_bias_value_search_on_the_same_ids_is_probing() -> None:
         q = query("Answer yes or no.", max_tokens=1, logit_bias={"3763": 2.0 + 0.5 * i})
         result = det.score(observation("search", q))
     assert result is not None and result.score == 1.0
+
+
+def _mixed_probe_scores(
+    det: ParameterProbeDetector, every: int, requests: int, client: str = "m"
+) -> list[float]:
+    """Scores of a client sending a Carlini-style probe once every ``every`` requests among
+    ordinary chat requests."""
+    scores = []
+    for i in range(requests):
+        if i % every == every - 1:
+            bias = {str(5000 + i): 100}
+            q = query("Hi", logprobs=True, top_logprobs=5, max_tokens=1, logit_bias=bias)
+        else:
+            q = query(f"an ordinary question number {i}", max_tokens=256)
+        scores.append(det.score(observation(client, q)).score)
+    return scores
+
+
+def test_probes_hidden_one_in_twenty_reach_the_flag_level() -> None:
+    """One probe in twenty requests keeps the window mean low; the decayed probe mass still
+    reaches the flag level after about ten probes, with its own reason."""
+    det = ParameterProbeDetector()
+    scores = _mixed_probe_scores(det, 20, 400)
+    first = next(i for i, s in enumerate(scores) if s >= 0.5)
+    assert 150 <= first <= 300
+    q = query("Hi", logprobs=True, max_tokens=1, logit_bias={"77": 100})
+    result = det.score(observation("m", q))
+    assert result.reasons == ("sustained_logit_bias_rotation",)
+    assert result.signals["probe_mass"] > 8.0
+
+
+def test_probe_mass_decays_away() -> None:
+    """Ten probes then a long run of ordinary requests: the score falls back to zero."""
+    det = ParameterProbeDetector(horizon=64)
+    for i in range(10):
+        det.score(observation("d", query("Hi", logprobs=True, max_tokens=1, logit_bias={str(i): 100})))
+    last = 1.0
+    for i in range(600):
+        last = det.score(observation("d", query(f"plain question {i}"))).score
+    assert last == 0.0 and det.states.get("d").mass == 0.0
+
+
+def test_an_app_rotating_a_few_bias_maps_is_not_probing() -> None:
+    """A classifier app with twelve fixed label sets, chosen at random over 2,000 requests with
+    logprobs: each map is new once, so the mass never builds up. (Its first dozen requests, all
+    new maps, do look like a probe: the window signal cannot know yet that the maps recur.)"""
+    det = ParameterProbeDetector()
+    rng = random.Random(3)
+    label_sets = [{str(300 + 2 * k): 100, str(301 + 2 * k): 100} for k in range(12)]
+    top = 0.0
+    for i in range(2000):
+        q = query(
+            f"classify text {i}",
+            logprobs=True,
+            top_logprobs=2,
+            max_tokens=1,
+            logit_bias=rng.choice(label_sets),
+        )
+        score = det.score(observation("app", q)).score
+        if i >= 100:
+            top = max(top, score)
+    assert top < 0.1
+    assert det.states.get("app").mass < 1.0
+
+
+def test_probe_horizon_and_sustained_are_checked() -> None:
+    """Out-of-range options fail at construction."""
+    with pytest.raises(ConfigurationError):
+        ParameterProbeDetector(horizon=4)
+    with pytest.raises(ConfigurationError):
+        ParameterProbeDetector(sustained=0.0)

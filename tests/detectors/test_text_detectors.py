@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from distillguard.detectors._text import TextFeatures, features, prompt_text
 from distillguard.detectors.near_duplicate import NearDuplicateDetector
 from distillguard.detectors.template import TemplateSweepDetector
+from distillguard.errors import ConfigurationError
 from distillguard.query import parse_query
 from tests.detectors.traffic import (
     benign_prompts,
@@ -151,3 +154,70 @@ def test_template_ignores_single_token_classifiers() -> None:
     ]
     assert max(short) == 0.0
     assert max(scores(TemplateSweepDetector(), texts)) == 1.0
+
+
+def _hidden_template(every: int, n: int) -> list[str]:
+    """A varied benign stream with a template sweep's prompt in place of every ``every``-th."""
+    own = list(benign_prompts(random.Random(21), n))
+    sweep = iter(template_sweep(random.Random(22), n))
+    return [next(sweep) if i % every == every - 1 else text for i, text in enumerate(own)]
+
+
+def test_template_hidden_one_in_ten_is_caught_by_the_sustained_count() -> None:
+    """One template prompt in ten never fills the window, but its skeleton's sustained count
+    reaches the flag level within 300 requests; without the sustained count it is missed."""
+    texts = _hidden_template(10, 300)
+    det = TemplateSweepDetector()
+    results = [det.score(observation("h", query(t), float(i))) for i, t in enumerate(texts)]
+    first = next(i for i, r in enumerate(results) if r.score >= 0.5)
+    assert first < 300 and results[first].reasons == ("sustained_template",)
+    assert results[first].signals["sustained_count"] >= 12.0
+    assert max(scores(TemplateSweepDetector(sustained_low=254, sustained_high=255), texts)) < 0.5
+
+
+def test_habitual_phrasing_spread_over_days_is_not_a_template() -> None:
+    """A person who asks "can you write a {x} in Python?" three times a day among thirty other
+    prompts, for twenty days, stays below the flag level: the sustained count halves every
+    twelve hours."""
+    rng = random.Random(23)
+    things = ["queue", "heap", "trie", "stack", "parser", "cache", "graph", "tokenizer", "linked list"]
+    det = TemplateSweepDetector()
+    top = 0.0
+    for day in range(20):
+        day_texts = list(benign_prompts(rng, 30)) + [
+            f"can you write a {rng.choice(things)} in Python?" for _ in range(3)
+        ]
+        rng.shuffle(day_texts)
+        for k, text in enumerate(day_texts):
+            ts = day * 86_400.0 + 9 * 3600.0 + k * 900.0
+            top = max(top, det.score(observation("habit", query(text), ts)).score)
+    assert top < 0.5
+
+
+def test_sustained_counts_age_with_time_and_requests() -> None:
+    """Twelve fills of one template make a count of 12; two days later the count starts again
+    from 1; and 128 requests halve it."""
+    sweep = list(template_sweep(random.Random(24), 40))
+    det = TemplateSweepDetector()
+    for i in range(12):
+        last = det.score(observation("a", query(sweep[i]), float(i)))
+    assert last.signals["sustained_count"] == 12.0
+    later = det.score(observation("a", query(sweep[12]), 2 * 86_400.0))
+    assert later.signals.get("sustained_count", 1.0) == 1.0
+    det = TemplateSweepDetector(sustained_every=16)
+    counts = [
+        det.score(observation("b", query(sweep[i]), float(i))).signals.get("sustained_count", 0.0)
+        for i in range(17)
+    ]
+    assert counts[14] == 15.0 and counts[15] == 8.0  # 15 halved to 7, then this request
+
+
+def test_template_sustained_options_are_checked() -> None:
+    """Sustained-count options out of range fail at construction."""
+    for options in (
+        {"sustained_every": 4},
+        {"sustained_halflife": 1.0},
+        {"sustained_low": 20, "sustained_high": 10},
+    ):
+        with pytest.raises(ConfigurationError):
+            TemplateSweepDetector(**options)  # type: ignore[arg-type]
