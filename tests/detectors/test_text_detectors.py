@@ -195,21 +195,23 @@ def test_habitual_phrasing_spread_over_days_is_not_a_template() -> None:
 
 
 def test_sustained_counts_age_with_time_and_requests() -> None:
-    """Twelve fills of one template make a count of 12; two days later the count starts again
-    from 1; and 128 requests halve it."""
+    """The counts start with the client's 16th request; twelve more fills of one template make
+    a count of 12; three days later (six half-lives) it starts again from 1; and every ``sustained_every``
+    requests halve it."""
     sweep = list(template_sweep(random.Random(24), 40))
     det = TemplateSweepDetector()
-    for i in range(12):
+    for i in range(27):
         last = det.score(observation("a", query(sweep[i]), float(i)))
     assert last.signals["sustained_count"] == 12.0
-    later = det.score(observation("a", query(sweep[12]), 2 * 86_400.0))
+    later = det.score(observation("a", query(sweep[27]), 3 * 86_400.0))
     assert later.signals.get("sustained_count", 1.0) == 1.0
     det = TemplateSweepDetector(sustained_every=16)
     counts = [
         det.score(observation("b", query(sweep[i]), float(i))).signals.get("sustained_count", 0.0)
-        for i in range(17)
+        for i in range(32)
     ]
-    assert counts[14] == 15.0 and counts[15] == 8.0  # 15 halved to 7, then this request
+    assert counts[14] == 0.0  # no counters before the 16th request
+    assert counts[30] == 16.0 and counts[31] == 9.0  # 16 halved to 8, then this request
 
 
 def test_template_sustained_options_are_checked() -> None:

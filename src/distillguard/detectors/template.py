@@ -24,13 +24,13 @@ grammar: ...", shares its head), so an anchor needs about twice the repetitions 
 A sweep hidden in a heavy user's own traffic (one request in ten or twenty) never fills a
 window of 64, so each recurring-eligible skeleton (the text new, enough common words and a slot)
 also adds one to a *sustained count*: one of 128 saturating 8-bit counters chosen by the
-skeleton's hash, all halved every ``sustained_every`` (128) requests of the client and every
-``sustained_halflife`` (12 hours). One skeleton sent once every twenty requests holds ~12; a
-person's habitual phrasing ("can you write a {x} in Python?") spread over their days, or chance
-collisions of a power user's varied prompts, stay at 8 or below in the benchmark's 3,600 benign
-client-days. The score is at least ``ramp(count, sustained_low, sustained_high)`` (8 and 16:
-the flag level 0.5 at 12). Templates whose slot is a whole question have no stable skeleton and
-are not seen by this count.
+skeleton's hash (from the client's 16th request on), all halved every ``sustained_every`` (128)
+requests of the client and every ``sustained_halflife`` (12 hours). One skeleton sent once every
+twenty requests holds ~12; a person's habitual phrasing ("can you write a {x} in Python?")
+spread over their days, or chance collisions of a power user's varied prompts, stay at 8 or
+below in the benchmark's 3,600 benign client-days. The score is at least ``ramp(count,
+sustained_low, sustained_high)`` (8 and 16: the flag level 0.5 at 12). Templates whose slot is
+a whole question have no stable skeleton and are not seen by this count.
 
 Requests with ``max_tokens <= 4`` never count as recurring: a fixed-instruction classifier asking
 for one label token is the commonest legitimate template workload, and a distillation sweep
@@ -47,7 +47,7 @@ byte searches (``bytearray.count``/``in``) over ``4 * window`` bytes; one ``byte
 per halving of the sustained counts. State: two ``window``-entry arrays of 32-bit hashes, one
 of 16-bit anchor pairs (a chance match of 16 bits adds one to a count that needs 11) and a
 ``window``-bit ring (~850 bytes per client at the default window of 64), and the 128 sustained
-counters (~180 bytes, made on the client's first eligible skeleton).
+counters (~180 bytes, made from the client's 16th request on).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ _NONE16 = bytes(2)
 _TAIL = 0x9E3779B9  # keeps a tail anchor from matching a head anchor of the same words
 _BUCKETS = 128  # sustained skeleton counters per client (8 bits each)
 _HALF = bytes(i // 2 for i in range(256))  # halves every counter in one ``translate``
+_COUNT_FROM = 16  # the sustained counts start with the client's 16th request (none for a passer-by)
 
 
 class _State:
@@ -219,7 +220,7 @@ class TemplateSweepDetector:
         and return its count."""
         counts = state.counts
         if counts is None:
-            if skel_hash < 0:
+            if skel_hash < 0 or state.n < _COUNT_FROM:
                 return 0
             counts = state.counts = bytearray(_BUCKETS)
             state.halved = now
