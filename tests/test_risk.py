@@ -45,8 +45,14 @@ def result(score: float, name: str = "dial") -> DetectorResult:
     return DetectorResult(name, score, ("r",), {"x": score})
 
 
-def req(client: str, ts: float, path: str = "/v1/chat/completions", body: bytes = CHAT) -> GuardRequest:
-    """A request from an identity established upstream."""
+def req(
+    client: str,
+    ts: float,
+    path: str = "/v1/chat/completions",
+    body: bytes = CHAT,
+    identity: Identity | None = None,
+) -> GuardRequest:
+    """A request from an identity established upstream (``client``, or ``identity``)."""
     return GuardRequest(
         method="POST",
         path=path,
@@ -56,7 +62,7 @@ def req(client: str, ts: float, path: str = "/v1/chat/completions", body: bytes 
         client_address="10.0.0.1",
         user_agent="pytest",
         timestamp=ts,
-        identity=Identity(client_id=client),
+        identity=identity or Identity(client_id=client),
     )
 
 
@@ -244,3 +250,21 @@ def test_guard_without_risk_policy_keeps_per_request_thresholds(guard_factory: C
     assert drive(guard.flow(req("x", time.time())), guard.sync_performer()).action is Action.BLOCK
     dial.value = 0.0
     assert drive(guard.flow(req("x", time.time())), guard.sync_performer()).action is Action.ALLOW
+
+
+def test_the_penalty_box_does_not_hold_a_shadow_tier(guard_factory: Callable[..., Guard]) -> None:
+    """A client of a tier in shadow detection reaches a block risk, which is recorded on every
+    request, but it is never refused, by the verdict or by the penalty box."""
+    dial = Dial()
+    guard = guard_factory(
+        detectors=[dial],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=600), tier_detection={"partner": "shadow"}),
+    )
+    perform = guard.sync_performer()
+    dial.value = 1.0
+    partner = Identity(client_id="partner-app", tier="partner")
+    first = drive(guard.flow(req("partner-app", T0, identity=partner)), perform)
+    assert (first.action, first.shadow, first.problem) == (Action.BLOCK, True, None)
+    dial.value = 0.0
+    later = drive(guard.flow(req("partner-app", T0 + 60, identity=partner)), perform)
+    assert later.problem is None and later.reasons != ("risk:penalty_box",)

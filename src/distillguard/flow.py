@@ -21,7 +21,7 @@ from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
 from .limiting.effects import ChargeLimit, HitLimits, RefundLimit
 from .limiting.headers import ratelimit_fields, retry_after
-from .policy import Policy, decide
+from .policy import Policy, decide, detection_mode
 from .problems import Problem
 from .query import Query, parse_query
 from .request import GuardRequest, bearer_token
@@ -148,8 +148,9 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     if isinstance(identity, Decision):
         return identity
 
-    risk = guard.risk
-    if risk is not None and not policy.shadow:  # the penalty box holds across routes
+    mode = detection_mode(policy, identity.tier)
+    risk = guard.risk if mode != "off" else None
+    if risk is not None and not policy.shadow and mode == "enforce":  # the box holds across routes
         until = risk.boxed_until(identity.client_id, now)
         if until is not None:
             retry = int(until - now) + 1
@@ -189,7 +190,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         user_agent=request.user_agent,
     )
     results: list[DetectorResult] = []
-    for detector in guard.detectors:
+    for detector in guard.detectors if mode != "off" else ():
         result = yield RunDetector(detector, observation)
         if not isinstance(result, DetectorResult):
             failed = 1.0 if policy.on_error == "block" else 0.0
@@ -232,7 +233,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         problem = Problem.rate_limited(retry_after(blocked, now), [o.check.policy for o in blocked])
     elif action is Action.DEGRADE:
         body = degrade_body(query, policy)
-    shadow = policy.shadow and action in (Action.BLOCK, Action.DEGRADE, Action.THROTTLE)
+    shadow = (policy.shadow or mode == "shadow") and action in (Action.BLOCK, Action.DEGRADE, Action.THROTTLE)
     return Decision(
         action=action,
         identity=identity,

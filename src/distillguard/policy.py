@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .decision import Action
@@ -11,7 +11,11 @@ from .detectors import DetectorResult
 from .errors import ConfigurationError
 from .risk import RiskPolicy
 
-__all__ = ["Policy", "decide"]
+__all__ = ["DetectionMode", "Policy", "decide", "detection_mode"]
+
+DetectionMode = Literal["enforce", "shadow", "off"]
+"""What the detectors do for a tier: decide (``"enforce"``), only record (``"shadow"``), or not
+run at all (``"off"``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +39,14 @@ class Policy:
         risk: a per-client risk policy (decaying risk, throttle, penalty box; see
             :mod:`distillguard.risk`). When set, it decides instead of ``flag``/``degrade``/
             ``block`` above; ``block_status``, ``degrade_fields`` and ``shadow`` still apply.
+        tier_detection: the detection mode of some tiers (the identity's tier, e.g. from the
+            token's ``tier`` claim): ``"shadow"`` scores and records the tier's requests but
+            never lets the detectors refuse, throttle or alter them (nor the penalty box hold
+            them), ``"off"`` does not run the detectors for the tier at all; both still
+            authenticate the client and enforce its limits. For a known integration whose
+            traffic is a template by design (a backend filling one prompt for its own
+            customers), which the detectors would otherwise rightly flag. Other tiers
+            ``"enforce"``.
     """
 
     flag: float = 0.5
@@ -47,8 +59,16 @@ class Policy:
     on_error: Literal["ignore", "block"] = "ignore"
     shadow: bool = False
     risk: RiskPolicy | None = None
+    tier_detection: Mapping[str, DetectionMode] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tier_detection, Mapping) or not all(
+            isinstance(tier, str) and mode in ("enforce", "shadow", "off")
+            for tier, mode in self.tier_detection.items()
+        ):
+            raise ConfigurationError(
+                "Policy.tier_detection must map tier names to 'enforce', 'shadow' or 'off'"
+            )
         if isinstance(self.degrade_fields, str):  # "logprobs" would remove "l", "o", ...
             raise ConfigurationError("Policy.degrade_fields must be a list of field names")
         levels = [t for t in (self.flag, self.degrade, self.block) if t is not None]
@@ -62,6 +82,12 @@ class Policy:
             raise ConfigurationError("Policy.on_error must be 'ignore' or 'block'")
         if self.block_retry_after < 1:
             raise ConfigurationError("Policy.block_retry_after must be at least 1 second")
+
+
+def detection_mode(policy: Policy, tier: str) -> DetectionMode:
+    """The detection mode of ``tier`` under ``policy``."""
+    modes = policy.tier_detection
+    return modes.get(tier, "enforce") if modes else "enforce"
 
 
 def decide(results: Sequence[DetectorResult], policy: Policy) -> tuple[Action, float, tuple[str, ...]]:

@@ -17,6 +17,8 @@ variable                          meaning                               developm
 ``DISTILLGUARD_LIMITS``           default limits (``limits`` notation)  ``60/minute;1000/day``
 ``DISTILLGUARD_STORAGE_URI``      ``limits`` storage URI                ``memory://``
 ``DISTILLGUARD_SHADOW``           shadow mode (``true``/``false``)      ``false``
+``DISTILLGUARD_TIER_DETECTION``   per-tier detection, e.g.              every tier enforces
+                                  ``partner=shadow,internal=off``
 ``DISTILLGUARD_DETECTORS``        entry-point names, comma-separated    every registered one but
                                                                        the built-in opt-in ones
 ``DISTILLGUARD_MAX_BODY_BYTES``   request body cap in bytes             ``1048576``
@@ -45,7 +47,7 @@ from .errors import ConfigurationError
 from .guard import Guard
 from .identity import JWTConfig
 from .limiting import LimitConfig
-from .policy import Policy
+from .policy import DetectionMode, Policy
 from .risk import RiskPolicy
 
 __all__ = [
@@ -91,6 +93,7 @@ class Settings:
         limits: the default limits (``limits`` notation).
         storage_uri: the ``limits`` storage URI.
         shadow: shadow mode.
+        tier_detection: ``(tier, mode)`` pairs for :attr:`Policy.tier_detection`.
         detectors: the entry-point names of the detectors to load.
         max_body_bytes: the request body cap.
         dev_defaults: the variables that fell back to a development default.
@@ -103,6 +106,7 @@ class Settings:
     limits: str = DEFAULT_LIMITS
     storage_uri: str = DEFAULT_STORAGE_URI
     shadow: bool = False
+    tier_detection: tuple[tuple[str, DetectionMode], ...] = ()
     detectors: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dev_defaults: tuple[str, ...] = ()
@@ -119,7 +123,7 @@ class Settings:
             "jwt": self.jwt_config(),
             "limits": LimitConfig(default=self.limits, storage_uri=self.storage_uri),
             "detectors": list(self.detectors),
-            "policy": Policy(shadow=self.shadow, risk=RiskPolicy()),
+            "policy": Policy(shadow=self.shadow, risk=RiskPolicy(), tier_detection=dict(self.tier_detection)),
             "max_body_bytes": self.max_body_bytes,
         }
 
@@ -151,6 +155,19 @@ def _int(name: str, raw: str) -> int:
     if value < 1:
         raise ConfigurationError(f"{name} must be positive, got {value}")
     return value
+
+
+def _tier_detection(raw: str) -> tuple[tuple[str, DetectionMode], ...]:
+    """``"partner=shadow, internal=off"`` as ``(tier, mode)`` pairs."""
+    pairs: list[tuple[str, DetectionMode]] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        tier, sep, mode = (x.strip() for x in item.partition("="))
+        if not sep or not tier or mode not in ("enforce", "shadow", "off"):
+            raise ConfigurationError(
+                f"DISTILLGUARD_TIER_DETECTION must be tier=enforce|shadow|off pairs, got {item!r}"
+            )
+        pairs.append((tier, mode))  # type: ignore[arg-type]  # checked just above
+    return tuple(pairs)
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -197,12 +214,14 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     limits = get("LIMITS")
     storage = get("STORAGE_URI")
     shadow = get("SHADOW")
+    tiers = get("TIER_DETECTION")
     body = get("MAX_BODY_BYTES")
     return Settings(
         environment=environment,
         limits=DEFAULT_LIMITS if limits is None else limits,
         storage_uri=storage or DEFAULT_STORAGE_URI,
         shadow=False if shadow is None else _bool("DISTILLGUARD_SHADOW", shadow),
+        tier_detection=() if tiers is None else _tier_detection(tiers),
         detectors=detectors,
         max_body_bytes=DEFAULT_MAX_BODY_BYTES if body is None else _int("DISTILLGUARD_MAX_BODY_BYTES", body),
         dev_defaults=tuple(defaults),

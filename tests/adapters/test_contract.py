@@ -414,6 +414,45 @@ SCENARIOS = [
     ),
     pytest.param(
         Case(
+            lambda k: make_token(tier="partner"),
+            200,
+            guard=lambda k: {
+                "detectors": [StaticDetector(1.0)],
+                "policy": Policy(tier_detection={"partner": "shadow"}),
+            },
+            app_calls=1,
+        ),
+        id="shadow-tier-would-block",
+    ),
+    pytest.param(
+        Case(
+            lambda k: make_token(tier="partner"),
+            429,
+            "rate_limited",
+            guard=lambda k: {
+                "limits": LimitConfig(default="1/minute"),
+                "policy": Policy(tier_detection={"partner": "off"}),
+            },
+            repeat=2,
+            app_calls=1,
+        ),
+        id="detection-off-tier-still-rate-limited",
+    ),
+    pytest.param(
+        Case(
+            lambda k: make_token(tier="free"),
+            429,
+            "suspicious_usage",
+            guard=lambda k: {
+                "detectors": [StaticDetector(1.0)],
+                "policy": Policy(tier_detection={"partner": "shadow"}),
+            },
+            app_calls=0,
+        ),
+        id="other-tiers-still-blocked",
+    ),
+    pytest.param(
+        Case(
             _valid,
             413,
             "request_too_large",

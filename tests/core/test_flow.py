@@ -449,3 +449,47 @@ def test_no_request_metadata_breaks_the_pipeline(
         )
         assert not any(e.startswith("guard:") for e in decision.errors)
         assert decision.action is (Action.DEGRADE if token else Action.UNAUTHENTICATED)
+
+
+def test_a_shadow_tier_is_scored_never_refused_but_still_limited(guard_factory: Callable[..., Guard]) -> None:
+    """A tier in shadow detection gets the block verdict recorded but served, and is still
+    refused by its limits; other tiers are blocked."""
+    detector = StaticDetector(1.0)
+    guard = guard_factory(
+        limits=LimitConfig(default="1/minute"),
+        detectors=[detector],
+        policy=Policy(tier_detection={"integration": "shadow"}),
+    )
+    perform = guard.sync_performer()
+    trusted = make_token(sub="backend", tier="integration")
+    first, second = (drive(guard.flow(request(trusted)), perform) for _ in range(2))
+    assert (first.action, first.shadow, first.problem, first.body) == (Action.BLOCK, True, None, None)
+    assert first.results and first.results[0].score == 1.0
+    assert second.action is Action.RATE_LIMITED and second.problem is not None and not second.shadow
+    other = drive(guard.flow(request(make_token(sub="someone", tier="free"))), perform)
+    assert other.action is Action.BLOCK and other.problem is not None
+
+
+def test_a_tier_with_detection_off_runs_no_detector(guard_factory: Callable[..., Guard]) -> None:
+    """Detection ``"off"``: no detector runs (a raising one with ``on_error="block"`` would
+    block), the request is allowed and its limits still apply."""
+    broken = RaisingDetector()
+    guard = guard_factory(
+        limits=LimitConfig(default="1/minute"),
+        detectors=[broken],
+        policy=Policy(on_error="block", tier_detection={"internal": "off"}),
+    )
+    perform = Recording(guard.sync_performer())
+    token = make_token(sub="batch-job", tier="internal")
+    first = drive(guard.flow(request(token)), perform)
+    assert (first.action, first.results, broken.calls) == (Action.ALLOW, (), 0)
+    assert "RunDetector" not in perform.effects
+    assert drive(guard.flow(request(token)), perform).action is Action.RATE_LIMITED
+    assert drive(guard.flow(request(make_token(sub="x", tier="free"))), perform).action is Action.BLOCK
+
+
+def test_tier_detection_is_checked() -> None:
+    """Unknown modes and non-string tiers fail at construction."""
+    for bad in ({"pro": "ignore"}, {1: "off"}, [("pro", "off")]):
+        with pytest.raises(ConfigurationError):
+            Policy(tier_detection=bad)  # type: ignore[arg-type]

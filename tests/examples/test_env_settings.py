@@ -55,6 +55,7 @@ def test_custom_values_take_effect(caplog: pytest.LogCaptureFixture) -> None:
         "DISTILLGUARD_LIMITS": "5/second;50/hour",
         "DISTILLGUARD_STORAGE_URI": "memory://?x=1",
         "DISTILLGUARD_SHADOW": "yes",
+        "DISTILLGUARD_TIER_DETECTION": " partner = shadow, internal=off ,",
         "DISTILLGUARD_MAX_BODY_BYTES": "4096",
     }
     with caplog.at_level(logging.WARNING):
@@ -70,6 +71,7 @@ def test_custom_values_take_effect(caplog: pytest.LogCaptureFixture) -> None:
     assert [c.policy for c in guard.plan.checks_for(identity)] == ["5-per-1-second", "50-per-1-hour"]
     assert guard.plan.config.storage_uri == "memory://?x=1"
     assert guard.policy.shadow
+    assert guard.policy.tier_detection == {"partner": "shadow", "internal": "off"}
     assert guard.max_body_bytes == 4096
     assert guard.detectors == ()
 
@@ -89,6 +91,8 @@ def test_overrides_replace_environment() -> None:
         pytest.param("DISTILLGUARD_LIMITS", "10/fortnight", "invalid limit string", id="limits-unit"),
         pytest.param("DISTILLGUARD_STORAGE_URI", "localhost:6379", "storage URI", id="storage"),
         pytest.param("DISTILLGUARD_SHADOW", "maybe", "true or false", id="shadow"),
+        pytest.param("DISTILLGUARD_TIER_DETECTION", "partner=quiet", "tier=enforce", id="tier-mode"),
+        pytest.param("DISTILLGUARD_TIER_DETECTION", "partner", "tier=enforce", id="tier-no-mode"),
         pytest.param("DISTILLGUARD_MAX_BODY_BYTES", "1MB", "integer", id="body-not-int"),
         pytest.param("DISTILLGUARD_MAX_BODY_BYTES", "0", "positive", id="body-zero"),
         pytest.param("DISTILLGUARD_JWT_SECRET", "short", "at least 32 bytes", id="short-secret"),
