@@ -69,7 +69,7 @@ _COUNT_FROM = 16  # the sustained counts start with the client's 16th request (n
 
 
 class _State:
-    __slots__ = ("counts", "flags", "halved", "n", "pos", "rings")
+    __slots__ = ("counts", "due", "flags", "n", "pos", "rings")
 
     def __init__(self, window: int) -> None:
         # three rings in one buffer (one object header, not three), each ``4 * window`` bytes,
@@ -80,7 +80,7 @@ class _State:
         self.n = 0
         self.pos = 0
         self.counts: bytearray | None = None  # the sustained skeleton counts, made when first used
-        self.halved = 0.0  # when the sustained counts were last halved by time
+        self.due = 0.0  # when the sustained counts are next halved by time
 
 
 class TemplateSweepDetector:
@@ -197,7 +197,11 @@ class TemplateSweepDetector:
         state.flags = flags = ((state.flags << 1) | recurring) & self._mask
         state.n = n = state.n + 1
         eligible = skel_hash >= 0 and (budget is None or budget > self.min_output)
-        sustained = self._sustained(state, observation.timestamp, skel_hash if eligible else -1)
+        sustained = (
+            self._sustained(state, observation.timestamp, skel_hash if eligible else -1)
+            if state.counts is not None or (eligible and n >= _COUNT_FROM)
+            else 0
+        )
         seen = n if n < window else window
         share = flags.bit_count() / seen
         score = ramp(share, self.low, self.high) if n >= self.min_requests else 0.0
@@ -220,15 +224,13 @@ class TemplateSweepDetector:
         and return its count."""
         counts = state.counts
         if counts is None:
-            if skel_hash < 0 or state.n < _COUNT_FROM:
-                return 0
             counts = state.counts = bytearray(_BUCKETS)
-            state.halved = now
-        halvings = int((now - state.halved) // self.sustained_halflife) if now > state.halved else 0
-        if halvings:
-            state.halved += halvings * self.sustained_halflife
-        if state.n % self.sustained_every == 0:
-            halvings += 1
+            state.due = now + self.sustained_halflife
+        halvings = 1 if state.n % self.sustained_every == 0 else 0
+        if now >= state.due:  # out-of-order timestamps (replays) never halve
+            elapsed = int((now - state.due) // self.sustained_halflife) + 1
+            state.due += elapsed * self.sustained_halflife
+            halvings += elapsed
         if halvings:
             if halvings >= 8:
                 counts[:] = bytes(_BUCKETS)
