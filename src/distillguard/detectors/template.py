@@ -43,11 +43,12 @@ text is TPR 1.0 at 13.6% window FPR; the target here is every one-client sweep w
 queries with no false positive.
 
 **Cost.** One C-level ``filter`` over the word hashes (shared), three small tuple hashes, four
-byte searches (``bytearray.count``/``in``) over ``4 * window`` bytes; one ``bytes.translate``
-per halving of the sustained counts. State: two ``window``-entry arrays of 32-bit hashes, one
-of 16-bit anchor pairs (a chance match of 16 bits adds one to a count that needs 11) and a
-``window``-bit ring (~850 bytes per client at the default window of 64), and the 128 sustained
-counters (~180 bytes, made from the client's 16th request on).
+byte searches (``bytearray.count``/``find``) over at most ``4 * window`` bytes; one
+``bytes.translate`` per halving of the sustained counts. State: one buffer of 16-bit hashes,
+``window`` each of skeletons, texts and head and tail anchors (a chance match of 16 bits, about
+one query in a thousand, adds one to a count that needs 5 or 11, or takes a new text for a
+repeat), and a ``window``-bit ring: ~600 bytes per client at the default window of 64; the 128
+sustained counters add 128 bytes to the buffer from the client's 16th request on.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ from ._text import features
 __all__ = ["TemplateSweepDetector"]
 
 _EMPTY = DetectorResult("template_sweep", 0.0)
-_NONE = bytes(4)
 _NONE16 = bytes(2)
 _TAIL = 0x9E3779B9  # keeps a tail anchor from matching a head anchor of the same words
 _BUCKETS = 128  # sustained skeleton counters per client (8 bits each)
@@ -69,17 +69,17 @@ _COUNT_FROM = 16  # the sustained counts start with the client's 16th request (n
 
 
 class _State:
-    __slots__ = ("counts", "due", "flags", "n", "pos", "rings")
+    __slots__ = ("due", "flags", "n", "pos", "rings")
 
     def __init__(self, window: int) -> None:
-        # three rings in one buffer (one object header, not three), each ``4 * window`` bytes,
-        # searched as bytes within its own range: the skeletons' and the texts' 32-bit
-        # little-endian hashes, then the 16-bit head and tail anchors of each query
-        self.rings = bytearray(12 * window)
+        # three rings in one buffer (one object header, not three), searched as bytes within
+        # their own range: the skeletons' and the texts' 16-bit hashes (``2 * window`` bytes
+        # each), then the 16-bit head and tail anchors of each query (``4 * window``); from the
+        # client's 16th request the ``_BUCKETS`` sustained skeleton counts follow
+        self.rings = bytearray(8 * window)
         self.flags = 0
         self.n = 0
         self.pos = 0
-        self.counts: bytearray | None = None  # the sustained skeleton counts, made when first used
         self.due = 0.0  # when the sustained counts are next halved by time
 
 
@@ -166,17 +166,16 @@ class TemplateSweepDetector:
         state = self.states.get(observation.identity.client_id)
         rings = state.rings
         window = self.window
-        texts, anchors, end = 4 * window, 8 * window, 12 * window  # where each ring starts
-        text_key = (feats.key or 1).to_bytes(4, "little")
-        skel_key = _NONE
-        head = tail = _NONE16
+        texts, anchors, end = 2 * window, 4 * window, 8 * window  # where each ring starts
+        text_key = ((feats.key & 0xFFFF) or 1).to_bytes(2, "little")
+        skel_key = head = tail = _NONE16
         count = anchored = 0
         skel_hash = -1
         if rings.find(text_key, texts, anchors) < 0:
             hashes = feats.hashes
             if len(skeleton) >= self.min_fixed and len(skeleton) < len(hashes):
                 skel_hash = (hash(skeleton) & 0xFFFFFFFF) or 1
-                skel_key = skel_hash.to_bytes(4, "little")
+                skel_key = ((skel_hash & 0xFFFF) or 1).to_bytes(2, "little")
                 count = rings.count(skel_key, 0, texts)
             k = self.anchor
             if len(hashes) > k:
@@ -184,11 +183,12 @@ class TemplateSweepDetector:
                 tail = (((hash(tuple(hashes[-k:])) ^ _TAIL) & 0xFFFF) or 1).to_bytes(2, "little")
                 anchored = max(rings.count(head, anchors, end), rings.count(tail, anchors, end))
         pos = state.pos
-        at = 4 * pos
-        rings[at : at + 4] = skel_key
-        rings[texts + at : texts + at + 4] = text_key
-        rings[anchors + at : anchors + at + 2] = head
-        rings[anchors + at + 2 : anchors + at + 4] = tail
+        at = 2 * pos
+        rings[at : at + 2] = skel_key
+        rings[texts + at : texts + at + 2] = text_key
+        at = anchors + 4 * pos
+        rings[at : at + 2] = head
+        rings[at + 2 : at + 4] = tail
         state.pos = pos + 1 if pos + 1 < window else 0
         budget = query.max_tokens
         recurring = (count + 1 >= self.recur or anchored + 1 >= self.anchor_recur) and (
@@ -199,7 +199,7 @@ class TemplateSweepDetector:
         eligible = skel_hash >= 0 and (budget is None or budget > self.min_output)
         sustained = (
             self._sustained(state, observation.timestamp, skel_hash if eligible else -1)
-            if state.counts is not None or (eligible and n >= _COUNT_FROM)
+            if len(rings) > end or (eligible and n >= _COUNT_FROM)
             else 0
         )
         seen = n if n < window else window
@@ -222,9 +222,10 @@ class TemplateSweepDetector:
         """Age the client's sustained skeleton counts (halved every ``sustained_every`` requests
         and every ``sustained_halflife`` seconds), count ``skel_hash`` (``-1``: nothing to count)
         and return its count."""
-        counts = state.counts
-        if counts is None:
-            counts = state.counts = bytearray(_BUCKETS)
+        rings = state.rings
+        counts = 8 * self.window  # where the counts start
+        if len(rings) == counts:
+            rings.extend(bytes(_BUCKETS))
             state.due = now + self.sustained_halflife
         halvings = 1 if state.n % self.sustained_every == 0 else 0
         if now >= state.due:  # out-of-order timestamps (replays) never halve
@@ -233,14 +234,14 @@ class TemplateSweepDetector:
             halvings += elapsed
         if halvings:
             if halvings >= 8:
-                counts[:] = bytes(_BUCKETS)
+                rings[counts:] = bytes(_BUCKETS)
             else:
                 for _ in range(halvings):
-                    counts[:] = counts.translate(_HALF)
+                    rings[counts:] = rings[counts:].translate(_HALF)
         if skel_hash < 0:
             return 0
-        at = skel_hash % _BUCKETS
-        value = counts[at]
+        at = counts + skel_hash % _BUCKETS
+        value = rings[at]
         if value < 255:
-            counts[at] = value = value + 1
+            rings[at] = value = value + 1
         return value
