@@ -23,6 +23,7 @@ NAMES = [
     "volume_timing",
     "prada",
     "scripted_sweep",
+    "word_salad",
 ]
 
 

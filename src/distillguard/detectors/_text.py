@@ -6,6 +6,7 @@ are reproducible), and ``key`` is the CRC-32 of the raw prompt (exact repeats). 
 
 * ``content``: the distinct hashes of the prompt's *content* words (not in
   :data:`COMMON_WORDS`): MinHash values and LSH buckets are its minimum and maximum;
+  ``distinct``, the number of distinct words, comes with it;
 * ``skeleton``: the sequence of *common* words of the prompt (the function words and the
   instruction words that make up a template's fixed part; numbers, names and other rare words
   are the slots and drop out);
@@ -100,7 +101,7 @@ def prompt_text(query: Query) -> str:
 class TextFeatures:
     """Features of one prompt (see the module docstring). Attributes are computed on demand."""
 
-    __slots__ = ("_codes", "_content", "_skeleton", "hashes", "key", "words")
+    __slots__ = ("_codes", "_content", "_distinct", "_skeleton", "hashes", "key", "words")
 
     def __init__(self, text: str) -> None:
         try:
@@ -111,6 +112,7 @@ class TextFeatures:
         self.hashes: list[int] = list(map(zlib.crc32, self.words))
         self.key: int = zlib.crc32(raw)
         self._content: set[int] | None = None
+        self._distinct = 0
         self._skeleton: tuple[int, ...] | None = None
         self._codes: list[int] | None = None
 
@@ -118,8 +120,17 @@ class TextFeatures:
     def content(self) -> set[int]:
         """The hashes of the prompt's distinct *content* words (not in :data:`COMMON_WORDS`)."""
         if self._content is None:
-            self._content = set(self.hashes).difference(_COMMON_HASHES)
+            unique = set(self.hashes)
+            self._distinct = len(unique)
+            self._content = unique.difference(_COMMON_HASHES)
         return self._content
+
+    @property
+    def distinct(self) -> int:
+        """How many distinct words the prompt has (built with :attr:`content`)."""
+        if self._content is None:
+            self.content  # noqa: B018  # computes both
+        return self._distinct
 
     @property
     def skeleton(self) -> tuple[int, ...]:

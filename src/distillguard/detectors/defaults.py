@@ -12,6 +12,7 @@ name                class                          catches
 ``volume_timing``   :class:`VolumeTimingDetector`  sustained, machine-regular streams
 ``prada``           :class:`PradaDetector`         synthetic/perturbed numeric inputs
 ``scripted_sweep``  :class:`ScriptedSweepDetector` new standalone prompts at a machine cadence
+``word_salad``      :class:`WordSaladDetector`     random-word queries (no word ever repeats)
 =================== ============================== ==========================================
 
 Every one of them is also registered under its name in the ``distillguard.detectors``
@@ -29,6 +30,7 @@ from .probing import ParameterProbeDetector
 from .scripted import ScriptedSweepDetector
 from .template import TemplateSweepDetector
 from .timing import VolumeTimingDetector
+from .word_salad import WordSaladDetector
 
 __all__ = [
     "DEFAULT_DETECTORS",
@@ -40,6 +42,7 @@ __all__ = [
     "ScriptedSweepDetector",
     "TemplateSweepDetector",
     "VolumeTimingDetector",
+    "WordSaladDetector",
     "default_detectors",
 ]
 
@@ -51,6 +54,7 @@ DEFAULT_DETECTORS: dict[str, type[Any]] = {
     "volume_timing": VolumeTimingDetector,
     "prada": PradaDetector,
     "scripted_sweep": ScriptedSweepDetector,
+    "word_salad": WordSaladDetector,
 }
 """The built-in detectors by name."""
 

@@ -19,10 +19,10 @@ sweep reaches a near-duplicate rate of ~0.84 after 100 queries, benign conversat
 median of 0.02 (detection.md).
 
 **Cost.** O(words) to build the content-word set (shared with the other text detectors), a
-``min`` and a ``max`` over it; one ``bytearray.count`` over ``4 * window`` bytes. State: ``4 * window``
-bytes of band keys, ``window`` 32-bit text hashes and a ``window``-bit ring (~700 bytes per client
-at the default window of 64; the rings grow with the client's first ``window`` queries, so a
-client seen once holds ~200 bytes).
+``min`` and a ``max`` over it; one ``bytearray.count`` over ``4 * window`` bytes. State:
+``4 * window`` bytes of band keys, ``window`` 16-bit text hashes and a ``window``-bit ring (~570
+bytes per client at the default window of 64; the rings grow with the client's first
+``window`` queries, so a client seen once holds ~200 bytes).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ _EMPTY = DetectorResult("near_duplicate", 0.0)
 
 
 class _State:
-    """Rings of the last ``window`` band keys and exact-text keys (4 bytes each, little-endian,
-    searched as bytes), grown as queries arrive (a client seen once holds 8 bytes of them), and
-    a ``window``-bit ring of near-duplicate flags. Slot ``i`` holds text query ``i % window``."""
+    """Rings of the last ``window`` band keys (4 bytes each) and exact-text keys (2 bytes each:
+    a chance match, about one query in five hundred, takes a variant for a repeat), little-
+    endian, searched as bytes, grown as queries arrive (a client seen once holds 6 bytes of
+    them), and a ``window``-bit ring of near-duplicate flags. Slot ``i`` holds text query
+    ``i % window``."""
 
     __slots__ = ("flags", "keys", "n", "texts")
 
@@ -113,7 +115,7 @@ class NearDuplicateDetector:
         state = self.states.get(observation.identity.client_id)
         keys = state.keys
         texts = state.texts
-        text_key = (feats.key or 1).to_bytes(4, "little")
+        text_key = ((feats.key & 0xFFFF) or 1).to_bytes(2, "little")
         # exact repeats (retries, regenerations) do not count
         dup = text_key not in texts and keys.count(key) >= self.cluster
         n = state.n
@@ -125,9 +127,9 @@ class NearDuplicateDetector:
             state.keys = keys + key
             state.texts = texts + text_key
         else:
-            at = slice(4 * (n % window), 4 * (n % window) + 4)
-            keys[at] = key
-            texts[at] = text_key
+            slot = n % window
+            keys[4 * slot : 4 * slot + 4] = key
+            texts[2 * slot : 2 * slot + 2] = text_key
         state.flags = flags = ((state.flags << 1) | dup) & self._mask
         state.n = n = n + 1
         rate = flags.bit_count() / (n if n < window else window)
