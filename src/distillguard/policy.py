@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
 from .decision import Action
@@ -59,7 +60,7 @@ class Policy:
     on_error: Literal["ignore", "block"] = "ignore"
     shadow: bool = False
     risk: RiskPolicy | None = None
-    tier_detection: Mapping[str, DetectionMode] = field(default_factory=dict)
+    tier_detection: Mapping[str, DetectionMode] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tier_detection, Mapping) or not all(
@@ -69,6 +70,8 @@ class Policy:
             raise ConfigurationError(
                 "Policy.tier_detection must map tier names to 'enforce', 'shadow' or 'off'"
             )
+        # a read-only copy: the caller's dict may change after the guard is built
+        object.__setattr__(self, "tier_detection", MappingProxyType(dict(self.tier_detection)))
         if isinstance(self.degrade_fields, str):  # "logprobs" would remove "l", "o", ...
             raise ConfigurationError("Policy.degrade_fields must be a list of field names")
         levels = [t for t in (self.flag, self.degrade, self.block) if t is not None]

@@ -493,3 +493,14 @@ def test_tier_detection_is_checked() -> None:
     for bad in ({"pro": "ignore"}, {1: "off"}, [("pro", "off")]):
         with pytest.raises(ConfigurationError):
             Policy(tier_detection=bad)  # type: ignore[arg-type]
+
+
+def test_tier_detection_is_a_read_only_copy() -> None:
+    """Changing the caller's dict afterwards changes nothing; a policy stays hashable."""
+    modes = {"partner": "shadow"}
+    policy = Policy(tier_detection=modes)  # type: ignore[arg-type]
+    modes["partner"] = "off"
+    assert policy.tier_detection == {"partner": "shadow"}
+    with pytest.raises(TypeError):
+        policy.tier_detection["partner"] = "off"  # type: ignore[index]
+    assert hash(policy) == hash(Policy())
