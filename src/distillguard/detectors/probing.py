@@ -22,7 +22,9 @@ low, so the points of new ``logit_bias`` maps also go into a *probe mass* that d
 score is at least ``mass / (2 * sustained)``, the flag level (0.5) once ``sustained`` (8) new
 maps have been sent within about ``horizon`` (256) requests. A probe never sends a map twice,
 while an app sends its fixed maps again and again: each request with a known map multiplies the
-mass by 0.9, so an app's first dozen label sets do not linger as a dozen probes.
+mass by 0.9, so an app's first dozen label sets do not linger as a dozen probes. (A prober
+that re-sends two known maps after each new one, among many ordinary requests, keeps the mass
+below the flag level: the reuse cut is the price of not flagging apps.)
 
 **Anchor.** Carlini et al., "Stealing Part of a Production Language Model" (ICML 2024): top-5
 logprobs plus logit_bias recover a logit row in ~0.25 queries per logit, logit_bias alone in
