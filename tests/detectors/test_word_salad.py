@@ -74,3 +74,19 @@ def test_word_salad_options_are_checked() -> None:
     for options in ({"min_words": 2}, {"distinct": 0.2}, {"low": 0.8, "high": 0.5}, {"min_requests": 100}):
         with pytest.raises(ConfigurationError):
             WordSaladDetector(**options)  # type: ignore[arg-type]
+
+
+def test_punctuated_prompts_without_repeats_are_not_word_salad() -> None:
+    """Long prompts whose words never repeat but that are punctuated like sentences (as in
+    languages whose words rarely repeat) stay at 0; the same words unpunctuated are flagged."""
+    rng = random.Random(3)
+    words = [rng.sample(VOCABULARY, 24) for _ in range(80)]
+    sentences = [f"{' '.join(w[:10])}, {' '.join(w[10:18])}. {' '.join(w[18:])}." for w in words]
+    assert max(scores(WordSaladDetector(), sentences)) == 0.0
+    assert max(scores(WordSaladDetector(), [" ".join(w) + "?" for w in words])) == 0.7
+
+
+def test_punctuation_counts_ascii_marks() -> None:
+    """``TextFeatures.punctuation`` counts ASCII punctuation marks, not whitespace."""
+    assert TextFeatures("Hello, world!\n\tBye.").punctuation == 3
+    assert TextFeatures("no marks here").punctuation == 0

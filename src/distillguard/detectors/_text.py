@@ -6,7 +6,8 @@ are reproducible), and ``key`` is the CRC-32 of the raw prompt (exact repeats). 
 
 * ``content``: the distinct hashes of the prompt's *content* words (not in
   :data:`COMMON_WORDS`): MinHash values and LSH buckets are its minimum and maximum;
-  ``distinct``, the number of distinct words, comes with it;
+  ``distinct``, the number of distinct words, comes with it; ``punctuation`` counts the
+  prompt's ASCII punctuation marks;
 * ``skeleton``: the sequence of *common* words of the prompt (the function words and the
   instruction words that make up a template's fixed part; numbers, names and other rare words
   are the slots and drop out);
@@ -49,6 +50,7 @@ for _c in _PUNCT:
 for _c in range(ord("0"), ord("9") + 1):
     _TABLE[_c] = ord("0")
 _TRANSLATE = bytes(_TABLE)
+_MARKS = bytes(c for c in _PUNCT if c > 32)  # the punctuation marks, without the whitespace
 _PREFIX = itemgetter(slice(0, 4))
 _SALT = 0x5BD1E995
 
@@ -101,13 +103,14 @@ def prompt_text(query: Query) -> str:
 class TextFeatures:
     """Features of one prompt (see the module docstring). Attributes are computed on demand."""
 
-    __slots__ = ("_codes", "_content", "_distinct", "_skeleton", "hashes", "key", "words")
+    __slots__ = ("_codes", "_content", "_distinct", "_skeleton", "hashes", "key", "raw", "words")
 
     def __init__(self, text: str) -> None:
         try:
             raw = text.encode()
         except UnicodeEncodeError:  # lone surrogates
             raw = text.encode("utf-8", "surrogatepass")
+        self.raw = raw
         self.words: list[bytes] = raw.translate(_TRANSLATE).split()
         self.hashes: list[int] = list(map(zlib.crc32, self.words))
         self.key: int = zlib.crc32(raw)
@@ -124,6 +127,12 @@ class TextFeatures:
             self._distinct = len(unique)
             self._content = unique.difference(_COMMON_HASHES)
         return self._content
+
+    @property
+    def punctuation(self) -> int:
+        """How many ASCII punctuation marks the prompt has (one C-level pass, on demand)."""
+        raw = self.raw
+        return len(raw) - len(raw.translate(None, _MARKS))
 
     @property
     def distinct(self) -> int:
