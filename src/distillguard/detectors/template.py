@@ -191,12 +191,11 @@ class TemplateSweepDetector:
         rings[at + 2 : at + 4] = tail
         state.pos = pos + 1 if pos + 1 < window else 0
         budget = query.max_tokens
-        recurring = (count + 1 >= self.recur or anchored + 1 >= self.anchor_recur) and (
-            budget is None or budget > self.min_output
-        )
+        long_output = budget is None or budget > self.min_output
+        recurring = long_output and (count + 1 >= self.recur or anchored + 1 >= self.anchor_recur)
         state.flags = flags = ((state.flags << 1) | recurring) & self._mask
         state.n = n = state.n + 1
-        eligible = skel_hash >= 0 and (budget is None or budget > self.min_output)
+        eligible = long_output and skel_hash >= 0
         sustained = (
             self._sustained(state, observation.timestamp, skel_hash if eligible else -1)
             if len(rings) > end or (eligible and n >= _COUNT_FROM)
@@ -224,8 +223,8 @@ class TemplateSweepDetector:
         and return its count."""
         rings = state.rings
         counts = 8 * self.window  # where the counts start
-        if len(rings) == counts:
-            rings.extend(bytes(_BUCKETS))
+        if len(rings) == counts:  # a copy of the exact size (extending over-allocates)
+            rings = state.rings = rings + bytes(_BUCKETS)
             state.due = now + self.sustained_halflife
         halvings = 1 if state.n % self.sustained_every == 0 else 0
         if now >= state.due:  # out-of-order timestamps (replays) never halve
