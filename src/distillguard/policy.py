@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 from .decision import Action
 from .detectors import DetectorResult
 from .errors import ConfigurationError
 from .risk import RiskPolicy
 
-__all__ = ["DetectionMode", "Policy", "decide", "detection_mode"]
+__all__ = ["DETECTION_MODES", "DetectionMode", "Policy", "decide", "detection_mode"]
 
 DetectionMode = Literal["enforce", "shadow", "off"]
 """What the detectors do for a tier: decide (``"enforce"``), only record (``"shadow"``), or not
 run at all (``"off"``)."""
+DETECTION_MODES: tuple[DetectionMode, ...] = get_args(DetectionMode)
+"""Every :data:`DetectionMode`."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,8 +66,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.tier_detection, Mapping) or not all(
-            isinstance(tier, str) and mode in ("enforce", "shadow", "off")
-            for tier, mode in self.tier_detection.items()
+            isinstance(tier, str) and mode in DETECTION_MODES for tier, mode in self.tier_detection.items()
         ):
             raise ConfigurationError(
                 "Policy.tier_detection must map tier names to 'enforce', 'shadow' or 'off'"

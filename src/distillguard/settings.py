@@ -47,7 +47,7 @@ from .errors import ConfigurationError
 from .guard import Guard
 from .identity import JWTConfig
 from .limiting import LimitConfig
-from .policy import DetectionMode, Policy
+from .policy import DETECTION_MODES, DetectionMode, Policy
 from .risk import RiskPolicy
 
 __all__ = [
@@ -162,11 +162,11 @@ def _tier_detection(raw: str) -> tuple[tuple[str, DetectionMode], ...]:
     pairs: list[tuple[str, DetectionMode]] = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         tier, sep, mode = (x.strip() for x in item.partition("="))
-        if not sep or not tier or mode not in ("enforce", "shadow", "off"):
+        if not sep or not tier or mode not in DETECTION_MODES:
             raise ConfigurationError(
                 f"DISTILLGUARD_TIER_DETECTION must be tier=enforce|shadow|off pairs, got {item!r}"
             )
-        pairs.append((tier, mode))  # type: ignore[arg-type]  # checked just above
+        pairs.append((tier, mode))
     return tuple(pairs)
 
 
