@@ -35,6 +35,7 @@ __all__ = [
     "SUBJECT",
     "AsyncStaticDetector",
     "BlockingDetector",
+    "Dial",
     "Call",
     "EchoASGIApp",
     "EchoWSGIApp",
@@ -192,6 +193,21 @@ def jwt_config(**overrides: Any) -> JWTConfig:
 
 
 # -- detectors -------------------------------------------------------------------------------
+
+
+class Dial:
+    """A detector whose score is set by the test, with a numeric signal."""
+
+    name = "dial"
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.calls = 0
+
+    def score(self, observation: Observation) -> DetectorResult:
+        self.calls += 1
+        reasons = ("turned_up",) if self.value else ()
+        return DetectorResult(self.name, self.value, reasons, {"level": self.value})
 
 
 class StaticDetector:

@@ -13,31 +13,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from distillguard import Action, ConfigurationError, Guard, Identity, LimitConfig, Policy
 from distillguard._drivers import drive
-from distillguard.detectors import DetectorResult, Observation
+from distillguard.detectors import DetectorResult
 from distillguard.exchange import Exchange
 from distillguard.request import GuardRequest
 from distillguard.risk import RiskEngine, RiskPolicy, calibrate, rescale
-from tests.helpers import guard_spans
+from tests.helpers import Dial, guard_spans
 
 T0 = 1_800_000_000.0
 CHAT = json.dumps(
     {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 5}
 ).encode()
-
-
-class Dial:
-    """A detector whose score is set by the test, with a numeric signal."""
-
-    name = "dial"
-
-    def __init__(self) -> None:
-        self.value = 0.0
-        self.calls = 0
-
-    def score(self, observation: Observation) -> DetectorResult:
-        self.calls += 1
-        reasons = ("turned_up",) if self.value else ()
-        return DetectorResult(self.name, self.value, reasons, {"level": self.value})
 
 
 def result(score: float, name: str = "dial") -> DetectorResult:

@@ -140,6 +140,19 @@ def _identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
     return identity
 
 
+def _boxed(
+    identity: Identity, policy: Policy, left: float, limits: tuple[LimitOutcome, ...] = ()
+) -> Decision:
+    """The refusal of a client in the penalty box for ``left`` more seconds."""
+    return Decision(
+        action=Action.BLOCK,
+        identity=identity,
+        problem=Problem.suspicious_usage(policy.block_status, max(1, int(left) + 1)),
+        reasons=("risk:penalty_box",),
+        limits=limits,
+    )
+
+
 def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     """Decide one request. See the module docstring for the order of steps."""
     policy = guard.policy
@@ -150,20 +163,23 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
 
     mode = detection_mode(policy, identity.tier)
     risk = guard.risk if mode != "off" else None
+    box: LimitCheck | None = None  # the client's window in the shared penalty box
     if risk is not None and not policy.shadow and mode == "enforce":  # the box holds across routes
         until = risk.boxed_until(identity.client_id, now)
         if until is not None:
-            retry = int(until - now) + 1
-            return Decision(
-                action=Action.BLOCK,
-                identity=identity,
-                problem=Problem.suspicious_usage(policy.block_status, retry),
-                reasons=("risk:penalty_box",),
-            )
+            return _boxed(identity, policy, until - now)
+        box = risk.box_check(identity)
 
     query = parse_query(request.body, request.content_type)
     checks = guard.plan.checks_for(identity, request.path, query)
+    if box is not None:  # read in the same round trip, first: a boxed client is charged nothing
+        checks = (box, *checks)
     outcomes = yield from _limits(checks, now)
+    if box is not None and outcomes and outcomes[0].mode in ("primary", "fallback"):
+        read, outcomes = outcomes[0], outcomes[1:]
+        if not read.allowed and risk is not None:  # another replica boxed the client
+            until = risk.box(identity.client_id, now, read.reset_at)  # no need to ask again
+            return _boxed(identity, policy, until - now, tuple(outcomes))
     headers = tuple(ratelimit_fields(outcomes, now)) if guard.plan.config.headers else ()
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     refused = [o for o in outcomes if not o.allowed]
@@ -225,6 +241,8 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         )
     problem: Problem | None = None
     body = None
+    if action is Action.BLOCK and box is not None:  # tell the other replicas
+        yield ChargeLimit(box, box.item.amount + 1)
     if action is Action.BLOCK:
         problem = Problem.suspicious_usage(policy.block_status, policy.block_retry_after)
         headers = ()  # never disclose quota to a client the detectors refused

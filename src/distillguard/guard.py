@@ -104,7 +104,11 @@ class Guard:
         self.plan = LimitPlan(limits or LimitConfig())
         self.limiter_stats = LimiterStats()
         self.policy = policy or Policy()
-        self.risk = RiskEngine(self.policy.risk) if self.policy.risk is not None else None
+        self.risk = (
+            RiskEngine(self.policy.risk, shared=not self.plan.config.storage_uri.startswith("memory://"))
+            if self.policy.risk is not None
+            else None
+        )
         self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider, meter_provider)
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
         self.max_body_bytes = max_body_bytes

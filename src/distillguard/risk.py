@@ -21,6 +21,15 @@ the maximum, so that several moderate signals add up.)
   ``penalty_seconds``: every request with that identity, on every route, is refused before the
   limits or the detectors run.
 
+**Several replicas.** Risk is kept per process. The penalty box is too, and when the limit
+storage is shared (Redis: ``LimitConfig.storage_uri`` other than ``memory://``) it is also kept
+there (``share_box``, on by default): a block by one replica is written to the storage as a
+window that expires with the penalty, and every replica reads that window in the same round
+trip as the request's own limits (no extra round trip on a single Redis; one more read per
+request on a Redis Cluster or with the sliding window counter). A replica that finds a client
+boxed there keeps the box locally too and stops asking. If the storage is unreachable the
+replica's own box still holds; throttle and degrade stay per replica.
+
 **Memory.** The risk table holds at most ``max_clients`` clients (LRU, evictions counted). The
 penalty box is a separate table of at most ``max_penalties`` entries; a flood of new identities
 only churns the risk table and can never push a boxed client out. When the box itself is full,
@@ -46,8 +55,10 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
+
+from limits import RateLimitItemPerSecond
 
 from .decision import Action
 from .detectors import DetectorResult
@@ -78,6 +89,9 @@ class RiskPolicy:
         combine: ``"max"`` (the strongest evidence) or ``"noisy_or"``.
         max_clients: the cap on clients with a tracked risk.
         max_penalties: the cap on boxed clients.
+        share_box: also keep the penalty box in the limit storage when that storage is
+            shared (``LimitConfig.storage_uri`` other than ``memory://``), so that a client
+            blocked by one replica is refused by every replica (see the module docstring).
     """
 
     flag: float = 0.5
@@ -92,6 +106,7 @@ class RiskPolicy:
     combine: Literal["max", "noisy_or"] = "max"
     max_clients: int = 100_000
     max_penalties: int = 10_000
+    share_box: bool = True
 
     def __post_init__(self) -> None:
         levels = [t for t in (self.flag, self.throttle, self.degrade, self.block) if t is not None]
@@ -193,10 +208,24 @@ class RiskEngine:
 
     Args:
         policy: the risk policy.
+        shared: whether the limit storage is shared by several processes (the penalty box is
+            then kept there too when ``policy.share_box``; see :meth:`box_check`).
     """
 
-    def __init__(self, policy: RiskPolicy) -> None:
+    def __init__(self, policy: RiskPolicy, shared: bool = False) -> None:
         self.policy = policy
+        self._shared_box = (
+            LimitCheck(
+                policy="penalty-box",
+                item=RateLimitItemPerSecond(1, math.ceil(policy.penalty_seconds)),
+                key=("box",),
+                cost=0,
+                headers=False,
+                strategy="fixed-window",
+            )
+            if shared and policy.share_box
+            else None
+        )
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._box: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
@@ -222,9 +251,11 @@ class RiskEngine:
             return None
         return until
 
-    def box(self, client_id: str, now: float) -> float:
-        """Put ``client_id`` in the penalty box; return when it comes out."""
-        until = now + self.policy.penalty_seconds
+    def box(self, client_id: str, now: float, until: float | None = None) -> float:
+        """Put ``client_id`` in the penalty box (until ``until``, by default for the policy's
+        ``penalty_seconds``); return when it comes out."""
+        if until is None:
+            until = now + self.policy.penalty_seconds
         box = self._box
         with self._lock:
             if client_id not in box and len(box) >= self.policy.max_penalties:
@@ -236,6 +267,20 @@ class RiskEngine:
                     self.box_evictions += 1
             box[client_id] = max(until, box.get(client_id, 0.0))
         return box[client_id]
+
+    def box_check(self, identity: Identity) -> LimitCheck | None:
+        """The window that holds ``identity``'s place in the shared penalty box, or ``None``
+        when the box is kept in this process only.
+
+        The box is a fixed window of one request per ``penalty_seconds`` that the pipeline
+        *reads* with every request (cost 0, in the same round trip as the request's own
+        windows: it refuses once the window is over its limit) and *fills* past its limit when
+        this process blocks the client (:class:`~distillguard.limiting.effects.ChargeLimit`);
+        the storage expires it when the penalty ends."""
+        box = self._shared_box
+        if box is None:
+            return None
+        return replace(box, key=("box", identity.client_id))
 
     @property
     def boxed(self) -> int:

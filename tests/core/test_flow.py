@@ -504,3 +504,70 @@ def test_tier_detection_is_a_read_only_copy() -> None:
     with pytest.raises(TypeError):
         policy.tier_detection["partner"] = "off"  # type: ignore[index]
     assert hash(policy) == hash(Policy())
+
+
+def test_shared_penalty_box_effects() -> None:
+    """With a shared limit storage the flow reads the client's box window first, in the same
+    batch as its windows (cost 0, not disclosed); a box window over its limit refuses the
+    request before the detectors (``Retry-After`` from the window's reset), and a block fills
+    the window past its limit (:class:`ChargeLimit`). The effects are answered by hand: no
+    storage is touched."""
+    from distillguard.limiting import LimitOutcome
+    from distillguard.limiting.effects import ChargeLimit, HitLimits
+    from distillguard.risk import RiskPolicy
+
+    detector = StaticDetector(1.0)
+    guard = Guard(
+        jwt=None,
+        limits=LimitConfig(default="5/minute", storage_uri="redis://127.0.0.1:1/0"),
+        detectors=[detector],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=120)),
+    )
+    now = time.time()
+
+    def batch(effect: HitLimits, boxed: bool) -> tuple[LimitOutcome, ...]:
+        return tuple(
+            LimitOutcome(
+                check=c, allowed=not (boxed and i == 0), remaining=1, reset_at=now + 100, charged=False
+            )
+            for i, c in enumerate(effect.checks)
+        )
+
+    flow = guard.flow(request(identity=Identity(client_id="thief"), timestamp=now))
+    effect = next(flow)
+    assert isinstance(effect, HitLimits)
+    box = effect.checks[0]
+    assert box.key == ("box", "thief") and box.cost == 0 and not box.headers
+    assert box.item.get_expiry() == 120 and len(effect.checks) == 2
+    effect = flow.send(batch(effect, boxed=False))
+    assert isinstance(effect, RunDetector)
+    effect = flow.send(detector.score(effect.observation))
+    assert isinstance(effect, HitLimits) and effect.checks[0].key == ("risk", "thief")  # throttle
+    effect = flow.send(batch(effect, boxed=False))
+    assert isinstance(effect, ChargeLimit) and effect.check == box and effect.amount == 2
+    with pytest.raises(StopIteration) as stop:
+        flow.send(None)
+    blocked = stop.value.value
+    assert blocked.action is Action.BLOCK and all(o.check != box for o in blocked.limits)
+
+    other = Guard(
+        jwt=None,
+        limits=LimitConfig(default="5/minute", storage_uri="redis://127.0.0.1:1/0"),
+        detectors=[detector],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=120)),
+    )  # another replica: its own box is empty
+    calls = detector.calls
+    flow = other.flow(request(identity=Identity(client_id="thief"), timestamp=now))
+    effect = next(flow)
+    assert isinstance(effect, HitLimits)
+    with pytest.raises(StopIteration) as stop:
+        flow.send(batch(effect, boxed=True))
+    refused = stop.value.value
+    assert refused.action is Action.BLOCK and refused.reasons == ("risk:penalty_box",)
+    assert refused.problem is not None and refused.problem.code == "suspicious_usage"
+    assert ("retry-after", "101") in refused.problem.headers
+    assert detector.calls == calls
+    assert other.risk is not None and other.risk.boxed_until("thief", now + 99) is not None
+    with pytest.raises(StopIteration) as stop:  # from its own box now: no effect at all
+        next(other.flow(request(identity=Identity(client_id="thief"), timestamp=now + 1)))
+    assert stop.value.value.reasons == ("risk:penalty_box",)

@@ -2,6 +2,8 @@
 
 Settings come from the environment: ``DG_REDIS_URL`` (the shared storage), ``DG_LIMIT`` (the
 client's windows) and ``DG_STRATEGY``. Each response names the replica (``X-Replica``: its pid).
+A risk policy runs one detector, :class:`Tripwire`, which scores 1 (a block) for a prompt
+containing ``TRIPWIRE`` and 0 for anything else.
 """
 
 from __future__ import annotations
@@ -9,8 +11,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from distillguard import DistillGuardMiddleware, Guard, LimitConfig
+from distillguard import DetectorResult, DistillGuardMiddleware, Guard, LimitConfig, Observation, Policy
+from distillguard.risk import RiskPolicy
 from tests.helpers import jwt_config
+
+
+class Tripwire:
+    """Blocks a prompt that contains ``TRIPWIRE``."""
+
+    name = "tripwire"
+
+    def score(self, observation: Observation) -> DetectorResult:
+        query = observation.query
+        hit = query is not None and "TRIPWIRE" in query.text
+        return DetectorResult(self.name, 1.0 if hit else 0.0, ("tripwire",) if hit else ())
 
 
 async def model(scope: Any, receive: Any, send: Any) -> None:
@@ -32,5 +46,7 @@ guard = Guard(
         strategy=os.environ.get("DG_STRATEGY", "moving-window"),
         storage_uri=os.environ.get("DG_REDIS_URL", "redis://127.0.0.1:6379/0"),
     ),
+    detectors=[Tripwire()],
+    policy=Policy(risk=RiskPolicy(penalty_seconds=60)),
 )
 app = DistillGuardMiddleware(model, guard=guard)

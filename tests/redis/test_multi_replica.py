@@ -1,4 +1,5 @@
-"""Two uvicorn processes sharing one real redis-server hold one client to exactly its limit."""
+"""Two uvicorn processes sharing one real redis-server hold one client to exactly its limit, and
+a client blocked by one of them is refused by the other (the shared penalty box)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,27 @@ def test_one_client_over_two_replicas_gets_exactly_its_limit(replicas: list[int]
                 assert int(response.headers["retry-after"]) >= 1
     assert statuses.count(200) == 10
     assert len(admitted) == 2 and sum(admitted.values()) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replicas", [("100/minute", "moving-window")], indirect=True, ids=["moving"])
+def test_a_client_blocked_by_one_replica_is_refused_by_the_other(replicas: list[int]) -> None:
+    """Replica 1 blocks a client whose prompt trips its detector; replica 2, which never saw
+    that prompt, refuses the client's next harmless request (``suspicious_usage``, a
+    ``Retry-After`` within the penalty) and still serves everyone else."""
+
+    def post(port: int, subject: str, prompt: str) -> httpx.Response:
+        body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
+        headers = {"authorization": f"Bearer {make_token(sub=subject)}"}
+        return client.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers=headers, json=body)
+
+    first, second = replicas
+    with httpx.Client(timeout=5) as client:
+        assert post(second, "thief", "hello").status_code == 200
+        blocked = post(first, "thief", "TRIPWIRE please")
+        assert blocked.status_code == 429 and blocked.json()["code"] == "suspicious_usage"
+        refused = post(second, "thief", "hello again")
+        assert refused.status_code == 429 and refused.json()["code"] == "suspicious_usage"
+        assert 1 <= int(refused.headers["retry-after"]) <= 61
+        served = post(second, "someone-else", "hello")
+        assert served.status_code == 200

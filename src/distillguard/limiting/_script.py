@@ -63,7 +63,7 @@ for i = 1, n do
   local expiry, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   local count, reset = counts[i], 0
   if kind == 'm' then
-    if all and charge then
+    if all and charge and cost > 0 then
       local entries = {}
       for j = 1, cost do entries[j] = now end
       for j = 1, #entries, 5000 do
@@ -76,7 +76,7 @@ for i = 1, n do
     end
     reset = (count > 0 and starts[i] or now) + expiry
   else
-    if all and charge then
+    if all and charge and cost > 0 then
       count = redis.call('incrby', KEYS[i], cost)
       if count == cost then redis.call('expire', KEYS[i], expiry) end
     end

@@ -72,7 +72,7 @@ def charge_window(table: BoundedTable, check: LimitCheck, key: str, charge: bool
         )
     with table.lock:
         if strategy == "fixed-window":
-            if charge:
+            if charge and cost:  # a cost of 0 only reads the window (the shared penalty box)
                 allowed = table.incr(key, expiry, cost) <= limit
                 if not allowed:
                     table.decr(key, cost)  # a refused hit keeps no quota

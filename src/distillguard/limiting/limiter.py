@@ -51,7 +51,7 @@ class Limiter(LimiterBase):
     ) -> tuple[bool, Any]:
         strategy = strategies[check.strategy]
         item, key = check.item, check.key
-        if charge:
+        if charge and check.cost:  # a cost of 0 only reads the window
             allowed = strategy.hit(item, *key, cost=check.cost)
             if not allowed and check.strategy == "fixed-window":
                 refund(storage, check.strategy, *self._window(check), check.cost)
@@ -158,7 +158,7 @@ class AsyncLimiter(LimiterBase):
     ) -> tuple[bool, Any]:
         strategy = strategies[check.strategy]
         item, key = check.item, check.key
-        if charge:
+        if charge and check.cost:  # a cost of 0 only reads the window
             allowed = await strategy.hit(item, *key, cost=check.cost)
             if not allowed and check.strategy == "fixed-window":
                 await arefund(storage, check.strategy, *self._window(check), check.cost)
