@@ -37,6 +37,25 @@ def _loads(body: bytes) -> Any:
     return json.loads(body)
 
 
+_JSON_FIRST = (b"{", b"[")
+_JSON_SPACE = b" \t\r\n"
+_BOM = b"\xef\xbb\xbf"
+
+
+def _json_like(body: bytes) -> bool:
+    """Whether ``body`` may be a JSON document whatever its ``Content-Type`` says: an object
+    or array after JSON whitespace or a UTF-8 byte order mark, or UTF-16/32 text (a zero byte
+    among the first four). ``json.loads`` (and so Starlette's ``request.json()`` and most
+    frameworks) reads all of these, so the guard must see them as JSON too: a body it took for
+    opaque bytes would pass its detectors, token limits and degrade step unseen."""
+    head = body[:64]
+    if b"\x00" in head[:4]:
+        return True
+    if head.startswith(_BOM):
+        head = head[3:]
+    return head.lstrip(_JSON_SPACE)[:1] in _JSON_FIRST
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Query:
     """What one request asks of the model. Built by :func:`parse_query`.
@@ -157,7 +176,7 @@ def parse_query(body: bytes, content_type: str = "application/json") -> Query:
     size = len(body)
     if not body:
         return Query(kind="empty")
-    if "json" not in content_type and body[:1] not in (b"{", b"["):
+    if body[:1] not in _JSON_FIRST and "json" not in content_type.lower() and not _json_like(body):
         return Query(kind="raw", size=size)
     try:
         data = _loads(body)

@@ -783,6 +783,41 @@ def test_degrade_cannot_be_dodged_with_a_lone_surrogate(serve: Callable[..., Ser
     assert "logprobs" not in seen and "top_logprobs" not in seen
 
 
+@pytest.mark.parametrize(
+    ("content_type", "encode"),
+    [
+        ("application/JSON", lambda b: b" " + b),
+        ("text/plain", lambda b: b"\r\n\t" + b),
+        ("application/octet-stream", lambda b: b"\xef\xbb\xbf" + b),
+        (None, lambda b: b.decode().encode("utf-16")),
+        ("application/json; charset=utf-32", lambda b: b.decode().encode("utf-32-be")),
+    ],
+    ids=["upper-case-type", "leading-whitespace", "utf8-bom", "utf16-no-type", "utf32"],
+)
+def test_degrade_cannot_be_dodged_by_how_the_json_is_written(
+    serve: Callable[..., Served], content_type: str | None, encode: Callable[[bytes], bytes]
+) -> None:
+    """A JSON body that ``json.loads`` (and so the app) reads is parsed by the guard too,
+    whatever its ``Content-Type``, leading whitespace, byte order mark or UTF encoding: the
+    detectors see the chat and degrade strips its log probabilities."""
+    seen: list[str] = []
+
+    class Kind(StaticDetector):
+        def score(self, observation: Any) -> Any:
+            seen.append(observation.query.kind)
+            return super().score(observation)
+
+    served = serve(detectors=[Kind(0.8)])
+    headers = {"authorization": f"Bearer {make_token()}"}
+    if content_type is not None:
+        headers["content-type"] = content_type
+    assert served.client.post(CHAT_PATH, content=encode(CHAT), headers=headers).status_code == 200
+    (call,) = served.app.calls
+    assert seen == ["chat"]
+    assert "logprobs" not in json.loads(call.body)
+    assert call.content_length == str(len(call.body))
+
+
 def test_degrade_caps_max_tokens(serve: Callable[..., Served]) -> None:
     """``degrade_max_tokens`` caps ``max_tokens`` in the body the app sees."""
     served = serve(detectors=[StaticDetector(0.8)], policy=Policy(degrade_max_tokens=4))

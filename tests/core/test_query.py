@@ -155,3 +155,29 @@ def test_never_raises_on_odd_json(doc: dict[str, Any]) -> None:
     q = parse_query(json.dumps(doc).encode())
     assert q.n >= 1 and q.inputs >= 1
     assert isinstance(q.text, str)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "content_type", "encoding"),
+    [
+        (b"", "APPLICATION/JSON", "utf-8"),
+        (b" \t\r\n", "text/plain", "utf-8"),
+        (b"\xef\xbb\xbf", "application/octet-stream", "utf-8"),
+        (b"\xef\xbb\xbf \n", "", "utf-8"),
+        (b"", "", "utf-16-le"),
+        (b"", "text/plain", "utf-32"),
+    ],
+)
+def test_json_is_json_however_it_is_labelled(prefix: bytes, content_type: str, encoding: str) -> None:
+    """Whatever ``json.loads`` reads (leading whitespace, a UTF-8 BOM, UTF-16/32, any
+    ``Content-Type`` in any case) the guard parses too: the app would."""
+    doc = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}
+    body = prefix + json.dumps(doc).encode(encoding)
+    assert json.loads(body) == doc  # what a framework's request.json() gets
+    query = parse_query(body, content_type)
+    assert query.kind == "chat" and query.logprobs and query.text == "hi"
+
+
+@pytest.mark.parametrize("raw", [b"hello {", b"  plain text", b"\xef\xbb\xbfnot json", b"a=1&b=[2]"])
+def test_text_that_is_not_json_stays_raw(raw: bytes) -> None:
+    assert parse_query(raw, "text/plain").kind == "raw"
