@@ -8,11 +8,13 @@ example reconciling a token budget with the response's ``usage``) for the adapte
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context, trace
+from opentelemetry.trace import INVALID_SPAN
 
 from .decision import Decision
 from .request import GuardRequest
@@ -67,13 +69,16 @@ class Exchange:
         self.request = request
         # ``carrier``/``getter`` read the request headers (trace context when no span is current);
         # without a current span the guard's span starts at the decision (``_pending``)
-        span, pending, own = guard.telemetry.begin(request, carrier, getter)
-        self.span: Span = span
-        self._pending: Pending | None = pending
-        self._own = own  # False: the span is the server span, enriched (not ended) by the guard
-        self._token: object | None = (
-            otel_context.attach(trace.set_span_in_context(span)) if pending is None and own else None
-        )
+        self.span: Span = INVALID_SPAN
+        self._pending: Pending | None = None
+        self._own = True  # False: the span is the server span, enriched (not ended) by the guard
+        self._token: object | None = None
+        try:
+            self.span, self._pending, self._own = guard.telemetry.begin(request, carrier, getter)
+            if self._pending is None and self._own:
+                self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        except Exception as exc:  # telemetry never breaks a request (a span processor's bug)
+            self._drop_span("start", exc)
         self.decision: Decision | None = None
         self.status: int | None = None
         self.route: str | None = None  # the matched route template, when the framework tells
@@ -83,13 +88,16 @@ class Exchange:
         """Record ``decision`` on the span; return it."""
         self.decision = decision
         telemetry = self.guard.telemetry
-        if self._pending is not None:
-            self.span = telemetry.open(self._pending, decision)
-            self._pending = None
-        telemetry.record(self.span, decision)
-        if not self._own:
-            telemetry.enrich(self.span, decision)
-        self._usage = telemetry.usage_parser(self.span, decision)
+        try:
+            if self._pending is not None:
+                self.span = telemetry.open(self._pending, decision)
+                self._pending = None
+            telemetry.record(self.span, decision)
+            if not self._own:
+                telemetry.enrich(self.span, decision)
+            self._usage = telemetry.usage_parser(self.span, decision)
+        except Exception as exc:
+            self._drop_span("decision", exc)
         self._overhead = perf_counter() - self._started
         return decision
 
@@ -106,9 +114,12 @@ class Exchange:
         if decision is not None and decision.budget is not None:
             decision.budget.observe(chunk)
         if self._usage is not None:
-            self._usage.feed(chunk)
-            if final and not self._own:  # its owner may end the server span once this is sent
-                self._record_usage()
+            try:
+                self._usage.feed(chunk)
+                if final and not self._own:  # its owner may end the server span once this is sent
+                    self._record_usage()
+            except Exception as exc:
+                self._drop_span("response", exc)
 
     def _record_usage(self) -> None:
         telemetry = self.guard.telemetry
@@ -138,19 +149,34 @@ class Exchange:
             self.decision.budget.release()  # every path ends here: completion, disconnect, error
         telemetry = self.guard.telemetry
         decision = self.decision
-        if self._pending is not None:  # ended before any decision
-            self.span = telemetry.open(self._pending, None)
-            self._pending = None
-        usage = telemetry.usage(self._usage, decision) if self.span.is_recording() else None
-        telemetry.finish(
-            self.span,
-            self.status,
-            exc,
-            extra,
-            decision=decision,
-            route=self.route,
-            usage=usage,
-            own=self._own,
-        )
-        if decision is not None:
-            telemetry.metrics.record_duration(self._overhead, decision.action.value)
+        try:
+            if self._pending is not None:  # ended before any decision
+                self.span = telemetry.open(self._pending, None)
+                self._pending = None
+            usage = telemetry.usage(self._usage, decision) if self.span.is_recording() else None
+            telemetry.finish(
+                self.span,
+                self.status,
+                exc,
+                extra,
+                decision=decision,
+                route=self.route,
+                usage=usage,
+                own=self._own,
+            )
+            if decision is not None:
+                telemetry.metrics.record_duration(self._overhead, decision.action.value)
+        except Exception as failure:
+            self._drop_span("end", failure)
+
+    def _drop_span(self, stage: str, exc: Exception) -> None:
+        """Telemetry failed (a span processor, exporter or metric reader raised): log it, end
+        the guard's own span if it was started, and go on without it. The request itself is
+        never refused or lost because of its telemetry."""
+        self.guard.telemetry.failed(stage, exc)
+        span, self.span, self._pending, self._usage = self.span, INVALID_SPAN, None, None
+        self.detach()
+        if self._own and span is not INVALID_SPAN and stage != "end":
+            with contextlib.suppress(Exception):  # already reported once for this stage
+                span.end()
+        self._own = True

@@ -957,3 +957,53 @@ def test_too_large_span(serve: Callable[..., Served], span_exporter: Any) -> Non
     (span,) = guard_spans(span_exporter)
     assert span.attributes[ATTR_DECISION] == "too_large"
     assert span.attributes["http.response.status_code"] == 413
+
+
+class _BrokenProcessor:
+    """A span processor with a bug at one stage (``on_start`` or ``on_end``)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if self.stage == "on_start":
+            raise RuntimeError("processor bug: secret-prompt-text")
+
+    def _on_ending(self, span: Any) -> None:
+        return None
+
+    def on_end(self, span: Any) -> None:
+        if self.stage == "on_end":
+            raise RuntimeError("processor bug: secret-prompt-text")
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("on_internal_error", ["allow", "deny"])
+@pytest.mark.parametrize("stage", ["on_start", "on_end"])
+def test_a_telemetry_failure_never_breaks_the_request(
+    serve: Callable[..., Served], stage: str, on_internal_error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A span processor that raises (a bug in the telemetry pipeline, not a security decision)
+    neither refuses nor loses the request, whatever ``on_internal_error`` says: the app gets
+    the body, the client gets the app's answer; refusals keep their problem+json; the failure
+    is logged once, by type, without its message."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    provider.add_span_processor(_BrokenProcessor(stage))  # type: ignore[arg-type]
+    served = serve(tracer_provider=provider, on_internal_error=on_internal_error)
+    with caplog.at_level("WARNING", logger="distillguard"):
+        for _ in range(3):
+            response = served.post(token=make_token())
+            assert response.status_code == 200
+        refused = served.post(token=None)
+    assert refused.status_code == 401 and refused.json()["code"] == "missing_token"
+    assert [c.body for c in served.app.calls] == [CHAT] * 3
+    failures = [r for r in caplog.records if "telemetry failed" in r.getMessage()]
+    assert len(failures) == 1 and "RuntimeError" in failures[0].getMessage()
+    assert "secret-prompt-text" not in caplog.text

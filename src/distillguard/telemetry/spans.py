@@ -26,6 +26,7 @@ else is gathered into one dict and set with a single ``set_attributes`` call whe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from itertools import islice
 from time import time_ns
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["Pending", "Telemetry"]
 
 _START_RESERVE = 4  # method, path, client address, user agent
+logger = logging.getLogger("distillguard")
 
 
 def _qualname(kind: type[BaseException]) -> str:
@@ -103,6 +105,19 @@ class Telemetry:
         self.attrs = AttributeBuilder(config)
         self._budget = config.max_span_attributes - _START_RESERVE
         self._enrich = config.span == "enrich"
+        self._failures: set[tuple[str, type[BaseException]]] = set()
+
+    def failed(self, stage: str, exc: BaseException) -> None:
+        """Log a telemetry failure (a span processor, exporter or metric reader raised) once per
+        stage and exception type, never with its message (which may quote the request)."""
+        key = (stage, type(exc))
+        if key not in self._failures and len(self._failures) < 64:
+            self._failures.add(key)
+            logger.warning(
+                "distillguard: telemetry failed at %s (%s); requests go on without the guard's span",
+                stage,
+                _qualname(type(exc)),
+            )
 
     def observe(self, guard: Guard) -> None:
         """Wire the metrics to ``guard``: its policy thresholds, the detectors that report how
