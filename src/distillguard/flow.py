@@ -245,13 +245,16 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         yield ChargeLimit(box, box.item.amount + 1)
     if action is Action.BLOCK:
         problem = Problem.suspicious_usage(policy.block_status, policy.block_retry_after)
-        headers = ()  # never disclose quota to a client the detectors refused
     elif action is Action.THROTTLE:
         blocked = [o for o in outcomes if not o.allowed]
         problem = Problem.rate_limited(retry_after(blocked, now), [o.check.policy for o in blocked])
     elif action is Action.DEGRADE:
         body = degrade_body(query, policy)
-    shadow = (policy.shadow or mode == "shadow") and action in (Action.BLOCK, Action.DEGRADE, Action.THROTTLE)
+    watched = policy.shadow or mode == "shadow"  # scored and recorded, never acted on
+    shadow = watched and action in (Action.BLOCK, Action.DEGRADE, Action.THROTTLE)
+    if action is not Action.ALLOW and not watched:
+        headers = ()  # a suspected extractor gets no quota to pace itself on; a shadow verdict
+        # changes nothing the client sees, its RateLimit fields included
     return Decision(
         action=action,
         identity=identity,

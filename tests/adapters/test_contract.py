@@ -690,6 +690,45 @@ def test_detector_flag_is_a_span_event(serve: Callable[..., Served], span_export
     assert list(event.attributes["distillguard.reasons"]) == ["static:probe"]
 
 
+@pytest.mark.parametrize(
+    ("score", "shadow", "status", "disclosed"),
+    [
+        (0.0, None, 200, True),  # allow
+        (0.55, None, 200, False),  # flag
+        (0.65, None, 429, False),  # throttle (refused by the tighter window)
+        (0.8, None, 429, False),  # degrade, and over the throttle window the second time
+        (1.0, None, 429, False),  # block
+        (0.55, "global", 200, True),
+        (0.65, "global", 200, True),
+        (0.8, "global", 200, True),
+        (1.0, "global", 200, True),
+        (1.0, "tier", 200, True),
+    ],
+)
+def test_ratelimit_fields_by_verdict(
+    serve: Callable[..., Served], score: float, shadow: str | None, status: int, disclosed: bool
+) -> None:
+    """A client the risk policy flags, throttles, degrades or blocks gets no RateLimit fields
+    (nothing to pace itself on), a throttled 429 included; in shadow mode, global or for the
+    client's tier, every verdict leaves the response as an allowed one would be, fields
+    included."""
+    from distillguard.risk import RiskPolicy
+
+    risk = RiskPolicy(throttle_limits="1/minute")
+    policy = Policy(
+        risk=risk,
+        shadow=shadow == "global",
+        tier_detection={"partner": "shadow"} if shadow == "tier" else {},
+    )
+    served = serve(detectors=[StaticDetector(score)], policy=policy)
+    token = make_token(tier="partner") if shadow == "tier" else make_token()
+    responses = [served.post(token=token) for _ in range(2)]
+    assert responses[-1].status_code == status
+    for response in responses[1:]:
+        assert ("ratelimit" in response.headers) is disclosed
+        assert ("ratelimit-policy" in response.headers) is disclosed
+
+
 def test_detector_block_has_no_ratelimit_headers(serve: Callable[..., Served], span_exporter: Any) -> None:
     """A block is a 429 ``suspicious_usage`` with Retry-After and no RateLimit fields."""
     served = serve(detectors=[StaticDetector(1.0)], policy=Policy(block_retry_after=120))

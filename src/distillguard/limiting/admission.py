@@ -10,9 +10,7 @@
 3. **Outage**: a window refused because the storage is down under ``fail_closed`` becomes 503
    ``limiter_unavailable`` with ``Retry-After``.
 4. **Concurrency**: an admitted request takes a slot of its client's cap, or gets 429.
-5. **Disclosure**: RateLimit fields are withheld from clients the detectors flagged (flag or
-   worse).
-6. **Budget**: token windows and the slot go on the decision as a
+5. **Budget**: token windows and the slot go on the decision as a
    :class:`~distillguard.limiting.budget.Budget` for the exchange to settle and release.
 """
 
@@ -36,8 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["admit"]
 
-_RATELIMIT_FIELDS = frozenset({"ratelimit", "ratelimit-policy"})
-_FLAGGED = frozenset({"flag", "degrade", "throttle", "block"})
 
 
 def _refund(outcomes: tuple[LimitOutcome, ...]) -> Generator[Effect, object, None]:
@@ -91,10 +87,6 @@ def admit(guard: Guard, request: GuardRequest, inner: Flow) -> Flow:
             )
         return decision
 
-    if decision.headers and decision.action.value in _FLAGGED:
-        decision = replace(
-            decision, headers=tuple(h for h in decision.headers if h[0].lower() not in _RATELIMIT_FIELDS)
-        )
     identity = decision.identity
     slot = None
     cap = plan.concurrency_cap(identity) if identity is not None else None
