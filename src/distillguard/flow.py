@@ -24,7 +24,7 @@ from .limiting.headers import ratelimit_fields, retry_after
 from .policy import Policy, decide, detection_mode
 from .problems import Problem
 from .query import Query, parse_query
-from .request import GuardRequest, bearer_token
+from .request import GuardRequest, address_key, bearer_token
 
 if TYPE_CHECKING:
     from .guard import Guard
@@ -58,7 +58,7 @@ Flow: TypeAlias = Generator[Effect, object, Decision]
 
 
 def _anonymous(request: GuardRequest) -> Identity:
-    return Identity(client_id=f"ip:{request.client_address or 'unknown'}", tier="anonymous", anonymous=True)
+    return Identity(client_id=f"ip:{address_key(request.client_address)}", tier="anonymous", anonymous=True)
 
 
 def degrade_body(query: Query, policy: Policy) -> bytes | None:

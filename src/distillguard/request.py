@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .identity import Identity
 
-__all__ = ["GuardRequest", "bearer_token"]
+__all__ = ["GuardRequest", "address_key", "bearer_token"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,3 +49,26 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip()
+
+
+def address_key(address: str | None) -> str:
+    """The key that counts requests by client address: an IPv4 address as it is; an IPv6
+    address by its /64 network (one subscriber's allocation: rotating through it must not buy
+    fresh quota), an IPv4-mapped IPv6 address as its IPv4 address; anything else as given.
+    Used for anonymous clients and failed-authentication windows."""
+    if not address:
+        return "unknown"
+    if ":" not in address:
+        return address
+    return _ipv6_key(address)
+
+
+@lru_cache(maxsize=4096)
+def _ipv6_key(address: str) -> str:
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])  # no zone index in the key
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))

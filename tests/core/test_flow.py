@@ -571,3 +571,46 @@ def test_shared_penalty_box_effects() -> None:
     with pytest.raises(StopIteration) as stop:  # from its own box now: no effect at all
         next(other.flow(request(identity=Identity(client_id="thief"), timestamp=now + 1)))
     assert stop.value.value.reasons == ("risk:penalty_box",)
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:0:1::1", "2001:db8:0:1::/64"),
+        ("2001:db8:0:1:ffff:ffff:ffff:ffff", "2001:db8:0:1::/64"),
+        ("2001:DB8:0:1::2%eth0", "2001:db8:0:1::/64"),
+        ("::ffff:198.51.100.4", "198.51.100.4"),
+        ("not-an-address:1", "not-an-address:1"),
+        (None, "unknown"),
+        ("", "unknown"),
+    ],
+)
+def test_address_key(address: str | None, key: str) -> None:
+    from distillguard.request import address_key
+
+    assert address_key(address) == key
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_anonymous_and_failed_auth_windows_hold_an_ipv6_subscriber(rotate: bool) -> None:
+    """Anonymous clients and failed-authentication windows count an IPv6 client by its /64:
+    walking through the addresses of one allocation buys no fresh quota."""
+    from distillguard.identity import JWTConfig
+
+    addresses = [f"2001:db8::{i + 1:x}" if rotate else "2001:db8::1" for i in range(4)]
+
+    def run(guard: Guard, authorization: str | None) -> list[str]:
+        perform = guard.sync_performer()
+        return [
+            guard.decide(request(None, client_address=a, authorization=authorization), perform).action.value
+            for a in addresses
+        ]
+
+    anonymous = Guard(jwt=None, limits=LimitConfig(default="2/minute"))
+    assert run(anonymous, None) == ["allow", "allow", "rate_limited", "rate_limited"]
+    jwt = JWTConfig(algorithms=["HS256"], key=b"k" * 32, issuer="i", audience="a")
+    failures = Guard(jwt=jwt, limits=LimitConfig(auth_failures="2/minute"))
+    assert run(failures, "Bearer x.y.z") == ["unauthenticated"] * 2 + ["rate_limited"] * 2
+    other = run(failures, None)  # no token: these windows never refuse it
+    assert other == ["unauthenticated"] * 4

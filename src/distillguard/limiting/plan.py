@@ -8,6 +8,7 @@ from limits import RateLimitItem
 
 from ..identity import Identity
 from ..query import Query
+from ..request import address_key
 from .concurrency import ConcurrencyLimiter
 from .config import LimitConfig, parse_limits
 from .rules import CompiledRule
@@ -177,7 +178,7 @@ class LimitPlan:
         """The failed-authentication windows of a client address (empty when off)."""
         if not self._auth:
             return ()
-        key = ("a", address or "unknown")
+        key = ("a", address_key(address))
         return tuple(
             LimitCheck(policy=f"auth-{n}", item=i, key=key, headers=False, strategy="moving-window")
             for n, i in self._auth
