@@ -161,3 +161,52 @@ def test_100k_rotating_identities_stay_under_a_memory_budget(tracer_provider: An
     assert grown < 24 * 1024 * 1024, grown
     stats = guard.limiter_stats.snapshot()
     assert stats["memory_evictions"] >= 2 * 100_000 - 20_000
+
+
+@pytest.mark.parametrize(
+    ("strategy", "step"),
+    [
+        ("moving-window", -3600.0),
+        ("moving-window", 3600.0),
+        ("fixed-window", -3600.0),
+        ("sliding-window-counter", -3600.0),
+    ],
+)
+def test_a_wall_clock_step_neither_holds_nor_frees_a_client(
+    monkeypatch: pytest.MonkeyPatch, strategy: str, step: float
+) -> None:
+    """The memory windows run on a monotonic clock: after the wall clock steps an hour back (or
+    forward), a client over its window is still refused with a Retry-After within the window,
+    and is admitted again once the window (one second) has really passed."""
+    import time
+
+    wall = time.time
+    offset = [0.0]
+    monkeypatch.setattr(time, "time", lambda: wall() + offset[0])
+    guard = Guard(jwt=None, limits=LimitConfig(default="2 per 1 second", strategy=strategy), clock=time.time)
+    perform = guard.sync_performer()
+
+    def call() -> tuple[str, int | None]:
+        request = GuardRequest(
+            method="POST",
+            path="/v1/chat/completions",
+            authorization=None,
+            content_type="",
+            body=b"",
+            client_address="198.51.100.9",
+            user_agent=None,
+            timestamp=guard.clock(),
+        )
+        decision = guard.decide(request, perform)
+        retry = dict(decision.problem.headers).get("retry-after") if decision.problem else None
+        return decision.action.value, int(retry) if retry is not None else None
+
+    start = time.monotonic()
+    assert [call()[0] for _ in range(2)] == ["allow", "allow"]
+    action, retry = call()
+    assert action == "rate_limited" and retry is not None and 1 <= retry <= 2
+    offset[0] = step
+    action, retry = call()
+    assert action == "rate_limited" and retry is not None and 1 <= retry <= 2
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - start)))  # the window, twice (sliding counter)
+    assert call()[0] == "allow"

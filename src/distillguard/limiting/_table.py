@@ -8,6 +8,11 @@ no timer thread.
 
 Moving windows store ``(timestamp, amount)`` pairs, so a cost of 4,000 (a token budget) is one
 entry, not 4,000.
+
+Time inside the table is :func:`time.monotonic`: a wall clock stepped back an hour (an NTP step,
+a VM restored from a snapshot) must not hold a client for that hour, nor a step forward free it
+early. The times the table gives out (a counter's expiry, a moving window's start) are converted
+to unix seconds as they leave it.
 """
 
 from __future__ import annotations
@@ -62,18 +67,24 @@ class BoundedTable:
 
     Args:
         max_keys: the most keys held at once.
-        clock: the time source (unix seconds).
+        clock: the time source, in unix seconds (tests); by default :func:`time.monotonic`,
+            with the times the table gives out converted to unix seconds.
     """
 
-    def __init__(self, max_keys: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, max_keys: int, clock: Callable[[], float] | None = None) -> None:
         self.max_keys = max_keys
         self.evictions = 0
-        self._clock = clock
+        self._clock = clock or time.monotonic
+        self._steady = clock is None
         self._data: OrderedDict[str, _Slot] = OrderedDict()
         self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def _out(self, at: float, now: float) -> float:
+        """The table time ``at`` (read at table time ``now``) in unix seconds."""
+        return at + (time.time() - now) if self._steady else at
 
     @property
     def lock(self) -> threading.RLock:
@@ -143,7 +154,7 @@ class BoundedTable:
         with self._lock:
             now = self._clock()
             slot = self._live(key, now)
-            return slot.expires if isinstance(slot, _Counter) else now
+            return self._out(slot.expires if isinstance(slot, _Counter) else now, now)
 
     def clear(self, key: str) -> None:
         """Forget ``key``."""
@@ -191,20 +202,20 @@ class BoundedTable:
             slot = self._live(key, now)
             if not isinstance(slot, _Events):
                 if not charge or amount > limit:
-                    return amount <= limit, now, 0
+                    return amount <= limit, self._out(now, now), 0
                 if slot is not None:
                     del self._data[key]
                 slot = _Events(expiry)
                 slot.entries.append((now, amount))
                 slot.total = amount
                 self._insert(key, slot, now)
-                return True, now, amount
+                return True, self._out(now, now), amount
             total = slot.total
             allowed = total + amount <= limit
             if charge and allowed:
                 slot.entries.append((now, amount))
                 slot.total = total = total + amount
-            return allowed, slot.entries[0][0], total
+            return allowed, self._out(slot.entries[0][0], now), total
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         """``(start of the window's oldest entry, amount in the window)``."""
@@ -212,8 +223,8 @@ class BoundedTable:
             now = self._clock()
             slot = self._live(key, now)
             if not isinstance(slot, _Events):
-                return now, 0
-            return slot.entries[0][0], slot.total
+                return self._out(now, now), 0
+            return self._out(slot.entries[0][0], now), slot.total
 
     def pop_entries(self, key: str, amount: int) -> int:
         """Remove up to ``amount`` from the newest moving-window entries; return how much."""

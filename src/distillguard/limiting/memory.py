@@ -7,7 +7,6 @@ and runs a timer thread.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from limits.aio.storage import (
@@ -43,12 +42,13 @@ class BoundedMemoryStorage(_TableFace, Storage, MovingWindowSupport, SlidingWind
     Args:
         max_keys: the most keys held at once; past it the least recently used key is evicted
             (its counter starts again from zero) and :attr:`evictions` grows.
-        clock: the time source (unix seconds), for tests.
+        clock: the time source (unix seconds), for tests; by default a monotonic clock (see
+            :class:`~distillguard.limiting._table.BoundedTable`).
     """
 
     STORAGE_SCHEME = None
 
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] | None = None) -> None:
         super().__init__(None, wrap_exceptions=True)
         self.table = BoundedTable(max_keys, clock)
 
@@ -97,7 +97,7 @@ class AsyncBoundedMemoryStorage(
 
     STORAGE_SCHEME = None
 
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] | None = None) -> None:
         super().__init__(None, wrap_exceptions=True)
         self.table = BoundedTable(max_keys, clock)
 
