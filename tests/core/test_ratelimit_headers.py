@@ -132,3 +132,18 @@ def test_parse_limits() -> None:
         "1000-per-1-day",
     ]
     assert parse_limits("  ") == ()
+
+
+def test_token_windows_say_their_unit() -> None:
+    """A token window is not read as a request quota: it carries the vendor parameter
+    ``distillguard-unit="tokens"`` (the draft registers no token unit); request windows stay
+    bare (``requests`` is the draft's default unit)."""
+    got = fields(
+        outcome("60/minute", remaining=59, reset_in=60),
+        outcome("100000/minute", remaining=99000, reset_in=60, unit="tokens", cost=1000),
+    )
+    assert got["ratelimit-policy"] == [
+        ("60-per-1-minute", {"q": 60, "w": 60}),
+        ("100000-per-1-minute", {"q": 100000, "w": 60, "distillguard-unit": "tokens"}),
+    ]
+    assert got["ratelimit"][1] == ("100000-per-1-minute", {"r": 99000, "t": 60})

@@ -4,6 +4,10 @@ Both fields are RFC 9651 Structured-Field Lists whose items are policy names (St
 
     RateLimit-Policy: "60-per-1-minute";q=60;w=60, "1000-per-1-day";q=1000;w=86400
     RateLimit: "60-per-1-minute";r=59;t=60, "1000-per-1-day";r=999;t=86400
+
+The draft registers quota units for requests, content bytes and concurrent requests, not for
+model tokens: a token window (``LimitRule(unit="tokens")``) carries the vendor parameter
+``distillguard-unit="tokens"`` so that a client does not read its quota as requests.
 """
 
 from __future__ import annotations
@@ -20,14 +24,19 @@ def _seconds_until(reset_at: float, now: float) -> int:
     return max(0, math.ceil(reset_at - now))
 
 
-_POLICY_FIELDS: dict[tuple[tuple[str, int, int], ...], str] = {}
-"""``RateLimit-Policy`` values already rendered, by (name, quota, window) of each policy."""
+_POLICY_FIELDS: dict[tuple[tuple[str, int, int, str], ...], str] = {}
+"""``RateLimit-Policy`` values already rendered, by (name, quota, window, unit) of each policy."""
 
 
-def _policy_field(policies: tuple[tuple[str, int, int], ...]) -> str:
+def _policy_item(name: str, quota: int, window: int, unit: str) -> str:
+    item = f'"{name}";q={quota};w={window}'
+    return item if unit == "requests" else f'{item};distillguard-unit="{unit}"'
+
+
+def _policy_field(policies: tuple[tuple[str, int, int, str], ...]) -> str:
     field = _POLICY_FIELDS.get(policies)
     if field is None:
-        field = ", ".join(f'"{name}";q={quota};w={window}' for name, quota, window in policies)
+        field = ", ".join(_policy_item(*policy) for policy in policies)
         if len(_POLICY_FIELDS) >= 4096:
             _POLICY_FIELDS.clear()
         _POLICY_FIELDS[policies] = field
@@ -36,7 +45,7 @@ def _policy_field(policies: tuple[tuple[str, int, int], ...]) -> str:
 
 def ratelimit_fields(outcomes: Iterable[LimitOutcome], now: float) -> list[tuple[str, str]]:
     """Render ``RateLimit-Policy`` and ``RateLimit`` for the disclosed windows (may be empty)."""
-    policies: list[tuple[str, int, int]] = []
+    policies: list[tuple[str, int, int, str]] = []
     states: list[str] = []
     for outcome in outcomes:
         check = outcome.check
@@ -44,7 +53,7 @@ def ratelimit_fields(outcomes: Iterable[LimitOutcome], now: float) -> list[tuple
             continue
         item = check.item
         window = item.get_expiry()
-        policies.append((check.policy, item.amount, window))
+        policies.append((check.policy, item.amount, window, check.unit))
         remaining = outcome.remaining
         left = math.ceil(outcome.reset_at - now)
         # r = max(0, remaining); t = min(window, max(0, left)), without the builtin calls
