@@ -246,6 +246,7 @@ BAD_TOKENS = [
     pytest.param(lambda k: raw_token({"alg": "none", "typ": "JWT"}, default_claims()), id="alg-none"),
     pytest.param(lambda k: raw_token({"alg": "None", "typ": "JWT"}, default_claims()), id="alg-None"),
     pytest.param(lambda k: raw_token({"alg": "NONE", "typ": "JWT"}, default_claims()), id="alg-NONE"),
+    pytest.param(lambda k: raw_token({"alg": "nOnE", "typ": "JWT"}, default_claims()), id="alg-nOnE"),
     pytest.param(
         lambda k: raw_token({"alg": "none"}, default_claims(), hmac_key=k.hs256), id="alg-none-with-signature"
     ),
