@@ -176,3 +176,9 @@ def make_keys() -> Iterator[Callable[..., JWKSKeys]]:
 def rsa_keypair_2() -> KeyPair:
     """A second RSA key pair, for rotation."""
     return _pair("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+@pytest.fixture(scope="session")
+def rsa_1024() -> KeyPair:
+    """An RSA key pair under PyJWT's 2048-bit minimum (a misconfigured issuer's key)."""
+    return _pair("RS256", rsa.generate_private_key(public_exponent=65537, key_size=1024))

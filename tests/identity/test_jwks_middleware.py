@@ -7,14 +7,17 @@ import asyncio
 import secrets
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from jwt.algorithms import RSAAlgorithm
+from jwt.warnings import InsecureKeyLengthWarning
 
 from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, JWKSKeys
+from distillguard.identity import KeysUnavailable
 from distillguard.telemetry import ATTR_AUTH_FAILURE, ATTR_DECISION
 from tests.helpers import (
     EchoASGIApp,
@@ -264,6 +267,70 @@ def test_rotation_through_the_middleware(
     assert resolver.refresh(wait=3)
     assert client.get(old_token).status_code == 401
     assert client.get(new_token).status_code == 200
+
+
+def test_a_short_jwks_key_is_left_out_its_tokens_get_401_the_good_key_works(
+    jwks_server: JWKSServer,
+    make_keys: Any,
+    jwks_guard: Any,
+    keys: Any,
+    rsa_1024: KeyPair,
+    adapter: str,
+    span_exporter: Any,
+) -> None:
+    """A JWKS serving an RSA-1024 key next to a 2048-bit one: tokens of the good key get 200;
+    tokens of the short key, with or without its kid, get the generic 401 (the key is not in the
+    set, so PyJWT is never handed it)."""
+    jwks_server.set_keys([to_jwk(rsa_1024, "weak"), to_jwk(keys.rsa, "good")])
+    resolver = make_keys(jwks_server.url)
+    assert resolver.prefetch(timeout=3)
+    client = Client(adapter, jwks_guard(resolver, ["RS256"]))
+    response = client.get(make_token(key=keys.rsa, headers={"kid": "good"}, sub="good-client"))
+    assert response.status_code == 200
+    assert client.app.calls[0].identity.client_id == "good-client"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        weak_tokens = [make_token(key=rsa_1024, headers={"kid": "weak"}), make_token(key=rsa_1024)]
+    for token in weak_tokens:
+        response = client.get(token)
+        assert response.status_code == 401 and response.json()["code"] == "invalid_token"
+    failures = [span.attributes.get(ATTR_AUTH_FAILURE) for span in guard_spans(span_exporter)]
+    assert failures == [None, "unknown_key", "InvalidSignatureError"]
+    assert len(client.app.calls) == 1
+
+
+def test_a_cached_token_is_refused_like_a_new_one_once_keys_are_past_max_stale(
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any, adapter: str
+) -> None:
+    """A token verified (and cached) while the JWKS worked keeps working while the keys are
+    stale but served; once they are older than max_stale it gets the same 503 auth_unavailable
+    as a token never seen, and both work again when the JWKS comes back."""
+    jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
+    resolver = make_keys(jwks_server.url, lifespan=0.2, max_stale=1.0)
+    assert resolver.prefetch(timeout=3)
+    client = Client(adapter, jwks_guard(resolver))
+    cached = make_token(key=keys.rsa, headers={"kid": "rsa"}, sub="cached")
+    fresh = make_token(key=keys.rsa, headers={"kid": "rsa"}, sub="fresh")
+    assert client.get(cached).status_code == 200
+    jwks_server.mode = "503"
+    assert resolver.refresh(wait=3) is False
+    assert client.get(cached).status_code == 200  # stale but served
+    assert resolver.status().ready  # still within max_stale after that request (no fetch works)
+    deadline = time.monotonic() + 5
+    while resolver.status().ready and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(KeysUnavailable):
+        resolver.key_for("rsa", "RS256")
+    answers = [client.get(token) for token in (cached, fresh)]
+    for response in answers:
+        assert response.status_code == 503 and response.json()["code"] == "auth_unavailable"
+        assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert [r.headers["content-type"] for r in answers] == ["application/problem+json"] * 2
+    jwks_server.mode = "ok"
+    assert resolver.refresh(wait=3)
+    assert client.get(cached).status_code == 200
+    assert client.get(fresh).status_code == 200
+    assert [call.identity.client_id for call in client.app.calls] == ["cached", "cached", "cached", "fresh"]
 
 
 def test_a_hung_refresh_does_not_slow_50_concurrent_requests(

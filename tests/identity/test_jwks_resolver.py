@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import threading
@@ -196,6 +197,56 @@ def test_token_without_kid_uses_the_only_matching_key(
     jwks_server.set_keys([to_jwk(keys.ec, "e1"), to_jwk(keys.ec, "e2")])
     assert resolver.refresh(wait=3)
     assert resolver.key_for(None, "ES256") is None
+
+
+def test_keys_pyjwt_would_refuse_are_left_out_and_logged_once(
+    jwks_server: JWKSServer, make_keys: Any, keys: Any, rsa_1024: KeyPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An RSA-1024 key and an EC key whose alg is for another curve are left out of the set; the
+    good key next to them is served. One warning per left-out key names its kid and what the
+    algorithm needs, never key material, and is not repeated when the same set is fetched again.
+    Asking for a left-out kid does not refetch (the set has it); an unknown kid does."""
+    weak = to_jwk(rsa_1024, "weak")
+    wrong_curve = to_jwk(keys.ec, "curve", alg="ES384")  # a P-256 key
+    jwks_server.set_keys([weak, wrong_curve, to_jwk(keys.rsa, "good")])
+    resolver = make_keys(jwks_server.url, cooldown=0)
+    with caplog.at_level(logging.WARNING, logger="distillguard.jwks"):
+        assert resolver.prefetch(timeout=3)
+        assert resolver.refresh(wait=3)
+    assert resolver.status().kids == {"good"}
+    assert resolver.key_for("good", "RS256") is not None
+    assert resolver.key_for("weak", "RS256") is None
+    assert resolver.key_for("curve", "ES384") is None
+    time.sleep(0.1)
+    assert jwks_server.hits == 2
+    assert resolver.key_for("unknown", "RS256") is None
+    assert wait_until(lambda: jwks_server.hits == 3)
+    messages = [r.getMessage() for r in caplog.records if r.name == "distillguard.jwks"]
+    assert len(messages) == 2, messages
+    weak_message, curve_message = sorted(messages, key=lambda m: "curve" in m)
+    assert "kid='weak'" in weak_message and "2048 bits" in weak_message
+    assert "kid='curve'" in curve_message and "ES384 needs secp384r1" in curve_message
+    for message in messages:
+        assert weak["n"] not in message and wrong_curve["x"] not in message
+        assert str(jwks_server.port) not in message  # the host only, not the URL
+
+
+def test_a_set_of_refused_keys_only_is_a_failed_fetch(
+    jwks_server: JWKSServer, make_keys: Any, keys: Any, rsa_1024: KeyPair
+) -> None:
+    """Only an RSA-1024 key: no key set (KeysUnavailable, last_error refused_keys); and a later
+    set like it never replaces the last good one."""
+    jwks_server.set_keys([to_jwk(rsa_1024, "weak")])
+    resolver = make_keys(jwks_server.url)
+    assert resolver.prefetch(timeout=3) is False
+    assert resolver.status().last_error == "refused_keys"
+    with pytest.raises(KeysUnavailable):
+        resolver.key_for("weak", "RS256")
+    jwks_server.set_keys([to_jwk(keys.rsa, "good")])
+    assert resolver.refresh(wait=3)
+    jwks_server.set_keys([to_jwk(rsa_1024, "weak")])
+    assert resolver.refresh(wait=3) is False
+    assert resolver.key_for("good", "RS256") is not None
 
 
 # -- outages ---------------------------------------------------------------------------------

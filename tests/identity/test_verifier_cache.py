@@ -1,14 +1,17 @@
-"""The verifier's token cache follows a resolver's ``generation``."""
+"""The verifier's token cache follows a resolver's ``generation`` and ``available_until``."""
 
 from __future__ import annotations
 
 import gc
+import math
+import time
 import tracemalloc
 from typing import Any
 
 import jwt as pyjwt
+import pytest
 
-from distillguard.identity import JWTVerifier
+from distillguard.identity import JWTVerifier, KeysUnavailable
 from tests.helpers import Keys, jwt_config, make_token
 
 
@@ -38,6 +41,46 @@ def test_a_generation_change_drops_cached_tokens(keys: Keys) -> None:
         assert type(exc).__name__ == "AuthenticationError"
     else:
         raise AssertionError("a token of a removed key was still accepted")
+
+
+class OutageResolver:
+    """Serves one RSA key until ``available_until`` (monotonic) passes, then raises
+    KeysUnavailable, like a resolver whose key source went away; counts its calls."""
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+        self.available_until = math.inf
+        self.calls = 0
+
+    def key_for(self, kid: str | None, alg: str) -> Any:
+        self.calls += 1
+        if time.monotonic() > self.available_until:
+            raise KeysUnavailable(retry_after=7)
+        return self.key
+
+
+def test_a_cached_token_gets_the_resolvers_answer_while_its_keys_are_unavailable(keys: Keys) -> None:
+    """Cache hits never call the resolver; once its ``available_until`` has passed, a cached token
+    gets the same KeysUnavailable as a token never seen, and is served from the cache again once
+    the keys are back."""
+    resolver = OutageResolver(keys.rsa.public)
+    verifier = JWTVerifier(jwt_config(algorithms=["RS256"], key=None, key_resolver=resolver))
+    token = make_token(key=keys.rsa)
+    identity = verifier.verify(token)
+    for _ in range(100):
+        assert verifier.verify(token) is identity
+    assert resolver.calls == 1
+    resolver.available_until = -math.inf
+    with pytest.raises(KeysUnavailable) as cached:
+        verifier.verify(token)
+    with pytest.raises(KeysUnavailable) as fresh:
+        verifier.verify(make_token(key=keys.rsa, sub="someone-else"))
+    assert cached.value.reason == fresh.value.reason == "keys_unavailable"
+    assert cached.value.retry_after == fresh.value.retry_after == 7
+    resolver.available_until = time.monotonic() + 60
+    calls = resolver.calls
+    assert verifier.verify(token) is identity
+    assert resolver.calls == calls
 
 
 def test_cached_identities_read_their_claims_from_the_token() -> None:

@@ -3,7 +3,7 @@
 Pure functions plus one small value type; no threads and no caching here. The fetch never
 follows redirects, reads at most ``max_bytes``, and gives up after about twice ``timeout``.
 Parsing keeps only public signature keys, each bound to the algorithm(s) it may verify
-(RFC 8725 section 3.1: one key, one algorithm).
+(RFC 8725 section 3.1: one key, one algorithm), and that PyJWT accepts for it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from ..errors import ConfigurationError
-from .keys import algorithm_family
+from .keys import algorithm_family, unusable_key_reason
 
 __all__ = ["JWKSFetchError", "KeySet", "check_url", "fetch", "make_opener", "parse"]
 
@@ -54,9 +54,15 @@ class SigningKey:
 
 @dataclass(frozen=True, slots=True)
 class KeySet:
-    """The usable keys of one fetched JWKS, indexed by ``kid``."""
+    """The usable keys of one fetched JWKS, indexed by ``kid``.
+
+    ``refused`` lists the ``(kid, reason)`` of keys left out because PyJWT would refuse every
+    token verified with them (too short, or an EC key whose ``alg`` wants another curve); the
+    reason names what the algorithm needs, never the key.
+    """
 
     keys: tuple[SigningKey, ...]
+    refused: tuple[tuple[str | None, str], ...] = ()
     by_kid: Mapping[str, tuple[SigningKey, ...]] = field(init=False, repr=False)
     fingerprints: frozenset[tuple[str | None, tuple[str, ...], bytes]] = field(init=False, repr=False)
 
@@ -80,8 +86,9 @@ class KeySet:
         return candidates[0] if len(candidates) == 1 else None
 
     def has_kid(self, kid: str | None) -> bool:
-        """Whether some key carries ``kid`` (whatever its algorithm)."""
-        return kid is not None and kid in self.by_kid
+        """Whether some key carries ``kid`` (whatever its algorithm), counting refused keys:
+        fetching the set again would not make them usable."""
+        return kid is not None and (kid in self.by_kid or any(kid == k for k, _ in self.refused))
 
 
 def check_url(url: str) -> bool:
@@ -233,10 +240,13 @@ def parse(raw: bytes, allowed: Iterable[str] | None = None) -> KeySet:
     """Parse a JWKS document; keep the public signature keys usable with ``allowed`` algorithms.
 
     Keys with ``use`` other than ``sig``, ``key_ops`` without ``verify``, symmetric (``oct``)
-    keys, unknown algorithms, and an ``alg`` that does not fit the key type are skipped.
+    keys, unknown algorithms, and an ``alg`` that does not fit the key type are skipped. Keys
+    PyJWT would refuse (RSA under 2048 bits, an EC ``alg`` for another curve) are skipped too,
+    and listed in :attr:`KeySet.refused`.
 
     Raises:
-        JWKSFetchError: ``invalid_json`` or ``no_keys`` (no usable key at all).
+        JWKSFetchError: ``invalid_json``, ``no_keys`` (no usable key at all) or
+            ``refused_keys`` (the only candidates are keys PyJWT would refuse).
     """
     try:
         doc = json.loads(raw)
@@ -245,9 +255,17 @@ def parse(raw: bytes, allowed: Iterable[str] | None = None) -> KeySet:
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise JWKSFetchError("no_keys")
     allow = frozenset(allowed) if allowed is not None else None
-    keys = tuple(
-        k for k in (_signing_key(jwk, allow) for jwk in doc["keys"] if isinstance(jwk, dict)) if k is not None
-    )
+    keys: list[SigningKey] = []
+    refused: list[tuple[str | None, str]] = []
+    for jwk in doc["keys"]:
+        key = _signing_key(jwk, allow) if isinstance(jwk, dict) else None
+        if key is None:
+            continue
+        reason = unusable_key_reason(key.key, sorted(key.algorithms))
+        if reason is None:
+            keys.append(key)
+        else:
+            refused.append((key.kid, reason))
     if not keys:
-        raise JWKSFetchError("no_keys")
-    return KeySet(keys)
+        raise JWKSFetchError("refused_keys" if refused else "no_keys")
+    return KeySet(tuple(keys), tuple(refused))

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import ssl
 import threading
@@ -155,6 +156,10 @@ class JWKSKeys:
         self._opener = _jwkset.make_opener(loopback, ssl_context)
         self.generation = 0
         """Bumped when a key is removed or replaced; verifiers drop tokens cached before."""
+        self.available_until = -math.inf
+        """The :func:`time.monotonic` time after which :meth:`key_for` raises
+        :class:`KeysUnavailable` (the last good fetch + ``max_stale``). Verifiers read it to
+        refuse their cached tokens the same way, without a call per token."""
         self._snapshot: _Snapshot | None = None
         self._unknown_lock = threading.Lock()
         self._unknown: OrderedDict[str, float] = OrderedDict()
@@ -193,7 +198,7 @@ class JWKSKeys:
             refresher.start()
         snapshot = self._snapshot
         now = time.monotonic()
-        if snapshot is None or now - snapshot.fetched_at > self._max_stale:
+        if snapshot is None or now > self.available_until:  # past max_stale: what verifiers read
             raise KeysUnavailable(refresher.retry_after(now))
         key = snapshot.keys.find(kid, alg)
         if key is None and not snapshot.keys.has_kid(kid):
@@ -300,9 +305,18 @@ class JWKSKeys:
     def _install(self, keys: KeySet, now: float) -> None:
         old = self._snapshot
         self._snapshot = _Snapshot(keys, now)
+        self.available_until = now + self._max_stale
         # After the swap: a verifier that read the old generation re-checks it before caching.
         if old is not None and not old.keys.fingerprints <= keys.fingerprints:
             self.generation += 1
+        if keys.refused and (old is None or old.keys.refused != keys.refused):
+            for kid, reason in keys.refused:  # logged when first seen, not on every refresh
+                logger.warning(
+                    "distillguard: JWKS from %s: key %s ignored: %s",
+                    self._host,
+                    "without kid" if kid is None else f"kid={kid[:64]!r}",
+                    reason,
+                )
         with self._unknown_lock:
             self._unknown.clear()
 

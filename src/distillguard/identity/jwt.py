@@ -7,7 +7,9 @@ Every failure is an :class:`~distillguard.errors.AuthenticationError` whose ``re
 logs and tests only; clients get one generic message.
 
 Verified tokens are cached until they expire, so a client reusing its token pays for the
-signature check once (a bounded cache; an evicted token is simply verified again). A cached
+signature check once (a bounded cache; an evicted token is simply verified again). The cache
+follows the key resolver: it is forgotten when a key leaves the resolver's set, and while the
+resolver's keys are unavailable a cached token gets the same 503 as any other. A cached
 :class:`Identity` is compact: its tier, tenant and scopes are shared between the clients that have
 the same ones, and its ``claims`` are read again from the verified token's payload when the app
 asks for them (the token is the cache key, so it is kept anyway) rather than kept as a dict.
@@ -24,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from time import monotonic as _monotonic
 from typing import Any, TypeVar
 
 import jwt as pyjwt
@@ -47,13 +50,17 @@ class JWTConfig:
 
     Args:
         algorithms: the allow-list of JWS algorithms (required; ``none`` is never allowed).
-        key: the verification key(s): an HMAC secret of at least 32 bytes, a PEM public key, a
-            ``cryptography`` key, a JWK dict, a list of these, or a mapping of ``kid`` to key.
+        key: the verification key(s): an HMAC secret, a PEM public key, a ``cryptography`` key,
+            a JWK dict, a list of these, or a mapping of ``kid`` to key. A key PyJWT would refuse
+            on every verification is refused here instead (an HMAC secret shorter than 32 bytes
+            for HS256, 48 for HS384, 64 for HS512; an RSA key under 2048 bits; an EC key on a
+            curve no allowed algorithm uses).
         key_resolver: instead of ``key``, an object that finds keys (for example
             :class:`~distillguard.identity.JWKSKeys`). When it raises
             :class:`~distillguard.identity.KeysUnavailable`, the guard answers 503
-            ``auth_unavailable`` rather than 401, and tokens cached by the verifier are forgotten
-            whenever its ``generation`` attribute (if any) changes.
+            ``auth_unavailable`` rather than 401. Tokens cached by the verifier are forgotten
+            whenever its ``generation`` attribute (if any) changes, and get the 503 too once the
+            time in its ``available_until`` attribute (if any) has passed.
         issuer: the accepted ``iss`` value(s) (required).
         audience: the accepted ``aud`` value(s) (required).
         leeway: clock-skew tolerance in seconds for ``exp``, ``nbf`` and ``iat`` (0 to 300).
@@ -105,6 +112,8 @@ class JWTConfig:
             raise ConfigurationError("JWTConfig.audience is required")
         if (self.key is None) == (self.key_resolver is None):
             raise ConfigurationError("give exactly one of JWTConfig.key and JWTConfig.key_resolver")
+        if self.key is not None:  # fail here, at startup, on keys PyJWT would refuse per token
+            StaticKeys(self.key, self.algorithms)
         if not 0 <= self.leeway <= 300:
             raise ConfigurationError("JWTConfig.leeway must be between 0 and 300 seconds")
         if self.cache_size < 0 or self.max_token_bytes < 64:
@@ -228,6 +237,9 @@ class JWTVerifier:
         self._cache: dict[str, Identity] = {}
         self._shared: dict[object, object] = {}
         self._generation = getattr(self._resolver, "generation", 0)
+        # A resolver whose keys can become unavailable (past JWKSKeys' max_stale): a cached token
+        # is answered from the cache only while its `available_until` has not passed.
+        self._availability: Any = self._resolver if hasattr(self._resolver, "available_until") else None
 
     def verify(self, token: str) -> Identity:
         """Verify ``token`` and return the caller's identity.
@@ -240,12 +252,15 @@ class JWTVerifier:
             self._cache.clear()
             self._generation = generation
         cached = self._cache.get(token)
-        if cached is not None:
+        availability = self._availability
+        if cached is not None and (availability is None or _monotonic() <= availability.available_until):
             exp = cached.expires_at
             if exp is None or self._clock() < exp + self.config.leeway:
                 return cached
             self._cache.pop(token, None)
             raise AuthenticationError("expired")
+        # Not cached, or the resolver's keys are unavailable: then `_verify` gets the resolver's
+        # KeysUnavailable, the answer an uncached token gets (the entry stays for when keys return).
         try:
             identity = self._verify(token)
         except AuthenticationError:

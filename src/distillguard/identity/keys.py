@@ -10,9 +10,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from ..errors import ConfigurationError
 
-__all__ = ["KeyResolver", "StaticKeys", "algorithm_family"]
+__all__ = ["KeyResolver", "StaticKeys", "algorithm_family", "unusable_key_reason"]
 
-_MIN_HMAC_BYTES = 32
+# What PyJWT checks on every verification, so that a key failing it would refuse every token:
+# ``enforce_minimum_key_length`` wants an HMAC secret as long as the hash's output (RFC 7518
+# section 3.2) and an RSA modulus of 2048 bits (NIST SP 800-131A); it checks no EC or OKP size
+# (their curves fix it), but an ES* algorithm takes keys on its own curve only.
+_MIN_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+_MIN_RSA_BITS = 2048
+_EC_CURVES = {"ES256": "secp256r1", "ES256K": "secp256k1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 _FAMILIES = {
     "HS256": "oct", "HS384": "oct", "HS512": "oct",
@@ -44,11 +50,48 @@ class KeyResolver(Protocol):
     Implementations must not do network I/O on the calling thread: a JWKS resolver refreshes in
     the background and answers from its cache. Returning ``None`` means "no key": the token is
     refused with a generic 401.
+
+    Two optional attributes let :class:`~distillguard.identity.JWTVerifier` keep its cache of
+    verified tokens in step without calling the resolver for each cached token:
+
+    - ``generation`` (int): changed when a key is removed or replaced; the verifier then forgets
+      every cached token.
+    - ``available_until`` (float, in :func:`time.monotonic` seconds): past it ``key_for`` raises
+      :class:`~distillguard.identity.KeysUnavailable`, and a cached token gets that same answer
+      instead of being accepted. A resolver that goes down at once sets it to ``-math.inf``.
     """
 
     def key_for(self, kid: str | None, alg: str) -> Any | None:
         """Return a key usable by :func:`jwt.decode` for ``alg``, or ``None``."""
         ...
+
+
+def unusable_key_reason(key: Any, algorithms: Iterable[str]) -> str | None:
+    """Why PyJWT would refuse every token verified with ``key`` under ``algorithms``, or ``None``.
+
+    An HMAC secret serves every allowed HS algorithm (the token names which), so it must be long
+    enough for each; an RSA key needs 2048 bits; an EC key serves only the algorithm of its curve,
+    so one allowed algorithm must use that curve. The reason names the algorithm and what it needs,
+    never the key.
+    """
+    algs = list(algorithms)
+    for alg in algs:
+        family = _FAMILIES.get(alg)
+        if family == "oct" and isinstance(key, bytes) and len(key) < _MIN_HMAC_BYTES[alg]:
+            needed = _MIN_HMAC_BYTES[alg]
+            return f"{alg} needs an HMAC secret of at least {needed} bytes (RFC 7518 section 3.2)"
+        if (
+            family == "RSA"
+            and isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey))
+            and key.key_size < _MIN_RSA_BITS
+        ):
+            return f"{alg} needs an RSA key of at least {_MIN_RSA_BITS} bits, not {key.key_size}"
+    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
+        allowed = [a for a in algs if _FAMILIES.get(a) == "EC"]
+        if allowed and not any(_EC_CURVES[a] == key.curve.name for a in allowed):
+            needs = ", ".join(f"{a} needs {_EC_CURVES[a]}" for a in allowed)
+            return f"an EC key on curve {key.curve.name} serves none of the allowed algorithms ({needs})"
+    return None
 
 
 def _family_of(key: Any) -> str:
@@ -74,8 +117,10 @@ def _to_public(key: Any) -> Any:
 def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
     """Validate ``key`` for the configured algorithms; return ``(family, prepared key)``.
 
-    Accepts HMAC secrets (``str``/``bytes``, at least 32 bytes), PEM or SSH strings/bytes,
-    ``cryptography`` key objects (private keys are reduced to their public half) and JWK dicts.
+    Accepts HMAC secrets (``str``/``bytes``), PEM or SSH strings/bytes, ``cryptography`` key
+    objects (private keys are reduced to their public half) and JWK dicts. A key PyJWT would
+    refuse on every verification (see :func:`unusable_key_reason`: too short, or an EC curve no
+    allowed algorithm uses) is refused here, at startup, rather than every token later.
     """
     algs = list(algorithms)
     if isinstance(key, Mapping):
@@ -84,10 +129,6 @@ def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
         except jwt.PyJWTError as exc:
             raise ConfigurationError(f"invalid JWK: {exc}") from exc
         prepared: Any = jwk.key
-        if isinstance(prepared, bytes) and len(prepared) < _MIN_HMAC_BYTES:  # an "oct" JWK
-            raise ConfigurationError(
-                f"HMAC secrets must be at least {_MIN_HMAC_BYTES} bytes (RFC 7518 section 3.2)"
-            )
     elif isinstance(key, (str, bytes)):
         raw = key.encode() if isinstance(key, str) else key
         asymmetric = [a for a in algs if algorithm_family(a) != "oct"]
@@ -106,10 +147,6 @@ def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
             else:
                 raise ConfigurationError(f"invalid key for {asymmetric}: {failure}") from failure
         else:
-            if len(raw) < _MIN_HMAC_BYTES:
-                raise ConfigurationError(
-                    f"HMAC secrets must be at least {_MIN_HMAC_BYTES} bytes (RFC 7518 section 3.2)"
-                )
             prepared = raw
     else:
         prepared = key
@@ -117,6 +154,9 @@ def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
     family = _family_of(prepared)
     if not any(algorithm_family(a) == family for a in algs):
         raise ConfigurationError(f"a {family} key was given but no allowed algorithm uses it: {algs}")
+    reason = unusable_key_reason(prepared, [a for a in algs if algorithm_family(a) == family])
+    if reason is not None:
+        raise ConfigurationError(reason)
     return family, prepared
 
 

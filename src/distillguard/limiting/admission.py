@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["admit"]
 
 
-
 def _refund(outcomes: tuple[LimitOutcome, ...]) -> Generator[Effect, object, None]:
     for outcome in outcomes:
         if outcome.counted:
