@@ -10,13 +10,14 @@ from typing import Any
 from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
 from limits.strategies import STRATEGIES
 
+from ..errors import ConfigurationError
 from ._script import CHARGE_WINDOWS_LUA, scriptable
 from ._windows import WindowKeys, charge_window
 from .config import LimitConfig
 from .memory import AsyncBoundedMemoryStorage, BoundedMemoryStorage
 from .outage import CircuitBreaker, LimiterStats
 from .plan import LimitCheck, LimitOutcome
-from .storage import build_storage, is_memory
+from .storage import build_storage, builds_lazily, is_memory
 
 __all__ = ["LimiterBase", "outcome_of", "with_error"]
 
@@ -81,29 +82,47 @@ class LimiterBase:
             if previous is not None
             else (lambda: self.local.evictions)
         )
+        if self.remote and not builds_lazily(config.storage_uri, asynchronous):
+            self._build_primary()  # opens no connection; a misconfiguration stops the start-up
 
     def _build_primary(self) -> None:
-        storage = build_storage(
-            self.config.storage_uri,
-            self.config.storage_options,
-            asynchronous=self._asynchronous,
-            max_keys=self.config.memory_max_keys,
-            key_prefix=self.config.key_prefix,
-        )
-        factory: dict[str, Any] = dict(ASYNC_STRATEGIES if self._asynchronous else STRATEGIES)
-        strategies: dict[str, Any] = {}
-        for name, cls in factory.items():
-            try:
-                strategies[name] = cls(storage)
-            except NotImplementedError:
-                continue
+        """Build the configured storage and its strategies.
+
+        Raises:
+            ConfigurationError: when the storage cannot be built from the settings, or lacks a
+                strategy. At construction this stops the start-up; at first use (a sync Redis
+                Cluster) it is logged as an error, and the request takes the outage path.
+        """
+        try:
+            storage = build_storage(
+                self.config.storage_uri,
+                self.config.storage_options,
+                asynchronous=self._asynchronous,
+                max_keys=self.config.memory_max_keys,
+                key_prefix=self.config.key_prefix,
+            )
+            factory: dict[str, Any] = dict(ASYNC_STRATEGIES if self._asynchronous else STRATEGIES)
+            strategies: dict[str, Any] = {}
+            for name, cls in factory.items():
+                try:
+                    strategies[name] = cls(storage)
+                except NotImplementedError:
+                    scheme = self.config.storage_uri.split("://", 1)[0]
+                    raise ConfigurationError(
+                        f"the {scheme}:// limit storage lacks the {name} strategy"
+                    ) from None
+        except ConfigurationError as exc:
+            if builds_lazily(self.config.storage_uri, self._asynchronous) and self.breaker.failures == 0:
+                logger.error("distillguard: the limit storage is misconfigured: %s", exc)
+            raise
         self._primary = storage
         self._strategies = strategies
         self._script = None
 
     @property
     def storage(self) -> Any:
-        """The configured storage (``None`` until first used)."""
+        """The configured storage: built with the limiter, except a sync Redis Cluster storage,
+        which connects when built and is built at first use (``None`` until then)."""
         return self._primary
 
     def _degraded(self, exc: BaseException | None) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from limits.strategies import STRATEGIES
 from ..errors import ConfigurationError
 from .outage import OutagePolicy
 from .rules import LimitRule
+from .storage import check_storage_uri
 
 __all__ = ["LimitConfig", "parse_limits"]
 
@@ -40,9 +41,12 @@ class LimitConfig:
         tiers: windows by tier name, e.g. ``{"free": "20/minute;200/day", "pro": "600/minute"}``.
         strategy: ``"moving-window"`` (exact; default), ``"sliding-window-counter"`` or
             ``"fixed-window"`` (up to twice the limit across a window boundary).
-        storage_uri: a ``limits`` storage URI. ``memory://`` (the default) counts per process;
-            use ``redis://`` and friends to share limits across workers and replicas.
-        storage_options: extra options for the storage (e.g. ``{"socket_timeout": 0.25}``).
+        storage_uri: ``memory://`` (the default) counts per process; ``redis://``,
+            ``rediss://``, ``redis+unix://``, ``redis+sentinel://``, ``redis+cluster://`` and
+            the ``valkey`` equivalents share limits across workers and replicas. Other
+            ``limits`` schemes are refused, as is a scheme whose driver is not installed.
+        storage_options: extra options for the storage and its client (e.g.
+            ``{"password": ..., "ssl_ca_certs": ...}``), the same for both adapters.
         headers: send the IETF ``RateLimit-Policy`` and ``RateLimit`` fields (draft-10) on
             responses. Limits are always enforced; this only controls disclosure.
         key_prefix: the namespace of distillguard's counters in the storage.
@@ -100,8 +104,10 @@ class LimitConfig:
             if not isinstance(tier, str) or not tier:
                 raise ConfigurationError("tier names must be non-empty strings")
             parse_limits(text)
-        if "://" not in self.storage_uri:
-            raise ConfigurationError(f"storage_uri must be a limits storage URI, got {self.storage_uri!r}")
+        if "://" not in self.storage_uri:  # not repeated: it may hold a password
+            raise ConfigurationError(
+                "storage_uri must be a storage URI such as memory:// or redis://127.0.0.1:6379/0"
+            )
         self._validate_storage()
         parse_limits(self.tenant)
         parse_limits(self.auth_failures)
@@ -134,3 +140,4 @@ class LimitConfig:
         scheme = self.storage_uri.split("://", 1)[0]
         if scheme.startswith("async+"):
             raise ConfigurationError("give storage_uri without 'async+': the ASGI adapter adds it")
+        check_storage_uri(self.storage_uri, self.storage_options)
