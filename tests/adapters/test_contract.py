@@ -1047,3 +1047,31 @@ def test_a_telemetry_failure_never_breaks_the_request(
     failures = [r for r in caplog.records if "telemetry failed" in r.getMessage()]
     assert len(failures) == 1 and "RuntimeError" in failures[0].getMessage()
     assert "secret-prompt-text" not in caplog.text
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+def test_request_windows_count_outputs(serve: Callable[..., Served], strategy: str) -> None:
+    """A request asking for several outputs (``n`` choices, a batch of prompts) costs that many
+    units of its request windows: batching buys no extra samples, and a request over a window
+    by itself is refused at once; ``count_outputs=False`` charges every request 1."""
+
+    def chat(n: int) -> bytes:
+        return json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": n}).encode()
+
+    batch = json.dumps({"model": "m", "prompt": ["a", "b", "c", "d"], "n": 2}).encode()
+    served = serve(limits=LimitConfig(default="10/minute", strategy=strategy))
+    token = make_token(sub="sampler")
+    first = served.post(token=token, body=chat(8))
+    assert first.status_code == 200
+    assert http_sf.parse(first.headers["ratelimit"].encode(), tltype="list")[0][1]["r"] == 2
+    assert served.post(token=token, body=chat(8)).status_code == 429
+    assert served.post(token=token, body=chat(2)).status_code == 200  # exactly the rest
+    alone = served.post(token=make_token(sub="greedy"), body=chat(11))
+    assert alone.status_code == 429 and alone.json()["code"] == "rate_limited"
+    assert served.post(token=make_token(sub="batcher"), body=batch).status_code == 200
+    assert served.post(token=make_token(sub="batcher"), body=batch).status_code == 429
+    assert len(served.app.calls) == 3
+
+    plain = serve(limits=LimitConfig(default="10/minute", strategy=strategy, count_outputs=False))
+    statuses = [plain.post(token=make_token(sub="sampler"), body=chat(8)).status_code for _ in range(11)]
+    assert statuses == [200] * 10 + [429]

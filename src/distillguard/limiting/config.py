@@ -61,6 +61,11 @@ class LimitConfig:
         concurrency: requests (streams included) a client may have in flight at once in this
             process; ``None`` for no cap.
         concurrency_tiers: the cap by tier (overrides ``concurrency``).
+        count_outputs: request windows charge a request one unit per output it asks for:
+            ``n`` choices times its prompts (a completions batch) or inputs (an embeddings
+            batch, a batch of predict rows). A request with ``n=8`` or a batch of 8 counts 8,
+            so that batching buys no extra samples; one that alone is over a window is refused
+            at once. ``False`` charges every request 1 (OpenAI-style requests per minute).
         chars_per_token: prompt characters per estimated token.
         default_max_tokens: the completion budget assumed when a request gives no
             ``max_tokens``.
@@ -85,6 +90,7 @@ class LimitConfig:
     auth_failures: str = ""
     concurrency: int | None = None
     concurrency_tiers: Mapping[str, int] = field(default_factory=dict)
+    count_outputs: bool = True
     chars_per_token: float = 4.0
     default_max_tokens: int = 1024
     outage: OutagePolicy = "local_fallback"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from limits import RateLimitItem
 
@@ -107,7 +107,8 @@ class LimitPlan:
     ) -> tuple[LimitCheck, ...]:
         """The checks of one request: the client's tier windows, then the tenant's aggregate
         windows, then every matching rule (request rules, then token rules charged the
-        request's :func:`~distillguard.limiting.tokens.estimate_tokens`)."""
+        request's :func:`~distillguard.limiting.tokens.estimate_tokens`). Request windows
+        charge the request's :meth:`weight`."""
         cache_key = (identity.tier, identity.client_id)
         checks = self._cache.get(cache_key)
         if checks is None:
@@ -121,6 +122,9 @@ class LimitPlan:
             if len(self._cache) >= 4096:  # bounded: rotating identities must not grow it
                 self._cache.clear()
             self._cache[cache_key] = checks
+        weight = self.weight(query)
+        if weight > 1:
+            checks = tuple(replace(c, cost=weight) for c in checks)
         if not self._rules and not (self._tenant and identity.tenant):
             return checks
         extra: list[LimitCheck] = []
@@ -128,7 +132,12 @@ class LimitPlan:
             tenant_key: tuple[str, ...] = ("t", identity.tenant)
             extra.extend(
                 LimitCheck(
-                    policy=f"tenant-{n}", item=i, key=tenant_key, headers=False, strategy=self.config.strategy
+                    policy=f"tenant-{n}",
+                    item=i,
+                    key=tenant_key,
+                    cost=weight,
+                    headers=False,
+                    strategy=self.config.strategy,
                 )
                 for n, i in self._tenant
             )
@@ -139,7 +148,7 @@ class LimitPlan:
             rule = compiled.rule
             if not rule.matches(identity.tier, path, model):
                 continue
-            cost = 1
+            cost = weight
             if rule.unit == "tokens":
                 if estimate is None:
                     estimate = self.estimate(query)
@@ -164,6 +173,13 @@ class LimitPlan:
             )
             (token_checks if rule.unit == "tokens" else extra).extend(made)
         return (*checks, *extra, *token_checks)
+
+    def weight(self, query: Query | None) -> int:
+        """What ``query`` costs in request windows: its outputs (``n`` times its prompts or
+        inputs) with ``LimitConfig.count_outputs``, else 1."""
+        if query is None or not self.config.count_outputs:
+            return 1
+        return query.n * query.inputs
 
     def estimate(self, query: Query | None) -> TokenEstimate | None:
         """The token estimate of ``query`` under this configuration."""
