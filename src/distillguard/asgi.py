@@ -60,8 +60,9 @@ class DistillGuardMiddleware:
         authorization = content_type = user_agent = preflight = None
         declared: int | None = None
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
+            if name == b"authorization":  # several are joined, as WSGI servers do: malformed
+                text = value.decode("latin-1")
+                authorization = text if authorization is None else f"{authorization}, {text}"
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
             elif name == b"content-length":

@@ -24,7 +24,7 @@ from .limiting.headers import ratelimit_fields, retry_after
 from .policy import Policy, decide, detection_mode
 from .problems import Problem
 from .query import Query, parse_query
-from .request import GuardRequest, address_key, bearer_token
+from .request import GuardRequest, address_key, bearer_token, well_formed
 
 if TYPE_CHECKING:
     from .guard import Guard
@@ -118,6 +118,10 @@ def _identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
     if token is None:
         return Decision(
             action=Action.UNAUTHENTICATED, problem=Problem.missing_token(realm), auth_failure="missing"
+        )
+    if not well_formed(token):
+        return Decision(
+            action=Action.UNAUTHENTICATED, problem=Problem.invalid_request(realm), auth_failure="malformed"
         )
     try:
         identity = verifier.verify(token)

@@ -76,6 +76,18 @@ class Problem:
         )
 
     @classmethod
+    def invalid_request(cls, realm: str) -> Problem:
+        """400 ``invalid_request``: the ``Authorization`` header is malformed (an empty bearer
+        token, one with characters no token has, or several headers; RFC 6750 section 3.1)."""
+        return cls(
+            status=400,
+            code="invalid_request",
+            title="Bad Request",
+            detail="The Authorization header is malformed.",
+            headers=(("www-authenticate", f'Bearer realm="{realm}", error="invalid_request"'),),
+        )
+
+    @classmethod
     def invalid_token(cls, realm: str) -> Problem:
         """401 ``invalid_token``, the same whatever check failed."""
         return cls(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .identity import Identity
 
-__all__ = ["GuardRequest", "address_key", "bearer_token"]
+__all__ = ["GuardRequest", "address_key", "bearer_token", "well_formed"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,9 +41,20 @@ class GuardRequest:
     identity: Identity | None = None
 
 
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750 ``b64token``: what a bearer token may be made of (a JWT is)."""
+
+
+def well_formed(token: str) -> bool:
+    """Whether ``token`` is an RFC 6750 ``b64token``: not empty, and none of the spaces or
+    commas that two credentials joined into one header (``Bearer a, Bearer b``) bring."""
+    return _B64TOKEN.fullmatch(token) is not None
+
+
 def bearer_token(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or ``None`` when the header is
-    missing or uses another scheme. An empty token is returned as ``""`` (an invalid token)."""
+    missing or uses another scheme. An empty token is returned as ``""`` (malformed: see
+    :func:`well_formed`)."""
     if not authorization:
         return None
     scheme, _, token = authorization.strip().partition(" ")

@@ -279,10 +279,15 @@ BAD_TOKENS = [
     pytest.param(lambda k: "." * 100, id="100-dots"),
     pytest.param(lambda k: make_token(pad="x" * 200_000), id="huge-token"),
     pytest.param(lambda k: "not-a-jwt", id="garbage"),
-    pytest.param(lambda k: "", id="empty-bearer"),
     pytest.param(lambda k: "e30.e30.e30", id="empty-json-objects"),
     pytest.param(lambda k: "W10.e30.AAAA", id="header-is-a-list"),
+]
+
+MALFORMED = [  # not an RFC 6750 b64token: 400 invalid_request, before any key lookup
+    pytest.param(lambda k: "", id="empty-bearer"),
     pytest.param(lambda k: "!!!.***.???", id="not-base64url"),
+    pytest.param(lambda k: make_token() + ", Bearer " + make_token(sub="someone-else"), id="two-credentials"),
+    pytest.param(lambda k: "abc def", id="space-inside"),
 ]
 
 RS256_ATTACKS = [
@@ -471,6 +476,7 @@ SCENARIOS = [
     pytest.param(Case(_valid, 204, path="/empty", app_calls=1), id="no-content-response"),
     pytest.param(Case(_valid, 200, method="HEAD", body=b"", app_calls=1), id="head-request"),
     *[pytest.param(Case(p.values[0], 401, "invalid_token", app_calls=0), id=str(p.id)) for p in BAD_TOKENS],
+    *[pytest.param(Case(p.values[0], 400, "invalid_request", app_calls=0), id=str(p.id)) for p in MALFORMED],
     *[
         pytest.param(Case(p.values[0], 401, "invalid_token", guard=_rs256_guard, app_calls=0), id=str(p.id))
         for p in RS256_ATTACKS
@@ -512,6 +518,12 @@ def test_scenario(serve: Callable[..., Served], keys: Keys, case: Case) -> None:
         reference = served.post(token="garbage")
         assert response.content == reference.content
         for part in (token, *token.split(".")):
+            if len(part) > 8:
+                assert part not in response.text
+    elif case.code == "invalid_request":
+        assert response.headers["www-authenticate"] == 'Bearer realm="api", error="invalid_request"'
+        assert token is not None
+        for part in (token, *token.replace(",", ".").split(".")):
             if len(part) > 8:
                 assert part not in response.text
     elif case.code == "insufficient_scope":
@@ -1075,3 +1087,19 @@ def test_request_windows_count_outputs(serve: Callable[..., Served], strategy: s
     plain = serve(limits=LimitConfig(default="10/minute", strategy=strategy, count_outputs=False))
     statuses = [plain.post(token=make_token(sub="sampler"), body=chat(8)).status_code for _ in range(11)]
     assert statuses == [200] * 10 + [429]
+
+
+def test_two_authorization_headers_are_malformed(serve: Callable[..., Served]) -> None:
+    """Two ``Authorization`` headers (the guard and the app might each read another one) are
+    refused with 400 ``invalid_request`` on both adapters, never resolved to either token."""
+    served = serve()
+    first, second = f"Bearer {make_token()}", f"Bearer {make_token(sub='someone-else')}"
+    if served.adapter == "asgi":
+        headers = [("authorization", first), ("authorization", second)]
+    else:  # WSGI servers (gunicorn, Werkzeug, wsgiref) join repeated headers with a comma; the
+        # test transport would keep only the last one
+        headers = [("authorization", f"{first},{second}")]
+    headers.append(("content-type", "application/json"))
+    response = served.client.post(CHAT_PATH, content=CHAT, headers=headers)
+    assert response.status_code == 400 and response.json()["code"] == "invalid_request"
+    assert served.app.calls == []
