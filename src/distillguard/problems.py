@@ -128,15 +128,19 @@ class Problem:
 
     @classmethod
     def suspicious_usage(cls, status: int, retry_after: int) -> Problem:
-        """429 (or 403) for a detector block; ``Retry-After`` when the block is temporary."""
+        """429 (or 403) for a detector block; ``Retry-After`` when the block is temporary. The
+        IANA type ``abnormal-usage-detected`` is defined for 429 only: a 403 is ``about:blank``.
+        The policy it violated is named generically (``usage-pattern``): which detector fired
+        is never told to the client."""
         headers = (("retry-after", str(retry_after)),) if status in (429, 503) else ()
         return cls(
             status=status,
             code="suspicious_usage",
             title="Too Many Requests" if status == 429 else "Forbidden",
             detail="This client's usage pattern is not allowed.",
-            type=_PROBLEM_TYPES + "abnormal-usage-detected",
+            type=_PROBLEM_TYPES + "abnormal-usage-detected" if status == 429 else "about:blank",
             headers=headers,
+            extensions={"violated-policies": ["usage-pattern"]},
         )
 
     @classmethod

@@ -93,3 +93,17 @@ def test_bodies_are_generic() -> None:
     assert Problem.invalid_token("realm-x").body() == Problem.invalid_token("api").body()
     assert b"token" in Problem.invalid_token("api").body()
     assert Problem.invalid_token("api").body() != Problem.missing_token("api").body()
+
+
+def test_problem_types_follow_the_registry() -> None:
+    """The IANA problem types are used with the status they are registered for: quota exceeded
+    and abnormal usage on 429; a 403 block is ``about:blank``. Both name what was violated
+    (a block generically: never the detector)."""
+    limited = json.loads(Problem.rate_limited(7, ["60-per-1-minute"]).render()[2])
+    assert limited["type"] == "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    assert limited["violated-policies"] == ["60-per-1-minute"]
+    blocked = json.loads(Problem.suspicious_usage(429, 300).render()[2])
+    assert blocked["type"] == "https://iana.org/assignments/http-problem-types#abnormal-usage-detected"
+    assert blocked["violated-policies"] == ["usage-pattern"]
+    forbidden = json.loads(Problem.suspicious_usage(403, 300).render()[2])
+    assert forbidden["type"] == "about:blank" and forbidden["status"] == 403
