@@ -4,8 +4,10 @@ It turns the scope into a :class:`~distillguard.request.GuardRequest`, reads the
 cap, runs the pipeline with the async driver, then either sends the refusal or calls the app with
 the body replayed *once* (later ``receive()`` calls go to the server: a replay that answered
 forever would starve the event loop) and the extra headers added to ``http.response.start``.
-Streaming responses pass through message by message. ``lifespan`` and ``websocket`` scopes pass
-through untouched.
+Streaming responses pass through message by message. ``lifespan`` scopes pass through
+untouched, and so do ``websocket`` scopes unless ``Guard(websockets="authenticate")``: then the
+handshake is decided like a request without a body, and refused with an HTTP response (the
+``websocket.http.response`` extension) or a close with code 1008.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ class DistillGuardMiddleware:
         if scope["type"] != "http" or self.guard.is_exempt(scope["path"]):
             if scope["type"] == "lifespan":
                 send = self._closing_on_shutdown(send)
+            elif (
+                scope["type"] == "websocket"
+                and self.guard.websockets == "authenticate"
+                and not self.guard.is_exempt(scope["path"])
+            ):
+                await self._websocket(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         guard = self.guard
@@ -109,6 +118,64 @@ class DistillGuardMiddleware:
             exchange.finish(exc)
             raise
         exchange.finish()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Decide a WebSocket handshake like a request without a body; refuse it, or hand the
+        connection to the app (with the decision in its scope)."""
+        guard = self.guard
+        authorization = user_agent = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                text = value.decode("latin-1")
+                authorization = text if authorization is None else f"{authorization}, {text}"
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+        client = scope.get("client")
+        request = GuardRequest(
+            method="GET",
+            path=scope["path"],
+            authorization=authorization,
+            content_type="",
+            body=b"",
+            client_address=client[0] if client else None,
+            user_agent=user_agent,
+            timestamp=guard.clock(),
+        )
+        exchange = Exchange(guard, request, scope, ASGI_GETTER)
+        try:
+            decision = exchange.decided(await guard.adecide(request, self._perform))
+            if decision.problem is None:  # the span and the slot last as long as the connection
+                scope.setdefault("state", {})["distillguard"] = decision
+                scope["distillguard"] = decision
+                exchange.status = 101
+                await self.app(scope, receive, send)
+            else:
+                await self._refuse_websocket(scope, receive, send, exchange, decision)
+        except BaseException as exc:
+            exchange.finish(exc)
+            raise
+        exchange.finish()
+
+    @staticmethod
+    async def _refuse_websocket(
+        scope: Scope, receive: Receive, send: Send, exchange: Exchange, decision: Decision
+    ) -> None:
+        """Refuse a handshake: the problem as an HTTP response when the server supports it,
+        else a close with code 1008 (policy violation)."""
+        problem = decision.problem
+        if problem is None:
+            return
+        code, headers, payload = problem.render(decision.headers)
+        exchange.status = code
+        message = await receive()  # websocket.connect
+        if message["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            raw: list[Any] = [(k.encode(), v.encode()) for k, v in headers]
+            await send({"type": "websocket.http.response.start", "status": code, "headers": raw})
+            await send({"type": "websocket.http.response.body", "body": payload})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         """Close the limiter's connections once the app has shut down."""

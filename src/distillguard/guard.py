@@ -60,6 +60,11 @@ class Guard:
         max_body_bytes: larger request bodies get 413 ``request_too_large``.
         on_internal_error: when the guard itself fails (a bug), ``"allow"`` the request (the
             default; recorded on the span) or ``"deny"`` it with a 500 problem.
+        websockets: ``"pass"`` (the default) hands WebSocket connections to the app untouched;
+            ``"authenticate"`` checks each handshake like a request without a body (token,
+            scopes, limits, the penalty box; one charge per connection) and refuses it with the
+            problem's status (or closes it with code 1008 when the server cannot send an HTTP
+            response to a handshake). The messages of an accepted connection are not read.
         clock: the time source (unix seconds), for tests.
 
     Example::
@@ -88,6 +93,7 @@ class Guard:
         exempt_preflight: bool = True,
         max_body_bytes: int = 1_048_576,
         on_internal_error: Literal["allow", "deny"] = "allow",
+        websockets: Literal["pass", "authenticate"] = "pass",
         clock: Callable[[], float] = time.time,
     ) -> None:
         if jwt is not None and not isinstance(jwt, JWTConfig):
@@ -96,6 +102,8 @@ class Guard:
             raise ConfigurationError("max_body_bytes must be positive")
         if on_internal_error not in ("allow", "deny"):
             raise ConfigurationError("on_internal_error must be 'allow' or 'deny'")
+        if websockets not in ("pass", "authenticate"):
+            raise ConfigurationError("websockets must be 'pass' or 'authenticate'")
         if isinstance(exempt_paths, str) or not all(
             isinstance(p, str) and p.startswith("/") for p in exempt_paths
         ):  # a bare string would exempt "/", i.e. everything
@@ -113,6 +121,7 @@ class Guard:
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
+        self.websockets = websockets
         self.clock = clock
         self._exact = frozenset(p for p in exempt_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in exempt_paths if p.endswith("/"))
