@@ -15,16 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+from starlette.authentication import AuthCredentials, BaseUser
 
 from ._drivers import adrive
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .decision import Decision
 from .exchange import Exchange
 from .guard import Guard
+from .identity import Identity
 from .request import GuardRequest
 from .telemetry.propagation import ASGI_GETTER, asgi_route
 
-__all__ = ["DistillGuardMiddleware"]
+__all__ = ["DistillGuardMiddleware", "GuardUser"]
 
 _DRAIN_BYTES = 8 * 1024 * 1024
 _DRAIN_SECONDS = 1.0
@@ -32,6 +34,52 @@ _DRAIN_SECONDS = 1.0
 
 class _Disconnected(Exception):
     pass
+
+
+class GuardUser(BaseUser):
+    """The verified client as Starlette's ``request.user``, so that ``@requires("embed")``
+    and ``request.auth.scopes`` work on the token's scopes (set when no authentication
+    middleware has set a user before the guard; one placed after it overwrites them).
+
+    Attributes:
+        client: the verified :class:`~distillguard.identity.Identity`.
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: Identity) -> None:
+        self.client = client
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.client.client_id
+
+    @property
+    def identity(self) -> str:
+        return self.client.client_id
+
+
+def _publish(scope: Scope, decision: Decision) -> None:
+    """Put ``decision`` in the scope for the app, and its identity as Starlette's user."""
+    scope.setdefault("state", {})["distillguard"] = decision
+    scope["distillguard"] = decision
+    identity = decision.identity
+    if identity is not None and not identity.anonymous and "user" not in scope:
+        credentials = _CREDENTIALS.get(identity.scopes)
+        if credentials is None:
+            if len(_CREDENTIALS) >= 1024:
+                _CREDENTIALS.clear()
+            credentials = _CREDENTIALS[identity.scopes] = AuthCredentials(sorted(identity.scopes))
+        scope["auth"] = credentials
+        scope["user"] = GuardUser(identity)
+
+
+_CREDENTIALS: dict[frozenset[str], AuthCredentials] = {}
+"""Starlette credentials by scope set (few distinct sets; bounded)."""
 
 
 class DistillGuardMiddleware:
@@ -145,8 +193,7 @@ class DistillGuardMiddleware:
         try:
             decision = exchange.decided(await guard.adecide(request, self._perform))
             if decision.problem is None:  # the span and the slot last as long as the connection
-                scope.setdefault("state", {})["distillguard"] = decision
-                scope["distillguard"] = decision
+                _publish(scope, decision)
                 exchange.status = 101
                 await self.app(scope, receive, send)
             else:
@@ -190,8 +237,7 @@ class DistillGuardMiddleware:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, exchange: Exchange, decision: Decision
     ) -> None:
-        scope.setdefault("state", {})["distillguard"] = decision
-        scope["distillguard"] = decision
+        _publish(scope, decision)
         if decision.body is not None:
             body = decision.body
             scope = dict(scope)

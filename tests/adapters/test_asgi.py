@@ -475,3 +475,38 @@ def test_starlette_add_middleware(guard_factory: Callable[..., Guard]) -> None:
         )
         assert ok.json() == {"model": "m", "client": "s1"}
         assert client.post("/v1/chat/completions", json={"model": "m"}).status_code == 401
+
+
+def test_starlette_requires_sees_the_token_scopes(guard_factory: Callable[..., Guard]) -> None:
+    """The verified client is Starlette's ``request.user`` and its scopes are
+    ``request.auth.scopes``: ``@requires("embed")`` admits a token with that scope and refuses
+    one without it; anonymous clients (no JWT configured) set no user."""
+    from starlette.applications import Starlette
+    from starlette.authentication import requires
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from distillguard.asgi import GuardUser
+
+    @requires("embed")
+    async def embed(request: Request) -> JSONResponse:
+        assert isinstance(request.user, GuardUser)
+        return JSONResponse({"user": request.user.display_name, "scopes": request.auth.scopes})
+
+    app = Starlette(routes=[Route("/v1/embeddings", embed, methods=["POST"])])
+    app.add_middleware(DistillGuardMiddleware, guard=guard_factory())
+    with TestClient(app) as client:
+        allowed = client.post(
+            "/v1/embeddings", headers={"authorization": f"Bearer {make_token(scope='embed chat')}"}, json={}
+        )
+        assert allowed.status_code == 200
+        assert allowed.json() == {"user": "client-1", "scopes": ["chat", "embed"]}
+        refused = client.post("/v1/embeddings", headers={"authorization": f"Bearer {make_token()}"}, json={})
+        assert refused.status_code == 403
+
+    anonymous = Starlette(routes=[Route("/v1/embeddings", embed, methods=["POST"])])
+    anonymous.add_middleware(DistillGuardMiddleware, guard=guard_factory(jwt=None))
+    with TestClient(anonymous) as client, pytest.raises(AssertionError):
+        client.post("/v1/embeddings", json={})  # Starlette's own check: no AuthenticationMiddleware
