@@ -225,10 +225,13 @@ class DistillGuardMiddleware:
             await send({"type": "websocket.close", "code": 1008})
 
     def _closing_on_shutdown(self, send: Send) -> Send:
-        """Close the limiter's connections once the app has shut down."""
+        """Check the limit storage once the app has started (a warning when it does not
+        answer), and close the limiter's connections once the app has shut down."""
 
         async def closing(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            if message["type"] == "lifespan.startup.complete":
+                await self._perform.limiter.probe()
+            elif message["type"] == "lifespan.shutdown.complete":
                 await self._perform.limiter.aclose()
             await send(message)
 

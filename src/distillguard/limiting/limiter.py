@@ -23,9 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 from limits.errors import StorageError
 
-from ._limiter_base import LimiterBase, outcome_of, with_error
+from ._limiter_base import LimiterBase, logger, outcome_of, with_error
 from ._script import outcomes, script_args
 from .config import LimitConfig
 from .outage import LimiterStats
@@ -250,6 +251,30 @@ class AsyncLimiter(LimiterBase):
             if done:
                 return
         await self.local.incr(key, expiry, amount)
+
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """Ask the shared storage once whether it answers (at startup, so that an unreachable
+        Redis is reported before the first request rather than at it); log a warning naming the
+        outage policy that applies until it does. Never raises; ``True`` for memory storage."""
+        if not self.remote:
+            return True
+        answered, reason = False, f"no answer within {timeout:g} s"
+        with anyio.move_on_after(timeout):
+            try:
+                if self._primary is None:
+                    self._build_primary()
+                answered = bool(await self._primary.check())
+                reason = "it refused the check"
+            except Exception as exc:  # the storage's own error: reported, never raised
+                reason = type(exc).__name__
+        if not answered:
+            logger.warning(
+                "distillguard: the limit storage does not answer at startup (%s); the outage policy %r "
+                "applies until it does",
+                reason,
+                self.config.outage,
+            )
+        return answered
 
     async def aclose(self) -> None:
         """Close the storage's connections (call it on the event loop that used them, e.g. at
