@@ -510,3 +510,64 @@ def test_starlette_requires_sees_the_token_scopes(guard_factory: Callable[..., G
     anonymous.add_middleware(DistillGuardMiddleware, guard=guard_factory(jwt=None))
     with TestClient(anonymous) as client, pytest.raises(AssertionError):
         client.post("/v1/embeddings", json={})  # Starlette's own check: no AuthenticationMiddleware
+
+
+def test_background_tasks_304_and_head_pass_through(guard_factory: Callable[..., Guard]) -> None:
+    """Starlette background tasks still run after the response; a 304 and a HEAD response reach
+    the client as the app sent them."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    ran: list[str] = []
+
+    async def chat(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True}, background=BackgroundTask(ran.append, "after"))
+
+    async def cached(request: Request) -> Response:
+        return Response(status_code=304, headers={"etag": '"v1"'})
+
+    async def head(request: Request) -> Response:
+        return Response(b"0123456789", media_type="text/plain")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", cached, methods=["GET"]),
+            Route("/v1/files", head, methods=["GET", "HEAD"]),
+        ]
+    )
+    app.add_middleware(DistillGuardMiddleware, guard=guard_factory())
+    auth = {"authorization": f"Bearer {make_token()}"}
+    with TestClient(app) as client:
+        assert client.post("/v1/chat/completions", headers=auth, json={}).json() == {"ok": True}
+        assert ran == ["after"]
+        not_modified = client.get("/v1/models", headers=auth)
+        assert not_modified.status_code == 304 and not_modified.headers["etag"] == '"v1"'
+        assert not_modified.content == b""
+        headed = client.head("/v1/files", headers=auth)
+        assert headed.status_code == 200 and headed.headers["content-length"] == "10"
+        assert headed.content == b""
+
+
+async def test_pathsend_and_trailers_pass_through(asgi: Callable[..., Any]) -> None:
+    """Response extensions (``http.response.pathsend``, trailers) reach the server unchanged."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.pathsend", "path": "/srv/weights.bin"})
+        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc")]})
+
+    middleware = DistillGuardMiddleware(app, guard=asgi()[0].guard)
+    send = Sender()
+    await middleware(
+        http_scope(token=make_token()), Receiver([{"type": "http.request", "body": b"{}"}]), send
+    )
+    kinds = [m["type"] for m in send.messages]
+    assert kinds == ["http.response.start", "http.response.pathsend", "http.response.trailers"]
+    assert send.messages[1]["path"] == "/srv/weights.bin"
+    assert send.messages[2]["headers"] == [(b"x-checksum", b"abc")]
