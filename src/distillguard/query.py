@@ -114,8 +114,29 @@ def _int(value: object) -> int | None:
 def _float(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # an integer of hundreds of digits (valid JSON)
+        return None
     return f if math.isfinite(f) else None
+
+
+def _bias(value: object) -> float | None:
+    """A ``logit_bias`` value; one too large for a float (a 400-digit integer, ``Infinity``) is
+    kept at +/-1e308, so that its token id still counts as biased: dropping it would hide the
+    key from the detectors. ``NaN`` and non-numbers are dropped."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return _HUGE if value > 0 else -_HUGE
+    if math.isnan(f):
+        return None
+    return f if math.isfinite(f) else math.copysign(_HUGE, f)
+
+
+_HUGE = 1e308
 
 
 def _content_text(content: object, out: list[str]) -> None:
@@ -161,7 +182,10 @@ def _vector(value: object) -> tuple[tuple[float, ...] | None, int]:
                 out.append(float(v))
                 continue
             return None, count
-        out.append(float(v))
+        try:
+            out.append(float(v))
+        except OverflowError:  # an integer too large for a float: out of any feature range
+            out.append(math.inf if v > 0 else -math.inf)
     return tuple(out), count
 
 
@@ -217,7 +241,7 @@ def parse_query(body: bytes, content_type: str = "application/json") -> Query:
     if isinstance(bias_raw, Mapping):
         pairs = []
         for k, v in bias_raw.items():
-            fv = _float(v)
+            fv = _bias(v)
             if fv is not None:
                 pairs.append((str(k), fv))
         bias = tuple(sorted(pairs))

@@ -107,8 +107,8 @@ def test_wrong_types_are_ignored() -> None:
     q = parse_query(body(messages=[{"content": 5}, "x"], max_tokens="10", n=0, temperature="hot", model=3))
     assert q.kind == "chat" and q.text == ""
     assert (q.max_tokens, q.n, q.temperature, q.model) == (None, 1, None, None)
-    nan = parse_query(b'{"prompt":"p","temperature":NaN,"logit_bias":{"1":"x","2":Infinity}}')
-    assert nan.temperature is None and nan.logit_bias == ()
+    nan = parse_query(b'{"prompt":"p","temperature":NaN,"logit_bias":{"1":"x","2":NaN,"3":-Infinity}}')
+    assert nan.temperature is None and nan.logit_bias == (("3", -1e308),)  # still a biased token
 
 
 def test_fingerprint_is_a_hash_of_the_text() -> None:
@@ -181,3 +181,21 @@ def test_json_is_json_however_it_is_labelled(prefix: bytes, content_type: str, e
 @pytest.mark.parametrize("raw", [b"hello {", b"  plain text", b"\xef\xbb\xbfnot json", b"a=1&b=[2]"])
 def test_text_that_is_not_json_stays_raw(raw: bytes) -> None:
     assert parse_query(raw, "text/plain").kind == "raw"
+
+
+def test_huge_numbers_never_break_parsing() -> None:
+    """Integers of hundreds of digits (valid JSON, too large for a float) never raise: a
+    logit_bias key keeps counting as biased, a huge temperature is dropped, a vector keeps
+    its length."""
+    huge = "1" + "0" * 400
+    body = (
+        '{"model":"m","messages":[{"role":"user","content":"x"}],'
+        f'"logit_bias":{{"42":{huge},"7":-{huge},"9":NaN,"11":Infinity}},"temperature":{huge},'
+        f'"n":{huge},"max_tokens":{huge}}}'
+    ).encode()
+    q = parse_query(body)
+    assert q.kind == "chat" and q.temperature is None
+    assert q.logit_bias == (("11", 1e308), ("42", 1e308), ("7", -1e308))
+    assert q.n == int(huge) and q.max_tokens == int(huge)
+    vector = parse_query(f'{{"inputs":[[1.5,{huge},2]]}}'.encode())
+    assert vector.kind == "vector" and vector.vector is not None and len(vector.vector) == 3
