@@ -28,6 +28,7 @@ class Action(str, enum.Enum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     TOO_LARGE = "too_large"
+    BAD_REQUEST = "bad_request"
     UNAVAILABLE = "unavailable"
 
     def __str__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from .errors import ConfigurationError
 from .flow import Flow, evaluate
 from .identity import JWTConfig, JWTVerifier
 from .limiting import LimitConfig, LimitPlan
+from .limiting._table import BoundedTable
 from .limiting.admission import admit
 from .limiting.limiter import AsyncLimiter, Limiter
 from .limiting.outage import LimiterStats
@@ -111,6 +113,11 @@ class Guard:
         self.verifier = JWTVerifier(jwt, clock=clock) if jwt is not None else None
         self.plan = LimitPlan(limits or LimitConfig())
         self.limiter_stats = LimiterStats()
+        # every adapter of this guard counts memory windows in one table (memory:// is per
+        # process, not per app), and the sync limiter is built once
+        self._counters = BoundedTable(self.plan.config.memory_max_keys)
+        self._sync_limiter: Limiter | None = None
+        self._lock = threading.Lock()
         self.policy = policy or Policy()
         self.risk = (
             RiskEngine(self.policy.risk, shared=not self.plan.config.storage_uri.startswith("memory://"))
@@ -173,11 +180,16 @@ class Guard:
         for det in self.detectors:
             if is_async_detector(det):
                 raise ConfigurationError(f"detector {det.name!r} is async; it needs the ASGI middleware")
-        return SyncPerformer(Limiter(self.plan.config, self.limiter_stats))
+        with self._lock:
+            if self._sync_limiter is None:  # one per guard: its connection pool is thread-safe
+                self._sync_limiter = Limiter(self.plan.config, self.limiter_stats, self._counters)
+            return SyncPerformer(self._sync_limiter)
 
     def async_performer(self) -> AsyncPerformer:
-        """A performer with an async ``limits`` strategy (``async+`` storage), for ASGI."""
-        return AsyncPerformer(AsyncLimiter(self.plan.config, self.limiter_stats))
+        """A performer with an async ``limits`` strategy (``async+`` storage), for ASGI (one
+        per middleware: its connections belong to the event loop that first uses them; its
+        memory counters are the guard's)."""
+        return AsyncPerformer(AsyncLimiter(self.plan.config, self.limiter_stats, self._counters))
 
     def decide(self, request: GuardRequest, perform: Callable[[Any], object]) -> Decision:
         """Run the pipeline synchronously; a failure of the guard itself follows policy."""
@@ -201,6 +213,10 @@ class Guard:
             problem=problem,
             errors=(f"guard:{type(exc).__name__}",),
         )
+
+    def bad_body(self, code: str, detail: str) -> Decision:
+        """The decision for a request body that cannot be taken as sent (400 ``code``)."""
+        return Decision(action=Action.BAD_REQUEST, problem=Problem.bad_body(code, detail))
 
     def too_large(self) -> Decision:
         """The decision for a body over ``max_body_bytes``."""

@@ -156,6 +156,12 @@ class Problem:
         )
 
     @classmethod
+    def bad_body(cls, code: str, detail: str) -> Problem:
+        """400 for a request body the guard cannot take as sent: ``incomplete_body`` (the body
+        ended before its ``Content-Length``), ``invalid_content_length``."""
+        return cls(status=400, code=code, title="Bad Request", detail=detail)
+
+    @classmethod
     def unavailable(cls, code: str, retry_after: int) -> Problem:
         """503 when a dependency is down and policy says to refuse (``limiter_unavailable``...)."""
         return cls(

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ._drivers import drive
+from .decision import Decision
 from .exchange import Exchange
 from .guard import Guard
 from .request import GuardRequest
@@ -32,18 +33,31 @@ def _status_line(code: int) -> str:
         return f"{code} Unknown"
 
 
+class _BadBody(Exception):
+    """The body cannot be taken as sent: ``code`` and ``detail`` of the 400 answer."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+
+
 def _read_body(environ: WSGIEnvironment, cap: int) -> bytes | None:
     """The request body, or ``None`` when it is over ``cap``. Without ``CONTENT_LENGTH`` the
-    stream is read only when the server marks it terminated (``wsgi.input_terminated``)."""
+    stream is read only when the server marks it terminated (``wsgi.input_terminated``).
+
+    Raises:
+        _BadBody: ``CONTENT_LENGTH`` is not a number of bytes (RFC 9110: digits only; ``int``
+            would take ``+10`` or ``1_0``), or the body ended before it (the client went away
+            mid-upload: the app must not take a part of a request for the whole)."""
     stream = environ.get("wsgi.input")
     raw_length = environ.get("CONTENT_LENGTH") or ""
     if stream is None:
         return b""
     if raw_length:
-        try:
-            length = int(raw_length)
-        except ValueError:
-            return b""
+        if not (raw_length.isascii() and raw_length.isdigit()):
+            raise _BadBody("invalid_content_length", "The Content-Length header is not a number of bytes.")
+        length = int(raw_length)
         if length > cap:
             return None
         chunks = []
@@ -51,7 +65,7 @@ def _read_body(environ: WSGIEnvironment, cap: int) -> bytes | None:
         while left > 0:
             chunk = stream.read(min(left, 65536))
             if not chunk:
-                break
+                raise _BadBody("incomplete_body", "The request body ended before its Content-Length.")
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
@@ -98,6 +112,29 @@ class _Observed:
         exchange.finish(self._error)
 
 
+def _closing(result: Any, exchange: Exchange, perform: Callable[[Any], object]) -> Any:
+    """Return the server's own file wrapper (so that it can send the file with ``sendfile``),
+    settling and ending the exchange when the server closes it. Its bytes are not shown to the
+    exchange: a file carries no token usage."""
+    inner = getattr(result, "close", None)
+
+    def close() -> None:
+        try:
+            if inner is not None:
+                inner()
+        except BaseException as exc:
+            exchange.finish(exc)
+            raise
+        drive(exchange.settle(), perform)
+        exchange.finish()
+
+    try:
+        result.close = close
+    except AttributeError:  # a wrapper whose close cannot be replaced: observe it as any iterable
+        return _Observed(result, exchange, perform)
+    return result
+
+
 class DistillGuardWSGIMiddleware:
     """Guard a WSGI application.
 
@@ -123,7 +160,13 @@ class DistillGuardWSGIMiddleware:
             environ.get("REQUEST_METHOD", ""), environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD")
         ):
             return self.app(environ, start_response)
-        body = _read_body(environ, guard.max_body_bytes)
+        refusal: Decision | None = None
+        try:
+            body = _read_body(environ, guard.max_body_bytes)
+        except _BadBody as bad:
+            body, refusal = b"", guard.bad_body(bad.code, bad.detail)
+        except OSError:  # the server's error for a client gone mid-upload
+            body, refusal = b"", guard.bad_body("incomplete_body", "The request body could not be read.")
         request = GuardRequest(
             method=environ.get("REQUEST_METHOD", "GET"),
             path=path,
@@ -136,7 +179,12 @@ class DistillGuardWSGIMiddleware:
         )
         exchange = Exchange(guard, request, environ, WSGI_GETTER)
         try:
-            decision = guard.too_large() if body is None else guard.decide(request, self._perform)
+            if refusal is not None:
+                decision = refusal
+            elif body is None:
+                decision = guard.too_large()
+            else:
+                decision = guard.decide(request, self._perform)
             exchange.decided(decision)
             if decision.problem is not None:
                 code, headers, payload = decision.problem.render(decision.headers)
@@ -164,4 +212,7 @@ class DistillGuardWSGIMiddleware:
             exchange.finish(exc)
             raise
         exchange.detach()
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(result, wrapper):
+            return _closing(result, exchange, self._perform)  # the server may still sendfile() it
         return _Observed(result, exchange, self._perform)

@@ -235,3 +235,127 @@ def test_app_spans_nest_under_the_guard_span(
     (span,) = guard_spans(span_exporter)
     assert span.parent is not None and span.parent.span_id == server.get_span_context().span_id
     assert app.calls[0].span_context.span_id == span.context.span_id
+
+
+@pytest.mark.parametrize("server", ["werkzeug", "wsgiref"])
+def test_a_body_cut_short_is_refused_through_a_real_server(
+    guard_factory: Callable[..., Guard], server: str
+) -> None:
+    """A client that declares 100 bytes, sends 10 and stops sending gets 400 ``incomplete_body``
+    (the app never takes a part of a request for the whole), through Werkzeug's threaded server
+    and wsgiref."""
+    import json
+    import socket
+
+    app = EchoWSGIApp()
+    middleware = DistillGuardWSGIMiddleware(app, guard=guard_factory())
+    if server == "werkzeug":
+        from werkzeug.serving import make_server
+
+        httpd: Any = make_server("127.0.0.1", 0, middleware, threaded=True)
+    else:
+        httpd = wsgiref.simple_server.make_server("127.0.0.1", 0, middleware)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", httpd.server_port), timeout=10) as sock:
+            head = (
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer {make_token()}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n"
+            )
+            sock.sendall(head.encode() + b'{"prompt":')
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert b" 400 " in status_line
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["code"] == "incomplete_body"
+    assert app.calls == []
+
+
+@pytest.mark.parametrize("length", ["1_0", "+10", "-1", "10 ", "0x0a", "\u0661\u0660"])
+def test_a_content_length_that_is_not_digits_is_refused(
+    guard_factory: Callable[..., Guard], length: str
+) -> None:
+    """``Content-Length`` is digits only (RFC 9110); ``int()`` would read ``+10`` or ``1_0``.
+    (No PEP 3333 validator here: it refuses such an environ itself.)"""
+    echo = EchoWSGIApp()
+    app = DistillGuardWSGIMiddleware(echo, guard=guard_factory())
+    environ = environ_for(token=make_token(), CONTENT_LENGTH=length)
+    environ["wsgi.input"] = io.BytesIO(b'{"prompt":"x"}')
+    start = StartResponse()
+    body = b"".join(app(environ, start))
+    assert start.status.startswith("400") and b"invalid_content_length" in body and echo.calls == []
+
+
+def test_one_guard_counts_in_one_table_across_apps_and_adapters(guard_factory: Callable[..., Guard]) -> None:
+    """Two WSGI apps and an ASGI app sharing one guard share its memory windows (memory:// is
+    per process, not per app), and a thousand middlewares on one guard leave
+    ``limiter_stats.snapshot()`` working."""
+    import asyncio
+
+    from distillguard import DistillGuardMiddleware, LimitConfig
+    from tests.helpers import EchoASGIApp
+
+    guard = guard_factory(limits=LimitConfig(default="5/minute"))
+    apps = [DistillGuardWSGIMiddleware(EchoWSGIApp(), guard=guard) for _ in range(2)]
+    token = make_token(sub="shared")
+    statuses = []
+    for i in range(4):
+        environ = environ_for(token=token, CONTENT_LENGTH="2")
+        environ["wsgi.input"] = io.BytesIO(b"{}")
+        statuses.append(call(apps[i % 2], environ)[0].status[:3])
+    asgi = DistillGuardMiddleware(EchoASGIApp(), guard=guard)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [(b"authorization", f"Bearer {token}".encode())],
+    }
+    for _ in range(2):
+        asyncio.run(asgi(dict(scope), receive, send))
+    statuses += [str(m["status"]) for m in sent if m["type"] == "http.response.start"]
+    assert statuses == ["200"] * 5 + ["429"]
+    for _ in range(1000):
+        DistillGuardWSGIMiddleware(EchoWSGIApp(), guard=guard)
+    assert guard.limiter_stats.snapshot()["memory_evictions"] == 0
+
+
+def test_the_server_file_wrapper_is_kept_for_sendfile(
+    wsgi: Callable[..., Any], guard_factory: Callable[..., Guard], span_exporter: Any
+) -> None:
+    """An app returning ``wsgi.file_wrapper(...)`` hands the server its own wrapper back (so it
+    can use ``sendfile``); the guard's span ends when the server closes it."""
+    closed: list[bool] = []
+
+    class File(io.BytesIO):
+        def close(self) -> None:
+            closed.append(True)
+            super().close()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](File(b"weights"), 4)
+
+    middleware = DistillGuardWSGIMiddleware(app, guard=guard_factory())
+    environ = environ_for(token=make_token(), CONTENT_LENGTH="2")
+    environ["wsgi.input"] = io.BytesIO(b"{}")
+    environ["wsgi.file_wrapper"] = wsgiref.util.FileWrapper
+    result = middleware(environ, StartResponse())
+    assert isinstance(result, wsgiref.util.FileWrapper)
+    assert b"".join(result) == b"weights"
+    assert guard_spans(span_exporter) == []
+    result.close()
+    assert closed == [True] and len(guard_spans(span_exporter)) == 1

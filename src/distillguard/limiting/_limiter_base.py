@@ -12,6 +12,7 @@ from limits.strategies import STRATEGIES
 
 from ..errors import ConfigurationError
 from ._script import CHARGE_WINDOWS_LUA, scriptable
+from ._table import BoundedTable
 from ._windows import WindowKeys, charge_window
 from .config import LimitConfig
 from .memory import AsyncBoundedMemoryStorage, BoundedMemoryStorage
@@ -58,7 +59,14 @@ def with_error(outcome: LimitOutcome, error: str) -> LimitOutcome:
 class LimiterBase:
     """State shared by :class:`~.limiter.Limiter` and :class:`~.limiter.AsyncLimiter`."""
 
-    def __init__(self, config: LimitConfig, stats: LimiterStats, *, asynchronous: bool) -> None:
+    def __init__(
+        self,
+        config: LimitConfig,
+        stats: LimiterStats,
+        *,
+        asynchronous: bool,
+        table: BoundedTable | None = None,
+    ) -> None:
         self.config = config
         self.stats = stats
         self.breaker = CircuitBreaker(
@@ -67,7 +75,10 @@ class LimiterBase:
             max_delay=config.breaker_max_delay,
             stats=stats,
         )
-        self.local = build_storage("memory://", asynchronous=asynchronous, max_keys=config.memory_max_keys)
+        # the memory counters (or the outage fallback): one table per guard, whatever the adapter
+        self.local = build_storage(
+            "memory://", asynchronous=asynchronous, max_keys=config.memory_max_keys, table=table
+        )
         self.remote = not is_memory(config.storage_uri)
         self._primary: Any = None if self.remote else self.local
         self._asynchronous = asynchronous
@@ -76,12 +87,8 @@ class LimiterBase:
         self._strategies: dict[str, Any] = {} if self.remote else self._local_strategies
         self._script: Any = None
         self._keys = WindowKeys()
-        previous = stats.evictions
-        stats.evictions = (
-            (lambda: self.local.evictions + previous())
-            if previous is not None
-            else (lambda: self.local.evictions)
-        )
+        counters = self.local.table
+        stats.evictions = lambda: counters.evictions  # no reference to the limiter: it may go
         if self.remote and not builds_lazily(config.storage_uri, asynchronous):
             self._build_primary()  # opens no connection; a misconfiguration stops the start-up
 

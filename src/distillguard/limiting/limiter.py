@@ -28,6 +28,7 @@ from limits.errors import StorageError
 
 from ._limiter_base import LimiterBase, logger, outcome_of, with_error
 from ._script import outcomes, script_args
+from ._table import BoundedTable
 from .config import LimitConfig
 from .outage import LimiterStats
 from .plan import LimitCheck, LimitOutcome
@@ -42,10 +43,11 @@ class Limiter(LimiterBase):
     Args:
         config: the limit settings.
         stats: the counters to update (shared by the guard's performers).
+        table: the memory counter table (shared by the guard's limiters; a new one by default).
     """
 
-    def __init__(self, config: LimitConfig, stats: LimiterStats) -> None:
-        super().__init__(config, stats, asynchronous=False)
+    def __init__(self, config: LimitConfig, stats: LimiterStats, table: BoundedTable | None = None) -> None:
+        super().__init__(config, stats, asynchronous=False, table=table)
 
     def _hit(
         self, strategies: dict[str, Any], storage: Any, check: LimitCheck, charge: bool
@@ -151,8 +153,8 @@ class Limiter(LimiterBase):
 class AsyncLimiter(LimiterBase):
     """Async limiter for ASGI (the twin of :class:`Limiter`)."""
 
-    def __init__(self, config: LimitConfig, stats: LimiterStats) -> None:
-        super().__init__(config, stats, asynchronous=True)
+    def __init__(self, config: LimitConfig, stats: LimiterStats, table: BoundedTable | None = None) -> None:
+        super().__init__(config, stats, asynchronous=True, table=table)
 
     async def _hit(
         self, strategies: dict[str, Any], storage: Any, check: LimitCheck, charge: bool

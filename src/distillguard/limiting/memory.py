@@ -44,13 +44,20 @@ class BoundedMemoryStorage(_TableFace, Storage, MovingWindowSupport, SlidingWind
             (its counter starts again from zero) and :attr:`evictions` grows.
         clock: the time source (unix seconds), for tests; by default a monotonic clock (see
             :class:`~distillguard.limiting._table.BoundedTable`).
+        table: the counter table to use (one guard's sync and async storages share it, so
+            that every adapter of a guard counts in the same windows); a new one by default.
     """
 
     STORAGE_SCHEME = None
 
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] | None = None,
+        table: BoundedTable | None = None,
+    ) -> None:
         super().__init__(None, wrap_exceptions=True)
-        self.table = BoundedTable(max_keys, clock)
+        self.table = table if table is not None else BoundedTable(max_keys, clock)
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         return self.table.incr(key, expiry, amount)
@@ -97,9 +104,14 @@ class AsyncBoundedMemoryStorage(
 
     STORAGE_SCHEME = None
 
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] | None = None,
+        table: BoundedTable | None = None,
+    ) -> None:
         super().__init__(None, wrap_exceptions=True)
-        self.table = BoundedTable(max_keys, clock)
+        self.table = table if table is not None else BoundedTable(max_keys, clock)
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         return self.table.incr(key, expiry, amount)

@@ -37,6 +37,7 @@ from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.storage import storage_from_string
 
 from ..errors import ConfigurationError
+from ._table import BoundedTable
 from .memory import AsyncBoundedMemoryStorage, BoundedMemoryStorage
 from .refunds import arefund, refund
 
@@ -254,6 +255,7 @@ def build_storage(
     asynchronous: bool,
     max_keys: int = 100_000,
     key_prefix: str = "dg",
+    table: BoundedTable | None = None,
 ) -> Any:
     """Build the storage for ``uri``.
 
@@ -263,6 +265,7 @@ def build_storage(
         asynchronous: build the ``limits.aio`` variant (for ASGI).
         max_keys: the key cap of the memory storage.
         key_prefix: the namespace of the counters in a remote storage.
+        table: for ``memory://``, the counter table to share (a new one by default).
 
     Redis storages open no connection here (cluster storages do: build them lazily). For a
     single server, one connection object is made (not connected) from the pool's settings, so an
@@ -273,7 +276,9 @@ def build_storage(
     """
     scheme = uri.split("://", 1)[0]
     if scheme == "memory":
-        return AsyncBoundedMemoryStorage(max_keys) if asynchronous else BoundedMemoryStorage(max_keys)
+        if asynchronous:
+            return AsyncBoundedMemoryStorage(max_keys, table=table)
+        return BoundedMemoryStorage(max_keys, table=table)
     merged = _remote_options(scheme, options or {}, key_prefix, asynchronous)
     try:
         if asynchronous and scheme in ("redis", "rediss", "redis+unix") and "connection_pool" not in merged:
