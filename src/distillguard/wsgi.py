@@ -112,7 +112,7 @@ class _Observed:
         exchange.finish(self._error)
 
 
-def _closing(result: Any, exchange: Exchange, perform: Callable[[Any], object]) -> Any:
+def _closing(result: Any, exchange: Exchange, perform: Callable[[Any], object]) -> Iterable[bytes]:
     """Return the server's own file wrapper (so that it can send the file with ``sendfile``),
     settling and ending the exchange when the server closes it. Its bytes are not shown to the
     exchange: a file carries no token usage."""
@@ -132,7 +132,8 @@ def _closing(result: Any, exchange: Exchange, perform: Callable[[Any], object]) 
         result.close = close
     except AttributeError:  # a wrapper whose close cannot be replaced: observe it as any iterable
         return _Observed(result, exchange, perform)
-    return result
+    wrapped: Iterable[bytes] = result
+    return wrapped
 
 
 class DistillGuardWSGIMiddleware:
