@@ -4,14 +4,26 @@ percentiles of their benign null (see :mod:`distillguard.replay.calibration`).""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
 from ..errors import DistillGuardError
-from ..replay import calibrate, resolve_detectors
-from .replay import _names, add_common, open_log, routes_of
+from ..replay import LogStats, calibrate, resolve_detectors
+from .replay import _names, add_common, open_log, outputs_ok, report_log, routes_of
 
 __all__ = ["register", "run"]
+
+
+def window_seconds(text: str) -> float:
+    """A client-window length: a finite number of seconds, at least one."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 1")
+    return value
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +41,10 @@ def register(subparsers: Any) -> None:
         "--percentile", type=float, default=99.9, help="percentile of the null (default 99.9)"
     )
     parser.add_argument(
-        "--window-seconds", type=float, default=86_400.0, help="client-window length (default one UTC day)"
+        "--window-seconds",
+        type=window_seconds,
+        default=86_400.0,
+        help="client-window length in seconds, at least 1 (default one UTC day)",
     )
     parser.add_argument(
         "--floor", type=float, default=0.5, help="lowest threshold allowed (default 0.5, the flag level)"
@@ -39,10 +54,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``calibrate``; return the exit status."""
+    """Run ``calibrate``; return the exit status (2 for a configuration, input or output error)."""
+    if not outputs_ok("calibrate", (args.out,)):
+        return 2
+    stats = LogStats()
     try:
         detectors = resolve_detectors(_names(args.detectors))
-        with open_log(args.log) as lines:
+        with open_log(args) as lines:
             thresholds = calibrate(
                 lines,
                 detectors,
@@ -50,14 +68,25 @@ def run(args: argparse.Namespace) -> int:
                 window_seconds=args.window_seconds,
                 floor=args.floor,
                 routes=routes_of(args),
+                stats=stats,
+                progress=None if args.quiet else sys.stderr,
+                progress_every=args.progress_every,
+                max_line_bytes=args.max_line_bytes,
             )
     except DistillGuardError as exc:
+        if stats.lines:
+            report_log(stats, 0, quiet=args.quiet)
         print(f"distillguard calibrate: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"distillguard calibrate: cannot read {args.log}: {exc}", file=sys.stderr)
         return 2
-    thresholds.save(args.out)
+    try:
+        thresholds.save(args.out)
+    except OSError as exc:
+        print(f"distillguard calibrate: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 2
+    report_log(stats, thresholds.clients, quiet=args.quiet)
     if not args.quiet:
         for name, value in sorted(thresholds.detectors.items()):
             n = thresholds.samples.get(name, 0)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, TextIO
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
 
 from ..errors import DistillGuardError
 from ..replay import (
     DEFAULT_ROUTES,
+    LogStats,
     ReplayEngine,
     Thresholds,
     build_report,
@@ -21,15 +22,40 @@ from ..replay import (
     write_html,
     write_json,
 )
+from ..replay.log import DEFAULT_MAX_LINE_BYTES, Oversized, open_log as _open_log
+from ..replay.output import unwritable
 from ..replay.parallel import ShardSpec, replay_parallel
 
 __all__ = ["register", "run"]
+
+MILLISECONDS = 1e11
+"""A largest ``ts`` above this (the year 5138 in seconds, 1973 in milliseconds) is taken for a
+log in milliseconds, and warned about."""
 
 
 def _names(text: str | None) -> list[str] | None:
     if not text:
         return None
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def count(text: str) -> int:
+    """An argument that is a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def positive(text: str) -> int:
+    """An argument that is a whole number >= 1."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +73,20 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--all-routes", action="store_true", help="replay every path")
     parser.add_argument(
-        "--progress-every", type=int, default=100_000, metavar="N", help="progress on stderr every N lines"
+        "--progress-every",
+        type=positive,
+        default=100_000,
+        metavar="N",
+        help="progress on stderr every N lines read",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--max-line-bytes",
+        type=positive,
+        default=DEFAULT_MAX_LINE_BYTES,
+        metavar="N",
+        help="skip longer lines, counted as oversized (default 16 MiB)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output and no summary")
 
 
 def routes_of(args: argparse.Namespace) -> tuple[str, ...]:
@@ -60,14 +97,57 @@ def routes_of(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(names) if names else DEFAULT_ROUTES
 
 
-@contextmanager
-def open_log(path: str) -> Iterator[TextIO]:
-    """The log as text lines (``-`` is standard input)."""
-    if path == "-":
-        yield sys.stdin
-        return
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        yield handle
+def open_log(args: argparse.Namespace) -> AbstractContextManager[Iterator[str | Oversized]]:
+    """The log's lines (``-`` is standard input; gzip is recognised), read the same way for
+    files and standard input (see :func:`distillguard.replay.log.open_log`)."""
+    return _open_log(args.log, max_line_bytes=args.max_line_bytes)
+
+
+def outputs_ok(command: str, paths: Iterable[str | None]) -> bool:
+    """Whether every output path can be written, checked before the work starts (a replay takes
+    minutes); prints why not on stderr."""
+    for path in paths:
+        if path is None:
+            continue
+        problem = unwritable(path)
+        if problem is not None:
+            print(f"distillguard {command}: cannot write {path}: {problem}", file=sys.stderr)
+            return False
+    return True
+
+
+def report_log(
+    stats: LogStats,
+    clients: int,
+    *,
+    quiet: bool,
+    verdicts: str = "",
+    errors: Mapping[str, int] | None = None,
+) -> None:
+    """What reading the log found, on stderr: one line of counts (unless ``quiet``; ``verdicts``
+    is inserted after the clients), then warnings (always): timestamps that look like
+    milliseconds, and internal errors."""
+    if not quiet:
+        extra = "".join(
+            f", {counted.count:,} {label}"
+            for counted, label in ((stats.oversized, "oversized"), (stats.unparsed_bodies, "unparsed bodies"))
+            if counted.count
+        )
+        print(
+            f"{stats.replayed:,} requests from {clients:,} clients; {verdicts}"
+            f"{stats.malformed.count:,} malformed, {stats.out_of_order.count:,} out of order, "
+            f"{stats.unknown_path.count:,} unknown paths{extra}",
+            file=sys.stderr,
+        )
+    if stats.last_ts is not None and stats.last_ts > MILLISECONDS:
+        print(
+            f"warning: timestamps look like milliseconds (largest ts {stats.last_ts:.0f}); ts must be "
+            "unix seconds, or days, windows and rates are wrong",
+            file=sys.stderr,
+        )
+    if errors:
+        listed = ", ".join(f"{name} {n:,}" for name, n in sorted(errors.items()))
+        print(f"warning: internal errors while replaying: {listed}", file=sys.stderr)
 
 
 def register(subparsers: Any) -> None:
@@ -84,7 +164,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--config", metavar="PATH", help="thresholds file written by 'distillguard calibrate'"
     )
-    parser.add_argument("--top", type=int, default=25, metavar="N", help="clients shown in the HTML report")
+    parser.add_argument("--top", type=count, default=25, metavar="N", help="clients shown in the HTML report")
     parser.add_argument(
         "--jobs",
         type=int,
@@ -100,17 +180,34 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _unknown_thresholds(thresholds: Mapping[str, float] | None, detectors: Iterable[Any]) -> None:
+    """Warn about thresholds for detectors this run does not have: a plugin may be missing (not
+    refused, so a file serves runs with different detector sets)."""
+    unknown = sorted(set(thresholds or {}) - {d.name for d in detectors})
+    if unknown:
+        print(
+            f"warning: the thresholds file names detectors not in this run: {', '.join(unknown)}",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``replay``; return the exit status."""
+    """Run ``replay``; return the exit status (2 for a configuration, input or output error)."""
     try:
         thresholds = Thresholds.load(args.config).detectors if args.config else None
         policy = offline_policy(thresholds, flag=args.flag)
-        guard = offline_guard(resolve_detectors(_names(args.detectors)), policy)
+        detectors = resolve_detectors(_names(args.detectors))
+        guard = offline_guard(detectors, policy)
     except DistillGuardError as exc:
         print(f"distillguard replay: {exc}", file=sys.stderr)
         return 2
+    _unknown_thresholds(thresholds, detectors)
+    if not outputs_ok("replay", (args.json, args.html)):
+        return 2
     try:
         if args.jobs > 1 and args.log != "-":
+            with open_log(args):  # fail here, not in every worker
+                pass
             spec = ShardSpec(
                 path=args.log,
                 detectors=_names(args.detectors),
@@ -119,30 +216,31 @@ def run(args: argparse.Namespace) -> int:
                 routes=routes_of(args),
                 jobs=args.jobs,
                 progress_every=0 if args.quiet else args.progress_every,
+                max_line_bytes=args.max_line_bytes,
             )
             result = replay_parallel(spec)
         else:
             engine = ReplayEngine(
                 guard, progress=None if args.quiet else sys.stderr, progress_every=args.progress_every
             )
-            with open_log(args.log) as lines:
-                result = engine.run(lines, routes_of(args))
+            with open_log(args) as lines:
+                result = engine.run(lines, routes_of(args), max_line_bytes=args.max_line_bytes)
     except OSError as exc:
         print(f"distillguard replay: cannot read {args.log}: {exc}", file=sys.stderr)
         return 2
     report = build_report(result)
-    if args.json:
-        write_json(report, args.json)
-    if args.html:
-        write_html(result, args.html, top=args.top, report=report)
     summary = report["summary"]
-    if not args.quiet:
-        print(
-            f"{summary['replayed']:,} requests from {summary['clients']:,} clients; "
-            f"{summary['flagged_clients']:,} flagged, {summary['campaigns']:,} campaigns; "
-            f"{summary['malformed']['count']:,} malformed, "
-            f"{summary['out_of_order']['count']:,} out of order, "
-            f"{summary['unknown_path']['count']:,} unknown paths",
-            file=sys.stderr,
-        )
+    written = ""
+    try:
+        if args.json:
+            written = args.json
+            write_json(report, args.json)
+        if args.html:
+            written = args.html
+            write_html(result, args.html, top=args.top, report=report)
+    except OSError as exc:
+        print(f"distillguard replay: cannot write {written}: {exc}", file=sys.stderr)
+        return 2
+    verdicts = f"{summary['flagged_clients']:,} flagged, {summary['campaigns']:,} campaigns; "
+    report_log(result.stats, summary["clients"], quiet=args.quiet, verdicts=verdicts, errors=result.errors)
     return 0

@@ -31,13 +31,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from ..decision import Decision
 from ..errors import ConfigurationError
 from ..policy import Policy
 from ..risk import RiskPolicy, calibrate as risk_calibrate
 from .engine import ReplayEngine, offline_guard
-from .log import DEFAULT_ROUTES, LogStats, RouteMatcher, read_log
+from .log import DEFAULT_MAX_LINE_BYTES, DEFAULT_ROUTES, LogRecord, LogStats, Oversized
+from .output import write_atomic
 
 __all__ = ["Thresholds", "benign_null", "calibrate", "percentile"]
 
@@ -109,24 +111,50 @@ class Thresholds:
         """Read the file's content.
 
         Raises:
-            ConfigurationError: when it is not a thresholds file.
+            ConfigurationError: when it is not a thresholds file, naming the field at fault.
         """
-        if data.get("format") != FORMAT or not isinstance(data.get("thresholds"), Mapping):
+        if data.get("format") != FORMAT:
             raise ConfigurationError(f"not a thresholds file (expected format {FORMAT!r})")
+        thresholds = data.get("thresholds")
+        if not isinstance(thresholds, Mapping):
+            raise ConfigurationError("thresholds file: 'thresholds' must be an object {detector: threshold}")
+        detectors: dict[str, float] = {}
+        for name, value in thresholds.items():
+            number = _number(value)
+            if number is None or not 0.0 < number < 1.0:
+                raise ConfigurationError(
+                    f"thresholds file: thresholds.{name} must be a number in (0, 1), not {_shown(value)}"
+                )
+            detectors[str(name)] = number
+        samples = data.get("samples", {})
+        if not isinstance(samples, Mapping):
+            raise ConfigurationError("thresholds file: 'samples' must be an object {detector: count}")
+        counts: dict[str, int] = {}
+        for name, value in samples.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(
+                    f"thresholds file: samples.{name} must be a non-negative integer, not {_shown(value)}"
+                )
+            counts[str(name)] = value
+        clients = data.get("clients", 0)
+        if isinstance(clients, bool) or not isinstance(clients, int) or clients < 0:
+            raise ConfigurationError(
+                f"thresholds file: 'clients' must be a non-negative integer, not {_shown(clients)}"
+            )
         return cls(
-            detectors={str(k): float(v) for k, v in data["thresholds"].items()},
-            percentile=float(data.get("percentile", 99.9)),
-            window_seconds=float(data.get("window_seconds", 86_400.0)),
-            floor=float(data.get("floor", 0.5)),
-            samples={str(k): int(v) for k, v in data.get("samples", {}).items()},
-            clients=int(data.get("clients", 0)),
+            detectors=detectors,
+            percentile=_field(data, "percentile", 99.9),
+            window_seconds=_field(data, "window_seconds", 86_400.0),
+            floor=_field(data, "floor", 0.5),
+            samples=counts,
+            clients=clients,
         )
 
     @classmethod
     def load(cls, path: str | Path) -> Thresholds:
         """Read a thresholds file written by ``distillguard calibrate``."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"cannot read thresholds file {str(path)!r}: {exc}") from exc
         if not isinstance(data, Mapping):
@@ -134,27 +162,59 @@ class Thresholds:
         return cls.from_json(data)
 
     def save(self, path: str | Path) -> None:
-        """Write the thresholds file."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+        """Write the thresholds file, replacing it whole (see
+        :func:`~distillguard.replay.output.write_atomic`).
+
+        Raises:
+            OSError: when the file cannot be written.
+        """
+        text = json.dumps(self.to_json(), indent=1) + "\n"
+        write_atomic(path, text.encode("utf-8", "backslashreplace"))
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a finite float, or ``None`` when it is not a JSON number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: object) -> str:
+    """A short rendering of a bad value for an error message."""
+    text = json.dumps(value, ensure_ascii=True, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _field(data: Mapping[str, Any], key: str, default: float) -> float:
+    number = _number(data.get(key, default))
+    if number is None:
+        raise ConfigurationError(f"thresholds file: {key!r} must be a number, not {_shown(data.get(key))}")
+    return number
 
 
 def benign_null(
-    lines: Iterable[str],
+    lines: Iterable[str | Oversized],
     detectors: Iterable[Any],
     *,
     window_seconds: float = 86_400.0,
     routes: Iterable[str] = DEFAULT_ROUTES,
+    stats: LogStats | None = None,
+    progress: TextIO | None = None,
+    progress_every: int = 100_000,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> tuple[dict[str, list[float]], LogStats, int]:
     """Replay a benign log; return each detector's per-client-window maximum scores, the log
-    statistics and the number of clients."""
-    if window_seconds <= 0:
-        raise ConfigurationError("window_seconds must be positive")
-    guard = offline_guard(list(detectors), Policy(flag=1.0, degrade=None, block=None, shadow=True))
-    engine = ReplayEngine(guard)
-    stats = LogStats()
+    statistics (``stats`` when given, filled in as the log is read) and the number of clients.
+    ``progress`` and ``progress_every`` are as for :class:`ReplayEngine`."""
+    if not math.isfinite(window_seconds) or window_seconds <= 0:
+        raise ConfigurationError("window_seconds must be a positive number")
     best: dict[tuple[str, int], dict[str, float]] = {}
-    for record in read_log(lines, stats, RouteMatcher(routes)):
-        decision = engine.feed(record)
+
+    def collect(record: LogRecord, decision: Decision) -> None:
         key = (record.client, math.floor(record.ts / window_seconds))
         window = best.get(key)
         if window is None:
@@ -162,22 +222,34 @@ def benign_null(
         for result in decision.results:
             if result.score > window.get(result.detector, -1.0):
                 window[result.detector] = result.score
+
+    guard = offline_guard(list(detectors), Policy(flag=1.0, degrade=None, block=None, shadow=True))
+    engine = ReplayEngine(
+        guard, progress=progress, progress_every=progress_every, observer=collect, label="calibrate"
+    )
+    stats = stats if stats is not None else LogStats()
+    engine.replay(lines, stats, routes, max_line_bytes=max_line_bytes)
     names = [d.name for d in guard.detectors]
     null = {name: [w.get(name, 0.0) for w in best.values()] for name in names}
     return null, stats, len(engine.tracks)
 
 
 def calibrate(
-    lines: Iterable[str],
+    lines: Iterable[str | Oversized],
     detectors: Iterable[Any],
     *,
     p: float = 99.9,
     window_seconds: float = 86_400.0,
     floor: float = 0.5,
     routes: Iterable[str] = DEFAULT_ROUTES,
+    stats: LogStats | None = None,
+    progress: TextIO | None = None,
+    progress_every: int = 100_000,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> Thresholds:
     """Thresholds at the ``p``-th percentile of each detector's benign null (see the module
-    docstring).
+    docstring). ``stats``, when given, is filled in with what reading the log found (malformed,
+    out-of-order, unknown-path lines...), for the caller to report.
 
     Raises:
         ConfigurationError: when the log holds no usable request.
@@ -186,7 +258,16 @@ def calibrate(
         raise ConfigurationError("the percentile must be in (0, 100)")
     if not 0.0 < floor <= 0.95:
         raise ConfigurationError("the floor must be in (0, 0.95]")
-    null, stats, clients = benign_null(lines, detectors, window_seconds=window_seconds, routes=routes)
+    null, stats, clients = benign_null(
+        lines,
+        detectors,
+        window_seconds=window_seconds,
+        routes=routes,
+        stats=stats,
+        progress=progress,
+        progress_every=progress_every,
+        max_line_bytes=max_line_bytes,
+    )
     if stats.replayed == 0:
         raise ConfigurationError("the benign log holds no usable request")
     at_percentile = risk_calibrate(null, p, floor=floor)

@@ -21,11 +21,19 @@ from ..guard import Guard
 from ..identity import Identity
 from ..limiting import LimitConfig
 from ..policy import Policy
-from ..query import parse_query
+from ..query import Query, parse_query
 from ..request import GuardRequest
 from ..risk import RiskPolicy
 from .campaigns import find_campaigns
-from .log import DEFAULT_ROUTES, LogRecord, LogStats, RouteMatcher, read_log
+from .log import (
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_ROUTES,
+    LogRecord,
+    LogStats,
+    Oversized,
+    RouteMatcher,
+    read_log,
+)
 from .track import ClientTrack, request_shape
 
 __all__ = ["FLAGGED_ACTIONS", "ReplayEngine", "ReplayResult", "offline_guard", "offline_policy"]
@@ -104,6 +112,7 @@ class ReplayEngine:
         progress_every: write a progress line every this many log lines.
         observer: called with each record and its decision (for benchmarks and custom reports).
         clock: the wall clock for the rate measurement.
+        label: the first word of progress lines.
     """
 
     def __init__(
@@ -114,6 +123,7 @@ class ReplayEngine:
         progress_every: int = 100_000,
         observer: Callable[[LogRecord, Decision], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        label: str = "replay",
     ) -> None:
         self.guard = guard
         self.tracks: dict[str, ClientTrack] = {}
@@ -124,6 +134,7 @@ class ReplayEngine:
         self._every = max(1, progress_every)
         self._clock = clock
         self._observer = observer
+        self._label = label
 
     def feed(self, record: LogRecord) -> Decision:
         """Replay one record; return the guard's decision."""
@@ -148,10 +159,10 @@ class ReplayEngine:
         decision = guard.decide(request, self._perform)
         risk = decision.score
         query = decision.query
-        if query is None:  # refused before parsing (the penalty box): the client's risk still counts
+        if query is None:  # refused before parsing (penalty box) or the guard failed: risk still counts
             if guard.risk is not None:
                 risk = max(risk, guard.risk.risk(record.client, record.clock))
-            query = parse_query(record.body, request.content_type)
+            query = self._query(record.body, request.content_type)
         track = self.tracks.get(record.client)
         if track is None:
             track = self.tracks[record.client] = ClientTrack(record.client)
@@ -169,30 +180,69 @@ class ReplayEngine:
             self.errors[error] += 1
         return decision
 
-    def run(self, lines: Iterable[str], routes: Iterable[str] = DEFAULT_ROUTES) -> ReplayResult:
-        """Replay every line of a log (an open text file or any iterable of lines)."""
+    def _query(self, body: bytes, content_type: str) -> Query:
+        """The query of a request the guard did not parse (the penalty box refused it, or the
+        guard failed). The replay outlives a failure here too: the request still counts for its
+        client, with an empty query, and the failure is counted as ``replay:<exception>``."""
+        try:
+            return parse_query(body, content_type)
+        except Exception as exc:
+            self.errors[f"replay:{type(exc).__name__}"] += 1
+            return Query(kind="empty")
+
+    def run(
+        self,
+        lines: Iterable[str | Oversized],
+        routes: Iterable[str] = DEFAULT_ROUTES,
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> ReplayResult:
+        """Replay every line of a log (from :func:`~distillguard.replay.log.open_log`, an open
+        text file or any iterable of lines)."""
         stats = LogStats()
+        seconds = self.replay(lines, stats, routes, max_line_bytes=max_line_bytes)
+        return self.result(stats, seconds)
+
+    def replay(
+        self,
+        lines: Iterable[str | Oversized],
+        stats: LogStats,
+        routes: Iterable[str] = DEFAULT_ROUTES,
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> float:
+        """Feed every usable line to :meth:`feed`, counting the others in ``stats``; return the
+        wall seconds. Progress counts every line read, so a long run of unusable lines shows
+        too."""
         start = self._clock()
         progress = self._progress
-        every = self._every
-        next_report = every
         observer = self._observer
-        for record in read_log(lines, stats, RouteMatcher(routes)):
+
+        def report(line: int) -> None:
+            if progress is not None:
+                self._report(progress, stats, line, self._clock() - start)
+
+        records = read_log(
+            lines,
+            stats,
+            RouteMatcher(routes),
+            max_line_bytes=max_line_bytes,
+            progress=report if progress is not None else None,
+            progress_every=self._every,
+        )
+        for record in records:
             decision = self.feed(record)
             if observer is not None:
                 observer(record, decision)
-            if progress is not None and record.line >= next_report:
-                next_report = record.line + every
-                self._report(progress, stats, record.line, self._clock() - start)
         seconds = self._clock() - start
         if progress is not None:
             self._report(progress, stats, stats.lines, seconds, done=True)
-        return self.result(stats, seconds)
+        return seconds
 
     def _report(self, out: TextIO, stats: LogStats, line: int, seconds: float, done: bool = False) -> None:
         flagged = sum(1 for t in self.tracks.values() if t.first_flag_request is not None)
         rate = line / seconds if seconds > 0 else 0.0
-        word = "done" if done else "replay"
+        word = "done" if done else self._label
         out.write(
             f"{word}: {line:,} lines ({rate:,.0f} lines/s), {len(self.tracks):,} clients, "
             f"{flagged:,} flagged, {stats.malformed.count:,} malformed\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import ReplayResult
+from .output import write_atomic
 from .report import build_report
 from .track import ClientTrack
 
@@ -34,10 +35,16 @@ code{font-size:12px}
 """
 
 
-def _utc(ts: float | None) -> str:
+def _utc(ts: float | None, *, zone: bool = False) -> str:
+    """``ts`` as a UTC date and time (`` UTC`` appended when ``zone``); a timestamp outside the
+    calendar's range (milliseconds logged as seconds, say) is shown as the raw number."""
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        text = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return f"ts {ts!r}"
+    return f"{text} UTC" if zone else text
 
 
 def risk_svg(
@@ -85,8 +92,8 @@ def risk_svg(
             f'<line x1="{fx:.1f}" x2="{fx:.1f}" y1="{_T}" y2="{_T + height}" '
             'stroke="#b42318" stroke-width="1"/>'
         )
-    parts.append(f'<text x="{_L}" y="{_H - 8}">{_utc(t0)} UTC</text>')
-    parts.append(f'<text x="{_L + width}" y="{_H - 8}" text-anchor="end">{_utc(t1)} UTC</text>')
+    parts.append(f'<text x="{_L}" y="{_H - 8}">{_utc(t0, zone=True)}</text>')
+    parts.append(f'<text x="{_L + width}" y="{_H - 8}" text-anchor="end">{_utc(t1, zone=True)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -135,7 +142,7 @@ def render_html(result: ReplayResult, *, top: int = 25, report: dict[str, Any] |
     for each flagged client among them."""
     report = report if report is not None else build_report(result)
     summary = report["summary"]
-    entries = report["clients"][:top]
+    entries = report["clients"][: max(0, top)]
     threshold = result.policy.risk.flag if result.policy.risk is not None else result.policy.flag
     figures = []
     for entry in entries:
@@ -152,12 +159,12 @@ def render_html(result: ReplayResult, *, top: int = 25, report: dict[str, Any] |
         figures.append(
             f'<figure id="client-{escape(name)}">{svg}<figcaption><b>{escape(name)}</b>: risk over time, '
             f"{entry['requests']:,} requests, first flagged at request {entry['first_flag_request']} "
-            f"({_utc(entry['first_flag_ts'])} UTC); dashed line: flag threshold {threshold:g}."
+            f"({_utc(entry['first_flag_ts'], zone=True)}); dashed line: flag threshold {threshold:g}."
             "</figcaption></figure>"
         )
     issues = ", ".join(
         f"{summary[k]['count']:,} {k.replace('_', ' ')}"
-        for k in ("malformed", "out_of_order", "unknown_path")
+        for k in ("malformed", "out_of_order", "unknown_path", "oversized", "unparsed_bodies")
     )
     head = (
         "<tr><th>client</th><th class=n>requests</th><th class=n>flagged</th><th class=n>first flag</th>"
@@ -174,8 +181,8 @@ def render_html(result: ReplayResult, *, top: int = 25, report: dict[str, Any] |
         f"<style>{_STYLE}</style></head><body>"
         "<h1>distillguard replay report</h1>"
         f"<p>{summary['lines']:,} lines, {summary['replayed']:,} requests replayed from "
-        f"{summary['clients']:,} clients between {_utc(summary['first_ts'])} "
-        f"and {_utc(summary['last_ts'])} UTC; "
+        f"{summary['clients']:,} clients between {_utc(summary['first_ts'], zone=True)} "
+        f"and {_utc(summary['last_ts'], zone=True)}; "
         f"<span class=flag>{summary['flagged_clients']:,} clients flagged</span>, "
         f"{summary['campaigns']:,} campaigns. Skipped or adjusted lines: {issues}. "
         f"Detectors: <code>{escape(', '.join(summary['detectors']) or 'none')}</code>. "
@@ -196,5 +203,11 @@ def render_html(result: ReplayResult, *, top: int = 25, report: dict[str, Any] |
 def write_html(
     result: ReplayResult, path: str | Path, *, top: int = 25, report: dict[str, Any] | None = None
 ) -> None:
-    """Write the HTML report of ``result`` to ``path``."""
-    Path(path).write_text(render_html(result, top=top, report=report), encoding="utf-8")
+    """Write the HTML report of ``result`` to ``path``, replacing it whole (see
+    :func:`~distillguard.replay.output.write_atomic`); a character that is not valid Unicode (a
+    lone surrogate) becomes ``?`` rather than failing the report.
+
+    Raises:
+        OSError: when the file cannot be written.
+    """
+    write_atomic(path, render_html(result, top=top, report=report).encode("utf-8", "replace"))

@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from .engine import ReplayEngine, ReplayResult, offline_guard, offline_policy
-from .log import LogStats, RouteMatcher, read_log
+from .log import DEFAULT_MAX_LINE_BYTES, LogStats, RouteMatcher, open_log, read_log
 from .setup import resolve_detectors
 from .track import ClientTrack
 
@@ -41,6 +41,7 @@ class ShardSpec:
         routes: the model routes.
         jobs: the number of shards.
         progress_every: progress lines (worker 0 only), 0 for none.
+        max_line_bytes: longer lines are skipped as oversized.
     """
 
     path: str
@@ -50,6 +51,7 @@ class ShardSpec:
     routes: Sequence[str]
     jobs: int
     progress_every: int = 0
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
 
 def _replay_shard(spec: ShardSpec, shard: int) -> tuple[dict[str, ClientTrack], LogStats, Counter[str]]:
@@ -59,16 +61,24 @@ def _replay_shard(spec: ShardSpec, shard: int) -> tuple[dict[str, ClientTrack], 
     jobs = spec.jobs
     every = spec.progress_every if shard == 0 else 0
     start = time.perf_counter()
-    next_report = every
-    with open(spec.path, encoding="utf-8", errors="replace") as lines:
-        for record in read_log(lines, stats, RouteMatcher(spec.routes)):
+
+    def report(line: int) -> None:
+        rate = line / max(1e-9, time.perf_counter() - start)
+        sys.stderr.write(f"replay: {line:,} lines ({rate:,.0f} lines/s, {jobs} processes)\n")
+        sys.stderr.flush()
+
+    with open_log(spec.path, max_line_bytes=spec.max_line_bytes) as lines:
+        records = read_log(
+            lines,
+            stats,
+            RouteMatcher(spec.routes),
+            max_line_bytes=spec.max_line_bytes,
+            progress=report if every else None,
+            progress_every=every,
+        )
+        for record in records:
             if zlib.crc32(record.client.encode("utf-8", "surrogatepass")) % jobs == shard:
                 engine.feed(record)
-            if every and record.line >= next_report:
-                next_report = record.line + every
-                rate = record.line / max(1e-9, time.perf_counter() - start)
-                sys.stderr.write(f"replay: {record.line:,} lines ({rate:,.0f} lines/s, {jobs} processes)\n")
-                sys.stderr.flush()
     return engine.tracks, stats, engine.errors
 
 

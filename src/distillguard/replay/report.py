@@ -18,6 +18,7 @@ Schema (every client of the log is listed, most suspicious first)::
         "client_days", "flagged_client_days",   # active and flagged (client, UTC day) pairs
         "campaigns",
         "malformed": {"count", "first_lines"}, "out_of_order": {...}, "unknown_path": {...},
+        "oversized": {...}, "unparsed_bodies": {...},
         "first_ts", "last_ts", "detectors", "policy", "errors", "seconds", "lines_per_second"
       }
     }
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import ReplayResult
+from .output import write_atomic
 from .track import ClientTrack
 
 __all__ = ["build_report", "client_entry", "write_json"]
@@ -86,6 +88,8 @@ def build_report(result: ReplayResult) -> dict[str, Any]:
             "malformed": stats.malformed.as_dict(),
             "out_of_order": stats.out_of_order.as_dict(),
             "unknown_path": stats.unknown_path.as_dict(),
+            "oversized": stats.oversized.as_dict(),
+            "unparsed_bodies": stats.unparsed_bodies.as_dict(),
             "first_ts": stats.first_ts,
             "last_ts": stats.last_ts,
             "detectors": list(result.detectors),
@@ -98,5 +102,12 @@ def build_report(result: ReplayResult) -> dict[str, Any]:
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> None:
-    """Write ``report`` to ``path`` (UTF-8, indented)."""
-    Path(path).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Write ``report`` to ``path`` (UTF-8, indented), replacing it whole (see
+    :func:`~distillguard.replay.output.write_atomic`). A string that is not valid Unicode (a lone
+    surrogate) is written as its JSON escape, ``\\ud800``, rather than failing the report.
+
+    Raises:
+        OSError: when the file cannot be written.
+    """
+    text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"
+    write_atomic(path, text.encode("utf-8", "backslashreplace"))
