@@ -6,8 +6,10 @@ what a failure means (see :mod:`distillguard.flow`).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from .detectors import is_async_detector
@@ -47,8 +49,9 @@ class AsyncPerformer:
     """Performs effects with an :class:`~distillguard.limiting.limiter.AsyncLimiter`; runs async
     detectors by awaiting them and ``blocking = True`` detectors in a worker thread."""
 
-    def __init__(self, limiter: AsyncLimiter) -> None:
+    def __init__(self, limiter: AsyncLimiter, *, detector_timeout: float | None = None) -> None:
         self.limiter = limiter
+        self.detector_timeout = detector_timeout
         self._kinds: dict[int, str] = {}
 
     def _kind(self, detector: Any) -> str:
@@ -80,9 +83,34 @@ class AsyncPerformer:
                 kind = self._kind(detector)
                 if kind == "inline":
                     return detector.score(effect.observation)
-                if kind == "async":
-                    return await detector.score(effect.observation)
-                return await anyio.to_thread.run_sync(detector.score, effect.observation)
+                return await self._awaited(detector, kind, effect.observation)
         except Exception as exc:
             return exc
         raise TypeError(f"unknown effect {effect!r}")
+
+    async def _awaited(self, detector: Any, kind: str, observation: Any) -> object:
+        """Run an async or ``blocking`` detector within ``detector_timeout``. A detector that
+        runs out of time, or lets a cancellation of its own escape while the request itself is
+        not being cancelled, is a detector error (its result is the exception); a thread left
+        running is abandoned, never awaited."""
+        timeout = self.detector_timeout
+        try:
+            with anyio.fail_after(timeout):
+                if kind == "async":
+                    return await detector.score(observation)
+                return await anyio.to_thread.run_sync(detector.score, observation, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class() as exc:
+            if _cancelling():
+                raise  # the request is being cancelled (the client left): let it go
+            return RuntimeError(f"detector cancelled itself ({type(exc).__name__})")
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled from outside (Python 3.11+, asyncio); when
+    that cannot be told, assume it is (never swallow a real cancellation)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio (trio)
+        return True
+    cancelling = getattr(task, "cancelling", None)
+    return task is None or cancelling is None or cancelling() > 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .decision import Action, Decision
 from .detectors import DetectorResult, Observation
+from .detectors._protocol import checked_result
 from .errors import AuthenticationError
 from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
@@ -210,8 +211,11 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         user_agent=request.user_agent,
     )
     results: list[DetectorResult] = []
+    plugins = guard.plugins
     for detector in guard.detectors if mode != "off" else ():
         result = yield RunDetector(detector, observation)
+        if detector in plugins:  # a plugin's result is checked before anything reads it
+            result = checked_result(result, detector.name)
         if not isinstance(result, DetectorResult):
             failed = 1.0 if policy.on_error == "block" else 0.0
             result = DetectorResult(detector.name, failed, ("error",))
@@ -252,8 +256,9 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     elif action is Action.THROTTLE:
         blocked = [o for o in outcomes if not o.allowed]
         problem = Problem.rate_limited(retry_after(blocked, now), [o.check.policy for o in blocked])
-    elif action is Action.DEGRADE:
-        body = degrade_body(query, policy)
+    elif action is Action.DEGRADE:  # from the bytes the client sent: a detector may have
+        # changed the parsed document it was shown, which must never reach the app
+        body = degrade_body(parse_query(request.body, request.content_type), policy)
     watched = policy.shadow or mode == "shadow"  # scored and recorded, never acted on
     shadow = watched and action in (Action.BLOCK, Action.DEGRADE, Action.THROTTLE)
     if action is not Action.ALLOW and not watched:

@@ -36,6 +36,18 @@ logger = logging.getLogger("distillguard")
 DetectorSpec = Any
 
 
+class _IdentitySet:
+    """Membership by identity (detectors need not be hashable)."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, items: Iterable[object]) -> None:
+        self._ids = frozenset(id(item) for item in items)
+
+    def __contains__(self, item: object) -> bool:
+        return id(item) in self._ids
+
+
 class Guard:
     """Everything the middleware needs to decide, built and validated once.
 
@@ -126,6 +138,11 @@ class Guard:
         )
         self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider, meter_provider)
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
+        # detectors whose results are checked (:func:`~distillguard.detectors._protocol.
+        # checked_result`): every one not shipped with distillguard
+        self.plugins = _IdentitySet(
+            d for d in self.detectors if not type(d).__module__.startswith("distillguard.detectors.")
+        )
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
         self.websockets = websockets
@@ -189,7 +206,8 @@ class Guard:
         """A performer with an async ``limits`` strategy (``async+`` storage), for ASGI (one
         per middleware: its connections belong to the event loop that first uses them; its
         memory counters are the guard's)."""
-        return AsyncPerformer(AsyncLimiter(self.plan.config, self.limiter_stats, self._counters))
+        limiter = AsyncLimiter(self.plan.config, self.limiter_stats, self._counters)
+        return AsyncPerformer(limiter, detector_timeout=self.policy.detector_timeout)
 
     def decide(self, request: GuardRequest, perform: Callable[[Any], object]) -> Decision:
         """Run the pipeline synchronously; a failure of the guard itself follows policy."""

@@ -37,6 +37,10 @@ class Policy:
         degrade_max_tokens: also cap ``max_tokens`` when degrading.
         on_error: a detector that raises is recorded and ``"ignore"``-d (scores 0), or counts
             as a ``"block"`` (scores 1).
+        detector_timeout: seconds an async or ``blocking = True`` detector may take under
+            ASGI before it counts as a detector that raised (``on_error`` applies); ``None`` for
+            no limit. Inline detectors cannot be interrupted: keep them cheap, or mark slow ones
+            ``blocking = True``.
         shadow: compute and record everything, never refuse or alter a request (limits
             included; authentication is still enforced).
         risk: a per-client risk policy (decaying risk, throttle, penalty box; see
@@ -60,6 +64,7 @@ class Policy:
     degrade_fields: Sequence[str] = ("logprobs", "top_logprobs", "logit_bias")
     degrade_max_tokens: int | None = None
     on_error: Literal["ignore", "block"] = "ignore"
+    detector_timeout: float | None = 1.0
     shadow: bool = False
     risk: RiskPolicy | None = None
     tier_detection: Mapping[str, DetectionMode] = field(default_factory=dict, hash=False)
@@ -84,6 +89,8 @@ class Policy:
             raise ConfigurationError("Policy.block_status must be 403 or 429")
         if self.on_error not in ("ignore", "block"):
             raise ConfigurationError("Policy.on_error must be 'ignore' or 'block'")
+        if self.detector_timeout is not None and not 0.0 < self.detector_timeout <= 3600.0:
+            raise ConfigurationError("Policy.detector_timeout must be in (0, 3600] seconds, or None")
         if self.block_retry_after < 1:
             raise ConfigurationError("Policy.block_retry_after must be at least 1 second")
 

@@ -3,6 +3,7 @@ blocking detectors, disconnects. The middleware is called directly with hand-bui
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -571,3 +572,78 @@ async def test_pathsend_and_trailers_pass_through(asgi: Callable[..., Any]) -> N
     assert kinds == ["http.response.start", "http.response.pathsend", "http.response.trailers"]
     assert send.messages[1]["path"] == "/srv/weights.bin"
     assert send.messages[2]["headers"] == [(b"x-checksum", b"abc")]
+
+
+class _Sleepy:
+    """An async detector that takes ``seconds``; or a thread one with ``blocking``."""
+
+    name = "sleepy"
+
+    def __init__(self, seconds: float, *, cancel_itself: bool = False) -> None:
+        self.seconds = seconds
+        self.cancel_itself = cancel_itself
+
+    async def score(self, observation: Any) -> Any:
+        from distillguard import DetectorResult
+
+        if self.cancel_itself:  # e.g. a plugin awaiting a task it cancelled
+            raise asyncio.CancelledError
+        await anyio.sleep(self.seconds)
+        return DetectorResult(self.name, 0.0)
+
+
+class _SleepyThread:
+    name = "sleepy"
+    blocking = True
+
+    def score(self, observation: Any) -> Any:
+        import time
+
+        from distillguard import DetectorResult
+
+        time.sleep(2.0)
+        return DetectorResult(self.name, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["async", "thread", "cancels-itself"])
+@pytest.mark.parametrize("on_error", ["ignore", "block"])
+async def test_a_slow_or_self_cancelling_detector_is_a_detector_error(
+    asgi: Callable[..., Any], kind: str, on_error: str
+) -> None:
+    """An async or ``blocking`` detector past ``Policy.detector_timeout``, or one letting a
+    cancellation of its own escape, is recorded as ``detector:sleepy`` and ``on_error``
+    applies; the request is answered at once (never a 500, never a hang)."""
+    import time
+
+    from distillguard import Policy
+
+    detector: Any = {
+        "async": _Sleepy(5.0),
+        "thread": _SleepyThread(),
+        "cancels-itself": _Sleepy(0.0, cancel_itself=True),
+    }[kind]
+    middleware, app = asgi(detectors=[detector], policy=Policy(detector_timeout=0.2, on_error=on_error))
+    send = Sender()
+    started = time.monotonic()
+    with anyio.fail_after(3):
+        await middleware(
+            http_scope(token=make_token()), Receiver([{"type": "http.request", "body": b"{}"}]), send
+        )
+    assert time.monotonic() - started < 1.5
+    status = send.messages[0]["status"]
+    assert status == (429 if on_error == "block" else 200)
+    assert len(app.calls) == (0 if on_error == "block" else 1)
+
+
+async def test_a_real_cancellation_still_cancels(asgi: Callable[..., Any]) -> None:
+    """When the request itself is cancelled (the server gives up on it) while a detector runs,
+    the cancellation goes through: it is not mistaken for a detector error."""
+    from distillguard import Policy
+
+    middleware, app = asgi(detectors=[_Sleepy(5.0)], policy=Policy(detector_timeout=None))
+    send = Sender()
+    with anyio.move_on_after(0.2) as scope:
+        await middleware(
+            http_scope(token=make_token()), Receiver([{"type": "http.request", "body": b"{}"}]), send
+        )
+    assert scope.cancelled_caught and app.calls == [] and send.messages == []

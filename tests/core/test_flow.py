@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from distillguard import Action, ConfigurationError, Guard, Identity, LimitConfig, Policy
 from distillguard._drivers import adrive, drive
-from distillguard.detectors import Observation
+from distillguard.detectors import DetectorResult, Observation
 from distillguard.flow import RunDetector, degrade_body
 from distillguard.query import parse_query
 from distillguard.request import GuardRequest, bearer_token
@@ -614,3 +614,79 @@ def test_anonymous_and_failed_auth_windows_hold_an_ipv6_subscriber(rotate: bool)
     assert run(failures, "Bearer x.y.z") == ["unauthenticated"] * 2 + ["rate_limited"] * 2
     other = run(failures, None)  # no token: these windows never refuse it
     assert other == ["unauthenticated"] * 4
+
+
+class _Sloppy:
+    """A plugin whose result is set by the test."""
+
+    name = "sloppy"
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def score(self, observation: Observation) -> Any:
+        return self.result
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param(DetectorResult("sloppy", 0.6, None), id="reasons-none"),  # type: ignore[arg-type]
+        pytest.param(DetectorResult("sloppy", 0.6, (), {"level": "high"}), id="signal-not-a-number"),  # type: ignore[dict-item]
+        pytest.param(DetectorResult("sloppy", 0.6, (), None), id="signals-none"),  # type: ignore[arg-type]
+        pytest.param(DetectorResult("sloppy", 0.6, (), {"x": float("inf")}), id="signal-infinite"),
+    ],
+)
+@pytest.mark.parametrize("risk", [False, True])
+def test_a_malformed_plugin_result_is_a_detector_error(result: Any, risk: bool) -> None:
+    """A plugin's malformed result never switches the guard off: it is recorded as
+    ``detector:sloppy`` and ignored, and the other detector's block still blocks (it failed
+    open before, as an internal error)."""
+    from distillguard.risk import RiskPolicy
+
+    guard = Guard(
+        jwt=None,
+        detectors=[_Sloppy(result), StaticDetector(1.0)],
+        policy=Policy(risk=RiskPolicy() if risk else None),
+    )
+    decision = guard.decide(request(), guard.sync_performer())
+    assert decision.action is Action.BLOCK
+    assert "detector:sloppy" in decision.errors and not any(e.startswith("guard:") for e in decision.errors)
+
+
+def test_a_plugin_result_carries_its_configured_name_and_token_reasons() -> None:
+    """A plugin cannot pose as another detector (nor create metric series with names of its
+    choosing), and reasons or signal names that are not short tokens (text that could quote the
+    prompt) never reach the span."""
+    guard = Guard(
+        jwt=None,
+        detectors=[
+            _Sloppy(DetectorResult("near_duplicate", 0.6, ("ok_reason", "SECRET PROMPT hello"), {"a b": 1.0}))
+        ],
+    )
+    decision = guard.decide(request(), guard.sync_performer())
+    (result,) = decision.results
+    assert result.detector == "sloppy" and result.reasons == ("ok_reason", "invalid")
+    assert dict(result.signals) == {"invalid": 1.0}
+    assert decision.action is Action.FLAG and "SECRET" not in " ".join(decision.reasons)
+
+
+def test_a_detector_cannot_rewrite_what_the_app_gets() -> None:
+    """A plugin that edits the parsed document it is shown changes nothing the app receives,
+    even when the verdict degrades the request (the degraded body is built from the bytes the
+    client sent)."""
+
+    class Rewriter:
+        name = "rewriter"
+
+        def score(self, observation: Observation) -> DetectorResult:
+            data = observation.query.data
+            assert data is not None
+            data["messages"][0]["content"] = "INJECTED"
+            return DetectorResult(self.name, 0.8)
+
+    guard = Guard(jwt=None, detectors=[Rewriter()])
+    decision = guard.decide(request(), guard.sync_performer())
+    assert decision.action is Action.DEGRADE and decision.body is not None
+    sent = json.loads(decision.body)
+    assert sent["messages"][0]["content"] == "hello" and "logprobs" not in sent

@@ -35,12 +35,15 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[str]]:
             def __init__(self, point: EntryPoint) -> None:
                 self.point = point
                 self.name = point.name
+                self.value = point.value
 
             def load(self) -> Any:
                 loaded.append(self.point.name)
                 return self.point.load()
 
-        table = {p.name: Tracking(p) for p in points}
+        table: dict[str, list[Any]] = {}
+        for p in points:
+            table.setdefault(p.name, []).append(Tracking(p))
         monkeypatch.setattr(_registry, "_entry_points", lambda: table)
         return loaded
 
@@ -130,6 +133,21 @@ def test_duplicate_detector_names_refused(guard_factory: Callable[..., Guard]) -
 
 
 def test_real_lookup_reads_the_group() -> None:
-    """Without monkeypatching, the lookup returns a name-to-entry-point mapping of the group."""
+    """Without monkeypatching, the lookup returns the group's entry points by name."""
     table = _registry._entry_points()
-    assert all(point.group == ENTRY_POINT_GROUP for point in table.values())
+    assert all(point.group == ENTRY_POINT_GROUP for points in table.values() for point in points)
+    assert len(table["near_duplicate"]) == 1
+
+
+def test_a_name_registered_twice_is_refused(installed: Callable[..., list[str]]) -> None:
+    """A second package registering a detector's name (a built-in's included) never replaces
+    it silently: loading that name fails and names both owners; nothing is imported."""
+    loaded = installed(
+        ep("near_duplicate", "distillguard.detectors.near_duplicate:NearDuplicateDetector"),
+        ep("near_duplicate", "tests.helpers:static_detector_factory"),
+        ep("static", "tests.helpers:static_detector_factory"),
+    )
+    with pytest.raises(PluginError, match=r"registered by .* and .*uninstall one"):
+        load_detectors(["near_duplicate"])
+    assert loaded == []
+    assert isinstance(load_detectors(["static"])[0], StaticDetector)

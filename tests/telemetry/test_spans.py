@@ -234,7 +234,17 @@ async def test_attribute_count_is_capped_least_important_first(
     assert len(a) <= 12
     assert a[ATTR_DECISION] == "allow"
     assert a["http.response.status_code"] == 200
-    assert ATTR_DETECTOR_SCORE.format("d39") not in a
+    assert ATTR_DETECTOR_SCORE.format("d38") not in a
+
+    span_exporter.clear()  # the detector that drove the decision is kept, wherever it is listed
+    culprit = [*detectors[:39], StaticDetector(0.95, name="culprit")]
+    guard = guard_factory(detectors=culprit, telemetry=TelemetryConfig(max_span_attributes=20))
+    app = DistillGuardMiddleware(starlette_app(), guard=guard)
+    assert (await asgi_post(app, chat_body())).status_code == 429
+    a = attrs(span_exporter)
+    kept = [k for k in a if k.startswith("distillguard.detector.")]
+    assert len(a) <= 20 and 0 < len(kept) < 40
+    assert a[ATTR_DETECTOR_SCORE.format("culprit")] == pytest.approx(0.95)
 
     span_exporter.clear()
     roomy = guard_factory(detectors=detectors[:3], telemetry=TelemetryConfig(max_span_attributes=64))

@@ -74,3 +74,23 @@ def test_sse_stream_goes_to_the_event_parser() -> None:
     assert read(*sse_chunks()) == (INPUT_TOKENS, OUTPUT_TOKENS, INPUT_TOKENS + OUTPUT_TOKENS, "usage")
     assert read(b"") is None
     assert read(b"not json, not sse") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"usage":{"prompt_tokens":1e5,"completion_tokens":12.7}}', None),  # not whole integers
+        (b'{"usage":{"prompt_tokens":99999999999999999999999,"completion_tokens":3}}', (None, 3)),
+        (b'{"usage":{"prompt_tokens":12,"completion_tokens":3}}', (12, 3)),
+        (b'{"usage": {"prompt_tokens" : 7 }}', (7, 0)),
+    ],
+)
+def test_only_whole_token_counts_a_span_can_carry_are_read(
+    body: bytes, expected: tuple[int | None, int] | None
+) -> None:
+    """``1e5`` is not read as 1 nor ``12.7`` as 12, and a count of 2**63 or more (which the OTLP
+    encoder would drop with an error on every span) is left out."""
+    reader = UsageReader()
+    reader.feed(body)
+    usage = reader.result()
+    assert (None if usage is None else (usage.prompt, usage.completion)) == expected

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -16,6 +18,7 @@ __all__ = [
     "Detector",
     "DetectorResult",
     "Observation",
+    "checked_result",
     "is_async_detector",
 ]
 
@@ -67,6 +70,44 @@ class DetectorResult:
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
             object.__setattr__(self, "score", min(1.0, max(0.0, float(self.score))))
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_.:=+-]{1,64}")
+"""What a plugin's reasons and signal names may be: short machine-readable tokens (never text
+that could quote the request, which would reach the span)."""
+
+
+def checked_result(result: object, name: str) -> DetectorResult | None:
+    """``result`` of the detector configured as ``name``, checked: ``None`` when it is not a
+    :class:`DetectorResult` with a real score, a tuple of string reasons and a mapping of
+    string names to finite numbers (the pipeline then treats it as a detector error). It
+    carries the configured ``name`` whatever it says (a plugin cannot pose as another detector
+    or create metric series), and reasons and signal names that are not short tokens are
+    replaced by ``invalid`` (they go on the span).
+
+    Built-in detectors are not checked: their results are well-formed by construction."""
+    if not isinstance(result, DetectorResult):
+        return None
+    score, reasons, signals = result.score, result.reasons, result.signals
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+        return None
+    if not isinstance(reasons, tuple) or not all(isinstance(r, str) for r in reasons):
+        return None
+    if not isinstance(signals, Mapping):
+        return None
+    clean: dict[str, float] = {}
+    for key, value in signals.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        if not math.isfinite(number):
+            return None
+        clean[key if _TOKEN.fullmatch(key) else "invalid"] = number
+    reasons = tuple(r if _TOKEN.fullmatch(r) else "invalid" for r in reasons)
+    return DetectorResult(name, float(score), reasons, clean)
 
 
 @runtime_checkable

@@ -17,8 +17,18 @@ __all__ = ["ENTRY_POINT_GROUP", "load_detectors", "validate_detector"]
 ENTRY_POINT_GROUP = "distillguard.detectors"
 
 
-def _entry_points() -> Mapping[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+def _entry_points() -> Mapping[str, list[EntryPoint]]:
+    found: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        same = found.setdefault(ep.name, [])
+        if all(other.value != ep.value for other in same):  # one package seen twice is one
+            same.append(ep)
+    return found
+
+
+def _owner(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{getattr(dist, 'name', None) or '?'} ({ep.value})"
 
 
 def validate_detector(obj: object, name: str) -> Any:
@@ -51,10 +61,14 @@ def load_detectors(spec: Mapping[str, Mapping[str, Any]] | Iterable[str]) -> lis
     available = _entry_points()
     loaded = []
     for name, kwargs in options.items():
-        ep = available.get(name)
-        if ep is None:
+        candidates = available.get(name)
+        if not candidates:
             known = ", ".join(sorted(available)) or "none"
             raise PluginError(name, f"no such entry point in {ENTRY_POINT_GROUP!r} (installed: {known})")
+        if len(candidates) > 1:  # never let an installed package silently replace a detector
+            owners = " and ".join(_owner(ep) for ep in candidates)
+            raise PluginError(name, f"registered by {owners}: uninstall one of them")
+        ep = candidates[0]
         try:
             factory = ep.load()
             detector = factory(**dict(kwargs))

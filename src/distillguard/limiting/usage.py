@@ -45,7 +45,13 @@ class Usage:
 
 
 def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A token count: a non-negative integer under 2**63 (what a span attribute can carry)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT:
+        return value
+    return None
+
+
+_MAX_COUNT = 1 << 63
 
 
 def _usage(obj: object) -> Usage | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..decision import Action, Decision
+from ..detectors import DetectorResult
 from ..request import GuardRequest
 from . import names as n
 from .config import TelemetryConfig, hash_identifier
@@ -105,7 +106,15 @@ class AttributeBuilder:
 
     @staticmethod
     def detectors(decision: Decision, attrs: dict[str, Any]) -> None:
-        """Add each detector's score above 0 (a zero score says nothing) to ``attrs``."""
-        for result in decision.results:
-            if result.score > 0.0:
-                attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+        """Add each detector's score above 0 (a zero score says nothing) to ``attrs``, highest
+        first: when the span's attribute budget cuts the list, the detectors that drove the
+        decision stay on it."""
+        positive = [r for r in decision.results if r.score > 0.0]
+        if len(positive) > 1:
+            positive.sort(key=_by_score, reverse=True)
+        for result in positive:
+            attrs[n.ATTR_DETECTOR_SCORE.format(result.detector)] = result.score
+
+
+def _by_score(result: DetectorResult) -> float:
+    return result.score

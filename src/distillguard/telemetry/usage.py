@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["UsageReader", "reader_for", "usage_of"]
 
-_KEYS = re.compile(
-    rb'"(prompt_tokens|input_tokens|completion_tokens|output_tokens|total_tokens)"\s*:\s*(\d+)'
+_KEYS = re.compile(  # a whole integer (not the 1 of 1e5 or the 12 of 12.7), under 2**63
+    rb'"(prompt_tokens|input_tokens|completion_tokens|output_tokens|total_tokens)"\s*:\s*(\d{1,18})(?=\s*[,}\]])'
 )
 _MAX_JSON = 1 << 20  # bodies up to this size are kept whole
 _TAIL = 1 << 16  # beyond it, only the tail is kept (``usage`` comes last in practice)
