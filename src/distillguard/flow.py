@@ -120,13 +120,15 @@ def _identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
         return Decision(
             action=Action.UNAUTHENTICATED, problem=Problem.missing_token(realm), auth_failure="missing"
         )
-    if not well_formed(token):
-        return Decision(
-            action=Action.UNAUTHENTICATED, problem=Problem.invalid_request(realm), auth_failure="malformed"
-        )
     try:
-        identity = verifier.verify(token)
+        identity = verifier.verify(token)  # a cached token is well-formed: checked on failure only
     except AuthenticationError as exc:
+        if not well_formed(token):
+            return Decision(
+                action=Action.UNAUTHENTICATED,
+                problem=Problem.invalid_request(realm),
+                auth_failure="malformed",
+            )
         if exc.reason == "keys_unavailable":  # no key set yet: the token may be fine
             retry = getattr(exc, "retry_after", 5)
             return Decision(
@@ -211,10 +213,9 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         user_agent=request.user_agent,
     )
     results: list[DetectorResult] = []
-    plugins = guard.plugins
-    for detector in guard.detectors if mode != "off" else ():
+    for detector, plugin in guard.detector_kinds if mode != "off" else ():
         result = yield RunDetector(detector, observation)
-        if detector in plugins:  # a plugin's result is checked before anything reads it
+        if plugin:  # a plugin's result is checked before anything reads it
             result = checked_result(result, detector.name)
         if not isinstance(result, DetectorResult):
             failed = 1.0 if policy.on_error == "block" else 0.0

@@ -36,18 +36,6 @@ logger = logging.getLogger("distillguard")
 DetectorSpec = Any
 
 
-class _IdentitySet:
-    """Membership by identity (detectors need not be hashable)."""
-
-    __slots__ = ("_ids",)
-
-    def __init__(self, items: Iterable[object]) -> None:
-        self._ids = frozenset(id(item) for item in items)
-
-    def __contains__(self, item: object) -> bool:
-        return id(item) in self._ids
-
-
 class Guard:
     """Everything the middleware needs to decide, built and validated once.
 
@@ -138,10 +126,10 @@ class Guard:
         )
         self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider, meter_provider)
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
-        # detectors whose results are checked (:func:`~distillguard.detectors._protocol.
-        # checked_result`): every one not shipped with distillguard
-        self.plugins = _IdentitySet(
-            d for d in self.detectors if not type(d).__module__.startswith("distillguard.detectors.")
+        # each detector, and whether its results are checked (:func:`~distillguard.detectors.
+        # _protocol.checked_result`): every one not shipped with distillguard is
+        self.detector_kinds: tuple[tuple[Any, bool], ...] = tuple(
+            (d, not type(d).__module__.startswith("distillguard.detectors.")) for d in self.detectors
         )
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error

@@ -86,6 +86,16 @@ def checked_result(result: object, name: str) -> DetectorResult | None:
     replaced by ``invalid`` (they go on the span).
 
     Built-in detectors are not checked: their results are well-formed by construction."""
+    if (  # the common case, a bare score: nothing else to check
+        type(result) is DetectorResult
+        and result.detector == name
+        and result.reasons == ()
+        and type(result.signals) is dict
+        and not result.signals
+    ):
+        score = result.score
+        if type(score) is float and score == score:
+            return result
     if not isinstance(result, DetectorResult):
         return None
     score, reasons, signals = result.score, result.reasons, result.signals
