@@ -178,7 +178,18 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         box = risk.box_check(identity)
 
     query = parse_query(request.body, request.content_type)
-    checks = guard.plan.checks_for(identity, request.path, query)
+    plan = guard.plan
+    if query.n > 1 or query.inputs > 1:  # a request asking for many outputs at once
+        most = plan.config.max_outputs
+        if plan.weight(query) > most:
+            detail = f"A request may ask for at most {most} outputs (n times the prompts or inputs)."
+            return Decision(
+                action=Action.BAD_REQUEST,
+                identity=identity,
+                problem=Problem.bad_body("too_many_outputs", detail),
+                query=query,
+            )
+    checks = plan.checks_for(identity, request.path, query)
     if box is not None:  # read in the same round trip, first: a boxed client is charged nothing
         checks = (box, *checks)
     outcomes = yield from _limits(checks, now)
@@ -187,7 +198,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         if not read.allowed and risk is not None:  # another replica boxed the client
             until = risk.box(identity.client_id, now, read.reset_at)  # no need to ask again
             return _boxed(identity, policy, until - now, tuple(outcomes))
-    headers = tuple(ratelimit_fields(outcomes, now)) if guard.plan.config.headers else ()
+    headers = tuple(ratelimit_fields(outcomes, now)) if plan.config.headers else ()
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     refused = [o for o in outcomes if not o.allowed]
     if refused:

@@ -111,7 +111,8 @@ class Guard:
         ):  # a bare string would exempt "/", i.e. everything
             raise ConfigurationError("exempt_paths must be a list of paths starting with '/'")
         self.verifier = JWTVerifier(jwt, clock=clock) if jwt is not None else None
-        self.plan = LimitPlan(limits or LimitConfig())
+        several_issuers = jwt is not None and not isinstance(jwt.issuer, str) and len(set(jwt.issuer)) > 1
+        self.plan = LimitPlan(limits or LimitConfig(), per_tenant=several_issuers)
         self.limiter_stats = LimiterStats()
         # every adapter of this guard counts memory windows in one table (memory:// is per
         # process, not per app), and the sync limiter is built once

@@ -108,7 +108,8 @@ class _Observed:
         except BaseException as exc:
             exchange.finish(exc)
             raise
-        drive(exchange.settle(), self._perform)
+        if self._error is None:  # an app that failed mid-response keeps the estimate (as ASGI)
+            drive(exchange.settle(), self._perform)
         exchange.finish(self._error)
 
 

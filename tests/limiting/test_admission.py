@@ -156,3 +156,54 @@ def test_shadow_mode_computes_limits_but_refuses_nothing(tracer_provider: Any) -
     _, _, held = wsgi_call(app, token=make_token(), consume=False)
     assert wsgi_call(app, token=make_token())[0] == 200  # over the cap: recorded, served
     held.close()
+
+
+def test_several_issuers_count_the_same_sub_apart(tracer_provider: Any) -> None:
+    """With several issuers, ``user-1`` of one and ``user-1`` of another are two clients: their
+    windows and concurrency slots are apart."""
+    guard = Guard(
+        jwt=jwt_config(issuer=["https://a.example", "https://b.example"]),
+        limits=LimitConfig(default="2/minute"),
+        tracer_provider=tracer_provider,
+    )
+    app = DistillGuardWSGIMiddleware(llm_wsgi_app, guard=guard)
+
+    def status(issuer: str) -> int:
+        return wsgi_call(app, token=make_token(sub="user-1", iss=issuer))[0]
+
+    assert [status("https://a.example") for _ in range(3)] == [200, 200, 429]
+    assert status("https://b.example") == 200
+
+
+def test_key_parts_cannot_run_into_each_other(tracer_provider: Any) -> None:
+    """Client ``a/b`` of tier ``c`` and client ``b`` of tier ``c/a`` would join into the same
+    counter key without escaping."""
+    app = mw(tracer_provider, default="1/minute", tiers={"c": "1/minute", "c/a": "1/minute"})
+    first = wsgi_call(app, token=make_token(sub="a/b", tier="c"))[0]
+    second = wsgi_call(app, token=make_token(sub="b", tier="c/a"))[0]
+    assert (first, second) == (200, 200)
+
+
+def test_a_per_tenant_rule_skips_clients_without_a_tenant(tracer_provider: Any) -> None:
+    """A ``per="tenant"`` rule never puts every tenantless client into one counter."""
+    app = mw(
+        tracer_provider,
+        jwt=jwt_config(tenant_claim="org"),
+        rules=[LimitRule(name="org", limits="1/minute", per="tenant")],
+    )
+    assert wsgi_call(app, token=make_token(sub="alice", org="acme"))[0] == 200
+    assert wsgi_call(app, token=make_token(sub="alice2", org="acme"))[0] == 429
+    assert [wsgi_call(app, token=make_token(sub=f"solo-{i}"))[0] for i in range(3)] == [200] * 3
+
+
+def test_a_request_asking_too_many_outputs_is_refused_before_any_window(tracer_provider: Any) -> None:
+    """Past ``max_outputs`` (n times prompts or inputs) a request is 400 ``too_many_outputs``:
+    one request must not write thousands of moving-window entries."""
+    import json
+
+    from tests.limiting.apps import chat_body
+
+    app = mw(tracer_provider, default="1000000/day", max_outputs=64)
+    status, _, body = wsgi_call(app, chat_body(n=65), token=make_token())
+    assert status == 400 and json.loads(body)["code"] == "too_many_outputs"
+    assert wsgi_call(app, chat_body(n=64), token=make_token())[0] == 200

@@ -210,3 +210,19 @@ def test_a_wall_clock_step_neither_holds_nor_frees_a_client(
     assert action == "rate_limited" and retry is not None and 1 <= retry <= 2
     time.sleep(max(0.0, 2.1 - (time.monotonic() - start)))  # the window, twice (sliding counter)
     assert call()[0] == "allow"
+
+
+def test_a_refused_request_of_cost_c_is_told_when_c_units_free_up() -> None:
+    """A moving window holding entries at t=0, 1, 2, 3 (limit 4, 6 s) refuses a request of
+    cost 3 until the entry of t=2 expires (t=8), not the oldest one (t=6)."""
+    from distillguard.limiting._table import BoundedTable
+
+    now = [0.0]
+    table = BoundedTable(100, clock=lambda: now[0])
+    for t in range(4):
+        now[0] = float(t)
+        assert table.charge_moving_window("k", 4, 6, 1, True)[0]
+    allowed, start, total = table.charge_moving_window("k", 4, 6, 3, True)
+    assert (allowed, start + 6, total) == (False, 8.0, 4)
+    allowed, start, _ = table.charge_moving_window("k", 4, 6, 1, True)
+    assert (allowed, start + 6) == (False, 6.0)  # one unit: the oldest entry

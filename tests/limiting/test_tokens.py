@@ -140,3 +140,13 @@ def test_budget_settles_once() -> None:
     over = Budget(charges=((check, "fallback"),), estimate=TokenEstimate(prompt=10, completion=40))
     over.observe(b'{"usage":{"total_tokens":80}}')
     assert list(over.settle(200)) == [ChargeLimit(check, 30, "fallback")]
+
+
+def test_an_app_failing_mid_response_keeps_the_estimate(harness: Harness) -> None:
+    """An app that raises after starting its stream leaves the estimate charged, on both
+    adapters (nothing says how much it produced)."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        harness.call(chat_body(), headers={"x-mode": "raise"})
+    assert harness.used() == ESTIMATE

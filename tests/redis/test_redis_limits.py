@@ -194,3 +194,29 @@ def test_replicas_with_skewed_clocks_share_one_exact_window(
     assert [b.call(token=token)[0] for _ in range(3)] == [200, 200, 429]
     monkeypatch.setattr(time_module, "time", real)
     assert a.call()[0] == 429
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_retry_after_of_a_costly_request_on_the_script(
+    redis_server: RedisServer, tracer_provider: Any, kind: str
+) -> None:
+    """On Redis (the one-round-trip script) too, a refused request of cost 3 is told when three
+    units free up: retrying after ``Retry-After`` is admitted."""
+    import time
+
+    guard = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default="4 per 2 second", storage_uri=redis_server.url),
+        tracer_provider=tracer_provider,
+    )
+    h = Harness(kind, guard)
+    for _ in range(4):
+        assert h.call(chat_body())[0] == 200
+        time.sleep(0.4)
+    status, headers, _ = h.call(chat_body(n=3))
+    assert status == 429
+    wait = int(headers["retry-after"])
+    assert wait >= 1
+    time.sleep(wait + 0.05)
+    assert h.call(chat_body(n=3))[0] == 200
+    h.close()

@@ -53,6 +53,11 @@ for i = 1, n do
     count = tonumber(redis.call('get', KEYS[i]) or '0')
   end
   fits[i] = cost <= limit and count + cost <= limit
+  if kind == 'm' and not fits[i] and cost > 1 and cost <= limit and count > limit - cost then
+    -- room for `cost` comes when the entry `limit - cost` from the newest expires, not the oldest
+    local v = tonumber(redis.call('lindex', KEYS[i], limit - cost))
+    if v then start = v end
+  end
   counts[i], starts[i] = count, start
   if not fits[i] then all = false end
 end

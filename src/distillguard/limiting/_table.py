@@ -56,6 +56,17 @@ class _Events:
 _Slot = _Counter | _Events
 
 
+def _room_at(entries: list[tuple[float, int]], needed: int) -> float:
+    """The stamp of the entry whose expiry frees ``needed`` units (entries oldest first): a
+    request of cost ``c`` fits once that much of the window has expired, not its oldest entry."""
+    freed = 0
+    for stamp, amount in entries:
+        freed += amount
+        if freed >= needed:
+            return stamp
+    return entries[-1][0]
+
+
 def _expired(slot: _Slot, now: float) -> bool:
     if isinstance(slot, _Counter):
         return slot.expires <= now
@@ -194,7 +205,9 @@ class BoundedTable:
         self, key: str, limit: int, expiry: int, amount: int, charge: bool
     ) -> tuple[bool, float, int]:
         """Charge the moving window (or, ``charge`` false, only test it) and read it, in one
-        lock acquisition: ``(allowed, start of the oldest entry, amount in the window)``, as
+        lock acquisition: ``(allowed, start, amount in the window)``, where ``start`` is the
+        stamp of the oldest entry, or for a refused ``amount`` above 1, of the entry whose
+        expiry makes room for it (``start + expiry`` is when it would fit), as
         :meth:`acquire_entry` (or a test of :meth:`get_moving_window`) then
         :meth:`get_moving_window` would answer."""
         with self._lock:
@@ -215,6 +228,8 @@ class BoundedTable:
             if charge and allowed:
                 slot.entries.append((now, amount))
                 slot.total = total = total + amount
+            if not allowed and 1 < amount <= limit:
+                return False, self._out(_room_at(slot.entries, total + amount - limit), now), total
             return allowed, self._out(slot.entries[0][0], now), total
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:

@@ -90,7 +90,7 @@ def admit(guard: Guard, request: GuardRequest, inner: Flow) -> Flow:
     slot = None
     cap = plan.concurrency_cap(identity) if identity is not None else None
     if identity is not None and cap is not None:
-        slot = plan.concurrency.acquire(identity.client_id, cap)
+        slot = plan.concurrency.acquire(plan.owner(identity), cap)
         if slot is None and not shadow:
             yield from _refund(decision.limits)
             return replace(

@@ -66,6 +66,9 @@ class LimitConfig:
             batch, a batch of predict rows). A request with ``n=8`` or a batch of 8 counts 8,
             so that batching buys no extra samples; one that alone is over a window is refused
             at once. ``False`` charges every request 1 (OpenAI-style requests per minute).
+        max_outputs: with ``count_outputs``, a request asking for more outputs than this is
+            refused with 400 ``too_many_outputs`` before any window is charged (a moving window
+            keeps one entry per unit: one request must not write a million of them).
         chars_per_token: prompt characters per estimated token.
         default_max_tokens: the completion budget assumed when a request gives no
             ``max_tokens``.
@@ -91,6 +94,7 @@ class LimitConfig:
     concurrency: int | None = None
     concurrency_tiers: Mapping[str, int] = field(default_factory=dict)
     count_outputs: bool = True
+    max_outputs: int = 4096
     chars_per_token: float = 4.0
     default_max_tokens: int = 1024
     outage: OutagePolicy = "local_fallback"
@@ -131,6 +135,8 @@ class LimitConfig:
         caps = [self.concurrency, *self.concurrency_tiers.values()]
         if any(c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1) for c in caps):
             raise ConfigurationError("concurrency caps must be positive integers")
+        if self.max_outputs < 1:
+            raise ConfigurationError("LimitConfig.max_outputs must be at least 1")
         if not self.chars_per_token > 0 or self.default_max_tokens < 0:
             raise ConfigurationError("chars_per_token must be > 0 and default_max_tokens >= 0")
         if self.outage not in get_args(OutagePolicy):

@@ -76,11 +76,25 @@ class LimitOutcome:
         return self.allowed and self.charged and self.mode in ("primary", "fallback")
 
 
-class LimitPlan:
-    """Compiles a :class:`LimitConfig` once and plans the checks of each request."""
+def _part(text: str) -> str:
+    """One part of a counter key, escaped so that parts cannot run into each other (the parts
+    are joined with ``/``: client ``a/b`` of tier ``c`` and client ``b`` of tier ``c/a`` must
+    not share a counter)."""
+    return text.replace("%", "%25").replace("/", "%2F") if "/" in text or "%" in text else text
 
-    def __init__(self, config: LimitConfig) -> None:
+
+class LimitPlan:
+    """Compiles a :class:`LimitConfig` once and plans the checks of each request.
+
+    Args:
+        config: the limit settings.
+        per_tenant: count each client per tenant (when several token issuers are accepted, the
+            same ``sub`` from two of them is two clients).
+    """
+
+    def __init__(self, config: LimitConfig, *, per_tenant: bool = False) -> None:
         self.config = config
+        self.per_tenant = per_tenant
         self._default = self._compile(parse_limits(config.default))
         self._tiers = {tier: self._compile(parse_limits(text)) for tier, text in config.tiers.items()}
         self._cache: dict[tuple[str, str], tuple[LimitCheck, ...]] = {}
@@ -109,11 +123,12 @@ class LimitPlan:
         windows, then every matching rule (request rules, then token rules charged the
         request's :func:`~distillguard.limiting.tokens.estimate_tokens`). Request windows
         charge the request's :meth:`weight`."""
-        cache_key = (identity.tier, identity.client_id)
+        owner = self.owner(identity)
+        cache_key = (identity.tier, owner)
         checks = self._cache.get(cache_key)
         if checks is None:
             windows = self._tiers.get(identity.tier, self._default)
-            key = ("c", identity.tier, identity.client_id)
+            key = ("c", _part(identity.tier), _part(owner))
             strategy = self.config.strategy
             checks = tuple(
                 LimitCheck(policy=name, item=item, key=key, headers=self.config.headers, strategy=strategy)
@@ -129,7 +144,7 @@ class LimitPlan:
             return checks
         extra: list[LimitCheck] = []
         if self._tenant and identity.tenant:
-            tenant_key: tuple[str, ...] = ("t", identity.tenant)
+            tenant_key: tuple[str, ...] = ("t", _part(identity.tenant))
             extra.extend(
                 LimitCheck(
                     policy=f"tenant-{n}",
@@ -155,9 +170,16 @@ class LimitPlan:
                 if estimate is None:
                     continue
                 cost = estimate.total
-            owner = (identity.tenant or "") if rule.per == "tenant" else identity.client_id
+            if rule.per == "tenant":
+                if not identity.tenant:  # no tenant: never one counter for every such client
+                    continue
+                holder = _part(identity.tenant)
+            else:
+                holder = _part(owner)
             rule_key: tuple[str, ...] = (
-                ("r", rule.name, owner, model or "") if rule.models else ("r", rule.name, owner)
+                ("r", _part(rule.name), holder, _part(model or ""))
+                if rule.models
+                else ("r", _part(rule.name), holder)
             )
             made = (
                 LimitCheck(
@@ -173,6 +195,13 @@ class LimitPlan:
             )
             (token_checks if rule.unit == "tokens" else extra).extend(made)
         return (*checks, *extra, *token_checks)
+
+    def owner(self, identity: Identity) -> str:
+        """Whose counters a request is charged to: the client, within its tenant when
+        :attr:`per_tenant`."""
+        if self.per_tenant and identity.tenant:
+            return f"{identity.tenant}\x1f{identity.client_id}"
+        return identity.client_id
 
     def weight(self, query: Query | None) -> int:
         """What ``query`` costs in request windows: its outputs (``n`` times its prompts or
