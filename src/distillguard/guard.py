@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -119,6 +120,7 @@ class Guard:
         self._counters = BoundedTable(self.plan.config.memory_max_keys)
         self._sync_limiter: Limiter | None = None
         self._lock = threading.Lock()
+        self._internal_errors: dict[tuple[str, str], int] = {}  # (type, place) -> times seen
         self.policy = policy or Policy()
         self.risk = (
             RiskEngine(self.policy.risk, shared=not self.plan.config.storage_uri.startswith("memory://"))
@@ -213,13 +215,36 @@ class Guard:
             return self._internal_error(exc)
 
     def _internal_error(self, exc: Exception) -> Decision:
-        logger.exception("distillguard: internal error while guarding a request", exc_info=exc)
+        self._report(exc)
         problem = Problem.guard_error() if self.on_internal_error == "deny" else None
         return Decision(
             action=Action.ALLOW if problem is None else Action.UNAVAILABLE,
             problem=problem,
             errors=(f"guard:{type(exc).__name__}",),
         )
+
+    def _report(self, exc: Exception) -> None:
+        """Log an internal error: its stack the first time it happens at a place, then a count
+        at 10, 100, 1,000 and every 10,000 (a bug hit by every request must not flood the log).
+        Never its message, which may quote the request."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        place = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        key = (type(exc).__qualname__, place)
+        with self._lock:
+            seen = self._internal_errors.get(key, 0) + 1
+            if seen > 1 or len(self._internal_errors) < 256:
+                self._internal_errors[key] = seen
+        if seen == 1:
+            stack = "".join(traceback.format_list(frames))
+            logger.error(
+                "distillguard: internal error while guarding a request: %s at %s (its message is not "
+                "logged: it may quote the request)\n%s",
+                key[0],
+                place,
+                stack,
+            )
+        elif seen in (10, 100, 1000) or seen % 10_000 == 0:
+            logger.error("distillguard: internal error %s at %s, %d times so far", key[0], place, seen)
 
     def bad_body(self, code: str, detail: str) -> Decision:
         """The decision for a request body that cannot be taken as sent (400 ``code``)."""

@@ -194,6 +194,28 @@ def test_internal_error_follows_policy(guard_factory: Callable[..., Guard]) -> N
     assert denied.problem.code == "guard_error"
 
 
+def test_internal_errors_are_logged_without_their_message_and_without_flooding(
+    guard_factory: Callable[..., Guard], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first internal error at a place is logged with its stack but not its message (it
+    may quote the request); repeats only as counts at 10, 100, 1,000..."""
+
+    quoted = "".join(("SEC", "RET PROMPT TEXT"))  # what a message may carry at run time
+
+    def broken(effect: Any) -> object:
+        raise ValueError(quoted)
+
+    guard = guard_factory()
+    with caplog.at_level("ERROR", logger="distillguard"):
+        for _ in range(100):
+            guard.decide(request(make_token()), broken)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3  # the first, the 10th, the 100th
+    assert "ValueError at" in messages[0] and "test_flow.py" in messages[0]
+    assert messages[1].endswith("10 times so far") and messages[2].endswith("100 times so far")
+    assert "SECRET" not in caplog.text and not any(r.exc_info for r in caplog.records)
+
+
 def test_effects_are_values(guard_factory: Callable[..., Guard]) -> None:
     """The pipeline asks for work with effect values the driver can inspect."""
     guard = guard_factory(limits=LimitConfig(default=""), detectors=[StaticDetector()])
