@@ -26,6 +26,15 @@ class _TableFace:
 
     table: BoundedTable
 
+    def __init__(
+        self,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] | None = None,
+        table: BoundedTable | None = None,
+    ) -> None:
+        super().__init__(None, wrap_exceptions=True)  # type: ignore[call-arg]  # the limits storage
+        self.table = table if table is not None else BoundedTable(max_keys, clock)
+
     @property
     def evictions(self) -> int:
         """How many keys were evicted to stay under the cap."""
@@ -49,15 +58,6 @@ class BoundedMemoryStorage(_TableFace, Storage, MovingWindowSupport, SlidingWind
     """
 
     STORAGE_SCHEME = None
-
-    def __init__(
-        self,
-        max_keys: int = 100_000,
-        clock: Callable[[], float] | None = None,
-        table: BoundedTable | None = None,
-    ) -> None:
-        super().__init__(None, wrap_exceptions=True)
-        self.table = table if table is not None else BoundedTable(max_keys, clock)
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         return self.table.incr(key, expiry, amount)
@@ -103,15 +103,6 @@ class AsyncBoundedMemoryStorage(
     """The ``limits.aio`` face of :class:`BoundedMemoryStorage` (same table, no awaits inside)."""
 
     STORAGE_SCHEME = None
-
-    def __init__(
-        self,
-        max_keys: int = 100_000,
-        clock: Callable[[], float] | None = None,
-        table: BoundedTable | None = None,
-    ) -> None:
-        super().__init__(None, wrap_exceptions=True)
-        self.table = table if table is not None else BoundedTable(max_keys, clock)
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         return self.table.incr(key, expiry, amount)
