@@ -171,11 +171,13 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     mode = detection_mode(policy, identity.tier)
     risk = guard.risk if mode != "off" else None
     box: LimitCheck | None = None  # the client's window in the shared penalty box
+    level: LimitCheck | None = None  # and its shared level (flag, throttle, degrade)
     if risk is not None and not policy.shadow and mode == "enforce":  # the box holds across routes
         until = risk.boxed_until(identity.client_id, now)
         if until is not None:
             return _boxed(identity, policy, until - now)
         box = risk.box_check(identity)
+        level = risk.level_check(identity)
 
     query = parse_query(request.body, request.content_type)
     plan = guard.plan
@@ -190,14 +192,18 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
                 query=query,
             )
     checks = plan.checks_for(identity, request.path, query)
-    if box is not None:  # read in the same round trip, first: a boxed client is charged nothing
-        checks = (box, *checks)
+    if box is not None and level is not None:  # read in the same round trip, first: a boxed
+        checks = (box, level, *checks)  # client is charged nothing
     outcomes = yield from _limits(checks, now)
+    shared_level = 0
     if box is not None and outcomes and outcomes[0].mode in ("primary", "fallback"):
         read, outcomes = outcomes[0], outcomes[1:]
         if not read.allowed and risk is not None:  # another replica boxed the client
             until = risk.box(identity.client_id, now, read.reset_at)  # no need to ask again
             return _boxed(identity, policy, until - now, tuple(outcomes))
+        if outcomes and outcomes[0].check is level:
+            shared_level = risk.level_of(outcomes[0].remaining) if risk is not None else 0
+            outcomes = outcomes[1:]
     headers = tuple(ratelimit_fields(outcomes, now)) if plan.config.headers else ()
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     refused = [o for o in outcomes if not o.allowed]
@@ -237,8 +243,10 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     if risk is None:
         action, score, reasons = decide(results, policy)
     else:
-        verdict = risk.assess(identity.client_id, results, now)
+        verdict = risk.assess(identity.client_id, results, now, risk.floor(shared_level))
         action, score, reasons = verdict.action, verdict.risk, verdict.reasons
+        if level is not None and risk.level(verdict) > shared_level:  # tell the other replicas
+            yield ChargeLimit(level, risk.level(verdict) - shared_level)
         if verdict.throttle and not refused:  # a throttled client is charged a tighter window
             throttled = yield from _limits(risk.throttle_checks(identity), now)
             outcomes = [*outcomes, *throttled]

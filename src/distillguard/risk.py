@@ -23,12 +23,15 @@ the maximum, so that several moderate signals add up.)
 
 **Several replicas.** Risk is kept per process. The penalty box is too, and when the limit
 storage is shared (Redis: ``LimitConfig.storage_uri`` other than ``memory://``) it is also kept
-there (``share_box``, on by default): a block by one replica is written to the storage as a
+there (``shared``, on by default): a block by one replica is written to the storage as a
 window that expires with the penalty, and every replica reads that window in the same round
 trip as the request's own limits (no extra round trip on a single Redis; one more read per
 request on a Redis Cluster or with the sliding window counter). A replica that finds a client
-boxed there keeps the box locally too and stops asking. If the storage is unreachable the
-replica's own box still holds; throttle and degrade stay per replica.
+boxed there keeps the box locally too and stops asking. The client's *level* is shared the same
+way: a replica whose verdict flags, throttles or degrades a client raises a counter (1, 2, 3)
+that expires after ``half_life``, and every replica reads it with the request and takes the
+risk of that level as a floor, so that a client degraded by one replica is degraded by all. If
+the storage is unreachable each replica's own box and risk still hold.
 
 **Memory.** The risk table holds at most ``max_clients`` clients (LRU, evictions counted). The
 penalty box is a separate table of at most ``max_penalties`` entries; a flood of new identities
@@ -70,6 +73,8 @@ from .limiting.plan import policy_name
 
 __all__ = ["RiskEngine", "RiskPolicy", "RiskVerdict", "calibrate", "rescale"]
 
+_LEVEL_ROOM = 1_000_000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RiskPolicy:
@@ -89,9 +94,10 @@ class RiskPolicy:
         combine: ``"max"`` (the strongest evidence) or ``"noisy_or"``.
         max_clients: the cap on clients with a tracked risk.
         max_penalties: the cap on boxed clients.
-        share_box: also keep the penalty box in the limit storage when that storage is
-            shared (``LimitConfig.storage_uri`` other than ``memory://``), so that a client
-            blocked by one replica is refused by every replica (see the module docstring).
+        shared: also keep the penalty box and each client's level (flag, throttle, degrade) in
+            the limit storage when that storage is shared (``LimitConfig.storage_uri`` other
+            than ``memory://``), so that a client one replica blocks or degrades is blocked or
+            degraded by every replica (see the module docstring).
     """
 
     flag: float = 0.5
@@ -106,7 +112,7 @@ class RiskPolicy:
     combine: Literal["max", "noisy_or"] = "max"
     max_clients: int = 100_000
     max_penalties: int = 10_000
-    share_box: bool = True
+    shared: bool = True
 
     def __post_init__(self) -> None:
         levels = [t for t in (self.flag, self.throttle, self.degrade, self.block) if t is not None]
@@ -209,7 +215,7 @@ class RiskEngine:
     Args:
         policy: the risk policy.
         shared: whether the limit storage is shared by several processes (the penalty box is
-            then kept there too when ``policy.share_box``; see :meth:`box_check`).
+            then kept there too when ``policy.shared``; see :meth:`box_check`).
     """
 
     def __init__(self, policy: RiskPolicy, shared: bool = False) -> None:
@@ -223,7 +229,21 @@ class RiskEngine:
                 headers=False,
                 strategy="fixed-window",
             )
-            if shared and policy.share_box
+            if shared and policy.shared
+            else None
+        )
+        # levels 1-3 as a count; a limit far above them, so that the read always fits (a
+        # window that does not fit would stop the request's own windows being charged)
+        self._shared_level = (
+            LimitCheck(
+                policy="risk-level",
+                item=RateLimitItemPerSecond(_LEVEL_ROOM, math.ceil(policy.half_life)),
+                key=("level",),
+                cost=0,
+                headers=False,
+                strategy="fixed-window",
+            )
+            if shared and policy.shared
             else None
         )
         self._clients: OrderedDict[str, _Client] = OrderedDict()
@@ -282,6 +302,40 @@ class RiskEngine:
             return None
         return replace(box, key=("box", identity.client_id))
 
+    def level_check(self, identity: Identity) -> LimitCheck | None:
+        """The window holding ``identity``'s shared level (``None`` when not shared): read at
+        cost 0 with the request (its count is the level), raised with
+        :class:`~distillguard.limiting.effects.ChargeLimit` when this replica's verdict is
+        higher; it expires ``half_life`` after it was first raised."""
+        level = self._shared_level
+        if level is None:
+            return None
+        return replace(level, key=("level", identity.client_id))
+
+    @staticmethod
+    def level_of(outcome_remaining: int) -> int:
+        """The shared level read from its window's remaining quota."""
+        return min(3, max(0, _LEVEL_ROOM - outcome_remaining))
+
+    def floor(self, level: int) -> float:
+        """The risk a shared ``level`` stands for: its threshold (0 for none)."""
+        policy = self.policy
+        if level <= 0:
+            return 0.0
+        if level >= 3 and policy.degrade is not None:
+            return policy.degrade
+        if level >= 2 and policy.throttle is not None:
+            return policy.throttle
+        return policy.flag
+
+    def level(self, verdict: RiskVerdict) -> int:
+        """The level ``verdict`` puts its client at: 3 degrade (or block), 2 throttle, 1 flag."""
+        if verdict.action in (Action.DEGRADE, Action.BLOCK):
+            return 3
+        if verdict.throttle:
+            return 2
+        return 1 if verdict.action is Action.FLAG else 0
+
     @property
     def boxed(self) -> int:
         """How many clients are in the penalty box (expired entries included until touched)."""
@@ -325,9 +379,12 @@ class RiskEngine:
             return 0.0
         return state.risk * math.exp(-self._decay * max(0.0, now - state.ts))
 
-    def assess(self, client_id: str, results: Sequence[DetectorResult], now: float) -> RiskVerdict:
+    def assess(
+        self, client_id: str, results: Sequence[DetectorResult], now: float, floor: float = 0.0
+    ) -> RiskVerdict:
         """Update ``client_id``'s risk with this request's detector results; return the verdict
-        (a ``BLOCK`` also puts the client in the penalty box)."""
+        (a ``BLOCK`` also puts the client in the penalty box). ``floor`` is a risk the client
+        has at least (the level another replica gave it, :meth:`floor`)."""
         policy = self.policy
         evidence = [(self._evidence(r), r) for r in results]
         if policy.combine == "max":
@@ -337,6 +394,9 @@ class RiskEngine:
         state = self._client(client_id)
         decayed = state.risk * math.exp(-self._decay * max(0.0, now - state.ts)) if state.risk else 0.0
         drivers = [(e, r) for e, r in evidence if e >= policy.flag]
+        shared = floor > decayed and floor > current  # another replica's level drives it
+        if floor > decayed:
+            decayed = floor
         if current >= decayed:
             risk = current
             if drivers:
@@ -356,7 +416,9 @@ class RiskEngine:
         else:
             action, level = Action.FLAG, "flag"
         reasons = [f"risk:{level}"]
-        if not drivers and state.driver:
+        if shared:
+            reasons.append("carried:replica")
+        elif not drivers and state.driver:
             reasons.append(f"carried:{state.driver}")
         for _, r in drivers:
             reasons.extend(f"{r.detector}:{reason}" for reason in r.reasons)

@@ -547,10 +547,14 @@ def test_shared_penalty_box_effects() -> None:
     )
     now = time.time()
 
-    def batch(effect: HitLimits, boxed: bool) -> tuple[LimitOutcome, ...]:
+    def batch(effect: HitLimits, boxed: bool, level: int = 0) -> tuple[LimitOutcome, ...]:
         return tuple(
             LimitOutcome(
-                check=c, allowed=not (boxed and i == 0), remaining=1, reset_at=now + 100, charged=False
+                check=c,
+                allowed=not (boxed and i == 0),
+                remaining=c.item.amount - level if c.key[0] == "level" else 1,
+                reset_at=now + 100,
+                charged=False,
             )
             for i, c in enumerate(effect.checks)
         )
@@ -558,19 +562,22 @@ def test_shared_penalty_box_effects() -> None:
     flow = guard.flow(request(identity=Identity(client_id="thief"), timestamp=now))
     effect = next(flow)
     assert isinstance(effect, HitLimits)
-    box = effect.checks[0]
+    box, level = effect.checks[:2]
     assert box.key == ("box", "thief") and box.cost == 0 and not box.headers
-    assert box.item.get_expiry() == 120 and len(effect.checks) == 2
+    assert level.key == ("level", "thief") and level.cost == 0 and not level.headers
+    assert box.item.get_expiry() == 120 and len(effect.checks) == 3
     effect = flow.send(batch(effect, boxed=False))
     assert isinstance(effect, RunDetector)
     effect = flow.send(detector.score(effect.observation))
+    assert isinstance(effect, ChargeLimit) and effect.check == level and effect.amount == 3  # degrade+
+    effect = flow.send(None)
     assert isinstance(effect, HitLimits) and effect.checks[0].key == ("risk", "thief")  # throttle
     effect = flow.send(batch(effect, boxed=False))
     assert isinstance(effect, ChargeLimit) and effect.check == box and effect.amount == 2
     with pytest.raises(StopIteration) as stop:
         flow.send(None)
     blocked = stop.value.value
-    assert blocked.action is Action.BLOCK and all(o.check != box for o in blocked.limits)
+    assert blocked.action is Action.BLOCK and all(o.check not in (box, level) for o in blocked.limits)
 
     other = Guard(
         jwt=None,
@@ -593,6 +600,23 @@ def test_shared_penalty_box_effects() -> None:
     with pytest.raises(StopIteration) as stop:  # from its own box now: no effect at all
         next(other.flow(request(identity=Identity(client_id="thief"), timestamp=now + 1)))
     assert stop.value.value.reasons == ("risk:penalty_box",)
+
+    calm = StaticDetector(0.0)  # a third replica: its detector sees nothing, the level says degrade
+    third = Guard(
+        jwt=None,
+        limits=LimitConfig(default="5/minute", storage_uri="redis://127.0.0.1:1/0"),
+        detectors=[calm],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=120)),
+    )
+    flow = third.flow(request(identity=Identity(client_id="thief"), timestamp=now))
+    effect = flow.send(batch(next(flow), boxed=False, level=3))  # type: ignore[arg-type]
+    effect = flow.send(calm.score(effect.observation))
+    assert isinstance(effect, HitLimits) and effect.checks[0].key == ("risk", "thief")  # no raise
+    with pytest.raises(StopIteration) as stop:
+        flow.send(batch(effect, boxed=False))
+    degraded = stop.value.value
+    assert degraded.action is Action.DEGRADE and "carried:replica" in degraded.reasons
+    assert degraded.body is not None and "logprobs" not in json.loads(degraded.body)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The penalty box shared through Redis: a client blocked by one replica is refused by every
 replica, in the request's own round trip, without charging its windows; the box ends with the
-penalty; it stays local with ``share_box=False`` or on memory storage; an outage never turns
+penalty; it stays local with ``shared=False`` or on memory storage; an outage never turns
 the box read into a refusal or a way around ``fail_closed``."""
 
 from __future__ import annotations
@@ -99,11 +99,11 @@ def test_the_shared_box_ends_with_the_penalty(redis_server: RedisServer, kind: s
     b.close()
 
 
-def test_share_box_false_keeps_the_box_in_each_replica(redis_server: RedisServer) -> None:
-    """With ``share_box=False`` nothing is written to Redis and the other replica serves."""
+def test_shared_false_keeps_the_box_in_each_replica(redis_server: RedisServer) -> None:
+    """With ``shared=False`` nothing is written to Redis and the other replica serves."""
     dial_a, dial_b = Dial(), Dial()
-    a = replica("wsgi", redis_server.url, dial_a, share_box=False)
-    b = replica("wsgi", redis_server.url, dial_b, share_box=False)
+    a = replica("wsgi", redis_server.url, dial_a, shared=False)
+    b = replica("wsgi", redis_server.url, dial_b, shared=False)
     thief = make_token(sub="thief")
     dial_a.value = 1.0
     assert a.call(chat_body(), token=thief)[0] == 429
@@ -144,3 +144,45 @@ def test_an_outage_never_reads_as_a_box_nor_opens_fail_closed(redis_server: Redi
     assert status == 429 and problem(body)["code"] == "suspicious_usage"
     for h in (a, fallback, closed):
         h.close()
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_degrade_on_one_replica_degrades_on_every_replica(redis_server: RedisServer, kind: str) -> None:
+    """Replica A's detector puts the client at the degrade level; replica B, whose own detector
+    sees nothing, takes the client at that level too (and so strips its log probabilities), a
+    client A never flagged stays at 0 on B, the level expires with the half-life; with
+    ``shared=False`` a replica keeps its own level only."""
+    import json as _json
+
+    body = _json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 5}
+    ).encode()
+    dial_a, dial_b = Dial(), Dial()
+    a = replica(kind, redis_server.url, dial_a)
+    b = replica(kind, redis_server.url, dial_b)
+    thief, other = make_token(sub="thief"), make_token(sub="other")
+    dial_a.value = 0.8  # degrade (0.75 <= risk < 0.9)
+    assert a.call(body, token=thief)[0] == 200
+    decisions: list[Any] = []
+    for token in (thief, other):
+        assert b.call(body, token=token)[0] == 200
+        decisions.append(b.guard.risk.risk(token_sub(token), time.time()))
+    assert decisions[0] > 0.74 and decisions[1] == 0.0  # the degrade level (decaying since)
+    assert 0 < int(redis_server.cli("PTTL", level_key(redis_server, "thief"))) <= 900_000
+
+    c = replica(kind, redis_server.url, Dial(), shared=False)
+    assert c.call(body, token=thief)[0] == 200
+    assert c.guard.risk.risk("thief", time.time()) == 0.0
+    for h in (a, b, c):
+        h.close()
+
+
+def token_sub(token: str) -> str:
+    import jwt as pyjwt
+
+    return str(pyjwt.decode(token, options={"verify_signature": False})["sub"])
+
+
+def level_key(server: RedisServer, client: str) -> str:
+    (key,) = [k for k in server.cli("--scan", "--pattern", f"*level/{client}*").split() if k]
+    return key
