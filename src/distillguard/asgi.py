@@ -131,10 +131,13 @@ class DistillGuardMiddleware:
         if preflight is not None and guard.is_preflight(scope["method"], preflight):
             await self.app(scope, receive, send)
             return
+        too_large: _TooLarge | None = None
         try:
-            body = await _read_body(receive, guard.max_body_bytes, declared)
+            body: bytes | None = await _read_body(receive, guard.max_body_bytes, declared)
         except _Disconnected:
             return  # the client left before sending its request: nothing to answer
+        except _TooLarge as over:
+            body, too_large = None, over
         client = scope.get("client")
         request = GuardRequest(
             method=scope["method"],
@@ -156,9 +159,12 @@ class DistillGuardMiddleware:
             if decision.problem is not None:
                 code, headers, payload = decision.problem.render(decision.headers)
                 exchange.status = code
-                await _send_response(send, code, headers, payload)
-                if body is None:
+                if too_large is not None and too_large.more:
+                    # read and drop the rest first: once the response is complete the server
+                    # stops reading, and closing under a client still writing resets the
+                    # connection before the client reads the 413
                     await _discard_rest(receive)
+                await _send_response(send, code, headers, payload)
             else:
                 await self._forward(scope, receive, send, request.body, exchange, decision)
                 await adrive(exchange.settle(), self._perform)
@@ -275,11 +281,22 @@ class DistillGuardMiddleware:
         await self.app(scope, replay, observe)
 
 
-async def _read_body(receive: Receive, cap: int, declared: int | None) -> bytes | None:
-    """Read the whole body; ``None`` when it is (or is declared to be) over ``cap``. Never
-    buffers more than ``cap`` plus one message."""
+class _TooLarge(Exception):
+    """The body is (or is declared to be) over the cap; ``more``: the client is still sending."""
+
+    def __init__(self, more: bool) -> None:
+        super().__init__("request body over the cap")
+        self.more = more
+
+
+async def _read_body(receive: Receive, cap: int, declared: int | None) -> bytes:
+    """Read the whole body. Never buffers more than ``cap`` plus one message.
+
+    Raises:
+        _TooLarge: the body is (or is declared to be) over ``cap``.
+        _Disconnected: the client left first."""
     if declared is not None and declared > cap:
-        return None
+        raise _TooLarge(more=declared > 0)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -293,7 +310,7 @@ async def _read_body(receive: Receive, cap: int, declared: int | None) -> bytes 
         if chunk:
             size += len(chunk)
             if size > cap:
-                return None
+                raise _TooLarge(more=bool(message.get("more_body", False)))
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -301,9 +318,9 @@ async def _read_body(receive: Receive, cap: int, declared: int | None) -> bytes 
 
 
 async def _discard_rest(receive: Receive) -> None:
-    """After a 413, read and drop what the client is still sending (bounded in bytes and time),
-    so the server does not close the connection under a client still writing: that close can
-    reach the client as a reset instead of the 413 it was sent."""
+    """Before a 413, read and drop what the client is still sending (bounded in bytes and
+    time), so the server does not close the connection under a client still writing: that close
+    can reach the client as a reset instead of the 413 it was sent."""
     left = _DRAIN_BYTES
     with anyio.move_on_after(_DRAIN_SECONDS):
         while left > 0:
