@@ -114,20 +114,7 @@ class DistillGuardMiddleware:
             await self.app(scope, receive, send)
             return
         guard = self.guard
-        authorization = content_type = user_agent = preflight = None
-        declared: int | None = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":  # several are joined, as WSGI servers do: malformed
-                text = value.decode("latin-1")
-                authorization = text if authorization is None else f"{authorization}, {text}"
-            elif name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"content-length":
-                declared = int(value) if value.isdigit() else None
-            elif name == b"user-agent":
-                user_agent = value.decode("latin-1")
-            elif name == b"access-control-request-method":
-                preflight = value
+        authorization, content_type, declared, user_agent, preflight = _headers(scope)
         if preflight is not None and guard.is_preflight(scope["method"], preflight):
             await self.app(scope, receive, send)
             return
@@ -177,13 +164,7 @@ class DistillGuardMiddleware:
         """Decide a WebSocket handshake like a request without a body; refuse it, or hand the
         connection to the app (with the decision in its scope)."""
         guard = self.guard
-        authorization = user_agent = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                text = value.decode("latin-1")
-                authorization = text if authorization is None else f"{authorization}, {text}"
-            elif name == b"user-agent":
-                user_agent = value.decode("latin-1")
+        authorization, _, _, user_agent, _ = _headers(scope)
         client = scope.get("client")
         request = GuardRequest(
             method="GET",
@@ -287,6 +268,28 @@ class _TooLarge(Exception):
     def __init__(self, more: bool) -> None:
         super().__init__("request body over the cap")
         self.more = more
+
+
+def _headers(scope: Scope) -> tuple[str | None, str | None, int | None, str | None, bytes | None]:
+    """``(authorization, content-type, content-length, user-agent, CORS preflight method)`` of
+    a request or handshake, in one pass. Several ``Authorization`` headers are joined, as WSGI
+    servers do (a malformed value: refused)."""
+    authorization = content_type = user_agent = None
+    declared: int | None = None
+    preflight: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            text = value.decode("latin-1")
+            authorization = text if authorization is None else f"{authorization}, {text}"
+        elif name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"content-length":
+            declared = int(value) if value.isdigit() else None
+        elif name == b"user-agent":
+            user_agent = value.decode("latin-1")
+        elif name == b"access-control-request-method":
+            preflight = value
+    return authorization, content_type, declared, user_agent, preflight
 
 
 async def _read_body(receive: Receive, cap: int, declared: int | None) -> bytes:

@@ -76,6 +76,19 @@ __all__ = ["RiskEngine", "RiskPolicy", "RiskVerdict", "calibrate", "rescale"]
 _LEVEL_ROOM = 1_000_000
 
 
+def _read_window(name: str, kind: str, item: RateLimitItemPerSecond) -> LimitCheck:
+    """A window of the shared risk state, read at cost 0 with the request's windows (fixed,
+    never disclosed), keyed ``(kind, client)`` (:func:`_for_client`)."""
+    return LimitCheck(policy=name, item=item, key=(kind,), cost=0, headers=False, strategy="fixed-window")
+
+
+def _for_client(window: LimitCheck | None, identity: Identity) -> LimitCheck | None:
+    """``window`` keyed for ``identity`` (``None`` when the state is not shared)."""
+    if window is None:
+        return None
+    return replace(window, key=(window.key[0], identity.client_id))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RiskPolicy:
     """How detector scores become a client risk, and what each risk level does.
@@ -220,32 +233,13 @@ class RiskEngine:
 
     def __init__(self, policy: RiskPolicy, shared: bool = False) -> None:
         self.policy = policy
-        self._shared_box = (
-            LimitCheck(
-                policy="penalty-box",
-                item=RateLimitItemPerSecond(1, math.ceil(policy.penalty_seconds)),
-                key=("box",),
-                cost=0,
-                headers=False,
-                strategy="fixed-window",
-            )
-            if shared and policy.shared
-            else None
-        )
+        share = shared and policy.shared
+        box_item = RateLimitItemPerSecond(1, math.ceil(policy.penalty_seconds))
+        self._shared_box = _read_window("penalty-box", "box", box_item) if share else None
         # levels 1-3 as a count; a limit far above them, so that the read always fits (a
         # window that does not fit would stop the request's own windows being charged)
-        self._shared_level = (
-            LimitCheck(
-                policy="risk-level",
-                item=RateLimitItemPerSecond(_LEVEL_ROOM, math.ceil(policy.half_life)),
-                key=("level",),
-                cost=0,
-                headers=False,
-                strategy="fixed-window",
-            )
-            if shared and policy.shared
-            else None
-        )
+        level_item = RateLimitItemPerSecond(_LEVEL_ROOM, math.ceil(policy.half_life))
+        self._shared_level = _read_window("risk-level", "level", level_item) if share else None
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._box: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
@@ -297,20 +291,14 @@ class RiskEngine:
         windows: it refuses once the window is over its limit) and *fills* past its limit when
         this process blocks the client (:class:`~distillguard.limiting.effects.ChargeLimit`);
         the storage expires it when the penalty ends."""
-        box = self._shared_box
-        if box is None:
-            return None
-        return replace(box, key=("box", identity.client_id))
+        return _for_client(self._shared_box, identity)
 
     def level_check(self, identity: Identity) -> LimitCheck | None:
         """The window holding ``identity``'s shared level (``None`` when not shared): read at
         cost 0 with the request (its count is the level), raised with
         :class:`~distillguard.limiting.effects.ChargeLimit` when this replica's verdict is
         higher; it expires ``half_life`` after it was first raised."""
-        level = self._shared_level
-        if level is None:
-            return None
-        return replace(level, key=("level", identity.client_id))
+        return _for_client(self._shared_level, identity)
 
     @staticmethod
     def level_of(outcome_remaining: int) -> int:
