@@ -38,7 +38,15 @@ from typing import Any
 
 from opentelemetry.trace import NoOpTracerProvider
 
-from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, JWTConfig, LimitConfig
+from distillguard import (
+    DistillGuardMiddleware,
+    DistillGuardWSGIMiddleware,
+    Guard,
+    JWTConfig,
+    LimitConfig,
+    Policy,
+)
+from distillguard.detectors.defaults import default_detectors
 
 from . import _apps
 from ._report import replace_section
@@ -162,15 +170,49 @@ def monitor(url: str) -> Iterator[dict[str, int]]:
 # -- apps ------------------------------------------------------------------------------------
 
 
-def make_guard(storage_uri: str, strategy: str = "moving-window", prefix: str = "bench") -> Guard:
-    """A guard with JWT, the default two windows (never reached) and no detectors."""
+def make_guard(
+    storage_uri: str,
+    strategy: str = "moving-window",
+    prefix: str | None = None,
+    *,
+    detectors: bool = False,
+    shared: bool = True,
+) -> Guard:
+    """A guard with JWT, the default two windows (never reached) and no detectors (or the
+    default set, its state shared through Redis unless ``shared`` is false)."""
     return Guard(
         jwt=JWTConfig(algorithms=["HS256"], key=_apps.SECRET, issuer=_apps.ISSUER, audience=_apps.AUDIENCE),
         limits=LimitConfig(
-            default=LIMITS, storage_uri=storage_uri, strategy=strategy, key_prefix=f"{prefix}{time.time()}"
+            default=LIMITS,
+            storage_uri=storage_uri,
+            strategy=strategy,
+            key_prefix=prefix or f"bench{time.time()}",
         ),
+        detectors=default_detectors() if detectors else (),
+        policy=Policy(shared_state=shared),
         tracer_provider=NoOpTracerProvider(),
     )
+
+
+def taking_turns(first: Any, second: Any) -> Any:
+    """An ASGI or WSGI app that hands requests to ``first`` and ``second`` in turn (two replicas
+    behind a round-robin balancer): the runners cycle over ``CLIENTS`` clients, so each client's
+    requests alternate between the two."""
+    turn = [0]
+    apps = (first, second)
+    if isinstance(first, DistillGuardMiddleware):
+
+        async def asgi(scope: Any, receive: Any, send: Any) -> None:
+            turn[0] += 1
+            await apps[(turn[0] // CLIENTS) % 2](scope, receive, send)
+
+        return asgi
+
+    def wsgi(environ: Any, start_response: Any) -> Any:
+        turn[0] += 1
+        return apps[(turn[0] // CLIENTS) % 2](environ, start_response)
+
+    return wsgi
 
 
 async def bare_asgi(scope: Any, receive: Any, send: Any) -> None:
@@ -192,7 +234,10 @@ def bare_wsgi(environ: Any, start_response: Any) -> Any:
 TOKENS = [_apps.token(f"client-{i}") for i in range(CLIENTS)]
 
 
-def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, body: bytes) -> Callable[[int], float]:
+def asgi_runner(
+    loop: asyncio.AbstractEventLoop, app: Any, body: bytes | list[bytes]
+) -> Callable[[int], float]:
+    bodies = body if isinstance(body, list) else [body]
     scopes = [
         {
             "type": "http",
@@ -201,7 +246,7 @@ def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, body: bytes) -> Calla
             "headers": [
                 (b"authorization", f"Bearer {token}".encode()),
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
+                (b"content-length", str(len(bodies[0])).encode()),  # the variants are the same size
             ],
             "client": ("10.0.0.1", 1),
         }
@@ -211,7 +256,7 @@ def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, body: bytes) -> Calla
 
     async def run(n: int) -> float:
         async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": bodies[turn[0] % len(bodies)], "more_body": False}
 
         async def send(message: dict[str, Any]) -> None:
             return None
@@ -225,9 +270,10 @@ def asgi_runner(loop: asyncio.AbstractEventLoop, app: Any, body: bytes) -> Calla
     return lambda n: loop.run_until_complete(run(n))
 
 
-def wsgi_runner(app: Any, body: bytes) -> Callable[[int], float]:
+def wsgi_runner(app: Any, body: bytes | list[bytes]) -> Callable[[int], float]:
     import io
 
+    bodies = body if isinstance(body, list) else [body]
     turn = [0]
 
     def run(n: int) -> float:
@@ -235,6 +281,7 @@ def wsgi_runner(app: Any, body: bytes) -> Callable[[int], float]:
         for _ in range(n):
             turn[0] += 1
             token = TOKENS[turn[0] % CLIENTS]
+            body = bodies[turn[0] % len(bodies)]
             environ = {
                 "REQUEST_METHOD": "POST",
                 "PATH_INFO": _apps.PATH,
@@ -305,13 +352,52 @@ def overhead(url: str, requests: int, repeats: int) -> list[tuple[str, float, fl
     return rows
 
 
+def detector_overhead(url: str, requests: int, repeats: int) -> list[tuple[str, float, list[float]]]:
+    """``(adapter, bare us, [memory, redis per process, redis shared, two replicas shared]
+    overhead us)`` with the default detectors; every request a new prompt."""
+    bodies = [_apps.chat_body(1024, variant=i + 1) for i in range(257)]  # 257: prime to the clients
+    loop = asyncio.new_event_loop()
+    rows = []
+    for name in ("ASGI", "WSGI"):
+        asgi = name == "ASGI"
+        wrap: Any = DistillGuardMiddleware if asgi else DistillGuardWSGIMiddleware
+        bare: Any = bare_asgi if asgi else bare_wsgi
+        pair = f"pair{time.time()}"
+        apps = {
+            "bare": bare,
+            "memory": wrap(bare, guard=make_guard("memory://", detectors=True)),
+            "local": wrap(bare, guard=make_guard(url, detectors=True, shared=False)),
+            "shared": wrap(bare, guard=make_guard(url, detectors=True)),
+            "turns": taking_turns(
+                wrap(bare, guard=make_guard(url, prefix=pair, detectors=True)),
+                wrap(bare, guard=make_guard(url, prefix=pair, detectors=True)),
+            ),
+        }
+        runners: dict[str, Callable[[int], float]] = {}
+        for key, app in apps.items():
+            runners[key] = asgi_runner(loop, app, bodies) if asgi else wsgi_runner(app, bodies)
+        runs: dict[str, list[float]] = {k: [] for k in runners}
+        for runner in runners.values():
+            runner(max(50, requests // 10))
+        for _ in range(repeats):
+            for key, runner in runners.items():
+                runs[key].append(runner(requests))
+        base = statistics.median(runs["bare"])
+        extra = [statistics.median(runs[k]) - base for k in ("memory", "local", "shared", "turns")]
+        rows.append((name, base, extra))
+    loop.close()
+    return rows
+
+
 def round_trips(url: str, requests: int) -> list[tuple[str, str, float, str]]:
     """``(adapter, strategy, round trips per request, top-level commands per request)``."""
     body = _apps.chat_body(1024)
     rows = []
-    for strategy in ("moving-window", "fixed-window", "sliding-window-counter"):
+    variants = [(s, False) for s in ("moving-window", "fixed-window", "sliding-window-counter")]
+    variants += [("moving-window", True), ("sliding-window-counter", True)]
+    for strategy, detectors in variants:
         for adapter in ("ASGI", "WSGI"):
-            guard = make_guard(url, strategy)
+            guard = make_guard(url, strategy, detectors=detectors)
             loop = asyncio.new_event_loop()
             if adapter == "ASGI":
                 run = asgi_runner(loop, DistillGuardMiddleware(bare_asgi, guard=guard), body)
@@ -322,7 +408,8 @@ def round_trips(url: str, requests: int) -> list[tuple[str, str, float, str]]:
                 run(requests)
             loop.close()
             commands = ", ".join(f"{k} {v / requests:g}" for k, v in sorted(seen.items()))
-            rows.append((adapter, strategy, trips.count / requests, commands))
+            label = f"{strategy}, default detectors (shared state)" if detectors else strategy
+            rows.append((adapter, label, trips.count / requests, commands))
     return rows
 
 
@@ -341,13 +428,26 @@ def report(url: str, requests: int, repeats: int) -> str:
         f"Measured {datetime.date.today().isoformat()} on {machine} with `python -m benchmarks.storage` "
         f"({repeats} x {requests} requests per app, medians; Redis {redis_version(url)} on loopback TCP). "
         "The guard verifies an HS256 JWT (cached) and charges two moving windows (`60/minute;1000/day`, "
-        "1,000 rotating clients, never full); no detectors, no-op tracer.",
+        "1,000 rotating clients, never full); no detectors (first table), no-op tracer.",
         "",
         "| Adapter | Bare app (us/request) | Guard on `memory://` (+us) | Guard on `redis://` (+us) |",
         "|---|---:|---:|---:|",
     ]
     for name, bare, memory, redis in over:
         lines.append(f"| {name} | {bare:.1f} | +{memory:.1f} | +{redis:.1f} |")
+    lines += [
+        "",
+        "The same with the default detector set (every request a new 1 KB prompt): on `memory://`; on "
+        "`redis://` with the detector state per process (`Policy(shared_state=False)`); shared "
+        "through Redis (the default), one replica; and two replicas taking turns for each client "
+        "(every request reads and decodes the state the other replica wrote):",
+        "",
+        "| Adapter | Bare app (us/request) | `memory://` (+us) | `redis://`, state per process (+us) "
+        "| `redis://`, shared state (+us) | two replicas taking turns (+us) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, bare, extra in detector_overhead(url, requests, repeats):
+        lines.append(f"| {name} | {bare:.1f} | " + " | ".join(f"+{v:.1f}" for v in extra) + " |")
     lines += [
         "",
         "Redis round trips per admitted request (two windows, RateLimit fields on), counted on the "
@@ -366,7 +466,10 @@ def report(url: str, requests: int, repeats: int) -> str:
         "window's remaining quota and reset time (`distillguard/limiting/_script.py`). The sliding "
         "window counter, and Redis Cluster (a request's windows live in different hash slots), are "
         "charged window by window through `limits`: two round trips per window (charge, then read "
-        "the window for the RateLimit fields).",
+        "the window for the RateLimit fields). With the detectors' state shared, the state is read in "
+        "the windows' script (an empty answer when this replica is up to date) and written back after "
+        "the detectors ran: two round trips per request; one more (the read) where the windows are "
+        "charged through `limits`.",
     ]
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ import anyio.to_thread
 
 from .detectors import is_async_detector
 from .flow import Effect, HitLimit, RunDetector
-from .limiting.effects import ChargeLimit, HitLimits, RefundLimit
+from .limiting.effects import ChargeLimit, HitLimits, LoadState, RefundLimit, SaveState
 from .limiting.limiter import AsyncLimiter, Limiter
 
 __all__ = ["AsyncPerformer", "SyncPerformer"]
@@ -29,6 +29,8 @@ class SyncPerformer:
     def __call__(self, effect: Effect) -> object:
         try:
             if type(effect) is HitLimits:
+                if effect.state is not None:
+                    return self.limiter.hit_and_read(effect.checks, effect.state.key, effect.state.known)
                 return self.limiter.hit_many(effect.checks)
             if type(effect) is HitLimit:
                 return self.limiter.hit(effect.check, effect.charge)
@@ -40,6 +42,10 @@ class SyncPerformer:
                 return None
             if type(effect) is RunDetector:
                 return effect.detector.score(effect.observation)
+            if type(effect) is LoadState:
+                return self.limiter.load_state(effect.key, effect.known)
+            if type(effect) is SaveState:
+                return self.limiter.save_state(effect.key, effect.stamp, effect.data, effect.ttl_ms)
         except Exception as exc:
             return exc
         raise TypeError(f"unknown effect {effect!r}")
@@ -69,6 +75,9 @@ class AsyncPerformer:
     async def __call__(self, effect: Effect) -> object:
         try:
             if type(effect) is HitLimits:
+                state = effect.state
+                if state is not None:
+                    return await self.limiter.hit_and_read(effect.checks, state.key, state.known)
                 return await self.limiter.hit_many(effect.checks)
             if type(effect) is HitLimit:
                 return await self.limiter.hit(effect.check, effect.charge)
@@ -84,6 +93,10 @@ class AsyncPerformer:
                 if kind == "inline":
                     return detector.score(effect.observation)
                 return await self._awaited(detector, kind, effect.observation)
+            if type(effect) is LoadState:
+                return await self.limiter.load_state(effect.key, effect.known)
+            if type(effect) is SaveState:
+                return await self.limiter.save_state(effect.key, effect.stamp, effect.data, effect.ttl_ms)
         except Exception as exc:
             return exc
         raise TypeError(f"unknown effect {effect!r}")

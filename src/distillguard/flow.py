@@ -5,6 +5,9 @@ results; the ASGI and WSGI adapters perform them with their own I/O (:mod:`disti
 Everything that says *what* happens and *in what order* is here::
 
     identity -> scopes -> parse query -> limits -> detectors -> policy -> Decision
+
+With a shared limit storage, the client's detector state is read before the detectors run and
+written back after (:mod:`distillguard.detectors._sharing`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .detectors._protocol import checked_result
 from .errors import AuthenticationError
 from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
-from .limiting.effects import ChargeLimit, HitLimits, RefundLimit
+from .limiting.effects import UNREAD, Charged, ChargeLimit, HitLimits, LoadState, RefundLimit, SaveState
 from .limiting.headers import ratelimit_fields, retry_after
 from .policy import Policy, decide, detection_mode
 from .problems import Problem
@@ -52,7 +55,7 @@ class RunDetector:
     observation: Observation
 
 
-Effect: TypeAlias = HitLimit | HitLimits | RunDetector | ChargeLimit | RefundLimit
+Effect: TypeAlias = HitLimit | HitLimits | RunDetector | ChargeLimit | RefundLimit | LoadState | SaveState
 """Anything the pipeline asks an adapter to do."""
 Flow: TypeAlias = Generator[Effect, object, Decision]
 """The pipeline of one request."""
@@ -85,15 +88,22 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
         return json.dumps(changed, separators=(",", ":")).encode()
 
 
-def _limits(checks: tuple[LimitCheck, ...], now: float) -> Generator[Effect, object, list[LimitOutcome]]:
+def _limits(
+    checks: tuple[LimitCheck, ...], now: float, state: LoadState | None = None
+) -> Generator[Effect, object, tuple[list[LimitOutcome], object]]:
     """Charge every window of the request at once (one Redis round trip, all or nothing, when
     the storage allows; see :mod:`distillguard.limiting.limiter`). If the performer cannot, charge
     each window in order and stop at the first that refuses; the windows already charged are
-    refunded when the request is refused (:mod:`distillguard.limiting.admission`)."""
+    refunded when the request is refused (:mod:`distillguard.limiting.admission`).
+
+    With ``state``, the client's detector state is read in the same round trip; the second
+    value is what was read, or ``UNREAD``."""
     if checks:
-        batch = yield HitLimits(checks, now)
+        batch = yield HitLimits(checks, now, state)
+        if isinstance(batch, Charged):
+            return list(batch.outcomes), batch.state
         if isinstance(batch, tuple):
-            return list(batch)
+            return list(batch), UNREAD
     outcomes: list[LimitOutcome] = []
     for check in checks:
         outcome = yield HitLimit(check, now)
@@ -104,7 +114,7 @@ def _limits(checks: tuple[LimitCheck, ...], now: float) -> Generator[Effect, obj
         outcomes.append(outcome)
         if not outcome.allowed:
             break
-    return outcomes
+    return outcomes, UNREAD
 
 
 def _identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
@@ -194,7 +204,11 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     checks = plan.checks_for(identity, request.path, query)
     if box is not None and level is not None:  # read in the same round trip, first: a boxed
         checks = (box, level, *checks)  # client is charged nothing
-    outcomes = yield from _limits(checks, now)
+    share = guard.state_share if mode != "off" else None
+    load = None  # the client's detector state as other replicas left it, read with the windows
+    if share is not None:
+        load = LoadState(share.key(identity.client_id), share.known(identity.client_id))
+    outcomes, stored = yield from _limits(checks, now, load)
     shared_level = 0
     if box is not None and outcomes and outcomes[0].mode in ("primary", "fallback"):
         read, outcomes = outcomes[0], outcomes[1:]
@@ -229,6 +243,13 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         client_address=request.client_address,
         user_agent=request.user_agent,
     )
+    if share is not None and load is not None:
+        if stored is UNREAD:  # no window to charge, or a driver without the combined read
+            stored = yield load
+        if isinstance(stored, BaseException):
+            share.count(False, False)
+        else:
+            share.install(identity.client_id, stored)
     results: list[DetectorResult] = []
     for detector, plugin in guard.detector_kinds if mode != "off" else ():
         result = yield RunDetector(detector, observation)
@@ -239,6 +260,11 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
             result = DetectorResult(detector.name, failed, ("error",))
             errors += (f"detector:{detector.name}",)
         results.append(result)
+    if share is not None:
+        state = share.export(identity.client_id)
+        if state is not None:
+            saved = yield SaveState(share.key(identity.client_id), state[0], state[1], share.ttl_ms)
+            share.count(saved is True, True)
 
     if risk is None:
         action, score, reasons = decide(results, policy)
@@ -248,7 +274,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         if level is not None and risk.level(verdict) > shared_level:  # tell the other replicas
             yield ChargeLimit(level, risk.level(verdict) - shared_level)
         if verdict.throttle and not refused:  # a throttled client is charged a tighter window
-            throttled = yield from _limits(risk.throttle_checks(identity), now)
+            throttled, _ = yield from _limits(risk.throttle_checks(identity), now)
             outcomes = [*outcomes, *throttled]
             refused_throttle = [o for o in throttled if not o.allowed]
             if refused_throttle and action is not Action.BLOCK:

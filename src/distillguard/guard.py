@@ -16,6 +16,7 @@ from ._drivers import adrive, drive
 from ._performers import AsyncPerformer, SyncPerformer
 from .decision import Action, Decision
 from .detectors import is_async_detector, load_detectors, validate_detector
+from .detectors._sharing import StateShare
 from .errors import ConfigurationError
 from .flow import Flow, evaluate
 from .identity import JWTConfig, JWTVerifier
@@ -134,6 +135,13 @@ class Guard:
         self.detector_kinds: tuple[tuple[Any, bool], ...] = tuple(
             (d, not type(d).__module__.startswith("distillguard.detectors.")) for d in self.detectors
         )
+        # with a shared storage, each client's detector state lives there too
+        self.state_share: StateShare | None = None
+        if self.policy.shared_state and not self.plan.config.storage_uri.startswith("memory://"):
+            share = StateShare(self.detectors, self.policy.state_ttl)
+            if share:
+                self.state_share = share
+                logger.info("distillguard: detector state shared through the limit storage: %s", share.names)
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
         self.websockets = websockets

@@ -46,6 +46,11 @@ class Policy:
         risk: a per-client risk policy (decaying risk, throttle, penalty box; see
             :mod:`distillguard.risk`). When set, it decides instead of ``flag``/``degrade``/
             ``block`` above; ``block_status``, ``degrade_fields`` and ``shadow`` still apply.
+        shared_state: with a shared limit storage (Redis or Valkey), keep each client's
+            detector state there too, so that every replica's detectors see the client's whole
+            stream (read before the detectors run, written after; see ``docs/detectors.md``).
+            ``False`` keeps it per process. Memory storage never shares.
+        state_ttl: seconds a client's shared detector state lives after its last request.
         tier_detection: the detection mode of some tiers (the identity's tier, e.g. from the
             token's ``tier`` claim): ``"shadow"`` scores and records the tier's requests but
             never lets the detectors refuse, throttle or alter them (nor the penalty box hold
@@ -67,6 +72,8 @@ class Policy:
     detector_timeout: float | None = 1.0
     shadow: bool = False
     risk: RiskPolicy | None = None
+    shared_state: bool = True
+    state_ttl: float = 21_600.0
     tier_detection: Mapping[str, DetectionMode] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +98,8 @@ class Policy:
             raise ConfigurationError("Policy.on_error must be 'ignore' or 'block'")
         if self.detector_timeout is not None and not 0.0 < self.detector_timeout <= 3600.0:
             raise ConfigurationError("Policy.detector_timeout must be in (0, 3600] seconds, or None")
+        if not 1.0 <= self.state_ttl <= 30 * 86_400.0:
+            raise ConfigurationError("Policy.state_ttl must be in [1, 2592000] seconds")
         if self.block_retry_after < 1:
             raise ConfigurationError("Policy.block_retry_after must be at least 1 second")
 

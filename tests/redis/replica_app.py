@@ -3,7 +3,9 @@
 Settings come from the environment: ``DG_REDIS_URL`` (the shared storage), ``DG_LIMIT`` (the
 client's windows) and ``DG_STRATEGY``. Each response names the replica (``X-Replica``: its pid).
 A risk policy runs one detector, :class:`Tripwire`, which scores 1 (a block) for a prompt
-containing ``TRIPWIRE`` and 0 for anything else.
+containing ``TRIPWIRE`` and 0 for anything else. With ``DG_DETECTORS=default`` the replica runs
+the default detector set instead, with the plain thresholds, its state shared through Redis
+unless ``DG_SHARED=0``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 from typing import Any
 
 from distillguard import DetectorResult, DistillGuardMiddleware, Guard, LimitConfig, Observation, Policy
+from distillguard.detectors.defaults import default_detectors
 from distillguard.risk import RiskPolicy
 from tests.helpers import jwt_config
 
@@ -46,7 +49,11 @@ guard = Guard(
         strategy=os.environ.get("DG_STRATEGY", "moving-window"),
         storage_uri=os.environ.get("DG_REDIS_URL", "redis://127.0.0.1:6379/0"),
     ),
-    detectors=[Tripwire()],
-    policy=Policy(risk=RiskPolicy(penalty_seconds=60)),
+    detectors=default_detectors() if os.environ.get("DG_DETECTORS") == "default" else [Tripwire()],
+    policy=(
+        Policy(shared_state=os.environ.get("DG_SHARED", "1") == "1")
+        if os.environ.get("DG_DETECTORS") == "default"
+        else Policy(risk=RiskPolicy(penalty_seconds=60))
+    ),
 )
 app = DistillGuardMiddleware(model, guard=guard)

@@ -1,5 +1,6 @@
-"""Two uvicorn processes sharing one real redis-server hold one client to exactly its limit, and
-a client blocked by one of them is refused by the other (the shared penalty box)."""
+"""Two uvicorn processes sharing one real redis-server hold one client to exactly its limit, a
+client blocked by one of them is refused by the other (the shared penalty box), and a sweep
+spread over both is caught as soon as one replica alone catches it (the shared detector state)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def _start(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
 @pytest.fixture
 def replicas(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[list[int]]:
     """Two uvicorn replicas of ``replica_app`` on ``redis_server`` (limit from the param)."""
-    limit, strategy = request.param
+    limit, strategy, *extra = request.param
     env = dict(os.environ, DG_REDIS_URL=redis_server.url, DG_LIMIT=limit, DG_STRATEGY=strategy)
+    env.update(extra[0] if extra else {})
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     ports = [free_port(), free_port()]
     processes = [_start(port, env) for port in ports]
@@ -113,3 +115,58 @@ def test_a_client_blocked_by_one_replica_is_refused_by_the_other(replicas: list[
         assert 1 <= int(refused.headers["retry-after"]) <= 61
         served = post(second, "someone-else", "hello")
         assert served.status_code == 200
+
+
+SWEEP = [
+    f"Translate the following sentence into French: the {c} {n} number {i} is near the station"
+    for i, (c, n) in enumerate(
+        zip(
+            ["red", "blue", "green", "old", "new"] * 12,
+            ["car", "house", "tree", "river", "book", "lamp"] * 10,
+            strict=True,
+        )
+    )
+]
+
+
+def first_refusal(ports: list[int], sweep: list[str]) -> int | None:
+    """Send ``sweep`` to the replicas in turn; the 0-based index of the first 429."""
+    headers = {"authorization": f"Bearer {make_token(sub='sweeper')}", "content-type": "application/json"}
+    with httpx.Client(timeout=5) as client:
+        for i, prompt in enumerate(sweep):
+            body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
+            url = f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions"
+            response = client.post(url, json=body, headers=headers)
+            if response.status_code == 429:
+                assert response.json()["code"] == "suspicious_usage"
+                return i
+            assert response.status_code == 200
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "replicas",
+    [("1000/minute", "moving-window", {"DG_DETECTORS": "default"})],
+    indirect=True,
+    ids=["shared"],
+)
+def test_a_sweep_spread_over_two_replicas_is_caught_as_by_one(replicas: list[int]) -> None:
+    """A template sweep sent to two replicas in turn is refused within the requests one replica
+    needs (about a dozen: ``tests/redis/test_shared_detector_state.py``); each replica saw half."""
+    caught = first_refusal(replicas, SWEEP)
+    assert caught is not None and caught <= 14
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "replicas",
+    [("1000/minute", "moving-window", {"DG_DETECTORS": "default", "DG_SHARED": "0"})],
+    indirect=True,
+    ids=["per-process"],
+)
+def test_without_sharing_each_replica_sees_half_of_the_sweep(replicas: list[int]) -> None:
+    """The same sweep with the detector state per process gets much further: each replica needs
+    its own dozen requests."""
+    caught = first_refusal(replicas, SWEEP)
+    assert caught is None or caught >= 18

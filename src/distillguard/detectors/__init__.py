@@ -11,7 +11,8 @@ Writing a detector::
             long = len(observation.query.text) > 20_000
             return DetectorResult(self.name, 1.0 if long else 0.0, ("long_prompt",) if long else ())
 
-Detectors keep per-client history themselves, bounded; in-memory state is per process.
+Detectors keep per-client history themselves, bounded; in memory it is per process (with a
+shared limit storage, the built-in detectors also keep it there: see ``_sharing``).
 """
 
 from __future__ import annotations

@@ -7,10 +7,9 @@ and evicts the least recently seen ones (evictions are counted). Cost per reques
 ``pop`` and a re-insertion (a plain ``dict`` keeps insertion order, and costs about 50 bytes less
 per client and detector than an ``OrderedDict``): it does not grow with history.
 
-A shared store (e.g. Redis, so that several workers see one client) can implement the same
-:class:`StateStore` Protocol later: ``get`` would load the client's state object (each state
-class serialises to a few hundred bytes: its arrays are ``bytes``-compatible) and a ``put`` after
-scoring would write it back with a TTL. Only the in-memory store exists today.
+With a shared limit storage (Redis), the guard also exchanges each client's states with the
+storage before and after the detectors run (:mod:`distillguard.detectors._sharing`): the
+``LRUStates`` stays the working copy.
 """
 
 from __future__ import annotations
@@ -107,6 +106,16 @@ class LRUStates(Generic[S]):
             oldest.extend(islice(states, max(1, self.max_clients // 64)))
             oldest.reverse()
             listed.update(oldest)
+
+    def put(self, client_id: str, state: S) -> None:
+        """Make ``state`` the state of ``client_id`` (most recently used; e.g. read from a
+        shared storage)."""
+        states = self._states
+        if states.pop(client_id, None) is None and len(states) >= self.max_clients:
+            self._evict(states)
+        states[client_id] = state
+        if self._listed:
+            self._listed.discard(client_id)
 
     def peek(self, client_id: str) -> S | None:
         """The state of ``client_id`` without creating it or changing its recency."""

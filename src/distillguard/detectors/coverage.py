@@ -109,6 +109,7 @@ class CoverageDetector:
     """
 
     name = "coverage"
+    shares_state = True
 
     def __init__(
         self,

@@ -75,6 +75,7 @@ class NearDuplicateDetector:
     """
 
     name = "near_duplicate"
+    shares_state = True
 
     def __init__(
         self,

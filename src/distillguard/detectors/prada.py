@@ -141,6 +141,7 @@ class PradaDetector:
     """
 
     name = "prada"
+    shares_state = True
 
     def __init__(
         self,

@@ -81,6 +81,7 @@ class ParameterProbeDetector:
     """
 
     name = "parameter_probe"
+    shares_state = True
 
     def __init__(
         self,

@@ -118,6 +118,7 @@ class ScriptedSweepDetector:
     """
 
     name = "scripted_sweep"
+    shares_state = True
 
     def __init__(
         self,

@@ -85,6 +85,7 @@ class SemanticCoverageDetector:
     """
 
     name = "semantic_coverage"
+    shares_state = True
 
     def __init__(
         self,

@@ -108,6 +108,7 @@ class TemplateSweepDetector:
     """
 
     name = "template_sweep"
+    shares_state = True
 
     def __init__(
         self,

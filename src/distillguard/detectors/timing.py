@@ -64,6 +64,7 @@ class VolumeTimingDetector:
     """
 
     name = "volume_timing"
+    shares_state = True
 
     def __init__(
         self,

@@ -71,6 +71,7 @@ class WordSaladDetector:
     """
 
     name = "word_salad"
+    shares_state = True
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
 from limits.strategies import STRATEGIES
 
 from ..errors import ConfigurationError
-from ._script import CHARGE_WINDOWS_LUA, scriptable
+from ._script import CHARGE_WINDOWS_LUA, LOAD_STATE_LUA, SAVE_STATE_LUA, scriptable
 from ._table import BoundedTable
 from ._windows import WindowKeys, charge_window
 from .config import LimitConfig
@@ -86,6 +86,7 @@ class LimiterBase:
         self._local_strategies = {name: cls(self.local) for name, cls in factory.items()}
         self._strategies: dict[str, Any] = {} if self.remote else self._local_strategies
         self._script: Any = None
+        self._state_scripts: tuple[Any, Any] | None = None
         self._keys = WindowKeys()
         counters = self.local.table
         stats.evictions = lambda: counters.evictions  # no reference to the limiter: it may go
@@ -125,6 +126,7 @@ class LimiterBase:
         self._primary = storage
         self._strategies = strategies
         self._script = None
+        self._state_scripts = None
 
     @property
     def storage(self) -> Any:
@@ -178,6 +180,23 @@ class LimiterBase:
         if self._script is None:
             self._script = connection().register_script(CHARGE_WINDOWS_LUA)
         return self._script
+
+    def _state_io(self, key: str) -> tuple[str, tuple[Any, Any]] | None:
+        """The prefixed key and the (load, save) scripts of a detector state, or ``None`` when
+        the configured storage is not a Redis (memory, memcached, MongoDB: no shared state)."""
+        storage = self._primary
+        if not self.remote or storage is None:
+            return None
+        holder = storage.bridge if hasattr(storage, "bridge") else storage
+        if not hasattr(holder, "get_connection") or not hasattr(holder, "prefixed_key"):
+            return None
+        if self._state_scripts is None:
+            connection = holder.get_connection()
+            self._state_scripts = (
+                connection.register_script(LOAD_STATE_LUA),
+                connection.register_script(SAVE_STATE_LUA),
+            )
+        return holder.prefixed_key(key), self._state_scripts
 
     def _in_memory(
         self, storage: Any, checks: tuple[LimitCheck, ...], charge: bool, mode: str

@@ -13,6 +13,9 @@ It improves on charging window by window in three ways:
 * **server time**: moving-window timestamps come from Redis ``TIME``, so replicas whose clocks
   disagree still share one exact window (``limits`` stamps entries with each client's clock).
 
+Given one more key and argument, it also reads the client's shared detector state in the same
+round trip (as :data:`LOAD_STATE_LUA` does; :mod:`distillguard.detectors._sharing`).
+
 The sliding window counter and Redis Cluster (whose keys sit in different hash slots) are
 charged window by window through ``limits`` instead.
 """
@@ -24,13 +27,18 @@ from typing import Any
 
 from .plan import LimitCheck, LimitOutcome
 
-__all__ = ["CHARGE_WINDOWS_LUA", "outcomes", "script_args", "scriptable"]
+__all__ = ["CHARGE_WINDOWS_LUA", "LOAD_STATE_LUA", "SAVE_STATE_LUA", "outcomes", "script_args", "scriptable"]
 
 CHARGE_WINDOWS_LUA = """
 local t = redis.call('time')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local charge = ARGV[1] == '1'
 local n = #KEYS
+local state = nil
+if (#ARGV - 1) % 4 == 1 then  -- a last key and argument: a detector state to read
+  state = KEYS[n]
+  n = n - 1
+end
 local fits, counts, starts = {}, {}, {}
 local all = true
 for i = 1, n do
@@ -91,8 +99,31 @@ for i = 1, n do
   end
   out[i] = {fits[i] and 1 or 0, limit - count, tostring(reset)}
 end
+if state then
+  local stamp = redis.call('hget', state, 'w')
+  if not stamp or stamp == ARGV[#ARGV] then
+    out[n + 1] = false
+  else
+    out[n + 1] = {stamp, redis.call('hget', state, 'd')}
+  end
+end
 return out
 """
+
+LOAD_STATE_LUA = """
+local stamp = redis.call('hget', KEYS[1], 'w')
+if not stamp or stamp == ARGV[1] then return false end
+return {stamp, redis.call('hget', KEYS[1], 'd')}
+"""
+"""A client's detector state (``{stamp, data}``), or nothing when its stamp is ``ARGV[1]``: the
+replica asking is up to date, and nothing travels."""
+
+SAVE_STATE_LUA = """
+redis.call('hset', KEYS[1], 'w', ARGV[1], 'd', ARGV[2])
+redis.call('pexpire', KEYS[1], ARGV[3])
+return 1
+"""
+"""Store a client's detector state with its stamp and time to live (milliseconds)."""
 
 
 def scriptable(storage: Any, checks: Sequence[LimitCheck]) -> bool:
@@ -122,7 +153,9 @@ def script_args(
 
 
 def outcomes(checks: Sequence[LimitCheck], replies: Sequence[Any], charge: bool) -> tuple[LimitOutcome, ...]:
-    """The script's replies as outcomes; when any window refuses, none was charged."""
+    """The script's replies as outcomes (a reply past the windows' is the detector state's);
+    when any window refuses, none was charged."""
+    replies = replies[: len(checks)]
     all_fit = all(int(r[0]) == 1 for r in replies)
     return tuple(
         LimitOutcome(

@@ -30,6 +30,7 @@ from ._limiter_base import LimiterBase, logger, outcome_of, with_error
 from ._script import outcomes, script_args
 from ._table import BoundedTable
 from .config import LimitConfig
+from .effects import UNREAD, Charged
 from .outage import LimiterStats
 from .plan import LimitCheck, LimitOutcome
 from .storage import arefund, refund
@@ -85,41 +86,65 @@ class Limiter(LimiterBase):
         checks: tuple[LimitCheck, ...],
         charge: bool,
         mode: str,
-    ) -> tuple[LimitOutcome, ...]:
+        state: tuple[str, str] | None = None,
+    ) -> tuple[tuple[LimitOutcome, ...], object]:
         script = self._charge_script(storage, checks, mode, lambda: storage.get_connection())
         if script is not None:
             keys, args = script_args(storage, checks, charge)
+            io = self._state_io(state[0]) if state is not None else None
+            if io is not None and state is not None:  # the state read in the same round trip
+                keys.append(io[0])
+                args.append(state[1])
             try:
                 replies = script(keys=keys, args=args)
             except Exception as exc:  # the driver's error, as limits would wrap it
                 raise StorageError(exc) from exc
-            return outcomes(checks, replies, charge)
+            stored = (replies[len(checks)] or None) if io is not None else UNREAD
+            return outcomes(checks, replies, charge), stored
         fast = self._in_memory(storage, checks, charge, mode)
         if fast is not None:
-            return fast
+            return fast, UNREAD
         out: list[LimitOutcome] = []
         for check in checks:
             allowed, stats = self._hit(strategies, storage, check, charge)
             out.append(outcome_of(check, allowed, stats, mode, charged=charge))
             if not allowed:
                 break
-        return tuple(out)
+        return tuple(out), UNREAD
 
     def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
         """Charge every window of a request (one round trip and all or nothing on a single
         Redis; otherwise window by window, stopping at the first refusal)."""
+        return (self._charged(checks, charge, None)).outcomes
+
+    def hit_and_read(self, checks: tuple[LimitCheck, ...], key: str, known: str) -> Charged:
+        """Charge every window of a request and read the client's detector state (as
+        :meth:`load_state`; in the same round trip when the windows are charged by the script).
+        The state is the exception that stopped the read, if any."""
+        return self._charged(checks, True, (key, known))
+
+    def _charged(
+        self, checks: tuple[LimitCheck, ...], charge: bool, state: tuple[str, str] | None
+    ) -> Charged:
         if not self.remote:  # memory: no outage possible, one call per window
-            return self._in_memory(self.local, checks, charge, "primary") or ()
+            return Charged(self._in_memory(self.local, checks, charge, "primary") or (), None)
         done, result, exc = self._on_primary(
-            lambda: self._many(self._strategies, self._primary, checks, charge, "primary")
+            lambda: self._many(self._strategies, self._primary, checks, charge, "primary", state)
         )
         if done:
-            return result  # type: ignore[no-any-return]
+            charged, stored = result
+            if stored is UNREAD and state is not None:  # not by the script: a read of its own
+                try:
+                    stored = self.load_state(*state)
+                except StorageError as failure:
+                    stored = failure
+            return Charged(charged, stored)
+        failed = StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
         error, decided = self._outage(checks, exc)
         if decided is not None:
-            return decided
-        local = self._many(self._local_strategies, self.local, checks, charge, "fallback")
-        return tuple(with_error(o, error) for o in local)
+            return Charged(decided, failed)
+        local, _ = self._many(self._local_strategies, self.local, checks, charge, "fallback")
+        return Charged(tuple(with_error(o, error) for o in local), failed)
 
     def hit(self, check: LimitCheck, charge: bool = True) -> LimitOutcome:
         """Charge ``check`` (or only test it); the outcome says whether it fit."""
@@ -148,6 +173,34 @@ class Limiter(LimiterBase):
             if done:
                 return
         self.local.incr(key, expiry, amount)
+
+    def load_state(self, key: str, known: str) -> object:
+        """The detector state stored under ``key`` (``(stamp, data)``), or ``None`` when the
+        stored stamp is ``known``, nothing is stored, or the storage shares no state. Raises
+        ``StorageError`` when the storage fails (and counts it on the circuit breaker)."""
+        if not self.remote:
+            return None
+
+        def load() -> object:
+            io = self._state_io(key)
+            return None if io is None else io[1][0](keys=[io[0]], args=[known])
+
+        done, result, exc = self._on_primary(load)
+        if not done:
+            raise StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
+        return result
+
+    def save_state(self, key: str, stamp: str, data: str, ttl_ms: int) -> bool:
+        """Store a detector state under ``key``; ``False`` when the storage did not take it."""
+        if not self.remote:
+            return False
+
+        def save() -> bool:
+            io = self._state_io(key)
+            return io is not None and bool(io[1][1](keys=[io[0]], args=[stamp, data, ttl_ms]))
+
+        done, result, _ = self._on_primary(save)
+        return bool(done and result)
 
 
 class AsyncLimiter(LimiterBase):
@@ -191,40 +244,64 @@ class AsyncLimiter(LimiterBase):
         checks: tuple[LimitCheck, ...],
         charge: bool,
         mode: str,
-    ) -> tuple[LimitOutcome, ...]:
+        state: tuple[str, str] | None = None,
+    ) -> tuple[tuple[LimitOutcome, ...], object]:
         script = self._charge_script(storage, checks, mode, lambda: storage.bridge.get_connection())
         if script is not None:
             keys, args = script_args(storage, checks, charge)
+            io = self._state_io(state[0]) if state is not None else None
+            if io is not None and state is not None:  # the state read in the same round trip
+                keys.append(io[0])
+                args.append(state[1])
             try:
                 replies = await script(keys=keys, args=args)
             except Exception as exc:  # the driver's error, as limits would wrap it
                 raise StorageError(exc) from exc
-            return outcomes(checks, replies, charge)
+            stored = (replies[len(checks)] or None) if io is not None else UNREAD
+            return outcomes(checks, replies, charge), stored
         fast = self._in_memory(storage, checks, charge, mode)
         if fast is not None:
-            return fast
+            return fast, UNREAD
         out: list[LimitOutcome] = []
         for check in checks:
             allowed, stats = await self._hit(strategies, storage, check, charge)
             out.append(outcome_of(check, allowed, stats, mode, charged=charge))
             if not allowed:
                 break
-        return tuple(out)
+        return tuple(out), UNREAD
 
     async def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
         """Charge every window of a request (see :meth:`Limiter.hit_many`)."""
+        return (await self._charged(checks, charge, None)).outcomes
+
+    async def hit_and_read(self, checks: tuple[LimitCheck, ...], key: str, known: str) -> Charged:
+        """Charge every window of a request and read the client's detector state (as
+        :meth:`load_state`; in the same round trip when the windows are charged by the script).
+        The state is the exception that stopped the read, if any."""
+        return await self._charged(checks, True, (key, known))
+
+    async def _charged(
+        self, checks: tuple[LimitCheck, ...], charge: bool, state: tuple[str, str] | None
+    ) -> Charged:
         if not self.remote:  # memory: no outage possible, one call per window
-            return self._in_memory(self.local, checks, charge, "primary") or ()
+            return Charged(self._in_memory(self.local, checks, charge, "primary") or (), None)
         done, result, exc = await self._on_primary(
-            lambda: self._many(self._strategies, self._primary, checks, charge, "primary")
+            lambda: self._many(self._strategies, self._primary, checks, charge, "primary", state)
         )
         if done:
-            return result  # type: ignore[no-any-return]
+            charged, stored = result
+            if stored is UNREAD and state is not None:  # not by the script: a read of its own
+                try:
+                    stored = await self.load_state(*state)
+                except StorageError as failure:
+                    stored = failure
+            return Charged(charged, stored)
+        failed = StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
         error, decided = self._outage(checks, exc)
         if decided is not None:
-            return decided
-        local = await self._many(self._local_strategies, self.local, checks, charge, "fallback")
-        return tuple(with_error(o, error) for o in local)
+            return Charged(decided, failed)
+        local, _ = await self._many(self._local_strategies, self.local, checks, charge, "fallback")
+        return Charged(tuple(with_error(o, error) for o in local), failed)
 
     async def hit(self, check: LimitCheck, charge: bool = True) -> LimitOutcome:
         """Charge ``check`` (or only test it); the outcome says whether it fit."""
@@ -253,6 +330,34 @@ class AsyncLimiter(LimiterBase):
             if done:
                 return
         await self.local.incr(key, expiry, amount)
+
+    async def load_state(self, key: str, known: str) -> object:
+        """The detector state stored under ``key`` (``(stamp, data)``), or ``None`` when the
+        stored stamp is ``known``, nothing is stored, or the storage shares no state. Raises
+        ``StorageError`` when the storage fails (and counts it on the circuit breaker)."""
+        if not self.remote:
+            return None
+
+        async def load() -> object:
+            io = self._state_io(key)
+            return None if io is None else await io[1][0](keys=[io[0]], args=[known])
+
+        done, result, exc = await self._on_primary(load)
+        if not done:
+            raise StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
+        return result
+
+    async def save_state(self, key: str, stamp: str, data: str, ttl_ms: int) -> bool:
+        """Store a detector state under ``key``; ``False`` when the storage did not take it."""
+        if not self.remote:
+            return False
+
+        async def save() -> bool:
+            io = self._state_io(key)
+            return io is not None and bool(await io[1][1](keys=[io[0]], args=[stamp, data, ttl_ms]))
+
+        done, result, _ = await self._on_primary(save)
+        return bool(done and result)
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """Ask the shared storage once whether it answers (at startup, so that an unreachable

@@ -75,6 +75,12 @@ class Instruments:
             unit="{request}",
             description="Limit decisions taken without the shared limit storage.",
         )
+        meter.create_observable_counter(
+            names.METRIC_STATE_EXCHANGES,
+            callbacks=[self._observe_state],
+            unit="{exchange}",
+            description="Detector states read from and written to the shared storage, by outcome.",
+        )
         meter.create_observable_gauge(
             names.METRIC_CLIENTS,
             callbacks=[self._observe_clients],
@@ -135,6 +141,10 @@ class Instruments:
                 attrs[names.ERROR_TYPE] = kind
             out.append(Observation(count, attrs))
         return out
+
+    def _observe_state(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = self._sum(m.state_counts() for m in self._members())
+        return [Observation(count, {names.ATTR_STATE_OUTCOME: outcome}) for outcome, count in totals.items()]
 
     def _observe_clients(self, options: CallbackOptions) -> Iterable[Observation]:
         members = self._members()

@@ -41,6 +41,7 @@ _QUEUE = 200_000  # values kept between two collections (older ones are dropped 
 _IDLE_QUEUE = 4_096  # values kept while no reader has ever collected (maybe none ever will)
 _MAX_ERROR_TYPES = 32
 _FALLBACK_OUTCOMES = ("local_fallback", "fail_open", "fail_closed")
+_STATE_OUTCOMES = ("loaded", "saved", "rejected", "oversized", "failed")
 
 
 @runtime_checkable
@@ -82,6 +83,7 @@ class GuardMetrics:
         self._duration_attrs: dict[str, Mapping[str, Any]] = {}
         self._trackers: list[tuple[str, Callable[[], int]]] = []
         self._limiter_stats: Callable[[], object | None] | None = None
+        self._state_share: Callable[[], object | None] | None = None
         self._thresholds: tuple[float, float, float] = (0.5, 0.75, 0.9)
 
     # -- wiring (construction time) ------------------------------------------------------------
@@ -99,6 +101,11 @@ class GuardMetrics:
         """Read limiter fallbacks from ``source()`` (an object with ``local_fallback``,
         ``fail_open`` and ``fail_closed`` counters) instead of counting ``limiter:`` errors."""
         self._limiter_stats = source
+
+    def use_state_share(self, source: Callable[[], object | None]) -> None:
+        """Report the shared detector state's exchanges from ``source()`` (an object with
+        ``loaded``, ``saved``, ``rejected``, ``oversized`` and ``failed`` counters, or ``None``)."""
+        self._state_share = source
 
     # -- per request (hot path) ----------------------------------------------------------------
 
@@ -191,6 +198,14 @@ class GuardMetrics:
             return [((outcome, None), int(getattr(stats, outcome, 0))) for outcome in _FALLBACK_OUTCOMES]
         with self._lock:
             return [(("fail_open", kind), count) for kind, count in self._limiter_errors.items()]
+
+    def state_counts(self) -> list[tuple[str, int]]:
+        """``(outcome, count)`` of the shared detector state's exchanges (none when the state
+        is not shared)."""
+        share = self._state_share() if self._state_share is not None else None
+        if share is None:
+            return []
+        return [(outcome, int(getattr(share, outcome, 0))) for outcome in _STATE_OUTCOMES]
 
     def tracked_counts(self) -> list[tuple[str, int]]:
         """``(name, clients)`` of each tracker that answered."""

@@ -17,6 +17,7 @@ __all__ = [
     "ATTR_DETECTOR_VERDICT",
     "ATTR_ERRORS",
     "ATTR_LIMITER_OUTCOME",
+    "ATTR_STATE_OUTCOME",
     "ATTR_LIMIT_POLICY",
     "ATTR_LIMIT_REMAINING",
     "ATTR_QUERY_FINGERPRINT",
@@ -43,6 +44,7 @@ __all__ = [
     "METRIC_DURATION",
     "METRIC_LIMITER_FALLBACKS",
     "METRIC_SCORE",
+    "METRIC_STATE_EXCHANGES",
     "SPAN_NAME",
     "URL_PATH",
     "USER_AGENT",
@@ -76,6 +78,7 @@ ATTR_DETECTOR_SCORE = "distillguard.detector.{}.score"
 ATTR_DETECTOR = "distillguard.detector.name"
 ATTR_DETECTOR_VERDICT = "distillguard.detector.verdict"
 ATTR_LIMITER_OUTCOME = "distillguard.limiter.outcome"
+ATTR_STATE_OUTCOME = "distillguard.state.outcome"
 ERROR_TYPE = "error.type"
 
 # -- stable HTTP semantic conventions --------------------------------------------------------
@@ -100,3 +103,4 @@ METRIC_LIMITER_FALLBACKS = "distillguard.limiter.fallbacks"
 METRIC_SCORE = "distillguard.risk.score"
 METRIC_DURATION = "distillguard.guard.duration"
 METRIC_CLIENTS = "distillguard.clients.tracked"
+METRIC_STATE_EXCHANGES = "distillguard.detector.state.exchanges"

@@ -136,6 +136,7 @@ class Telemetry:
             self.metrics.track_clients("risk", lambda: int(engine.tracked))
         ref = weakref.ref(guard)
         self.metrics.use_limiter_stats(lambda: getattr(ref(), "limiter_stats", None))
+        self.metrics.use_state_share(lambda: getattr(ref(), "state_share", None))
 
     # -- span ----------------------------------------------------------------------------------
 

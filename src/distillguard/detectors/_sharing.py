@@ -1,0 +1,262 @@
+"""Detector state shared across replicas through the limit storage (Redis or Valkey).
+
+A client's requests spread over several replicas would otherwise give each replica's detectors a
+fraction of the client's stream: a template sweep sent round-robin to four replicas shows each of
+them a quarter of its variants. With a shared storage, the guard keeps each client's detector
+state in one Redis hash as well as in memory:
+
+1. before the detectors run, the guard asks for the client's state, sending the *stamp* of the
+   version this replica last read or wrote; a Lua script answers nothing when the stored stamp is
+   the same (the replica is up to date: nothing travels, nothing is decoded), else the stored
+   state, which replaces this replica's;
+2. after the detectors ran, the guard writes the client's state back with a new stamp and a
+   time to live (``Policy.state_ttl``).
+
+The state is JSON, never pickle: a value read from the storage is data, checked slot by slot
+against a fresh state of the same detector (type, array type code, size cap), and a detector
+whose settings differ (another window, another threshold: a different *layout*) ignores what the
+other wrote. Requests of one client served *at the same moment* by two replicas each add their
+query to the state they read, and the later write wins: one of the two queries drops out of the
+windows (sequential requests, the usual case for a sweep, lose nothing).
+
+A detector shares its state when its class says ``shares_state = True`` and its per-client
+states are an :class:`~distillguard.detectors._state.LRUStates` (attribute ``states``) of
+objects whose ``__slots__`` hold only ``None``, ``bool``, ``int``, ``float``, ``bytes``,
+``bytearray`` or ``array.array`` values. Every per-client built-in detector does; the campaign
+detector (state across accounts) stays per process.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import logging
+import secrets
+import zlib
+from array import array
+from typing import Any
+
+from ._state import LRUStates
+
+__all__ = ["MAX_STATE_BYTES", "StateShare", "decode_state", "encode_state", "shareable"]
+
+logger = logging.getLogger("distillguard")
+
+MAX_STATE_BYTES = 262_144
+"""A client's encoded state larger than this is neither written nor read."""
+
+_SIMPLE = (bool, int, float)
+
+
+def shareable(detector: Any) -> bool:
+    """Whether ``detector`` opts into shared state and keeps it in an ``LRUStates``."""
+    return getattr(type(detector), "shares_state", False) is True and isinstance(
+        getattr(detector, "states", None), LRUStates
+    )
+
+
+def _slots(state: object) -> tuple[str, ...]:
+    names: list[str] = []
+    for cls in reversed(type(state).__mro__):
+        slots = cls.__dict__.get("__slots__", ())
+        names.extend((slots,) if isinstance(slots, str) else slots)
+    return tuple(names)
+
+
+def encode_state(state: object) -> list[Any]:
+    """The JSON-ready values of ``state``'s slots, in slot order.
+
+    Raises:
+        TypeError: when a slot holds a value that cannot be shared, or is unset.
+    """
+    out: list[Any] = []
+    for name in _slots(state):
+        value = getattr(state, name)  # AttributeError (unset) is a TypeError to the caller
+        if value is None or type(value) in _SIMPLE:
+            out.append(value)
+        elif type(value) in (bytes, bytearray):
+            out.append(["b", base64.b64encode(value).decode()])
+        elif type(value) is array:
+            out.append(["a", value.typecode, base64.b64encode(value.tobytes()).decode()])
+        else:
+            raise TypeError(f"slot {name!r} holds a {type(value).__name__}, which is not shared")
+    return out
+
+
+def _decode_value(fresh: object, value: Any) -> object:
+    """``value`` (from JSON) as the type of the fresh state's slot value, or raise ``ValueError``."""
+    if isinstance(fresh, array) or fresh is None:  # an array slot (``None`` until first used)
+        if value is None:
+            return None
+        if not (isinstance(value, list) and len(value) == 3 and value[0] == "a"):
+            raise ValueError("not an array")
+        code = value[1]
+        if isinstance(fresh, array) and code != fresh.typecode:
+            raise ValueError("another array type")
+        if code not in ("b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "f", "d"):
+            raise ValueError("unknown array type")
+        out = array(code)
+        out.frombytes(base64.b64decode(value[2], validate=True))  # ValueError on a partial item
+        return out
+    if type(fresh) in (bytes, bytearray):
+        if not (isinstance(value, list) and len(value) == 2 and value[0] == "b"):
+            raise ValueError("not bytes")
+        raw = base64.b64decode(value[1], validate=True)
+        return raw if type(fresh) is bytes else bytearray(raw)
+    if type(value) is not type(fresh):  # bool, int, float: exactly the same type
+        raise ValueError("another type")
+    return value
+
+
+def decode_state(fresh: object, values: Any) -> object:
+    """``fresh`` (a new state of the detector) filled with ``values`` (from :func:`encode_state`).
+
+    A decoded value equal to the fresh one keeps the fresh object (a shared empty ring stays the
+    shared one).
+
+    Raises:
+        ValueError: when ``values`` does not fit the state's slots.
+    """
+    names = _slots(fresh)
+    if not isinstance(values, list) or len(values) != len(names):
+        raise ValueError("another layout")
+    for name, value in zip(names, values, strict=True):
+        current = getattr(fresh, name)
+        decoded = _decode_value(current, value)
+        if type(decoded) is not type(current) or decoded != current:
+            setattr(fresh, name, decoded)
+    return fresh
+
+
+def _layout(detector: Any, fresh: object) -> int:
+    """A number that differs when two detectors' states cannot be exchanged: the state's class
+    and slots, and the detector's settings (its public numbers, strings and booleans)."""
+    settings = sorted(
+        (k, v)
+        for k, v in vars(detector).items()
+        if not k.startswith("_") and k != "max_clients" and type(v) in (*_SIMPLE, str)
+    )
+    text = json.dumps([detector.name, type(fresh).__qualname__, _slots(fresh), settings])
+    return zlib.crc32(text.encode())
+
+
+class StateShare:
+    """The per-client states of the sharing detectors, exchanged with the storage (see the module
+    docstring).
+
+    Args:
+        detectors: the guard's detectors; those that are :func:`shareable` take part.
+        ttl: seconds a stored state lives after its last write.
+        max_clients: the cap on clients whose stamp this replica remembers.
+    """
+
+    def __init__(self, detectors: tuple[Any, ...], ttl: float, max_clients: int = 100_000) -> None:
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self._members: list[tuple[str, Any, int]] = []
+        for detector in detectors:
+            if not shareable(detector):
+                continue
+            fresh = detector.states._factory()
+            try:
+                encode_state(fresh)
+            except (TypeError, AttributeError):
+                logger.warning(
+                    "distillguard: detector %r keeps a state that cannot be shared; it stays per process",
+                    detector.name,
+                )
+                continue
+            self._members.append((detector.name, detector, _layout(detector, fresh)))
+        self._known: LRUStates[list[str]] = LRUStates(lambda: [""], max_clients)
+        self._replica = secrets.token_hex(6)
+        self._writes = itertools.count(1)
+        self.loaded = 0
+        """States read from the storage (written by another replica)."""
+        self.rejected = 0
+        """Stored states, or detectors' parts of them, that did not fit (ignored)."""
+        self.saved = 0
+        """States written."""
+        self.failed = 0
+        """Reads and writes the storage did not answer (the state stayed per process)."""
+        self.oversized = 0
+        """States too large to write (kept per process)."""
+
+    def __bool__(self) -> bool:
+        return bool(self._members)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The detectors whose state is shared."""
+        return tuple(name for name, _, _ in self._members)
+
+    @staticmethod
+    def key(client_id: str) -> str:
+        """The storage key of ``client_id``'s states (before the storage's prefix)."""
+        escaped = client_id.replace("%", "%25").replace("/", "%2F")
+        return f"distillguard-state/{escaped}"
+
+    def known(self, client_id: str) -> str:
+        """The stamp of the version this replica last read or wrote for ``client_id``."""
+        holder = self._known.peek(client_id)
+        return holder[0] if holder is not None else ""
+
+    def install(self, client_id: str, reply: object) -> None:
+        """Take the stored state of ``client_id`` (the storage's reply: ``None`` when this
+        replica's own is current, else ``(stamp, data)``)."""
+        if not isinstance(reply, (list, tuple)) or len(reply) != 2:
+            return
+        stamp, data = reply
+        if isinstance(stamp, bytes):
+            stamp = stamp.decode("ascii", "replace")
+        if not isinstance(stamp, str) or not isinstance(data, (bytes, str)) or len(data) > MAX_STATE_BYTES:
+            self.rejected += 1
+            return
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            self.rejected += 1
+            return
+        for name, detector, layout in self._members:
+            part = doc.get(name)
+            if part is None:
+                continue
+            try:
+                if not (isinstance(part, list) and len(part) == 2 and part[0] == layout):
+                    raise ValueError("another layout")
+                state = decode_state(detector.states._factory(), part[1])
+            except (ValueError, TypeError, OverflowError):  # binascii.Error is a ValueError
+                self.rejected += 1
+                continue
+            detector.states.put(client_id, state)
+        self._known.get(client_id)[0] = stamp
+        self.loaded += 1
+
+    def export(self, client_id: str) -> tuple[str, str] | None:
+        """``(stamp, data)`` to write for ``client_id`` (``None`` when no detector holds a state
+        of it, or when the state is too large)."""
+        doc: dict[str, Any] = {}
+        for name, detector, layout in self._members:
+            state = detector.states.peek(client_id)
+            if state is not None:
+                try:
+                    doc[name] = [layout, encode_state(state)]
+                except (TypeError, AttributeError):  # a slot changed type: this one stays local
+                    self.rejected += 1
+        if not doc:
+            return None
+        data = json.dumps(doc, separators=(",", ":"))
+        if len(data) > MAX_STATE_BYTES:
+            self.oversized += 1
+            return None
+        stamp = f"{self._replica}.{next(self._writes)}"
+        self._known.get(client_id)[0] = stamp
+        return stamp, data
+
+    def count(self, done: bool, write: bool) -> None:
+        """Count a read or write the storage answered (``done``) or not."""
+        if not done:
+            self.failed += 1
+        elif write:
+            self.saved += 1

@@ -1,0 +1,317 @@
+"""Detector state shared through Redis: replicas that take turns serving one client decide as
+one replica would; an up-to-date replica reads nothing; the stored state is JSON with a time to
+live and no prompt text; what does not fit is ignored; an outage leaves each replica its own
+state; memory storage and ``shared_state=False`` share nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from distillguard import Guard, LimitConfig, Policy
+from distillguard.detectors._sharing import encode_state
+from distillguard.detectors.defaults import default_detectors
+from distillguard.detectors.near_duplicate import NearDuplicateDetector
+from tests.helpers import jwt_config, make_token
+from tests.limiting.apps import Harness, chat_body
+from tests.servers import RedisServer
+from tests.telemetry.conftest import metric_points
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+T0 = time.time()
+SUBJECT = "sweeper"
+NOUNS = ("car", "house", "tree", "river", "book", "lamp", "road")
+COLOURS = ("red", "blue", "green", "old", "new")
+# a template sweep: one instruction, its slots filled in turn (caught within a few dozen queries)
+SWEEP = [
+    f"Translate the following sentence into French: the {COLOURS[i % 5]} {NOUNS[i % 7]} number {i} "
+    "is near the station"
+    for i in range(60)
+]
+
+
+class Clock:
+    """One clock for every replica (a request every 1.7 s from ``T0``)."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def replicas(
+    kind: str,
+    url: str,
+    clock: Clock,
+    count: int,
+    *,
+    shared: bool = True,
+    detectors: Any = None,
+    strategy: str = "moving-window",
+) -> list[Harness]:
+    def guard() -> Guard:
+        return Guard(
+            jwt=jwt_config(),
+            limits=LimitConfig(default="100000/minute", storage_uri=url, strategy=strategy),
+            detectors=detectors() if detectors is not None else default_detectors(),
+            policy=Policy(shared_state=shared),
+            clock=clock,
+        )
+
+    return [Harness(kind, guard()) for _ in range(count)]
+
+
+def serve(harnesses: list[Harness], clock: Clock, prompts: list[str]) -> list[int]:
+    """Send ``prompts`` in turn to the replicas (round robin); the statuses."""
+    token = make_token(sub=SUBJECT, now=T0, exp=int(T0) + 3600)
+    clock.now = T0
+    statuses = []
+    for i, prompt in enumerate(prompts):
+        clock.now += 1.7
+        statuses.append(harnesses[i % len(harnesses)].call(chat_body(prompt), token=token)[0])
+    return statuses
+
+
+def states(harness: Harness) -> dict[str, Any]:
+    """Each detector's state of the client, encoded."""
+    out = {}
+    for detector in harness.guard.detectors:
+        state = detector.states.peek(SUBJECT)
+        if state is not None:
+            out[detector.name] = encode_state(state)
+    return out
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Harness]]:
+    made: list[Harness] = []
+    yield made
+    for harness in made:
+        harness.close()
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter"])
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_replicas_taking_turns_decide_as_one_replica(
+    redis_server: RedisServer, kind: str, strategy: str, closing: list[Harness]
+) -> None:
+    """Three replicas serving a template sweep round robin refuse it at the same request as one
+    replica serving all of it, and end with the same detector state; without sharing, each sees
+    a third of the sweep, and the sweep gets much further. The state is read in the windows'
+    script (moving window) or on its own (the sliding window counter goes through ``limits``)."""
+    clock = Clock()
+    one = replicas(kind, redis_server.url, clock, 1, strategy=strategy)
+    closing.extend(one)
+    alone = serve(one, clock, SWEEP)
+    assert 429 in alone, "the sweep is caught by one replica"
+    redis_server.flush()
+    three = replicas(kind, redis_server.url, clock, 3, strategy=strategy)
+    closing.extend(three)
+    assert serve(three, clock, SWEEP) == alone
+    last = three[(len(SWEEP) - 1) % 3]
+    assert states(last) == states(one[0])
+    share = last.guard.state_share
+    assert share is not None and share.failed == 0 and share.rejected == 0
+    assert share.loaded == len(SWEEP) // 3  # each request after another replica's one
+    redis_server.flush()
+    apart = replicas(kind, redis_server.url, clock, 3, shared=False, strategy=strategy)
+    closing.extend(apart)
+    assert all(h.guard.state_share is None for h in apart)
+    separate = serve(apart, clock, SWEEP)
+    assert separate.index(429) >= alone.index(429) + 10
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    match = re.search(r"cmdstat_evalsha:calls=(\d+)", server.cli("INFO", "commandstats"))
+    return int(match.group(1)) if match else 0
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_the_state_is_read_in_the_windows_round_trip(
+    redis_server: RedisServer, kind: str, strategy: str, closing: list[Harness]
+) -> None:
+    """With the windows charged by the script, sharing the state adds one script call per
+    request (the write): the read rides with the windows."""
+    clock = Clock()
+    counts = {}
+    for shared in (False, True):
+        (solo,) = replicas(kind, redis_server.url, clock, 1, shared=shared, strategy=strategy)
+        closing.append(solo)
+        serve([solo], clock, SWEEP[:2])  # scripts loaded, connections open
+        redis_server.cli("CONFIG", "RESETSTAT")
+        serve([solo], clock, SWEEP[2:12])
+        counts[shared] = evalsha_calls(redis_server)
+    assert counts[True] - counts[False] == 10  # one write per request, no read of its own
+
+
+def test_an_up_to_date_replica_reads_nothing(redis_server: RedisServer, closing: list[Harness]) -> None:
+    """One replica serving a client alone never decodes a state: the stamp it wrote is the stored
+    one, so the script answers nothing. The stored state is JSON of the detectors' numbers and
+    rings, with a time to live, and none of the prompt's words."""
+    clock = Clock()
+    (solo,) = replicas("wsgi", redis_server.url, clock, 1)
+    closing.append(solo)
+    serve([solo], clock, SWEEP[:10])
+    share = solo.guard.state_share
+    assert share is not None
+    assert (share.loaded, share.saved, share.failed) == (0, 10, 0)
+    key = next(k for k in redis_server.cli("--scan", "--pattern", "*distillguard-state*").split())
+    assert key.endswith(f"distillguard-state/{SUBJECT}")
+    data = redis_server.cli("HGET", key, "d").strip()
+    doc = json.loads(data)
+    assert set(doc) == set(share.names) - {"prada"}  # prada keeps nothing for text queries
+    for word in ("Translate", "French", "station", "river"):
+        assert word.lower() not in data.lower()
+    ttl = int(redis_server.cli("PTTL", key))
+    assert 21_590_000 < ttl <= 21_600_000
+    assert redis_server.cli("HGET", key, "w").strip() == solo.guard.state_share.known(SUBJECT)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "not json",
+        '["a", "list"]',
+        '{"near_duplicate": [1, 2]}',  # another layout number
+        '{"near_duplicate": "text"}',
+        "x*300000",  # written with string.rep: larger than any state is allowed to be
+    ],
+)
+def test_a_state_that_does_not_fit_is_ignored(
+    redis_server: RedisServer, stored: str, closing: list[Harness]
+) -> None:
+    """Whatever the storage holds, the request is served and the replica keeps its own state."""
+    clock = Clock()
+    (solo,) = replicas("asgi", redis_server.url, clock, 1)
+    closing.append(solo)
+    serve([solo], clock, SWEEP[:3])
+    key = next(k for k in redis_server.cli("--scan", "--pattern", "*distillguard-state*").split())
+    if stored == "x*300000":
+        redis_server.cli(
+            "EVAL", "redis.call('hset', KEYS[1], 'w', 'other', 'd', string.rep('x', 300000))", "1", key
+        )
+    else:
+        redis_server.cli("HSET", key, "w", "someone-else", "d", stored)
+    before = states(solo)["near_duplicate"]
+    token = make_token(sub=SUBJECT, now=T0, exp=int(T0) + 3600)
+    assert solo.call(chat_body(SWEEP[3]), token=token)[0] == 200
+    share = solo.guard.state_share
+    assert share is not None and share.rejected >= 1
+    after = states(solo)["near_duplicate"]
+    assert after[2] == before[2] + 1  # ``n``: the replica's own state went on
+
+
+def test_wrong_types_in_a_detector_part_are_ignored(
+    redis_server: RedisServer, closing: list[Harness]
+) -> None:
+    """A part with the right layout but a value of another type is refused for that detector
+    only; the other detectors take theirs."""
+    clock = Clock()
+    a, b = replicas("wsgi", redis_server.url, clock, 2)
+    closing.extend((a, b))
+    serve([a], clock, SWEEP[:5])
+    key = next(k for k in redis_server.cli("--scan", "--pattern", "*distillguard-state*").split())
+    doc = json.loads(redis_server.cli("HGET", key, "d").strip())
+    doc["near_duplicate"][1][2] = "five"  # ``n`` as a string
+    redis_server.cli("HSET", key, "d", json.dumps(doc))
+    token = make_token(sub=SUBJECT, now=T0, exp=int(T0) + 3600)
+    assert b.call(chat_body(SWEEP[5]), token=token)[0] == 200
+    got = states(b)
+    assert got["near_duplicate"][2] == 1  # its own, fresh
+    assert got["word_salad"][1] == 6  # five from the storage, and this one
+    assert b.guard.state_share is not None and b.guard.state_share.rejected == 1
+
+
+def test_other_settings_keep_their_own_state(redis_server: RedisServer, closing: list[Harness]) -> None:
+    """Replicas whose detector has other settings do not exchange that detector's state."""
+    clock = Clock()
+    (a,) = replicas("wsgi", redis_server.url, clock, 1, detectors=lambda: [NearDuplicateDetector(window=64)])
+    (b,) = replicas("wsgi", redis_server.url, clock, 1, detectors=lambda: [NearDuplicateDetector(window=32)])
+    closing.extend((a, b))
+    serve([a, b], clock, SWEEP[:6])
+    assert states(a)["near_duplicate"][2] == 3
+    assert states(b)["near_duplicate"][2] == 3
+    assert a.guard.state_share is not None and a.guard.state_share.rejected >= 2
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_an_outage_leaves_each_replica_its_own_state(
+    redis_server: RedisServer, kind: str, closing: list[Harness]
+) -> None:
+    """With Redis down, requests are served (the outage policy decides the limits) and each
+    replica scores with its own state; once Redis is back, the state is shared again."""
+    clock = Clock()
+    a, b = replicas(kind, redis_server.url, clock, 2)
+    closing.extend((a, b))
+    serve([a, b], clock, SWEEP[:4])
+    assert states(b)["word_salad"][1] == 4
+    redis_server.stop()
+    token = make_token(sub=SUBJECT, now=T0, exp=int(T0) + 3600)
+    for harness in (a, b):
+        assert harness.call(chat_body(SWEEP[4]), token=token)[0] == 200
+    assert states(a)["word_salad"][1] == 4  # its own 3 and this one
+    assert states(b)["word_salad"][1] == 5
+    share = a.guard.state_share
+    assert share is not None and share.failed >= 1
+    redis_server.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the circuit breaker lets a request through again
+        b.call(chat_body(SWEEP[5]), token=token)
+        if b.guard.state_share is not None and b.guard.state_share.saved > 3:
+            break
+        time.sleep(0.2)
+    before = states(b)["word_salad"][1]
+    a.call(chat_body(SWEEP[6]), token=token)
+    assert states(a)["word_salad"][1] == before + 1  # a took b's state
+
+
+def test_the_exchanges_are_metrics(redis_server: RedisServer) -> None:
+    """``distillguard.detector.state.exchanges`` counts reads, writes, refusals and failures by
+    outcome; a guard that shares nothing reports no point."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    clock = Clock()
+    a, b = (
+        Harness(
+            "wsgi",
+            Guard(
+                jwt=jwt_config(),
+                limits=LimitConfig(default="100000/minute", storage_uri=redis_server.url),
+                detectors=default_detectors(),
+                meter_provider=provider,
+                clock=clock,
+            ),
+        )
+        for _ in range(2)
+    )
+    serve([a, b], clock, SWEEP[:6])  # b reads a's state 3 times, a reads b's twice
+    points = metric_points(reader)["distillguard.detector.state.exchanges"]
+    got = {attrs["distillguard.state.outcome"]: point.value for attrs, point in points}
+    assert got == {"loaded": 5, "saved": 6, "rejected": 0, "oversized": 0, "failed": 0}
+    provider.shutdown()
+
+
+def test_memory_storage_shares_nothing() -> None:
+    guard = Guard(jwt=jwt_config(), detectors=default_detectors())
+    assert guard.state_share is None
+
+
+def test_only_per_client_detectors_share(redis_server: RedisServer) -> None:
+    guard = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(storage_uri=redis_server.url),
+        detectors=[*default_detectors(), "campaign"],
+    )
+    assert guard.state_share is not None
+    assert "campaign" not in guard.state_share.names
+    assert set(guard.state_share.names) == {d.name for d in default_detectors()}
