@@ -47,6 +47,21 @@ def test_non_finite_inputs_score_one_at_once() -> None:
     assert result.score == 1.0 and result.reasons == ("non_finite_input",)
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "tiny", [[5e-324, 0.0, 1e-320], [0.0, 0.0, 0.0], [1e-310, -1e-315, 0.0], [5e-324], [-5e-324, 0.0]]
+)
+def test_zero_and_subnormal_inputs_never_fail_the_detector(tiny: list[float]) -> None:
+    """Inputs of zeros and subnormals are scored like any others, before and after normal inputs
+    of the same client. Their quantisation step used to overflow (the detector raised, and was
+    switched off for the request) or, below 64 times the smallest subnormal, be 0 (the request
+    never ended)."""
+    det = PradaDetector()
+    vectors = [[v * (i + 1) for v in tiny] for i in range(4)] + [[1.0, 2.0, float(i)] for i in range(4)]
+    for i, vector in enumerate(vectors + vectors[:4]):
+        assert 0.0 <= det.score(vector_obs("tiny", vector, float(i))).score <= 1.0
+
+
 def test_benign_inputs_are_not_flagged() -> None:
     """Independent natural-looking inputs (Gaussian features) never raise the alarm in 600 queries."""
     for seed in range(3):

@@ -44,6 +44,20 @@ def test_sampling_sweeps_are_moderate_on_their_own() -> None:
     assert result.reasons == ("sampling_sweep",)
 
 
+@pytest.mark.parametrize("temperature", [-1.0, -1e300, 5.1, 6.0, 1e300, 1.7976931348623157e308])
+def test_a_temperature_out_of_range_still_counts(temperature: float) -> None:
+    """A negative or very high temperature is a sweep value like any other: the detector neither
+    fails (a failing detector is switched off for the request) nor ignores it."""
+    det = ParameterProbeDetector()
+    scores = [
+        det.score(
+            observation("t", query("Describe a cat.", n=8, max_tokens=8, temperature=t), float(i))
+        ).score
+        for i, t in enumerate([0.2, temperature, 0.7, temperature * 0.5, 1.1] * 8)
+    ]
+    assert max(scores) > 0.0
+
+
 def test_probing_ignores_non_text_requests() -> None:
     """Embedding and vector requests are not scored."""
     det = ParameterProbeDetector()

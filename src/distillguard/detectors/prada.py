@@ -205,6 +205,8 @@ class PradaDetector:
         sample = vector[:: -(-dim // self.features)]  # at most `features` evenly spaced features
         width = len(sample)
         top = max(map(abs, sample))
+        if top < 1e-300:  # nothing but zeros and subnormals: 1 / step would overflow
+            top = 0.0
         if state.dim != dim or (top > 0.0 and top < 8.0 * state.step):
             # a new client or input shape, or a query too fine for the current step (fewer than
             # 3 bits): start the kept queries over, at 6 bits for this query's largest feature

@@ -133,7 +133,10 @@ class ParameterProbeDetector:
         if q.n >= self.n_sweep and (q.max_tokens is not None and q.max_tokens <= 16):
             points += 0.3
         if q.temperature is not None:
-            code = min(255, int(q.temperature * 50)) + 1
+            # 1..255 (0 marks an empty slot): a negative or very high temperature (a server that
+            # clamps it accepts any) must not make the detector fail, which would switch it off
+            scaled = q.temperature * 50.0  # may overflow to infinity
+            code = 1 + (int(scaled) if 0.0 <= scaled < 254.0 else 0 if scaled < 0.0 else 254)
             if code not in state.temps:
                 if state.n > 0:
                     points += 0.2
