@@ -150,3 +150,76 @@ def test_an_app_failing_mid_response_keeps_the_estimate(harness: Harness) -> Non
     with contextlib.suppress(Exception):
         harness.call(chat_body(), headers={"x-mode": "raise"})
     assert harness.used() == ESTIMATE
+
+
+SIDES = [
+    LimitRule(name="tok", limits="100000/minute", unit="tokens"),
+    LimitRule(name="in", limits=TOKENS, unit="input_tokens"),
+    LimitRule(name="out", limits=TOKENS, unit="output_tokens"),
+]
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def sides(request: pytest.FixtureRequest, tracer_provider: Any) -> Harness:
+    """A harness with a total, an input and an output token window."""
+    return Harness(request.param, build(tracer_provider, rules=SIDES))
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"x-mode": "json", "x-usage": "10,20"}, (30, 10, 20)),
+        ({"x-mode": "json", "x-usage": "12,500"}, (512, 12, 500)),
+        ({"x-mode": "sse", "x-usage": "9,7"}, (16, 9, 7)),
+        ({"x-mode": "sse-nousage", "x-deltas": "5"}, (15, 10, 5)),  # the estimated prompt side
+        ({"x-mode": "json-nousage"}, (ESTIMATE, 10, 100)),  # success without usage: estimates
+        ({"x-mode": "error"}, (0, 0, 0)),
+    ],
+)
+def test_input_and_output_windows_hold_their_side_of_the_usage(
+    sides: Harness, headers: dict[str, str], expected: tuple[int, int, int]
+) -> None:
+    """Each window is charged its side's estimate (10 prompt tokens; max_tokens 100) and holds
+    its side of the response's usage afterwards."""
+    status, _, _ = sides.call(chat_body(), headers=headers)
+    assert status in (200, 500)
+    assert (sides.used("tok", "100000/minute"), sides.used("in"), sides.used("out")) == expected
+
+
+def test_an_output_budget_refuses_by_completion_tokens(sides: Harness) -> None:
+    """Long prompts with short answers spend the input window, not the output one; answers
+    that used the output window up get the next request refused (429 with the window named),
+    and the RateLimit fields carry each window's unit."""
+    for _ in range(3):
+        status, headers, _ = sides.call(chat_body("p" * 400, max_tokens=5), headers={"x-usage": "100,5"})
+        assert status == 200
+    assert (sides.used("in"), sides.used("out")) == (300, 15)
+    assert 'distillguard-unit="output_tokens"' in headers["ratelimit-policy"]
+    assert 'distillguard-unit="input_tokens"' in headers["ratelimit-policy"]
+    status, _, _ = sides.call(chat_body(max_tokens=100), headers={"x-usage": "10,985"})
+    assert status == 200 and sides.used("out") == 1000
+    status, _, body = sides.call(chat_body(max_tokens=10))
+    assert status == 429 and b"out-1000-per-1-minute" in body
+
+
+def test_an_embedding_is_not_counted_by_an_output_window(tracer_provider: Any) -> None:
+    """A request that cannot produce completion tokens is neither charged nor refused by an
+    output window, even a full one."""
+    guard = build(tracer_provider, rules=[LimitRule(name="out", limits="10/minute", unit="output_tokens")])
+    harness = Harness("wsgi", guard)
+    status, _, _ = harness.call(chat_body(max_tokens=8), headers={"x-usage": "10,30"})
+    assert status == 200 and harness.used("out", "10/minute") == 30  # the answer went past it
+    embedding = b'{"model": "e", "input": "some text to embed"}'
+    status, headers, _ = harness.call(embedding, path="/v1/embeddings")
+    assert status == 200
+    assert "out-" not in headers.get("ratelimit-policy", "")
+    assert harness.call(chat_body(max_tokens=1))[0] == 429
+
+
+def test_unknown_units_are_refused() -> None:
+    from distillguard.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="input_tokens"):
+        LimitRule(name="x", limits="1/minute", unit="completion_tokens")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="fixed window"):
+        LimitRule(name="x", limits="1/minute", unit="output_tokens", strategy="moving-window")

@@ -103,6 +103,25 @@ def test_token_reconciliation_on_redis_is_exact(
     assert redis_server.cli("GET", key).strip() == "453"
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_input_and_output_windows_on_redis_are_exact(
+    redis_server: RedisServer, tracer_provider: Any, kind: str
+) -> None:
+    """On Redis an input and an output token window each hold their side of the usage."""
+    rules = [
+        LimitRule(name="in", limits="1000/minute", unit="input_tokens"),
+        LimitRule(name="out", limits="1000/minute", unit="output_tokens"),
+    ]
+    h = Harness(kind, guard(tracer_provider, redis_server.url, default="100/minute", rules=rules))
+    side = {name: f"dg:LIMITER/r/{name}/client-1/1000/1/minute" for name in ("in", "out")}
+    h.call(chat_body(), headers={"x-usage": "12,20"})  # estimates 10 and 100
+    assert [redis_server.cli("GET", side[n]).strip() for n in ("in", "out")] == ["12", "20"]
+    h.call(chat_body(), headers={"x-mode": "sse-nousage", "x-deltas": "3"})  # 10 (estimated) and 3
+    assert [redis_server.cli("GET", side[n]).strip() for n in ("in", "out")] == ["22", "23"]
+    assert h.call(chat_body(max_tokens=990))[0] == 429  # 23 + 990 over the output window
+    assert [redis_server.cli("GET", side[n]).strip() for n in ("in", "out")] == ["22", "23"]
+
+
 def test_moving_window_refund_on_redis(redis_server: RedisServer, tracer_provider: Any) -> None:
     """A refused request refunds the moving window it was already charged on (newest entries
     popped): the list holds exactly the admitted requests."""

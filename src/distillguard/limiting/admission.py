@@ -100,7 +100,7 @@ def admit(guard: Guard, request: GuardRequest, inner: Flow) -> Flow:
                 headers=(),
                 body=None,
             )
-    charges = tuple((o.check, o.mode) for o in decision.limits if o.counted and o.check.unit == "tokens")
+    charges = tuple((o.check, o.mode) for o in decision.limits if o.counted and o.check.unit != "requests")
     if charges or slot is not None:
         estimate = plan.estimate(decision.query) if charges else None
         decision = replace(decision, budget=Budget(charges=charges, estimate=estimate, slot=slot))

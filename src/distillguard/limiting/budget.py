@@ -6,10 +6,14 @@ the response is complete (:meth:`Budget.settle`) and releases its concurrency sl
 exchange ends, on every path (:meth:`Budget.release`).
 
 Token reconciliation, per token window the request was charged on (``estimate`` = estimated
-prompt tokens + ``max_tokens`` x ``n``):
+prompt tokens + ``max_tokens`` x ``n``; an ``input_tokens`` window counts the prompt side only,
+an ``output_tokens`` window the completion side only):
 
-* the response reported ``usage``: actual = ``total_tokens`` (or prompt + completion);
-* a stream without ``usage``: actual = estimated prompt tokens + counted content deltas;
+* the response reported ``usage``: actual = ``total_tokens`` (or prompt + completion); the
+  prompt side is ``prompt_tokens`` (else ``total_tokens`` minus the completion, else the
+  estimate), the completion side ``completion_tokens``;
+* a stream without ``usage``: actual = estimated prompt tokens + counted content deltas (the
+  prompt side the estimate, the completion side the deltas);
 * no usage and a status of 400 or more: actual = 0 (the model produced nothing);
 * no usage on a success: the estimate stays charged (the safe side).
 
@@ -62,16 +66,25 @@ class Budget:
         if self.parser is not None:
             self.parser.feed(chunk)
 
-    def _actual(self, status: int | None) -> int | None:
+    def _actual(self, status: int | None) -> dict[str, int] | None:
+        """The actual tokens by unit (``tokens``, ``input_tokens``, ``output_tokens``), or
+        ``None`` when the estimate stays."""
         usage = self.usage = self.parser.result() if self.parser is not None else None
         prompt_estimate = self.estimate.prompt if self.estimate is not None else 0
         if usage is not None:
+            completion = usage.completion
+            if usage.prompt is not None:
+                prompt = usage.prompt
+            elif usage.source == "usage" and usage.total is not None:
+                prompt = max(0, usage.total - completion)
+            else:
+                prompt = prompt_estimate
+            total = prompt + completion
             if usage.source == "usage" and usage.total is not None:
-                return usage.total
-            prompt = usage.prompt if usage.prompt is not None else prompt_estimate
-            return prompt + usage.completion
+                total = usage.total
+            return {"tokens": total, "input_tokens": prompt, "output_tokens": completion}
         if status is None or status >= 400:
-            return 0
+            return {"tokens": 0, "input_tokens": 0, "output_tokens": 0}
         return None
 
     def settle(self, status: int | None) -> Generator[ChargeLimit | RefundLimit, object, None]:
@@ -82,9 +95,9 @@ class Budget:
         actual = self._actual(status)
         if actual is None:
             return
-        self.actual = actual
+        self.actual = actual["tokens"]
         for check, mode in self.charges:
-            diff = actual - check.cost
+            diff = actual[check.unit] - check.cost
             if diff > 0:
                 yield ChargeLimit(check, diff, mode)
             elif diff < 0:

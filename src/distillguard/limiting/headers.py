@@ -7,7 +7,8 @@ Both fields are RFC 9651 Structured-Field Lists whose items are policy names (St
 
 The draft registers quota units for requests, content bytes and concurrent requests, not for
 model tokens: a token window (``LimitRule(unit="tokens")``) carries the vendor parameter
-``distillguard-unit="tokens"`` so that a client does not read its quota as requests.
+``distillguard-unit="tokens"`` (``"input_tokens"``, ``"output_tokens"`` for one side) so that a
+client does not read its quota as requests.
 """
 
 from __future__ import annotations

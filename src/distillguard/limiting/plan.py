@@ -11,7 +11,7 @@ from ..query import Query
 from ..request import address_key
 from .concurrency import ConcurrencyLimiter
 from .config import LimitConfig, parse_limits
-from .rules import CompiledRule
+from .rules import TOKEN_UNITS, CompiledRule
 from .tokens import TokenEstimate, estimate_tokens
 
 __all__ = ["LimitCheck", "LimitOutcome", "LimitPlan", "policy_name"]
@@ -33,7 +33,8 @@ class LimitCheck:
         cost: how much the request costs in the window's unit.
         headers: whether this window is disclosed in the RateLimit fields.
         strategy: the ``limits`` strategy counting this window.
-        unit: ``"requests"`` or ``"tokens"``.
+        unit: ``"requests"``, or a token unit (``"tokens"``, ``"input_tokens"``,
+            ``"output_tokens"``).
     """
 
     policy: str
@@ -106,12 +107,12 @@ class LimitPlan:
                 tuple(
                     (f"{rule.name}-{name}", item) for name, item in self._compile(parse_limits(rule.limits))
                 ),
-                rule.strategy or ("fixed-window" if rule.unit == "tokens" else config.strategy),
+                rule.strategy or ("fixed-window" if rule.unit in TOKEN_UNITS else config.strategy),
             )
             for rule in config.rules
         )
         self.concurrency = ConcurrencyLimiter(max_keys=config.memory_max_keys)
-        self.has_tokens = any(r.unit == "tokens" for r in config.rules)
+        self.has_tokens = any(r.unit in TOKEN_UNITS for r in config.rules)
 
     def _compile(self, items: tuple[RateLimitItem, ...]) -> tuple[tuple[str, RateLimitItem], ...]:
         return tuple((policy_name(item), item) for item in items)
@@ -164,12 +165,17 @@ class LimitPlan:
             if not rule.matches(identity.tier, path, model):
                 continue
             cost = weight
-            if rule.unit == "tokens":
+            if rule.unit != "requests":
                 if estimate is None:
                     estimate = self.estimate(query)
                 if estimate is None:
                     continue
-                cost = estimate.total
+                if rule.unit == "tokens":
+                    cost = estimate.total
+                else:  # one side only; a request that cannot use that side is not counted
+                    cost = estimate.prompt if rule.unit == "input_tokens" else estimate.completion
+                    if cost == 0:
+                        continue
             if rule.per == "tenant":
                 if not identity.tenant:  # no tenant: never one counter for every such client
                     continue
@@ -193,7 +199,7 @@ class LimitPlan:
                 )
                 for name, item in compiled.windows
             )
-            (token_checks if rule.unit == "tokens" else extra).extend(made)
+            (extra if rule.unit == "requests" else token_checks).extend(made)
         return (*checks, *extra, *token_checks)
 
     def owner(self, identity: Identity) -> str:

@@ -11,10 +11,12 @@ from limits import RateLimitItem
 
 from ..errors import ConfigurationError
 
-__all__ = ["LimitRule", "Unit"]
+__all__ = ["TOKEN_UNITS", "LimitRule", "Unit"]
 
-Unit = Literal["requests", "tokens"]
+Unit = Literal["requests", "tokens", "input_tokens", "output_tokens"]
 """What a window counts."""
+TOKEN_UNITS = ("tokens", "input_tokens", "output_tokens")
+"""The units counted in model tokens (estimated, then reconciled with the response's usage)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -29,7 +31,10 @@ class LimitRule:
         limits: the windows in ``limits`` notation, e.g. ``"100000/minute;2000000/day"``.
         unit: ``"requests"`` (each request costs 1) or ``"tokens"`` (each request is charged its
             estimated prompt tokens plus ``max_tokens`` x ``n``, then reconciled with the
-            response's ``usage``).
+            response's ``usage``); ``"input_tokens"`` or ``"output_tokens"`` count one side
+            only (the prompt's, or the completion's: what a distiller harvests), estimated and
+            reconciled the same way. A request that cannot use any token of its rule's side
+            (an embedding under an output rule) is neither charged nor refused by it.
         tiers: the tiers the rule applies to (all when empty).
         routes: paths the rule applies to: exact, or a prefix when ending in ``/`` (all when empty).
         models: the request's ``model`` values the rule applies to (all when empty). With
@@ -54,14 +59,16 @@ class LimitRule:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ConfigurationError(f"LimitRule.name {self.name!r} must match {_NAME.pattern}")
-        if self.unit not in ("requests", "tokens"):
-            raise ConfigurationError("LimitRule.unit must be 'requests' or 'tokens'")
+        if self.unit not in ("requests", *TOKEN_UNITS):
+            raise ConfigurationError(
+                "LimitRule.unit must be 'requests', 'tokens', 'input_tokens' or 'output_tokens'"
+            )
         if self.per not in ("client", "tenant"):
             raise ConfigurationError("LimitRule.per must be 'client' or 'tenant'")
         for group in (self.tiers, self.routes, self.models):
             if isinstance(group, str):
                 raise ConfigurationError(f"LimitRule {self.name!r}: tiers/routes/models must be lists")
-        if self.unit == "tokens" and self.strategy not in (None, "fixed-window"):
+        if self.unit in TOKEN_UNITS and self.strategy not in (None, "fixed-window"):
             raise ConfigurationError(
                 f"LimitRule {self.name!r}: token windows use the fixed window (refunds are exact "
                 "only there; a moving window stores one entry per token)"
