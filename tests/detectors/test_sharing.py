@@ -64,7 +64,7 @@ def test_each_state_round_trips_after_real_traffic(requests: int) -> None:
         state = det.states.peek("c1")
         assert state is not None
         encoded = encode_state(state)
-        back = decode_state(det.states._factory(), json.loads(json.dumps(encoded)))
+        back = decode_state(det.states.fresh(), json.loads(json.dumps(encoded)))
         assert encode_state(back) == encoded, det.name
 
 
@@ -73,8 +73,8 @@ def test_a_shared_empty_ring_stays_the_shared_one() -> None:
     client seen once keeps the module's shared empty ring (never written)."""
     det = ScriptedSweepDetector()
     det.score(observation(0))
-    fresh = det.states._factory()
-    back = decode_state(det.states._factory(), encode_state(det.states.peek("c1")))
+    fresh = det.states.fresh()
+    back = decode_state(det.states.fresh(), encode_state(det.states.peek("c1")))
     assert back.words is fresh.words  # type: ignore[attr-defined]
 
 

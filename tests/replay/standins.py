@@ -71,13 +71,16 @@ class PrefixRepeat:
 
 
 class FieldScore:
-    """Scores each request with the number in its body's ``s`` field (for calibration checks)."""
+    """Scores each request with the number in its body's ``s`` field (for calibration checks);
+    raises for ``"s": "raise"``."""
 
     name = "field_score"
 
     def score(self, observation: Observation) -> DetectorResult:
         data = observation.query.data or {}
         value = data.get("s", 0.0)
+        if value == "raise":
+            raise RuntimeError("field_score failed")
         return DetectorResult(self.name, float(value) if isinstance(value, (int, float)) else 0.0)
 
 

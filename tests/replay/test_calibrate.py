@@ -66,6 +66,26 @@ def test_calibrate_writes_percentiles_of_the_client_day_maxima(
     assert data["clients"] == 4 and data["percentile"] == p
 
 
+def test_detector_errors_are_counted_in_the_file_and_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A detector that fails scores 0 for that request, which lowers its null: the file and
+    the command's output say how often it happened."""
+    log = tmp_path / "benign.jsonl"
+    _benign_log(log)
+    failing = [
+        line(30 * DAY + i, "c9", {"prompt": "hi", "s": "raise"}, path="/v1/completions") for i in range(3)
+    ]
+    log.write_text(log.read_text() + "\n".join(failing) + "\n", encoding="utf-8")
+    out = tmp_path / "thresholds.json"
+    argv = ["calibrate", str(log), "--out", str(out), "--floor", "0.01", "--detectors", STANDIN]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["errors"] == {"detector:field_score": 3}
+    assert Thresholds.load(out).errors == {"detector:field_score": 3}
+    assert "warning: detector:field_score failed on 3 requests" in capsys.readouterr().err
+
+
 def test_floor_and_window_are_applied(tmp_path: Path) -> None:
     """A low percentile is raised to the floor; a longer window pools a client's days."""
     log = tmp_path / "benign.jsonl"

@@ -33,8 +33,12 @@ import itertools
 import json
 import logging
 import secrets
+import sys
 import zlib
 from array import array
+from binascii import a2b_base64, b2a_base64
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from ._state import LRUStates
@@ -56,76 +60,117 @@ def shareable(detector: Any) -> bool:
     )
 
 
+_SLOTS: dict[type, tuple[tuple[str, ...], Callable[[object], tuple[Any, ...]]]] = {}
+_ARRAY_CODES = frozenset("bBhHiIlLqQfd")
+
+
+def _plan(state: object) -> tuple[tuple[str, ...], Callable[[object], tuple[Any, ...]]]:
+    """The slot names of ``state``'s class and its bases, and a getter of their values in one
+    call (computed once per class)."""
+    cls = type(state)
+    plan = _SLOTS.get(cls)
+    if plan is None:
+        found: list[str] = []
+        for base in reversed(cls.__mro__):
+            slots = base.__dict__.get("__slots__", ())
+            found.extend((slots,) if isinstance(slots, str) else slots)
+        names = tuple(found)
+        if len(names) == 1:
+            name = names[0]
+            getter: Callable[[object], tuple[Any, ...]] = lambda obj: (getattr(obj, name),)  # noqa: E731
+        else:
+            getter = attrgetter(*names) if names else lambda obj: ()
+        plan = _SLOTS[cls] = (names, getter)
+    return plan
+
+
 def _slots(state: object) -> tuple[str, ...]:
-    names: list[str] = []
-    for cls in reversed(type(state).__mro__):
-        slots = cls.__dict__.get("__slots__", ())
-        names.extend((slots,) if isinstance(slots, str) else slots)
-    return tuple(names)
+    return _plan(state)[0]
+
+
+def _text(raw: Any) -> str:
+    """Base64 of a bytes-like object (an ``array`` included)."""
+    return b2a_base64(raw, newline=False).decode("ascii")
+
+
+def _raw(text: Any) -> bytes:
+    """The bytes of strict base64 ``text``, or raise ``ValueError``."""
+    if not isinstance(text, str):
+        raise ValueError("not base64 text")
+    if _STRICT:
+        return a2b_base64(text, strict_mode=True)  # type: ignore[call-arg,unused-ignore]
+    return base64.b64decode(text, validate=True)
+
+
+_STRICT = sys.version_info >= (3, 11)
 
 
 def encode_state(state: object) -> list[Any]:
     """The JSON-ready values of ``state``'s slots, in slot order.
 
     Raises:
-        TypeError: when a slot holds a value that cannot be shared, or is unset.
+        TypeError: when a slot holds a value that cannot be shared.
+        AttributeError: when a slot is unset.
     """
+    getter = _plan(state)[1]
     out: list[Any] = []
-    for name in _slots(state):
-        value = getattr(state, name)  # AttributeError (unset) is a TypeError to the caller
-        if value is None or type(value) in _SIMPLE:
-            out.append(value)
-        elif type(value) in (bytes, bytearray):
-            out.append(["b", base64.b64encode(value).decode()])
-        elif type(value) is array:
-            out.append(["a", value.typecode, base64.b64encode(value.tobytes()).decode()])
+    append = out.append
+    for value in getter(state):
+        kind = type(value)
+        if value is None or kind is int or kind is float or kind is bool:
+            append(value)
+        elif kind is bytearray or kind is bytes:
+            append(["b", _text(value)])
+        elif kind is array:
+            append(["a", value.typecode, _text(value)])
         else:
-            raise TypeError(f"slot {name!r} holds a {type(value).__name__}, which is not shared")
+            raise TypeError(f"a slot of {type(state).__name__} holds a {kind.__name__}, which is not shared")
     return out
 
 
 def _decode_value(fresh: object, value: Any) -> object:
     """``value`` (from JSON) as the type of the fresh state's slot value, or raise ``ValueError``."""
-    if isinstance(fresh, array) or fresh is None:  # an array slot (``None`` until first used)
+    kind = type(fresh)
+    if kind is int or kind is float or kind is bool:
+        if type(value) is not kind:  # exactly the same type
+            raise ValueError("another type")
+        return value
+    if kind is array or fresh is None:  # an array slot (``None`` until first used)
         if value is None:
             return None
-        if not (isinstance(value, list) and len(value) == 3 and value[0] == "a"):
+        if not (type(value) is list and len(value) == 3 and value[0] == "a"):
             raise ValueError("not an array")
         code = value[1]
-        if isinstance(fresh, array) and code != fresh.typecode:
+        if code not in _ARRAY_CODES or (kind is array and code != fresh.typecode):  # type: ignore[attr-defined]
             raise ValueError("another array type")
-        if code not in ("b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "f", "d"):
-            raise ValueError("unknown array type")
         out = array(code)
-        out.frombytes(base64.b64decode(value[2], validate=True))  # ValueError on a partial item
+        out.frombytes(_raw(value[2]))  # ValueError on a partial item
         return out
-    if type(fresh) in (bytes, bytearray):
-        if not (isinstance(value, list) and len(value) == 2 and value[0] == "b"):
+    if kind is bytes or kind is bytearray:
+        if not (type(value) is list and len(value) == 2 and value[0] == "b"):
             raise ValueError("not bytes")
-        raw = base64.b64decode(value[1], validate=True)
-        return raw if type(fresh) is bytes else bytearray(raw)
-    if type(value) is not type(fresh):  # bool, int, float: exactly the same type
-        raise ValueError("another type")
-    return value
+        raw = _raw(value[1])
+        return raw if kind is bytes else bytearray(raw)
+    raise ValueError(f"a slot of type {kind.__name__} is not shared")
 
 
 def decode_state(fresh: object, values: Any) -> object:
     """``fresh`` (a new state of the detector) filled with ``values`` (from :func:`encode_state`).
 
-    A decoded value equal to the fresh one keeps the fresh object (a shared empty ring stays the
-    shared one).
+    An immutable decoded value equal to the fresh one keeps the fresh object (a shared empty
+    ring stays the shared one).
 
     Raises:
         ValueError: when ``values`` does not fit the state's slots.
     """
-    names = _slots(fresh)
-    if not isinstance(values, list) or len(values) != len(names):
+    names, getter = _plan(fresh)
+    if type(values) is not list or len(values) != len(names):
         raise ValueError("another layout")
-    for name, value in zip(names, values, strict=True):
-        current = getattr(fresh, name)
+    for name, current, value in zip(names, getter(fresh), values, strict=True):
         decoded = _decode_value(current, value)
-        if type(decoded) is not type(current) or decoded != current:
-            setattr(fresh, name, decoded)
+        if type(decoded) is type(current) and type(current) in (array, bytes) and decoded == current:
+            continue  # possibly a shared, never written value: keep it
+        setattr(fresh, name, decoded)
     return fresh
 
 
@@ -157,7 +202,7 @@ class StateShare:
         for detector in detectors:
             if not shareable(detector):
                 continue
-            fresh = detector.states._factory()
+            fresh = detector.states.fresh()
             try:
                 encode_state(fresh)
             except (TypeError, AttributeError):
@@ -225,7 +270,7 @@ class StateShare:
             try:
                 if not (isinstance(part, list) and len(part) == 2 and part[0] == layout):
                     raise ValueError("another layout")
-                state = decode_state(detector.states._factory(), part[1])
+                state = decode_state(detector.states.fresh(), part[1])
             except (ValueError, TypeError, OverflowError):  # binascii.Error is a ValueError
                 self.rejected += 1
                 continue

@@ -107,6 +107,10 @@ class LRUStates(Generic[S]):
             oldest.reverse()
             listed.update(oldest)
 
+    def fresh(self) -> S:
+        """A new state, as a new client gets (not stored)."""
+        return self._factory()
+
     def put(self, client_id: str, state: S) -> None:
         """Make ``state`` the state of ``client_id`` (most recently used; e.g. read from a
         shared storage)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,8 @@ class Thresholds:
         floor: the lowest threshold allowed.
         samples: how many client-windows each threshold rests on.
         clients: how many benign clients the log held.
+        errors: what failed while the log was replayed, by kind (``detector:<name>``: a detector
+            raised and scored 0 for that request, which lowers its null and so its threshold).
     """
 
     detectors: Mapping[str, float]
@@ -83,6 +86,7 @@ class Thresholds:
     floor: float = 0.5
     samples: Mapping[str, int] = field(default_factory=dict)
     clients: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, value in self.detectors.items():
@@ -104,6 +108,7 @@ class Thresholds:
             "clients": self.clients,
             "thresholds": {k: round(v, 6) for k, v in sorted(self.detectors.items())},
             "samples": dict(sorted(self.samples.items())),
+            "errors": dict(sorted(self.errors.items())),
         }
 
     @classmethod
@@ -136,6 +141,11 @@ class Thresholds:
                     f"thresholds file: samples.{name} must be a non-negative integer, not {_shown(value)}"
                 )
             counts[str(name)] = value
+        errors = data.get("errors", {})
+        if not isinstance(errors, Mapping) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in errors.values()
+        ):
+            raise ConfigurationError("thresholds file: 'errors' must be an object {kind: count}")
         clients = data.get("clients", 0)
         if isinstance(clients, bool) or not isinstance(clients, int) or clients < 0:
             raise ConfigurationError(
@@ -148,6 +158,7 @@ class Thresholds:
             floor=_field(data, "floor", 0.5),
             samples=counts,
             clients=clients,
+            errors={str(k): v for k, v in errors.items()},
         )
 
     @classmethod
@@ -206,9 +217,11 @@ def benign_null(
     progress: TextIO | None = None,
     progress_every: int = 100_000,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    errors: Counter[str] | None = None,
 ) -> tuple[dict[str, list[float]], LogStats, int]:
     """Replay a benign log; return each detector's per-client-window maximum scores, the log
     statistics (``stats`` when given, filled in as the log is read) and the number of clients.
+    ``errors``, when given, is filled in with what failed (detector errors by name).
     ``progress`` and ``progress_every`` are as for :class:`ReplayEngine`."""
     if not math.isfinite(window_seconds) or window_seconds <= 0:
         raise ConfigurationError("window_seconds must be a positive number")
@@ -229,6 +242,8 @@ def benign_null(
     )
     stats = stats if stats is not None else LogStats()
     engine.replay(lines, stats, routes, max_line_bytes=max_line_bytes)
+    if errors is not None:
+        errors.update(engine.errors)
     names = [d.name for d in guard.detectors]
     null = {name: [w.get(name, 0.0) for w in best.values()] for name in names}
     return null, stats, len(engine.tracks)
@@ -258,6 +273,7 @@ def calibrate(
         raise ConfigurationError("the percentile must be in (0, 100)")
     if not 0.0 < floor <= 0.95:
         raise ConfigurationError("the floor must be in (0, 0.95]")
+    failed: Counter[str] = Counter()
     null, stats, clients = benign_null(
         lines,
         detectors,
@@ -267,6 +283,7 @@ def calibrate(
         progress=progress,
         progress_every=progress_every,
         max_line_bytes=max_line_bytes,
+        errors=failed,
     )
     if stats.replayed == 0:
         raise ConfigurationError("the benign log holds no usable request")
@@ -278,4 +295,5 @@ def calibrate(
         floor=floor,
         samples={name: len(values) for name, values in null.items()},
         clients=clients,
+        errors=dict(failed),
     )
