@@ -243,11 +243,13 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         client_address=request.client_address,
         user_agent=request.user_agent,
     )
+    unread = False  # the storage did not answer the read: the write would wait on it too
     if share is not None and load is not None:
         if stored is UNREAD:  # no window to charge, or a driver without the combined read
             stored = yield load
         if isinstance(stored, BaseException):
             share.count(False, False)
+            unread = True
         else:
             share.install(identity.client_id, stored)
     results: list[DetectorResult] = []
@@ -260,7 +262,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
             result = DetectorResult(detector.name, failed, ("error",))
             errors += (f"detector:{detector.name}",)
         results.append(result)
-    if share is not None:
+    if share is not None and not unread:
         state = share.export(identity.client_id)
         if state is not None:
             saved = yield SaveState(share.key(identity.client_id), state[0], state[1], share.ttl_ms)

@@ -151,7 +151,8 @@ def test_install_then_score_matches_the_replica_that_wrote() -> None:
 
 def test_install_ignores_what_is_not_a_state() -> None:
     share = StateShare(tuple(detectors()), 60)
-    for reply in (None, 5, ("only one",), ("stamp", 7), (b"s", b"[1]"), (b"s", b"{bad")):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for reply in (None, 5, ("only one",), ("stamp", 7), (b"s", b"[1]"), (b"s", b"{bad"), (b"s", deep)):
         share.install("c1", reply)
     assert share.loaded == 0
     assert share.known("c1") == ""

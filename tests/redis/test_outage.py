@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from distillguard import Guard, LimitConfig
+from distillguard.detectors.defaults import default_detectors
 from tests.helpers import jwt_config
 from tests.limiting.apps import Harness
 from tests.servers import BlackHole, RedisServer
@@ -128,6 +129,31 @@ def test_black_hole_costs_one_timeout_until_the_breaker_opens(
     assert timed(h)[3] < 0.05  # reopened with a longer back-off
     assert stats.local_fallback == 9
     assert [h.call()[0] for _ in range(2)] == [429, 429]  # 4/minute held locally
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_black_hole_with_shared_detector_state_costs_one_timeout(
+    black_hole: BlackHole, tracer_provider: Any, kind: str
+) -> None:
+    """With the detectors' state shared, a request whose read (with its windows) timed out
+    does not wait on the write too: one timeout per request until the breaker opens, then
+    none, and the detectors still run on the replica's own state."""
+    options = {"default": "100/minute", "storage_uri": black_hole.url, "breaker_threshold": 2}
+    guard = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(**options, breaker_base_delay=0.2, breaker_max_delay=0.4),
+        detectors=default_detectors(),
+        tracer_provider=tracer_provider,
+    )
+    h = Harness(kind, guard)
+    first = [timed(h) for _ in range(2)]
+    assert all(r[0] == 200 and 0.2 <= r[3] < 0.45 for r in first), [r[3] for r in first]
+    fast = [timed(h) for _ in range(3)]
+    assert max(r[3] for r in fast) < 0.1
+    share = guard.state_share
+    assert share is not None and share.failed == 5 and share.saved == 0
+    timing = next(d for d in guard.detectors if d.name == "volume_timing")
+    assert timing.states.peek("client-1").n == 4  # type: ignore[union-attr]  # 4 gaps: its own state
 
 
 def test_black_hole_at_startup_never_blocks_construction(black_hole: BlackHole, tracer_provider: Any) -> None:

@@ -258,7 +258,7 @@ class StateShare:
             return
         try:
             doc = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             doc = None
         if not isinstance(doc, dict):
             self.rejected += 1
