@@ -275,6 +275,32 @@ def test_an_outage_leaves_each_replica_its_own_state(
     assert states(a)["word_salad"][1] == before + 1  # a took b's state
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_without_windows_the_state_is_read_on_its_own(
+    redis_server: RedisServer, kind: str, closing: list[Harness]
+) -> None:
+    """With no window to charge (``default=""``), the state is read in a round trip of its own,
+    and still shared."""
+    clock = Clock()
+    harnesses = [
+        Harness(
+            kind,
+            Guard(
+                jwt=jwt_config(),
+                limits=LimitConfig(default="", storage_uri=redis_server.url),
+                detectors=default_detectors(),
+                clock=clock,
+            ),
+        )
+        for _ in range(2)
+    ]
+    closing.extend(harnesses)
+    serve(harnesses, clock, SWEEP[:6])
+    assert states(harnesses[1])["word_salad"][1] == 6
+    share = harnesses[1].guard.state_share
+    assert share is not None and share.loaded == 3 and share.failed == 0
+
+
 def test_the_exchanges_are_metrics(redis_server: RedisServer) -> None:
     """``distillguard.detector.state.exchanges`` counts reads, writes, refusals and failures by
     outcome; a guard that shares nothing reports no point."""
