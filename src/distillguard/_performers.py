@@ -45,7 +45,9 @@ class SyncPerformer:
             if type(effect) is LoadState:
                 return self.limiter.load_state(effect.key, effect.known)
             if type(effect) is SaveState:
-                return self.limiter.save_state(effect.key, effect.stamp, effect.data, effect.ttl_ms)
+                return self.limiter.save_state(
+                    effect.key, effect.stamp, effect.data, effect.ttl_ms, effect.expected
+                )
         except Exception as exc:
             return exc
         raise TypeError(f"unknown effect {effect!r}")
@@ -96,7 +98,9 @@ class AsyncPerformer:
             if type(effect) is LoadState:
                 return await self.limiter.load_state(effect.key, effect.known)
             if type(effect) is SaveState:
-                return await self.limiter.save_state(effect.key, effect.stamp, effect.data, effect.ttl_ms)
+                return await self.limiter.save_state(
+                    effect.key, effect.stamp, effect.data, effect.ttl_ms, effect.expected
+                )
         except Exception as exc:
             return exc
         raise TypeError(f"unknown effect {effect!r}")

@@ -31,6 +31,7 @@ from .query import Query, parse_query
 from .request import GuardRequest, address_key, bearer_token, well_formed
 
 if TYPE_CHECKING:
+    from .detectors._sharing import StateShare
     from .guard import Guard
 
 __all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate"]
@@ -115,6 +116,60 @@ def _limits(
         if not outcome.allowed:
             break
     return outcomes, UNREAD
+
+
+Scored: TypeAlias = tuple[list[DetectorResult], tuple[str, ...]]
+"""Each detector's result, and the names of the detectors that failed."""
+
+
+def _score(
+    kinds: tuple[tuple[Any, bool], ...], observation: Observation, policy: Policy
+) -> Generator[Effect, object, Scored]:
+    """Run each detector (``(detector, plugin)``: a plugin's result is checked before anything
+    reads it); a detector that fails gets the ``on_error`` score and the reason ``error``."""
+    results: list[DetectorResult] = []
+    failed: tuple[str, ...] = ()
+    for detector, plugin in kinds:
+        result = yield RunDetector(detector, observation)
+        if plugin:
+            result = checked_result(result, detector.name)
+        if not isinstance(result, DetectorResult):
+            result = DetectorResult(detector.name, 1.0 if policy.on_error == "block" else 0.0, ("error",))
+            failed += (detector.name,)
+        results.append(result)
+    return results, failed
+
+
+def _share(
+    share: StateShare,
+    client_id: str,
+    kinds: tuple[tuple[Any, bool], ...],
+    observation: Observation,
+    policy: Policy,
+    scored: Scored,
+) -> Generator[Effect, object, Scored]:
+    """Write the client's detector state back. When another replica wrote it after this
+    request read it (requests of one client served at once), take that state, score this
+    request again with the sharing detectors (once), and write the result: no query is lost."""
+    results, failed = scored
+    expected = share.known(client_id)
+    for attempt in (1, 2):
+        state = share.export(client_id)
+        if state is None:
+            break
+        saved = yield SaveState(share.key(client_id), state[0], state[1], share.ttl_ms, expected)
+        if saved is True or attempt == 2 or not isinstance(saved, (tuple, list)):
+            share.count(saved is True, True)
+            break
+        share.install(client_id, saved, replace=True)  # the other replica's, without this query
+        share.retried += 1
+        expected = share.known(client_id)
+        sharing = tuple(kind for kind in kinds if kind[0] in share)
+        again, again_failed = yield from _score(sharing, observation, policy)
+        redone = {r.detector: r for r in again}
+        results = [redone.get(r.detector, r) for r in results]
+        failed = (*(name for name in failed if name not in redone), *again_failed)
+    return results, failed
 
 
 def _identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
@@ -252,21 +307,12 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
             unread = True
         else:
             share.install(identity.client_id, stored)
-    results: list[DetectorResult] = []
-    for detector, plugin in guard.detector_kinds if mode != "off" else ():
-        result = yield RunDetector(detector, observation)
-        if plugin:  # a plugin's result is checked before anything reads it
-            result = checked_result(result, detector.name)
-        if not isinstance(result, DetectorResult):
-            failed = 1.0 if policy.on_error == "block" else 0.0
-            result = DetectorResult(detector.name, failed, ("error",))
-            errors += (f"detector:{detector.name}",)
-        results.append(result)
+    kinds = guard.detector_kinds if mode != "off" else ()
+    scored = yield from _score(kinds, observation, policy)
     if share is not None and not unread:
-        state = share.export(identity.client_id)
-        if state is not None:
-            saved = yield SaveState(share.key(identity.client_id), state[0], state[1], share.ttl_ms)
-            share.count(saved is True, True)
+        scored = yield from _share(share, identity.client_id, kinds, observation, policy, scored)
+    results, failed = scored
+    errors += tuple(f"detector:{name}" for name in failed)
 
     if risk is None:
         action, score, reasons = decide(results, policy)

@@ -5,6 +5,7 @@ state; memory storage and ``shared_state=False`` share nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -15,12 +16,12 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from distillguard import Guard, LimitConfig, Policy
+from distillguard import DistillGuardMiddleware, Guard, LimitConfig, Policy
 from distillguard.detectors._sharing import encode_state
 from distillguard.detectors.defaults import default_detectors
 from distillguard.detectors.near_duplicate import NearDuplicateDetector
 from tests.helpers import jwt_config, make_token
-from tests.limiting.apps import Harness, chat_body
+from tests.limiting.apps import Harness, LLMApp, asgi_call, chat_body
 from tests.servers import RedisServer
 from tests.telemetry.conftest import metric_points
 
@@ -48,26 +49,31 @@ class Clock:
         return self.now
 
 
-def replicas(
-    kind: str,
+def replica(
     url: str,
     clock: Clock,
-    count: int,
     *,
     shared: bool = True,
     detectors: Any = None,
     strategy: str = "moving-window",
-) -> list[Harness]:
-    def guard() -> Guard:
-        return Guard(
-            jwt=jwt_config(),
-            limits=LimitConfig(default="100000/minute", storage_uri=url, strategy=strategy),
-            detectors=detectors() if detectors is not None else default_detectors(),
-            policy=Policy(shared_state=shared),
-            clock=clock,
-        )
+    default: str = "100000/minute",
+    **options: Any,
+) -> Guard:
+    """One replica's guard: the limits on ``url``, the default detectors unless ``detectors``
+    (a factory) says otherwise."""
+    return Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default=default, storage_uri=url, strategy=strategy),
+        detectors=detectors() if detectors is not None else default_detectors(),
+        policy=Policy(shared_state=shared),
+        clock=clock,
+        **options,
+    )
 
-    return [Harness(kind, guard()) for _ in range(count)]
+
+def replicas(kind: str, url: str, clock: Clock, count: int, **options: Any) -> list[Harness]:
+    """``count`` replicas behind ``kind`` adapters (options as for :func:`replica`)."""
+    return [Harness(kind, replica(url, clock, **options)) for _ in range(count)]
 
 
 def serve(harnesses: list[Harness], clock: Clock, prompts: list[str]) -> list[int]:
@@ -154,6 +160,42 @@ def test_the_state_is_read_in_the_windows_round_trip(
     assert counts[True] - counts[False] == 10  # one write per request, no read of its own
 
 
+def test_requests_served_at_once_by_two_replicas_lose_nothing(redis_server: RedisServer) -> None:
+    """Two replicas on one event loop serve one client's requests in concurrent pairs: both
+    read the same state, and the second write finds the first's. That replica takes the stored
+    state, scores its request again and writes: every query reaches the shared windows."""
+    clock = Clock()
+    guards = [replica(redis_server.url, clock) for _ in range(2)]
+    apps = [DistillGuardMiddleware(LLMApp(), guard=guard) for guard in guards]
+    token = make_token(sub=SUBJECT, now=T0, exp=int(T0) + 3600)
+    pairs = 20
+
+    async def run() -> list[int]:
+        statuses: list[int] = []
+        for i in range(pairs):
+            clock.now = T0 + 1.7 * i
+            answers = await asyncio.gather(
+                *(asgi_call(app, chat_body(SWEEP[2 * i + k]), token=token) for k, app in enumerate(apps))
+            )
+            statuses.extend(status for status, _, _ in answers)
+        for app in apps:
+            await app._perform.limiter.aclose()
+        return statuses
+
+    loop = asyncio.new_event_loop()
+    try:
+        statuses = loop.run_until_complete(run())
+    finally:
+        loop.close()
+    assert set(statuses) <= {200, 429}
+    shares = [guard.state_share for guard in guards]
+    assert all(share is not None and share.failed == 0 for share in shares)
+    assert sum(share.retried for share in shares if share is not None) >= pairs // 2
+    key = next(k for k in redis_server.cli("--scan", "--pattern", "*distillguard-state*").split())
+    stored = json.loads(redis_server.cli("HGET", key, "d"))
+    assert stored["word_salad"][1][1] == 2 * pairs  # ``n``: every text query of the client
+
+
 def test_an_up_to_date_replica_reads_nothing(redis_server: RedisServer, closing: list[Harness]) -> None:
     """One replica serving a client alone never decodes a state: the stamp it wrote is the stored
     one, so the script answers nothing. The stored state is JSON of the detectors' numbers and
@@ -209,6 +251,8 @@ def test_a_state_that_does_not_fit_is_ignored(
     assert share is not None and share.rejected >= 1
     after = states(solo)["near_duplicate"]
     assert after[2] == before[2] + 1  # ``n``: the replica's own state went on
+    assert redis_server.cli("HGET", key, "w").strip() == share.known(SUBJECT)  # and replaced it
+    assert "near_duplicate" in json.loads(redis_server.cli("HGET", key, "d"))
 
 
 def test_wrong_types_in_a_detector_part_are_ignored(
@@ -282,18 +326,7 @@ def test_without_windows_the_state_is_read_on_its_own(
     """With no window to charge (``default=""``), the state is read in a round trip of its own,
     and still shared."""
     clock = Clock()
-    harnesses = [
-        Harness(
-            kind,
-            Guard(
-                jwt=jwt_config(),
-                limits=LimitConfig(default="", storage_uri=redis_server.url),
-                detectors=default_detectors(),
-                clock=clock,
-            ),
-        )
-        for _ in range(2)
-    ]
+    harnesses = replicas(kind, redis_server.url, clock, 2, default="")
     closing.extend(harnesses)
     serve(harnesses, clock, SWEEP[:6])
     assert states(harnesses[1])["word_salad"][1] == 6
@@ -307,23 +340,11 @@ def test_the_exchanges_are_metrics(redis_server: RedisServer) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     clock = Clock()
-    a, b = (
-        Harness(
-            "wsgi",
-            Guard(
-                jwt=jwt_config(),
-                limits=LimitConfig(default="100000/minute", storage_uri=redis_server.url),
-                detectors=default_detectors(),
-                meter_provider=provider,
-                clock=clock,
-            ),
-        )
-        for _ in range(2)
-    )
+    a, b = replicas("wsgi", redis_server.url, clock, 2, meter_provider=provider)
     serve([a, b], clock, SWEEP[:6])  # b reads a's state 3 times, a reads b's twice
     points = metric_points(reader)["distillguard.detector.state.exchanges"]
     got = {attrs["distillguard.state.outcome"]: point.value for attrs, point in points}
-    assert got == {"loaded": 5, "saved": 6, "rejected": 0, "oversized": 0, "failed": 0}
+    assert got == {"loaded": 5, "saved": 6, "rejected": 0, "oversized": 0, "failed": 0, "retried": 0}
     provider.shutdown()
 
 

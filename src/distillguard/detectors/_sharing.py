@@ -10,14 +10,15 @@ state in one Redis hash as well as in memory:
    the same (the replica is up to date: nothing travels, nothing is decoded), else the stored
    state, which replaces this replica's;
 2. after the detectors ran, the guard writes the client's state back with a new stamp and a
-   time to live (``Policy.state_ttl``).
+   time to live (``Policy.state_ttl``), if no other replica wrote it since (below).
 
 The state is JSON, never pickle: a value read from the storage is data, checked slot by slot
 against a fresh state of the same detector (type, array type code, size cap), and a detector
 whose settings differ (another window, another threshold: a different *layout*) ignores what the
-other wrote. Requests of one client served *at the same moment* by two replicas each add their
-query to the state they read, and the later write wins: one of the two queries drops out of the
-windows (sequential requests, the usual case for a sweep, lose nothing).
+other wrote. The write is conditional on the stored stamp being the one the replica read: when
+another replica served a request of the same client in between, the write answers that replica's
+state instead, and the guard takes it and scores its request again (``distillguard.flow``), so
+that requests served at the same moment lose no query.
 
 A detector shares its state when its class says ``shares_state = True`` and its per-client
 states are an :class:`~distillguard.detectors._state.LRUStates` (attribute ``states``) of
@@ -225,9 +226,15 @@ class StateShare:
         """Reads and writes the storage did not answer (the state stayed per process)."""
         self.oversized = 0
         """States too large to write (kept per process)."""
+        self.retried = 0
+        """Requests scored again because another replica wrote the client's state in between."""
 
     def __bool__(self) -> bool:
         return bool(self._members)
+
+    def __contains__(self, detector: object) -> bool:
+        """Whether ``detector`` (the instance) shares its state here."""
+        return any(member is detector for _, member, _ in self._members)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -245,15 +252,21 @@ class StateShare:
         holder = self._known.peek(client_id)
         return holder[0] if holder is not None else ""
 
-    def install(self, client_id: str, reply: object) -> None:
+    def install(self, client_id: str, reply: object, *, replace: bool = False) -> None:
         """Take the stored state of ``client_id`` (the storage's reply: ``None`` when this
-        replica's own is current, else ``(stamp, data)``)."""
+        replica's own is current, else ``(stamp, data)``). With ``replace``, a sharing detector
+        that has no part in it forgets its own state of the client too (the stored state is
+        the whole of the client's stream)."""
         if not isinstance(reply, (list, tuple)) or len(reply) != 2:
             return
         stamp, data = reply
         if isinstance(stamp, bytes):
             stamp = stamp.decode("ascii", "replace")
-        if not isinstance(stamp, str) or not isinstance(data, (bytes, str)) or len(data) > MAX_STATE_BYTES:
+        if not isinstance(stamp, str):
+            self.rejected += 1
+            return
+        self._known.get(client_id)[0] = stamp  # seen: even one that does not fit is overwritten next
+        if not isinstance(data, (bytes, str)) or len(data) > MAX_STATE_BYTES:
             self.rejected += 1
             return
         try:
@@ -266,6 +279,8 @@ class StateShare:
         for name, detector, layout in self._members:
             part = doc.get(name)
             if part is None:
+                if replace:
+                    detector.states.discard(client_id)
                 continue
             try:
                 if not (isinstance(part, list) and len(part) == 2 and part[0] == layout):
@@ -275,7 +290,6 @@ class StateShare:
                 self.rejected += 1
                 continue
             detector.states.put(client_id, state)
-        self._known.get(client_id)[0] = stamp
         self.loaded += 1
 
     def export(self, client_id: str) -> tuple[str, str] | None:

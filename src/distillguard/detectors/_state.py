@@ -121,6 +121,10 @@ class LRUStates(Generic[S]):
         if self._listed:
             self._listed.discard(client_id)
 
+    def discard(self, client_id: str) -> None:
+        """Forget the state of ``client_id`` (if any)."""
+        self._states.pop(client_id, None)
+
     def peek(self, client_id: str) -> S | None:
         """The state of ``client_id`` without creating it or changing its recency."""
         return self._states.get(client_id)

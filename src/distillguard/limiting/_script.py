@@ -119,11 +119,15 @@ return {stamp, redis.call('hget', KEYS[1], 'd')}
 replica asking is up to date, and nothing travels."""
 
 SAVE_STATE_LUA = """
+local stored = redis.call('hget', KEYS[1], 'w')
+if stored and stored ~= ARGV[4] then return {stored, redis.call('hget', KEYS[1], 'd')} end
 redis.call('hset', KEYS[1], 'w', ARGV[1], 'd', ARGV[2])
 redis.call('pexpire', KEYS[1], ARGV[3])
 return 1
 """
-"""Store a client's detector state with its stamp and time to live (milliseconds)."""
+"""Store a client's detector state with its stamp and time to live (milliseconds), unless the
+stored stamp is no longer ``ARGV[4]`` (the one the replica read): another replica wrote in
+between, and its state (``{stamp, data}``) is the answer instead."""
 
 
 def scriptable(storage: Any, checks: Sequence[LimitCheck]) -> bool:

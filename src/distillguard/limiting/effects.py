@@ -68,10 +68,13 @@ class LoadState:
 
 @dataclass(frozen=True, slots=True)
 class SaveState:
-    """Effect: store ``data`` under ``key`` with ``stamp``, for ``ttl_ms`` milliseconds. The
-    driver answers ``True`` when the storage took it."""
+    """Effect: store ``data`` under ``key`` with ``stamp``, for ``ttl_ms`` milliseconds, unless
+    the stored stamp is no longer ``expected`` (the one read before the detectors ran). The
+    driver answers ``True`` when the storage took it, the stored ``(stamp, data)`` when another
+    replica wrote in between, or ``False`` (or the exception) when the storage did not answer."""
 
     key: str
     stamp: str
     data: str
     ttl_ms: int
+    expected: str = ""

@@ -190,17 +190,22 @@ class Limiter(LimiterBase):
             raise StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
         return result
 
-    def save_state(self, key: str, stamp: str, data: str, ttl_ms: int) -> bool:
-        """Store a detector state under ``key``; ``False`` when the storage did not take it."""
+    def save_state(self, key: str, stamp: str, data: str, ttl_ms: int, expected: str = "") -> object:
+        """Store a detector state under ``key`` unless its stored stamp is no longer
+        ``expected``: ``True`` when stored, the stored ``(stamp, data)`` when another replica
+        wrote in between, ``False`` when the storage did not answer."""
         if not self.remote:
             return False
 
-        def save() -> bool:
+        def save() -> object:
             io = self._state_io(key)
-            return io is not None and bool(io[1][1](keys=[io[0]], args=[stamp, data, ttl_ms]))
+            if io is None:
+                return False
+            reply = io[1][1](keys=[io[0]], args=[stamp, data, ttl_ms, expected])
+            return reply if isinstance(reply, (list, tuple)) else reply == 1
 
         done, result, _ = self._on_primary(save)
-        return bool(done and result)
+        return result if done else False
 
 
 class AsyncLimiter(LimiterBase):
@@ -347,17 +352,22 @@ class AsyncLimiter(LimiterBase):
             raise StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
         return result
 
-    async def save_state(self, key: str, stamp: str, data: str, ttl_ms: int) -> bool:
-        """Store a detector state under ``key``; ``False`` when the storage did not take it."""
+    async def save_state(self, key: str, stamp: str, data: str, ttl_ms: int, expected: str = "") -> object:
+        """Store a detector state under ``key`` unless its stored stamp is no longer
+        ``expected``: ``True`` when stored, the stored ``(stamp, data)`` when another replica
+        wrote in between, ``False`` when the storage did not answer."""
         if not self.remote:
             return False
 
-        async def save() -> bool:
+        async def save() -> object:
             io = self._state_io(key)
-            return io is not None and bool(await io[1][1](keys=[io[0]], args=[stamp, data, ttl_ms]))
+            if io is None:
+                return False
+            reply = await io[1][1](keys=[io[0]], args=[stamp, data, ttl_ms, expected])
+            return reply if isinstance(reply, (list, tuple)) else reply == 1
 
         done, result, _ = await self._on_primary(save)
-        return bool(done and result)
+        return result if done else False
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """Ask the shared storage once whether it answers (at startup, so that an unreachable

@@ -41,7 +41,7 @@ _QUEUE = 200_000  # values kept between two collections (older ones are dropped 
 _IDLE_QUEUE = 4_096  # values kept while no reader has ever collected (maybe none ever will)
 _MAX_ERROR_TYPES = 32
 _FALLBACK_OUTCOMES = ("local_fallback", "fail_open", "fail_closed")
-_STATE_OUTCOMES = ("loaded", "saved", "rejected", "oversized", "failed")
+_STATE_OUTCOMES = ("loaded", "saved", "rejected", "oversized", "failed", "retried")
 
 
 @runtime_checkable
@@ -104,7 +104,8 @@ class GuardMetrics:
 
     def use_state_share(self, source: Callable[[], object | None]) -> None:
         """Report the shared detector state's exchanges from ``source()`` (an object with
-        ``loaded``, ``saved``, ``rejected``, ``oversized`` and ``failed`` counters, or ``None``)."""
+        ``loaded``, ``saved``, ``rejected``, ``oversized``, ``failed`` and ``retried`` counters, or
+        ``None``)."""
         self._state_share = source
 
     # -- per request (hot path) ----------------------------------------------------------------
