@@ -17,6 +17,8 @@ variable                          meaning                               developm
 ``DISTILLGUARD_LIMITS``           default limits (``limits`` notation)  ``60/minute;1000/day``
 ``DISTILLGUARD_STORAGE_URI``      ``limits`` storage URI                ``memory://``
 ``DISTILLGUARD_SHADOW``           shadow mode (``true``/``false``)      ``false``
+``DISTILLGUARD_SHARED_STATE``     detector state shared through a       ``true``
+                                  Redis storage (``true``/``false``)
 ``DISTILLGUARD_TIER_DETECTION``   per-tier detection, e.g.              every tier enforces
                                   ``partner=shadow,internal=off``
 ``DISTILLGUARD_DETECTORS``        entry-point names, comma-separated    every registered one but
@@ -93,6 +95,7 @@ class Settings:
         limits: the default limits (``limits`` notation).
         storage_uri: the ``limits`` storage URI.
         shadow: shadow mode.
+        shared_state: :attr:`Policy.shared_state` (effective with a Redis storage only).
         tier_detection: ``(tier, mode)`` pairs for :attr:`Policy.tier_detection`.
         detectors: the entry-point names of the detectors to load.
         max_body_bytes: the request body cap.
@@ -106,6 +109,7 @@ class Settings:
     limits: str = DEFAULT_LIMITS
     storage_uri: str = DEFAULT_STORAGE_URI
     shadow: bool = False
+    shared_state: bool = True
     tier_detection: tuple[tuple[str, DetectionMode], ...] = ()
     detectors: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -123,7 +127,12 @@ class Settings:
             "jwt": self.jwt_config(),
             "limits": LimitConfig(default=self.limits, storage_uri=self.storage_uri),
             "detectors": list(self.detectors),
-            "policy": Policy(shadow=self.shadow, risk=RiskPolicy(), tier_detection=dict(self.tier_detection)),
+            "policy": Policy(
+                shadow=self.shadow,
+                risk=RiskPolicy(),
+                tier_detection=dict(self.tier_detection),
+                shared_state=self.shared_state,
+            ),
             "max_body_bytes": self.max_body_bytes,
         }
 
@@ -214,6 +223,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     limits = get("LIMITS")
     storage = get("STORAGE_URI")
     shadow = get("SHADOW")
+    shared = get("SHARED_STATE")
     tiers = get("TIER_DETECTION")
     body = get("MAX_BODY_BYTES")
     return Settings(
@@ -221,6 +231,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         limits=DEFAULT_LIMITS if limits is None else limits,
         storage_uri=storage or DEFAULT_STORAGE_URI,
         shadow=False if shadow is None else _bool("DISTILLGUARD_SHADOW", shadow),
+        shared_state=True if shared is None else _bool("DISTILLGUARD_SHARED_STATE", shared),
         tier_detection=() if tiers is None else _tier_detection(tiers),
         detectors=detectors,
         max_body_bytes=DEFAULT_MAX_BODY_BYTES if body is None else _int("DISTILLGUARD_MAX_BODY_BYTES", body),

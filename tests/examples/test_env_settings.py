@@ -45,6 +45,7 @@ def test_defaults_warn_and_accept_dev_tokens(caplog: pytest.LogCaptureFixture) -
     assert guard.plan.config.default == "60/minute;1000/day"
     assert guard.plan.config.storage_uri == "memory://"
     assert not guard.policy.shadow
+    assert guard.policy.shared_state
     assert guard.max_body_bytes == 1_048_576
 
 
@@ -55,6 +56,7 @@ def test_custom_values_take_effect(caplog: pytest.LogCaptureFixture) -> None:
         "DISTILLGUARD_LIMITS": "5/second;50/hour",
         "DISTILLGUARD_STORAGE_URI": "memory://?x=1",
         "DISTILLGUARD_SHADOW": "yes",
+        "DISTILLGUARD_SHARED_STATE": "false",
         "DISTILLGUARD_TIER_DETECTION": " partner = shadow, internal=off ,",
         "DISTILLGUARD_MAX_BODY_BYTES": "4096",
     }
@@ -71,6 +73,7 @@ def test_custom_values_take_effect(caplog: pytest.LogCaptureFixture) -> None:
     assert [c.policy for c in guard.plan.checks_for(identity)] == ["5-per-1-second", "50-per-1-hour"]
     assert guard.plan.config.storage_uri == "memory://?x=1"
     assert guard.policy.shadow
+    assert not guard.policy.shared_state
     assert guard.policy.tier_detection == {"partner": "shadow", "internal": "off"}
     assert guard.max_body_bytes == 4096
     assert guard.detectors == ()
@@ -91,6 +94,7 @@ def test_overrides_replace_environment() -> None:
         pytest.param("DISTILLGUARD_LIMITS", "10/fortnight", "invalid limit string", id="limits-unit"),
         pytest.param("DISTILLGUARD_STORAGE_URI", "localhost:6379", "storage URI", id="storage"),
         pytest.param("DISTILLGUARD_SHADOW", "maybe", "true or false", id="shadow"),
+        pytest.param("DISTILLGUARD_SHARED_STATE", "sometimes", "true or false", id="shared-state"),
         pytest.param("DISTILLGUARD_TIER_DETECTION", "partner=quiet", "tier=enforce", id="tier-mode"),
         pytest.param("DISTILLGUARD_TIER_DETECTION", "partner", "tier=enforce", id="tier-no-mode"),
         pytest.param("DISTILLGUARD_MAX_BODY_BYTES", "1MB", "integer", id="body-not-int"),
