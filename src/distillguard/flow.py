@@ -158,8 +158,10 @@ def _share(
         if state is None:
             break
         saved = yield SaveState(share.key(client_id), state[0], state[1], share.ttl_ms, expected)
-        if saved is True or attempt == 2 or not isinstance(saved, (tuple, list)):
+        if saved is True or not isinstance(saved, (tuple, list)):
             share.count(saved is True, True)
+            break
+        if attempt == 2:  # a second conflict in a row: the stored state stays, and this replica's
             break
         share.install(client_id, saved, replace=True)  # the other replica's, without this query
         share.retried += 1

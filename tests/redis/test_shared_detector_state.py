@@ -16,8 +16,9 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from distillguard import DistillGuardMiddleware, Guard, LimitConfig, Policy
+from distillguard import DetectorResult, DistillGuardMiddleware, Guard, LimitConfig, Observation, Policy
 from distillguard.detectors._sharing import encode_state
+from distillguard.detectors._state import LRUStates
 from distillguard.detectors.defaults import default_detectors
 from distillguard.detectors.near_duplicate import NearDuplicateDetector
 from tests.helpers import jwt_config, make_token
@@ -194,6 +195,53 @@ def test_requests_served_at_once_by_two_replicas_lose_nothing(redis_server: Redi
     key = next(k for k in redis_server.cli("--scan", "--pattern", "*distillguard-state*").split())
     stored = json.loads(redis_server.cli("HGET", key, "d"))
     assert stored["word_salad"][1][1] == 2 * pairs  # ``n``: every text query of the client
+
+
+class Meddler:
+    """A sharing plugin that, while it scores, has "another replica" write the client's state
+    (a new stamp, no detector part) once ``armed``: every write of the request then conflicts."""
+
+    name = "meddler"
+    shares_state = True
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.key: str | None = None
+        self.calls = 0
+        self.states: LRUStates[Any] = LRUStates(lambda: _Count())
+
+    def score(self, observation: Observation) -> DetectorResult:
+        self.calls += 1
+        self.states.get(observation.identity.client_id).n += 1
+        if self.key is not None:
+            self.server.cli("HSET", self.key, "w", f"elsewhere-{self.calls}", "d", "{}")
+        return DetectorResult(self.name, 0.0)
+
+
+class _Count:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def test_a_second_conflict_in_a_row_keeps_both_states(
+    redis_server: RedisServer, closing: list[Harness]
+) -> None:
+    """When another replica writes again while the request is scored the second time, the
+    request is still answered, scored twice at most, and the other replica's state stays."""
+    clock = Clock()
+    meddler = Meddler(redis_server)
+    (solo,) = replicas("wsgi", redis_server.url, clock, 1, detectors=lambda: [meddler])
+    closing.append(solo)
+    serve([solo], clock, SWEEP[:1])
+    meddler.key = next(k for k in redis_server.cli("--scan", "--pattern", "*distillguard-state*").split())
+    token = make_token(sub=SUBJECT, now=T0, exp=int(T0) + 3600)
+    assert solo.call(chat_body(SWEEP[1]), token=token)[0] == 200
+    share = solo.guard.state_share
+    assert share is not None and (share.retried, share.failed, share.saved) == (1, 0, 1)
+    assert meddler.calls == 3  # the first request, then this one twice
+    assert redis_server.cli("HGET", meddler.key, "w").strip() == "elsewhere-3"
 
 
 def test_an_up_to_date_replica_reads_nothing(redis_server: RedisServer, closing: list[Harness]) -> None:
