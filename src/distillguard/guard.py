@@ -25,6 +25,7 @@ from .limiting._table import BoundedTable
 from .limiting.admission import admit
 from .limiting.limiter import AsyncLimiter, Limiter
 from .limiting.outage import LimiterStats
+from .limiting.storage import is_memory
 from .policy import Policy
 from .problems import Problem
 from .request import GuardRequest
@@ -123,10 +124,9 @@ class Guard:
         self._lock = threading.Lock()
         self._internal_errors: dict[tuple[str, str], int] = {}  # (type, place) -> times seen
         self.policy = policy or Policy()
+        in_memory = is_memory(self.plan.config.storage_uri)  # per process: nothing to share
         self.risk = (
-            RiskEngine(self.policy.risk, shared=not self.plan.config.storage_uri.startswith("memory://"))
-            if self.policy.risk is not None
-            else None
+            RiskEngine(self.policy.risk, shared=not in_memory) if self.policy.risk is not None else None
         )
         self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider, meter_provider)
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
@@ -137,7 +137,7 @@ class Guard:
         )
         # with a shared storage, each client's detector state lives there too
         self.state_share: StateShare | None = None
-        if self.policy.shared_state and not self.plan.config.storage_uri.startswith("memory://"):
+        if self.policy.shared_state and not in_memory:
             share = StateShare(self.detectors, self.policy.state_ttl)
             if share:
                 self.state_share = share
@@ -150,7 +150,7 @@ class Guard:
         self._prefixes = tuple(p for p in exempt_paths if p.endswith("/"))
         self.exempt_preflight = exempt_preflight
         self.telemetry.observe(self)
-        if self.plan.config.storage_uri.startswith("memory://"):
+        if in_memory:
             logger.info("distillguard: limits are counted in memory, per process")
 
     @staticmethod

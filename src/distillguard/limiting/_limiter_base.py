@@ -8,13 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 from limits.aio.strategies import STRATEGIES as ASYNC_STRATEGIES
+from limits.errors import StorageError
 from limits.strategies import STRATEGIES
 
 from ..errors import ConfigurationError
-from ._script import CHARGE_WINDOWS_LUA, LOAD_STATE_LUA, SAVE_STATE_LUA, scriptable
+from ._script import CHARGE_WINDOWS_LUA, LOAD_STATE_LUA, SAVE_STATE_LUA, outcomes, script_args, scriptable
 from ._table import BoundedTable
 from ._windows import WindowKeys, charge_window
 from .config import LimitConfig
+from .effects import UNREAD
 from .memory import AsyncBoundedMemoryStorage, BoundedMemoryStorage
 from .outage import CircuitBreaker, LimiterStats
 from .plan import LimitCheck, LimitOutcome
@@ -197,6 +199,32 @@ class LimiterBase:
                 connection.register_script(SAVE_STATE_LUA),
             )
         return holder.prefixed_key(key), self._state_scripts
+
+    def _script_args(
+        self, storage: Any, checks: tuple[LimitCheck, ...], charge: bool, state: tuple[str, str] | None
+    ) -> tuple[list[str], list[str | int], bool]:
+        """The charging script's ``KEYS`` and ``ARGV``, with the detector state's key and known
+        stamp last when ``state`` is to be read in the same round trip (and can be)."""
+        keys, args = script_args(storage, checks, charge)
+        io = self._state_io(state[0]) if state is not None else None
+        if io is None or state is None:
+            return keys, args, False
+        keys.append(io[0])
+        args.append(state[1])
+        return keys, args, True
+
+    @staticmethod
+    def _replied(
+        checks: tuple[LimitCheck, ...], replies: Any, charge: bool, read: bool
+    ) -> tuple[tuple[LimitOutcome, ...], object]:
+        """The script's replies: the windows' outcomes, and the state read with them (``None``
+        when this replica is up to date or nothing is stored) or ``UNREAD``."""
+        return outcomes(checks, replies, charge), (replies[len(checks)] or None) if read else UNREAD
+
+    @staticmethod
+    def _failure(exc: BaseException | None) -> StorageError:
+        """The error to report for a storage that failed (``exc``) or was skipped (``None``)."""
+        return StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
 
     def _in_memory(
         self, storage: Any, checks: tuple[LimitCheck, ...], charge: bool, mode: str

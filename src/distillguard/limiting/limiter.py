@@ -27,7 +27,6 @@ import anyio
 from limits.errors import StorageError
 
 from ._limiter_base import LimiterBase, logger, outcome_of, with_error
-from ._script import outcomes, script_args
 from ._table import BoundedTable
 from .config import LimitConfig
 from .effects import UNREAD, Charged
@@ -90,17 +89,12 @@ class Limiter(LimiterBase):
     ) -> tuple[tuple[LimitOutcome, ...], object]:
         script = self._charge_script(storage, checks, mode, lambda: storage.get_connection())
         if script is not None:
-            keys, args = script_args(storage, checks, charge)
-            io = self._state_io(state[0]) if state is not None else None
-            if io is not None and state is not None:  # the state read in the same round trip
-                keys.append(io[0])
-                args.append(state[1])
+            keys, args, read = self._script_args(storage, checks, charge, state)
             try:
                 replies = script(keys=keys, args=args)
             except Exception as exc:  # the driver's error, as limits would wrap it
                 raise StorageError(exc) from exc
-            stored = (replies[len(checks)] or None) if io is not None else UNREAD
-            return outcomes(checks, replies, charge), stored
+            return self._replied(checks, replies, charge, read)
         fast = self._in_memory(storage, checks, charge, mode)
         if fast is not None:
             return fast, UNREAD
@@ -139,7 +133,7 @@ class Limiter(LimiterBase):
                 except StorageError as failure:
                     stored = failure
             return Charged(charged, stored)
-        failed = StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
+        failed = self._failure(exc)
         error, decided = self._outage(checks, exc)
         if decided is not None:
             return Charged(decided, failed)
@@ -187,7 +181,7 @@ class Limiter(LimiterBase):
 
         done, result, exc = self._on_primary(load)
         if not done:
-            raise StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
+            raise self._failure(exc)
         return result
 
     def save_state(self, key: str, stamp: str, data: str, ttl_ms: int, expected: str = "") -> object:
@@ -253,17 +247,12 @@ class AsyncLimiter(LimiterBase):
     ) -> tuple[tuple[LimitOutcome, ...], object]:
         script = self._charge_script(storage, checks, mode, lambda: storage.bridge.get_connection())
         if script is not None:
-            keys, args = script_args(storage, checks, charge)
-            io = self._state_io(state[0]) if state is not None else None
-            if io is not None and state is not None:  # the state read in the same round trip
-                keys.append(io[0])
-                args.append(state[1])
+            keys, args, read = self._script_args(storage, checks, charge, state)
             try:
                 replies = await script(keys=keys, args=args)
             except Exception as exc:  # the driver's error, as limits would wrap it
                 raise StorageError(exc) from exc
-            stored = (replies[len(checks)] or None) if io is not None else UNREAD
-            return outcomes(checks, replies, charge), stored
+            return self._replied(checks, replies, charge, read)
         fast = self._in_memory(storage, checks, charge, mode)
         if fast is not None:
             return fast, UNREAD
@@ -301,7 +290,7 @@ class AsyncLimiter(LimiterBase):
                 except StorageError as failure:
                     stored = failure
             return Charged(charged, stored)
-        failed = StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
+        failed = self._failure(exc)
         error, decided = self._outage(checks, exc)
         if decided is not None:
             return Charged(decided, failed)
@@ -349,7 +338,7 @@ class AsyncLimiter(LimiterBase):
 
         done, result, exc = await self._on_primary(load)
         if not done:
-            raise StorageError(exc if isinstance(exc, Exception) else RuntimeError("the storage is skipped"))
+            raise self._failure(exc)
         return result
 
     async def save_state(self, key: str, stamp: str, data: str, ttl_ms: int, expected: str = "") -> object:
