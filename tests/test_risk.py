@@ -253,3 +253,42 @@ def test_the_penalty_box_does_not_hold_a_shadow_tier(guard_factory: Callable[...
     dial.value = 0.0
     later = drive(guard.flow(req("partner-app", T0 + 60, identity=partner)), perform)
     assert later.problem is None and later.reasons != ("risk:penalty_box",)
+
+
+def test_several_issuers_box_and_score_the_same_sub_apart() -> None:
+    """With several issuers, ``alice`` of one and ``alice`` of another are two clients for the
+    detectors, the risk and the penalty box too (not only for the limits): one is blocked, the
+    other is served. The app still sees ``alice``."""
+    from distillguard import DistillGuardWSGIMiddleware
+    from tests.helpers import EchoWSGIApp, jwt_config, make_token
+    from tests.limiting.apps import wsgi_call
+
+    a, b = "https://a.example", "https://b.example"
+    dial = Dial()
+    seen: list[str] = []
+
+    class Witness:
+        name = "witness"
+
+        def score(self, observation: Any) -> DetectorResult:
+            seen.append(observation.identity.client_id)
+            return DetectorResult(self.name, 0.0)
+
+    guard = Guard(
+        jwt=jwt_config(issuer=[a, b]),
+        detectors=[dial, Witness()],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=600)),
+    )
+    app = EchoWSGIApp()
+    mw = DistillGuardWSGIMiddleware(app, guard=guard)
+
+    def status(issuer: str) -> int:
+        return wsgi_call(mw, CHAT, token=make_token(sub="alice", iss=issuer))[0]
+
+    dial.value = 1.0
+    assert status(a) == 429  # blocked, and boxed
+    dial.value = 0.0
+    assert status(a) == 429  # the box holds alice of a
+    assert status(b) == 200  # not alice of b
+    assert len(set(seen)) == 2 and all(s.endswith("alice") for s in seen)
+    assert app.calls[-1].identity.client_id == "alice"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .decision import Action, Decision
@@ -234,17 +234,22 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     identity = _identify(guard, request)
     if isinstance(identity, Decision):
         return identity
+    # whom the detectors, the risk and the penalty box follow: the client, within its tenant
+    # when several issuers are accepted (the same ``sub`` of two issuers is two clients)
+    owner = guard.plan.owner(identity)
+    subject = identity if owner == identity.client_id else replace(identity, client_id=owner)
+    client = subject.client_id
 
     mode = detection_mode(policy, identity.tier)
     risk = guard.risk if mode != "off" else None
     box: LimitCheck | None = None  # the client's window in the shared penalty box
     level: LimitCheck | None = None  # and its shared level (flag, throttle, degrade)
     if risk is not None and not policy.shadow and mode == "enforce":  # the box holds across routes
-        until = risk.boxed_until(identity.client_id, now)
+        until = risk.boxed_until(client, now)
         if until is not None:
             return _boxed(identity, policy, until - now)
-        box = risk.box_check(identity)
-        level = risk.level_check(identity)
+        box = risk.box_check(subject)
+        level = risk.level_check(subject)
 
     query = parse_query(request.body, request.content_type)
     plan = guard.plan
@@ -264,13 +269,13 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     share = guard.state_share if mode != "off" else None
     load = None  # the client's detector state as other replicas left it, read with the windows
     if share is not None:
-        load = LoadState(share.key(identity.client_id), share.known(identity.client_id))
+        load = LoadState(share.key(client), share.known(client))
     outcomes, stored = yield from _limits(checks, now, load)
     shared_level = 0
     if box is not None and outcomes and outcomes[0].mode in ("primary", "fallback"):
         read, outcomes = outcomes[0], outcomes[1:]
         if not read.allowed and risk is not None:  # another replica boxed the client
-            until = risk.box(identity.client_id, now, read.reset_at)  # no need to ask again
+            until = risk.box(client, now, read.reset_at)  # no need to ask again
             return _boxed(identity, policy, until - now, tuple(outcomes))
         if outcomes and outcomes[0].check is level:
             shared_level = risk.level_of(outcomes[0].remaining) if risk is not None else 0
@@ -292,7 +297,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
             )
 
     observation = Observation(
-        identity=identity,
+        identity=subject,
         timestamp=now,
         method=request.method,
         route=request.path,
@@ -308,23 +313,23 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
             share.count(False, False)
             unread = True
         else:
-            share.install(identity.client_id, stored)
+            share.install(client, stored)
     kinds = guard.detector_kinds if mode != "off" else ()
     scored = yield from _score(kinds, observation, policy)
     if share is not None and not unread:
-        scored = yield from _share(share, identity.client_id, kinds, observation, policy, scored)
+        scored = yield from _share(share, client, kinds, observation, policy, scored)
     results, failed = scored
     errors += tuple(f"detector:{name}" for name in failed)
 
     if risk is None:
         action, score, reasons = decide(results, policy)
     else:
-        verdict = risk.assess(identity.client_id, results, now, risk.floor(shared_level))
+        verdict = risk.assess(client, results, now, risk.floor(shared_level))
         action, score, reasons = verdict.action, verdict.risk, verdict.reasons
         if level is not None and risk.level(verdict) > shared_level:  # tell the other replicas
             yield ChargeLimit(level, risk.level(verdict) - shared_level)
         if verdict.throttle and not refused:  # a throttled client is charged a tighter window
-            throttled, _ = yield from _limits(risk.throttle_checks(identity), now)
+            throttled, _ = yield from _limits(risk.throttle_checks(subject), now)
             outcomes = [*outcomes, *throttled]
             refused_throttle = [o for o in throttled if not o.allowed]
             if refused_throttle and action is not Action.BLOCK:

@@ -28,7 +28,9 @@ class Observation:
     """One request, as a detector sees it.
 
     Attributes:
-        identity: the verified client.
+        identity: the verified client. Key per-client state by its ``client_id``: with several
+            accepted issuers it is the tenant and the ``sub`` joined by ``"\\x1f"``, so that the
+            same ``sub`` of two issuers is two clients.
         timestamp: when the request arrived (unix seconds).
         method: the HTTP method.
         route: the request path.
