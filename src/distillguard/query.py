@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Query", "QueryKind", "parse_query"]
+__all__ = ["Query", "QueryKind", "finite_float", "parse_query"]
 
 QueryKind = str
 """One of ``"chat"``, ``"completion"``, ``"embedding"``, ``"vector"``, ``"json"``, ``"raw"``,
@@ -111,7 +111,9 @@ def _int(value: object) -> int | None:
     return value
 
 
-def _float(value: object) -> float | None:
+def finite_float(value: object) -> float | None:
+    """``value`` as a finite float, or ``None`` when it is not a JSON number (a boolean, a
+    string) or not a finite one (``NaN``, an integer of hundreds of digits)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
@@ -260,7 +262,7 @@ def parse_query(body: bytes, content_type: str = "application/json") -> Query:
         top_logprobs=top,
         logit_bias=bias,
         stream=data.get("stream") is True,
-        temperature=_float(data.get("temperature")),
+        temperature=finite_float(data.get("temperature")),
         inputs=max(inputs, 1),
         vector=vector,
         size=size,

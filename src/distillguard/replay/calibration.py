@@ -37,6 +37,7 @@ from typing import Any, TextIO
 from ..decision import Decision
 from ..errors import ConfigurationError
 from ..policy import Policy
+from ..query import finite_float
 from ..risk import RiskPolicy, calibrate as risk_calibrate
 from .engine import ReplayEngine, offline_guard
 from .log import DEFAULT_MAX_LINE_BYTES, DEFAULT_ROUTES, LogRecord, LogStats, Oversized
@@ -125,7 +126,7 @@ class Thresholds:
             raise ConfigurationError("thresholds file: 'thresholds' must be an object {detector: threshold}")
         detectors: dict[str, float] = {}
         for name, value in thresholds.items():
-            number = _number(value)
+            number = finite_float(value)
             if number is None or not 0.0 < number < 1.0:
                 raise ConfigurationError(
                     f"thresholds file: thresholds.{name} must be a number in (0, 1), not {_shown(value)}"
@@ -183,17 +184,6 @@ class Thresholds:
         write_atomic(path, text.encode("utf-8", "backslashreplace"))
 
 
-def _number(value: object) -> float | None:
-    """``value`` as a finite float, or ``None`` when it is not a JSON number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _shown(value: object) -> str:
     """A short rendering of a bad value for an error message."""
     text = json.dumps(value, ensure_ascii=True, default=repr)
@@ -201,7 +191,7 @@ def _shown(value: object) -> str:
 
 
 def _field(data: Mapping[str, Any], key: str, default: float) -> float:
-    number = _number(data.get(key, default))
+    number = finite_float(data.get(key, default))
     if number is None:
         raise ConfigurationError(f"thresholds file: {key!r} must be a number, not {_shown(data.get(key))}")
     return number

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
+from ..query import finite_float
+
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_ROUTES",
@@ -174,17 +176,6 @@ def _headers(value: object) -> Mapping[str, str] | None:
     return {str(k).lower(): str(v) for k, v in value.items()}
 
 
-def _timestamp(value: object) -> float | None:
-    """A finite float timestamp, or ``None`` (a JSON integer may be too large for a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        ts = float(value)
-    except OverflowError:
-        return None
-    return ts if math.isfinite(ts) else None
-
-
 def _body(value: object) -> tuple[bytes, bool] | None:
     """The request body as bytes and whether it is JSON, or ``None`` when it cannot be encoded.
 
@@ -218,7 +209,7 @@ def _parse(line_no: int, text: str) -> tuple[LogRecord, bool] | None:
         return None
     if not isinstance(obj, dict):
         return None
-    ts = _timestamp(obj.get("ts"))
+    ts = finite_float(obj.get("ts"))  # a JSON integer may be too large for a float
     client = obj.get("client")
     path = obj.get("path")
     if ts is None:
