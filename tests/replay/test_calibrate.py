@@ -83,7 +83,7 @@ def test_detector_errors_are_counted_in_the_file_and_warned_about(
     data = json.loads(out.read_text())
     assert data["errors"] == {"detector:field_score": 3}
     assert Thresholds.load(out).errors == {"detector:field_score": 3}
-    assert "warning: detector:field_score failed on 3 requests" in capsys.readouterr().err
+    assert "warning: internal errors while replaying: detector:field_score 3" in capsys.readouterr().err
 
 
 def test_floor_and_window_are_applied(tmp_path: Path) -> None:

@@ -86,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"distillguard calibrate: cannot write {args.out}: {exc}", file=sys.stderr)
         return 2
-    report_log(stats, thresholds.clients, quiet=args.quiet)
-    for kind, count in sorted(thresholds.errors.items()):  # a failing detector lowers its null
-        print(f"distillguard calibrate: warning: {kind} failed on {count:,} requests", file=sys.stderr)
+    # a failing detector scored 0, which lowers its null: warned about, as replay does
+    report_log(stats, thresholds.clients, quiet=args.quiet, errors=thresholds.errors)
     if not args.quiet:
         for name, value in sorted(thresholds.detectors.items()):
             n = thresholds.samples.get(name, 0)
