@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..identity import Identity
-from ..query import Query
+from ..query import Query, finite_float
 
 __all__ = [
     "AsyncDetector",
@@ -109,13 +109,8 @@ def checked_result(result: object, name: str) -> DetectorResult | None:
         return None
     clean: dict[str, float] = {}
     for key, value in signals.items():
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-        if not math.isfinite(number):
+        number = finite_float(value)
+        if not isinstance(key, str) or number is None:
             return None
         clean[key if _TOKEN.fullmatch(key) else "invalid"] = number
     reasons = tuple(r if _TOKEN.fullmatch(r) else "invalid" for r in reasons)
