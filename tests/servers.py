@@ -11,6 +11,9 @@
 ``RedisServer`` / ``require_redis()``
     One ``redis-server`` process on a port (start, stop, restart, flush, ``redis-cli``); the
     check that skips without the binary locally but fails in CI (``CI=true``).
+``RedisCluster``
+    A Redis Cluster of three ``redis-server`` masters on free ports (``redis-cli --cluster
+    create``); each node can be stopped and started again with its slots.
 ``BlackHole``
     A TCP server that accepts connections and never answers (a hung Redis or JWKS endpoint:
     no refusal, no reply).
@@ -26,6 +29,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -37,9 +41,17 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now (held open together while they
+    are chosen, so the kernel cannot hand out one twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 @contextlib.contextmanager
@@ -88,8 +100,9 @@ def require_redis() -> None:
 class RedisServer:
     """One ``redis-server`` process on ``port`` (start, stop, restart)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, options: tuple[str, ...] = ()) -> None:
         self.port = port
+        self.options = options
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,15 +123,20 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:  # e.g. the port was taken meanwhile
+                self.process = None
+                raise RuntimeError(f"redis-server exited at startup on port {self.port}")
             if self.ping():
                 return
             time.sleep(0.02)
+        self.stop()
         raise RuntimeError("redis-server did not start")
 
     def ping(self) -> bool:
@@ -152,6 +170,86 @@ class RedisServer:
     def flush(self) -> None:
         """Empty the database."""
         self.cli("FLUSHALL")
+
+
+class RedisCluster:
+    """A Redis Cluster of ``size`` masters (no replicas) on free ports, its node files in
+    ``directory``. A stopped node started again keeps its node file, so it takes its slots back
+    (empty: nothing is persisted); ``node-timeout`` is one second, so the others mark it failed
+    quickly."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.nodes: list[RedisServer] = []
+        ports = free_ports(2 * size)
+        for port, bus in zip(ports[:size], ports[size:], strict=True):
+            options = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",  # not port + 10000, which may be taken or past 65535
+                str(bus),
+                "--cluster-config-file",
+                str(directory / f"nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "1000",
+            )
+            self.nodes.append(RedisServer(port, options))
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:<port of the first node>``."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        """Start every node, assign the slots, wait until every node reports ``cluster_state:ok``."""
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Wait until every running node reports the cluster healthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in self.nodes if node.process):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become healthy")
+
+    def owner(self, key: str) -> RedisServer:
+        """The node that holds ``key``'s hash slot."""
+        slot = int(self.nodes[0].cli("CLUSTER", "KEYSLOT", key))
+        for line in self.nodes[0].cli("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for part in fields[8:]:
+                low, _, high = part.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return next(node for node in self.nodes if node.port == port)
+        raise LookupError(f"no node holds slot {slot}")
+
+    def stored_keys(self) -> list[str]:
+        """Every key of every running node."""
+        return sorted(k for node in self.nodes if node.process for k in node.cli("--scan").split())
+
+    def flush(self) -> None:
+        """Empty every node."""
+        for node in self.nodes:
+            node.flush()
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
 
 
 class BlackHole:

@@ -4,6 +4,8 @@
 restart it on the same port, for outage tests. Without the binary the tests are skipped
 locally, but fail loudly in CI (``CI=true``): they must run there.
 
+``closing`` collects the harnesses a test builds and closes them after it.
+
 ``black_hole`` is a TCP server that accepts connections and never answers (the worst Redis
 failure: no refusal, no reply).
 """
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.limiting.apps import close_harnesses as close_harnesses
+from tests.limiting.apps import Harness, close_harnesses as close_harnesses
 from tests.servers import BlackHole, RedisServer, free_port, require_redis
 
 
@@ -35,6 +37,15 @@ def redis_server(redis_module_server: RedisServer) -> Iterator[RedisServer]:
         redis_module_server.start()
     redis_module_server.flush()
     yield redis_module_server
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Harness]]:
+    """A list the test appends its harnesses to; each is closed after the test."""
+    made: list[Harness] = []
+    yield made
+    for harness in made:
+        harness.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -96,14 +95,6 @@ def states(harness: Harness) -> dict[str, Any]:
         if state is not None:
             out[detector.name] = encode_state(state)
     return out
-
-
-@pytest.fixture
-def closing() -> Iterator[list[Harness]]:
-    made: list[Harness] = []
-    yield made
-    for harness in made:
-        harness.close()
 
 
 @pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter"])

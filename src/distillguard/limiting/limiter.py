@@ -396,3 +396,9 @@ class AsyncLimiter(LimiterBase):
             await client.aclose()
             if pool is not None and hasattr(pool, "disconnect"):
                 await pool.disconnect()
+            nodes = getattr(client, "nodes_manager", None)
+            if nodes is not None and hasattr(nodes, "aclose"):
+                # A cluster client that a failed node marked for re-initialisation closes
+                # nothing in ``aclose``: close its nodes' connections here.
+                await nodes.aclose()
+                await nodes.aclose("startup_nodes")
