@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, LimitConfig, Policy
 from distillguard.telemetry import (
     ATTR_CLIENT_ID,
+    ATTR_CLIENT_TENANT,
     ATTR_CLIENT_TIER,
     ATTR_DECISION,
     ATTR_DETECTOR_SCORE,
@@ -553,6 +554,7 @@ def test_valid_token_identity_and_span(serve: Callable[..., Served], span_export
     assert attrs[ATTR_DECISION] == "allow"
     assert attrs[ATTR_CLIENT_ID] == hash_identifier(SUBJECT)
     assert attrs[ATTR_CLIENT_TIER] == "pro"
+    assert attrs[ATTR_CLIENT_TENANT] == ISSUER
     assert len(attrs[ATTR_QUERY_FINGERPRINT]) == 16
     assert attrs[ATTR_LIMIT_REMAINING] == 999
     assert attrs["http.response.status_code"] == 200

@@ -27,6 +27,7 @@ from .metrics import ClientTracker, GuardMetrics
 from .names import (
     ATTR_AUTH_FAILURE,
     ATTR_CLIENT_ID,
+    ATTR_CLIENT_TENANT,
     ATTR_CLIENT_TIER,
     ATTR_DECISION,
     ATTR_DETECTOR,
@@ -56,6 +57,7 @@ from .spans import Telemetry
 __all__ = [
     "ATTR_AUTH_FAILURE",
     "ATTR_CLIENT_ID",
+    "ATTR_CLIENT_TENANT",
     "ATTR_CLIENT_TIER",
     "ATTR_DECISION",
     "ATTR_DETECTOR",

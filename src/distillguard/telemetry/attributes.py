@@ -73,6 +73,8 @@ class AttributeBuilder:
         if identity is not None:
             attrs[n.ATTR_CLIENT_ID] = self.client(identity.client_id)
             attrs[n.ATTR_CLIENT_TIER] = self.cap(identity.tier)
+            if identity.tenant:
+                attrs[n.ATTR_CLIENT_TENANT] = self.cap(identity.tenant)
         if decision.shadow:
             attrs[n.ATTR_SHADOW] = True
         if decision.auth_failure is not None:

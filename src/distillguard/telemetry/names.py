@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ATTR_AUTH_FAILURE",
     "ATTR_CLIENT_ID",
+    "ATTR_CLIENT_TENANT",
     "ATTR_CLIENT_TIER",
     "ATTR_DECISION",
     "ATTR_DETECTOR",
@@ -58,6 +59,7 @@ EVENT_DECISION = "distillguard.decision"
 # -- distillguard's own span attributes ------------------------------------------------------
 ATTR_CLIENT_ID = "distillguard.client.id"
 ATTR_CLIENT_TIER = "distillguard.client.tier"
+ATTR_CLIENT_TENANT = "distillguard.client.tenant"
 ATTR_DECISION = "distillguard.decision"
 ATTR_SHADOW = "distillguard.shadow"
 ATTR_SCORE = "distillguard.score"
