@@ -400,13 +400,14 @@ def test_memory_is_bounded_under_100k_accounts() -> None:
             )
             det.score(obs)
     assert len(det.states) == 10_000 and det.states.evictions == 90_000
+    assert len(det.accounts) == 10_000 and det.accounts.evictions == 90_000
     assert len(det.families) == 512 and det.families.evictions > 10_000
     assert len(det.groups) == 64 and det.groups.evictions > 0
     assert det.member_evictions > 0
-    state = det.states.peek("acct-99996")
-    assert state is not None and state.member
-    shared = {id(key) for key in (*state.groups, *state.member)}  # interned, shared by every member
-    assert deep_sizeof(state, shared) <= 768
+    window, account = det.states.peek("acct-99996"), det.accounts.peek("acct-99996")
+    assert window is not None and account is not None and account.member
+    shared = {id(key) for key in (*account.groups, *account.member)}  # interned, shared by every member
+    assert deep_sizeof(window) + deep_sizeof(account, shared) <= 768
     size = deep_sizeof(det)
     assert size < 10_000 * 900 + 512 * 1000 + 64 * 400 + 300_000, size
 

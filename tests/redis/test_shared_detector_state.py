@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from distillguard import DetectorResult, DistillGuardMiddleware, Guard, LimitConfig, Observation, Policy
 from distillguard.detectors._sharing import encode_state
 from distillguard.detectors._state import LRUStates
+from distillguard.detectors.campaign import CampaignDetector
 from distillguard.detectors.defaults import default_detectors
 from distillguard.detectors.near_duplicate import NearDuplicateDetector
 from tests.helpers import jwt_config, make_token
@@ -392,12 +393,65 @@ def test_memory_storage_shares_nothing() -> None:
     assert guard.state_share is None
 
 
-def test_only_per_client_detectors_share(redis_server: RedisServer) -> None:
+def test_every_built_in_detector_shares(redis_server: RedisServer) -> None:
+    """The default detectors and the campaign detector (its per-account windows) share."""
     guard = Guard(
         jwt=jwt_config(),
         limits=LimitConfig(storage_uri=redis_server.url),
         detectors=[*default_detectors(), "campaign"],
     )
     assert guard.state_share is not None
-    assert "campaign" not in guard.state_share.names
-    assert set(guard.state_share.names) == {d.name for d in default_detectors()}
+    assert set(guard.state_share.names) == {d.name for d in default_detectors()} | {"campaign"}
+
+
+class WatchedCampaign(CampaignDetector):
+    """The campaign detector, keeping every score it gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores: list[float] = []
+
+    def score(self, observation: Observation) -> DetectorResult:
+        result = super().score(observation)
+        self.scores.append(result.score)
+        return result
+
+
+def campaign_flag(harnesses: list[Harness], clock: Clock, accounts: int, requests: int) -> int | None:
+    """A template campaign over ``accounts`` accounts (one user agent), taking turns, sent round
+    robin to the replicas: the 1-based index of the first request the campaign detector scores
+    at the flag level, or ``None``."""
+    tokens = [make_token(sub=f"acct-{a}", now=T0, exp=int(T0) + 3600) for a in range(accounts)]
+    for i in range(requests):
+        clock.now = T0 + 1.7 * (i + 1)
+        harness = harnesses[i % len(harnesses)]
+        detector = harness.guard.detectors[0]
+        assert isinstance(detector, WatchedCampaign)
+        harness.call(
+            chat_body(SWEEP[i % len(SWEEP)]), token=tokens[i % accounts], headers={"user-agent": "bot/1.0"}
+        )
+        if detector.scores[-1] >= 0.5:
+            return i + 1
+    return None
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_campaign_accounts_share_their_windows_across_replicas(
+    redis_server: RedisServer, kind: str, closing: list[Harness]
+) -> None:
+    """The campaign detector's per-account windows are shared: with three replicas taking turns,
+    each account counts as concentrated on the template as soon as its whole stream says so,
+    so the campaign is flagged far sooner than with each replica's own windows (its family
+    records, across accounts, stay per replica: they fill as the members reach each replica)."""
+    clock = Clock()
+    found = {}
+    for label, count, shared in (("one", 1, True), ("shared", 3, True), ("apart", 3, False)):
+        redis_server.flush()
+        harnesses = replicas(
+            kind, redis_server.url, clock, count, shared=shared, detectors=lambda: [WatchedCampaign()]
+        )
+        closing.extend(harnesses)
+        found[label] = campaign_flag(harnesses, clock, accounts=10, requests=120)
+    assert found["one"] is not None and found["shared"] is not None
+    assert found["shared"] <= found["one"] + 2 * 10  # the members reach every replica within two rounds
+    assert found["apart"] is None or found["apart"] >= found["shared"] + 10

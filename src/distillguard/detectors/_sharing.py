@@ -23,8 +23,8 @@ that requests served at the same moment lose no query.
 A detector shares its state when its class says ``shares_state = True`` and its per-client
 states are an :class:`~distillguard.detectors._state.LRUStates` (attribute ``states``) of
 objects whose ``__slots__`` hold only ``None``, ``bool``, ``int``, ``float``, ``bytes``,
-``bytearray`` or ``array.array`` values. Every per-client built-in detector does; the campaign
-detector (state across accounts) stays per process.
+``bytearray`` or ``array.array`` values. Every built-in detector does; the campaign detector
+shares each account's recent requests, and keeps what spans accounts per process.
 """
 
 from __future__ import annotations

@@ -68,9 +68,19 @@ queries first (100 accounts x 10 queries: flagged after 138 of 1,000 in the benc
 accounts legitimately sharing one fixed template whose slots are only rare words (names,
 numbers) look like a campaign; the score cap keeps them from being blocked on this evidence
 alone. A campaign whose accounts also rotate templates, or that spreads over more than
-``max_families`` live families between two of its requests, evades it. State is per process:
-workers behind a load balancer each see a share of the campaign. Like the other detectors it is
-lock-free: two threads racing on one family record can at worst miscount a member once.
+``max_families`` live families between two of its requests, evades it. Like the other
+detectors it is lock-free: two threads racing on one family record can at worst miscount a
+member once.
+
+**Several replicas.** Each account's recent requests (its family and text keys) are shared
+through the limit storage like the per-client detectors' state (``shares_state``): an account is
+concentrated on a family as soon as its whole stream says so, whichever replica served it. The
+family records, the active-account counts and the background sketch (state across accounts)
+stay per process: a member joins a replica's record when that replica serves it. Three replicas
+taking turns flag a 10-account template campaign at its 32nd request, one replica at its 18th,
+and three replicas with the windows per process at their 52nd
+(``tests/redis/test_shared_detector_state.py``). A request scored twice after a conflicting
+write counts its family in the background sketch twice.
 """
 
 from __future__ import annotations
@@ -102,14 +112,25 @@ _LN10 = math.log(10.0)
 _EMPTY = DetectorResult("campaign", 0.0)
 
 
-class _Account:
-    __slots__ = ("families", "groups", "last", "member", "member_ts", "n", "pos", "source", "texts")
+class _Window:
+    """An account's recent text requests (shared across replicas with the limit storage)."""
+
+    __slots__ = ("families", "n", "pos", "texts")
 
     def __init__(self, window: int, kinds: int) -> None:
         self.families = array("I", bytes(4 * kinds * window))
         self.texts = array("I", bytes(4 * window))
         self.n = 0
         self.pos = 0
+
+
+class _Account:
+    """What this process knows of an account: its groups and memberships (per process, as the
+    family records they name)."""
+
+    __slots__ = ("groups", "last", "member", "member_ts", "source")
+
+    def __init__(self) -> None:
         self.last = -math.inf
         self.source = 0
         self.groups: tuple[str, ...] = ()
@@ -164,6 +185,7 @@ class CampaignDetector:
     """
 
     name = "campaign"
+    shares_state = True
 
     def __init__(
         self,
@@ -228,7 +250,8 @@ class CampaignDetector:
         self.max_score = max_score
         self.max_members = max_members
         self.member_evictions = 0
-        self.states: LRUStates[_Account] = LRUStates(lambda: _Account(window, 3 if edge else 1), max_accounts)
+        self.states: LRUStates[_Window] = LRUStates(lambda: _Window(window, 3 if edge else 1), max_accounts)
+        self.accounts: LRUStates[_Account] = LRUStates(_Account, max_accounts)
         self.families: LRUStates[_Family] = LRUStates(lambda: _Family(max_members), max_families)
         self.active = ActiveAccounts(horizon, max_groups)
         self.groups = self.active.groups
@@ -276,7 +299,8 @@ class CampaignDetector:
         feats = features(query)
         now = observation.timestamp
         client_id = observation.identity.client_id
-        account = self.states.get(client_id)
+        account = self.accounts.get(client_id)
+        recent = self.states.get(client_id)
         source = hash((observation.identity.tenant, observation.client_address, observation.user_agent))
         if source != account.source:
             account.source = source
@@ -290,16 +314,16 @@ class CampaignDetector:
             self.active.arrive(account.groups, now)
         account.last = max(account.last, now)
         text_key = feats.key or 1
-        keys = NO_FAMILIES if text_key in account.texts else family_keys(feats, self.min_fixed, self.edge)
-        pos = account.pos
-        families = account.families
+        keys = NO_FAMILIES if text_key in recent.texts else family_keys(feats, self.min_fixed, self.edge)
+        pos = recent.pos
+        families = recent.families
         if self.edge:
             families[3 * pos], families[3 * pos + 1], families[3 * pos + 2] = keys
         else:
             families[pos] = keys[0]
-        account.texts[pos] = text_key
-        account.pos = (pos + 1) % self.window
-        account.n = n = account.n + 1
+        recent.texts[pos] = text_key
+        recent.pos = (pos + 1) % self.window
+        recent.n = n = recent.n + 1
         joined: list[tuple[int, float]] = []
         for fam in keys:
             if fam:
