@@ -14,6 +14,9 @@
 ``RedisCluster``
     A Redis Cluster of three ``redis-server`` masters on free ports (``redis-cli --cluster
     create``); each node can be stopped and started again with its slots.
+``RedisSentinel``
+    A master, its replica and one Sentinel (``redis-server --sentinel``) watching them, with a
+    one-second down-after: stopping the master promotes the replica within a few seconds.
 ``BlackHole``
     A TCP server that accepts connections and never answers (a hung Redis or JWKS endpoint:
     no refusal, no reply).
@@ -26,8 +29,10 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -104,6 +109,10 @@ class RedisServer:
         self.port = port
         self.options = options
         self.process: subprocess.Popen[bytes] | None = None
+        # its own working directory: a replica writes the copy it receives there (dump.rdb), and
+        # a server started in a directory holding one would load it
+        self.directory = tempfile.mkdtemp(prefix="redis-")
+        weakref.finalize(self, shutil.rmtree, self.directory, True)
 
     @property
     def url(self) -> str:
@@ -123,6 +132,8 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                self.directory,
                 *self.options,
             ],
             stdout=subprocess.DEVNULL,
@@ -250,6 +261,79 @@ class RedisCluster:
         """Stop every node."""
         for node in self.nodes:
             node.stop()
+
+
+class RedisSentinel:
+    """A master, a replica of it and one Sentinel monitoring them as ``mymaster`` (quorum 1,
+    ``down-after-milliseconds`` 1000), its configuration file in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        master, replica, sentinel = free_ports(3)
+        self.master = RedisServer(master)
+        self.replica = RedisServer(replica, ("--replicaof", "127.0.0.1", str(master)))
+        self.port = sentinel
+        self.config = directory / "sentinel.conf"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://127.0.0.1:<sentinel port>/mymaster``."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster"
+
+    def start(self) -> None:
+        """Start the master, the replica and the Sentinel; wait until the Sentinel knows both."""
+        self.master.start()
+        self.replica.start()
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n"
+            "sentinel down-after-milliseconds mymaster 1000\n"
+            "sentinel failover-timeout mymaster 3000\n"
+        )
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if "slave" in self.cli("SENTINEL", "REPLICAS", "mymaster"):
+                    return
+            except subprocess.CalledProcessError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the Sentinel did not find the replica")
+
+    def cli(self, *args: str) -> str:
+        """Run ``redis-cli`` against the Sentinel."""
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout
+
+    def master_port(self) -> int:
+        """The port of the master the Sentinel names now."""
+        return int(self.cli("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster").split()[-1])
+
+    def wait_failover(self, timeout: float = 20) -> None:
+        """Wait until the Sentinel names the replica as the master and it accepts writes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.master_port() == self.replica.port and "master" in self.replica.cli("ROLE").split()[:1]:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Sentinel did not promote the replica")
+
+    def stop(self) -> None:
+        """Stop the Sentinel, the replica and the master."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+        self.replica.stop()
+        self.master.stop()
 
 
 class BlackHole:
