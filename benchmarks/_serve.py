@@ -19,3 +19,22 @@ guarded_unsampled = _apps.guarded_starlette(_apps.make_guard(NoOpTracerProvider(
 def peer() -> object:
     """The Starlette peer stack (an app factory: ``--factory``)."""
     return _peers.starlette_peer(_apps.tracer_provider())
+
+
+def gateway() -> object:
+    """A bare :class:`~distillguard.gateway.Gateway` to ``$DG_BENCH_UPSTREAM`` (``--factory``)."""
+    import os
+
+    from distillguard.gateway import Gateway
+
+    return Gateway(os.environ["DG_BENCH_UPSTREAM"])
+
+
+def guarded_gateway() -> object:
+    """The guarded gateway to ``$DG_BENCH_UPSTREAM`` (JWT, two windows, span, trivial detector)."""
+    import os
+
+    from distillguard.gateway import gateway_app
+
+    guard = _apps.make_guard(_apps.tracer_provider(), [_apps.TrivialDetector()])
+    return gateway_app(os.environ["DG_BENCH_UPSTREAM"], guard=guard)

@@ -93,16 +93,26 @@ def _wrk(port: int, script: str, seconds: int, threads: int, connections: int) -
     return {"rps": rps, "p50": p50, "p99": p99, "requests": total}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+Servers = dict[str, tuple[subprocess.Popen[bytes], int]]
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The load options (``--seconds``, ``--rounds``, ``--threads``, ``--connections``); exits
+    when ``wrk`` is not installed."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    return parser
 
+
+def load(servers: Servers, args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    """Load every server with wrk in turn, ``args.rounds`` times (after a warm-up), with the
+    benchmark's chat request; each run's figures plus the server's CPU per request. Stops the
+    servers afterwards."""
     body = _apps.chat_body().decode()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
@@ -111,9 +121,6 @@ def main(argv: list[str] | None = None) -> None:
             'wrk.headers["Content-Type"] = "application/json"\n'
             f'wrk.headers["Authorization"] = "Bearer {_apps.token()}"\n'
         )
-    servers = {name: _start(target, False) for name, target in APPS.items()}
-    if _peers.available():
-        servers["peer stack"] = _start("benchmarks._serve:peer", True)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     try:
         for _, port in servers.values():  # warm-up
@@ -129,6 +136,16 @@ def main(argv: list[str] | None = None) -> None:
             proc.terminate()
             proc.wait(10)
         os.unlink(script.name)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(__doc__).parse_args(argv)
+
+    servers = {name: _start(target, False) for name, target in APPS.items()}
+    if _peers.available():
+        servers["peer stack"] = _start("benchmarks._serve:peer", True)
+    results = load(servers, args)
 
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])

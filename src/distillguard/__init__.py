@@ -17,6 +17,7 @@ from .errors import (
     DistillGuardError,
     PluginError,
     StateError,
+    UpstreamError,
 )
 from .guard import Guard
 from .identity import Identity, JWKSKeys, JWTConfig
@@ -50,5 +51,6 @@ __all__ = [
     "Query",
     "StateError",
     "TelemetryConfig",
+    "UpstreamError",
     "__version__",
 ]

@@ -7,7 +7,8 @@ that cross the adapter boundary. Exceptions are for programming and configuratio
     ├── ConfigurationError      invalid settings, raised at construction (fail fast)
     │   └── PluginError         a detector plugin could not be loaded or validated
     ├── AuthenticationError     a token failed verification (internal; becomes a 401 decision)
-    └── StateError              shared detector or limiter state could not be reached
+    ├── StateError              shared detector or limiter state could not be reached
+    └── UpstreamError           the gateway's model server failed after its answer started
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "DistillGuardError",
     "PluginError",
     "StateError",
+    "UpstreamError",
 ]
 
 
@@ -56,3 +58,8 @@ class AuthenticationError(DistillGuardError):
 
 class StateError(DistillGuardError):
     """Shared state (limiter storage, detector state) could not be read or written."""
+
+
+class UpstreamError(DistillGuardError):
+    """The model server behind :class:`~distillguard.gateway.Gateway` failed after its answer
+    had started (before, the gateway answers 502 or 504 itself): raised to abort the response."""

@@ -174,6 +174,19 @@ class Problem:
         )
 
     @classmethod
+    def upstream(cls, code: str) -> Problem:
+        """502 ``upstream_unavailable`` (the gateway's model server could not be reached or
+        answered with a broken response) or 504 ``upstream_timeout`` (it did not answer in
+        time)."""
+        timeout = code == "upstream_timeout"
+        return cls(
+            status=504 if timeout else 502,
+            code=code,
+            title="Gateway Timeout" if timeout else "Bad Gateway",
+            detail=f"The model server {'did not answer in time' if timeout else 'is unavailable'}.",
+        )
+
+    @classmethod
     def guard_error(cls) -> Problem:
         """500 when the guard itself failed and policy says to fail closed."""
         return cls(

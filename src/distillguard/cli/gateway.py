@@ -1,0 +1,64 @@
+"""``distillguard gateway``: the guard as a reverse proxy in front of a model server.
+
+Settings come from the ``DISTILLGUARD_*`` environment variables (:mod:`distillguard.settings`)
+plus ``DISTILLGUARD_UPSTREAM`` (the model server's URL, or ``--upstream``) and
+``DISTILLGUARD_UPSTREAM_AUTHORIZATION`` (an ``Authorization`` value sent to it). It serves with
+uvicorn (``pip install 'distillguard[gateway]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``gateway`` sub-command."""
+    parser = subparsers.add_parser(
+        "gateway",
+        help="serve the guard as a reverse proxy in front of a model server",
+        description=(
+            "Forward every request to the model server at --upstream (or $DISTILLGUARD_UPSTREAM) "
+            "through the guard, configured from the DISTILLGUARD_* environment variables. "
+            "Exit status 2 on a configuration error."
+        ),
+    )
+    parser.add_argument("--upstream", metavar="URL", help="the model server's base URL")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the upstream (default 60)"
+    )
+    parser.add_argument(
+        "--forward-authorization",
+        action="store_true",
+        help="also forward the client's Authorization header to the upstream",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the gateway and serve it until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        print("distillguard gateway needs uvicorn: pip install 'distillguard[gateway]'", file=sys.stderr)
+        return 2
+    from ..gateway import gateway_app
+
+    try:
+        app = gateway_app(
+            args.upstream, timeout=args.timeout, forward_authorization=args.forward_authorization
+        )
+    except ConfigurationError as exc:
+        print(f"distillguard gateway: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+    return 0

@@ -1,0 +1,409 @@
+"""The guarded gateway over real HTTP: a model server (uvicorn) behind the gateway (uvicorn),
+called with httpx and the official ``openai`` client. Requests reach the model server byte for
+byte with end-to-end headers only; answers come back chunk by chunk; the guard reads their
+token usage; refusals never reach the model server; an unreachable, slow or failing model
+server gives a problem+json answer or an aborted response, never a 500 or a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from examples.mock_llm import chat_chunks, chat_completion, sse_events
+
+from distillguard import ConfigurationError, Guard, LimitConfig
+from distillguard.gateway import Gateway, _end_to_end, gateway_app
+from distillguard.settings import DEV_AUDIENCE, DEV_ISSUER, DEV_SECRET
+from distillguard.telemetry import SPAN_NAME
+from tests.helpers import jwt_config, make_token
+from tests.servers import free_port, serve_in_thread, wait_until_serving
+
+pytestmark = pytest.mark.timeout(60)
+
+CHAT = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "Tell me about rivers, \u00e9t\u00e9."}]},
+    separators=(", ", ": "),
+).encode()
+
+
+COMMAND = [sys.executable, "-c", "from distillguard.cli import main; raise SystemExit(main())", "gateway"]
+
+
+class ModelServer:
+    """A stand-in model server that records what it receives: OpenAI-style chat answers (JSON,
+    or SSE with a pause between events), an error, a slow route and one that breaks mid-answer."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.left_at: float | None = None  # when a client of ``/endless`` went away
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        path = scope["path"]
+        self.seen.append(
+            {
+                "method": scope["method"],
+                "path": path,
+                "query": scope["query_string"],
+                "headers": [(k.decode(), v.decode()) for k, v in scope["headers"]],
+                "body": body,
+            }
+        )
+        if path == "/health":
+            await _json(send, 200, {"status": "ok"})
+            return
+        if path == "/endless":  # events until the client leaves
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")],
+                }
+            )
+
+            async def events() -> None:
+                while True:
+                    await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+                    await asyncio.sleep(0.05)
+
+            task = asyncio.ensure_future(events())
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            task.cancel()
+            self.left_at = time.monotonic()
+            return
+        if path == "/slow":
+            await asyncio.sleep(3)
+        if path == "/broken":
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]}
+            )
+            await send({"type": "http.response.body", "body": b"x" * 10, "more_body": True})
+            raise RuntimeError("the model server fails mid-answer")
+        if path == "/v1/bad":
+            await _json(send, 400, {"error": {"message": "bad model", "type": "invalid_request_error"}})
+            return
+        doc = json.loads(body)
+        if doc.get("stream") is True:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"x-upstream", b"yes")],
+                }
+            )
+            for event in sse_events(chat_chunks(doc)):
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                await asyncio.sleep(0.05)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await _json(send, 200, chat_completion(doc), [(b"x-upstream", b"yes")])
+
+
+async def _json(send: Any, status: int, doc: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps(doc).encode()
+    headers = [(b"content-type", b"application/json"), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+def model() -> Iterator[tuple[ModelServer, str]]:
+    server = ModelServer()
+    with serve_in_thread(server) as url:
+        yield server, url
+
+
+def serve_gateway(upstream: str, tracer_provider: Any = None, **options: Any) -> Any:
+    guard = Guard(jwt=jwt_config(), limits=LimitConfig(default="100/minute"), tracer_provider=tracer_provider)
+    return serve_in_thread(gateway_app(upstream, guard=guard, **options), lifespan="on")
+
+
+def test_a_request_reaches_the_model_server_as_sent_and_its_answer_comes_back(
+    model: tuple[ModelServer, str],
+) -> None:
+    """Method, path, query and body arrive unchanged; the guard's bearer token, hop-by-hop
+    headers and the client's Accept-Encoding do not; the upstream's key and X-Forwarded-*
+    are added; the answer (status, body, the upstream's headers) comes back, with the guard's
+    RateLimit fields."""
+    server, upstream = model
+    token = make_token(sub="alice")
+    with serve_gateway(upstream, upstream_headers={"authorization": "Bearer upstream-key"}) as url:
+        response = httpx.post(
+            f"{url}/v1/chat/completions?api-version=2",
+            content=CHAT,
+            headers={
+                "authorization": f"Bearer {token}",
+                "content-type": "application/json",
+                "x-request-id": "r-1",
+                "connection": "keep-alive, x-hop",
+                "x-hop": "private",
+                "accept-encoding": "gzip",
+            },
+        )
+    assert response.status_code == 200
+    assert response.json() == chat_completion(json.loads(CHAT)) | {"created": response.json()["created"]}
+    assert response.headers["x-upstream"] == "yes"
+    assert response.headers["ratelimit"].startswith('"100-per-1-minute";r=99')
+    (seen,) = server.seen
+    headers = dict(seen["headers"])
+    assert (seen["method"], seen["path"], seen["query"], seen["body"]) == (
+        "POST",
+        "/v1/chat/completions",
+        b"api-version=2",
+        CHAT,
+    )
+    assert headers["authorization"] == "Bearer upstream-key"
+    assert token not in json.dumps(seen["headers"])
+    assert headers["x-request-id"] == "r-1"
+    assert "x-hop" not in headers and headers.get("connection", "") != "keep-alive, x-hop"
+    assert headers["accept-encoding"] == "identity"
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == url.removeprefix("http://")
+    assert headers["content-length"] == str(len(CHAT))
+
+
+def test_the_bearer_token_is_forwarded_only_when_asked(model: tuple[ModelServer, str]) -> None:
+    server, upstream = model
+    token = make_token()
+    with serve_gateway(upstream, forward_authorization=True) as url:
+        assert (
+            httpx.post(
+                f"{url}/v1/chat/completions", content=CHAT, headers={"authorization": f"Bearer {token}"}
+            ).status_code
+            == 200
+        )
+    assert dict(server.seen[0]["headers"])["authorization"] == f"Bearer {token}"
+
+
+def test_a_streamed_answer_arrives_chunk_by_chunk_and_its_usage_is_read(
+    model: tuple[ModelServer, str], tracer_provider: Any, span_exporter: Any
+) -> None:
+    """Server-sent events reach the client as the model server sends them (the first long
+    before the last), byte for byte; the guard counts the answer's tokens from its usage."""
+    _, upstream = model
+    body = json.loads(CHAT) | {"stream": True, "stream_options": {"include_usage": True}}
+    expected = b"".join(sse_events(chat_chunks(body)))
+    with serve_gateway(upstream, tracer_provider) as url:
+        started = time.monotonic()
+        arrivals = []
+        received = b""
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {make_token()}"},
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for chunk in response.iter_raw():
+                arrivals.append(time.monotonic() - started)
+                received += chunk
+    events = expected.count(b"\n\n")
+    assert len(arrivals) >= events // 2  # not buffered into one piece
+    assert arrivals[-1] - arrivals[0] >= 0.05 * (events - 2)
+    assert _strip_created(received) == _strip_created(expected)
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == SPAN_NAME]
+    usage = body_usage(expected)
+    assert span.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert span.attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+
+
+def _strip_created(data: bytes) -> bytes:
+    """SSE frames with their ``created`` time zeroed (the model server stamps its own)."""
+    out = []
+    for frame in data.split(b"\n\n"):
+        if frame.startswith(b"data: {"):
+            doc = json.loads(frame[6:])
+            doc["created"] = 0
+            frame = b"data: " + json.dumps(doc).encode()
+        out.append(frame)
+    return b"\n\n".join(out)
+
+
+def body_usage(sse: bytes) -> dict[str, int]:
+    for frame in sse.split(b"\n\n"):
+        if frame.startswith(b"data: {") and b'"usage":{' in frame:
+            usage: dict[str, int] = json.loads(frame[6:])["usage"]
+            return usage
+    raise AssertionError("no usage frame")
+
+
+def test_refused_requests_never_reach_the_model_server(model: tuple[ModelServer, str]) -> None:
+    server, upstream = model
+    with serve_gateway(upstream) as url:
+        missing = httpx.post(f"{url}/v1/chat/completions", content=CHAT)
+        forged = httpx.post(
+            f"{url}/v1/chat/completions", content=CHAT, headers={"authorization": "Bearer a.b.c"}
+        )
+    assert (missing.status_code, forged.status_code) == (401, 401)
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert server.seen == []
+
+
+def test_an_unreachable_model_server_gives_502(tracer_provider: Any) -> None:
+    with serve_gateway(f"http://127.0.0.1:{free_port()}") as url:
+        started = time.monotonic()
+        response = httpx.post(
+            f"{url}/v1/chat/completions", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}
+        )
+    assert time.monotonic() - started < 5
+    assert response.status_code == 502 and response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "upstream_unavailable"
+    assert "retry-after" not in response.headers
+
+
+def test_a_slow_model_server_gives_504(model: tuple[ModelServer, str]) -> None:
+    _, upstream = model
+    with serve_gateway(upstream, timeout=0.5) as url:
+        started = time.monotonic()
+        response = httpx.post(
+            f"{url}/slow", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}
+        )
+    assert response.status_code == 504 and response.json()["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 2.5
+
+
+def test_the_model_servers_own_errors_pass_through(model: tuple[ModelServer, str]) -> None:
+    _, upstream = model
+    with serve_gateway(upstream) as url:
+        response = httpx.post(
+            f"{url}/v1/bad", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}
+        )
+    assert response.status_code == 400
+    assert response.json() == {"error": {"message": "bad model", "type": "invalid_request_error"}}
+
+
+def test_a_failure_mid_answer_aborts_the_response(model: tuple[ModelServer, str]) -> None:
+    """The client never gets a truncated answer passed off as complete."""
+    _, upstream = model
+    with serve_gateway(upstream) as url, pytest.raises(httpx.HTTPError):
+        httpx.post(f"{url}/broken", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}).read()
+
+
+def test_a_client_that_leaves_closes_the_upstream_request(model: tuple[ModelServer, str]) -> None:
+    """A client that stops reading an endless stream and closes its connection: the gateway
+    closes its request to the model server, which sees the disconnect at once."""
+    server, upstream = model
+    with serve_gateway(upstream) as url:
+        with httpx.stream(
+            "POST", f"{url}/endless", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}
+        ) as response:
+            chunks = response.iter_raw()
+            next(chunks), next(chunks)
+        left = time.monotonic()
+        deadline = left + 5
+        while server.left_at is None:
+            assert time.monotonic() < deadline, "the model server kept streaming"
+            time.sleep(0.02)
+    assert server.left_at - left < 2
+
+
+def test_the_body_cap_holds_on_exempt_paths(model: tuple[ModelServer, str]) -> None:
+    """Exempt paths skip the guard, not the gateway's own cap on what it forwards."""
+    server, upstream = model
+    with serve_gateway(upstream, max_body_bytes=1000) as url:
+        response = httpx.post(f"{url}/health", content=b"x" * 5000)
+        small = httpx.post(f"{url}/health", content=b"{}")
+    assert response.status_code == 413 and response.json()["code"] == "request_too_large"
+    assert small.status_code != 413 and [s["path"] for s in server.seen] == ["/health"]
+
+
+def test_the_openai_client_works_through_the_gateway(model: tuple[ModelServer, str]) -> None:
+    import openai
+
+    _, upstream = model
+    with serve_gateway(upstream) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=make_token(), max_retries=0)
+        answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+        assert answer.choices[0].message.content
+        stream = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hello"}], stream=True
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert text == answer.choices[0].message.content
+        bad = openai.OpenAI(base_url=f"{url}/v1", api_key="not-a-token", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello"}])
+
+
+def test_bad_settings_fail_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    for upstream in ("ftp://model", "model:8000", "http://"):
+        with pytest.raises(ConfigurationError):
+            Gateway(upstream)
+    with pytest.raises(ConfigurationError):
+        Gateway("http://model", upstream_headers={"host": "elsewhere"})
+    with pytest.raises(ConfigurationError):
+        Gateway("http://model", timeout=0)
+    monkeypatch.delenv("DISTILLGUARD_UPSTREAM", raising=False)
+    with pytest.raises(ConfigurationError):
+        gateway_app(guard=Guard(jwt=jwt_config()))
+
+
+def test_hop_by_hop_headers_are_dropped_both_ways() -> None:
+    headers = [
+        (b"Connection", b"close, X-Secret"),
+        (b"X-Secret", b"1"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Upgrade", b"h2c"),
+        (b"Content-Type", b"application/json"),
+    ]
+    assert _end_to_end(headers, frozenset()) == [(b"content-type", b"application/json")]
+
+
+def test_the_command_serves_the_gateway(model: tuple[ModelServer, str]) -> None:
+    """``distillguard gateway`` on the development settings forwards a request with a token
+    minted for them."""
+    server, upstream = model
+    port = free_port()
+    env = {**os.environ, "DISTILLGUARD_UPSTREAM": upstream, "DISTILLGUARD_UPSTREAM_AUTHORIZATION": "Bearer k"}
+    for name in (
+        "DISTILLGUARD_JWT_SECRET",
+        "DISTILLGUARD_JWT_ISSUER",
+        "DISTILLGUARD_JWT_AUDIENCE",
+        "DISTILLGUARD_ENV",
+    ):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [*COMMAND, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until_serving(port, process, timeout=30)
+        token = make_token(key=DEV_SECRET.encode(), iss=DEV_ISSUER, aud=DEV_AUDIENCE)
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            content=CHAT,
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 200, response.text
+        assert dict(server.seen[-1]["headers"])["authorization"] == "Bearer k"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_the_command_refuses_a_missing_upstream() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DISTILLGUARD_UPSTREAM"}
+    done = subprocess.run(COMMAND, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "DISTILLGUARD_UPSTREAM" in done.stderr
