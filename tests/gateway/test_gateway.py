@@ -59,6 +59,7 @@ class ModelServer:
                 "method": scope["method"],
                 "path": path,
                 "query": scope["query_string"],
+                "raw_path": scope.get("raw_path"),
                 "headers": [(k.decode(), v.decode()) for k, v in scope["headers"]],
                 "body": body,
             }
@@ -407,3 +408,19 @@ def test_the_command_refuses_a_missing_upstream() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DISTILLGUARD_UPSTREAM"}
     done = subprocess.run(COMMAND, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "DISTILLGUARD_UPSTREAM" in done.stderr
+
+
+def test_encoded_paths_and_queries_reach_the_model_server_unchanged(model: tuple[ModelServer, str]) -> None:
+    """Percent-encoded slashes, spaces and UTF-8 in the path and the query are neither decoded
+    nor encoded twice on the way (a classic proxy bug)."""
+    server, upstream = model
+    with serve_gateway(upstream) as url, httpx.Client() as client:
+        request = client.build_request(
+            "POST", f"{url}/v1/a%2Fb/c%20d/%C3%A9t%C3%A9?q=a%20b&x=%2F&y=%C3%A9", content=CHAT
+        )
+        request.headers["authorization"] = f"Bearer {make_token()}"
+        assert client.send(request).status_code == 200
+    (seen,) = server.seen
+    assert seen["query"] == b"q=a%20b&x=%2F&y=%C3%A9"
+    assert seen["path"] == "/v1/a/b/c d/\u00e9t\u00e9"  # the model server's ASGI view of it
+    assert seen["raw_path"] == b"/v1/a%2Fb/c%20d/%C3%A9t%C3%A9"
