@@ -60,6 +60,7 @@ class ModelServer:
                 "path": path,
                 "query": scope["query_string"],
                 "raw_path": scope.get("raw_path"),
+                "peer": tuple(scope["client"]) if scope.get("client") else None,
                 "headers": [(k.decode(), v.decode()) for k, v in scope["headers"]],
                 "body": body,
             }
@@ -424,3 +425,28 @@ def test_encoded_paths_and_queries_reach_the_model_server_unchanged(model: tuple
     assert seen["query"] == b"q=a%20b&x=%2F&y=%C3%A9"
     assert seen["path"] == "/v1/a/b/c d/\u00e9t\u00e9"  # the model server's ASGI view of it
     assert seen["raw_path"] == b"/v1/a%2Fb/c%20d/%C3%A9t%C3%A9"
+
+
+def test_connections_are_reused_and_none_leak(model: tuple[ModelServer, str]) -> None:
+    """Sequential answers reuse one pooled connection to the model server; streams that clients
+    abandon close theirs: after 60 mixed requests the process holds no more sockets than
+    before."""
+    server, upstream = model
+    token = make_token()
+    headers = {"authorization": f"Bearer {token}"}
+    streamed = json.loads(CHAT) | {"stream": True}
+    with serve_gateway(upstream) as url, httpx.Client() as client:
+        for _ in range(5):
+            assert client.post(f"{url}/v1/chat/completions", content=CHAT, headers=headers).status_code == 200
+        assert len({seen["peer"] for seen in server.seen}) == 1
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(60):
+            if i % 2 == 0:  # abandoned after its first event
+                with client.stream("POST", f"{url}/endless", content=CHAT, headers=headers) as response:
+                    next(response.iter_raw())
+            elif i % 15 == 1:  # streamed to its end (the model server paces its events)
+                client.post(f"{url}/v1/chat/completions", json=streamed, headers=headers).read()
+            else:
+                client.post(f"{url}/v1/chat/completions", content=CHAT, headers=headers).read()
+        time.sleep(0.5)
+        assert len(os.listdir("/proc/self/fd")) <= before + 4
