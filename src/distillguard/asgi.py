@@ -18,6 +18,7 @@ import anyio
 from starlette.authentication import AuthCredentials, BaseUser
 
 from ._drivers import adrive
+from ._marking import ResponseMarking
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .decision import Decision
 from .exchange import Exchange
@@ -236,6 +237,7 @@ class DistillGuardMiddleware:
                 (b"content-length", str(len(body)).encode()),
             ]
         replayed = False
+        marking: ResponseMarking | None = None
 
         async def replay() -> Message:
             nonlocal replayed
@@ -245,21 +247,35 @@ class DistillGuardMiddleware:
             return await receive()
 
         async def observe(message: Message) -> None:
+            nonlocal marking
             kind = message["type"]
             if kind == "http.response.body":
-                exchange.response_body(message.get("body", b""), not message.get("more_body", False))
+                chunk, final = message.get("body", b""), not message.get("more_body", False)
+                exchange.response_body(chunk, final)
+                if marking is not None:  # the watermark: the app's bytes above, the client's here
+                    message = {**message, "body": marking.feed(chunk) + (marking.end() if final else b"")}
             elif kind == "http.response.start":
                 exchange.route = asgi_route(scope)
                 extra = exchange.response_start(message["status"])
-                if extra:
+                headers = message.get("headers", ())
+                if exchange.guard.watermark is not None:
+                    marking = exchange.marking(message["status"], _content_type(headers))
+                if extra or marking is not None:
                     message = dict(message)
                     message["headers"] = [
-                        *message.get("headers", ()),
+                        *(h for h in headers if marking is None or h[0].lower() != b"content-length"),
                         *((k.encode(), v.encode()) for k, v in extra),
                     ]
             await send(message)
 
         await self.app(scope, replay, observe)
+
+
+def _content_type(headers: Any) -> str:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return str(value.decode("latin-1"))
+    return ""
 
 
 class _TooLarge(Exception):

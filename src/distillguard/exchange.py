@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import INVALID_SPAN
 
+from ._marking import ResponseMarking
 from .decision import Decision
 from .request import GuardRequest
 
@@ -106,6 +107,18 @@ class Exchange:
         self.status = status
         decision = self.decision
         return () if decision is None else decision.headers
+
+    def marking(self, status: int, content_type: str) -> ResponseMarking | None:
+        """The watermarking of this answer (``None``: it passes unchanged; else the adapter
+        drops its ``Content-Length`` and sends what the marking returns)."""
+        watermark = self.guard.watermark
+        decision = self.decision
+        if watermark is None or decision is None or decision.query is None:
+            return None
+        if decision.problem is not None or decision.query.kind not in ("chat", "completion"):
+            return None
+        marking = ResponseMarking(watermark)
+        return marking if marking.start(status, content_type) else None
 
     def response_body(self, chunk: bytes, final: bool = False) -> None:
         """A chunk of the app's response body is passing through (unchanged); ``final`` when

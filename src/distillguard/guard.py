@@ -31,6 +31,7 @@ from .problems import Problem
 from .request import GuardRequest
 from .risk import RiskEngine
 from .telemetry import Telemetry, TelemetryConfig
+from .watermark import Watermark
 
 __all__ = ["Guard"]
 
@@ -71,6 +72,10 @@ class Guard:
             problem's status (or closes it with code 1008 when the server cannot send an HTTP
             response to a handshake). The messages of an accepted connection are not read.
         clock: the time source (unix seconds), for tests.
+        watermark: a keyed :class:`~distillguard.watermark.Watermark` applied to the text of
+            every chat and completion answer the guard lets through (JSON and streamed), so
+            that a model distilled from them can be proven to be (``docs/watermark.md``); off
+            in shadow mode.
 
     Example::
 
@@ -100,6 +105,7 @@ class Guard:
         on_internal_error: Literal["allow", "deny"] = "allow",
         websockets: Literal["pass", "authenticate"] = "pass",
         clock: Callable[[], float] = time.time,
+        watermark: Watermark | None = None,
     ) -> None:
         if jwt is not None and not isinstance(jwt, JWTConfig):
             raise ConfigurationError("jwt must be a JWTConfig or None")
@@ -146,6 +152,7 @@ class Guard:
         self.on_internal_error = on_internal_error
         self.websockets = websockets
         self.clock = clock
+        self.watermark = watermark if not self.policy.shadow else None
         self._exact = frozenset(p for p in exempt_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in exempt_paths if p.endswith("/"))
         self.exempt_preflight = exempt_preflight

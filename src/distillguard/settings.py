@@ -24,6 +24,9 @@ variable                          meaning                               developm
 ``DISTILLGUARD_DETECTORS``        entry-point names, comma-separated    every registered one but
                                                                        the built-in opt-in ones
 ``DISTILLGUARD_MAX_BODY_BYTES``   request body cap in bytes             ``1048576``
+``DISTILLGUARD_WATERMARK_KEY``    secret key of the response watermark  no watermark
+                                  (at least 16 bytes; see
+                                  :mod:`distillguard.watermark`)
 ================================  ====================================  ======================
 
 An empty ``DISTILLGUARD_DETECTORS`` loads no detector. Scores are turned into verdicts by the
@@ -40,7 +43,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -51,6 +54,7 @@ from .identity import JWTConfig
 from .limiting import LimitConfig
 from .policy import DETECTION_MODES, DetectionMode, Policy
 from .risk import RiskPolicy
+from .watermark import Watermark
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -99,11 +103,12 @@ class Settings:
         tier_detection: ``(tier, mode)`` pairs for :attr:`Policy.tier_detection`.
         detectors: the entry-point names of the detectors to load.
         max_body_bytes: the request body cap.
+        watermark_key: the key of the response watermark (empty: none).
         dev_defaults: the variables that fell back to a development default.
     """
 
     environment: str = "development"
-    jwt_secret: str = DEV_SECRET
+    jwt_secret: str = field(default=DEV_SECRET, repr=False)
     jwt_issuer: str = DEV_ISSUER
     jwt_audience: str = DEV_AUDIENCE
     limits: str = DEFAULT_LIMITS
@@ -113,6 +118,7 @@ class Settings:
     tier_detection: tuple[tuple[str, DetectionMode], ...] = ()
     detectors: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    watermark_key: str = field(default="", repr=False)
     dev_defaults: tuple[str, ...] = ()
 
     def jwt_config(self) -> JWTConfig:
@@ -134,6 +140,7 @@ class Settings:
                 shared_state=self.shared_state,
             ),
             "max_body_bytes": self.max_body_bytes,
+            "watermark": Watermark(self.watermark_key) if self.watermark_key else None,
         }
 
 
@@ -235,6 +242,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         tier_detection=() if tiers is None else _tier_detection(tiers),
         detectors=detectors,
         max_body_bytes=DEFAULT_MAX_BODY_BYTES if body is None else _int("DISTILLGUARD_MAX_BODY_BYTES", body),
+        watermark_key=get("WATERMARK_KEY") or "",
         dev_defaults=tuple(defaults),
         **jwt,
     )

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ._drivers import drive
+from ._marking import ResponseMarking
 from .decision import Decision
 from .exchange import Exchange
 from .guard import Guard
@@ -76,25 +77,34 @@ def _read_body(environ: WSGIEnvironment, cap: int) -> bytes | None:
 
 
 class _Observed:
-    """Pass the app's response iterable through unchanged, showing each chunk to the exchange;
-    ``close()`` is forwarded, then the exchange settles and ends."""
+    """Pass the app's response iterable through, showing each chunk to the exchange (unchanged,
+    unless ``marks`` holds the answer's watermarking once the app has started it); ``close()``
+    is forwarded, then the exchange settles and ends."""
 
-    __slots__ = ("_error", "_exchange", "_iterable", "_perform")
+    __slots__ = ("_error", "_exchange", "_iterable", "_marks", "_perform")
 
     def __init__(
-        self, iterable: Iterable[bytes], exchange: Exchange, perform: Callable[[Any], object]
+        self,
+        iterable: Iterable[bytes],
+        exchange: Exchange,
+        perform: Callable[[Any], object],
+        marks: list[ResponseMarking] | None = None,
     ) -> None:
         self._iterable = iterable
         self._exchange = exchange
         self._perform = perform
+        self._marks = marks if marks is not None else []
         self._error: BaseException | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         observe = self._exchange.response_body
+        marks = self._marks
         try:
             for chunk in self._iterable:
                 observe(chunk)
-                yield chunk
+                yield marks[0].feed(chunk) if marks else chunk
+            if marks:
+                yield marks[0].end()
         except Exception as exc:  # the app failed mid-stream: record it on the span at close()
             self._error = exc
             raise
@@ -203,10 +213,19 @@ class DistillGuardWSGIMiddleware:
             environ["distillguard.identity"] = decision.identity
             environ[EXCHANGE_ENVIRON_KEY] = exchange
 
+            marks: list[ResponseMarking] = []  # the watermarking of the answer, if any
+
             def start_with_headers(
                 status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
             ) -> Any:
-                extra = exchange.response_start(int(status_line[:3]))
+                status = int(status_line[:3])
+                extra = exchange.response_start(status)
+                if guard.watermark is not None:
+                    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+                    marking = exchange.marking(status, content_type)
+                    marks[:] = [marking] if marking is not None else []
+                    if marking is not None:  # its length changes
+                        headers = [h for h in headers if h[0].lower() != "content-length"]
                 return start_response(status_line, [*headers, *extra], exc_info)
 
             result = self.app(environ, start_with_headers)
@@ -217,4 +236,4 @@ class DistillGuardWSGIMiddleware:
         wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(wrapper, type) and isinstance(result, wrapper):
             return _closing(result, exchange, self._perform)  # the server may still sendfile() it
-        return _Observed(result, exchange, self._perform)
+        return _Observed(result, exchange, self._perform, marks)

@@ -34,6 +34,7 @@ CHAT = json.dumps(
 ).encode()
 
 
+PROSE = "Rivers often carry large amounts of sediment; perhaps the most crucial example is the Nile."
 COMMAND = [sys.executable, "-c", "from distillguard.cli import main; raise SystemExit(main())", "gateway"]
 
 
@@ -96,6 +97,11 @@ class ModelServer:
             )
             await send({"type": "http.response.body", "body": b"x" * 10, "more_body": True})
             raise RuntimeError("the model server fails mid-answer")
+        if path == "/v1/prose":
+            await _json(
+                send, 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": PROSE}}]}
+            )
+            return
         if path == "/v1/bad":
             await _json(send, 400, {"error": {"message": "bad model", "type": "invalid_request_error"}})
             return
@@ -450,3 +456,18 @@ def test_connections_are_reused_and_none_leak(model: tuple[ModelServer, str]) ->
                 client.post(f"{url}/v1/chat/completions", content=CHAT, headers=headers).read()
         time.sleep(0.5)
         assert len(os.listdir("/proc/self/fd")) <= before + 4
+
+
+def test_the_gateway_marks_what_it_serves(model: tuple[ModelServer, str]) -> None:
+    """With a watermark on the guard, the model server's answers reach the client marked."""
+    from distillguard.watermark import Watermark
+
+    _, upstream = model
+    watermark = Watermark(b"a-secret-watermark-key-of-32-bytes")
+    guard = Guard(jwt=jwt_config(), watermark=watermark)
+    with serve_in_thread(gateway_app(upstream, guard=guard), lifespan="on") as url:
+        response = httpx.post(
+            f"{url}/v1/prose", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}
+        )
+    content = response.json()["choices"][0]["message"]["content"]
+    assert content == watermark.mark(PROSE) != PROSE

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMANDS = ("demo", "gateway", "replay", "calibrate")
+_COMMANDS = ("demo", "gateway", "replay", "calibrate", "watermark")
 
 
 def build_parser() -> argparse.ArgumentParser:

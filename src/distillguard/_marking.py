@@ -1,0 +1,147 @@
+"""Watermarking the answers of OpenAI-style endpoints as they pass through (sans-IO: bytes in,
+bytes out; the adapters feed it).
+
+A successful ``application/json`` answer is buffered whole and the text of each choice
+(``choices[].message.content``, ``choices[].text``) is marked. A ``text/event-stream`` answer is
+marked event by event (``choices[].delta.content``, ``choices[].text``) with one
+:class:`~distillguard.watermark.StreamMarker` per choice; a word cut between two events is held
+back and sent with the next event of its choice (at the latest with the choice's finish event,
+or in an event of its own before ``[DONE]``). Anything else (other content types, error
+statuses, bodies that are not JSON, events that are not JSON) passes unchanged. The adapters
+drop ``Content-Length`` from a marked answer: its length changes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .watermark import StreamMarker, Watermark
+
+__all__ = ["ResponseMarking"]
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class ResponseMarking:
+    """Marks one answer (see the module docstring)."""
+
+    __slots__ = ("_buffer", "_field", "_last", "_markers", "_mode", "_watermark")
+
+    def __init__(self, watermark: Watermark) -> None:
+        self._watermark = watermark
+        self._mode = ""
+        self._buffer = b""
+        self._markers: dict[int, StreamMarker] = {}
+        self._last: dict[str, Any] | None = None  # the last chunk: the envelope of a flush event
+        self._field = "content"  # chat chunks carry ``delta.content``, completion chunks ``text``
+
+    def start(self, status: int, content_type: str) -> bool:
+        """Whether this answer is marked (then drop its ``Content-Length``)."""
+        kind = content_type.split(";", 1)[0].strip().lower()
+        if 200 <= status < 300 and kind in ("application/json", "text/event-stream"):
+            self._mode = "json" if kind == "application/json" else "sse"
+        return bool(self._mode)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The marked bytes that can be sent now."""
+        if self._mode == "json":
+            self._buffer += chunk
+            return b""
+        if self._mode != "sse":
+            return chunk
+        data = self._buffer + chunk
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self._buffer = data
+            return b""
+        self._buffer = data[cut + 2 :]
+        return b"".join(self._event(event) for event in data[: cut + 2].split(b"\n\n")[:-1])
+
+    def end(self) -> bytes:
+        """The rest, at the end of the answer."""
+        rest, self._buffer = self._buffer, b""
+        if self._mode == "json":
+            return self._document(rest)
+        if self._mode == "sse":
+            return (self._event(rest) if rest.strip() else rest) + self._flush_event()
+        return rest
+
+    def _document(self, body: bytes) -> bytes:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return body
+        if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
+            return body
+        changed = False
+        for choice in doc["choices"]:
+            if not isinstance(choice, dict):
+                continue
+            message = choice.get("message")
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                marked = self._watermark.mark(message["content"])
+                changed |= marked != message["content"]
+                message["content"] = marked
+            if isinstance(choice.get("text"), str):
+                marked = self._watermark.mark(choice["text"])
+                changed |= marked != choice["text"]
+                choice["text"] = marked
+        return json.dumps(doc, ensure_ascii=False).encode() if changed else body
+
+    def _event(self, event: bytes) -> bytes:
+        """One event (without its blank line), marked, with its blank line."""
+        lines = event.split(b"\n")
+        for i, line in enumerate(lines):
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                flushed = self._flush_event()
+                return flushed + event + b"\n\n"
+            if not payload.startswith(b"{"):
+                continue
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                continue
+            if self._chunk(doc):
+                lines[i] = b"data: " + _encode(doc).encode()
+        return b"\n".join(lines) + b"\n\n"
+
+    def _chunk(self, doc: Any) -> bool:
+        """Mark one streamed chunk in place; whether it changed."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
+            return False
+        self._last = doc
+        changed = False
+        for choice in doc["choices"]:
+            if not isinstance(choice, dict) or not isinstance(choice.get("index", 0), int):
+                continue
+            marker = self._markers.setdefault(choice.get("index", 0), StreamMarker(self._watermark))
+            finished = choice.get("finish_reason") is not None
+            delta = choice.get("delta")
+            field, holder = ("content", delta) if isinstance(delta, dict) else ("text", choice)
+            self._field = field
+            piece = holder.get(field)
+            if not isinstance(piece, str) and not (finished and marker.held):
+                continue
+            marked = marker.feed(piece if isinstance(piece, str) else "")
+            if finished:
+                marked += marker.flush()
+            if marked != piece and (isinstance(piece, str) or marked):
+                holder[field] = marked
+                changed = True
+        return changed
+
+    def _flush_event(self) -> bytes:
+        """An event carrying the words still held back (none: nothing)."""
+        held = {index: marker.flush() for index, marker in self._markers.items() if marker.held}
+        if not held or self._last is None:
+            return b""
+        choices: list[dict[str, Any]] = []
+        for index, text in held.items():
+            piece: dict[str, Any] = {"text": text} if self._field == "text" else {"delta": {"content": text}}
+            choices.append({"index": index, **piece, "finish_reason": None})
+        doc = {**self._last, "choices": choices}
+        return b"data: " + _encode(doc).encode() + b"\n\n"

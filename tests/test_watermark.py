@@ -1,0 +1,313 @@
+"""The keyed lexical watermark: marking swaps only group words (case kept, stream pieces
+included), the test finds marked text and a copy that learnt it, and not natural text or
+another key; both adapters mark chat and completion answers (JSON and streamed) and nothing
+else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from distillguard import ConfigurationError, DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, Policy
+from distillguard.watermark import GROUPS, StreamMarker, Watermark
+from tests.helpers import jwt_config, make_token
+from tests.limiting.apps import asgi_call, wsgi_call
+
+KEY = b"a-secret-watermark-key-of-32-bytes"
+WORDS = {w for group in GROUPS for w in group}
+PROSE = (
+    "Rivers often carry large amounts of sediment. Perhaps the most crucial example is the Nile, "
+    "which is usually described as nearly completely dependent on rain far upstream. Furthermore, "
+    "engineers frequently choose to modify channels; therefore floods are, maybe, less enormous. "
+    "Often, OFTEN, often: it is an essential and a crucial question, an instance of a wonderful "
+    "problem that several people assume is quickly solved."
+)
+
+
+def natural_texts() -> list[str]:
+    """Every line of the English chatterbot corpus (natural, never marked)."""
+    import chatterbot_corpus
+
+    root = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    out: list[str] = []
+    for path in sorted(root.glob("*.yml")):
+        for conversation in yaml.safe_load(path.read_text("utf-8")).get("conversations", []):
+            out.extend(line for line in conversation if isinstance(line, str))
+    return out
+
+
+def _skeleton(text: str) -> str:
+    """``text`` with every group word replaced by a placeholder."""
+    return re.sub(r"[A-Za-z]+", lambda m: "#" if m.group().lower() in WORDS else m.group(), text)
+
+
+def test_marking_swaps_group_words_only_keeping_their_case() -> None:
+    mark = Watermark(KEY).mark(PROSE)
+    assert mark != PROSE
+    assert _skeleton(mark) == _skeleton(PROSE)  # everything else byte for byte
+    assert Watermark(KEY).mark(mark) == mark  # marking marked text changes nothing
+    words = re.findall(r"[A-Za-z]+", mark)
+    original = re.findall(r"[A-Za-z]+", PROSE)
+    for new, old in zip(words, original, strict=True):
+        if old.isupper() and len(old) > 1:
+            assert new.isupper()
+        elif old[0].isupper():
+            assert new[0].isupper() and new[1:].islower()
+    assert Watermark(b"another-key-entirely-different!!").mark(PROSE) != mark
+
+
+def test_the_article_never_has_to_change() -> None:
+    """After ``a``/``an``, a word is never swapped for one of the other vowel sound."""
+    for key in range(50):
+        mark = Watermark(f"key-number-{key:04d}-for-the-test").mark("It was an immense and a huge task.")
+        assert re.search(r"\ban (huge|immense|enormous)\b", mark) is None or "an immense" in mark
+        assert "a immense" not in mark and "an huge" not in mark and "an enormous" not in mark
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_stream_marks_as_the_whole_text(seed: int) -> None:
+    """Cut anywhere (inside words too), the pieces marked in turn give ``mark`` of the whole."""
+    rng = random.Random(seed)
+    watermark = Watermark(KEY)
+    cuts = sorted(rng.sample(range(1, len(PROSE)), rng.randint(1, 60)))
+    pieces = [PROSE[a:b] for a, b in zip([0, *cuts], [*cuts, len(PROSE)], strict=True)]
+    marker = StreamMarker(watermark)
+    out = "".join(marker.feed(piece) for piece in pieces) + marker.flush()
+    assert out == watermark.mark(PROSE)
+
+
+def test_marked_text_and_a_copy_that_learnt_it_are_found_natural_text_is_not() -> None:
+    from benchmarks.detection.corpora import jailbreaks
+
+    watermark = Watermark(KEY)
+    assert abs(watermark.evidence(natural_texts()).z) < 3  # chit-chat: few trials (about 50)
+    natural = list(jailbreaks("tuning"))  # long prose: about 250 trials
+    unmarked = watermark.evidence(natural)
+    assert unmarked.trials >= 200 and abs(unmarked.z) < 3, unmarked
+    marked = watermark.evidence(watermark.mark(t) for t in natural)
+    assert marked.trials == unmarked.trials and marked.hits == marked.trials and marked.p_value < 1e-12
+    # a copy that reproduces the keyed choice 60% of the time, else picks any group word
+    rng = random.Random(3)
+
+    def student(text: str) -> str:
+        marked_text = watermark.mark(text)
+        return re.sub(
+            r"[A-Za-z]+",
+            lambda m: (
+                m.group()
+                if m.group().lower() not in WORDS or rng.random() < 0.6
+                else rng.choice(next(g for g in GROUPS if m.group().lower() in g))
+            ),
+            marked_text,
+        )
+
+    copied = watermark.evidence(student(t) for t in natural)
+    assert copied.p_value < 1e-9, copied
+    assert watermark.evidence([PROSE]).z < watermark.evidence([watermark.mark(PROSE)]).z
+
+
+def test_the_test_is_calibrated_on_natural_prose() -> None:
+    """On 666 long natural texts (the in-the-wild jailbreak prompts: ~225,000 words, which
+    repeat phrases such as "for example" hundreds of times) the p-value is uniform over keys:
+    about 5 keys in 100 reach p < 0.05 and 1 in 100 p < 0.01 (counting every occurrence
+    instead of every context, half the keys did); marked, they are found beyond doubt, and
+    another key finds nothing in the marked texts."""
+    from benchmarks.detection.corpora import jailbreaks
+
+    natural = [*jailbreaks("tuning"), *jailbreaks("holdout")]
+    p_values = [Watermark(f"random-key-{i:04d}-xxxxxxxxxxxx").evidence(natural).p_value for i in range(200)]
+    assert sum(p < 0.05 for p in p_values) <= 18  # 10 expected; binomial 99.9% bound
+    assert sum(p < 0.01 for p in p_values) <= 7
+    marked = [Watermark(KEY).mark(t) for t in natural]
+    found = Watermark(KEY).evidence(marked)
+    assert found.trials >= 300 and found.p_value < 1e-50
+    assert Watermark(b"not-the-key-that-marked-the-text").evidence(marked).p_value > 0.001
+
+
+def test_bad_settings_fail_at_construction() -> None:
+    with pytest.raises(ConfigurationError):
+        Watermark(b"short")
+    with pytest.raises(ConfigurationError):
+        Watermark(KEY, groups=[("big", "large"), ("large", "huge")])
+    with pytest.raises(ConfigurationError):
+        Watermark(KEY, groups=[("alone",)])
+
+
+# -- through the adapters -----------------------------------------------------------------------
+
+ANSWER = PROSE
+
+
+def _chat_doc() -> dict[str, Any]:
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 60, "total_tokens": 65},
+    }
+
+
+def _events() -> list[bytes]:
+    """SSE events of ANSWER, cut every 7 characters (inside words), then finish and [DONE]."""
+    base = {"id": "c1", "object": "chat.completion.chunk"}
+    out = []
+    for i in range(0, len(ANSWER), 7):
+        chunk = {
+            **base,
+            "choices": [{"index": 0, "delta": {"content": ANSWER[i : i + 7]}, "finish_reason": None}],
+        }
+        out.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    out.append(
+        b"data: "
+        + json.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).encode()
+        + b"\n\n"
+    )
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def _answer(path: str) -> tuple[int, str, list[bytes]]:
+    if path == "/v1/stream":
+        return 200, "text/event-stream", _events()
+    if path == "/v1/error":
+        return 400, "application/json", [json.dumps({"error": {"message": ANSWER}}).encode()]
+    body = json.dumps(_chat_doc()).encode()
+    return 200, "application/json", [body[:50], body[50:]]
+
+
+async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    while (await receive()).get("more_body", False):
+        pass
+    status, kind, chunks = _answer(scope["path"])
+    length = sum(map(len, chunks))
+    headers = [(b"content-type", kind.encode()), (b"content-length", str(length).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    for i, chunk in enumerate(chunks):
+        await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    status, kind, chunks = _answer(environ["PATH_INFO"])
+    start_response(f"{status} X", [("Content-Type", kind), ("Content-Length", str(sum(map(len, chunks))))])
+    return iter(chunks)
+
+
+def call(
+    kind: str, guard: Guard, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    data = json.dumps(body or {"model": "m", "messages": [{"role": "user", "content": "rivers?"}]}).encode()
+    token = make_token()
+    if kind == "asgi":
+        mw = DistillGuardMiddleware(asgi_app, guard=guard)
+        return asyncio.run(asgi_call(mw, data, token=token, path=path))
+    status, headers, payload = wsgi_call(
+        DistillGuardWSGIMiddleware(wsgi_app, guard=guard), data, token=token, path=path
+    )
+    return status, headers, payload
+
+
+def streamed_text(payload: bytes) -> str:
+    text = ""
+    for event in payload.split(b"\n\n"):
+        if event.startswith(b"data: {"):
+            for choice in json.loads(event[6:])["choices"]:
+                text += choice.get("delta", {}).get("content") or ""
+    return text
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_both_adapters_mark_chat_answers_json_and_streamed(kind: str) -> None:
+    watermark = Watermark(KEY)
+    guard = Guard(jwt=jwt_config(), watermark=watermark)
+    status, headers, payload = call(kind, guard, "/v1/chat/completions")
+    assert status == 200 and "content-length" not in headers
+    doc = json.loads(payload)
+    assert doc["choices"][0]["message"]["content"] == watermark.mark(ANSWER) != ANSWER
+    assert doc["usage"] == _chat_doc()["usage"]
+    status, headers, payload = call(
+        kind,
+        guard,
+        "/v1/stream",
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert status == 200 and payload.endswith(b"data: [DONE]\n\n")
+    assert streamed_text(payload) == watermark.mark(ANSWER)
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_what_is_not_marked_passes_byte_for_byte(kind: str) -> None:
+    """Error answers, answers to other queries (vectors), shadow mode and guards without a
+    watermark: the app's bytes and Content-Length, unchanged."""
+    plain = json.dumps(_chat_doc()).encode()
+    marked = Guard(jwt=jwt_config(), watermark=Watermark(KEY))
+    status, headers, payload = call(kind, marked, "/v1/error")
+    assert status == 400 and ANSWER in json.loads(payload)["error"]["message"] and "content-length" in headers
+    status, _, payload = call(kind, marked, "/v1/predict", {"inputs": [[1.0, 2.0]]})
+    assert payload == plain
+    for guard in (
+        Guard(jwt=jwt_config()),
+        Guard(jwt=jwt_config(), watermark=Watermark(KEY), policy=Policy(shadow=True)),
+    ):
+        status, headers, payload = call(kind, guard, "/v1/chat/completions")
+        assert payload == plain and headers["content-length"] == str(len(plain))
+
+
+# -- settings and the command -------------------------------------------------------------------
+
+
+def test_the_environment_sets_the_watermark_and_never_shows_its_key() -> None:
+    from distillguard.settings import guard_from_env, settings_from_env
+
+    env = {"DISTILLGUARD_WATERMARK_KEY": KEY.decode()}
+    assert guard_from_env(env).watermark is not None
+    assert guard_from_env({}).watermark is None
+    assert KEY.decode() not in repr(settings_from_env(env))
+    with pytest.raises(ConfigurationError):
+        guard_from_env({"DISTILLGUARD_WATERMARK_KEY": "short"})
+
+
+def test_the_command_finds_the_watermark_in_marked_outputs_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.detection.corpora import jailbreaks
+
+    from distillguard.cli import main
+
+    texts = list(jailbreaks("tuning"))[:200]
+    watermark = Watermark(KEY)
+    marked, plain, text_file = tmp_path / "marked.jsonl", tmp_path / "plain.jsonl", tmp_path / "one.txt"
+    with marked.open("w") as out:
+        for i, text in enumerate(texts):  # the shapes the command reads
+            value: Any = [
+                watermark.mark(text),
+                {"text": watermark.mark(text)},
+                {"choices": [{"message": {"content": watermark.mark(text)}}]},
+            ][i % 3]
+            out.write(json.dumps(value) + "\n")
+    plain.write_text("".join(json.dumps({"content": t}) + "\n" for t in texts))
+    text_file.write_text(watermark.mark(" ".join(texts)))
+    monkeypatch.setenv("DISTILLGUARD_WATERMARK_KEY", KEY.decode())
+    assert main(["watermark", "verify", str(marked)]) == 0
+    assert "FOUND" in capsys.readouterr().out
+    assert main(["watermark", "verify", str(text_file), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["found"] is True
+    assert main(["watermark", "verify", str(plain), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["texts"] == 200 and report["found"] is False and report["trials"] > 100
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    assert main(["watermark", "verify", str(bad)]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
+    monkeypatch.delenv("DISTILLGUARD_WATERMARK_KEY")
+    assert main(["watermark", "verify", str(marked)]) == 2
+    assert "DISTILLGUARD_WATERMARK_KEY" in capsys.readouterr().err
