@@ -311,3 +311,51 @@ def test_the_command_finds_the_watermark_in_marked_outputs_only(
     monkeypatch.delenv("DISTILLGUARD_WATERMARK_KEY")
     assert main(["watermark", "verify", str(marked)]) == 2
     assert "DISTILLGUARD_WATERMARK_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_any_event_stream_cut_anywhere_is_marked_as_its_whole_text(seed: int) -> None:
+    """Chat or completion streams, one or two choices, ``\\n\\n`` or ``\\r\\n\\r\\n`` between
+    events, comments and keep-alives, with or without finish events, cut into pieces at random
+    bytes: each choice's text comes out as ``mark`` of its whole text, every event stays an
+    event, the non-data lines and ``[DONE]`` are unchanged."""
+    from distillguard._marking import ResponseMarking
+
+    rng = random.Random(seed)
+    watermark = Watermark(KEY)
+    end = rng.choice([b"\n\n", b"\r\n\r\n"])
+    chat = rng.random() < 0.5
+    choices = rng.choice([1, 2])
+    texts = {i: PROSE[rng.randrange(40) :] for i in range(choices)}
+    cursor = dict.fromkeys(texts, 0)
+    events: list[bytes] = []
+    while any(cursor[i] < len(texts[i]) for i in texts):
+        i = rng.choice([i for i in texts if cursor[i] < len(texts[i])])
+        piece = texts[i][cursor[i] : cursor[i] + rng.randint(1, 9)]
+        cursor[i] += len(piece)
+        choice = {"index": i, "delta": {"content": piece}} if chat else {"index": i, "text": piece}
+        events.append(b"data: " + json.dumps({"id": "x", "choices": [choice]}).encode())
+        if rng.random() < 0.1:
+            events.append(b": keep-alive")
+    if rng.random() < 0.5:
+        for i in texts:
+            finish: dict[str, Any] = {"index": i, "finish_reason": "stop"}
+            finish |= {"delta": {}} if chat else {"text": ""}
+            events.append(b"data: " + json.dumps({"id": "x", "choices": [finish]}).encode())
+    events.append(b"data: [DONE]")
+    stream = b"".join(e + end for e in events)
+    cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(0, 40)))
+    marking = ResponseMarking(watermark)
+    assert marking.start(200, "text/event-stream; charset=utf-8")
+    out = b"".join(marking.feed(stream[a:b]) for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True))
+    out += marking.end()
+    got: dict[int, str] = {}
+    frames = out.split(end)
+    assert frames[-1] == b"" and frames[-2] == b"data: [DONE]"
+    assert frames.count(b": keep-alive") == events.count(b": keep-alive")
+    for frame in frames[:-2]:
+        if frame.startswith(b"data: {"):
+            for choice in json.loads(frame[6:])["choices"]:
+                piece = choice["delta"].get("content", "") if chat else choice["text"]
+                got[choice["index"]] = got.get(choice["index"], "") + piece
+    assert got == {i: watermark.mark(t) for i, t in texts.items()}

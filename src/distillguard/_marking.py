@@ -14,12 +14,14 @@ drop ``Content-Length`` from a marked answer: its length changes.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .watermark import StreamMarker, Watermark
 
 __all__ = ["ResponseMarking"]
 
+_BOUNDARY = re.compile(rb"(\r\n\r\n|\n\n)")
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -51,12 +53,17 @@ class ResponseMarking:
         if self._mode != "sse":
             return chunk
         data = self._buffer + chunk
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
+        ends = [m.end() for m in _BOUNDARY.finditer(data)]
+        if not ends:
             self._buffer = data
             return b""
-        self._buffer = data[cut + 2 :]
-        return b"".join(self._event(event) for event in data[: cut + 2].split(b"\n\n")[:-1])
+        self._buffer = data[ends[-1] :]
+        return self._events(data[: ends[-1]])
+
+    def _events(self, block: bytes) -> bytes:
+        """Complete events (each with its blank line: ``\n\n`` or ``\r\n\r\n``), marked."""
+        parts = _BOUNDARY.split(block)  # event, separator, event, separator, ..., b""
+        return b"".join(self._event(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2))
 
     def end(self) -> bytes:
         """The rest, at the end of the answer."""
@@ -64,7 +71,9 @@ class ResponseMarking:
         if self._mode == "json":
             return self._document(rest)
         if self._mode == "sse":
-            return (self._event(rest) if rest.strip() else rest) + self._flush_event()
+            tail = self._event(rest, b"") if rest.strip() else rest
+            flushed = self._flush_event()
+            return tail + (b"\n\n" if flushed and tail.strip() else b"") + flushed
         return rest
 
     def _document(self, body: bytes) -> bytes:
@@ -89,16 +98,15 @@ class ResponseMarking:
                 choice["text"] = marked
         return json.dumps(doc, ensure_ascii=False).encode() if changed else body
 
-    def _event(self, event: bytes) -> bytes:
-        """One event (without its blank line), marked, with its blank line."""
+    def _event(self, event: bytes, end: bytes = b"\n\n") -> bytes:
+        """One event (without its blank line), marked, followed by ``end``."""
         lines = event.split(b"\n")
         for i, line in enumerate(lines):
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()
             if payload == b"[DONE]":
-                flushed = self._flush_event()
-                return flushed + event + b"\n\n"
+                return self._flush_event(end) + event + end
             if not payload.startswith(b"{"):
                 continue
             try:
@@ -106,8 +114,8 @@ class ResponseMarking:
             except ValueError:
                 continue
             if self._chunk(doc):
-                lines[i] = b"data: " + _encode(doc).encode()
-        return b"\n".join(lines) + b"\n\n"
+                lines[i] = b"data: " + _encode(doc).encode() + (b"\r" if line.endswith(b"\r") else b"")
+        return b"\n".join(lines) + end
 
     def _chunk(self, doc: Any) -> bool:
         """Mark one streamed chunk in place; whether it changed."""
@@ -134,7 +142,7 @@ class ResponseMarking:
                 changed = True
         return changed
 
-    def _flush_event(self) -> bytes:
+    def _flush_event(self, end: bytes = b"\n\n") -> bytes:
         """An event carrying the words still held back (none: nothing)."""
         held = {index: marker.flush() for index, marker in self._markers.items() if marker.held}
         if not held or self._last is None:
@@ -144,4 +152,4 @@ class ResponseMarking:
             piece: dict[str, Any] = {"text": text} if self._field == "text" else {"delta": {"content": text}}
             choices.append({"index": index, **piece, "finish_reason": None})
         doc = {**self._last, "choices": choices}
-        return b"data: " + _encode(doc).encode() + b"\n\n"
+        return b"data: " + _encode(doc).encode() + end
