@@ -359,3 +359,44 @@ def test_any_event_stream_cut_anywhere_is_marked_as_its_whole_text(seed: int) ->
                 piece = choice["delta"].get("content", "") if chat else choice["text"]
                 got[choice["index"]] = got.get(choice["index"], "") + piece
     assert got == {i: watermark.mark(t) for i, t in texts.items()}
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_compressed_answer_passes_unchanged(kind: str) -> None:
+    """An answer with ``Content-Encoding: gzip`` is neither parsed nor held back."""
+    import gzip
+
+    body = gzip.compress(json.dumps(_chat_doc()).encode())
+
+    async def asgi_gzip(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-encoding", b"gzip"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def wsgi_gzip(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "gzip"),
+                ("Content-Length", str(len(body))),
+            ],
+        )
+        return [body]
+
+    guard = Guard(jwt=jwt_config(), watermark=Watermark(KEY))
+    data = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
+    if kind == "asgi":
+        _, _, payload = asyncio.run(
+            asgi_call(DistillGuardMiddleware(asgi_gzip, guard=guard), data, token=make_token())
+        )
+    else:
+        _, _, payload = wsgi_call(
+            DistillGuardWSGIMiddleware(wsgi_gzip, guard=guard), data, token=make_token()
+        )
+    assert payload == body

@@ -259,7 +259,11 @@ class DistillGuardMiddleware:
                 extra = exchange.response_start(message["status"])
                 headers = message.get("headers", ())
                 if exchange.guard.watermark is not None:
-                    marking = exchange.marking(message["status"], _content_type(headers))
+                    marking = exchange.marking(
+                        message["status"],
+                        _header(headers, b"content-type"),
+                        _header(headers, b"content-encoding"),
+                    )
                 if extra or marking is not None:
                     message = dict(message)
                     message["headers"] = [
@@ -271,9 +275,9 @@ class DistillGuardMiddleware:
         await self.app(scope, replay, observe)
 
 
-def _content_type(headers: Any) -> str:
+def _header(headers: Any, wanted: bytes) -> str:
     for name, value in headers:
-        if name.lower() == b"content-type":
+        if name.lower() == wanted:
             return str(value.decode("latin-1"))
     return ""
 

@@ -108,12 +108,15 @@ class Exchange:
         decision = self.decision
         return () if decision is None else decision.headers
 
-    def marking(self, status: int, content_type: str) -> ResponseMarking | None:
+    def marking(self, status: int, content_type: str, encoding: str = "") -> ResponseMarking | None:
         """The watermarking of this answer (``None``: it passes unchanged; else the adapter
-        drops its ``Content-Length`` and sends what the marking returns)."""
+        drops its ``Content-Length`` and sends what the marking returns). A compressed answer
+        (a ``Content-Encoding`` other than ``identity``) passes unchanged."""
         watermark = self.guard.watermark
         decision = self.decision
         if watermark is None or decision is None or decision.query is None:
+            return None
+        if encoding and encoding.strip().lower() != "identity":
             return None
         if decision.problem is not None or decision.query.kind not in ("chat", "completion"):
             return None

@@ -221,8 +221,10 @@ class DistillGuardWSGIMiddleware:
                 status = int(status_line[:3])
                 extra = exchange.response_start(status)
                 if guard.watermark is not None:
-                    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
-                    marking = exchange.marking(status, content_type)
+                    found = {k.lower(): v for k, v in headers}
+                    marking = exchange.marking(
+                        status, found.get("content-type", ""), found.get("content-encoding", "")
+                    )
                     marks[:] = [marking] if marking is not None else []
                     if marking is not None:  # its length changes
                         headers = [h for h in headers if h[0].lower() != "content-length"]
