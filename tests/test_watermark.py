@@ -392,11 +392,11 @@ def test_a_compressed_answer_passes_unchanged(kind: str) -> None:
     guard = Guard(jwt=jwt_config(), watermark=Watermark(KEY))
     data = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
     if kind == "asgi":
-        _, _, payload = asyncio.run(
+        _, headers, payload = asyncio.run(
             asgi_call(DistillGuardMiddleware(asgi_gzip, guard=guard), data, token=make_token())
         )
     else:
-        _, _, payload = wsgi_call(
+        _, headers, payload = wsgi_call(
             DistillGuardWSGIMiddleware(wsgi_gzip, guard=guard), data, token=make_token()
         )
-    assert payload == body
+    assert payload == body and headers["content-length"] == str(len(body))
