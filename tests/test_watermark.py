@@ -400,3 +400,22 @@ def test_a_compressed_answer_passes_unchanged(kind: str) -> None:
             DistillGuardWSGIMiddleware(wsgi_gzip, guard=guard), data, token=make_token()
         )
     assert payload == body and headers["content-length"] == str(len(body))
+
+
+def test_a_flush_event_never_repeats_the_usage() -> None:
+    """A stream whose last chunk reports the usage and that has no finish event: the held word
+    comes in an event of its own before ``[DONE]``, without the usage (counted once)."""
+    from distillguard._marking import ResponseMarking
+
+    chunks = [
+        {"id": "x", "choices": [{"index": 0, "delta": {"content": "it is often"}}]},
+        {"id": "x", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}},
+    ]
+    stream = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    marking = ResponseMarking(Watermark(KEY))
+    assert marking.start(200, "text/event-stream")
+    out = marking.feed(stream) + marking.end()
+    frames = [json.loads(f[6:]) for f in out.split(b"\n\n") if f.startswith(b"data: {")]
+    assert sum("usage" in frame for frame in frames) == 1
+    text = "".join(c["delta"]["content"] for frame in frames for c in frame["choices"])
+    assert text == Watermark(KEY).mark("it is often") and out.endswith(b"data: [DONE]\n\n")

@@ -126,7 +126,10 @@ class ResponseMarking:
         for choice in doc["choices"]:
             if not isinstance(choice, dict) or not isinstance(choice.get("index", 0), int):
                 continue
-            marker = self._markers.setdefault(choice.get("index", 0), StreamMarker(self._watermark))
+            index = choice.get("index", 0)
+            marker = self._markers.get(index)
+            if marker is None:
+                marker = self._markers[index] = StreamMarker(self._watermark)
             finished = choice.get("finish_reason") is not None
             delta = choice.get("delta")
             field, holder = ("content", delta) if isinstance(delta, dict) else ("text", choice)
@@ -151,5 +154,5 @@ class ResponseMarking:
         for index, text in held.items():
             piece: dict[str, Any] = {"text": text} if self._field == "text" else {"delta": {"content": text}}
             choices.append({"index": index, **piece, "finish_reason": None})
-        doc = {**self._last, "choices": choices}
+        doc = {**{k: v for k, v in self._last.items() if k != "usage"}, "choices": choices}  # counted once
         return b"data: " + _encode(doc).encode() + end
