@@ -94,6 +94,13 @@ def wait_until_serving(port: int, process: subprocess.Popen[bytes], *, timeout: 
     raise RuntimeError(f"the server process did not answer on port {port} within {timeout} s")
 
 
+def redis_cli(port: int, *args: str) -> str:
+    """Run ``redis-cli`` against the server on ``port``; return its output."""
+    command = ["redis-cli", "-p", str(port), *args]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True)
+    return out.stdout
+
+
 def require_redis() -> None:
     """Skip without ``redis-server`` locally; fail in CI, where the tests must run."""
     if not os.path.exists(REDIS_SERVER):
@@ -173,10 +180,7 @@ class RedisServer:
 
     def cli(self, *args: str) -> str:
         """Run ``redis-cli`` against the server; return its output."""
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout
+        return redis_cli(self.port, *args)
 
     def flush(self) -> None:
         """Empty the database."""
@@ -308,10 +312,7 @@ class RedisSentinel:
 
     def cli(self, *args: str) -> str:
         """Run ``redis-cli`` against the Sentinel."""
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout
+        return redis_cli(self.port, *args)
 
     def master_port(self) -> int:
         """The port of the master the Sentinel names now."""

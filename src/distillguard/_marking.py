@@ -52,17 +52,10 @@ class ResponseMarking:
             return b""
         if self._mode != "sse":
             return chunk
-        data = self._buffer + chunk
-        ends = [m.end() for m in _BOUNDARY.finditer(data)]
-        if not ends:
-            self._buffer = data
-            return b""
-        self._buffer = data[ends[-1] :]
-        return self._events(data[: ends[-1]])
-
-    def _events(self, block: bytes) -> bytes:
-        """Complete events (each with its blank line: ``\n\n`` or ``\r\n\r\n``), marked."""
-        parts = _BOUNDARY.split(block)  # event, separator, event, separator, ..., b""
+        # complete events, each followed by its blank line (``\n\n`` or ``\r\n\r\n``), then the
+        # start of the next one: event, separator, event, separator, ..., the rest
+        parts = _BOUNDARY.split(self._buffer + chunk)
+        self._buffer = parts[-1]
         return b"".join(self._event(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2))
 
     def end(self) -> bytes:
@@ -85,18 +78,20 @@ class ResponseMarking:
             return body
         changed = False
         for choice in doc["choices"]:
-            if not isinstance(choice, dict):
-                continue
-            message = choice.get("message")
-            if isinstance(message, dict) and isinstance(message.get("content"), str):
-                marked = self._watermark.mark(message["content"])
-                changed |= marked != message["content"]
-                message["content"] = marked
-            if isinstance(choice.get("text"), str):
-                marked = self._watermark.mark(choice["text"])
-                changed |= marked != choice["text"]
-                choice["text"] = marked
+            if isinstance(choice, dict):
+                message = choice.get("message")
+                if isinstance(message, dict):
+                    changed |= self._mark_in(message, "content")
+                changed |= self._mark_in(choice, "text")
         return json.dumps(doc, ensure_ascii=False).encode() if changed else body
+
+    def _mark_in(self, holder: dict[str, Any], key: str) -> bool:
+        """Mark ``holder[key]`` in place when it is text; whether it changed."""
+        value = holder.get(key)
+        if not isinstance(value, str):
+            return False
+        holder[key] = marked = self._watermark.mark(value)
+        return marked != value
 
     def _event(self, event: bytes, end: bytes = b"\n\n") -> bytes:
         """One event (without its blank line), marked, followed by ``end``."""

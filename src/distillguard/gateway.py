@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .asgi import _Disconnected, _read_body, _send_response, _TooLarge
 from .errors import ConfigurationError, UpstreamError
 from .problems import Problem
 
@@ -211,30 +212,14 @@ class Gateway:
         out.append((b"accept-encoding", b"identity"))
         return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in out] + self._extra
 
-    async def _body(self, receive: Any) -> bytes | bool:
-        """The whole request body; ``False`` past ``max_body_bytes``, ``True`` when the client
-        left before sending it all."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return True
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return False
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
     async def _proxy(self, scope: Any, receive: Any, send: Any) -> None:
         import aiohttp
 
-        body = await self._body(receive)
-        if body is True:  # nobody to answer
+        try:
+            body = await _read_body(receive, self.max_body_bytes, None)
+        except _Disconnected:  # nobody to answer
             return
-        if body is False:
+        except _TooLarge:
             await _problem(send, Problem.too_large(self.max_body_bytes))
             return
         try:
@@ -281,15 +266,7 @@ class Gateway:
 
 
 async def _problem(send: Any, problem: Problem) -> None:
-    status, headers, body = problem.render()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await _send_response(send, *problem.render())
 
 
 def gateway_app(upstream: str | None = None, guard: Guard | None = None, **options: Any) -> Any:
