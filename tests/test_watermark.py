@@ -315,15 +315,18 @@ def test_the_command_finds_the_watermark_in_marked_outputs_only(
 
 @pytest.mark.parametrize("seed", range(40))
 def test_any_event_stream_cut_anywhere_is_marked_as_its_whole_text(seed: int) -> None:
-    """Chat or completion streams, one or two choices, ``\\n\\n`` or ``\\r\\n\\r\\n`` between
-    events, comments and keep-alives, with or without finish events, cut into pieces at random
-    bytes: each choice's text comes out as ``mark`` of its whole text, every event stays an
-    event, the non-data lines and ``[DONE]`` are unchanged."""
+    """Chat or completion streams, one or two choices, any of the SSE line endings (``\\n``,
+    ``\\r\\n``, ``\\r``), events of one or two lines, comments and keep-alives, with or without
+    finish events, cut into pieces at random bytes: each choice's text comes out as ``mark`` of
+    its whole text, every event stays an event, the non-data lines and ``[DONE]`` are
+    unchanged."""
     from distillguard._marking import ResponseMarking
 
     rng = random.Random(seed)
     watermark = Watermark(KEY)
-    end = rng.choice([b"\n\n", b"\r\n\r\n"])
+    eol = rng.choice([b"\n", b"\r\n", b"\r"])
+    end = eol + eol
+    named = rng.random() < 0.5  # an ``event:`` line before each data line
     chat = rng.random() < 0.5
     choices = rng.choice([1, 2])
     texts = {i: PROSE[rng.randrange(40) :] for i in range(choices)}
@@ -334,7 +337,8 @@ def test_any_event_stream_cut_anywhere_is_marked_as_its_whole_text(seed: int) ->
         piece = texts[i][cursor[i] : cursor[i] + rng.randint(1, 9)]
         cursor[i] += len(piece)
         choice = {"index": i, "delta": {"content": piece}} if chat else {"index": i, "text": piece}
-        events.append(b"data: " + json.dumps({"id": "x", "choices": [choice]}).encode())
+        data = b"data: " + json.dumps({"id": "x", "choices": [choice]}).encode()
+        events.append(b"event: chunk" + eol + data if named else data)
         if rng.random() < 0.1:
             events.append(b": keep-alive")
     if rng.random() < 0.5:
@@ -353,9 +357,12 @@ def test_any_event_stream_cut_anywhere_is_marked_as_its_whole_text(seed: int) ->
     frames = out.split(end)
     assert frames[-1] == b"" and frames[-2] == b"data: [DONE]"
     assert frames.count(b": keep-alive") == events.count(b": keep-alive")
+    named_events = sum(e.startswith(b"event: chunk" + eol) for e in events)
+    assert sum(f.startswith(b"event: chunk" + eol + b"data: {") for f in frames) == named_events
     for frame in frames[:-2]:
-        if frame.startswith(b"data: {"):
-            for choice in json.loads(frame[6:])["choices"]:
+        line = frame.split(eol)[-1]
+        if line.startswith(b"data: {"):
+            for choice in json.loads(line[6:])["choices"]:
                 piece = choice["delta"].get("content", "") if chat else choice["text"]
                 got[choice["index"]] = got.get(choice["index"], "") + piece
     assert got == {i: watermark.mark(t) for i, t in texts.items()}
@@ -419,3 +426,65 @@ def test_a_flush_event_never_repeats_the_usage() -> None:
     assert sum("usage" in frame for frame in frames) == 1
     text = "".join(c["delta"]["content"] for frame in frames for c in frame["choices"])
     assert text == Watermark(KEY).mark("it is often") and out.endswith(b"data: [DONE]\n\n")
+
+
+def _cpu() -> float:
+    import time
+
+    return time.process_time()
+
+
+def test_an_event_that_never_ends_passes_unchanged_in_linear_time() -> None:
+    """A 4 MB stream with no blank line, in 4 KB chunks: once an event is longer than
+    ``MAX_EVENT`` the marking stops, what it held goes out unchanged, the rest passes as it
+    comes, and the whole takes well under a second of CPU (it was quadratic)."""
+    from distillguard._marking import MAX_EVENT, ResponseMarking
+
+    stream = b"data: " + b"x" * (4 * 1024 * 1024)
+    marking = ResponseMarking(Watermark(KEY))
+    assert marking.start(200, "text/event-stream")
+    started = _cpu()
+    outs = [marking.feed(stream[i : i + 4096]) for i in range(0, len(stream), 4096)]
+    outs.append(marking.end())
+    assert _cpu() - started < 1.0
+    assert b"".join(outs) == stream and marking.overflowed
+    sent = 0
+    for n, out in enumerate(outs):  # nothing is held back past the cap
+        sent += len(out)
+        assert (n + 1) * 4096 - sent <= MAX_EVENT + 4096
+
+
+def test_a_held_word_goes_out_before_an_overlong_event() -> None:
+    """The word held back at the end of the last marked event is sent in an event of its own
+    before the overlong event's bytes, which pass unchanged."""
+    from distillguard._marking import MAX_EVENT, ResponseMarking
+
+    watermark = Watermark(KEY)
+    first = b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"it is often"}}]}\n\n'
+    huge = b": " + b"y" * (MAX_EVENT + 10)
+    marking = ResponseMarking(watermark)
+    assert marking.start(200, "text/event-stream")
+    out = marking.feed(first) + marking.feed(huge) + marking.feed(b"\n\ndata: [DONE]\n\n") + marking.end()
+    frames = out.split(b"\n\n")
+    text = "".join(json.loads(f[6:])["choices"][0]["delta"]["content"] for f in frames[:2])
+    assert text == watermark.mark("it is often")
+    assert frames[2] == huge and frames[3] == b"data: [DONE]" and marking.overflowed
+
+
+def test_an_overlong_json_answer_passes_unchanged() -> None:
+    """A JSON answer longer than ``MAX_DOCUMENT`` is not held whole: it passes unchanged."""
+    from distillguard._marking import MAX_DOCUMENT, ResponseMarking
+
+    body = json.dumps(
+        {"choices": [{"index": 0, "message": {"content": "it is often " * (MAX_DOCUMENT // 12 + 1)}}]}
+    ).encode()
+    marking = ResponseMarking(Watermark(KEY))
+    assert marking.start(200, "application/json")
+    out = b"".join(marking.feed(body[i : i + 65536]) for i in range(0, len(body), 65536)) + marking.end()
+    assert out == body and marking.overflowed
+    small = ResponseMarking(Watermark(KEY))
+    assert small.start(200, "application/json")
+    doc = {"choices": [{"index": 0, "message": {"content": "it is often"}}]}
+    marked = json.loads(small.feed(json.dumps(doc).encode()) + small.end())
+    assert not small.overflowed
+    assert marked["choices"][0]["message"]["content"] == Watermark(KEY).mark("it is often")

@@ -9,6 +9,13 @@ back and sent with the next event of its choice (at the latest with the choice's
 or in an event of its own before ``[DONE]``). Anything else (other content types, error
 statuses, bodies that are not JSON, events that are not JSON) passes unchanged. The adapters
 drop ``Content-Length`` from a marked answer: its length changes.
+
+Held bytes are bounded: a JSON answer longer than :data:`MAX_DOCUMENT` bytes, or an event
+longer than :data:`MAX_EVENT` bytes (a stream that never sends a blank line), stops the
+marking; what was held is sent unchanged (after an event carrying any word held back) and the
+rest of the answer passes as it comes (:attr:`ResponseMarking.overflowed` says so). Events are
+found in linear time whatever the chunking, with any of the line endings the SSE format allows
+(``\n``, ``\r\n``, ``\r``).
 """
 
 from __future__ import annotations
@@ -19,16 +26,22 @@ from typing import Any
 
 from .watermark import StreamMarker, Watermark
 
-__all__ = ["ResponseMarking"]
+__all__ = ["MAX_DOCUMENT", "MAX_EVENT", "ResponseMarking"]
 
-_BOUNDARY = re.compile(rb"(\r\n\r\n|\n\n)")
+MAX_DOCUMENT = 4 * 1024 * 1024
+"""The longest JSON answer that is marked (bytes); a longer one passes unchanged."""
+MAX_EVENT = 256 * 1024
+"""The longest server-sent event that is marked (bytes); past it the stream passes unchanged."""
+
+_BOUNDARY = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
+_LINES = re.compile(rb"(\r\n|\r|\n)")
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class ResponseMarking:
     """Marks one answer (see the module docstring)."""
 
-    __slots__ = ("_buffer", "_field", "_last", "_markers", "_mode", "_watermark")
+    __slots__ = ("_buffer", "_field", "_last", "_markers", "_mode", "_watermark", "overflowed")
 
     def __init__(self, watermark: Watermark) -> None:
         self._watermark = watermark
@@ -37,6 +50,7 @@ class ResponseMarking:
         self._markers: dict[int, StreamMarker] = {}
         self._last: dict[str, Any] | None = None  # the last chunk: the envelope of a flush event
         self._field = "content"  # chat chunks carry ``delta.content``, completion chunks ``text``
+        self.overflowed = False  # an answer or an event was too long to hold: passed unchanged
 
     def start(self, status: int, content_type: str) -> bool:
         """Whether this answer is marked (then drop its ``Content-Length``)."""
@@ -47,16 +61,36 @@ class ResponseMarking:
 
     def feed(self, chunk: bytes) -> bytes:
         """The marked bytes that can be sent now."""
-        if self._mode == "json":
+        mode = self._mode
+        if mode == "json":
             self._buffer += chunk
+            if len(self._buffer) > MAX_DOCUMENT:
+                return self._overflow(b"")
             return b""
-        if self._mode != "sse":
+        if mode != "sse":
             return chunk
-        # complete events, each followed by its blank line (``\n\n`` or ``\r\n\r\n``), then the
-        # start of the next one: event, separator, event, separator, ..., the rest
-        parts = _BOUNDARY.split(self._buffer + chunk)
+        held = self._buffer
+        # a blank line can only end in this chunk: look there (and at the 3 bytes before it)
+        if _BOUNDARY.search(held[-3:] + chunk) is None:
+            self._buffer = held + chunk
+            if len(self._buffer) > MAX_EVENT:
+                return self._overflow(self._flush_event())
+            return b""
+        # complete events, each followed by its blank line, then the start of the next one:
+        # event, separator, event, separator, ..., the rest
+        parts = _BOUNDARY.split(held + chunk)
         self._buffer = parts[-1]
-        return b"".join(self._event(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2))
+        out = b"".join(self._event(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2))
+        if len(self._buffer) > MAX_EVENT:
+            return out + self._overflow(self._flush_event())
+        return out
+
+    def _overflow(self, first: bytes) -> bytes:
+        """Stop marking: ``first``, then what is held, unchanged; the rest passes as it comes."""
+        held, self._buffer = self._buffer, b""
+        self._mode = ""
+        self.overflowed = True
+        return first + held
 
     def end(self) -> bytes:
         """The rest, at the end of the answer."""
@@ -95,8 +129,9 @@ class ResponseMarking:
 
     def _event(self, event: bytes, end: bytes = b"\n\n") -> bytes:
         """One event (without its blank line), marked, followed by ``end``."""
-        lines = event.split(b"\n")
-        for i, line in enumerate(lines):
+        lines = _LINES.split(event)  # line, ending, line, ending, ..., line
+        for i in range(0, len(lines), 2):
+            line = lines[i]
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()
@@ -109,8 +144,8 @@ class ResponseMarking:
             except ValueError:
                 continue
             if self._chunk(doc):
-                lines[i] = b"data: " + _encode(doc).encode() + (b"\r" if line.endswith(b"\r") else b"")
-        return b"\n".join(lines) + end
+                lines[i] = b"data: " + _encode(doc).encode()
+        return b"".join(lines) + end
 
     def _chunk(self, doc: Any) -> bool:
         """Mark one streamed chunk in place; whether it changed."""

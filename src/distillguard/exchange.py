@@ -47,6 +47,7 @@ class Exchange:
     """
 
     __slots__ = (
+        "_marking",
         "_overhead",
         "_own",
         "_pending",
@@ -84,6 +85,7 @@ class Exchange:
         self.status: int | None = None
         self.route: str | None = None  # the matched route template, when the framework tells
         self._usage: UsageReader | None = None  # reads ``usage`` for the span (no token limits)
+        self._marking: ResponseMarking | None = None  # the answer's watermarking, if any
 
     def decided(self, decision: Decision) -> Decision:
         """Record ``decision`` on the span; return it."""
@@ -121,7 +123,10 @@ class Exchange:
         if decision.problem is not None or decision.query.kind not in ("chat", "completion"):
             return None
         marking = ResponseMarking(watermark)
-        return marking if marking.start(status, content_type) else None
+        if not marking.start(status, content_type):
+            return None
+        self._marking = marking
+        return marking
 
     def response_body(self, chunk: bytes, final: bool = False) -> None:
         """A chunk of the app's response body is passing through (unchanged); ``final`` when
@@ -182,6 +187,8 @@ class Exchange:
             )
             if decision is not None:
                 telemetry.metrics.record_duration(self._overhead, decision.action.value)
+            if self._marking is not None and self._marking.overflowed:
+                telemetry.metrics.record_unmarked("too_long")
         except Exception as failure:
             self._drop_span("end", failure)
 

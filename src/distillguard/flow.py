@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .detectors._sharing import StateShare
     from .guard import Guard
 
-__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate"]
+__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate", "identify"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +174,7 @@ def _share(
     return results, failed
 
 
-def _identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
+def identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
     """Who is calling (pure CPU), or the refusal when the token does not say (401, 403, 503)."""
     verifier = guard.verifier
     if request.identity is not None:
@@ -231,7 +231,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     """Decide one request. See the module docstring for the order of steps."""
     policy = guard.policy
     now = request.timestamp
-    identity = _identify(guard, request)
+    identity = identify(guard, request)
     if isinstance(identity, Decision):
         return identity
     # whom the detectors, the risk and the penalty box follow: the client, within its tenant

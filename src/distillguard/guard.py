@@ -7,6 +7,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from opentelemetry.metrics import MeterProvider
@@ -18,7 +19,7 @@ from .decision import Action, Decision
 from .detectors import is_async_detector, load_detectors, validate_detector
 from .detectors._sharing import StateShare
 from .errors import ConfigurationError
-from .flow import Flow, evaluate
+from .flow import Flow, evaluate, identify
 from .identity import JWTConfig, JWTVerifier
 from .limiting import LimitConfig, LimitPlan
 from .limiting._table import BoundedTable
@@ -65,7 +66,10 @@ class Guard:
             credentials, and the app's CORS middleware answers them.
         max_body_bytes: larger request bodies get 413 ``request_too_large``.
         on_internal_error: when the guard itself fails (a bug), ``"allow"`` the request (the
-            default; recorded on the span) or ``"deny"`` it with a 500 problem.
+            default; recorded on the span and counted in ``distillguard.guard.errors``) or
+            ``"deny"`` it with a 500 problem. Either way the token is still required: a
+            request whose token does not verify gets its 401 (or 403), and an allowed one
+            reaches the app with its verified identity.
         websockets: ``"pass"`` (the default) hands WebSocket connections to the app untouched;
             ``"authenticate"`` checks each handshake like a request without a body (token,
             scopes, limits, the penalty box; one charge per connection) and refuses it with the
@@ -220,23 +224,32 @@ class Guard:
         try:
             return drive(self.flow(request), perform)
         except Exception as exc:
-            return self._internal_error(exc)
+            return self._internal_error(exc, request)
 
     async def adecide(self, request: GuardRequest, perform: Callable[[Any], Any]) -> Decision:
         """Run the pipeline, awaiting each effect; a failure of the guard itself follows policy."""
         try:
             return await adrive(self.flow(request), perform)
         except Exception as exc:
-            return self._internal_error(exc)
+            return self._internal_error(exc, request)
 
-    def _internal_error(self, exc: Exception) -> Decision:
+    def _internal_error(self, exc: Exception, request: GuardRequest) -> Decision:
+        """The decision when the pipeline failed on ``request``: authentication still holds
+        (identifying is pure CPU, and a verified token is cached), then ``on_internal_error``."""
         self._report(exc)
-        problem = Problem.guard_error() if self.on_internal_error == "deny" else None
-        return Decision(
-            action=Action.ALLOW if problem is None else Action.UNAVAILABLE,
-            problem=problem,
-            errors=(f"guard:{type(exc).__name__}",),
-        )
+        errors = (f"guard:{type(exc).__name__}",)
+        try:
+            identity = identify(self, request)
+        except Exception as again:
+            self._report(again)
+            return Decision(action=Action.UNAVAILABLE, problem=Problem.guard_error(), errors=errors)
+        if isinstance(identity, Decision):  # no token, a bad one, or missing scopes
+            return replace(identity, errors=(*identity.errors, *errors))
+        if self.on_internal_error == "deny":
+            return Decision(
+                action=Action.UNAVAILABLE, identity=identity, problem=Problem.guard_error(), errors=errors
+            )
+        return Decision(action=Action.ALLOW, identity=identity, errors=errors)
 
     def _report(self, exc: Exception) -> None:
         """Log an internal error: its stack the first time it happens at a place, then a count

@@ -986,8 +986,9 @@ def test_guard_failure_follows_on_internal_error(
     serve: Callable[..., Served], span_exporter: Any, monkeypatch: pytest.MonkeyPatch, on_internal_error: str
 ) -> None:
     """When the guard itself fails after authentication, ``on_internal_error="allow"`` serves
-    the request (the failure on the span) and ``"deny"`` answers a 500 ``guard_error``; never
-    a hang or a double response."""
+    the request with its verified identity (the failure on the span) and ``"deny"`` answers a
+    500 ``guard_error``; never a hang or a double response. Either way a request without a
+    valid token is still refused with its 401: a guard bug never admits an anonymous caller."""
     served = serve(on_internal_error=on_internal_error)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
@@ -999,9 +1000,15 @@ def test_guard_failure_follows_on_internal_error(
     assert list(span.attributes[ATTR_ERRORS]) == ["guard:RuntimeError"]
     if on_internal_error == "allow":
         assert response.status_code == 200 and len(served.app.calls) == 1
+        assert served.app.calls[0].identity.client_id == SUBJECT
     else:
         assert response.status_code == 500 and served.app.calls == []
         assert response.json()["code"] == "guard_error"
+    calls = len(served.app.calls)
+    for token in (None, "not-a-token", make_token(key=b"another-secret-of-at-least-32-bytes!")):
+        refused = served.post(token=token)
+        assert refused.status_code in (400, 401) and refused.json()["code"] != "guard_error"
+    assert len(served.app.calls) == calls
 
 
 def test_too_large_span(serve: Callable[..., Served], span_exporter: Any) -> None:

@@ -8,6 +8,7 @@ algorithm's. A config holding such a key would start and then answer every token
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import Any
 
@@ -190,3 +191,63 @@ def test_the_construction_check_matches_pyjwt_for_every_algorithm_and_key() -> N
             assert refused == _pyjwt_refuses(alg, key), (alg, name)
         checked.add(alg)
     assert len(checked) == 14  # HS*, RS*, PS*, ES256, ES256K, ES384, ES512, EdDSA
+
+
+# -- key formats that are not what they seem -------------------------------------------------
+
+
+def _der(pair: KeyPair) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return pair.public.public_bytes(serialization.Encoding.DER, spki)
+
+
+@pytest.mark.parametrize("family", ["rsa", "ec", "ed25519"])
+def test_asymmetric_keys_in_other_encodings_verify_their_tokens(keys: Keys, family: str) -> None:
+    """A PEM saved with a byte-order mark or CRLF line ends, a DER key, and a JWK given as
+    JSON text are the same key as the PEM: the config builds and verifies its tokens."""
+    pair: KeyPair = getattr(keys, family)
+    jwk = json.loads(jwt.algorithms.get_default_algorithms()[pair.alg].to_jwk(pair.public))
+    forms = {
+        "bom": b"\xef\xbb\xbf" + pair.public_pem,
+        "crlf": pair.public_pem.replace(b"\n", b"\r\n"),
+        "der": _der(pair),
+        "jwk-text": json.dumps(jwk),
+    }
+    for form, key in forms.items():
+        verifier = JWTVerifier(jwt_config(algorithms=[pair.alg], key=key))
+        assert verifier.verify(make_token(key=pair, alg=pair.alg)).client_id == "client-1", form
+
+
+@pytest.mark.parametrize("family", ["rsa", "ec", "ed25519"])
+def test_a_public_key_is_never_taken_as_an_hmac_secret(keys: Keys, family: str) -> None:
+    """With only HMAC algorithms allowed, a public key in any encoding (PEM with a byte-order
+    mark, DER, base64 DER without PEM armour, a JWK or a JWKS as JSON text) is refused when the
+    config is built, so no token HMAC'd with the public key can ever verify; the message never
+    quotes the key."""
+    import base64
+
+    pair: KeyPair = getattr(keys, family)
+    der = _der(pair)
+    jwk = json.loads(jwt.algorithms.get_default_algorithms()[pair.alg].to_jwk(pair.public))
+    body = base64.b64encode(der)
+    forms = {
+        "bom": b"\xef\xbb\xbf" + pair.public_pem,
+        "der": der,
+        "base64-der": body,
+        "base64-der-wrapped": b"\n".join(body[i : i + 64] for i in range(0, len(body), 64)),
+        "jwk-text": json.dumps(jwk).encode(),
+        "jwks-text": json.dumps({"keys": [jwk]}).encode(),
+    }
+    for form, key in forms.items():
+        with pytest.raises(ConfigurationError) as info:
+            jwt_config(algorithms=["HS256"], key=key)
+        assert body.decode()[8:40] not in str(info.value), form
+
+
+def test_a_secret_that_only_looks_like_a_key_is_still_a_secret() -> None:
+    """Secrets that start like JSON, DER or base64 without being keys are HMAC secrets."""
+    for raw in (b"{not json, a secret of 32 bytes or more}", b"0" + secret(40), b"MI" + secret(50)):
+        verifier = JWTVerifier(jwt_config(algorithms=["HS256"], key=raw))
+        assert verifier.verify(make_token(key=raw)).client_id == "client-1"

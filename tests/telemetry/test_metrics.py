@@ -26,8 +26,10 @@ from distillguard.telemetry import (
     METRIC_DECISIONS,
     METRIC_DETECTOR_VERDICTS,
     METRIC_DURATION,
+    METRIC_GUARD_ERRORS,
     METRIC_LIMITER_FALLBACKS,
     METRIC_SCORE,
+    METRIC_WATERMARK_UNMARKED,
     ClientTracker,
 )
 from tests.helpers import RaisingDetector, StaticDetector, make_token
@@ -40,6 +42,7 @@ ALLOWED_METRIC_ATTRIBUTES = {
     ATTR_DETECTOR,
     ATTR_DETECTOR_VERDICT,
     ATTR_LIMITER_OUTCOME,
+    "distillguard.watermark.reason",
     "error.type",
 }
 
@@ -295,3 +298,57 @@ def test_guards_sharing_a_meter_provider_share_the_instruments(
     assert value_of(points[METRIC_DECISIONS], distillguard__decision="allow") == 3
     (duration,) = [p for _, p in points[METRIC_DURATION]]
     assert duration.count == 3
+
+
+@pytest.mark.parametrize("on_internal_error", ["allow", "deny"])
+def test_guard_failures_are_counted(
+    guard_factory: Callable[..., Guard],
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    monkeypatch: pytest.MonkeyPatch,
+    on_internal_error: str,
+) -> None:
+    """A request on which the guard itself fails is counted by error type and by the action
+    ``on_internal_error`` took (served without the guard, or refused)."""
+    guard = guard_factory(meter_provider=meter_provider, on_internal_error=on_internal_error)
+    app = serve(guard)
+    assert post(app) == 200
+    assert not metric_points(metric_reader).get(METRIC_GUARD_ERRORS)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("planner bug")
+
+    monkeypatch.setattr(guard.plan, "checks_for", broken)
+    expected = 200 if on_internal_error == "allow" else 500
+    assert [post(app), post(app)] == [expected, expected]
+    errors = metric_points(metric_reader)[METRIC_GUARD_ERRORS]
+    action = "allow" if on_internal_error == "allow" else "unavailable"
+    assert value_of(errors, error__type="RuntimeError", distillguard__decision=action) == 2
+
+
+def test_answers_too_long_to_watermark_are_counted(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """An answer the watermark gives up on (longer than it holds) is counted, and passes
+    unchanged; a marked answer is not counted."""
+    from flask import Flask, Response
+
+    from distillguard._marking import MAX_DOCUMENT
+    from distillguard.watermark import Watermark
+
+    text = b"often " * (MAX_DOCUMENT // 6)
+    long_answer = b'{"choices":[{"index":0,"message":{"content":"' + text + b'"}}]}'
+    app = Flask(__name__)
+
+    @app.post(CHAT_PATH)
+    def chat() -> Response:
+        return Response(long_answer, mimetype="application/json")
+
+    DistillGuard(guard_factory(meter_provider=meter_provider, watermark=Watermark(b"k" * 32)), app)
+    response = app.test_client().post(
+        CHAT_PATH, data=chat_body(), headers={"Authorization": f"Bearer {make_token()}"}
+    )
+    assert response.status_code == 200 and response.data == long_answer
+    response.close()  # the exchange ends here
+    unmarked = metric_points(metric_reader)[METRIC_WATERMARK_UNMARKED]
+    assert value_of(unmarked, distillguard__watermark__reason="too_long") == 1

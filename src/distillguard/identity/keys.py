@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import binascii
+import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from ..errors import ConfigurationError
@@ -132,8 +136,24 @@ def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
     elif isinstance(key, (str, bytes)):
         raw = key.encode() if isinstance(key, str) else key
         asymmetric = [a for a in algs if algorithm_family(a) != "oct"]
-        looks_asymmetric = raw.lstrip().startswith((b"-----BEGIN", b"ssh-", b"ecdsa-"))
-        if looks_asymmetric:
+        text = raw.strip()
+        if text.startswith(_BOM):  # a PEM file saved with a byte-order mark
+            text = text[len(_BOM) :].lstrip()
+        jwk_text = _json_key(text)
+        if jwk_text is not None:  # a JWK as JSON text: the same as the dict
+            return prepare_key(jwk_text, algs)
+        der = _der_key(raw)
+        if der is not None:
+            if not asymmetric:
+                raise ConfigurationError("a DER-encoded key was given but only HMAC algorithms are allowed")
+            prepared = der
+        elif _base64_der_key(text):
+            raise ConfigurationError(
+                "the key looks like a base64-encoded public or private key without its PEM armour: "
+                "give the PEM (-----BEGIN ...-----), or, for an HMAC algorithm, a secret"
+            )
+        elif text.startswith((b"-----BEGIN", b"ssh-", b"ecdsa-")):
+            raw = text
             if not asymmetric:
                 raise ConfigurationError("a PEM/SSH key was given but only HMAC algorithms are allowed")
             # Try each allowed algorithm: with ["RS256", "ES256"] an EC PEM is an ES256 key.
@@ -200,3 +220,51 @@ class StaticKeys:
             return None
         candidates = self._by_family.get(family or "", [])
         return candidates[0] if len(candidates) == 1 else None
+
+
+_BOM = b"\xef\xbb\xbf"
+_BASE64 = re.compile(rb"[A-Za-z0-9+/=\s]{40,}")
+
+
+def _json_key(text: bytes) -> dict[str, Any] | None:
+    """A JWK given as JSON text, as a dict (``None``: not JSON, so a secret that happens to
+    start with a brace). A JWKS document is refused: its keys are given one by one, or through
+    a JWKS URL."""
+    if not text.startswith(b"{"):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("keys"), list):
+        raise ConfigurationError("a JWKS document was given as a key: give its keys one by one, or its URL")
+    if isinstance(doc, dict) and "kty" in doc:
+        return doc
+    return None
+
+
+def _der_key(raw: bytes) -> Any | None:
+    """The key ``raw`` holds in DER (a public or an unencrypted private key), or ``None``."""
+    if not raw.startswith(b"\x30"):  # an ASN.1 SEQUENCE
+        return None
+    for load in (serialization.load_der_public_key, _load_der_private):
+        try:
+            return load(raw)
+        except Exception:  # not DER, or a key type cryptography does not support
+            continue
+    return None
+
+
+def _load_der_private(raw: bytes) -> Any:
+    return serialization.load_der_private_key(raw, password=None)
+
+
+def _base64_der_key(text: bytes) -> bool:
+    """Whether ``text`` is a DER key in base64 (a PEM body without its armour)."""
+    if not text.startswith((b"MI", b"MF", b"MC")) or _BASE64.fullmatch(text) is None:
+        return False
+    try:
+        der = binascii.a2b_base64(text)
+    except binascii.Error:
+        return False
+    return _der_key(der) is not None

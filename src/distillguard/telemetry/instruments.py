@@ -81,6 +81,19 @@ class Instruments:
             unit="{exchange}",
             description="Detector states read from and written to the shared storage, by outcome.",
         )
+        meter.create_observable_counter(
+            names.METRIC_GUARD_ERRORS,
+            callbacks=[self._observe_guard_errors],
+            unit="{request}",
+            description="Requests on which the guard itself failed, by error type and the action "
+            "on_internal_error took.",
+        )
+        meter.create_observable_counter(
+            names.METRIC_WATERMARK_UNMARKED,
+            callbacks=[self._observe_unmarked],
+            unit="{response}",
+            description="Answers the watermark passed unmarked because they were too long to hold.",
+        )
         meter.create_observable_gauge(
             names.METRIC_CLIENTS,
             callbacks=[self._observe_clients],
@@ -145,6 +158,17 @@ class Instruments:
     def _observe_state(self, options: CallbackOptions) -> Iterable[Observation]:
         totals = self._sum(m.state_counts() for m in self._members())
         return [Observation(count, {names.ATTR_STATE_OUTCOME: outcome}) for outcome, count in totals.items()]
+
+    def _observe_guard_errors(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = self._sum(m.guard_error_counts() for m in self._members())
+        return [
+            Observation(count, {names.ERROR_TYPE: kind, names.ATTR_DECISION: action})
+            for (kind, action), count in totals.items()
+        ]
+
+    def _observe_unmarked(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = self._sum(m.unmarked_counts() for m in self._members())
+        return [Observation(count, {names.ATTR_WATERMARK_REASON: reason}) for reason, count in totals.items()]
 
     def _observe_clients(self, options: CallbackOptions) -> Iterable[Observation]:
         members = self._members()

@@ -78,6 +78,8 @@ class GuardMetrics:
         self._decisions: dict[tuple[str, bool], int] = {}
         self._verdicts: dict[tuple[str, str], int] = {}
         self._limiter_errors: dict[str, int] = {}
+        self._guard_errors: dict[tuple[str, str], int] = {}  # (error type, action) -> requests
+        self._unmarked: dict[str, int] = {}
         self._scores: deque[float] = deque(maxlen=_QUEUE)
         self._durations: deque[tuple[float, Mapping[str, Any]]] = deque(maxlen=_QUEUE)
         self._duration_attrs: dict[str, Mapping[str, Any]] = {}
@@ -143,10 +145,21 @@ class GuardMetrics:
                         if kind not in limiter and len(limiter) >= _MAX_ERROR_TYPES:
                             kind = "other"
                         limiter[kind] = limiter.get(kind, 0) + 1
+                    elif error.startswith("guard:"):
+                        guard = self._guard_errors
+                        gkey = (error[6:], decision.action.value)
+                        if gkey not in guard and len(guard) >= _MAX_ERROR_TYPES:
+                            gkey = ("other", gkey[1])
+                        guard[gkey] = guard.get(gkey, 0) + 1
         if results:
             scores = self._scores
             if self._shared.collecting or len(scores) < _IDLE_QUEUE:
                 scores.append(decision.score)
+
+    def record_unmarked(self, reason: str) -> None:
+        """Count an answer the watermark gave up on (``reason``: ``too_long``)."""
+        with self._lock:
+            self._unmarked[reason] = self._unmarked.get(reason, 0) + 1
 
     def record_duration(self, seconds: float, action: str) -> None:
         """Queue one overhead measurement (recorded into the histogram at collection)."""
@@ -199,6 +212,17 @@ class GuardMetrics:
             return [((outcome, None), int(getattr(stats, outcome, 0))) for outcome in _FALLBACK_OUTCOMES]
         with self._lock:
             return [(("fail_open", kind), count) for kind, count in self._limiter_errors.items()]
+
+    def guard_error_counts(self) -> list[tuple[tuple[str, str], int]]:
+        """``((error type, action taken), count)`` of the guard's own failures so far (the
+        action follows ``on_internal_error``: ``allow`` or ``unavailable``)."""
+        with self._lock:
+            return list(self._guard_errors.items())
+
+    def unmarked_counts(self) -> list[tuple[str, int]]:
+        """``(reason, count)`` of the answers the watermark gave up on so far."""
+        with self._lock:
+            return list(self._unmarked.items())
 
     def state_counts(self) -> list[tuple[str, int]]:
         """``(outcome, count)`` of the shared detector state's exchanges (none when the state

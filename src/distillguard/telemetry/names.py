@@ -28,6 +28,7 @@ __all__ = [
     "ATTR_SCORE",
     "ATTR_SHADOW",
     "ATTR_USAGE_SOURCE",
+    "ATTR_WATERMARK_REASON",
     "CLIENT_ADDRESS",
     "ERROR_TYPE",
     "EVENT_DECISION",
@@ -43,9 +44,11 @@ __all__ = [
     "METRIC_DECISIONS",
     "METRIC_DETECTOR_VERDICTS",
     "METRIC_DURATION",
+    "METRIC_GUARD_ERRORS",
     "METRIC_LIMITER_FALLBACKS",
     "METRIC_SCORE",
     "METRIC_STATE_EXCHANGES",
+    "METRIC_WATERMARK_UNMARKED",
     "SPAN_NAME",
     "URL_PATH",
     "USER_AGENT",
@@ -81,6 +84,7 @@ ATTR_DETECTOR = "distillguard.detector.name"
 ATTR_DETECTOR_VERDICT = "distillguard.detector.verdict"
 ATTR_LIMITER_OUTCOME = "distillguard.limiter.outcome"
 ATTR_STATE_OUTCOME = "distillguard.state.outcome"
+ATTR_WATERMARK_REASON = "distillguard.watermark.reason"
 ERROR_TYPE = "error.type"
 
 # -- stable HTTP semantic conventions --------------------------------------------------------
@@ -106,3 +110,5 @@ METRIC_SCORE = "distillguard.risk.score"
 METRIC_DURATION = "distillguard.guard.duration"
 METRIC_CLIENTS = "distillguard.clients.tracked"
 METRIC_STATE_EXCHANGES = "distillguard.detector.state.exchanges"
+METRIC_GUARD_ERRORS = "distillguard.guard.errors"
+METRIC_WATERMARK_UNMARKED = "distillguard.watermark.unmarked"
