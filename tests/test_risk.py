@@ -292,3 +292,50 @@ def test_several_issuers_box_and_score_the_same_sub_apart() -> None:
     assert status(b) == 200  # not alice of b
     assert len(set(seen)) == 2 and all(s.endswith("alice") for s in seen)
     assert app.calls[-1].identity.client_id == "alice"
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+def test_a_wall_clock_step_neither_lengthens_nor_shortens_a_penalty(
+    monkeypatch: pytest.MonkeyPatch, step: float
+) -> None:
+    """With the guard's default clock, the penalty box and the risk's decay run in real
+    seconds: after the wall clock steps an hour back (or forward), a boxed client is still
+    refused with a Retry-After within its 1-second penalty, and is served once the penalty has
+    really passed; its risk has not decayed by an hour either."""
+    wall = time.time
+    offset = [0.0]
+    monkeypatch.setattr(time, "time", lambda: wall() + offset[0])
+    dial = Dial()
+    dial.value = 1.0
+    guard = Guard(
+        jwt=None,
+        detectors=[dial],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=1.0, half_life=3600.0, block=0.9)),
+    )
+    perform = guard.sync_performer()
+
+    def call() -> tuple[Action, int | None]:
+        request = GuardRequest(
+            method="POST",
+            path="/v1/chat/completions",
+            authorization=None,
+            content_type="application/json",
+            body=b'{"model": "m", "prompt": "x"}',
+            client_address="198.51.100.7",
+            user_agent=None,
+            timestamp=guard.clock(),
+        )
+        decision = guard.decide(request, perform)
+        retry = dict(decision.problem.headers).get("retry-after") if decision.problem else None
+        return decision.action, int(retry) if retry is not None else None
+
+    start = time.monotonic()
+    assert call()[0] is Action.BLOCK
+    dial.value = 0.0
+    offset[0] = step
+    action, retry = call()
+    assert action is Action.BLOCK and retry is not None and 1 <= retry <= 2
+    time.sleep(max(0.0, 1.1 - (time.monotonic() - start)))
+    action, _ = call()  # out of the box; the risk (half-life an hour) still blocks it again
+    assert action is Action.BLOCK
+    assert guard.risk is not None and guard.risk.risk("ip:198.51.100.7", guard.clock()) > 0.9

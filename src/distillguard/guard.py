@@ -13,6 +13,7 @@ from typing import Any, Literal
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
+from ._clock import steady_time
 from ._drivers import adrive, drive
 from ._performers import AsyncPerformer, SyncPerformer
 from .decision import Action, Decision
@@ -75,7 +76,10 @@ class Guard:
             scopes, limits, the penalty box; one charge per connection) and refuses it with the
             problem's status (or closes it with code 1008 when the server cannot send an HTTP
             response to a handshake). The messages of an accepted connection are not read.
-        clock: the time source (unix seconds), for tests.
+        clock: the time source (unix seconds), for tests; by default a clock that never
+            steps (:func:`~distillguard._clock.steady_time`: windows, penalties and risk decay
+            last their real seconds whatever the wall clock does), and the wall clock for
+            token expiry.
         watermark: a keyed :class:`~distillguard.watermark.Watermark` applied to the text of
             every chat and completion answer the guard lets through (JSON and streamed), so
             that a model distilled from them can be proven to be (``docs/watermark.md``); off
@@ -108,7 +112,7 @@ class Guard:
         max_body_bytes: int = 1_048_576,
         on_internal_error: Literal["allow", "deny"] = "allow",
         websockets: Literal["pass", "authenticate"] = "pass",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         watermark: Watermark | None = None,
     ) -> None:
         if jwt is not None and not isinstance(jwt, JWTConfig):
@@ -123,7 +127,7 @@ class Guard:
             isinstance(p, str) and p.startswith("/") for p in exempt_paths
         ):  # a bare string would exempt "/", i.e. everything
             raise ConfigurationError("exempt_paths must be a list of paths starting with '/'")
-        self.verifier = JWTVerifier(jwt, clock=clock) if jwt is not None else None
+        self.verifier = JWTVerifier(jwt, clock=clock or time.time) if jwt is not None else None
         several_issuers = jwt is not None and not isinstance(jwt.issuer, str) and len(set(jwt.issuer)) > 1
         self.plan = LimitPlan(limits or LimitConfig(), per_tenant=several_issuers)
         self.limiter_stats = LimiterStats()
@@ -155,7 +159,7 @@ class Guard:
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
         self.websockets = websockets
-        self.clock = clock
+        self.clock = clock or steady_time
         self.watermark = watermark if not self.policy.shadow else None
         self._exact = frozenset(p for p in exempt_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in exempt_paths if p.endswith("/"))

@@ -183,7 +183,7 @@ def test_a_wall_clock_step_neither_holds_nor_frees_a_client(
     wall = time.time
     offset = [0.0]
     monkeypatch.setattr(time, "time", lambda: wall() + offset[0])
-    guard = Guard(jwt=None, limits=LimitConfig(default="2 per 1 second", strategy=strategy), clock=time.time)
+    guard = Guard(jwt=None, limits=LimitConfig(default="2 per 1 second", strategy=strategy))
     perform = guard.sync_performer()
 
     def call() -> tuple[str, int | None]:

@@ -12,7 +12,8 @@ entry, not 4,000.
 Time inside the table is :func:`time.monotonic`: a wall clock stepped back an hour (an NTP step,
 a VM restored from a snapshot) must not hold a client for that hour, nor a step forward free it
 early. The times the table gives out (a counter's expiry, a moving window's start) are converted
-to unix seconds as they leave it.
+to the guard's unix seconds (:func:`~distillguard._clock.steady_time`, which never steps either)
+as they leave it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from math import floor
+
+from .._clock import steady_time
 
 __all__ = ["BoundedTable"]
 
@@ -95,7 +98,7 @@ class BoundedTable:
 
     def _out(self, at: float, now: float) -> float:
         """The table time ``at`` (read at table time ``now``) in unix seconds."""
-        return at + (time.time() - now) if self._steady else at
+        return at + (steady_time() - now) if self._steady else at
 
     @property
     def lock(self) -> threading.RLock:
