@@ -496,3 +496,23 @@ def assert_no_secrets(span: Any, *secrets: str) -> None:
     for text in span_strings(span):
         for secret in secrets:
             assert secret not in text, f"{secret[:20]!r}... leaked into span: {text[:80]!r}"
+
+
+def decide_anonymous(guard: Any, address: str, body: bytes = b"") -> tuple[str, int | None]:
+    """Decide one anonymous ``POST /v1/chat/completions`` from ``address`` with ``guard``'s
+    synchronous performer, at ``guard.clock()``: ``(action, Retry-After or None)``."""
+    from distillguard.request import GuardRequest
+
+    request = GuardRequest(
+        method="POST",
+        path="/v1/chat/completions",
+        authorization=None,
+        content_type="application/json" if body else "",
+        body=body,
+        client_address=address,
+        user_agent=None,
+        timestamp=guard.clock(),
+    )
+    decision = guard.decide(request, guard.sync_performer())
+    retry = dict(decision.problem.headers).get("retry-after") if decision.problem else None
+    return decision.action.value, int(retry) if retry is not None else None

@@ -16,6 +16,7 @@ from distillguard import Guard, LimitConfig
 from distillguard.identity import Identity
 from distillguard.limiting.storage import BoundedMemoryStorage, build_storage
 from distillguard.request import GuardRequest
+from tests.helpers import decide_anonymous
 
 
 class Clock:
@@ -184,22 +185,9 @@ def test_a_wall_clock_step_neither_holds_nor_frees_a_client(
     offset = [0.0]
     monkeypatch.setattr(time, "time", lambda: wall() + offset[0])
     guard = Guard(jwt=None, limits=LimitConfig(default="2 per 1 second", strategy=strategy))
-    perform = guard.sync_performer()
 
     def call() -> tuple[str, int | None]:
-        request = GuardRequest(
-            method="POST",
-            path="/v1/chat/completions",
-            authorization=None,
-            content_type="",
-            body=b"",
-            client_address="198.51.100.9",
-            user_agent=None,
-            timestamp=guard.clock(),
-        )
-        decision = guard.decide(request, perform)
-        retry = dict(decision.problem.headers).get("retry-after") if decision.problem else None
-        return decision.action.value, int(retry) if retry is not None else None
+        return decide_anonymous(guard, "198.51.100.9")
 
     start = time.monotonic()
     assert [call()[0] for _ in range(2)] == ["allow", "allow"]
