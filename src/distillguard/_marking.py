@@ -1,14 +1,17 @@
-"""Watermarking the answers of OpenAI-style endpoints as they pass through (sans-IO: bytes in,
-bytes out; the adapters feed it).
+"""Watermarking the answers of OpenAI-style endpoints as they pass through, and stripping the
+log probabilities of a degraded answer (sans-IO: bytes in, bytes out; the adapters feed it).
 
 A successful ``application/json`` answer is buffered whole and the text of each choice
 (``choices[].message.content``, ``choices[].text``) is marked. A ``text/event-stream`` answer is
 marked event by event (``choices[].delta.content``, ``choices[].text``) with one
 :class:`~distillguard.watermark.StreamMarker` per choice; a word cut between two events is held
 back and sent with the next event of its choice (at the latest with the choice's finish event,
-or in an event of its own before ``[DONE]``). Anything else (other content types, error
+or in an event of its own before ``[DONE]``). With ``strip``, each choice's ``logprobs``
+(chat and completion answers, whole or streamed) becomes ``null``, as if they had not been
+asked for: the request's own fields were removed already (``Policy.degrade_fields``), and this
+holds when the model server sends them anyway. Anything else (other content types, error
 statuses, bodies that are not JSON, events that are not JSON) passes unchanged. The adapters
-drop ``Content-Length`` from a marked answer: its length changes.
+drop ``Content-Length`` from a rewritten answer: its length changes.
 
 Held bytes are bounded: a JSON answer longer than :data:`MAX_DOCUMENT` bytes, or an event
 longer than :data:`MAX_EVENT` bytes (a stream that never sends a blank line), stops the
@@ -41,10 +44,11 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 class ResponseMarking:
     """Marks one answer (see the module docstring)."""
 
-    __slots__ = ("_buffer", "_field", "_last", "_markers", "_mode", "_watermark", "overflowed")
+    __slots__ = ("_buffer", "_field", "_last", "_markers", "_mode", "_strip", "_watermark", "overflowed")
 
-    def __init__(self, watermark: Watermark) -> None:
+    def __init__(self, watermark: Watermark | None, strip: bool = False) -> None:
         self._watermark = watermark
+        self._strip = strip
         self._mode = ""
         self._buffer = b""
         self._markers: dict[int, StreamMarker] = {}
@@ -113,16 +117,24 @@ class ResponseMarking:
         changed = False
         for choice in doc["choices"]:
             if isinstance(choice, dict):
+                changed |= self._stripped(choice)
                 message = choice.get("message")
                 if isinstance(message, dict):
                     changed |= self._mark_in(message, "content")
                 changed |= self._mark_in(choice, "text")
         return json.dumps(doc, ensure_ascii=False).encode() if changed else body
 
+    def _stripped(self, choice: dict[str, Any]) -> bool:
+        """With ``strip``, set ``choice["logprobs"]`` to ``None``; whether it changed."""
+        if not self._strip or choice.get("logprobs") is None:
+            return False
+        choice["logprobs"] = None
+        return True
+
     def _mark_in(self, holder: dict[str, Any], key: str) -> bool:
         """Mark ``holder[key]`` in place when it is text; whether it changed."""
         value = holder.get(key)
-        if not isinstance(value, str):
+        if not isinstance(value, str) or self._watermark is None:
             return False
         holder[key] = marked = self._watermark.mark(value)
         return marked != value
@@ -153,13 +165,17 @@ class ResponseMarking:
             return False
         self._last = doc
         changed = False
+        watermark = self._watermark
         for choice in doc["choices"]:
             if not isinstance(choice, dict) or not isinstance(choice.get("index", 0), int):
+                continue
+            changed |= self._stripped(choice)
+            if watermark is None:
                 continue
             index = choice.get("index", 0)
             marker = self._markers.get(index)
             if marker is None:
-                marker = self._markers[index] = StreamMarker(self._watermark)
+                marker = self._markers[index] = StreamMarker(watermark)
             finished = choice.get("finish_reason") is not None
             delta = choice.get("delta")
             field, holder = ("content", delta) if isinstance(delta, dict) else ("text", choice)

@@ -252,13 +252,13 @@ class DistillGuardMiddleware:
             if kind == "http.response.body":
                 chunk, final = message.get("body", b""), not message.get("more_body", False)
                 exchange.response_body(chunk, final)
-                if marking is not None:  # the watermark: the app's bytes above, the client's here
+                if marking is not None:  # the rewriting: the app's bytes above, the client's here
                     message = {**message, "body": marking.feed(chunk) + (marking.end() if final else b"")}
             elif kind == "http.response.start":
                 exchange.route = asgi_route(scope)
                 extra = exchange.response_start(message["status"])
                 headers = message.get("headers", ())
-                if exchange.guard.watermark is not None:
+                if exchange.rewrites:
                     marking = exchange.marking(
                         message["status"],
                         _header(headers, b"content-type"),

@@ -17,7 +17,7 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import INVALID_SPAN
 
 from ._marking import ResponseMarking
-from .decision import Decision
+from .decision import Action, Decision
 from .request import GuardRequest
 
 if TYPE_CHECKING:
@@ -110,19 +110,37 @@ class Exchange:
         decision = self.decision
         return () if decision is None else decision.headers
 
-    def marking(self, status: int, content_type: str, encoding: str = "") -> ResponseMarking | None:
-        """The watermarking of this answer (``None``: it passes unchanged; else the adapter
-        drops its ``Content-Length`` and sends what the marking returns). A compressed answer
-        (a ``Content-Encoding`` other than ``identity``) passes unchanged."""
-        watermark = self.guard.watermark
+    @property
+    def rewrites(self) -> bool:
+        """Whether the answer may be rewritten (a watermark, or a degraded request): then the
+        adapter asks :meth:`marking` when the answer starts."""
         decision = self.decision
-        if watermark is None or decision is None or decision.query is None:
+        return self.guard.watermark is not None or (
+            decision is not None and decision.action is Action.DEGRADE
+        )
+
+    def marking(self, status: int, content_type: str, encoding: str = "") -> ResponseMarking | None:
+        """The rewriting of this answer: the watermark, and for a degraded request the log
+        probabilities stripped (``None``: it passes unchanged; else the adapter drops its
+        ``Content-Length`` and sends what the marking returns). A compressed answer (a
+        ``Content-Encoding`` other than ``identity``) passes unchanged."""
+        guard = self.guard
+        watermark = guard.watermark
+        decision = self.decision
+        if decision is None or decision.query is None:
+            return None
+        strip = (
+            decision.action is Action.DEGRADE
+            and not decision.shadow
+            and "logprobs" in guard.policy.degrade_fields
+        )
+        if watermark is None and not strip:
             return None
         if encoding and encoding.strip().lower() != "identity":
             return None
         if decision.problem is not None or decision.query.kind not in ("chat", "completion"):
             return None
-        marking = ResponseMarking(watermark)
+        marking = ResponseMarking(watermark, strip)
         if not marking.start(status, content_type):
             return None
         self._marking = marking

@@ -213,14 +213,14 @@ class DistillGuardWSGIMiddleware:
             environ["distillguard.identity"] = decision.identity
             environ[EXCHANGE_ENVIRON_KEY] = exchange
 
-            marks: list[ResponseMarking] = []  # the watermarking of the answer, if any
+            marks: list[ResponseMarking] = []  # the rewriting of the answer, if any
 
             def start_with_headers(
                 status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
             ) -> Any:
                 status = int(status_line[:3])
                 extra = exchange.response_start(status)
-                if guard.watermark is not None:
+                if exchange.rewrites:
                     found = {k.lower(): v for k, v in headers}
                     marking = exchange.marking(
                         status, found.get("content-type", ""), found.get("content-encoding", "")
