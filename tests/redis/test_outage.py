@@ -179,6 +179,31 @@ def test_redis_errors_replies_take_the_outage_path(redis_server: RedisServer, tr
         redis_server.cli("CONFIG", "SET", "maxmemory", "0")
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_read_only_replica_takes_the_outage_path(
+    redis_server: RedisServer, tracer_provider: Any, kind: str
+) -> None:
+    """A Redis that became a read-only replica (a failover seen through a stale address)
+    answers every write with ``READONLY``: an outage, not a 500; once it is a master again the
+    windows count there."""
+    from tests.servers import free_ports
+
+    (dead,) = free_ports(1)
+    h = harness(kind, redis_server.url, tracer_provider)
+    redis_server.cli("REPLICAOF", "127.0.0.1", str(dead))
+    try:
+        assert [h.call()[0] for _ in range(5)] == [200, 200, 200, 200, 429]
+        assert h.guard.limiter_stats.local_fallback >= 5
+    finally:
+        redis_server.cli("REPLICAOF", "NO", "ONE")
+    redis_server.cli("FLUSHALL")
+    deadline = time.monotonic() + 10  # the breaker backs off before it tries the storage again
+    while not redis_server.cli("KEYS", "*").strip() and time.monotonic() < deadline:
+        h.call()
+        time.sleep(0.1)
+    assert redis_server.cli("KEYS", "*").strip()  # windows are counted there again
+
+
 @pytest.mark.parametrize("scheme", ["redis+sentinel", "valkey", "rediss"])
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
 def test_black_hole_behind_other_schemes_costs_one_timeout(
