@@ -166,6 +166,9 @@ class DistillGuardMiddleware:
         connection to the app (with the decision in its scope)."""
         guard = self.guard
         authorization, _, _, user_agent, _ = _headers(scope)
+        prefix = guard.websocket_token_protocol
+        if authorization is None and prefix is not None:
+            authorization, scope = _protocol_token(scope, prefix)
         client = scope.get("client")
         request = GuardRequest(
             method="GET",
@@ -288,6 +291,21 @@ class _TooLarge(Exception):
     def __init__(self, more: bool) -> None:
         super().__init__("request body over the cap")
         self.more = more
+
+
+def _protocol_token(scope: Scope, prefix: str) -> tuple[str | None, Scope]:
+    """The ``Authorization`` value a handshake carries in its subprotocols (the entry starting
+    with ``prefix``), and the scope without that entry (in ``subprotocols`` and in the
+    ``Sec-WebSocket-Protocol`` header): the app never sees the token there."""
+    offered = [str(p) for p in scope.get("subprotocols", ())]
+    carrying = [p for p in offered if p.startswith(prefix)]
+    if not carrying:
+        return None, scope
+    kept = [p for p in offered if not p.startswith(prefix)]
+    headers = [(k, v) for k, v in scope["headers"] if k != b"sec-websocket-protocol"]
+    if kept:
+        headers.append((b"sec-websocket-protocol", ", ".join(kept).encode("latin-1")))
+    return f"Bearer {carrying[0][len(prefix) :]}", {**scope, "subprotocols": kept, "headers": headers}
 
 
 def _headers(scope: Scope) -> tuple[str | None, str | None, int | None, str | None, bytes | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import traceback
@@ -42,6 +43,10 @@ logger = logging.getLogger("distillguard")
 DetectorSpec = Any
 
 
+_TOKEN_CHARS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""The characters of an HTTP token (RFC 9110), which a WebSocket subprotocol is."""
+
+
 class Guard:
     """Everything the middleware needs to decide, built and validated once.
 
@@ -76,6 +81,12 @@ class Guard:
             scopes, limits, the penalty box; one charge per connection) and refuses it with the
             problem's status (or closes it with code 1008 when the server cannot send an HTTP
             response to a handshake). The messages of an accepted connection are not read.
+        websocket_token_protocol: for browsers, which cannot set ``Authorization`` on a
+            WebSocket: a prefix (e.g. ``"bearer."``) marking the ``Sec-WebSocket-Protocol``
+            entry that carries the token (``new WebSocket(url, ["realtime", "bearer." +
+            token])``). A handshake without an ``Authorization`` header is authenticated with
+            that token, and the entry is removed from the handshake the app sees (it never
+            echoes the token back). ``None`` (the default): only the header counts.
         clock: the time source (unix seconds), for tests; by default a clock that never
             steps (:func:`~distillguard._clock.steady_time`: windows, penalties and risk decay
             last their real seconds whatever the wall clock does), and the wall clock for
@@ -112,6 +123,7 @@ class Guard:
         max_body_bytes: int = 1_048_576,
         on_internal_error: Literal["allow", "deny"] = "allow",
         websockets: Literal["pass", "authenticate"] = "pass",
+        websocket_token_protocol: str | None = None,
         clock: Callable[[], float] | None = None,
         watermark: Watermark | None = None,
     ) -> None:
@@ -123,6 +135,12 @@ class Guard:
             raise ConfigurationError("on_internal_error must be 'allow' or 'deny'")
         if websockets not in ("pass", "authenticate"):
             raise ConfigurationError("websockets must be 'pass' or 'authenticate'")
+        if websocket_token_protocol is not None and (
+            not websocket_token_protocol or _TOKEN_CHARS.fullmatch(websocket_token_protocol) is None
+        ):
+            raise ConfigurationError(
+                "websocket_token_protocol must be a non-empty subprotocol prefix (token chars)"
+            )
         if isinstance(exempt_paths, str) or not all(
             isinstance(p, str) and p.startswith("/") for p in exempt_paths
         ):  # a bare string would exempt "/", i.e. everything
@@ -159,6 +177,7 @@ class Guard:
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
         self.websockets = websockets
+        self.websocket_token_protocol = websocket_token_protocol
         self.clock = clock or steady_time
         self.watermark = watermark if not self.policy.shadow else None
         self._exact = frozenset(p for p in exempt_paths if not p.endswith("/"))

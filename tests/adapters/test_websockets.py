@@ -105,3 +105,48 @@ async def test_without_the_http_response_extension_a_refusal_closes_with_1008(
 def test_websockets_setting_is_checked(guard_factory: Callable[..., Guard]) -> None:
     with pytest.raises(ConfigurationError):
         guard_factory(websockets="deny")
+    for prefix in ("", "bearer token.", "bearer,"):
+        with pytest.raises(ConfigurationError):
+            guard_factory(websockets="authenticate", websocket_token_protocol=prefix)
+
+
+async def subprotocol_echo(websocket: WebSocket) -> None:
+    """Accept with ``realtime``; say who the guard let in and what the app was offered."""
+    await websocket.accept(subprotocol="realtime")
+    decision = websocket.scope.get("state", {}).get("distillguard")
+    await websocket.send_text(decision.identity.client_id)
+    offered = dict(websocket.scope["headers"]).get(b"sec-websocket-protocol", b"").decode()
+    await websocket.send_text(json.dumps([websocket.scope["subprotocols"], offered]))
+    await websocket.close()
+
+
+def test_a_browser_token_in_the_subprotocols_authenticates_the_handshake(
+    guard_factory: Callable[..., Guard],
+) -> None:
+    """With ``websocket_token_protocol="bearer."``, a browser's ``new WebSocket(url,
+    ["realtime", "bearer." + token])`` connects as the token's client; the app sees only
+    ``realtime`` offered (the token never reaches it) and picks it. A bad token there is
+    refused with 401 ``invalid_token``; without the setting, the same handshake has no token."""
+    starlette = Starlette(routes=[WebSocketRoute("/v1/realtime", subprotocol_echo)])
+    url_of = lambda base: base.replace("http://", "ws://") + "/v1/realtime"  # noqa: E731
+
+    def offer(base: str, token: str) -> Any:
+        return websockets_sync.connect(
+            url_of(base), subprotocols=["realtime", "bearer." + token], open_timeout=5
+        )
+
+    guard = guard_factory(websockets="authenticate", websocket_token_protocol="bearer.")
+    with serve_in_thread(DistillGuardMiddleware(starlette, guard=guard)) as base:
+        with offer(base, make_token()) as ws:
+            assert ws.subprotocol == "realtime"
+            assert ws.recv() == SUBJECT
+            assert json.loads(ws.recv()) == [["realtime"], "realtime"]
+        with pytest.raises(InvalidStatus) as refused:
+            offer(base, make_token(key=b"another-secret-of-at-least-32-bytes!"))
+        assert refused.value.response.status_code == 401
+        assert json.loads(refused.value.response.body)["code"] == "invalid_token"
+    plain = guard_factory(websockets="authenticate")
+    with serve_in_thread(DistillGuardMiddleware(starlette, guard=plain)) as base:
+        with pytest.raises(InvalidStatus) as missing:
+            offer(base, make_token())
+        assert json.loads(missing.value.response.body)["code"] == "missing_token"
