@@ -72,6 +72,15 @@ GROUPS: tuple[tuple[str, ...], ...] = (
     ("examples", "instances"),
     ("rapid", "swift"),
     ("assume", "suppose"),
+    ("especially", "particularly"),
+    ("significantly", "substantially", "considerably"),
+    ("extremely", "incredibly"),
+    ("rarely", "seldom"),
+    ("basically", "essentially"),
+    ("obviously", "evidently"),
+    ("unfortunately", "regrettably"),
+    ("fortunately", "luckily"),
+    ("correctly", "properly"),
 )
 """The interchangeable words (each word in one group), lower case."""
 
