@@ -33,6 +33,10 @@ _DRAIN_BYTES = 8 * 1024 * 1024
 _DRAIN_SECONDS = 1.0
 
 
+_STARTUP_KEYS_WAIT = 5.0
+"""Seconds the lifespan startup waits for a JWKS key set (then requests get 503 until one comes)."""
+
+
 class _Disconnected(Exception):
     pass
 
@@ -104,6 +108,7 @@ class DistillGuardMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.guard.is_exempt(scope["path"]):
             if scope["type"] == "lifespan":
+                receive = self._fetching_keys_on_startup(receive)
                 send = self._closing_on_shutdown(send)
             elif (
                 scope["type"] == "websocket"
@@ -214,6 +219,22 @@ class DistillGuardMiddleware:
             await send({"type": "websocket.http.response.body", "body": payload})
         else:
             await send({"type": "websocket.close", "code": 1008})
+
+    def _fetching_keys_on_startup(self, receive: Receive) -> Receive:
+        """With keys fetched from a JWKS URL, wait (up to 5 s, in a worker thread) for the first
+        key set before the app hears of its startup: a server that reports ready after its
+        lifespan startup does not answer its first requests with 503 ``auth_unavailable``."""
+        verifier = self.guard.verifier
+        if verifier is None or not verifier.fetches_keys:
+            return receive
+
+        async def fetching() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                await anyio.to_thread.run_sync(verifier.prefetch_keys, _STARTUP_KEYS_WAIT)
+            return message
+
+        return fetching
 
     def _closing_on_shutdown(self, send: Send) -> Send:
         """Check the limit storage once the app has started (a warning when it does not

@@ -440,3 +440,35 @@ def test_forged_tokens_never_lock_out_the_real_client(
     assert response.status_code == 200
     assert "r=4" in response.headers["ratelimit"]
     assert jwks_server.hits <= 2
+
+
+def test_the_asgi_lifespan_startup_waits_for_the_first_key_set(
+    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any
+) -> None:
+    """Behind a server that runs the lifespan (as uvicorn does), the app's startup completes
+    once the JWKS has been fetched: the first request is served. Without the lifespan, the
+    first request only starts the fetch and gets 503 ``auth_unavailable``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    async def chat(request: Request) -> JSONResponse:
+        return JSONResponse({"client": request.scope["state"]["distillguard"].identity.client_id})
+
+    jwks_server.set_keys([to_jwk(keys.rsa, "rsa")])
+    token = make_token(key=keys.rsa, headers={"kid": "rsa"})
+    starlette = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    with TestClient(
+        DistillGuardMiddleware(starlette, guard=jwks_guard(make_keys(jwks_server.url)))
+    ) as client:
+        response = client.post(
+            "/v1/chat/completions", json={"prompt": "x"}, headers={"authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 200 and response.json() == {"client": "client-1"}
+    cold = TestClient(DistillGuardMiddleware(starlette, guard=jwks_guard(make_keys(jwks_server.url))))
+    response = cold.post(
+        "/v1/chat/completions", json={"prompt": "x"}, headers={"authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 503 and response.json()["code"] == "auth_unavailable"

@@ -345,6 +345,18 @@ class JWTVerifier:
             claims=kept,
         )
 
+    @property
+    def fetches_keys(self) -> bool:
+        """Whether the key resolver fetches its keys (a ``prefetch`` method, as
+        :class:`~distillguard.identity.JWKSKeys`)."""
+        return callable(getattr(self._resolver, "prefetch", None))
+
+    def prefetch_keys(self, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds for the resolver's first key set (blocking; ``True`` at
+        once for configured keys); whether keys are available."""
+        prefetch = getattr(self._resolver, "prefetch", None)
+        return bool(prefetch(timeout)) if callable(prefetch) else True
+
     def missing_scopes(self, identity: Identity, path: str) -> tuple[str, ...]:
         """Return the scopes ``identity`` lacks for ``path`` (empty when it has them all)."""
         needed = list(self.config.required_scopes)
