@@ -177,6 +177,8 @@ def test_throttle_charges_a_tighter_window(guard_factory: Callable[..., Guard]) 
     assert [d.action for d in actions] == [Action.FLAG, Action.FLAG, Action.THROTTLE]
     assert actions[2].problem is not None and actions[2].problem.code == "rate_limited"
     assert any(r.startswith("throttle:") for r in actions[2].reasons)
+    # the client is not told the throttle's pace: the refusal names the usage pattern only
+    assert actions[2].problem.extensions["violated-policies"] == ["usage-pattern"]
     dial.value = 0.0
     assert drive(guard.flow(req("calm", now + 3)), perform).action is Action.ALLOW
 

@@ -24,7 +24,7 @@ from .errors import AuthenticationError
 from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
 from .limiting.effects import UNREAD, Charged, ChargeLimit, HitLimits, LoadState, RefundLimit, SaveState
-from .limiting.headers import ratelimit_fields, retry_after
+from .limiting.headers import ratelimit_fields, retry_after, violated_policies
 from .policy import Policy, decide, detection_mode
 from .problems import Problem
 from .query import Query, parse_query
@@ -280,11 +280,13 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         if outcomes and outcomes[0].check is level:
             shared_level = risk.level_of(outcomes[0].remaining) if risk is not None else 0
             outcomes = outcomes[1:]
-    headers = tuple(ratelimit_fields(outcomes, now)) if plan.config.headers else ()
-    errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     refused = [o for o in outcomes if not o.allowed]
+    # a window that is never disclosed refused it: the others' fields would say there is room
+    hidden = any(not o.check.headers for o in refused)
+    headers = tuple(ratelimit_fields(outcomes, now)) if plan.config.headers and not hidden else ()
+    errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     if refused:
-        limited = Problem.rate_limited(retry_after(refused, now), [o.check.policy for o in refused])
+        limited = Problem.rate_limited(retry_after(refused, now), violated_policies(refused))
         if not policy.shadow:
             return Decision(
                 action=Action.RATE_LIMITED,
@@ -356,7 +358,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         problem = Problem.suspicious_usage(policy.block_status, policy.block_retry_after)
     elif action is Action.THROTTLE:
         blocked = [o for o in outcomes if not o.allowed]
-        problem = Problem.rate_limited(retry_after(blocked, now), [o.check.policy for o in blocked])
+        problem = Problem.rate_limited(retry_after(blocked, now), violated_policies(blocked))
     elif action is Action.DEGRADE:  # from the bytes the client sent: a detector may have
         # changed the parsed document it was shown, which must never reach the app
         body = degrade_body(parse_query(request.body, request.content_type), policy)

@@ -3,6 +3,7 @@ check), tenant aggregate limits, refunds of refused requests, and RateLimit disc
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -55,7 +56,7 @@ def test_failed_auth_limiter_refuses_before_any_verification(tracer_provider: An
     lookups = keys.lookups
     status, headers, body = wsgi_call(app, token=make_token(sub="fresh"), client="6.6.6.6")
     assert status == 429 and int(headers["retry-after"]) >= 1
-    assert b"auth-3-per-1-minute" in body
+    assert b"authentication-failures" in body and b"3-per-1-minute" not in body  # never its quota
     assert keys.lookups == lookups  # refused before verification
     assert wsgi_call(app, token=make_token(sub="fresh"), client="7.7.7.7")[0] == 200
 
@@ -71,8 +72,14 @@ def test_tenant_aggregate_limit_trips_across_clients(tracer_provider: Any) -> No
     """Clients of one tenant (a configurable claim) share the tenant's windows; another tenant
     has its own."""
     app = mw(tracer_provider, jwt=jwt_config(tenant_claim="org"), tenant="3/minute")
-    statuses = [wsgi_call(app, token=make_token(sub=f"u{i}", org="acme"))[0] for i in range(4)]
-    assert statuses == [200, 200, 200, 429]
+    statuses = [wsgi_call(app, token=make_token(sub=f"u{i}", org="acme"))[0] for i in range(3)]
+    assert statuses == [200, 200, 200]
+    status, headers, body = wsgi_call(app, token=make_token(sub="u3", org="acme"))
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    # the tenant's window is never disclosed: the refusal names it without its quota, and sends
+    # no RateLimit fields (the client's own window, with room left, would contradict the 429)
+    assert json.loads(body)["violated-policies"] == ["tenant"] and b"3-per-1-minute" not in body
+    assert "ratelimit" not in headers and "ratelimit-policy" not in headers
     assert wsgi_call(app, token=make_token(sub="v", org="globex"))[0] == 200
 
 

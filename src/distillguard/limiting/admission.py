@@ -26,7 +26,7 @@ from ..problems import Problem
 from ..request import GuardRequest, bearer_token
 from .budget import Budget
 from .effects import RefundLimit
-from .headers import retry_after
+from .headers import retry_after, violated_policies
 from .plan import LimitCheck, LimitOutcome
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def admit(guard: Guard, request: GuardRequest, inner: Flow) -> Flow:
                 inner.close()
                 return Decision(
                     action=Action.RATE_LIMITED,
-                    problem=Problem.rate_limited(retry_after([outcome], now), [check.policy]),
+                    problem=Problem.rate_limited(retry_after([outcome], now), violated_policies([outcome])),
                     auth_failure="address_limited",
                     limits=(outcome,),
                 )

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from .plan import LimitOutcome
 
-__all__ = ["ratelimit_fields", "retry_after"]
+__all__ = ["ratelimit_fields", "retry_after", "violated_policies"]
 
 
 def _seconds_until(reset_at: float, now: float) -> int:
@@ -63,6 +63,25 @@ def ratelimit_fields(outcomes: Iterable[LimitOutcome], now: float) -> list[tuple
     if not states:
         return []
     return [("ratelimit-policy", _policy_field(tuple(policies))), ("ratelimit", ", ".join(states))]
+
+
+_HIDDEN_NAMES = (("tenant-", "tenant"), ("auth-", "authentication-failures"), ("throttle-", "usage-pattern"))
+
+
+def violated_policies(refused: Iterable[LimitOutcome]) -> list[str]:
+    """The names a refusal gives its windows (``violated-policies``): a disclosed window by its
+    policy name; a window that is never disclosed (a tenant's aggregate, failed
+    authentications, a risk throttle) by what it is, never by its quota, which would tell a
+    suspected extractor the pace to keep."""
+    names: list[str] = []
+    for outcome in refused:
+        check = outcome.check
+        name = check.policy
+        if not check.headers:
+            name = next((label for prefix, label in _HIDDEN_NAMES if name.startswith(prefix)), "undisclosed")
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def retry_after(outcomes: Iterable[LimitOutcome], now: float) -> int:
