@@ -14,7 +14,17 @@ variable                          meaning                               developm
 ``DISTILLGUARD_JWT_SECRET``       HS256 secret (at least 32 bytes)      :data:`DEV_SECRET`
 ``DISTILLGUARD_JWT_ISSUER``       accepted ``iss``                      :data:`DEV_ISSUER`
 ``DISTILLGUARD_JWT_AUDIENCE``     accepted ``aud``                      :data:`DEV_AUDIENCE`
+``DISTILLGUARD_JWKS_URL``         verify tokens with the keys of this   (the secret)
+                                  JWKS URL instead of the secret
+``DISTILLGUARD_JWT_PUBLIC_KEY_``  a file holding the public key (PEM,   (the secret)
+``FILE``                          DER or JWK) instead of the secret
+``DISTILLGUARD_JWT_ALGORITHMS``   accepted algorithms, comma-separated  ``HS256``; ``RS256``
+                                                                        with a JWKS or a key
 ``DISTILLGUARD_LIMITS``           default limits (``limits`` notation)  ``60/minute;1000/day``
+``DISTILLGUARD_TIER_LIMITS``      limits by tier, as a JSON object:     every tier gets
+                                  ``{"pro": "600/minute;10000/day"}``   ``DISTILLGUARD_LIMITS``
+``DISTILLGUARD_OUTAGE``           ``local_fallback``, ``fail_open`` or  ``local_fallback``
+                                  ``fail_closed`` (storage down)
 ``DISTILLGUARD_STORAGE_URI``      ``limits`` storage URI                ``memory://``
 ``DISTILLGUARD_SHADOW``           shadow mode (``true``/``false``)      ``false``
 ``DISTILLGUARD_SHARED_STATE``     detector state shared through a       ``true``
@@ -34,23 +44,26 @@ risk policy (:class:`~distillguard.risk.RiskPolicy`: decaying per-client risk, t
 block and penalty box), the same as ``distillguard replay`` uses.
 
 With the JWT variables unset the guard starts on the development defaults and logs a warning
-naming them. With ``DISTILLGUARD_ENV=production`` nothing falls back: the three JWT variables
-are required and the development secret is refused.
+naming them. With ``DISTILLGUARD_ENV=production`` nothing falls back: the issuer, the audience
+and the keys (the secret, the JWKS URL or the public key file) are required, and the
+development secret is refused. Only one source of keys may be set.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from .detectors import ENTRY_POINT_GROUP
 from .errors import ConfigurationError
 from .guard import Guard
-from .identity import JWTConfig
+from .identity import JWKSKeys, JWTConfig
 from .limiting import LimitConfig
 from .policy import DETECTION_MODES, DetectionMode, Policy
 from .risk import RiskPolicy
@@ -104,6 +117,12 @@ class Settings:
         detectors: the entry-point names of the detectors to load.
         max_body_bytes: the request body cap.
         watermark_key: the key of the response watermark (empty: none).
+        jwks_url: the JWKS URL the keys come from (empty: the secret or the key file).
+        jwt_public_key_file: the file holding the public key (empty: the secret or the JWKS).
+        jwt_algorithms: the accepted algorithms (empty: ``HS256`` with the secret, ``RS256``
+            with a JWKS or a public key).
+        tier_limits: ``(tier, limits)`` pairs for :attr:`LimitConfig.tiers`.
+        outage: :attr:`LimitConfig.outage`.
         dev_defaults: the variables that fell back to a development default.
     """
 
@@ -119,19 +138,52 @@ class Settings:
     detectors: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     watermark_key: str = field(default="", repr=False)
+    jwks_url: str = ""
+    jwt_public_key_file: str = ""
+    jwt_algorithms: tuple[str, ...] = ()
+    tier_limits: tuple[tuple[str, str], ...] = ()
+    outage: str = "local_fallback"
     dev_defaults: tuple[str, ...] = ()
 
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The accepted algorithms: as set, else ``RS256`` for a JWKS or a public key and
+        ``HS256`` for the secret."""
+        if self.jwt_algorithms:
+            return self.jwt_algorithms
+        return ("RS256",) if self.jwks_url or self.jwt_public_key_file else ("HS256",)
+
     def jwt_config(self) -> JWTConfig:
-        """The HS256 :class:`~distillguard.JWTConfig` these settings describe."""
-        return JWTConfig(
-            algorithms=["HS256"], key=self.jwt_secret, issuer=self.jwt_issuer, audience=self.jwt_audience
-        )
+        """The :class:`~distillguard.JWTConfig` these settings describe: the secret, the JWKS
+        URL (a :class:`~distillguard.JWKSKeys` resolver) or the public key file."""
+        algorithms = list(self.algorithms)
+        common: dict[str, Any] = {
+            "algorithms": algorithms,
+            "issuer": self.jwt_issuer,
+            "audience": self.jwt_audience,
+        }
+        if self.jwks_url:
+            return JWTConfig(key_resolver=JWKSKeys(self.jwks_url, algorithms=algorithms), **common)
+        if self.jwt_public_key_file:
+            try:
+                key = Path(self.jwt_public_key_file).read_bytes()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"DISTILLGUARD_JWT_PUBLIC_KEY_FILE cannot be read: {exc.strerror}"
+                ) from None
+            return JWTConfig(key=key, **common)
+        return JWTConfig(key=self.jwt_secret, **common)
 
     def guard_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~distillguard.Guard`."""
         return {
             "jwt": self.jwt_config(),
-            "limits": LimitConfig(default=self.limits, storage_uri=self.storage_uri),
+            "limits": LimitConfig(
+                default=self.limits,
+                storage_uri=self.storage_uri,
+                tiers=dict(self.tier_limits),
+                outage=self.outage,  # type: ignore[arg-type]  # checked by LimitConfig
+            ),
             "detectors": list(self.detectors),
             "policy": Policy(
                 shadow=self.shadow,
@@ -186,6 +238,21 @@ def _tier_detection(raw: str) -> tuple[tuple[str, DetectionMode], ...]:
     return tuple(pairs)
 
 
+def _tier_limits(raw: str) -> tuple[tuple[str, str], ...]:
+    """``'{"pro": "600/minute;10000/day"}'`` as ``(tier, limits)`` pairs."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in doc.items()
+    ):
+        raise ConfigurationError(
+            'DISTILLGUARD_TIER_LIMITS must be a JSON object of tier to limits, e.g. {"pro": "600/minute"}'
+        )
+    return tuple(doc.items())
+
+
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Read :class:`Settings` from ``environ`` (``os.environ`` by default), without logging.
 
@@ -204,6 +271,21 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigurationError(f"DISTILLGUARD_ENV must be development or production, got {environment!r}")
     defaults: list[str] = []
     jwt: dict[str, str] = {}
+    jwks_url = get("JWKS_URL") or ""
+    key_file = get("JWT_PUBLIC_KEY_FILE") or ""
+    sources = [
+        n
+        for n, v in (
+            ("JWT_SECRET", get("JWT_SECRET")),
+            ("JWKS_URL", jwks_url),
+            ("JWT_PUBLIC_KEY_FILE", key_file),
+        )
+        if v
+    ]
+    if len(sources) > 1:
+        raise ConfigurationError(
+            "set only one of " + ", ".join(_PREFIX + n for n in sources) + " (the token keys)"
+        )
     for name, field_name, default in (
         ("JWT_SECRET", "jwt_secret", DEV_SECRET),
         ("JWT_ISSUER", "jwt_issuer", DEV_ISSUER),
@@ -211,7 +293,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     ):
         value = get(name)
         if not value:
-            defaults.append(_PREFIX + name)
+            if name != "JWT_SECRET" or not sources:  # a JWKS or a key file needs no secret
+                defaults.append(_PREFIX + name)
             value = default
         jwt[field_name] = value
     if environment == "production":
@@ -219,8 +302,15 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigurationError(
                 "DISTILLGUARD_ENV=production needs " + ", ".join(defaults) + " (no development defaults)"
             )
-        if jwt["jwt_secret"] == DEV_SECRET:
+        if jwt["jwt_secret"] == DEV_SECRET and not (jwks_url or key_file):
             raise ConfigurationError("the development JWT secret is refused when DISTILLGUARD_ENV=production")
+    algorithms = tuple(a.strip() for a in (get("JWT_ALGORITHMS") or "").split(",") if a.strip())
+    tier_limits = get("TIER_LIMITS")
+    outage = get("OUTAGE") or "local_fallback"
+    if outage not in ("local_fallback", "fail_open", "fail_closed"):
+        raise ConfigurationError(
+            f"DISTILLGUARD_OUTAGE must be local_fallback, fail_open or fail_closed, got {outage!r}"
+        )
 
     detectors_raw = get("DETECTORS")
     if detectors_raw is None:
@@ -243,6 +333,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         detectors=detectors,
         max_body_bytes=DEFAULT_MAX_BODY_BYTES if body is None else _int("DISTILLGUARD_MAX_BODY_BYTES", body),
         watermark_key=get("WATERMARK_KEY") or "",
+        jwks_url=jwks_url,
+        jwt_public_key_file=key_file,
+        jwt_algorithms=algorithms,
+        tier_limits=() if not tier_limits else _tier_limits(tier_limits),
+        outage=outage,
         dev_defaults=tuple(defaults),
         **jwt,
     )
@@ -265,13 +360,15 @@ def guard_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -
     settings = settings_from_env(environ)
     if settings.dev_defaults:
         logger.warning(
-            "distillguard: DEVELOPMENT defaults in use because %s not set (tokens: HS256, issuer %s, "
-            "audience %s%s). Never deploy like this: set DISTILLGUARD_JWT_SECRET, "
-            "DISTILLGUARD_JWT_ISSUER and DISTILLGUARD_JWT_AUDIENCE, and DISTILLGUARD_ENV=production.",
+            "distillguard: DEVELOPMENT defaults in use because %s not set (tokens: %s, issuer %s, "
+            "audience %s%s). Never deploy like this: set DISTILLGUARD_JWT_SECRET (or "
+            "DISTILLGUARD_JWKS_URL), DISTILLGUARD_JWT_ISSUER and DISTILLGUARD_JWT_AUDIENCE, and "
+            "DISTILLGUARD_ENV=production.",
             ", ".join(settings.dev_defaults),
+            ",".join(settings.algorithms),
             settings.jwt_issuer,
             settings.jwt_audience,
-            ", the public development secret" if settings.jwt_secret == DEV_SECRET else "",
+            ", the public development secret" if _PREFIX + "JWT_SECRET" in settings.dev_defaults else "",
         )
     kwargs = settings.guard_kwargs()
     kwargs.update(overrides)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 from examples.make_token import main as make_token_main, mint_token
@@ -24,6 +25,7 @@ from distillguard.settings import (
     settings_from_env,
 )
 from tests.examples.conftest import ENV
+from tests.helpers import keys as key_pairs, make_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,3 +223,102 @@ def test_settings_use_the_risk_policy() -> None:
     assert guard.risk is not None and guard.policy.risk is not None
     shadow = guard_from_env({"DISTILLGUARD_DETECTORS": "", "DISTILLGUARD_SHADOW": "true"})
     assert shadow.policy.shadow and shadow.risk is not None
+
+
+def _verify(guard: Any, token: str) -> str:
+    """The client id ``guard`` verifies ``token`` as."""
+    assert guard.verifier is not None
+    return str(guard.verifier.verify(token).client_id)
+
+
+def _signed(keys: Any, **headers: Any) -> str:
+    return make_token(
+        key=keys.rsa,
+        alg="RS256",
+        headers=headers,
+        iss=ENV["DISTILLGUARD_JWT_ISSUER"],
+        aud=ENV["DISTILLGUARD_JWT_AUDIENCE"],
+    )
+
+
+def test_keys_from_a_jwks_url_or_a_public_key_file(tmp_path: Path) -> None:
+    """``DISTILLGUARD_JWKS_URL`` or ``DISTILLGUARD_JWT_PUBLIC_KEY_FILE`` replace the secret (RS256
+    by default, ``DISTILLGUARD_JWT_ALGORITHMS`` otherwise), also in production; an HS256 token
+    is then refused."""
+    from tests.identity.conftest import JWKSServer, to_jwk
+
+    keys = key_pairs()
+    base = {k: v for k, v in ENV.items() if k != "DISTILLGUARD_JWT_SECRET"} | {
+        "DISTILLGUARD_ENV": "production"
+    }
+    server = JWKSServer()
+    try:
+        server.set_keys([to_jwk(keys.rsa, "rsa")])
+        guard = guard_from_env({**base, "DISTILLGUARD_JWKS_URL": server.url})
+        assert guard.verifier is not None and guard.verifier.prefetch_keys(5.0)
+        assert _verify(guard, _signed(keys, kid="rsa")) == "client-1"
+        hs = mint_token("alice", environ=ENV)
+        with pytest.raises(AuthenticationError):
+            guard.verifier.verify(hs)
+    finally:
+        server.close()
+    pem = tmp_path / "public.pem"
+    pem.write_bytes(keys.rsa.public_pem)
+    guard = guard_from_env(
+        {**base, "DISTILLGUARD_JWT_PUBLIC_KEY_FILE": str(pem), "DISTILLGUARD_JWT_ALGORITHMS": "RS256, PS256"}
+    )
+    assert _verify(guard, _signed(keys)) == "client-1"
+    assert settings_from_env({**base, "DISTILLGUARD_JWT_PUBLIC_KEY_FILE": str(pem)}).dev_defaults == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        pytest.param(
+            {"DISTILLGUARD_JWKS_URL": "https://idp.example/jwks"}, "only one of", id="secret-and-jwks"
+        ),
+        pytest.param(
+            {"DISTILLGUARD_JWT_PUBLIC_KEY_FILE": "/nonexistent/key.pem"}, "only one of", id="secret-and-file"
+        ),
+        pytest.param({"DISTILLGUARD_TIER_LIMITS": "pro=600/minute"}, "JSON object", id="tiers-not-json"),
+        pytest.param({"DISTILLGUARD_TIER_LIMITS": '{"pro": 600}'}, "JSON object", id="tiers-not-strings"),
+        pytest.param(
+            {"DISTILLGUARD_TIER_LIMITS": '{"pro": "lots"}'}, "invalid limit string", id="tiers-bad-limits"
+        ),
+        pytest.param(
+            {"DISTILLGUARD_OUTAGE": "panic"}, "local_fallback, fail_open or fail_closed", id="outage"
+        ),
+        pytest.param({"DISTILLGUARD_JWT_ALGORITHMS": "none"}, "none", id="alg-none"),
+    ],
+)
+def test_invalid_key_and_limit_settings_fail_fast(extra: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        guard_from_env({**ENV, **extra})
+
+
+def test_an_unreadable_public_key_file_fails_fast() -> None:
+    environ = {k: v for k, v in ENV.items() if k != "DISTILLGUARD_JWT_SECRET"}
+    with pytest.raises(ConfigurationError, match="cannot be read"):
+        guard_from_env({**environ, "DISTILLGUARD_JWT_PUBLIC_KEY_FILE": "/nonexistent/key.pem"})
+
+
+def test_tier_limits_and_the_outage_policy_reach_the_limits() -> None:
+    """``DISTILLGUARD_TIER_LIMITS`` gives each tier its windows (the others keep
+    ``DISTILLGUARD_LIMITS``); ``DISTILLGUARD_OUTAGE`` the storage outage policy."""
+    guard = guard_from_env(
+        {
+            **ENV,
+            "DISTILLGUARD_TIER_LIMITS": '{"pro": "600/minute;10000/day"}',
+            "DISTILLGUARD_OUTAGE": "fail_closed",
+        }
+    )
+    config = guard.plan.config
+    assert config.tiers == {"pro": "600/minute;10000/day"} and config.outage == "fail_closed"
+    pro = guard.plan.checks_for(
+        guard.verifier.verify(mint_token("p", environ=ENV, tier="pro")), "/v1/chat/completions", None
+    )  # type: ignore[union-attr]
+    assert sorted(c.item.amount for c in pro) == [600, 10000]
+    free = guard.plan.checks_for(
+        guard.verifier.verify(mint_token("f", environ=ENV)), "/v1/chat/completions", None
+    )  # type: ignore[union-attr]
+    assert [c.item.amount for c in free] == [1000]

@@ -377,7 +377,8 @@ def test_hop_by_hop_headers_are_dropped_both_ways() -> None:
 
 def test_the_command_serves_the_gateway(model: tuple[ModelServer, str]) -> None:
     """``distillguard gateway`` on the development settings forwards a request with a token
-    minted for them."""
+    minted for them; behind a trusted proxy (``--forwarded-allow-ips``) the client address is
+    the one the proxy saw."""
     server, upstream = model
     port = free_port()
     env = {**os.environ, "DISTILLGUARD_UPSTREAM": upstream, "DISTILLGUARD_UPSTREAM_AUTHORIZATION": "Bearer k"}
@@ -389,7 +390,7 @@ def test_the_command_serves_the_gateway(model: tuple[ModelServer, str]) -> None:
     ):
         env.pop(name, None)
     process = subprocess.Popen(
-        [*COMMAND, "--port", str(port)],
+        [*COMMAND, "--port", str(port), "--forwarded-allow-ips", "127.0.0.1"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -400,10 +401,12 @@ def test_the_command_serves_the_gateway(model: tuple[ModelServer, str]) -> None:
         response = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             content=CHAT,
-            headers={"authorization": f"Bearer {token}"},
+            headers={"authorization": f"Bearer {token}", "x-forwarded-for": "203.0.113.9"},
         )
         assert response.status_code == 200, response.text
-        assert dict(server.seen[-1]["headers"])["authorization"] == "Bearer k"
+        seen = dict(server.seen[-1]["headers"])
+        assert seen["authorization"] == "Bearer k"
+        assert seen["x-forwarded-for"].split(", ")[-1] == "203.0.113.9"
     finally:
         process.terminate()
         process.wait(timeout=10)

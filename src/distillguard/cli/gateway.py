@@ -36,6 +36,13 @@ def register(subparsers: Any) -> None:
         "--timeout", type=float, default=60.0, help="seconds to wait for the upstream (default 60)"
     )
     parser.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        default="",
+        help="trust X-Forwarded-For/-Proto from these proxy addresses (comma-separated, or '*'): "
+        "the client address the limits and detectors see; by default the headers are ignored",
+    )
+    parser.add_argument(
         "--forward-authorization",
         action="store_true",
         help="also forward the client's Authorization header to the upstream",
@@ -60,5 +67,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"distillguard gateway: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+    trusted = args.forwarded_allow_ips.strip()
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+    )
     return 0
