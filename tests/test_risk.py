@@ -64,6 +64,8 @@ def test_risk_policy_validates_its_settings() -> None:
         {"half_life": 0},
         {"thresholds": {"x": 1.0}},
         {"throttle_limits": "lots"},
+        {"box_after_refusals": 0},
+        {"refusal_window": 0},
         {"max_penalties": 0},
         {"combine": "sum"},
     ):
@@ -329,3 +331,43 @@ def test_a_wall_clock_step_neither_lengthens_nor_shortens_a_penalty(
     action, _ = call()  # out of the box; the risk (half-life an hour) still blocks it again
     assert action == "block"
     assert guard.risk is not None and guard.risk.risk("ip:198.51.100.7", guard.clock()) > 0.9
+
+
+@pytest.mark.parametrize("policy", ["enforce", "shadow", "off"])
+def test_a_client_hammering_past_its_limits_is_boxed(
+    guard_factory: Callable[..., Guard], policy: str
+) -> None:
+    """With ``box_after_refusals=3``, the third refusal by the client's limits within the
+    window puts it in the penalty box: its next requests get ``suspicious_usage`` whatever its
+    windows say, on every route, while another client is unaffected. Shadow mode and an
+    ``off`` tier count nothing; without the setting nobody is boxed for refusals."""
+    dial = Dial()
+    risk = RiskPolicy(box_after_refusals=3, refusal_window=60.0, penalty_seconds=600.0)
+    guard = guard_factory(
+        detectors=[dial],
+        limits=LimitConfig(default="2/minute"),
+        policy=Policy(
+            risk=risk, shadow=policy == "shadow", tier_detection={"default": "off"} if policy == "off" else {}
+        ),
+    )
+    perform = guard.sync_performer()
+    now = time.time()
+    decisions = [drive(guard.flow(req("hammer", now + i * 0.1)), perform) for i in range(7)]
+    actions = [d.action for d in decisions]
+    if policy == "enforce":
+        assert actions[:5] == [Action.ALLOW, Action.ALLOW] + [Action.RATE_LIMITED] * 3
+        assert decisions[4].reasons == ("risk:penalty_box", "risk:refusals")
+        assert actions[5:] == [Action.BLOCK, Action.BLOCK]
+        assert decisions[5].problem is not None and decisions[5].problem.code == "suspicious_usage"
+        other = drive(guard.flow(req("hammer", now + 1, path="/v1/embeddings")), perform)
+        assert other.action is Action.BLOCK  # the box holds across routes
+    else:
+        assert Action.BLOCK not in actions
+    assert drive(guard.flow(req("calm", now + 1)), perform).action is Action.ALLOW
+    never = guard_factory(
+        detectors=[dial], limits=LimitConfig(default="2/minute"), policy=Policy(risk=RiskPolicy())
+    )
+    actions = [
+        drive(never.flow(req("hammer", now + i * 0.1)), never.sync_performer()).action for i in range(10)
+    ]
+    assert Action.BLOCK not in actions

@@ -288,12 +288,18 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     if refused:
         limited = Problem.rate_limited(retry_after(refused, now), violated_policies(refused))
         if not policy.shadow:
+            boxed: tuple[str, ...] = ()
+            if risk is not None and mode == "enforce" and risk.refused(client, now) is not None:
+                boxed = ("risk:penalty_box", "risk:refusals")  # from its next request on
+                if box is not None:  # tell the other replicas
+                    yield ChargeLimit(box, box.item.amount + 1)
             return Decision(
                 action=Action.RATE_LIMITED,
                 identity=identity,
                 problem=limited,
                 query=query,
                 limits=tuple(outcomes),
+                reasons=boxed,
                 headers=headers,
                 errors=errors,
             )

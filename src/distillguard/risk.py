@@ -102,6 +102,10 @@ class RiskPolicy:
         half_life: seconds for a client's risk to halve once the evidence stops.
         throttle_limits: the extra windows of a throttled client (``limits`` notation).
         penalty_seconds: how long a blocked client stays in the penalty box.
+        box_after_refusals: put a client in the penalty box once its limits have refused it
+            this many times within ``refusal_window`` seconds (a client hammering past its
+            quota, as a script does and a person does not); ``None`` (the default) never.
+        refusal_window: the window of ``box_after_refusals``, in seconds.
         thresholds: calibrated per-detector thresholds (see :func:`calibrate`).
         weights: per-detector multipliers of the evidence (1 when absent).
         combine: ``"max"`` (the strongest evidence) or ``"noisy_or"``.
@@ -120,6 +124,8 @@ class RiskPolicy:
     half_life: float = 900.0
     throttle_limits: str = "6/minute"
     penalty_seconds: float = 3600.0
+    box_after_refusals: int | None = None
+    refusal_window: float = 60.0
     thresholds: Mapping[str, float] = field(default_factory=dict)
     weights: Mapping[str, float] = field(default_factory=dict)
     combine: Literal["max", "noisy_or"] = "max"
@@ -146,6 +152,10 @@ class RiskPolicy:
             raise ConfigurationError("detector weights must be non-negative")
         if self.throttle is not None:
             parse_limits(self.throttle_limits)
+        if self.box_after_refusals is not None and self.box_after_refusals < 1:
+            raise ConfigurationError("box_after_refusals must be at least 1 (or None)")
+        if not self.refusal_window > 0.0:
+            raise ConfigurationError("refusal_window must be positive")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,12 +224,14 @@ def calibrate(
 
 
 class _Client:
-    __slots__ = ("driver", "risk", "ts")
+    __slots__ = ("driver", "refusals", "refusals_since", "risk", "ts")
 
     def __init__(self) -> None:
         self.risk = 0.0
         self.ts = 0.0
         self.driver = ""
+        self.refusals = 0  # refused by its limits since ``refusals_since``
+        self.refusals_since = 0.0
 
 
 class RiskEngine:
@@ -359,6 +371,22 @@ class RiskEngine:
                 self.evictions += 1
             state = clients[client_id] = _Client()
             return state
+
+    def refused(self, client_id: str, now: float) -> float | None:
+        """Count a refusal of ``client_id`` by its limits; box it when that makes
+        ``box_after_refusals`` within ``refusal_window``, and return when it comes out
+        (``None``: not boxed)."""
+        most = self.policy.box_after_refusals
+        if most is None:
+            return None
+        state = self._client(client_id)
+        if now - state.refusals_since > self.policy.refusal_window:
+            state.refusals, state.refusals_since = 0, now
+        state.refusals += 1
+        if state.refusals < most:
+            return None
+        state.refusals = 0
+        return self.box(client_id, now)
 
     def risk(self, client_id: str, now: float) -> float:
         """The current (decayed) risk of ``client_id`` (0 for an unknown client)."""
