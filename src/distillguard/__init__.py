@@ -20,7 +20,7 @@ from .errors import (
     UpstreamError,
 )
 from .guard import Guard
-from .identity import Identity, JWKSKeys, JWTConfig
+from .identity import APIKey, APIKeys, Identity, JWKSKeys, JWTConfig
 from .limiting import LimitConfig
 from .policy import Policy
 from .problems import Problem
@@ -29,6 +29,8 @@ from .telemetry import TelemetryConfig
 from .wsgi import DistillGuardWSGIMiddleware
 
 __all__ = [
+    "APIKey",
+    "APIKeys",
     "Action",
     "AsyncDetector",
     "AuthenticationError",

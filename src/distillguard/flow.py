@@ -181,7 +181,7 @@ def identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
         return request.identity
     if verifier is None:
         return _anonymous(request)
-    realm = verifier.config.realm
+    realm = verifier.realm
     token = bearer_token(request.authorization)
     if token is None:
         return Decision(

@@ -22,7 +22,7 @@ from .detectors import is_async_detector, load_detectors, validate_detector
 from .detectors._sharing import StateShare
 from .errors import ConfigurationError
 from .flow import Flow, evaluate, identify
-from .identity import JWTConfig, JWTVerifier
+from .identity import APIKeys, APIKeyVerifier, JWTConfig, JWTVerifier
 from .limiting import LimitConfig, LimitPlan
 from .limiting._table import BoundedTable
 from .limiting.admission import admit
@@ -56,7 +56,10 @@ class Guard:
 
     Args:
         jwt: bearer-token verification, or ``None`` to identify clients by address only
-            (for trusted networks and demos).
+            (for trusted networks and demos) or by API key.
+        api_keys: opaque API keys (``sk-...``) as bearer tokens, each mapped to a client
+            (:class:`~distillguard.identity.APIKeys`); with ``jwt`` too, a JWT-shaped token is
+            verified as a JWT and any other as an API key.
         limits: request limits (per client, by tier).
         detectors: detector instances, and/or names (or a ``{name: options}`` mapping) loaded
             from the ``distillguard.detectors`` entry-point group.
@@ -112,6 +115,7 @@ class Guard:
         self,
         *,
         jwt: JWTConfig | None,
+        api_keys: APIKeys | None = None,
         limits: LimitConfig | None = None,
         detectors: Iterable[DetectorSpec] | Mapping[str, Mapping[str, Any]] = (),
         policy: Policy | None = None,
@@ -145,7 +149,12 @@ class Guard:
             isinstance(p, str) and p.startswith("/") for p in exempt_paths
         ):  # a bare string would exempt "/", i.e. everything
             raise ConfigurationError("exempt_paths must be a list of paths starting with '/'")
-        self.verifier = JWTVerifier(jwt, clock=clock or time.time) if jwt is not None else None
+        jwt_verifier = JWTVerifier(jwt, clock=clock or time.time) if jwt is not None else None
+        if api_keys is not None and not isinstance(api_keys, APIKeys):
+            raise ConfigurationError("api_keys must be an APIKeys or None")
+        self.verifier: JWTVerifier | APIKeyVerifier | None = (
+            APIKeyVerifier(api_keys, jwt_verifier) if api_keys is not None else jwt_verifier
+        )
         several_issuers = jwt is not None and not isinstance(jwt.issuer, str) and len(set(jwt.issuer)) > 1
         self.plan = LimitPlan(limits or LimitConfig(), per_tenant=several_issuers)
         self.limiter_stats = LimiterStats()

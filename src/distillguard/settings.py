@@ -20,6 +20,9 @@ variable                          meaning                               developm
 ``FILE``                          DER or JWK) instead of the secret
 ``DISTILLGUARD_JWT_ALGORITHMS``   accepted algorithms, comma-separated  ``HS256``; ``RS256``
                                                                         with a JWKS or a key
+``DISTILLGUARD_API_KEYS_FILE``    opaque API keys too: a JSON file of   JWTs only
+                                  SHA-256 digest to client (see
+                                  :class:`~distillguard.APIKeys`)
 ``DISTILLGUARD_LIMITS``           default limits (``limits`` notation)  ``60/minute;1000/day``
 ``DISTILLGUARD_TIER_LIMITS``      limits by tier, as a JSON object:     every tier gets
                                   ``{"pro": "600/minute;10000/day"}``   ``DISTILLGUARD_LIMITS``
@@ -63,7 +66,7 @@ from typing import Any
 from .detectors import ENTRY_POINT_GROUP
 from .errors import ConfigurationError
 from .guard import Guard
-from .identity import JWKSKeys, JWTConfig
+from .identity import APIKeys, JWKSKeys, JWTConfig
 from .limiting import LimitConfig
 from .policy import DETECTION_MODES, DetectionMode, Policy
 from .risk import RiskPolicy
@@ -123,6 +126,7 @@ class Settings:
             with a JWKS or a public key).
         tier_limits: ``(tier, limits)`` pairs for :attr:`LimitConfig.tiers`.
         outage: :attr:`LimitConfig.outage`.
+        api_keys_file: the JSON file of API keys (empty: JWTs only).
         dev_defaults: the variables that fell back to a development default.
     """
 
@@ -143,6 +147,7 @@ class Settings:
     jwt_algorithms: tuple[str, ...] = ()
     tier_limits: tuple[tuple[str, str], ...] = ()
     outage: str = "local_fallback"
+    api_keys_file: str = ""
     dev_defaults: tuple[str, ...] = ()
 
     @property
@@ -178,6 +183,7 @@ class Settings:
         """Keyword arguments for :class:`~distillguard.Guard`."""
         return {
             "jwt": self.jwt_config(),
+            "api_keys": APIKeys.from_file(self.api_keys_file) if self.api_keys_file else None,
             "limits": LimitConfig(
                 default=self.limits,
                 storage_uri=self.storage_uri,
@@ -338,6 +344,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         jwt_algorithms=algorithms,
         tier_limits=() if not tier_limits else _tier_limits(tier_limits),
         outage=outage,
+        api_keys_file=get("API_KEYS_FILE") or "",
         dev_defaults=tuple(defaults),
         **jwt,
     )

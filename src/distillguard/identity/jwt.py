@@ -346,6 +346,11 @@ class JWTVerifier:
         )
 
     @property
+    def realm(self) -> str:
+        """The ``realm`` of ``WWW-Authenticate`` challenges."""
+        return self.config.realm
+
+    @property
     def fetches_keys(self) -> bool:
         """Whether the key resolver fetches its keys (a ``prefetch`` method, as
         :class:`~distillguard.identity.JWKSKeys`)."""
