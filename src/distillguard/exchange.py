@@ -88,7 +88,7 @@ class Exchange:
         self._marking: ResponseMarking | None = None  # the answer's watermarking, if any
 
     def decided(self, decision: Decision) -> Decision:
-        """Record ``decision`` on the span; return it."""
+        """Record ``decision`` on the span, tell the guard's ``on_decision`` hook; return it."""
         self.decision = decision
         telemetry = self.guard.telemetry
         try:
@@ -101,6 +101,12 @@ class Exchange:
             self._usage = telemetry.usage_parser(self.span, decision)
         except Exception as exc:
             self._drop_span("decision", exc)
+        hook = self.guard.on_decision
+        if hook is not None:
+            try:
+                hook(decision, self.request)
+            except Exception as exc:  # the user's hook never breaks the request
+                self.guard.hook_failed(exc)
         self._overhead = perf_counter() - self._started
         return decision
 

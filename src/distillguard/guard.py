@@ -79,6 +79,10 @@ class Guard:
             ``"deny"`` it with a 500 problem. Either way the token is still required: a
             request whose token does not verify gets its 401 (or 403), and an allowed one
             reaches the app with its verified identity.
+        on_decision: called with each decision and its request, once the guard has decided
+            (every guarded request, refusals included; not the exempt ones): for logs, alerts
+            or a ban list. It runs on the request's path, so it must be quick (queue any I/O);
+            an exception it raises is logged and the request goes on.
         websockets: ``"pass"`` (the default) hands WebSocket connections to the app untouched;
             ``"authenticate"`` checks each handshake like a request without a body (token,
             scopes, limits, the penalty box; one charge per connection) and refuses it with the
@@ -126,6 +130,7 @@ class Guard:
         exempt_preflight: bool = True,
         max_body_bytes: int = 1_048_576,
         on_internal_error: Literal["allow", "deny"] = "allow",
+        on_decision: Callable[[Decision, GuardRequest], None] | None = None,
         websockets: Literal["pass", "authenticate"] = "pass",
         websocket_token_protocol: str | None = None,
         clock: Callable[[], float] | None = None,
@@ -185,6 +190,9 @@ class Guard:
                 logger.info("distillguard: detector state shared through the limit storage: %s", share.names)
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
+        if on_decision is not None and not callable(on_decision):
+            raise ConfigurationError("on_decision must be callable")
+        self.on_decision = on_decision
         self.websockets = websockets
         self.websocket_token_protocol = websocket_token_protocol
         self.clock = clock or steady_time
@@ -283,10 +291,10 @@ class Guard:
             )
         return Decision(action=Action.ALLOW, identity=identity, errors=errors)
 
-    def _report(self, exc: Exception) -> None:
-        """Log an internal error: its stack the first time it happens at a place, then a count
-        at 10, 100, 1,000 and every 10,000 (a bug hit by every request must not flood the log).
-        Never its message, which may quote the request."""
+    def _report(self, exc: Exception, what: str = "internal error while guarding a request") -> None:
+        """Log an internal error (or ``what`` failed): its stack the first time it happens at a
+        place, then a count at 10, 100, 1,000 and every 10,000 (a bug hit by every request must
+        not flood the log). Never its message, which may quote the request."""
         frames = traceback.extract_tb(exc.__traceback__)
         place = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
         key = (type(exc).__qualname__, place)
@@ -297,14 +305,18 @@ class Guard:
         if seen == 1:
             stack = "".join(traceback.format_list(frames))
             logger.error(
-                "distillguard: internal error while guarding a request: %s at %s (its message is not "
-                "logged: it may quote the request)\n%s",
+                "distillguard: %s: %s at %s (its message is not logged: it may quote the request)\n%s",
+                what,
                 key[0],
                 place,
                 stack,
             )
         elif seen in (10, 100, 1000) or seen % 10_000 == 0:
-            logger.error("distillguard: internal error %s at %s, %d times so far", key[0], place, seen)
+            logger.error("distillguard: %s: %s at %s, %d times so far", what, key[0], place, seen)
+
+    def hook_failed(self, exc: Exception) -> None:
+        """``on_decision`` raised: logged like an internal error; the request goes on."""
+        self._report(exc, "the on_decision hook failed")
 
     def bad_body(self, code: str, detail: str) -> Decision:
         """The decision for a request body that cannot be taken as sent (400 ``code``)."""

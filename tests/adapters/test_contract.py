@@ -9,6 +9,7 @@ is proven twice through real HTTP semantics: ASGI through Starlette's ``TestClie
 from __future__ import annotations
 
 import json
+import logging
 import time
 import wsgiref.util
 import wsgiref.validate
@@ -22,7 +23,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from starlette.testclient import TestClient
 
-from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, LimitConfig, Policy
+from distillguard import (
+    ConfigurationError,
+    DistillGuardMiddleware,
+    DistillGuardWSGIMiddleware,
+    Guard,
+    LimitConfig,
+    Policy,
+)
 from distillguard.telemetry import (
     ATTR_CLIENT_ID,
     ATTR_CLIENT_TENANT,
@@ -1112,3 +1120,45 @@ def test_two_authorization_headers_are_malformed(serve: Callable[..., Served]) -
     response = served.client.post(CHAT_PATH, content=CHAT, headers=headers)
     assert response.status_code == 400 and response.json()["code"] == "invalid_request"
     assert served.app.calls == []
+
+
+def test_on_decision_sees_every_decision_and_cannot_break_a_request(
+    serve: Callable[..., Served], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Guard(on_decision=...)`` is called once per guarded request with the decision and the
+    request (allowed, refused for the token, for the limits, for the body size; not an exempt
+    path); a hook that raises is logged once and the requests are served as before."""
+    seen: list[tuple[str, str | None, str]] = []
+
+    def hook(decision: Any, request: Any) -> None:
+        seen.append(
+            (decision.action.value, decision.identity.client_id if decision.identity else None, request.path)
+        )
+
+    served = serve(on_decision=hook, limits=LimitConfig(default="2/minute"), max_body_bytes=4096)
+    assert served.post(token=make_token()).status_code == 200
+    assert served.post().status_code == 401
+    assert served.post(token=make_token(), body=b"x" * 5000).status_code == 413
+    assert served.post(token=make_token()).status_code == 200
+    assert served.post(token=make_token()).status_code == 429
+    assert served.client.get("/health").status_code == 200
+    assert seen == [
+        ("allow", SUBJECT, CHAT_PATH),
+        ("unauthenticated", None, CHAT_PATH),
+        ("too_large", None, CHAT_PATH),
+        ("allow", SUBJECT, CHAT_PATH),
+        ("rate_limited", SUBJECT, CHAT_PATH),
+    ]
+
+    message = "".join(["quoted ", "prompt"])  # the message, never logged (the stack names the line)
+
+    def broken(decision: Any, request: Any) -> None:
+        raise RuntimeError(message)
+
+    failing = serve(on_decision=broken)
+    with caplog.at_level(logging.ERROR, logger="distillguard"):
+        assert [failing.post(token=make_token()).status_code for _ in range(3)] == [200, 200, 200]
+    failures = [r for r in caplog.records if "on_decision hook failed" in r.getMessage()]
+    assert len(failures) == 1 and "quoted prompt" not in caplog.text
+    with pytest.raises(ConfigurationError):
+        serve(on_decision="not callable")
