@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from distillguard import DistillGuardWSGIMiddleware, Guard, LimitConfig, Policy
+from distillguard import ConfigurationError, DistillGuardWSGIMiddleware, Guard, LimitConfig, Policy
 from distillguard.identity.keys import StaticKeys
 from distillguard.limiting import LimitRule
 from distillguard.limiting.config import parse_limits
 from tests.helpers import HS256_SECRET, StaticDetector, jwt_config, make_token
-from tests.limiting.apps import llm_wsgi_app, wsgi_call
+from tests.limiting.apps import chat_body, llm_wsgi_app, wsgi_call
 
 pytestmark = [pytest.mark.timeout(30)]
 
@@ -214,3 +214,25 @@ def test_a_request_asking_too_many_outputs_is_refused_before_any_window(tracer_p
     status, _, body = wsgi_call(app, chat_body(n=65), token=make_token())
     assert status == 400 and json.loads(body)["code"] == "too_many_outputs"
     assert wsgi_call(app, chat_body(n=64), token=make_token())[0] == 200
+
+
+def test_a_rule_per_all_is_one_counter_for_every_client(tracer_provider: Any) -> None:
+    """``LimitRule(per="all")`` counts every client together (a model's capacity): the third
+    request of 3/minute is refused whoever sends it; the refusal names the rule without its
+    quota and sends no RateLimit fields, and the allowed answers never disclose the shared
+    window (only the client's own)."""
+    rules = [LimitRule(name="capacity", limits="3/minute", per="all", models=["big"])]
+    app = mw(tracer_provider, rules=rules)
+    big = chat_body(model="big")
+    statuses = []
+    for sub in ("a", "b", "a"):
+        status, headers, _ = wsgi_call(app, big, token=make_token(sub=sub))
+        statuses.append(status)
+        assert "capacity" not in headers.get("ratelimit-policy", "") and "ratelimit-policy" in headers
+    assert statuses == [200, 200, 200]
+    status, headers, body = wsgi_call(app, big, token=make_token(sub="c"))
+    assert status == 429 and "ratelimit" not in headers
+    assert json.loads(body)["violated-policies"] == ["capacity"] and b"3-per-1-minute" not in body
+    assert wsgi_call(app, chat_body(model="small"), token=make_token(sub="c"))[0] == 200  # another model
+    with pytest.raises(ConfigurationError):
+        LimitRule(name="x", limits="1/minute", per="everyone")  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .plan import LimitOutcome
+from .plan import LimitOutcome, policy_name
 
 __all__ = ["ratelimit_fields", "retry_after", "violated_policies"]
 
@@ -77,8 +77,10 @@ def violated_policies(refused: Iterable[LimitOutcome]) -> list[str]:
     for outcome in refused:
         check = outcome.check
         name = check.policy
-        if not check.headers:
-            name = next((label for prefix, label in _HIDDEN_NAMES if name.startswith(prefix)), "undisclosed")
+        if not check.headers:  # its kind, or the name of its rule: never the quota
+            quota = "-" + policy_name(check.item)
+            bare = name[: -len(quota)] if name.endswith(quota) else "undisclosed"
+            name = next((label for prefix, label in _HIDDEN_NAMES if name.startswith(prefix)), bare)
         if name not in names:
             names.append(name)
     return names

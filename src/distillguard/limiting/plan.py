@@ -180,6 +180,8 @@ class LimitPlan:
                 if not identity.tenant:  # no tenant: never one counter for every such client
                     continue
                 holder = _part(identity.tenant)
+            elif rule.per == "all":
+                holder = "*"
             else:
                 holder = _part(owner)
             rule_key: tuple[str, ...] = (
@@ -193,7 +195,7 @@ class LimitPlan:
                     item=item,
                     key=rule_key,
                     cost=cost,
-                    headers=rule.headers and self.config.headers,
+                    headers=rule.headers and self.config.headers and rule.per == "client",
                     strategy=compiled.strategy,
                     unit=rule.unit,
                 )

@@ -39,8 +39,11 @@ class LimitRule:
         routes: paths the rule applies to: exact, or a prefix when ending in ``/`` (all when empty).
         models: the request's ``model`` values the rule applies to (all when empty). With
             models listed, each model is counted separately.
-        per: ``"client"`` (one counter per client) or ``"tenant"`` (one counter shared by every
-            client of a tenant: an aggregate limit).
+        per: ``"client"`` (one counter per client), ``"tenant"`` (one counter shared by every
+            client of a tenant: an aggregate limit) or ``"all"`` (one counter for every client:
+            the capacity of a route or a model, e.g. a campaign's accounts together). A shared
+            counter is never disclosed in the RateLimit fields (its remaining count would tell
+            a client how much the others use), whatever ``headers`` says.
         strategy: the ``limits`` strategy; token windows use ``"fixed-window"`` (the only one
             whose refunds are exact). Request windows default to ``LimitConfig.strategy``.
         headers: disclose these windows in the RateLimit fields.
@@ -52,7 +55,7 @@ class LimitRule:
     tiers: Sequence[str] = ()
     routes: Sequence[str] = ()
     models: Sequence[str] = ()
-    per: Literal["client", "tenant"] = "client"
+    per: Literal["client", "tenant", "all"] = "client"
     strategy: str | None = None
     headers: bool = True
 
@@ -63,8 +66,8 @@ class LimitRule:
             raise ConfigurationError(
                 "LimitRule.unit must be 'requests', 'tokens', 'input_tokens' or 'output_tokens'"
             )
-        if self.per not in ("client", "tenant"):
-            raise ConfigurationError("LimitRule.per must be 'client' or 'tenant'")
+        if self.per not in ("client", "tenant", "all"):
+            raise ConfigurationError("LimitRule.per must be 'client', 'tenant' or 'all'")
         for group in (self.tiers, self.routes, self.models):
             if isinstance(group, str):
                 raise ConfigurationError(f"LimitRule {self.name!r}: tiers/routes/models must be lists")
