@@ -131,8 +131,12 @@ class Problem:
         """429 (or 403) for a detector block; ``Retry-After`` when the block is temporary. The
         IANA type ``abnormal-usage-detected`` is defined for 429 only: a 403 is ``about:blank``.
         The policy it violated is named generically (``usage-pattern``): which detector fired
-        is never told to the client."""
-        headers = (("retry-after", str(retry_after)),) if status in (429, 503) else ()
+        is never told to the client. ``x-should-retry: false`` tells OpenAI's SDKs not to retry
+        it at once (they retry a 429 twice by default, whatever ``Retry-After`` says past a
+        minute)."""
+        headers: tuple[tuple[str, str], ...] = (("x-should-retry", "false"),)
+        if status in (429, 503):
+            headers = (("retry-after", str(retry_after)), *headers)
         return cls(
             status=status,
             code="suspicious_usage",
