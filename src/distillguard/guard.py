@@ -28,7 +28,7 @@ from .limiting._table import BoundedTable
 from .limiting.admission import admit
 from .limiting.limiter import AsyncLimiter, Limiter
 from .limiting.outage import LimiterStats
-from .limiting.storage import is_memory
+from .limiting.storage import hash_tag, is_memory
 from .policy import Policy
 from .problems import Problem
 from .request import GuardRequest
@@ -172,7 +172,9 @@ class Guard:
         self.policy = policy or Policy()
         in_memory = is_memory(self.plan.config.storage_uri)  # per process: nothing to share
         self.risk = (
-            RiskEngine(self.policy.risk, shared=not in_memory) if self.policy.risk is not None else None
+            RiskEngine(self.policy.risk, shared=not in_memory, cluster=self.plan.cluster)
+            if self.policy.risk is not None
+            else None
         )
         self.telemetry = Telemetry(telemetry or TelemetryConfig(), tracer_provider, meter_provider)
         self.detectors: tuple[Any, ...] = tuple(self._detectors(detectors))
@@ -184,7 +186,9 @@ class Guard:
         # with a shared storage, each client's detector state lives there too
         self.state_share: StateShare | None = None
         if self.policy.shared_state and not in_memory:
-            share = StateShare(self.detectors, self.policy.state_ttl)
+            share = StateShare(
+                self.detectors, self.policy.state_ttl, tag=hash_tag if self.plan.cluster else None
+            )
             if share:
                 self.state_share = share
                 logger.info("distillguard: detector state shared through the limit storage: %s", share.names)

@@ -70,6 +70,7 @@ from .identity import Identity
 from .limiting import LimitCheck
 from .limiting.config import parse_limits
 from .limiting.plan import policy_name
+from .limiting.storage import hash_tag
 
 __all__ = ["RiskEngine", "RiskPolicy", "RiskVerdict", "calibrate", "rescale"]
 
@@ -82,11 +83,13 @@ def _read_window(name: str, kind: str, item: RateLimitItemPerSecond) -> LimitChe
     return LimitCheck(policy=name, item=item, key=(kind,), cost=0, headers=False, strategy="fixed-window")
 
 
-def _for_client(window: LimitCheck | None, identity: Identity) -> LimitCheck | None:
-    """``window`` keyed for ``identity`` (``None`` when the state is not shared)."""
+def _for_client(window: LimitCheck | None, identity: Identity, cluster: bool) -> LimitCheck | None:
+    """``window`` keyed for ``identity`` (``None`` when the state is not shared), behind the
+    client's hash tag on a Redis Cluster (with its other keys)."""
     if window is None:
         return None
-    return replace(window, key=(window.key[0], identity.client_id))
+    key = (window.key[0], identity.client_id)
+    return replace(window, key=(hash_tag(identity.client_id), *key) if cluster else key)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,10 +244,13 @@ class RiskEngine:
         policy: the risk policy.
         shared: whether the limit storage is shared by several processes (the penalty box is
             then kept there too when ``policy.shared``; see :meth:`box_check`).
+        cluster: whether that storage is a Redis Cluster (the client's windows then carry its
+            hash tag, as its other keys do).
     """
 
-    def __init__(self, policy: RiskPolicy, shared: bool = False) -> None:
+    def __init__(self, policy: RiskPolicy, shared: bool = False, cluster: bool = False) -> None:
         self.policy = policy
+        self._cluster = cluster
         share = shared and policy.shared
         box_item = RateLimitItemPerSecond(1, math.ceil(policy.penalty_seconds))
         self._shared_box = _read_window("penalty-box", "box", box_item) if share else None
@@ -303,14 +309,14 @@ class RiskEngine:
         windows: it refuses once the window is over its limit) and *fills* past its limit when
         this process blocks the client (:class:`~distillguard.limiting.effects.ChargeLimit`);
         the storage expires it when the penalty ends."""
-        return _for_client(self._shared_box, identity)
+        return _for_client(self._shared_box, identity, self._cluster)
 
     def level_check(self, identity: Identity) -> LimitCheck | None:
         """The window holding ``identity``'s shared level (``None`` when not shared): read at
         cost 0 with the request (its count is the level), raised with
         :class:`~distillguard.limiting.effects.ChargeLimit` when this replica's verdict is
         higher; it expires ``half_life`` after it was first raised."""
-        return _for_client(self._shared_level, identity)
+        return _for_client(self._shared_level, identity, self._cluster)
 
     @staticmethod
     def level_of(outcome_remaining: int) -> int:
@@ -447,7 +453,9 @@ class RiskEngine:
 
     def throttle_checks(self, identity: Identity) -> tuple[LimitCheck, ...]:
         """The extra windows a throttled client is charged against (not disclosed in headers)."""
-        key = ("risk", identity.client_id)
+        key: tuple[str, ...] = ("risk", identity.client_id)
+        if self._cluster:
+            key = (hash_tag(identity.client_id), *key)
         return tuple(
             LimitCheck(policy=f"throttle-{name}", item=item, key=key, headers=False)
             for name, item in self._throttle

@@ -99,7 +99,7 @@ def test_token_windows_reconcile_exactly_on_a_cluster(
     and up after the response, and a refused estimate leaves nothing behind."""
     rules = [LimitRule(name="tok", limits="1000/minute", unit="tokens")]
     h = replica(kind, cluster.url, closing, default="100/minute", rules=rules)
-    key = "dg:LIMITER/r/tok/client-1/1000/1/minute"
+    key = "dg:LIMITER/{client-1}/r/tok/client-1/1000/1/minute"
     h.call(chat_body(), headers={"x-usage": "10,20"})  # estimate 110, used 30
     assert value(cluster, key) == "30"
     h.call(chat_body(), headers={"x-usage": "10,400"})  # estimate 110, used 410
@@ -115,7 +115,7 @@ def test_a_refused_request_is_refunded_on_a_cluster(cluster: RedisCluster, closi
     rules = [LimitRule(name="route", limits="2/minute", routes=["/v1/chat/completions"])]
     h = replica("wsgi", cluster.url, closing, strategy="moving-window", rules=rules)
     assert [h.call()[0] for _ in range(4)] == [200, 200, 429, 429]
-    key = "dg:LIMITER/c/default/client-1/5/1/minute"
+    key = "dg:LIMITER/{client-1}/c/default/client-1/5/1/minute"
     assert cluster.owner(key).cli("LLEN", key).strip() == "2"
 
 
@@ -192,7 +192,7 @@ def test_a_failed_node_takes_the_outage_path_until_it_is_back(
     closed = replica(kind, cluster.url, closing, default="3/minute", outage="fail_closed")
     token = make_token(sub="alice")
     assert served.call(chat_body(), token=token)[0] == 200
-    key = "dg:LIMITER/c/default/alice/3/1/minute"
+    key = "dg:LIMITER/{alice}/c/default/alice/3/1/minute"
     node = cluster.owner(key)
     node.stop()
     for _ in range(3):
@@ -214,3 +214,40 @@ def test_a_failed_node_takes_the_outage_path_until_it_is_back(
     for harness in closing:
         harness.close()
     gc.collect()
+
+
+def _scripts_run(cluster: RedisCluster) -> int:
+    """How many scripts the nodes ran since their statistics were reset (``EVALSHA`` and
+    ``EVAL`` calls: each is one round trip of a client)."""
+    total = 0
+    for node in cluster.nodes:
+        for line in node.cli("INFO", "commandstats").splitlines():
+            if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+                total += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_one_script_per_request_on_a_cluster_with_the_clusters_clock(
+    cluster: RedisCluster, kind: str, closing: list[Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's keys carry its hash tag, so its two moving windows are charged by one script
+    on one node (one round trip per request, as on a single Redis), stamped with Redis' own
+    clock: a replica whose clock runs 61 s ahead (past the window) still counts in the same
+    window, and the limit holds exactly."""
+    import time as time_module
+
+    a = replica(kind, cluster.url, closing, default="3/minute;100/day", strategy="moving-window")
+    b = replica(kind, cluster.url, closing, default="3/minute;100/day", strategy="moving-window")
+    token = make_token()
+    assert a.call(chat_body(), token=token)[0] == 200  # connections and script loading
+    for node in cluster.nodes:
+        node.cli("CONFIG", "RESETSTAT")
+    assert [a.call(chat_body(), token=token)[0] for _ in range(2)] == [200, 200]
+    assert _scripts_run(cluster) == 2
+    real = time_module.time
+    monkeypatch.setattr(time_module, "time", lambda: real() + 61)
+    assert b.call(chat_body(), token=token)[0] == 429
+    monkeypatch.setattr(time_module, "time", real)
+    keys = [k for k in cluster.stored_keys() if "{client-1}" in k]
+    assert len({cluster.owner(k).port for k in keys}) == 1 and len(keys) == 2

@@ -195,10 +195,19 @@ class StateShare:
         detectors: the guard's detectors; those that are :func:`shareable` take part.
         ttl: seconds a stored state lives after its last write.
         max_clients: the cap on clients whose stamp this replica remembers.
+        tag: the client's Redis Cluster hash tag, put in its state's key (``None``: not a
+            cluster).
     """
 
-    def __init__(self, detectors: tuple[Any, ...], ttl: float, max_clients: int = 100_000) -> None:
+    def __init__(
+        self,
+        detectors: tuple[Any, ...],
+        ttl: float,
+        max_clients: int = 100_000,
+        tag: Callable[[str], str] | None = None,
+    ) -> None:
         self.ttl_ms = max(1, int(ttl * 1000))
+        self._tag = tag
         self._members: list[tuple[str, Any, int]] = []
         for detector in detectors:
             if not shareable(detector):
@@ -241,9 +250,11 @@ class StateShare:
         """The detectors whose state is shared."""
         return tuple(name for name, _, _ in self._members)
 
-    @staticmethod
-    def key(client_id: str) -> str:
-        """The storage key of ``client_id``'s states (before the storage's prefix)."""
+    def key(self, client_id: str) -> str:
+        """The storage key of ``client_id``'s states (before the storage's prefix); behind the
+        client's hash tag on a Redis Cluster (``tag``), in the slot of its windows."""
+        if self._tag is not None:
+            return f"distillguard-state/{self._tag(client_id)}"
         escaped = client_id.replace("%", "%25").replace("/", "%2F")
         return f"distillguard-state/{escaped}"
 

@@ -131,15 +131,28 @@ between, and its state (``{stamp, data}``) is the answer instead."""
 
 
 def scriptable(storage: Any, checks: Sequence[LimitCheck]) -> bool:
-    """Whether ``checks`` can be charged with the script on ``storage`` (a single-node Redis or
-    Valkey, possibly behind Sentinel; moving and fixed windows only)."""
+    """Whether ``checks`` can be charged with the script on ``storage``: a single-node Redis or
+    Valkey, possibly behind Sentinel, or a Redis Cluster when every check's key starts with the
+    same hash tag (one client's own windows: one slot); moving and fixed windows only."""
     if any(c.strategy not in ("moving-window", "fixed-window") for c in checks):
         return False
     mode = getattr(storage, "MODE", None)
     if mode is not None:  # limits.aio redis storages
+        if mode == "CLUSTER":
+            return _one_slot(checks) and hasattr(storage, "bridge")
         return mode in ("BASIC", "SENTINEL") and hasattr(storage, "bridge")
     name = type(storage).__name__
+    if name == "RedisClusterStorage":
+        return _one_slot(checks) and hasattr(storage, "prefixed_key")
     return name in ("RedisStorage", "RedisSentinelStorage") and hasattr(storage, "prefixed_key")
+
+
+def _one_slot(checks: Sequence[LimitCheck]) -> bool:
+    """Whether every check's key starts with one hash tag (``{...}``)."""
+    if not checks:
+        return False
+    first = checks[0].key[0] if checks[0].key else ""
+    return first.startswith("{") and first.endswith("}") and all(c.key[:1] == (first,) for c in checks)
 
 
 def script_args(

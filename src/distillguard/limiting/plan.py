@@ -12,6 +12,7 @@ from ..request import address_key
 from .concurrency import ConcurrencyLimiter
 from .config import LimitConfig, parse_limits
 from .rules import TOKEN_UNITS, CompiledRule
+from .storage import hash_tag, is_cluster
 from .tokens import TokenEstimate, estimate_tokens
 
 __all__ = ["LimitCheck", "LimitOutcome", "LimitPlan", "policy_name"]
@@ -96,6 +97,8 @@ class LimitPlan:
     def __init__(self, config: LimitConfig, *, per_tenant: bool = False) -> None:
         self.config = config
         self.per_tenant = per_tenant
+        # on a Redis Cluster a client's own keys start with its hash tag (one slot: one script)
+        self.cluster = is_cluster(config.storage_uri)
         self._default = self._compile(parse_limits(config.default))
         self._tiers = {tier: self._compile(parse_limits(text)) for tier, text in config.tiers.items()}
         self._cache: dict[tuple[str, str], tuple[LimitCheck, ...]] = {}
@@ -129,7 +132,9 @@ class LimitPlan:
         checks = self._cache.get(cache_key)
         if checks is None:
             windows = self._tiers.get(identity.tier, self._default)
-            key = ("c", _part(identity.tier), _part(owner))
+            key: tuple[str, ...] = ("c", _part(identity.tier), _part(owner))
+            if self.cluster:
+                key = (hash_tag(owner), *key)
             strategy = self.config.strategy
             checks = tuple(
                 LimitCheck(policy=name, item=item, key=key, headers=self.config.headers, strategy=strategy)
@@ -189,6 +194,8 @@ class LimitPlan:
                 if rule.models
                 else ("r", _part(rule.name), holder)
             )
+            if self.cluster and rule.per == "client":
+                rule_key = (hash_tag(owner), *rule_key)
             made = (
                 LimitCheck(
                     policy=name,

@@ -49,6 +49,8 @@ __all__ = [
     "build_storage",
     "builds_lazily",
     "check_storage_uri",
+    "hash_tag",
+    "is_cluster",
     "is_memory",
     "refund",
     "arefund",
@@ -191,6 +193,18 @@ def builds_lazily(uri: str, asynchronous: bool) -> bool:
 def is_memory(uri: str) -> bool:
     """Whether ``uri`` names the in-process memory storage."""
     return uri.split("://", 1)[0] in ("memory", "async+memory")
+
+
+def is_cluster(uri: str) -> bool:
+    """Whether ``uri`` names a Redis (or Valkey) Cluster."""
+    return uri.split("://", 1)[0].lower().removeprefix("async+").endswith("+cluster")
+
+
+def hash_tag(client_id: str) -> str:
+    """The Redis Cluster hash tag of ``client_id``'s keys: every key holding it (its windows,
+    its penalty box and level, its detector state) hashes to one slot, so that one script
+    charges them and reads the state in one round trip, on Redis' own clock."""
+    return "{" + client_id.replace("{", "%7B").replace("}", "%7D") + "}"
 
 
 def _remote_options(
