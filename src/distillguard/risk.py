@@ -25,8 +25,8 @@ the maximum, so that several moderate signals add up.)
 storage is shared (Redis: ``LimitConfig.storage_uri`` other than ``memory://``) it is also kept
 there (``shared``, on by default): a block by one replica is written to the storage as a
 window that expires with the penalty, and every replica reads that window in the same round
-trip as the request's own limits (no extra round trip on a single Redis; one more read per
-request on a Redis Cluster or with the sliding window counter). A replica that finds a client
+trip as the request's own limits (no extra round trip on a single Redis or a Redis Cluster;
+one more read per request with the sliding window counter). A replica that finds a client
 boxed there keeps the box locally too and stops asking. The client's *level* is shared the same
 way: a replica whose verdict flags, throttles or degrades a client raises a counter (1, 2, 3)
 that expires after ``half_life``, and every replica reads it with the request and takes the
