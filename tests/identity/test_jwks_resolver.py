@@ -506,3 +506,68 @@ def test_any_resolver_raising_keys_unavailable_gets_503_with_its_retry_after(gua
     assert decision.action.value == "unavailable" and decision.auth_failure == "keys_unavailable"
     assert decision.problem.status == 503 and decision.problem.code == "auth_unavailable"
     assert ("retry-after", "7") in decision.problem.headers
+
+
+def test_keys_from_an_openid_issuer_through_discovery(keys: Any) -> None:
+    """``JWKSKeys.from_issuer`` reads the issuer's discovery document and verifies tokens with
+    the keys at its ``jwks_uri``; a document naming another issuer, no ``jwks_uri``, a
+    non-https ``jwks_uri`` or an unreachable issuer fail at construction."""
+    import json as json_module
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from distillguard import ConfigurationError, JWTConfig
+    from distillguard.identity import JWTVerifier
+    from tests.helpers import AUDIENCE, make_token
+    from tests.identity.conftest import to_jwk
+
+    documents: dict[str, Any] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json_module.dumps(documents.get(self.path, {})).encode()
+            self.send_response(200 if self.path in documents else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    issuer = f"http://127.0.0.1:{server.server_address[1]}/realms/main"
+    try:
+        documents["/realms/main/.well-known/openid-configuration"] = {
+            "issuer": issuer,
+            "jwks_uri": f"http://127.0.0.1:{server.server_address[1]}/certs",
+        }
+        documents["/certs"] = {"keys": [to_jwk(keys.rsa, "rsa")]}
+        resolver = JWKSKeys.from_issuer(issuer, algorithms=["RS256"])
+        try:
+            assert resolver.prefetch(timeout=5)
+            verifier = JWTVerifier(
+                JWTConfig(algorithms=["RS256"], key_resolver=resolver, issuer=issuer, audience=AUDIENCE)
+            )
+            token = make_token(key=keys.rsa, alg="RS256", headers={"kid": "rsa"}, iss=issuer)
+            assert verifier.verify(token).client_id == "client-1"
+        finally:
+            resolver.close()
+        for bad in (
+            {
+                "issuer": "https://evil.example",
+                "jwks_uri": documents["/realms/main/.well-known/openid-configuration"]["jwks_uri"],
+            },
+            {"issuer": issuer},
+            {"issuer": issuer, "jwks_uri": "http://idp.example/certs"},
+        ):
+            documents["/realms/main/.well-known/openid-configuration"] = bad
+            with pytest.raises(ConfigurationError):
+                JWKSKeys.from_issuer(issuer)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ConfigurationError, match="cannot be fetched"):
+        JWKSKeys.from_issuer(issuer, timeout=1)

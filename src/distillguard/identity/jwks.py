@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -180,6 +181,46 @@ class JWKSKeys:
         )
         if hasattr(os, "register_at_fork"):  # POSIX
             os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    @classmethod
+    def from_issuer(
+        cls,
+        issuer: str,
+        *,
+        timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+        **options: Any,
+    ) -> JWKSKeys:
+        """The keys of an OpenID Connect issuer, found through its discovery document
+        (``{issuer}/.well-known/openid-configuration``, fetched once, now: blocking).
+
+        The document must name the same ``issuer`` (OpenID Connect Discovery, section 4.3: a
+        document served for another issuer is refused) and a ``jwks_uri`` that passes the same
+        checks as a JWKS URL. ``options`` are :class:`JWKSKeys`'s.
+
+        Raises:
+            ConfigurationError: when the document cannot be fetched, is not JSON, names another
+                issuer or no usable ``jwks_uri``.
+        """
+        loopback = _jwkset.check_url(issuer)
+        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        opener = _jwkset.make_opener(loopback, ssl_context)
+        headers = {"Accept": "application/json", "User-Agent": f"distillguard/{__version__}"}
+        try:
+            raw = _jwkset.fetch(opener, url, timeout=timeout, max_bytes=256 * 1024, headers=headers)
+            document = json.loads(raw)
+        except JWKSFetchError as exc:
+            raise ConfigurationError(
+                f"the OpenID configuration of {issuer} cannot be fetched ({exc})"
+            ) from None
+        except ValueError:
+            raise ConfigurationError(f"the OpenID configuration of {issuer} is not JSON") from None
+        if not isinstance(document, dict) or document.get("issuer") != issuer:
+            raise ConfigurationError(f"the OpenID configuration at {url} is not the one of {issuer}")
+        jwks_uri = document.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise ConfigurationError(f"the OpenID configuration of {issuer} names no jwks_uri")
+        return cls(jwks_uri, ssl_context=ssl_context, **options)
 
     # -- the request path (memory only) --------------------------------------------------------
 
