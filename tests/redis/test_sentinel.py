@@ -105,10 +105,12 @@ def test_a_failed_master_is_replaced_by_its_replica(
         n += 1
         assert h.call(chat_body(), token=make_token(sub=f"during-{n}"))[0] == 200
         assert time.monotonic() - began < 2.0
-        assert time.monotonic() - started < 30
+        # about 2 s, but a Sentinel that missed its timer on a loaded machine (CI on two cores)
+        # enters TILT mode and takes no action for 30 s
+        assert time.monotonic() - started < 75
         time.sleep(0.1)
     assert h.guard.limiter_stats.local_fallback >= 1
-    sentinel.wait_failover()
+    sentinel.wait_failover(timeout=75)
     deadline = time.monotonic() + 15
     while True:  # the breaker lets a probe through, which finds the new master
         n += 1
