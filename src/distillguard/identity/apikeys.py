@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuthenticationError, ConfigurationError
-from .identity import Identity
+from .identity import Identity, missing_scopes
 from .jwt import JWTVerifier
 
 __all__ = ["APIKey", "APIKeyVerifier", "APIKeys"]
@@ -176,11 +176,7 @@ class APIKeyVerifier:
         is one, else the keys' own)."""
         if self.jwt is not None:
             return self.jwt.missing_scopes(identity, path)
-        needed = list(self.keys.required_scopes)
-        for prefix, scopes in self.keys.route_scopes.items():
-            if path.startswith(prefix):
-                needed.extend(scopes)
-        return tuple(s for s in needed if s not in identity.scopes)
+        return missing_scopes(identity, path, self.keys.required_scopes, self.keys.route_scopes)
 
     @property
     def fetches_keys(self) -> bool:

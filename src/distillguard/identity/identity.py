@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Identity"]
+__all__ = ["Identity", "missing_scopes"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,3 +31,15 @@ class Identity:
     expires_at: float | None = None
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     anonymous: bool = False
+
+
+def missing_scopes(
+    identity: Identity, path: str, required: Sequence[str], by_route: Mapping[str, Sequence[str]]
+) -> tuple[str, ...]:
+    """The scopes ``identity`` lacks for ``path``: ``required`` on every path, plus those of
+    each ``by_route`` prefix ``path`` starts with (empty when it has them all)."""
+    needed = list(required)
+    for prefix, scopes in by_route.items():
+        if path.startswith(prefix):
+            needed.extend(scopes)
+    return tuple(s for s in needed if s not in identity.scopes)

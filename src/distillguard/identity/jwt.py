@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import jwt as pyjwt
 
 from ..errors import AuthenticationError, ConfigurationError
-from .identity import Identity
+from .identity import Identity, missing_scopes
 from .keys import KeyResolver, StaticKeys, algorithm_family
 
 __all__ = ["JWTConfig", "JWTVerifier", "TokenClaims"]
@@ -364,8 +364,4 @@ class JWTVerifier:
 
     def missing_scopes(self, identity: Identity, path: str) -> tuple[str, ...]:
         """Return the scopes ``identity`` lacks for ``path`` (empty when it has them all)."""
-        needed = list(self.config.required_scopes)
-        for prefix, scopes in self.config.route_scopes.items():
-            if path.startswith(prefix):
-                needed.extend(scopes)
-        return tuple(s for s in needed if s not in identity.scopes)
+        return missing_scopes(identity, path, self.config.required_scopes, self.config.route_scopes)
