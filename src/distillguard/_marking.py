@@ -74,17 +74,14 @@ class ResponseMarking:
         if mode != "sse":
             return chunk
         held = self._buffer
+        out = b""
         # a blank line can only end in this chunk: look there (and at the 3 bytes before it)
         if _BOUNDARY.search(held[-3:] + chunk) is None:
             self._buffer = held + chunk
-            if len(self._buffer) > MAX_EVENT:
-                return self._overflow(self._flush_event())
-            return b""
-        # complete events, each followed by its blank line, then the start of the next one:
-        # event, separator, event, separator, ..., the rest
-        parts = _BOUNDARY.split(held + chunk)
-        self._buffer = parts[-1]
-        out = b"".join(self._event(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2))
+        else:  # complete events, each followed by its blank line, then the start of the next
+            parts = _BOUNDARY.split(held + chunk)  # event, separator, ..., the rest
+            self._buffer = parts[-1]
+            out = b"".join(self._event(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2))
         if len(self._buffer) > MAX_EVENT:
             return out + self._overflow(self._flush_event())
         return out
