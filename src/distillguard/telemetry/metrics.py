@@ -22,7 +22,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider
@@ -141,16 +141,10 @@ class GuardMetrics:
                 limiter = self._limiter_errors
                 for error in errors:
                     if error.startswith("limiter:"):
-                        kind = error[8:]
-                        if kind not in limiter and len(limiter) >= _MAX_ERROR_TYPES:
-                            kind = "other"
-                        limiter[kind] = limiter.get(kind, 0) + 1
+                        _count(limiter, error[8:], "other")
                     elif error.startswith("guard:"):
-                        guard = self._guard_errors
-                        gkey = (error[6:], decision.action.value)
-                        if gkey not in guard and len(guard) >= _MAX_ERROR_TYPES:
-                            gkey = ("other", gkey[1])
-                        guard[gkey] = guard.get(gkey, 0) + 1
+                        action = decision.action.value
+                        _count(self._guard_errors, (error[6:], action), ("other", action))
         if results:
             scores = self._scores
             if self._shared.collecting or len(scores) < _IDLE_QUEUE:
@@ -241,3 +235,14 @@ class GuardMetrics:
             except Exception:
                 logger.exception("distillguard: %s.tracked_clients() failed", name)
         return out
+
+
+_Key = TypeVar("_Key")
+
+
+def _count(counts: dict[_Key, int], key: _Key, other: _Key) -> None:
+    """Add one to ``counts[key]``; a new key past :data:`_MAX_ERROR_TYPES` kinds counts as
+    ``other`` (the exception types a bug raises must not grow the metric without bound)."""
+    if key not in counts and len(counts) >= _MAX_ERROR_TYPES:
+        key = other
+    counts[key] = counts.get(key, 0) + 1
