@@ -302,13 +302,23 @@ class Call:
     span_context: Any = None
 
 
+UPSTREAM_QUOTA_HEADERS = (
+    ("X-RateLimit-Remaining-Requests", "4999"),
+    ("RateLimit", '"upstream";r=4999;t=1'),
+    ("X-Request-Id", "req-1"),
+)
+"""What ``/quota`` of the echo apps sends besides its body: an upstream's own quota (as OpenAI
+and IETF fields) and an unrelated header."""
+
+
 class EchoASGIApp:
     """An ASGI app that records each HTTP call and answers by path.
 
     ``/stream`` streams :data:`STREAM_CHUNKS` (one ``send`` each), ``/empty`` answers 204,
     ``/boom`` raises ``RuntimeError("app failed")``, ``/boom-stream`` sends one chunk then
-    raises ``RuntimeError("app failed mid-stream")``, anything else answers 200 JSON
-    ``{"ok": true}``. After reading the body it calls ``receive()`` once more when
+    raises ``RuntimeError("app failed mid-stream")``, ``/quota`` answers 200 JSON with an
+    upstream's own rate-limit fields (:data:`UPSTREAM_QUOTA_HEADERS`), anything else answers
+    200 JSON ``{"ok": true}``. After reading the body it calls ``receive()`` once more when
     ``receive_again`` is set and keeps the message in ``after_body``. ``lifespan`` sets
     ``started``/``stopped``; a ``websocket`` is accepted, greeted and closed.
     """
@@ -388,6 +398,7 @@ class EchoASGIApp:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         payload = b'{"ok":true}'
+        extra = UPSTREAM_QUOTA_HEADERS if path == "/quota" else ()
         await send(
             {
                 "type": "http.response.start",
@@ -395,6 +406,7 @@ class EchoASGIApp:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
+                    *((k.encode(), v.encode()) for k, v in extra),
                 ],
             }
         )
@@ -454,8 +466,9 @@ class EchoWSGIApp:
             start_response("200 OK", [("Content-Type", "text/event-stream")])
             return _ClosingIterable(iter(STREAM_CHUNKS), self)
         payload = b'{"ok":true}'
+        extra = UPSTREAM_QUOTA_HEADERS if path == "/quota" else ()
         start_response(
-            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), *extra]
         )
         return _ClosingIterable([b"" if environ["REQUEST_METHOD"] == "HEAD" else payload], self)
 

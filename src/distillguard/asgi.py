@@ -289,9 +289,13 @@ class DistillGuardMiddleware:
                         _header(headers, b"content-encoding"),
                     )
                 if extra or marking is not None:
+                    # the guard's rate-limit fields replace the app's own (an upstream's quota)
+                    dropped = {k.encode() for k, _ in extra}
+                    if marking is not None:  # its length changes
+                        dropped.add(b"content-length")
                     message = dict(message)
                     message["headers"] = [
-                        *(h for h in headers if marking is None or h[0].lower() != b"content-length"),
+                        *(h for h in headers if h[0].lower() not in dropped),
                         *((k.encode(), v.encode()) for k, v in extra),
                     ]
             await send(message)

@@ -283,7 +283,9 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     refused = [o for o in outcomes if not o.allowed]
     # a window that is never disclosed refused it: the others' fields would say there is room
     hidden = any(not o.check.headers for o in refused)
-    headers = tuple(ratelimit_fields(outcomes, now)) if plan.config.headers and not hidden else ()
+    config = plan.config
+    disclosed = config.headers and not hidden
+    headers = tuple(ratelimit_fields(outcomes, now, config.header_style)) if disclosed else ()
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     if refused:
         limited = Problem.rate_limited(retry_after(refused, now), violated_policies(refused))

@@ -29,6 +29,10 @@ variable                          meaning                               developm
 ``DISTILLGUARD_OUTAGE``           ``local_fallback``, ``fail_open`` or  ``local_fallback``
                                   ``fail_closed`` (storage down)
 ``DISTILLGUARD_STORAGE_URI``      ``limits`` storage URI                ``memory://``
+``DISTILLGUARD_RATELIMIT_HEADERS`` the quota fields responses carry:     ``ietf``
+                                  ``ietf`` (``RateLimit``), ``openai``
+                                  (``x-ratelimit-*``), ``both`` or
+                                  ``off``
 ``DISTILLGUARD_SHADOW``           shadow mode (``true``/``false``)      ``false``
 ``DISTILLGUARD_SHARED_STATE``     detector state shared through a       ``true``
                                   Redis storage (``true``/``false``)
@@ -126,6 +130,8 @@ class Settings:
             with a JWKS or a public key).
         tier_limits: ``(tier, limits)`` pairs for :attr:`LimitConfig.tiers`.
         outage: :attr:`LimitConfig.outage`.
+        ratelimit_headers: :attr:`LimitConfig.header_style`, or ``"off"`` for
+            ``LimitConfig(headers=False)``.
         api_keys_file: the JSON file of API keys (empty: JWTs only).
         dev_defaults: the variables that fell back to a development default.
     """
@@ -147,6 +153,7 @@ class Settings:
     jwt_algorithms: tuple[str, ...] = ()
     tier_limits: tuple[tuple[str, str], ...] = ()
     outage: str = "local_fallback"
+    ratelimit_headers: str = "ietf"
     api_keys_file: str = ""
     dev_defaults: tuple[str, ...] = ()
 
@@ -189,6 +196,8 @@ class Settings:
                 storage_uri=self.storage_uri,
                 tiers=dict(self.tier_limits),
                 outage=self.outage,  # type: ignore[arg-type]  # checked by LimitConfig
+                headers=self.ratelimit_headers != "off",
+                header_style="ietf" if self.ratelimit_headers == "off" else self.ratelimit_headers,
             ),
             "detectors": list(self.detectors),
             "policy": Policy(
@@ -317,6 +326,11 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigurationError(
             f"DISTILLGUARD_OUTAGE must be local_fallback, fail_open or fail_closed, got {outage!r}"
         )
+    ratelimit_headers = (get("RATELIMIT_HEADERS") or "ietf").strip().lower()
+    if ratelimit_headers not in ("ietf", "openai", "both", "off"):
+        raise ConfigurationError(
+            f"DISTILLGUARD_RATELIMIT_HEADERS must be ietf, openai, both or off, got {ratelimit_headers!r}"
+        )
 
     detectors_raw = get("DETECTORS")
     if detectors_raw is None:
@@ -344,6 +358,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         jwt_algorithms=algorithms,
         tier_limits=() if not tier_limits else _tier_limits(tier_limits),
         outage=outage,
+        ratelimit_headers=ratelimit_headers,
         api_keys_file=get("API_KEYS_FILE") or "",
         dev_defaults=tuple(defaults),
         **jwt,

@@ -228,6 +228,9 @@ class DistillGuardWSGIMiddleware:
                     marks[:] = [marking] if marking is not None else []
                     if marking is not None:  # its length changes
                         headers = [h for h in headers if h[0].lower() != "content-length"]
+                if extra:  # the guard's rate-limit fields replace the app's own (an upstream's quota)
+                    dropped = {k for k, _ in extra}
+                    headers = [h for h in headers if h[0].lower() not in dropped]
                 return start_response(status_line, [*headers, *extra], exc_info)
 
             result = self.app(environ, start_with_headers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import wsgiref.util
 import wsgiref.validate
@@ -665,6 +666,51 @@ def test_rate_limit_headers_draft10(serve: Callable[..., Served]) -> None:
     state = http_sf.parse(third.headers["ratelimit"].encode(), tltype="list")
     assert state[0][1]["r"] == 0
     assert len(served.app.calls) == 2
+
+
+def test_openai_rate_limit_headers(serve: Callable[..., Served]) -> None:
+    """``header_style="openai"``: each response carries OpenAI's ``x-ratelimit-*`` fields for
+    the window with the least quota left (no IETF fields); the refusal too, with Retry-After."""
+    served = serve(limits=LimitConfig(default="2/minute;3/day", header_style="openai"))
+    token = make_token()
+    responses = [served.post(token=token) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    first, second, refused = responses
+    assert first.headers["x-ratelimit-limit-requests"] == "2"  # 1 left of 2/minute, 2 of 3/day
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    for response in responses:
+        assert "ratelimit" not in response.headers and "ratelimit-policy" not in response.headers
+        assert "x-ratelimit-limit-tokens" not in response.headers  # no token window
+        reset = re.fullmatch(r"(?:(\d+)m)?(\d+)s", response.headers["x-ratelimit-reset-requests"])
+        assert reset is not None and 0 <= int(reset[1] or 0) * 60 + int(reset[2]) <= 60
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert "retry-after" not in first.headers
+
+
+def test_both_rate_limit_header_styles(serve: Callable[..., Served]) -> None:
+    """``header_style="both"`` sends the IETF and the OpenAI fields, saying the same."""
+    served = serve(limits=LimitConfig(default="5/minute", header_style="both"))
+    response = served.post(token=make_token())
+    state = http_sf.parse(response.headers["ratelimit"].encode(), tltype="list")
+    assert state[0][1]["r"] == int(response.headers["x-ratelimit-remaining-requests"]) == 4
+    assert response.headers["x-ratelimit-limit-requests"] == "5"
+
+
+@pytest.mark.parametrize("style", ["ietf", "openai", "both"])
+def test_the_guards_quota_fields_replace_the_apps(serve: Callable[..., Served], style: str) -> None:
+    """An app (or the upstream behind a gateway) that sends its own quota fields does not
+    leave two values of a field for the client: the guard's replace those it sends itself;
+    the app's other headers, and the quota fields of the other style, pass unchanged."""
+    served = serve(limits=LimitConfig(default="5/minute", header_style=style))
+    response = served.post("/quota", token=make_token())
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "req-1"
+    ietf = response.headers.get_list("ratelimit")
+    openai = response.headers.get_list("x-ratelimit-remaining-requests")
+    assert ietf == (['"upstream";r=4999;t=1'] if style == "openai" else ['"5-per-1-minute";r=4;t=60'])
+    assert openai == (["4999"] if style == "ietf" else ["4"])
 
 
 @pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])

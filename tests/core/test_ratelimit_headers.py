@@ -16,7 +16,7 @@ from limits import parse
 from distillguard import ConfigurationError, LimitConfig
 from distillguard.limiting import LimitCheck, LimitOutcome
 from distillguard.limiting.config import parse_limits
-from distillguard.limiting.headers import ratelimit_fields, retry_after
+from distillguard.limiting.headers import go_duration, ratelimit_fields, retry_after
 from distillguard.limiting.plan import policy_name
 
 pytestmark = pytest.mark.timeout(30)
@@ -147,3 +147,70 @@ def test_token_windows_say_their_unit() -> None:
         ("100000-per-1-minute", {"q": 100000, "w": 60, "distillguard-unit": "tokens"}),
     ]
     assert got["ratelimit"][1] == ("100000-per-1-minute", {"r": 99000, "t": 60})
+
+
+def openai_fields(*outcomes: LimitOutcome) -> dict[str, str]:
+    return dict(ratelimit_fields(outcomes, NOW, "openai"))
+
+
+def test_openai_style_reports_the_tightest_window_per_unit() -> None:
+    """One value per unit: the request window with the least quota left, and separately the
+    token window with the least left (input and output sides included)."""
+    got = openai_fields(
+        outcome("60/minute", remaining=59, reset_in=1),
+        outcome("1000/day", remaining=12, reset_in=7200),
+        outcome("100000/minute", remaining=98000, reset_in=30, unit="tokens"),
+        outcome("50000/minute", remaining=40000, reset_in=45, unit="output_tokens"),
+    )
+    assert got == {
+        "x-ratelimit-limit-requests": "1000",
+        "x-ratelimit-remaining-requests": "12",
+        "x-ratelimit-reset-requests": "2h0m0s",
+        "x-ratelimit-limit-tokens": "50000",
+        "x-ratelimit-remaining-tokens": "40000",
+        "x-ratelimit-reset-tokens": "45s",
+    }
+
+
+def test_openai_style_ties_go_to_the_longer_wait_and_never_go_negative() -> None:
+    """Two exhausted windows: the one that frees up later is the one to wait for; a negative
+    remaining (a cost over the quota) shows as 0."""
+    got = openai_fields(
+        outcome("10/minute", remaining=-3, reset_in=20, allowed=False),
+        outcome("100/hour", remaining=0, reset_in=1800, allowed=False),
+    )
+    assert got["x-ratelimit-remaining-requests"] == "0"
+    assert got["x-ratelimit-limit-requests"] == "100"
+    assert got["x-ratelimit-reset-requests"] == "30m0s"
+
+
+def test_openai_style_discloses_no_hidden_or_failed_window() -> None:
+    hidden = outcome("10/minute", remaining=0, reset_in=10, headers=False)
+    assert openai_fields(hidden) == {}
+    assert ratelimit_fields([hidden], NOW, "both") == []
+
+
+def test_both_styles_together() -> None:
+    """``"both"``: the IETF pair first, then the OpenAI fields."""
+    names = [n for n, _ in ratelimit_fields([outcome("5/second", remaining=4, reset_in=1)], NOW, "both")]
+    assert names == [
+        "ratelimit-policy",
+        "ratelimit",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (1, "1s"), (59, "59s"), (60, "1m0s"), (61, "1m1s"), (3600, "1h0m0s"), (86400, "24h0m0s")],
+)
+def test_go_durations(seconds: int, text: str) -> None:
+    """Resets are written as Go durations, as OpenAI writes them."""
+    assert go_duration(seconds) == text
+
+
+def test_header_style_is_checked_at_construction() -> None:
+    with pytest.raises(ConfigurationError, match="header_style"):
+        LimitConfig(header_style="x-ratelimit")

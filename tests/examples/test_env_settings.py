@@ -289,6 +289,7 @@ def test_keys_from_a_jwks_url_or_a_public_key_file(tmp_path: Path) -> None:
             {"DISTILLGUARD_OUTAGE": "panic"}, "local_fallback, fail_open or fail_closed", id="outage"
         ),
         pytest.param({"DISTILLGUARD_JWT_ALGORITHMS": "none"}, "none", id="alg-none"),
+        pytest.param({"DISTILLGUARD_RATELIMIT_HEADERS": "x-rate"}, "ietf, openai, both or off", id="headers"),
     ],
 )
 def test_invalid_key_and_limit_settings_fail_fast(extra: dict[str, str], match: str) -> None:
@@ -322,3 +323,14 @@ def test_tier_limits_and_the_outage_policy_reach_the_limits() -> None:
         guard.verifier.verify(mint_token("f", environ=ENV)), "/v1/chat/completions", None
     )  # type: ignore[union-attr]
     assert [c.item.amount for c in free] == [1000]
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "style"),
+    [(None, True, "ietf"), ("openai", True, "openai"), ("BOTH", True, "both"), ("off", False, "ietf")],
+)
+def test_ratelimit_headers_setting(value: str | None, headers: bool, style: str) -> None:
+    """``DISTILLGUARD_RATELIMIT_HEADERS`` picks the quota fields (IETF by default), or none."""
+    environ = dict(ENV) if value is None else {**ENV, "DISTILLGUARD_RATELIMIT_HEADERS": value}
+    config = guard_from_env(environ).plan.config
+    assert (config.headers, config.header_style) == (headers, style)

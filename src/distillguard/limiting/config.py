@@ -16,6 +16,9 @@ from .storage import check_storage_uri
 
 __all__ = ["LimitConfig", "parse_limits"]
 
+HEADER_STYLES = ("ietf", "openai", "both")
+"""The values of :attr:`LimitConfig.header_style`."""
+
 
 def parse_limits(text: str) -> tuple[RateLimitItem, ...]:
     """Parse ``"60/minute;1000/day"`` into limit items; an empty string means no limit.
@@ -49,6 +52,10 @@ class LimitConfig:
             ``{"password": ..., "ssl_ca_certs": ...}``), the same for both adapters.
         headers: send the IETF ``RateLimit-Policy`` and ``RateLimit`` fields (draft-10) on
             responses. Limits are always enforced; this only controls disclosure.
+        header_style: which fields ``headers`` sends: ``"ietf"`` (``RateLimit-Policy`` and
+            ``RateLimit``), ``"openai"`` (OpenAI's ``x-ratelimit-limit-requests``,
+            ``-remaining-requests``, ``-reset-requests`` and their ``-tokens`` twins, which
+            OpenAI-compatible clients and gateways pace themselves on) or ``"both"``.
         key_prefix: the namespace of distillguard's counters in the storage.
         rules: extra windows by tier, route and model, in requests or tokens
             (:class:`~distillguard.limiting.rules.LimitRule`).
@@ -87,6 +94,7 @@ class LimitConfig:
     storage_uri: str = "memory://"
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     headers: bool = True
+    header_style: str = "ietf"
     key_prefix: str = "dg"
     rules: Sequence[LimitRule] = ()
     tenant: str = ""
@@ -108,6 +116,11 @@ class LimitConfig:
         if self.strategy not in STRATEGIES:
             raise ConfigurationError(
                 f"unknown limit strategy {self.strategy!r}; choose from {sorted(STRATEGIES)}"
+            )
+        if self.header_style not in HEADER_STYLES:
+            raise ConfigurationError(
+                f"LimitConfig.header_style must be one of {', '.join(HEADER_STYLES)}, "
+                f"got {self.header_style!r}"
             )
         parse_limits(self.default)
         for tier, text in self.tiers.items():

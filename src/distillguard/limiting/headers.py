@@ -9,6 +9,20 @@ The draft registers quota units for requests, content bytes and concurrent reque
 model tokens: a token window (``LimitRule(unit="tokens")``) carries the vendor parameter
 ``distillguard-unit="tokens"`` (``"input_tokens"``, ``"output_tokens"`` for one side) so that a
 client does not read its quota as requests.
+
+``LimitConfig(header_style="openai")`` sends the fields OpenAI's API sends instead (``"both"``
+sends the two sets), which OpenAI-compatible clients and gateways pace themselves on::
+
+    x-ratelimit-limit-requests: 60
+    x-ratelimit-remaining-requests: 59
+    x-ratelimit-reset-requests: 1s
+    x-ratelimit-limit-tokens: 100000
+    x-ratelimit-remaining-tokens: 98000
+    x-ratelimit-reset-tokens: 6m0s
+
+One value per unit: of the disclosed request windows (and of the token windows, input and
+output sides included) the one with the least quota left, the later reset breaking a tie. The
+reset is the time until that window has room again (the IETF ``t``), as a Go duration.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ from collections.abc import Iterable
 
 from .plan import LimitOutcome, policy_name
 
-__all__ = ["ratelimit_fields", "retry_after", "violated_policies"]
+__all__ = ["go_duration", "ratelimit_fields", "retry_after", "violated_policies"]
 
 
 def _seconds_until(reset_at: float, now: float) -> int:
@@ -44,25 +58,57 @@ def _policy_field(policies: tuple[tuple[str, int, int, str], ...]) -> str:
     return field
 
 
-def ratelimit_fields(outcomes: Iterable[LimitOutcome], now: float) -> list[tuple[str, str]]:
-    """Render ``RateLimit-Policy`` and ``RateLimit`` for the disclosed windows (may be empty)."""
+def ratelimit_fields(
+    outcomes: Iterable[LimitOutcome], now: float, style: str = "ietf"
+) -> list[tuple[str, str]]:
+    """Render the rate-limit fields of the disclosed windows (may be empty): ``RateLimit-Policy``
+    and ``RateLimit`` for the ``"ietf"`` ``style``, the ``x-ratelimit-*`` fields for
+    ``"openai"``, both sets for ``"both"``."""
     policies: list[tuple[str, int, int, str]] = []
     states: list[str] = []
+    tightest: dict[bool, tuple[int, int, int]] = {}  # by "is a token unit": remaining, reset, quota
     for outcome in outcomes:
         check = outcome.check
         if not check.headers or outcome.error is not None:
             continue
         item = check.item
         window = item.get_expiry()
-        policies.append((check.policy, item.amount, window, check.unit))
         remaining = outcome.remaining
+        remaining = remaining if remaining > 0 else 0
         left = math.ceil(outcome.reset_at - now)
-        # r = max(0, remaining); t = min(window, max(0, left)), without the builtin calls
+        # t = min(window, max(0, left)), without the builtin calls
         reset = window if left >= window else (left if left > 0 else 0)
-        states.append(f'"{check.policy}";r={remaining if remaining > 0 else 0};t={reset}')
-    if not states:
-        return []
-    return [("ratelimit-policy", _policy_field(tuple(policies))), ("ratelimit", ", ".join(states))]
+        if style != "openai":
+            policies.append((check.policy, item.amount, window, check.unit))
+            states.append(f'"{check.policy}";r={remaining};t={reset}')
+        if style != "ietf":
+            tokens = check.unit != "requests"
+            best = tightest.get(tokens)
+            if best is None or (remaining, -reset) < (best[0], -best[1]):
+                tightest[tokens] = (remaining, reset, item.amount)
+    fields: list[tuple[str, str]] = []
+    if states:
+        fields += [("ratelimit-policy", _policy_field(tuple(policies))), ("ratelimit", ", ".join(states))]
+    for tokens, (remaining, reset, quota) in sorted(tightest.items()):
+        unit = "tokens" if tokens else "requests"
+        fields += [
+            (f"x-ratelimit-limit-{unit}", str(quota)),
+            (f"x-ratelimit-remaining-{unit}", str(remaining)),
+            (f"x-ratelimit-reset-{unit}", go_duration(reset)),
+        ]
+    return fields
+
+
+def go_duration(seconds: int) -> str:
+    """``seconds`` written as a Go duration, as OpenAI writes its resets: ``"0s"``, ``"59s"``,
+    ``"6m0s"``, ``"1h0m5s"``."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
 
 
 _HIDDEN_NAMES = (("tenant-", "tenant"), ("auth-", "authentication-failures"), ("throttle-", "usage-pattern"))
