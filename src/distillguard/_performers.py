@@ -14,7 +14,16 @@ import anyio.to_thread
 
 from .detectors import is_async_detector
 from .flow import Effect, HitLimit, RunDetector
-from .limiting.effects import ChargeLimit, HitLimits, LoadState, RefundLimit, SaveState
+from .limiting.effects import (
+    AcquireSlot,
+    ChargeLimit,
+    HitLimits,
+    LoadState,
+    RefundLimit,
+    ReleaseSlot,
+    RenewSlot,
+    SaveState,
+)
 from .limiting.limiter import AsyncLimiter, Limiter
 
 __all__ = ["AsyncPerformer", "SyncPerformer"]
@@ -48,6 +57,12 @@ class SyncPerformer:
                 return self.limiter.save_state(
                     effect.key, effect.stamp, effect.data, effect.ttl_ms, effect.expected
                 )
+            if type(effect) is AcquireSlot:
+                return self.limiter.acquire_slot(effect.key, effect.cap, effect.lease_ms, effect.token)
+            if type(effect) is RenewSlot:
+                return self.limiter.renew_slot(effect.key, effect.token, effect.lease_ms)
+            if type(effect) is ReleaseSlot:
+                return self.limiter.release_slot(effect.key, effect.token)
         except Exception as exc:
             return exc
         raise TypeError(f"unknown effect {effect!r}")
@@ -101,6 +116,12 @@ class AsyncPerformer:
                 return await self.limiter.save_state(
                     effect.key, effect.stamp, effect.data, effect.ttl_ms, effect.expected
                 )
+            if type(effect) is AcquireSlot:
+                return await self.limiter.acquire_slot(effect.key, effect.cap, effect.lease_ms, effect.token)
+            if type(effect) is RenewSlot:
+                return await self.limiter.renew_slot(effect.key, effect.token, effect.lease_ms)
+            if type(effect) is ReleaseSlot:
+                return await self.limiter.release_slot(effect.key, effect.token)
         except Exception as exc:
             return exc
         raise TypeError(f"unknown effect {effect!r}")

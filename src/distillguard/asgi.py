@@ -35,6 +35,9 @@ _DRAIN_SECONDS = 1.0
 
 _STARTUP_KEYS_WAIT = 5.0
 """Seconds the lifespan startup waits for a JWKS key set (then requests get 503 until one comes)."""
+_RELEASE_WAIT = 2.0
+"""Seconds a concurrency lease's release may take, shielded from cancellation (then its lease
+runs out instead)."""
 
 
 class _Disconnected(Exception):
@@ -162,9 +165,19 @@ class DistillGuardMiddleware:
                 await self._forward(scope, receive, send, request.body, exchange, decision)
                 await adrive(exchange.settle(), self._perform)
         except BaseException as exc:
+            await self._give_back(exchange)
             exchange.finish(exc)
             raise
+        await self._give_back(exchange)
         exchange.finish()
+
+    async def _give_back(self, exchange: Exchange) -> None:
+        """Release the request's concurrency lease on the shared storage, if it holds one, on
+        every path: shielded from the cancellation of a client that left, and bounded in time
+        (a release that does not come through is made good by the lease running out)."""
+        if exchange.leased:
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _RELEASE_WAIT):
+                await adrive(exchange.give_back(), self._perform)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Decide a WebSocket handshake like a request without a body; refuse it, or hand the
@@ -191,13 +204,28 @@ class DistillGuardMiddleware:
             if decision.problem is None:  # the span and the slot last as long as the connection
                 _publish(scope, decision)
                 exchange.status = 101
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, self._renewing(send, exchange))
             else:
                 await self._refuse_websocket(scope, receive, send, exchange, decision)
         except BaseException as exc:
+            await self._give_back(exchange)
             exchange.finish(exc)
             raise
+        await self._give_back(exchange)
         exchange.finish()
+
+    def _renewing(self, send: Send, exchange: Exchange) -> Send:
+        """``send``, renewing the exchange's concurrency lease as messages go out (a connection
+        that outlives half the lease keeps its slot)."""
+        if not exchange.leased:
+            return send
+        perform = self._perform
+
+        async def renewing(message: Message) -> None:
+            await adrive(exchange.renewal(), perform)
+            await send(message)
+
+        return renewing
 
     @staticmethod
     async def _refuse_websocket(
@@ -262,6 +290,8 @@ class DistillGuardMiddleware:
             ]
         replayed = False
         marking: ResponseMarking | None = None
+        leased = exchange.leased  # a concurrency lease to renew while the answer streams
+        perform = self._perform
 
         async def replay() -> Message:
             nonlocal replayed
@@ -276,6 +306,8 @@ class DistillGuardMiddleware:
             if kind == "http.response.body":
                 chunk, final = message.get("body", b""), not message.get("more_body", False)
                 exchange.response_body(chunk, final)
+                if leased and not final:
+                    await adrive(exchange.renewal(), perform)
                 if marking is not None:  # the rewriting: the app's bytes above, the client's here
                     message = {**message, "body": marking.feed(chunk) + (marking.end() if final else b"")}
             elif kind == "http.response.start":

@@ -181,6 +181,25 @@ class Exchange:
             yield from decision.budget.settle(self.status)
             self._overhead += perf_counter() - started  # the guard's time after the response
 
+    @property
+    def leased(self) -> bool:
+        """Whether the request holds a concurrency lease on the shared storage: the adapter
+        then runs :meth:`renewal` as the answer streams and :meth:`give_back` on every path."""
+        decision = self.decision
+        return decision is not None and decision.budget is not None and decision.budget.leased
+
+    def renewal(self) -> Generator[Effect, object, None]:
+        """The lease's renewal, when half of it has gone by (nothing otherwise)."""
+        decision = self.decision
+        if decision is not None and decision.budget is not None:
+            yield from decision.budget.renewal(self.guard.clock())
+
+    def give_back(self) -> Generator[Effect, object, None]:
+        """The lease's release (once; nothing without a lease)."""
+        decision = self.decision
+        if decision is not None and decision.budget is not None:
+            yield from decision.budget.give_back()
+
     def detach(self) -> None:
         """Stop making the span current (the app may still be streaming)."""
         if self._token is not None:

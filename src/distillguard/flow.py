@@ -23,7 +23,18 @@ from .detectors._protocol import checked_result
 from .errors import AuthenticationError
 from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
-from .limiting.effects import UNREAD, Charged, ChargeLimit, HitLimits, LoadState, RefundLimit, SaveState
+from .limiting.effects import (
+    UNREAD,
+    AcquireSlot,
+    Charged,
+    ChargeLimit,
+    HitLimits,
+    LoadState,
+    RefundLimit,
+    ReleaseSlot,
+    RenewSlot,
+    SaveState,
+)
 from .limiting.headers import ratelimit_fields, retry_after, violated_policies
 from .policy import Policy, decide, detection_mode
 from .problems import Problem
@@ -56,7 +67,18 @@ class RunDetector:
     observation: Observation
 
 
-Effect: TypeAlias = HitLimit | HitLimits | RunDetector | ChargeLimit | RefundLimit | LoadState | SaveState
+Effect: TypeAlias = (
+    HitLimit
+    | HitLimits
+    | RunDetector
+    | ChargeLimit
+    | RefundLimit
+    | LoadState
+    | SaveState
+    | AcquireSlot
+    | RenewSlot
+    | ReleaseSlot
+)
 """Anything the pipeline asks an adapter to do."""
 Flow: TypeAlias = Generator[Effect, object, Decision]
 """The pipeline of one request."""

@@ -97,11 +97,15 @@ class _Observed:
         self._error: BaseException | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        observe = self._exchange.response_body
+        exchange = self._exchange
+        observe = exchange.response_body
         marks = self._marks
+        leased = exchange.leased  # a concurrency lease to renew while the answer streams
         try:
             for chunk in self._iterable:
                 observe(chunk)
+                if leased:
+                    drive(exchange.renewal(), self._perform)
                 yield marks[0].feed(chunk) if marks else chunk
             if marks:
                 yield marks[0].end()
@@ -116,10 +120,12 @@ class _Observed:
             if close is not None:
                 close()
         except BaseException as exc:
+            drive(exchange.give_back(), self._perform)
             exchange.finish(exc)
             raise
         if self._error is None:  # an app that failed mid-response keeps the estimate (as ASGI)
             drive(exchange.settle(), self._perform)
+        drive(exchange.give_back(), self._perform)
         exchange.finish(self._error)
 
 
@@ -134,9 +140,11 @@ def _closing(result: Any, exchange: Exchange, perform: Callable[[Any], object]) 
             if inner is not None:
                 inner()
         except BaseException as exc:
+            drive(exchange.give_back(), perform)
             exchange.finish(exc)
             raise
         drive(exchange.settle(), perform)
+        drive(exchange.give_back(), perform)
         exchange.finish()
 
     try:
@@ -235,6 +243,7 @@ class DistillGuardWSGIMiddleware:
 
             result = self.app(environ, start_with_headers)
         except BaseException as exc:
+            drive(exchange.give_back(), self._perform)
             exchange.finish(exc)
             raise
         exchange.detach()

@@ -17,7 +17,7 @@ import asyncio
 import json
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -190,6 +190,108 @@ async def asgi_call(
     out_headers = {k.decode().lower(): v.decode() for k, v in start.get("headers", [])}
     payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], out_headers, payload
+
+
+async def held_stream(
+    mw: DistillGuardMiddleware, app: LLMApp, receive_hook: Any = None, send_hook: Any = None
+) -> asyncio.Future[Any]:
+    """Start a held ASGI stream (``x-mode: hold``) through ``mw``; return its task once the app
+    is streaming. ``receive_hook`` answers ``receive()`` after the body (else it never
+    returns), ``send_hook`` sees every message sent."""
+    from tests.helpers import make_token
+
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": chat_body(), "more_body": False}
+        if receive_hook is not None:
+            return await receive_hook()  # type: ignore[no-any-return]
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if send_hook is not None:
+            await send_hook(message)
+
+    scope = _scope(chat_body(), make_token(), {"x-mode": "hold"}, "/v1/chat/completions", "10.0.0.1")
+    task = asyncio.ensure_future(mw(scope, receive, send))
+    await asyncio.wait_for(app.started.wait(), 5)
+    return task
+
+
+async def assert_capped_while_held(
+    holder: DistillGuardMiddleware, app: LLMApp, other: DistillGuardMiddleware, in_flight: Callable[[], int]
+) -> None:
+    """With a cap of 1: hold a stream through ``holder`` (serving ``app``); ``other`` (the same
+    replica or another) refuses the client with 429 ``concurrency-1`` until the stream is over,
+    then admits it; ``in_flight()`` counts 1, then 0."""
+    from tests.helpers import make_token
+
+    task = await held_stream(holder, app)
+    assert in_flight() == 1
+    status, _, body = await asgi_call(other, token=make_token())
+    assert status == 429 and b"concurrency-1" in body
+    app.release.set()
+    await asyncio.wait_for(task, 5)
+    assert in_flight() == 0
+    assert (await asgi_call(other, token=make_token()))[0] == 200
+    assert in_flight() == 0
+
+
+async def assert_released_on_every_asgi_path(
+    middleware: Callable[[LLMApp], DistillGuardMiddleware], in_flight: Callable[[], int]
+) -> None:
+    """Hold a stream through ``middleware(app)`` and end it each way an ASGI request can end
+    early: the client disconnects (``http.disconnect``), the server cancels the request's task,
+    ``send`` fails (the client left), the app raises; after each ``in_flight()`` must be 0."""
+    from tests.helpers import make_token
+
+    app = LLMApp()
+    mw = middleware(app)
+    gone = asyncio.Event()
+
+    async def disconnect() -> dict[str, Any]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    task = await held_stream(mw, app, receive_hook=disconnect)
+    assert in_flight() == 1
+    gone.set()
+    await asyncio.wait_for(task, 5)
+    assert app.disconnected and in_flight() == 0
+
+    app = LLMApp()
+    task = await held_stream(middleware(app), app)
+    assert in_flight() == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert in_flight() == 0
+
+    app = LLMApp()
+    sends = 0
+
+    async def broken_send(message: dict[str, Any]) -> None:
+        nonlocal sends
+        sends += 1
+        if sends > 2:
+            raise OSError("client gone")
+
+    task = await held_stream(middleware(app), app, send_hook=broken_send)
+    app.release.set()
+    with pytest.raises(OSError):
+        await task
+    assert in_flight() == 0
+
+    mw = middleware(LLMApp())
+    with pytest.raises(RuntimeError, match="model crashed"):
+        await asgi_call(mw, token=make_token(), headers={"x-mode": "raise"})
+    assert in_flight() == 0
+    assert (await asgi_call(mw, token=make_token()))[0] == 200
+    assert in_flight() == 0
 
 
 def wsgi_call(

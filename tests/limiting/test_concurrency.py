@@ -3,7 +3,6 @@ comes back on completion, on client disconnect and on error, under ASGI and WSGI
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -14,7 +13,14 @@ import uvicorn
 
 from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, LimitConfig
 from tests.helpers import jwt_config, make_token
-from tests.limiting.apps import LLMApp, asgi_call, chat_body, llm_wsgi_app, wsgi_call
+from tests.limiting.apps import (
+    LLMApp,
+    assert_capped_while_held,
+    assert_released_on_every_asgi_path,
+    chat_body,
+    llm_wsgi_app,
+    wsgi_call,
+)
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.timeout(30)]
@@ -35,32 +41,6 @@ def in_flight(g: Guard, client: str = "client-1") -> int:
 # -- ASGI ------------------------------------------------------------------------------------
 
 
-async def _held(
-    mw: DistillGuardMiddleware, app: LLMApp, receive_hook: Any = None, send_hook: Any = None
-) -> Any:
-    """Start a held stream; return the task once the app is streaming."""
-
-    async def receive() -> dict[str, Any]:
-        if not getattr(receive, "done", False):
-            receive.done = True  # type: ignore[attr-defined]
-            return {"type": "http.request", "body": chat_body(), "more_body": False}
-        if receive_hook is not None:
-            return await receive_hook()  # type: ignore[no-any-return]
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if send_hook is not None:
-            await send_hook(message)
-
-    from tests.limiting.apps import _scope
-
-    scope = _scope(chat_body(), make_token(), {"x-mode": "hold"}, "/v1/chat/completions", "10.0.0.1")
-    task = asyncio.ensure_future(mw(scope, receive, send))
-    await asyncio.wait_for(app.started.wait(), 5)
-    return task
-
-
 @pytest.mark.anyio
 async def test_asgi_cap_refuses_while_a_stream_is_open_and_releases_on_completion(
     tracer_provider: Any,
@@ -70,74 +50,18 @@ async def test_asgi_cap_refuses_while_a_stream_is_open_and_releases_on_completio
     g = guard(tracer_provider)
     app = LLMApp()
     mw = DistillGuardMiddleware(app, guard=g)
-    task = await _held(mw, app)
-    assert in_flight(g) == 1
-    status, _, body = await asgi_call(mw, token=make_token())
-    assert status == 429 and b"concurrency-1" in body
-    app.release.set()
-    await asyncio.wait_for(task, 5)
-    assert in_flight(g) == 0
-    assert (await asgi_call(mw, token=make_token()))[0] == 200
-    assert in_flight(g) == 0
+    await assert_capped_while_held(mw, app, mw, lambda: in_flight(g))
 
 
 @pytest.mark.anyio
-async def test_asgi_releases_on_client_disconnect(tracer_provider: Any) -> None:
-    """The client disconnecting mid-stream (``http.disconnect``) frees the slot."""
+async def test_asgi_releases_on_every_path(tracer_provider: Any) -> None:
+    """The slot comes back when the client disconnects mid-stream, when the server cancels the
+    request's task, when ``send`` fails because the client left, and when the app raises (the
+    exception propagates unchanged)."""
     g = guard(tracer_provider)
-    app = LLMApp()
-    mw = DistillGuardMiddleware(app, guard=g)
-    gone = asyncio.Event()
-
-    async def disconnect() -> dict[str, Any]:
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    task = await _held(mw, app, receive_hook=disconnect)
-    assert in_flight(g) == 1
-    gone.set()
-    await asyncio.wait_for(task, 5)
-    assert app.disconnected and in_flight(g) == 0
-
-
-@pytest.mark.anyio
-async def test_asgi_releases_on_cancellation_and_on_send_failure(tracer_provider: Any) -> None:
-    """A server cancelling the request task, or a ``send`` failing because the client left,
-    frees the slot."""
-    g = guard(tracer_provider)
-    app = LLMApp()
-    mw = DistillGuardMiddleware(app, guard=g)
-    task = await _held(mw, app)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert in_flight(g) == 0
-
-    app2 = LLMApp()
-    mw2 = DistillGuardMiddleware(app2, guard=g)
-    sends = 0
-
-    async def broken_send(message: dict[str, Any]) -> None:
-        nonlocal sends
-        sends += 1
-        if sends > 2:
-            raise OSError("client gone")
-
-    task = await _held(mw2, app2, send_hook=broken_send)
-    app2.release.set()
-    with pytest.raises(OSError):
-        await task
-    assert in_flight(g) == 0
-
-
-@pytest.mark.anyio
-async def test_asgi_releases_on_app_error(tracer_provider: Any) -> None:
-    """An app raising mid-stream frees the slot (the exception propagates unchanged)."""
-    g = guard(tracer_provider)
-    mw = DistillGuardMiddleware(LLMApp(), guard=g)
-    with pytest.raises(RuntimeError, match="model crashed"):
-        await asgi_call(mw, token=make_token(), headers={"x-mode": "raise"})
-    assert in_flight(g) == 0
+    await assert_released_on_every_asgi_path(
+        lambda app: DistillGuardMiddleware(app, guard=g), lambda: in_flight(g)
+    )
 
 
 def test_asgi_real_server_disconnect_frees_the_slot_within_a_second(tracer_provider: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,10 @@ import pytest
 from distillguard import Guard, LimitConfig, Policy
 from distillguard.detectors.defaults import default_detectors
 from distillguard.limiting import LimitRule
+from distillguard.limiting.concurrency import slot_key
 from distillguard.risk import RiskPolicy
 from tests.helpers import Dial, jwt_config, make_token
-from tests.limiting.apps import Harness, chat_body
+from tests.limiting.apps import Harness, chat_body, wsgi_call
 from tests.redis.test_shared_detector_state import SWEEP, Clock, serve
 from tests.servers import RedisCluster, require_redis
 
@@ -251,3 +253,30 @@ def test_one_script_per_request_on_a_cluster_with_the_clusters_clock(
     monkeypatch.setattr(time_module, "time", real)
     keys = [k for k in cluster.stored_keys() if "{client-1}" in k]
     assert len({cluster.owner(k).port for k in keys}) == 1 and len(keys) == 2
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_the_concurrency_cap_holds_across_replicas_on_a_cluster(
+    cluster: RedisCluster, closing: list[Harness], kind: str
+) -> None:
+    """The in-flight leases of a client sit in one key on the node of its hash tag: a stream
+    held on one replica makes another refuse the client; once it is over the lease is gone and
+    requests are admitted one after another (each lease given back)."""
+    key = "dg:" + slot_key("client-1")
+    holder = replica("wsgi", cluster.url, closing, default="100/minute", concurrency=1)
+    other = replica(kind, cluster.url, closing, default="100/minute", concurrency=1)
+    release = threading.Event()
+    status, _, stream = wsgi_call(
+        holder.mw,
+        token=make_token(),
+        headers={"x-mode": "hold"},
+        extra={"test.release": release},
+        consume=False,
+    )
+    assert status == 200 and cluster.owner(key).cli("ZCARD", key).strip() == "1"
+    assert other.call()[0] == 429
+    release.set()
+    b"".join(stream)
+    stream.close()
+    assert cluster.owner(key).cli("ZCARD", key).strip() == "0"
+    assert [other.call()[0] for _ in range(3)] == [200, 200, 200]

@@ -12,7 +12,17 @@ from limits.errors import StorageError
 from limits.strategies import STRATEGIES
 
 from ..errors import ConfigurationError
-from ._script import CHARGE_WINDOWS_LUA, LOAD_STATE_LUA, SAVE_STATE_LUA, outcomes, script_args, scriptable
+from ._script import (
+    ACQUIRE_SLOT_LUA,
+    CHARGE_WINDOWS_LUA,
+    LOAD_STATE_LUA,
+    RELEASE_SLOT_LUA,
+    RENEW_SLOT_LUA,
+    SAVE_STATE_LUA,
+    outcomes,
+    script_args,
+    scriptable,
+)
 from ._table import BoundedTable
 from ._windows import WindowKeys, charge_window
 from .config import LimitConfig
@@ -89,6 +99,7 @@ class LimiterBase:
         self._strategies: dict[str, Any] = {} if self.remote else self._local_strategies
         self._script: Any = None
         self._state_scripts: tuple[Any, Any] | None = None
+        self._slot_scripts: tuple[Any, Any, Any] | None = None
         self._keys = WindowKeys()
         counters = self.local.table
         stats.evictions = lambda: counters.evictions  # no reference to the limiter: it may go
@@ -129,6 +140,7 @@ class LimiterBase:
         self._strategies = strategies
         self._script = None
         self._state_scripts = None
+        self._slot_scripts = None
 
     @property
     def storage(self) -> Any:
@@ -183,14 +195,22 @@ class LimiterBase:
             self._script = connection().register_script(CHARGE_WINDOWS_LUA)
         return self._script
 
-    def _state_io(self, key: str) -> tuple[str, tuple[Any, Any]] | None:
-        """The prefixed key and the (load, save) scripts of a detector state, or ``None`` when
-        the configured storage is not a Redis (memory, memcached, MongoDB: no shared state)."""
+    def _redis(self) -> Any:
+        """The configured storage's Redis client holder (``get_connection``, ``prefixed_key``),
+        or ``None`` when it is not a Redis (memory: nothing shared)."""
         storage = self._primary
         if not self.remote or storage is None:
             return None
         holder = storage.bridge if hasattr(storage, "bridge") else storage
         if not hasattr(holder, "get_connection") or not hasattr(holder, "prefixed_key"):
+            return None
+        return holder
+
+    def _state_io(self, key: str) -> tuple[str, tuple[Any, Any]] | None:
+        """The prefixed key and the (load, save) scripts of a detector state, or ``None`` when
+        the configured storage is not a Redis."""
+        holder = self._redis()
+        if holder is None:
             return None
         if self._state_scripts is None:
             connection = holder.get_connection()
@@ -199,6 +219,32 @@ class LimiterBase:
                 connection.register_script(SAVE_STATE_LUA),
             )
         return holder.prefixed_key(key), self._state_scripts
+
+    def _slot_io(self, key: str) -> tuple[str, tuple[Any, Any, Any]] | None:
+        """The prefixed key and the (acquire, renew, release) scripts of a client's in-flight
+        leases, or ``None`` when the configured storage is not a Redis."""
+        holder = self._redis()
+        if holder is None:
+            return None
+        if self._slot_scripts is None:
+            connection = holder.get_connection()
+            self._slot_scripts = (
+                connection.register_script(ACQUIRE_SLOT_LUA),
+                connection.register_script(RENEW_SLOT_LUA),
+                connection.register_script(RELEASE_SLOT_LUA),
+            )
+        return holder.prefixed_key(key), self._slot_scripts
+
+    def _slot_mode(self, done: bool, reply: Any, exc: BaseException | None) -> str:
+        """What an acquisition's script reply says (see
+        :class:`~distillguard.limiting.effects.AcquireSlot`): taken, full, or the outage
+        policy's mode when the storage did not answer (counted as an outage decision)."""
+        if done:
+            if reply is None:  # not a Redis: nothing to share, count in process
+                return "fallback"
+            return "primary" if int(reply) == 1 else "full"
+        mode, _ = self._degraded(exc)
+        return mode
 
     def _script_args(
         self, storage: Any, checks: tuple[LimitCheck, ...], charge: bool, state: tuple[str, str] | None

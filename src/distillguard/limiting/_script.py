@@ -27,7 +27,17 @@ from typing import Any
 
 from .plan import LimitCheck, LimitOutcome
 
-__all__ = ["CHARGE_WINDOWS_LUA", "LOAD_STATE_LUA", "SAVE_STATE_LUA", "outcomes", "script_args", "scriptable"]
+__all__ = [
+    "ACQUIRE_SLOT_LUA",
+    "CHARGE_WINDOWS_LUA",
+    "LOAD_STATE_LUA",
+    "RELEASE_SLOT_LUA",
+    "RENEW_SLOT_LUA",
+    "SAVE_STATE_LUA",
+    "outcomes",
+    "script_args",
+    "scriptable",
+]
 
 CHARGE_WINDOWS_LUA = """
 local t = redis.call('time')
@@ -128,6 +138,40 @@ return 1
 """Store a client's detector state with its stamp and time to live (milliseconds), unless the
 stored stamp is no longer ``ARGV[4]`` (the one the replica read): another replica wrote in
 between, and its state (``{stamp, data}``) is the answer instead."""
+
+_NOW_MS = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+ACQUIRE_SLOT_LUA = (
+    _NOW_MS
+    + """
+redis.call('zremrangebyscore', KEYS[1], '-inf', now)
+if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('pexpire', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+)
+"""Take a concurrency slot: drop the expired leases of the in-flight set ``KEYS[1]`` (scored
+with their expiry, in milliseconds of Redis' clock), and unless ``ARGV[1]`` (the cap) are still
+live, add the lease ``ARGV[3]`` for ``ARGV[2]`` milliseconds: 1, else 0."""
+
+RENEW_SLOT_LUA = (
+    _NOW_MS
+    + """
+if not redis.call('zscore', KEYS[1], ARGV[2]) then return 0 end
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('pexpire', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+)
+"""Extend the lease ``ARGV[2]`` of ``KEYS[1]`` to ``ARGV[1]`` milliseconds from now (only if it
+is still there: an expired lease is not brought back)."""
+
+RELEASE_SLOT_LUA = "return redis.call('zrem', KEYS[1], ARGV[1])"
+"""Give a concurrency slot back: remove the lease ``ARGV[1]`` from ``KEYS[1]``."""
 
 
 def scriptable(storage: Any, checks: Sequence[LimitCheck]) -> bool:

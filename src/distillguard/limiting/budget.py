@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from .concurrency import Slot
-from .effects import ChargeLimit, RefundLimit
+from .concurrency import SharedSlot, Slot
+from .effects import ChargeLimit, RefundLimit, ReleaseSlot, RenewSlot
 from .plan import LimitCheck
 from .tokens import TokenEstimate
 from .usage import Usage, UsageParser
@@ -41,7 +41,8 @@ class Budget:
     Args:
         charges: the token windows charged, with the mode they were charged in.
         estimate: the request's token estimate.
-        slot: the concurrency slot, if the client has a cap.
+        slot: the concurrency slot, if the client has a cap (in process, or a lease on the
+            shared storage).
     """
 
     __slots__ = ("_settled", "actual", "charges", "estimate", "parser", "slot", "usage")
@@ -51,7 +52,7 @@ class Budget:
         *,
         charges: tuple[tuple[LimitCheck, str], ...] = (),
         estimate: TokenEstimate | None = None,
-        slot: Slot | None = None,
+        slot: Slot | SharedSlot | None = None,
     ) -> None:
         self.charges = charges
         self.estimate = estimate
@@ -104,6 +105,27 @@ class Budget:
                 yield RefundLimit(check, -diff, mode)
 
     def release(self) -> None:
-        """Give the concurrency slot back (idempotent)."""
-        if self.slot is not None:
+        """Give an in-process concurrency slot back (idempotent; a lease on the shared storage
+        goes back through :meth:`give_back`)."""
+        if isinstance(self.slot, Slot):
             self.slot.release()
+
+    @property
+    def leased(self) -> bool:
+        """Whether the request holds a lease on the shared storage not yet given back."""
+        slot = self.slot
+        return isinstance(slot, SharedSlot) and not slot.released
+
+    def renewal(self, now: float) -> Generator[RenewSlot, object, None]:
+        """Renew the lease when half of it has gone by (a long answer still streaming)."""
+        slot = self.slot
+        if isinstance(slot, SharedSlot) and slot.renewal_due(now):
+            slot.renewed = now
+            yield RenewSlot(slot.key, slot.token, int(slot.lease * 1000))
+
+    def give_back(self) -> Generator[ReleaseSlot, object, None]:
+        """Release the lease on the shared storage (once)."""
+        slot = self.slot
+        if isinstance(slot, SharedSlot) and not slot.released:
+            slot.released = True
+            yield ReleaseSlot(slot.key, slot.token)

@@ -1,17 +1,53 @@
 """The concurrency cap: how many requests (streams included) one client has in flight.
 
-Counted in process memory: a slot is taken when the guard admits a request and given back
-exactly once when the exchange ends, whether the response completed, the client disconnected or
-the app raised (the adapters end every exchange on every path). Because the release is a plain
-in-process operation it cannot be lost to a cancelled task or an unreachable storage. The cap
-therefore holds per process; with ``w`` workers a client can hold at most ``w x cap`` requests.
+A slot is taken when the guard admits a request and given back exactly once when the exchange
+ends, whether the response completed, the client disconnected or the app raised (the adapters
+end every exchange on every path).
+
+* **In process** (:class:`ConcurrencyLimiter`, :class:`Slot`): with ``memory://``, with
+  ``LimitConfig(concurrency_scope="process")``, and as the local fallback while a shared
+  storage is down. The release is a plain in-process operation: nothing can lose it.
+* **On the shared storage** (:class:`SharedSlot`): each admitted request adds a *lease* to its
+  client's sorted set (:func:`slot_key`), scored with its expiry on Redis' clock; a script
+  drops the expired leases, counts the live ones and adds the new one only under the cap, so
+  the cap holds across replicas. The release removes the lease (the adapters run it on every
+  path, shielded from cancellation); an answer that streams for longer than half the lease
+  renews it; a release that never arrives (the replica died, the storage was down at that
+  moment) is made good by the lease running out.
 """
 
 from __future__ import annotations
 
 import threading
 
-__all__ = ["ConcurrencyLimiter", "Slot"]
+from .storage import hash_tag
+
+__all__ = ["ConcurrencyLimiter", "SharedSlot", "Slot", "slot_key"]
+
+
+def slot_key(owner: str) -> str:
+    """The storage key (before the storage's prefix) of ``owner``'s leases: behind its hash
+    tag, in the slot of its windows on a Redis Cluster."""
+    return f"distillguard-inflight/{hash_tag(owner)}"
+
+
+class SharedSlot:
+    """One admitted request's lease on the shared storage: its ``token`` in the set ``key``.
+    ``renewed`` is when it was taken or last renewed (the guard's clock), ``released`` whether
+    its release has been asked for."""
+
+    __slots__ = ("key", "lease", "released", "renewed", "token")
+
+    def __init__(self, key: str, token: str, lease: float, now: float) -> None:
+        self.key = key
+        self.token = token
+        self.lease = lease
+        self.renewed = now
+        self.released = False
+
+    def renewal_due(self, now: float) -> bool:
+        """Whether half the lease has gone by since it was taken or last renewed."""
+        return not self.released and now - self.renewed >= self.lease / 2
 
 
 class Slot:

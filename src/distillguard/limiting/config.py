@@ -68,6 +68,14 @@ class LimitConfig:
         concurrency: requests (streams included) a client may have in flight at once in this
             process; ``None`` for no cap.
         concurrency_tiers: the cap by tier (overrides ``concurrency``).
+        concurrency_scope: where in-flight requests are counted: ``"storage"`` (the default)
+            counts them on the configured storage, so that with a Redis storage the cap holds
+            across every worker and replica; ``"process"`` counts them in each process (with
+            ``w`` processes a client may hold ``w x cap``). With ``memory://`` both are the
+            process.
+        concurrency_lease: seconds a request's slot on a shared storage lasts unless renewed;
+            an answer still streaming renews it. A replica that dies holding slots frees them
+            when their leases run out.
         count_outputs: request windows charge a request one unit per output it asks for:
             ``n`` choices times its prompts (a completions batch) or inputs (an embeddings
             batch, a batch of predict rows). A request with ``n=8`` or a batch of 8 counts 8,
@@ -101,6 +109,8 @@ class LimitConfig:
     auth_failures: str = ""
     concurrency: int | None = None
     concurrency_tiers: Mapping[str, int] = field(default_factory=dict)
+    concurrency_scope: str = "storage"
+    concurrency_lease: float = 600.0
     count_outputs: bool = True
     max_outputs: int = 4096
     chars_per_token: float = 4.0
@@ -148,6 +158,12 @@ class LimitConfig:
         caps = [self.concurrency, *self.concurrency_tiers.values()]
         if any(c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1) for c in caps):
             raise ConfigurationError("concurrency caps must be positive integers")
+        if self.concurrency_scope not in ("storage", "process"):
+            raise ConfigurationError(
+                f"LimitConfig.concurrency_scope must be storage or process, got {self.concurrency_scope!r}"
+            )
+        if not self.concurrency_lease >= 1.0:
+            raise ConfigurationError("LimitConfig.concurrency_lease must be at least 1 second")
         if self.max_outputs < 1:
             raise ConfigurationError("LimitConfig.max_outputs must be at least 1")
         if not self.chars_per_token > 0 or self.default_max_tokens < 0:

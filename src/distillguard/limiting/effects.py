@@ -10,7 +10,18 @@ UNREAD: object = object()
 """The state of :class:`Charged` when the windows' round trip could not read it (the caller reads
 it on its own)."""
 
-__all__ = ["UNREAD", "ChargeLimit", "Charged", "HitLimits", "LoadState", "RefundLimit", "SaveState"]
+__all__ = [
+    "UNREAD",
+    "AcquireSlot",
+    "ChargeLimit",
+    "Charged",
+    "HitLimits",
+    "LoadState",
+    "RefundLimit",
+    "ReleaseSlot",
+    "RenewSlot",
+    "SaveState",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +89,35 @@ class SaveState:
     data: str
     ttl_ms: int
     expected: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireSlot:
+    """Effect: add the lease ``token`` (``lease_ms`` long) to the in-flight set ``key`` if it
+    holds fewer than ``cap`` live leases. The driver answers ``"primary"`` (taken), ``"full"``
+    (the cap is reached), or, when the storage is down, the outage policy's mode:
+    ``"fallback"`` (count in process instead), ``"open"`` (admit uncounted) or ``"closed"``."""
+
+    key: str
+    cap: int
+    lease_ms: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenewSlot:
+    """Effect: extend the lease ``token`` of ``key`` to ``lease_ms`` from now (if it is still
+    there). The answer is not used: a lease that could not be renewed runs out."""
+
+    key: str
+    token: str
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """Effect: remove the lease ``token`` from ``key``. The answer is not used: a lease that
+    could not be removed runs out."""
+
+    key: str
+    token: str

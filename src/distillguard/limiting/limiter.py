@@ -201,6 +201,34 @@ class Limiter(LimiterBase):
         done, result, _ = self._on_primary(save)
         return result if done else False
 
+    def acquire_slot(self, key: str, cap: int, lease_ms: int, token: str) -> str:
+        """Take the lease ``token`` in ``key`` under ``cap`` on the shared storage; the answer
+        of :class:`~distillguard.limiting.effects.AcquireSlot`."""
+
+        def acquire() -> Any:
+            io = self._slot_io(key)
+            return None if io is None else io[1][0](keys=[io[0]], args=[cap, lease_ms, token])
+
+        return self._slot_mode(*self._on_primary(acquire))
+
+    def renew_slot(self, key: str, token: str, lease_ms: int) -> bool:
+        """Extend a lease; whether the storage answered."""
+
+        def renew() -> Any:
+            io = self._slot_io(key)
+            return None if io is None else io[1][1](keys=[io[0]], args=[lease_ms, token])
+
+        return self._on_primary(renew)[0]
+
+    def release_slot(self, key: str, token: str) -> bool:
+        """Remove a lease; whether the storage answered."""
+
+        def release() -> Any:
+            io = self._slot_io(key)
+            return None if io is None else io[1][2](keys=[io[0]], args=[token])
+
+        return self._on_primary(release)[0]
+
 
 class AsyncLimiter(LimiterBase):
     """Async limiter for ASGI (the twin of :class:`Limiter`)."""
@@ -357,6 +385,33 @@ class AsyncLimiter(LimiterBase):
 
         done, result, _ = await self._on_primary(save)
         return result if done else False
+
+    async def acquire_slot(self, key: str, cap: int, lease_ms: int, token: str) -> str:
+        """Take the lease ``token`` in ``key`` under ``cap`` (see :meth:`Limiter.acquire_slot`)."""
+
+        async def acquire() -> Any:
+            io = self._slot_io(key)
+            return None if io is None else await io[1][0](keys=[io[0]], args=[cap, lease_ms, token])
+
+        return self._slot_mode(*(await self._on_primary(acquire)))
+
+    async def renew_slot(self, key: str, token: str, lease_ms: int) -> bool:
+        """Extend a lease; whether the storage answered."""
+
+        async def renew() -> Any:
+            io = self._slot_io(key)
+            return None if io is None else await io[1][1](keys=[io[0]], args=[lease_ms, token])
+
+        return (await self._on_primary(renew))[0]
+
+    async def release_slot(self, key: str, token: str) -> bool:
+        """Remove a lease; whether the storage answered."""
+
+        async def release() -> Any:
+            io = self._slot_io(key)
+            return None if io is None else await io[1][2](keys=[io[0]], args=[token])
+
+        return (await self._on_primary(release))[0]
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """Ask the shared storage once whether it answers (at startup, so that an unreachable

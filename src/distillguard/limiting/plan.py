@@ -12,7 +12,7 @@ from ..request import address_key
 from .concurrency import ConcurrencyLimiter
 from .config import LimitConfig, parse_limits
 from .rules import TOKEN_UNITS, CompiledRule
-from .storage import hash_tag, is_cluster
+from .storage import hash_tag, is_cluster, is_memory
 from .tokens import TokenEstimate, estimate_tokens
 
 __all__ = ["LimitCheck", "LimitOutcome", "LimitPlan", "policy_name"]
@@ -115,6 +115,8 @@ class LimitPlan:
             for rule in config.rules
         )
         self.concurrency = ConcurrencyLimiter(max_keys=config.memory_max_keys)
+        # in-flight requests counted on the shared storage (leases), else in this process
+        self.shares_concurrency = config.concurrency_scope == "storage" and not is_memory(config.storage_uri)
         self.has_tokens = any(r.unit in TOKEN_UNITS for r in config.rules)
 
     def _compile(self, items: tuple[RateLimitItem, ...]) -> tuple[tuple[str, RateLimitItem], ...]:
