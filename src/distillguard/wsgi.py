@@ -76,6 +76,12 @@ def _read_body(environ: WSGIEnvironment, cap: int) -> bytes | None:
     return b""
 
 
+def _give_back(exchange: Exchange, perform: Callable[[Any], object]) -> None:
+    """Release the exchange's concurrency lease on the shared storage, if it holds one."""
+    if exchange.leased:
+        drive(exchange.give_back(), perform)
+
+
 class _Observed:
     """Pass the app's response iterable through, showing each chunk to the exchange (unchanged,
     unless ``marks`` holds the answer's watermarking once the app has started it); ``close()``
@@ -120,12 +126,12 @@ class _Observed:
             if close is not None:
                 close()
         except BaseException as exc:
-            drive(exchange.give_back(), self._perform)
+            _give_back(exchange, self._perform)
             exchange.finish(exc)
             raise
         if self._error is None:  # an app that failed mid-response keeps the estimate (as ASGI)
             drive(exchange.settle(), self._perform)
-        drive(exchange.give_back(), self._perform)
+        _give_back(exchange, self._perform)
         exchange.finish(self._error)
 
 
@@ -140,11 +146,11 @@ def _closing(result: Any, exchange: Exchange, perform: Callable[[Any], object]) 
             if inner is not None:
                 inner()
         except BaseException as exc:
-            drive(exchange.give_back(), perform)
+            _give_back(exchange, perform)
             exchange.finish(exc)
             raise
         drive(exchange.settle(), perform)
-        drive(exchange.give_back(), perform)
+        _give_back(exchange, perform)
         exchange.finish()
 
     try:
@@ -243,7 +249,7 @@ class DistillGuardWSGIMiddleware:
 
             result = self.app(environ, start_with_headers)
         except BaseException as exc:
-            drive(exchange.give_back(), self._perform)
+            _give_back(exchange, self._perform)
             exchange.finish(exc)
             raise
         exchange.detach()
