@@ -222,7 +222,8 @@ class DistillGuardMiddleware:
         perform = self._perform
 
         async def renewing(message: Message) -> None:
-            await adrive(exchange.renewal(), perform)
+            if exchange.renewal_due():
+                await adrive(exchange.renewal(), perform)
             await send(message)
 
         return renewing
@@ -306,7 +307,7 @@ class DistillGuardMiddleware:
             if kind == "http.response.body":
                 chunk, final = message.get("body", b""), not message.get("more_body", False)
                 exchange.response_body(chunk, final)
-                if leased and not final:
+                if leased and not final and exchange.renewal_due():
                     await adrive(exchange.renewal(), perform)
                 if marking is not None:  # the rewriting: the app's bytes above, the client's here
                     message = {**message, "body": marking.feed(chunk) + (marking.end() if final else b"")}

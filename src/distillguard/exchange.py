@@ -18,6 +18,7 @@ from opentelemetry.trace import INVALID_SPAN
 
 from ._marking import ResponseMarking
 from .decision import Action, Decision
+from .limiting.concurrency import SharedSlot
 from .request import GuardRequest
 
 if TYPE_CHECKING:
@@ -187,6 +188,12 @@ class Exchange:
         then runs :meth:`renewal` as the answer streams and :meth:`give_back` on every path."""
         decision = self.decision
         return decision is not None and decision.budget is not None and decision.budget.leased
+
+    def renewal_due(self) -> bool:
+        """Whether half of the concurrency lease has gone by: :meth:`renewal` has an effect."""
+        decision = self.decision
+        slot = decision.budget.slot if decision is not None and decision.budget is not None else None
+        return isinstance(slot, SharedSlot) and slot.renewal_due(self.guard.clock())
 
     def renewal(self) -> Generator[Effect, object, None]:
         """The lease's renewal, when half of it has gone by (nothing otherwise)."""

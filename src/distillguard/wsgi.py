@@ -110,7 +110,7 @@ class _Observed:
         try:
             for chunk in self._iterable:
                 observe(chunk)
-                if leased:
+                if leased and exchange.renewal_due():
                     drive(exchange.renewal(), self._perform)
                 yield marks[0].feed(chunk) if marks else chunk
             if marks:
