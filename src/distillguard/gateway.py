@@ -26,8 +26,18 @@ seconds 504 ``upstream_timeout``. Once the answer has started, a failure of the 
 it (the client sees a broken response, as with any proxy, never a truncated one passed off as
 complete); a client that goes away closes the upstream request.
 
-WebSocket connections are refused (closed with code 1003): the gateway proxies HTTP only. It
-runs on asyncio servers (uvicorn, hypercorn with asyncio).
+**WebSockets** (realtime APIs) are proxied once the guard has checked the handshake
+(``Guard(websockets="authenticate")``, which :func:`gateway_app` sets when it builds the guard):
+the gateway opens the same path on the upstream (the end-to-end headers and the offered
+subprotocols, as for a request), accepts the client with the subprotocol the upstream chose,
+then relays text and binary messages both ways until one side closes, and passes that side's
+close code and reason to the other. A connection the guard did not check is closed with code
+1008 and never reaches the upstream. An upstream that cannot be reached, refuses the upgrade or
+does not answer within ``timeout`` refuses the handshake with 502 ``upstream_unavailable`` or
+504 ``upstream_timeout`` (as an HTTP response where the server supports it, else a close with
+code 1014). The connection holds the client's concurrency slot while it is open.
+
+It runs on asyncio servers (uvicorn, hypercorn with asyncio).
 
 **Why aiohttp.** A proxy pays its HTTP client on every request: measured with
 ``python -m benchmarks.gateway``-style loops, one sequential request costs about 180 us of client
@@ -61,6 +71,23 @@ _HOP_BY_HOP = frozenset(
 )
 # set by the gateway itself (Host and Content-Length by aiohttp), or the guard's (Authorization)
 _REPLACED = frozenset({b"host", b"content-length", b"accept-encoding", b"authorization", b"x-forwarded-for"})
+# the WebSocket handshake's own headers: aiohttp makes those of the upstream handshake
+_HANDSHAKE = _REPLACED | {
+    b"sec-websocket-key",
+    b"sec-websocket-version",
+    b"sec-websocket-extensions",
+    b"sec-websocket-protocol",
+    b"sec-websocket-accept",
+}
+# close codes that a close frame may not carry (RFC 6455 section 7.4.1)
+_UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
+
+
+def _sendable(code: object) -> int:
+    """``code`` if a close frame may carry it, else 1000."""
+    if isinstance(code, int) and 1000 <= code <= 4999 and code not in _UNSENDABLE:
+        return code
+    return 1000
 
 
 def _end_to_end(headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
@@ -172,7 +199,7 @@ class Gateway:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1003})
+            await self._websocket(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -194,9 +221,9 @@ class Gateway:
         query = scope.get("query_string", b"").decode("latin-1")
         return URL(base + path + ("?" + query if query else ""), encoded=True)
 
-    def _headers(self, scope: Any) -> list[tuple[str, str]]:
+    def _headers(self, scope: Any, drop: frozenset[bytes] = _REPLACED) -> list[tuple[str, str]]:
         incoming: list[tuple[bytes, bytes]] = list(scope.get("headers", ()))
-        out = _end_to_end(incoming, _REPLACED)
+        out = _end_to_end(incoming, drop)
         forwarded_for = [value for name, value in incoming if name.lower() == b"x-forwarded-for"]
         client = scope.get("client")
         if client:
@@ -264,6 +291,35 @@ class Gateway:
             reason = type(failure).__name__
             raise UpstreamError(f"the upstream failed during its answer ({reason})") from failure
 
+    async def _websocket(self, scope: Any, receive: Any, send: Any) -> None:
+        """Proxy a WebSocket connection the guard has checked (see the module docstring)."""
+        import aiohttp
+
+        if "distillguard" not in scope:  # the guard did not check it: never forward it
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            upstream = await self._http().ws_connect(
+                self._target(scope),
+                headers=self._headers(scope, _HANDSHAKE),
+                protocols=tuple(scope.get("subprotocols") or ()),
+                autoclose=False,
+                autoping=True,
+            )
+        except _TIMEOUTS:
+            await _refuse_websocket(scope, send, Problem.upstream("upstream_timeout"))
+            return
+        except aiohttp.ClientError:  # unreachable, or the upgrade refused
+            await _refuse_websocket(scope, send, Problem.upstream("upstream_unavailable"))
+            return
+        try:
+            await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
+            await _relay(upstream, receive, send)
+        finally:
+            await upstream.close()
+
 
 async def _problem(send: Any, problem: Problem) -> None:
     await _send_response(send, *problem.render())
@@ -272,7 +328,7 @@ async def _problem(send: Any, problem: Problem) -> None:
 def gateway_app(upstream: str | None = None, guard: Guard | None = None, **options: Any) -> Any:
     """The guard in front of a :class:`Gateway` to ``upstream`` (by default
     ``$DISTILLGUARD_UPSTREAM``; the guard by default built from the ``DISTILLGUARD_*``
-    environment variables, see :mod:`distillguard.settings`). ``options`` go to
+    environment variables, see :mod:`distillguard.settings`, checking WebSocket handshakes). ``options`` go to
     :class:`Gateway`; ``$DISTILLGUARD_UPSTREAM_AUTHORIZATION``, when set, is sent to the upstream
     as its ``Authorization`` header."""
     from .asgi import DistillGuardMiddleware
@@ -285,4 +341,61 @@ def gateway_app(upstream: str | None = None, guard: Guard | None = None, **optio
     if key and "upstream_headers" not in options:
         options["upstream_headers"] = {"authorization": key}
     proxy = Gateway(target, **options)
-    return DistillGuardMiddleware(proxy, guard=guard if guard is not None else guard_from_env())
+    if guard is None:  # the gateway forwards WebSockets the guard has checked
+        guard = guard_from_env(websockets="authenticate")
+    return DistillGuardMiddleware(proxy, guard=guard)
+
+
+async def _refuse_websocket(scope: Any, send: Any, problem: Problem) -> None:
+    """Refuse a handshake with ``problem``: as an HTTP response where the server supports it,
+    else a close with code 1014 (bad gateway)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        status, headers, body = problem.render()
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1014})
+
+
+async def _relay(upstream: aiohttp.ClientWebSocketResponse[bool], receive: Any, send: Any) -> None:
+    """Relay messages both ways until one side closes; tell the other side how it closed."""
+    import aiohttp
+
+    client_gone = False
+    async with anyio.create_task_group() as group:
+
+        async def from_client() -> None:
+            nonlocal client_gone
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    text = message.get("text")
+                    if text is not None:
+                        await upstream.send_str(text)
+                    else:
+                        await upstream.send_bytes(message.get("bytes") or b"")
+                elif message["type"] == "websocket.disconnect":
+                    client_gone = True
+                    reason = str(message.get("reason") or "").encode()
+                    await upstream.close(code=_sendable(message.get("code", 1000)), message=reason)
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(from_client)
+        code, reason = 1000, ""
+        while True:  # not ``async for``: it ends before the close frame, whose code is wanted
+            msg = await upstream.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await send({"type": "websocket.send", "text": msg.data})
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await send({"type": "websocket.send", "bytes": msg.data})
+            elif msg.type is aiohttp.WSMsgType.CLOSE:
+                code, reason = _sendable(msg.data), str(msg.extra or "")
+                break
+            else:  # closing, closed, or a broken connection
+                code = 1011 if msg.type is aiohttp.WSMsgType.ERROR else 1000
+                break
+        if not client_gone:
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+        group.cancel_scope.cancel()
