@@ -177,9 +177,11 @@ def make_guard(
     *,
     detectors: bool = False,
     shared: bool = True,
+    concurrency: int | None = None,
 ) -> Guard:
     """A guard with JWT, the default two windows (never reached) and no detectors (or the
-    default set, its state shared through Redis unless ``shared`` is false)."""
+    default set, its state shared through Redis unless ``shared`` is false), and a
+    ``concurrency`` cap (never reached) when given."""
     return Guard(
         jwt=JWTConfig(algorithms=["HS256"], key=_apps.SECRET, issuer=_apps.ISSUER, audience=_apps.AUDIENCE),
         limits=LimitConfig(
@@ -187,6 +189,7 @@ def make_guard(
             storage_uri=storage_uri,
             strategy=strategy,
             key_prefix=prefix or f"bench{time.time()}",
+            concurrency=concurrency,
         ),
         detectors=default_detectors() if detectors else (),
         policy=Policy(shared_state=shared),
@@ -305,8 +308,9 @@ def wsgi_runner(app: Any, body: bytes | list[bytes]) -> Callable[[int], float]:
 # -- measurement -----------------------------------------------------------------------------
 
 
-def overhead(url: str, requests: int, repeats: int) -> list[tuple[str, float, float, float]]:
-    """``(adapter, bare us, memory overhead us, redis overhead us)`` per adapter."""
+def overhead(url: str, requests: int, repeats: int) -> list[tuple[str, float, float, float, float]]:
+    """``(adapter, bare us, memory overhead us, redis overhead us, redis with a concurrency cap
+    overhead us)`` per adapter."""
     body = _apps.chat_body(1024)
     loop = asyncio.new_event_loop()
     rows = []
@@ -319,6 +323,9 @@ def overhead(url: str, requests: int, repeats: int) -> list[tuple[str, float, fl
                     loop, DistillGuardMiddleware(bare_asgi, guard=make_guard("memory://")), body
                 ),
                 "redis": asgi_runner(loop, DistillGuardMiddleware(bare_asgi, guard=make_guard(url)), body),
+                "cap": asgi_runner(
+                    loop, DistillGuardMiddleware(bare_asgi, guard=make_guard(url, concurrency=8)), body
+                ),
             },
         ),
         (
@@ -329,6 +336,9 @@ def overhead(url: str, requests: int, repeats: int) -> list[tuple[str, float, fl
                     DistillGuardWSGIMiddleware(bare_wsgi, guard=make_guard("memory://")), body
                 ),
                 "redis": wsgi_runner(DistillGuardWSGIMiddleware(bare_wsgi, guard=make_guard(url)), body),
+                "cap": wsgi_runner(
+                    DistillGuardWSGIMiddleware(bare_wsgi, guard=make_guard(url, concurrency=8)), body
+                ),
             },
         ),
     ]
@@ -346,6 +356,7 @@ def overhead(url: str, requests: int, repeats: int) -> list[tuple[str, float, fl
                 bare,
                 statistics.median(runs["memory"]) - bare,
                 statistics.median(runs["redis"]) - bare,
+                statistics.median(runs["cap"]) - bare,
             )
         )
     loop.close()
@@ -393,11 +404,12 @@ def round_trips(url: str, requests: int) -> list[tuple[str, str, float, str]]:
     """``(adapter, strategy, round trips per request, top-level commands per request)``."""
     body = _apps.chat_body(1024)
     rows = []
-    variants = [(s, False) for s in ("moving-window", "fixed-window", "sliding-window-counter")]
-    variants += [("moving-window", True), ("sliding-window-counter", True)]
-    for strategy, detectors in variants:
+    variants = [(s, False, False) for s in ("moving-window", "fixed-window", "sliding-window-counter")]
+    variants += [("moving-window", True, False), ("sliding-window-counter", True, False)]
+    variants += [("moving-window", False, True)]
+    for strategy, detectors, capped in variants:
         for adapter in ("ASGI", "WSGI"):
-            guard = make_guard(url, strategy, detectors=detectors)
+            guard = make_guard(url, strategy, detectors=detectors, concurrency=8 if capped else None)
             loop = asyncio.new_event_loop()
             if adapter == "ASGI":
                 run = asgi_runner(loop, DistillGuardMiddleware(bare_asgi, guard=guard), body)
@@ -409,6 +421,8 @@ def round_trips(url: str, requests: int) -> list[tuple[str, str, float, str]]:
             loop.close()
             commands = ", ".join(f"{k} {v / requests:g}" for k, v in sorted(seen.items()))
             label = f"{strategy}, default detectors (shared state)" if detectors else strategy
+            if capped:
+                label = f"{strategy}, concurrency cap (shared leases)"
             rows.append((adapter, label, trips.count / requests, commands))
     return rows
 
@@ -430,11 +444,12 @@ def report(url: str, requests: int, repeats: int) -> str:
         "The guard verifies an HS256 JWT (cached) and charges two moving windows (`60/minute;1000/day`, "
         "1,000 rotating clients, never full); no detectors (first table), no-op tracer.",
         "",
-        "| Adapter | Bare app (us/request) | Guard on `memory://` (+us) | Guard on `redis://` (+us) |",
-        "|---|---:|---:|---:|",
+        "| Adapter | Bare app (us/request) | Guard on `memory://` (+us) | Guard on `redis://` (+us) "
+        "| `redis://` with a concurrency cap (+us) |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, bare, memory, redis in over:
-        lines.append(f"| {name} | {bare:.1f} | +{memory:.1f} | +{redis:.1f} |")
+    for name, bare, memory, redis, capped in over:
+        lines.append(f"| {name} | {bare:.1f} | +{memory:.1f} | +{redis:.1f} | +{capped:.1f} |")
     lines += [
         "",
         "The same with the default detector set (every request a new 1 KB prompt): on `memory://`; on "
@@ -461,15 +476,17 @@ def report(url: str, requests: int, repeats: int) -> str:
         lines.append(f"| {adapter} | {strategy} | {count:g} | {commands} |")
     lines += [
         "",
-        "Moving and fixed windows on a single Redis (or Sentinel) cost one round trip per request: "
-        "one script checks every window of the request, charges them all or none, and returns each "
-        "window's remaining quota and reset time (`distillguard/limiting/_script.py`). The sliding "
-        "window counter, and Redis Cluster (a request's windows live in different hash slots), are "
-        "charged window by window through `limits`: two round trips per window (charge, then read "
-        "the window for the RateLimit fields). With the detectors' state shared, the state is read in "
-        "the windows' script (an empty answer when this replica is up to date) and written back after "
-        "the detectors ran: two round trips per request; one more (the read) where the windows are "
-        "charged through `limits`.",
+        "Moving and fixed windows on a single Redis (or Sentinel) cost one round trip per request: one "
+        "script checks every window of the request, charges them all or none, and returns each window's"
+        " remaining quota and reset time (`distillguard/limiting/_script.py`). On a Redis Cluster a "
+        "client's own windows share its hash tag (one slot) and are charged by the same script in one "
+        'round trip; shared windows (tenant, `per="all"`) and the sliding window counter are charged '
+        "window by window through `limits`: two round trips per window (charge, then read the window "
+        "for the RateLimit fields). With the detectors' state shared, the state is read in the windows'"
+        " script (an empty answer when this replica is up to date) and written back after the detectors"
+        " ran: two round trips per request; one more (the read) where the windows are charged through "
+        "`limits`. A concurrency cap shared across replicas adds two: the lease is taken after the "
+        "windows (a refused request takes none) and given back after the answer.",
     ]
     return "\n".join(lines)
 
