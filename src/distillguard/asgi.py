@@ -204,7 +204,7 @@ class DistillGuardMiddleware:
             if decision.problem is None:  # the span and the slot last as long as the connection
                 _publish(scope, decision)
                 exchange.status = 101
-                await self.app(scope, receive, self._renewing(send, exchange))
+                await self.app(scope, *self._renewing(receive, send, exchange))
             else:
                 await self._refuse_websocket(scope, receive, send, exchange, decision)
         except BaseException as exc:
@@ -214,19 +214,25 @@ class DistillGuardMiddleware:
         await self._give_back(exchange)
         exchange.finish()
 
-    def _renewing(self, send: Send, exchange: Exchange) -> Send:
-        """``send``, renewing the exchange's concurrency lease as messages go out (a connection
-        that outlives half the lease keeps its slot)."""
+    def _renewing(self, receive: Receive, send: Send, exchange: Exchange) -> tuple[Receive, Send]:
+        """``receive`` and ``send``, renewing the exchange's concurrency lease as messages come
+        in or go out (a connection that outlives half the lease keeps its slot)."""
         if not exchange.leased:
-            return send
+            return receive, send
         perform = self._perform
 
-        async def renewing(message: Message) -> None:
+        async def renewing_receive() -> Message:
+            message = await receive()
+            if exchange.renewal_due():
+                await adrive(exchange.renewal(), perform)
+            return message
+
+        async def renewing_send(message: Message) -> None:
             if exchange.renewal_due():
                 await adrive(exchange.renewal(), perform)
             await send(message)
 
-        return renewing
+        return renewing_receive, renewing_send
 
     @staticmethod
     async def _refuse_websocket(

@@ -253,16 +253,26 @@ async def ticking(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def listening(websocket: WebSocket) -> None:
+    """Accept, then only listen (an upload: the client talks, the server says nothing)."""
+    await websocket.accept()
+    while (await websocket.receive_text()) != "stop":
+        pass
+    await websocket.close()
+
+
 def test_a_websocket_holds_and_renews_its_lease(redis_server: RedisServer, tracer_provider: Any) -> None:
     """A WebSocket connection holds its client's slot as long as it is open, through real
-    uvicorn: renewed as messages go out (past its 1 s lease), given back when it closes."""
+    uvicorn: renewed as messages go out or come in (past its 1 s lease), given back when it
+    closes."""
     g = Guard(
         jwt=jwt_config(),
         limits=LimitConfig(storage_uri=redis_server.url, concurrency=1, concurrency_lease=1.0),
         tracer_provider=tracer_provider,
         websockets="authenticate",
     )
-    app = DistillGuardMiddleware(Starlette(routes=[WebSocketRoute("/v1/realtime", ticking)]), guard=g)
+    routes = [WebSocketRoute("/v1/realtime", ticking), WebSocketRoute("/v1/upload", listening)]
+    app = DistillGuardMiddleware(Starlette(routes=routes), guard=g)
     with serve_in_thread(app, lifespan="on") as base:  # the shutdown closes the Redis connections
         url = base.replace("http://", "ws://") + "/v1/realtime"
         headers = {"authorization": f"Bearer {make_token()}"}
@@ -279,6 +289,16 @@ def test_a_websocket_holds_and_renews_its_lease(redis_server: RedisServer, trace
         while leases(redis_server) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert leases(redis_server) == 0
+        upload = base.replace("http://", "ws://") + "/v1/upload"
+        with websockets_sync.connect(upload, additional_headers=headers, open_timeout=5) as ws:
+            deadline = time.monotonic() + 1.6  # the client's messages renew it too
+            while time.monotonic() < deadline:
+                ws.send("chunk")
+                time.sleep(0.2)
+            with pytest.raises(InvalidStatus) as refused:
+                websockets_sync.connect(url, additional_headers=headers, open_timeout=5)
+            assert refused.value.response.status_code == 429
+            ws.send("stop")
 
 
 # -- Redis down -----------------------------------------------------------------------------------
