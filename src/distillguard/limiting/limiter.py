@@ -229,6 +229,19 @@ class Limiter(LimiterBase):
 
         return self._on_primary(release)[0]
 
+    def probe(self) -> tuple[bool, str]:
+        """Ask the shared storage once whether it answers (the storage's socket timeouts bound
+        the wait): ``(answered, reason)``. Never raises; ``(True, "")`` for memory storage."""
+        if not self.remote:
+            return True, ""
+        try:
+            if self._primary is None:
+                self._build_primary()
+            answered = bool(self._primary.check())
+        except Exception as exc:  # the storage's own error: reported, never raised
+            return False, type(exc).__name__
+        return answered, "" if answered else "no answer to PING"
+
 
 class AsyncLimiter(LimiterBase):
     """Async limiter for ASGI (the twin of :class:`Limiter`)."""

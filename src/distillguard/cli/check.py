@@ -1,0 +1,140 @@
+"""``distillguard check``: is this deployment's configuration sound, and does what it names answer?
+
+It reads the ``DISTILLGUARD_*`` variables as the examples and the gateway do
+(:mod:`distillguard.settings`), builds the guard (so that a bad limit string, an unknown detector
+or a development default in production fails here, not at the first request), then asks what
+the guard depends on: the JWKS URL for its first key set, the limit storage (Redis) for an
+answer. It prints the effective settings, never a secret (the JWT secret, the watermark key and
+a password in the storage URI are not shown), and one line per check; ``--json`` prints the same
+as one JSON document. Exit status 0 when everything answers, 1 when a dependency does not, 2 for
+a configuration error. Meant for a deployment's pre-flight step or an init container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ConfigurationError
+from ..identity.apikeys import APIKeyVerifier
+
+__all__ = ["redacted_uri", "register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``check`` sub-command."""
+    parser = subparsers.add_parser(
+        "check",
+        help="check the DISTILLGUARD_* configuration and what it depends on",
+        description=(
+            "Build the guard from the DISTILLGUARD_* variables, fetch the JWKS key set and ask "
+            "the limit storage for an answer. Exit status 0 when everything answers, 1 when a "
+            "dependency does not, 2 for a configuration error."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the JWKS key set (default 5)"
+    )
+    parser.set_defaults(func=run)
+
+
+def redacted_uri(uri: str) -> str:
+    """``uri`` with the password of its user part (if any) replaced by ``***``."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "(not a URI)"
+    if parts.password is None:
+        return uri
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _summary(settings: Any, guard: Any) -> dict[str, Any]:
+    """The effective settings, without secrets."""
+    config = guard.plan.config
+    if settings.jwks_url:
+        keys = f"JWKS {settings.jwks_url}"
+    elif settings.jwt_public_key_file:
+        keys = f"public key file {settings.jwt_public_key_file}"
+    else:
+        keys = "HS256 secret (DISTILLGUARD_JWT_SECRET)"
+    return {
+        "environment": settings.environment,
+        "development_defaults": list(settings.dev_defaults),
+        "jwt": {
+            "keys": keys,
+            "algorithms": list(settings.algorithms),
+            "issuer": settings.jwt_issuer,
+            "audience": settings.jwt_audience,
+        },
+        "api_keys": len(keys.keys) if isinstance(keys := guard.verifier, APIKeyVerifier) else 0,
+        "limits": {
+            "default": config.default,
+            "tiers": dict(config.tiers),
+            "storage": redacted_uri(config.storage_uri),
+            "outage": config.outage,
+            "headers": config.header_style if config.headers else "off",
+        },
+        "detectors": [d.name for d in guard.detectors],
+        "shadow": guard.policy.shadow,
+        "watermark": guard.watermark is not None,
+        "max_body_bytes": guard.max_body_bytes,
+    }
+
+
+def _check_keys(guard: Any, timeout: float) -> dict[str, Any]:
+    verifier = guard.verifier
+    if verifier is None or not verifier.fetches_keys:
+        return {"name": "jwt keys", "ok": True, "detail": "configured keys (nothing to fetch)"}
+    started = time.monotonic()
+    ok = verifier.prefetch_keys(timeout)
+    took = time.monotonic() - started
+    detail = f"key set fetched in {took:.2f} s" if ok else f"no key set within {timeout:g} s"
+    return {"name": "jwt keys", "ok": ok, "detail": detail}
+
+
+def _check_storage(guard: Any) -> dict[str, Any]:
+    limiter = guard.sync_performer().limiter
+    uri = redacted_uri(guard.plan.config.storage_uri)
+    if not limiter.remote:
+        return {"name": "limit storage", "ok": True, "detail": f"{uri} (in process: nothing to ask)"}
+    started = time.monotonic()
+    ok, reason = limiter.probe()
+    took = time.monotonic() - started
+    detail = f"{uri} answers ({took * 1000:.0f} ms)" if ok else f"{uri} does not answer ({reason})"
+    return {"name": "limit storage", "ok": ok, "detail": detail}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``check``; return the exit status."""
+    from ..settings import guard_from_env, settings_from_env
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_env()
+        guard = guard_from_env()
+    except ConfigurationError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        else:
+            print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    checks = [_check_keys(guard, args.timeout), _check_storage(guard)]
+    ok = all(c["ok"] for c in checks)
+    summary = _summary(settings, guard)
+    if args.json:
+        print(json.dumps({"ok": ok, "settings": summary, "checks": checks}, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        for check in checks:
+            print(f"{'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")
+    return 0 if ok else 1

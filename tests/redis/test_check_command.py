@@ -1,0 +1,129 @@
+"""``distillguard check``: the effective settings without secrets, and one check per dependency,
+against a real redis-server and a real JWKS server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from distillguard.cli import main
+from distillguard.cli.check import redacted_uri
+from distillguard.settings import DEV_SECRET
+from tests.helpers import keys as make_keys
+from tests.identity.conftest import JWKSServer, to_jwk
+from tests.servers import RedisServer, free_port
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+SECRET = "check-command-secret-of-at-least-32-bytes"
+WATERMARK = "check-command-watermark-key"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A clean ``DISTILLGUARD_*`` environment; ``env(NAME=value)`` sets variables."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("DISTILLGUARD_")]:
+        monkeypatch.delenv(name)
+
+    def setenv(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"DISTILLGUARD_{name}", value)
+
+    yield setenv
+
+
+def check(capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:
+    status = main(["check", "--json", "--timeout", "2"])
+    out = capsys.readouterr()
+    return status, json.loads(out.out), out.out + out.err
+
+
+def test_a_sound_configuration_passes_and_shows_no_secret(
+    env: Any, capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+) -> None:
+    env(
+        JWT_SECRET=SECRET,
+        JWT_ISSUER="https://idp.example",
+        JWT_AUDIENCE="model-api",
+        STORAGE_URI=redis_server.url,
+        WATERMARK_KEY=WATERMARK,
+        RATELIMIT_HEADERS="both",
+    )
+    status, doc, text = check(capsys)
+    assert status == 0 and doc["ok"] is True
+    assert [(c["name"], c["ok"]) for c in doc["checks"]] == [("jwt keys", True), ("limit storage", True)]
+    assert "answers" in doc["checks"][1]["detail"]
+    settings = doc["settings"]
+    assert settings["jwt"]["issuer"] == "https://idp.example"
+    assert settings["limits"]["storage"] == redis_server.url and settings["limits"]["headers"] == "both"
+    assert settings["watermark"] is True and "near_duplicate" in settings["detectors"]
+    assert SECRET not in text and WATERMARK not in text
+
+
+def test_an_unreachable_storage_fails_with_its_password_hidden(
+    env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env(JWT_SECRET=SECRET, STORAGE_URI=f"redis://app:hunter2-password@127.0.0.1:{free_port()}/0")
+    started = time.monotonic()
+    status, doc, text = check(capsys)
+    assert time.monotonic() - started < 10
+    assert status == 1 and doc["ok"] is False
+    storage = doc["checks"][1]
+    assert storage["ok"] is False and "does not answer" in storage["detail"]
+    assert "hunter2" not in text and "app:***@127.0.0.1" in text
+
+
+def test_a_jwks_url_is_fetched(env: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = JWKSServer()
+    try:
+        server.set_keys([to_jwk(make_keys().rsa, "k1")])
+        env(JWKS_URL=server.url, JWT_ISSUER="https://idp.example", JWT_AUDIENCE="model-api")
+        status, doc, _ = check(capsys)
+        assert status == 0 and doc["checks"][0]["ok"] is True
+        assert doc["settings"]["jwt"]["keys"] == f"JWKS {server.url}"
+        assert doc["settings"]["jwt"]["algorithms"] == ["RS256"]
+        server.mode = "503"
+        env(JWKS_URL=server.url.replace("jwks.json", "other.json"))  # a fresh key set to fetch
+        status, doc, _ = check(capsys)
+        assert status == 1 and doc["checks"][0]["ok"] is False
+        assert "no key set" in doc["checks"][0]["detail"]
+    finally:
+        server.close()
+
+
+def test_a_configuration_error_exits_2(env: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    env(JWT_SECRET=SECRET, LIMITS="lots")
+    status, doc, _ = check(capsys)
+    assert status == 2 and doc["ok"] is False and "invalid limit string" in doc["error"]
+    env(LIMITS="60/minute", ENV="production", JWT_SECRET=DEV_SECRET)
+    assert check(capsys)[0] == 2
+
+
+def test_the_text_output_names_each_check(env: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    env(JWT_SECRET=SECRET)
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   jwt keys: configured keys" in out and "ok   limit storage: memory://" in out
+    assert SECRET not in out
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:pw@10.0.0.1:6379/0", "redis://:***@10.0.0.1:6379/0"),
+        ("rediss://user:p%40ss@cache.example:6380/1", "rediss://user:***@cache.example:6380/1"),
+        (
+            "redis+sentinel://:pw@s1:26379,s2:26379/mymaster",
+            "redis+sentinel://:***@s1:26379,s2:26379/mymaster",
+        ),
+    ],
+)
+def test_storage_uris_are_shown_without_their_password(uri: str, shown: str) -> None:
+    assert redacted_uri(uri) == shown
