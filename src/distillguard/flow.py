@@ -35,7 +35,7 @@ from .limiting.effects import (
     RenewSlot,
     SaveState,
 )
-from .limiting.headers import ratelimit_fields, retry_after, violated_policies
+from .limiting.headers import ratelimit_fields, retry_after, retry_after_ms, violated_policies
 from .policy import Policy, decide, detection_mode
 from .problems import Problem
 from .query import Query, parse_query
@@ -311,6 +311,8 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     if refused:
         limited = Problem.rate_limited(retry_after(refused, now), violated_policies(refused))
+        if disclosed and config.header_style != "ietf":  # the exact wait, for OpenAI's SDKs
+            headers = (*headers, ("retry-after-ms", str(retry_after_ms(refused, now))))
         if not policy.shadow:
             boxed: tuple[str, ...] = ()
             if risk is not None and mode == "enforce" and risk.refused(client, now) is not None:

@@ -659,6 +659,7 @@ def test_rate_limit_headers_draft10(serve: Callable[..., Served]) -> None:
     assert third.status_code == 429
     retry = third.headers["retry-after"]
     assert retry.isdigit() and 1 <= int(retry) <= 60
+    assert "retry-after-ms" not in third.headers  # OpenAI's field: with header_style="openai"
     assert third.headers["content-type"] == "application/problem+json"
     problem = third.json()
     assert problem["code"] == "rate_limited"
@@ -670,7 +671,8 @@ def test_rate_limit_headers_draft10(serve: Callable[..., Served]) -> None:
 
 def test_openai_rate_limit_headers(serve: Callable[..., Served]) -> None:
     """``header_style="openai"``: each response carries OpenAI's ``x-ratelimit-*`` fields for
-    the window with the least quota left (no IETF fields); the refusal too, with Retry-After."""
+    the window with the least quota left (no IETF fields); the refusal too, with Retry-After
+    and ``retry-after-ms``."""
     served = serve(limits=LimitConfig(default="2/minute;3/day", header_style="openai"))
     token = make_token()
     responses = [served.post(token=token) for _ in range(3)]
@@ -686,7 +688,9 @@ def test_openai_rate_limit_headers(serve: Callable[..., Served]) -> None:
         assert reset is not None and 0 <= int(reset[1] or 0) * 60 + int(reset[2]) <= 60
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
-    assert "retry-after" not in first.headers
+    # the exact wait, which OpenAI's SDKs read first, within the rounded-up Retry-After
+    assert 1 <= int(refused.headers["retry-after-ms"]) <= int(refused.headers["retry-after"]) * 1000
+    assert "retry-after" not in first.headers and "retry-after-ms" not in first.headers
 
 
 def test_both_rate_limit_header_styles(serve: Callable[..., Served]) -> None:

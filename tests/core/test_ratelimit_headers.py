@@ -16,7 +16,7 @@ from limits import parse
 from distillguard import ConfigurationError, LimitConfig
 from distillguard.limiting import LimitCheck, LimitOutcome
 from distillguard.limiting.config import parse_limits
-from distillguard.limiting.headers import go_duration, ratelimit_fields, retry_after
+from distillguard.limiting.headers import go_duration, ratelimit_fields, retry_after, retry_after_ms
 from distillguard.limiting.plan import policy_name
 
 pytestmark = pytest.mark.timeout(30)
@@ -214,3 +214,16 @@ def test_go_durations(seconds: int, text: str) -> None:
 def test_header_style_is_checked_at_construction() -> None:
     with pytest.raises(ConfigurationError, match="header_style"):
         LimitConfig(header_style="x-ratelimit")
+
+
+def test_retry_after_ms_is_the_exact_wait() -> None:
+    """``retry-after-ms``: the longest wait of the refusing windows in milliseconds, rounded up,
+    at least 1; the allowed windows do not count."""
+    refusing = [
+        outcome("10/minute", remaining=0, reset_in=0.2501, allowed=False),
+        outcome("100/hour", remaining=0, reset_in=1.5, allowed=False),
+        outcome("1000/day", remaining=5, reset_in=80_000),
+    ]
+    assert retry_after_ms(refusing, NOW) == 1500
+    assert retry_after(refusing, NOW) == 2
+    assert retry_after_ms([outcome("1/second", remaining=0, reset_in=-1, allowed=False)], NOW) == 1

@@ -11,7 +11,9 @@ model tokens: a token window (``LimitRule(unit="tokens")``) carries the vendor p
 client does not read its quota as requests.
 
 ``LimitConfig(header_style="openai")`` sends the fields OpenAI's API sends instead (``"both"``
-sends the two sets), which OpenAI-compatible clients and gateways pace themselves on::
+sends the two sets), which OpenAI-compatible clients and gateways pace themselves on; a 429
+also carries ``retry-after-ms``, the wait in milliseconds, which OpenAI's SDKs prefer to
+``Retry-After``::
 
     x-ratelimit-limit-requests: 60
     x-ratelimit-remaining-requests: 59
@@ -32,7 +34,7 @@ from collections.abc import Iterable
 
 from .plan import LimitOutcome, policy_name
 
-__all__ = ["go_duration", "ratelimit_fields", "retry_after", "violated_policies"]
+__all__ = ["go_duration", "ratelimit_fields", "retry_after", "retry_after_ms", "violated_policies"]
 
 
 def _seconds_until(reset_at: float, now: float) -> int:
@@ -135,4 +137,11 @@ def violated_policies(refused: Iterable[LimitOutcome]) -> list[str]:
 def retry_after(outcomes: Iterable[LimitOutcome], now: float) -> int:
     """Seconds until every refusing window has room again (at least 1)."""
     waits = [_seconds_until(o.reset_at, now) for o in outcomes if not o.allowed]
+    return max([1, *waits])
+
+
+def retry_after_ms(outcomes: Iterable[LimitOutcome], now: float) -> int:
+    """Milliseconds until every refusing window has room again (at least 1): the
+    ``retry-after-ms`` field OpenAI's SDKs read before ``Retry-After``."""
+    waits = [math.ceil((o.reset_at - now) * 1000) for o in outcomes if not o.allowed]
     return max([1, *waits])
