@@ -311,9 +311,9 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     if refused:
         limited = Problem.rate_limited(retry_after(refused, now), violated_policies(refused))
-        if disclosed and config.header_style != "ietf":  # the exact wait, for OpenAI's SDKs
-            headers = (*headers, ("retry-after-ms", str(retry_after_ms(refused, now))))
         if not policy.shadow:
+            if disclosed and config.header_style != "ietf":  # the exact wait, for OpenAI's SDKs
+                headers = (*headers, ("retry-after-ms", str(retry_after_ms(refused, now))))
             boxed: tuple[str, ...] = ()
             if risk is not None and mode == "enforce" and risk.refused(client, now) is not None:
                 boxed = ("risk:penalty_box", "risk:refusals")  # from its next request on

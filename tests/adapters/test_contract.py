@@ -693,6 +693,17 @@ def test_openai_rate_limit_headers(serve: Callable[..., Served]) -> None:
     assert "retry-after" not in first.headers and "retry-after-ms" not in first.headers
 
 
+def test_shadow_mode_sends_no_retry_fields_on_an_admitted_request(serve: Callable[..., Served]) -> None:
+    """In shadow mode a request over its window is admitted: no ``Retry-After`` nor
+    ``retry-after-ms`` on its 200, whatever the header style."""
+    served = serve(limits=LimitConfig(default="1/minute", header_style="both"), policy=Policy(shadow=True))
+    token = make_token()
+    responses = [served.post(token=token) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    for response in responses:
+        assert "retry-after" not in response.headers and "retry-after-ms" not in response.headers
+
+
 def test_both_rate_limit_header_styles(serve: Callable[..., Served]) -> None:
     """``header_style="both"`` sends the IETF and the OpenAI fields, saying the same."""
     served = serve(limits=LimitConfig(default="5/minute", header_style="both"))
