@@ -248,12 +248,7 @@ class DistillGuardMiddleware:
         message = await receive()  # websocket.connect
         if message["type"] != "websocket.connect":
             return
-        if "websocket.http.response" in scope.get("extensions", {}):
-            raw: list[Any] = [(k.encode(), v.encode()) for k, v in headers]
-            await send({"type": "websocket.http.response.start", "status": code, "headers": raw})
-            await send({"type": "websocket.http.response.body", "body": payload})
-        else:
-            await send({"type": "websocket.close", "code": 1008})
+        await refuse_handshake(scope, send, (code, headers, payload), 1008)
 
     def _fetching_keys_on_startup(self, receive: Receive) -> Receive:
         """With keys fetched from a JWKS URL, wait (up to 5 s, in a worker thread) for the first
@@ -340,6 +335,21 @@ class DistillGuardMiddleware:
             await send(message)
 
         await self.app(scope, replay, observe)
+
+
+async def refuse_handshake(
+    scope: Scope, send: Send, rendered: tuple[int, list[tuple[str, str]], bytes], close_code: int
+) -> None:
+    """Refuse a WebSocket handshake (after its ``websocket.connect``) with a rendered problem:
+    as an HTTP response where the server supports the ``websocket.http.response`` extension,
+    else a close with ``close_code``."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        status, headers, body = rendered
+        raw: list[Any] = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": close_code})
 
 
 def _header(headers: Any, wanted: bytes) -> str:

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .asgi import _Disconnected, _read_body, _send_response, _TooLarge
+from .asgi import _Disconnected, _read_body, _send_response, _TooLarge, refuse_handshake
 from .errors import ConfigurationError, UpstreamError
 from .problems import Problem
 
@@ -309,10 +309,10 @@ class Gateway:
                 autoping=True,
             )
         except _TIMEOUTS:
-            await _refuse_websocket(scope, send, Problem.upstream("upstream_timeout"))
+            await refuse_handshake(scope, send, Problem.upstream("upstream_timeout").render(), 1014)
             return
         except aiohttp.ClientError:  # unreachable, or the upgrade refused
-            await _refuse_websocket(scope, send, Problem.upstream("upstream_unavailable"))
+            await refuse_handshake(scope, send, Problem.upstream("upstream_unavailable").render(), 1014)
             return
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
@@ -344,18 +344,6 @@ def gateway_app(upstream: str | None = None, guard: Guard | None = None, **optio
     if guard is None:  # the gateway forwards WebSockets the guard has checked
         guard = guard_from_env(websockets="authenticate")
     return DistillGuardMiddleware(proxy, guard=guard)
-
-
-async def _refuse_websocket(scope: Any, send: Any, problem: Problem) -> None:
-    """Refuse a handshake with ``problem``: as an HTTP response where the server supports it,
-    else a close with code 1014 (bad gateway)."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        status, headers, body = problem.render()
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1014})
 
 
 async def _relay(upstream: aiohttp.ClientWebSocketResponse[bool], receive: Any, send: Any) -> None:
