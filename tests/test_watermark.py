@@ -368,45 +368,52 @@ def test_any_event_stream_cut_anywhere_is_marked_as_its_whole_text(seed: int) ->
     assert got == {i: watermark.mark(t) for i, t in texts.items()}
 
 
-@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
-def test_a_compressed_answer_passes_unchanged(kind: str) -> None:
-    """An answer with ``Content-Encoding: gzip`` is neither parsed nor held back."""
+@pytest.mark.parametrize("seed", range(12))
+def test_a_compressed_event_stream_cut_anywhere_is_decoded_and_marked(seed: int) -> None:
+    """A gzip answer (one member or several, as a server that compresses each flush sends it),
+    cut at random bytes, comes out decoded and marked as its whole text; a damaged stream
+    stops the decoding without raising."""
     import gzip
 
-    body = gzip.compress(json.dumps(_chat_doc()).encode())
+    from distillguard._marking import ResponseMarking
 
-    async def asgi_gzip(scope: Any, receive: Any, send: Any) -> None:
-        await receive()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-encoding", b"gzip"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    rng = random.Random(seed)
+    watermark = Watermark(KEY)
+    text = PROSE[rng.randrange(40) :]
+    events = [
+        b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": text[i : i + 7]}}]}).encode()
+        for i in range(0, len(text), 7)
+    ]
+    plain = b"".join(e + b"\n\n" for e in [*events, b"data: [DONE]"])
+    members = rng.randint(1, 4)
+    bounds = sorted(rng.sample(range(1, len(plain)), members - 1))
+    stream = b"".join(
+        gzip.compress(plain[a:b]) for a, b in zip([0, *bounds], [*bounds, len(plain)], strict=True)
+    )
+    cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(0, 30)))
+    marking = ResponseMarking(watermark)
+    assert marking.start(200, "text/event-stream", "GZIP") and marking.decodes
+    out = b"".join(marking.feed(stream[a:b]) for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True))
+    out += marking.end()
+    assert out.endswith(b"data: [DONE]\n\n")
+    got = "".join(
+        json.loads(frame[6:])["choices"][0]["delta"]["content"]
+        for frame in out.split(b"\n\n")
+        if frame.startswith(b"data: {")
+    )
+    assert got == watermark.mark(text)
+    damaged = ResponseMarking(watermark)
+    assert damaged.start(200, "application/json", "gzip")
+    assert damaged.feed(b"\x1f\x8b not really gzip") == b"" and isinstance(damaged.end(), bytes)
 
-    def wsgi_gzip(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Encoding", "gzip"),
-                ("Content-Length", str(len(body))),
-            ],
-        )
-        return [body]
 
-    guard = Guard(jwt=jwt_config(), watermark=Watermark(KEY))
-    data = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
-    if kind == "asgi":
-        _, headers, payload = asyncio.run(
-            asgi_call(DistillGuardMiddleware(asgi_gzip, guard=guard), data, token=make_token())
-        )
-    else:
-        _, headers, payload = wsgi_call(
-            DistillGuardWSGIMiddleware(wsgi_gzip, guard=guard), data, token=make_token()
-        )
-    assert payload == body and headers["content-length"] == str(len(body))
+def test_an_unreadable_encoding_is_not_marked() -> None:
+    """``br`` and ``zstd`` (not in the standard library) are not marked: they pass unchanged."""
+    from distillguard._marking import ResponseMarking, readable
+
+    assert readable("") and readable("identity") and readable(" Deflate ") and readable("x-gzip")
+    assert not readable("br") and not readable("zstd") and not readable("gzip, br")
+    assert not ResponseMarking(Watermark(KEY)).start(200, "application/json", "br")
 
 
 def test_a_flush_event_never_repeats_the_usage() -> None:

@@ -19,17 +19,25 @@ marking; what was held is sent unchanged (after an event carrying any word held 
 rest of the answer passes as it comes (:attr:`ResponseMarking.overflowed` says so). Events are
 found in linear time whatever the chunking, with any of the line endings the SSE format allows
 (``\n``, ``\r\n``, ``\r``).
+
+A compressed answer is read through its ``Content-Encoding`` when the standard library can
+decode it (``gzip``, ``x-gzip``, ``deflate``, zlib-wrapped or raw): the answer is then sent
+uncompressed (:attr:`ResponseMarking.decodes`: the adapters drop ``Content-Encoding`` too). An
+answer in another encoding (``br``, ``zstd``) cannot be read and passes unchanged; the adapters
+ask the app for an uncompressed answer whenever one may be rewritten, so this only happens
+when the app compresses against the request's ``Accept-Encoding: identity``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from typing import Any
 
 from .watermark import StreamMarker, Watermark
 
-__all__ = ["MAX_DOCUMENT", "MAX_EVENT", "ResponseMarking"]
+__all__ = ["MAX_DOCUMENT", "MAX_EVENT", "ResponseMarking", "readable"]
 
 MAX_DOCUMENT = 4 * 1024 * 1024
 """The longest JSON answer that is marked (bytes); a longer one passes unchanged."""
@@ -39,12 +47,69 @@ MAX_EVENT = 256 * 1024
 _BOUNDARY = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 _LINES = re.compile(rb"(\r\n|\r|\n)")
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_DECODED = {"gzip": 47, "x-gzip": 47, "deflate": 15}  # zlib's wbits: 47 = gzip or zlib header
+
+
+def readable(encoding: str) -> bool:
+    """Whether an answer with this ``Content-Encoding`` can be read (and so rewritten)."""
+    coding = encoding.strip().lower()
+    return coding in ("", "identity") or coding in _DECODED
+
+
+class _Decoder:
+    """Incremental decoding of a ``gzip`` or ``deflate`` body (several gzip members included;
+    ``deflate`` with or without its zlib wrapper). A damaged stream stops the decoding: what
+    comes after passes as it came."""
+
+    __slots__ = ("_raw", "_wbits", "_zlib", "failed")
+
+    def __init__(self, wbits: int) -> None:
+        self._wbits = wbits
+        self._zlib = zlib.decompressobj(wbits)
+        self._raw = wbits == 15  # ``deflate``: raw deflate is tried once the wrapper fails
+        self.failed = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self.failed:
+            return data
+        out: list[bytes] = []
+        while data:
+            try:
+                out.append(self._zlib.decompress(data))
+            except zlib.error:
+                if self._raw:  # no zlib header: a raw deflate stream
+                    self._raw = False
+                    self._zlib = zlib.decompressobj(-15)
+                    continue
+                self.failed = True
+                out.append(data)
+                break
+            self._raw = False
+            data = self._zlib.unused_data
+            if data and self._zlib.eof:  # the next gzip member
+                self._zlib = zlib.decompressobj(self._wbits)
+            else:
+                break
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        return b"" if self.failed else self._zlib.flush()
 
 
 class ResponseMarking:
     """Marks one answer (see the module docstring)."""
 
-    __slots__ = ("_buffer", "_field", "_last", "_markers", "_mode", "_strip", "_watermark", "overflowed")
+    __slots__ = (
+        "_buffer",
+        "_decoder",
+        "_field",
+        "_last",
+        "_markers",
+        "_mode",
+        "_strip",
+        "_watermark",
+        "overflowed",
+    )
 
     def __init__(self, watermark: Watermark | None, strip: bool = False) -> None:
         self._watermark = watermark
@@ -54,17 +119,33 @@ class ResponseMarking:
         self._markers: dict[int, StreamMarker] = {}
         self._last: dict[str, Any] | None = None  # the last chunk: the envelope of a flush event
         self._field = "content"  # chat chunks carry ``delta.content``, completion chunks ``text``
+        self._decoder: _Decoder | None = None  # a compressed answer's decoding
         self.overflowed = False  # an answer or an event was too long to hold: passed unchanged
 
-    def start(self, status: int, content_type: str) -> bool:
-        """Whether this answer is marked (then drop its ``Content-Length``)."""
+    def start(self, status: int, content_type: str, encoding: str = "") -> bool:
+        """Whether this answer is marked (then drop its ``Content-Length``, and its
+        ``Content-Encoding`` when :attr:`decodes`). ``encoding``: its ``Content-Encoding``."""
         kind = content_type.split(";", 1)[0].strip().lower()
+        if not readable(encoding):
+            return False
         if 200 <= status < 300 and kind in ("application/json", "text/event-stream"):
             self._mode = "json" if kind == "application/json" else "sse"
+            wbits = _DECODED.get(encoding.strip().lower())
+            self._decoder = None if wbits is None else _Decoder(wbits)
         return bool(self._mode)
+
+    @property
+    def decodes(self) -> bool:
+        """Whether the answer is decompressed (sent without its ``Content-Encoding``)."""
+        return self._decoder is not None
 
     def feed(self, chunk: bytes) -> bytes:
         """The marked bytes that can be sent now."""
+        if self._decoder is not None:
+            chunk = self._decoder.feed(chunk)
+        return self._marked(chunk)
+
+    def _marked(self, chunk: bytes) -> bytes:
         mode = self._mode
         if mode == "json":
             self._buffer += chunk
@@ -95,6 +176,12 @@ class ResponseMarking:
 
     def end(self) -> bytes:
         """The rest, at the end of the answer."""
+        out = b""
+        if self._decoder is not None:
+            out = self._marked(self._decoder.end())
+        return out + self._rest()
+
+    def _rest(self) -> bytes:
         rest, self._buffer = self._buffer, b""
         if self._mode == "json":
             return self._document(rest)

@@ -283,13 +283,16 @@ class DistillGuardMiddleware:
         self, scope: Scope, receive: Receive, send: Send, body: bytes, exchange: Exchange, decision: Decision
     ) -> None:
         _publish(scope, decision)
+        replaced: list[tuple[bytes, bytes]] = []
         if decision.body is not None:
             body = decision.body
+            replaced.append((b"content-length", str(len(body)).encode()))
+        if exchange.plain_answer:  # an answer to rewrite must come readable
+            replaced.append((b"accept-encoding", b"identity"))
+        if replaced:
+            names = {k for k, _ in replaced}
             scope = dict(scope)
-            scope["headers"] = [
-                *((k, v) for k, v in scope["headers"] if k != b"content-length"),
-                (b"content-length", str(len(body)).encode()),
-            ]
+            scope["headers"] = [*((k, v) for k, v in scope["headers"] if k not in names), *replaced]
         replayed = False
         marking: ResponseMarking | None = None
         leased = exchange.leased  # a concurrency lease to renew while the answer streams
@@ -325,8 +328,10 @@ class DistillGuardMiddleware:
                 if extra or marking is not None:
                     # the guard's rate-limit fields replace the app's own (an upstream's quota)
                     dropped = {k.encode() for k, _ in extra}
-                    if marking is not None:  # its length changes
+                    if marking is not None:  # its length changes; a decoded answer goes plain
                         dropped.add(b"content-length")
+                        if marking.decodes:
+                            dropped.add(b"content-encoding")
                     message = dict(message)
                     message["headers"] = [
                         *(h for h in headers if h[0].lower() not in dropped),

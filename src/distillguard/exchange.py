@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import INVALID_SPAN
 
-from ._marking import ResponseMarking
+from ._marking import ResponseMarking, readable
 from .decision import Action, Decision
 from .limiting.concurrency import SharedSlot
 from .request import GuardRequest
@@ -54,6 +54,7 @@ class Exchange:
         "_pending",
         "_started",
         "_token",
+        "_unreadable",
         "_usage",
         "decision",
         "guard",
@@ -87,6 +88,7 @@ class Exchange:
         self.route: str | None = None  # the matched route template, when the framework tells
         self._usage: UsageReader | None = None  # reads ``usage`` for the span (no token limits)
         self._marking: ResponseMarking | None = None  # the answer's watermarking, if any
+        self._unreadable = False  # an answer to rewrite came in an encoding that cannot be read
 
     def decided(self, decision: Decision) -> Decision:
         """Record ``decision`` on the span, tell the guard's ``on_decision`` hook; return it."""
@@ -126,11 +128,28 @@ class Exchange:
             decision is not None and decision.action is Action.DEGRADE
         )
 
+    @property
+    def plain_answer(self) -> bool:
+        """Whether the app is asked for an uncompressed answer (``Accept-Encoding: identity``):
+        a chat or completion answer that will be watermarked or stripped of its log
+        probabilities must be readable. A compressing middleware outside the guard still
+        compresses what the client gets."""
+        decision = self.decision
+        return (
+            self.rewrites
+            and decision is not None
+            and decision.problem is None
+            and decision.query is not None
+            and decision.query.kind in ("chat", "completion")
+        )
+
     def marking(self, status: int, content_type: str, encoding: str = "") -> ResponseMarking | None:
         """The rewriting of this answer: the watermark, and for a degraded request the log
         probabilities stripped (``None``: it passes unchanged; else the adapter drops its
-        ``Content-Length`` and sends what the marking returns). A compressed answer (a
-        ``Content-Encoding`` other than ``identity``) passes unchanged."""
+        ``Content-Length``, and its ``Content-Encoding`` when :attr:`ResponseMarking.decodes`,
+        and sends what the marking returns). A ``gzip`` or ``deflate`` answer is decoded; one
+        in an encoding the standard library cannot read passes unchanged (counted on the
+        ``distillguard.watermark.unmarked`` metric with reason ``encoding``)."""
         guard = self.guard
         watermark = guard.watermark
         decision = self.decision
@@ -143,12 +162,12 @@ class Exchange:
         )
         if watermark is None and not strip:
             return None
-        if encoding and encoding.strip().lower() != "identity":
-            return None
         if decision.problem is not None or decision.query.kind not in ("chat", "completion"):
             return None
         marking = ResponseMarking(watermark, strip)
-        if not marking.start(status, content_type):
+        if not marking.start(status, content_type, encoding):
+            if not readable(encoding) and 200 <= status < 300:
+                self._unreadable = True
             return None
         self._marking = marking
         return marking
@@ -239,6 +258,8 @@ class Exchange:
                 telemetry.metrics.record_duration(self._overhead, decision.action.value)
             if self._marking is not None and self._marking.overflowed:
                 telemetry.metrics.record_unmarked("too_long")
+            elif self._unreadable:
+                telemetry.metrics.record_unmarked("encoding")
         except Exception as failure:
             self._drop_span("end", failure)
 

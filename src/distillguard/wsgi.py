@@ -223,6 +223,8 @@ class DistillGuardWSGIMiddleware:
             sent = decision.body if decision.body is not None else request.body
             environ["wsgi.input"] = io.BytesIO(sent)
             environ["CONTENT_LENGTH"] = str(len(sent))
+            if exchange.plain_answer:  # an answer to rewrite must come readable
+                environ["HTTP_ACCEPT_ENCODING"] = "identity"
             environ["distillguard.decision"] = decision
             environ["distillguard.identity"] = decision.identity
             environ[EXCHANGE_ENVIRON_KEY] = exchange
@@ -240,8 +242,11 @@ class DistillGuardWSGIMiddleware:
                         status, found.get("content-type", ""), found.get("content-encoding", "")
                     )
                     marks[:] = [marking] if marking is not None else []
-                    if marking is not None:  # its length changes
-                        headers = [h for h in headers if h[0].lower() != "content-length"]
+                    if marking is not None:  # its length changes; a decoded answer goes plain
+                        gone = (
+                            ("content-length", "content-encoding") if marking.decodes else ("content-length",)
+                        )
+                        headers = [h for h in headers if h[0].lower() not in gone]
                 if extra:  # the guard's rate-limit fields replace the app's own (an upstream's quota)
                     dropped = {k for k, _ in extra}
                     headers = [h for h in headers if h[0].lower() not in dropped]

@@ -6,7 +6,9 @@ answers keep theirs byte for byte."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -143,3 +145,149 @@ def test_a_degraded_marked_answer_is_both_stripped_and_marked(kind: str) -> None
             (c.get("delta", {}).get("content") or "") if stream else c["message"]["content"] for c in choices
         )
         assert text == watermark.mark("Rivers often flood.")
+
+
+def _compress(data: bytes, encoding: str) -> bytes:
+    if encoding in ("gzip", "x-gzip"):
+        return gzip.compress(data)
+    if encoding == "deflate":  # HTTP's deflate: the zlib format
+        return zlib.compress(data)
+    if encoding == "deflate-raw":  # what some servers send as deflate: no zlib header
+        squeeze = zlib.compressobj(wbits=-15)
+        return squeeze.compress(data) + squeeze.flush()
+    return b"\x0b\x08\x80" + data + b"\x03"  # "br": bytes the standard library cannot read
+
+
+class Compressing:
+    """An app that compresses its answer whatever the request says (as a misconfigured model
+    server does), in both interfaces; ``seen`` holds each request's ``Accept-Encoding``."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self.seen: list[str | None] = []
+
+    def _answer(self, path: str) -> tuple[list[tuple[str, str]], list[bytes]]:
+        kind, chunks = _answer(path)
+        body = _compress(b"".join(chunks), self.encoding)
+        cut = len(body) // 3
+        name = "deflate" if self.encoding == "deflate-raw" else self.encoding
+        headers = [("content-type", kind), ("content-encoding", name), ("content-length", str(len(body)))]
+        return headers, [body[:cut], body[cut : 2 * cut], body[2 * cut :]]
+
+    async def asgi(self, scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        self.seen.append(dict(scope["headers"]).get(b"accept-encoding", b"").decode() or None)
+        headers, chunks = self._answer(scope["path"])
+        raw = [(k.encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        for i, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+
+    def wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        self.seen.append(environ.get("HTTP_ACCEPT_ENCODING"))
+        headers, chunks = self._answer(environ["PATH_INFO"])
+        start_response("200 OK", headers)
+        return iter(chunks)
+
+
+def _through(kind: str, app: Compressing, guard: Guard, path: str) -> tuple[int, dict[str, str], bytes]:
+    request = {"model": "m", "messages": [{"role": "user", "content": "rivers?"}], "logprobs": True}
+    if path == "/v1/stream":
+        request["stream"] = True
+    data = json.dumps(request).encode()
+    asked = {"accept-encoding": "gzip, br"}
+    if kind == "asgi":
+        mw = DistillGuardMiddleware(app.asgi, guard=guard)
+        return asyncio.run(asgi_call(mw, data, token=make_token(), path=path, headers=asked))
+    wsgi = DistillGuardWSGIMiddleware(app.wsgi, guard=guard)
+    status, headers, payload = wsgi_call(wsgi, data, token=make_token(), path=path, headers=asked)
+    return status, headers, payload
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "deflate-raw"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/stream"])
+def test_a_compressed_degraded_answer_is_decoded_and_stripped(kind: str, encoding: str, path: str) -> None:
+    """The app is asked for an uncompressed answer; when it compresses anyway with an encoding
+    the standard library reads, the answer is decoded, stripped of its log probabilities and
+    sent plain (no ``Content-Encoding``, no stale ``Content-Length``)."""
+    app = Compressing(encoding)
+    guard = Guard(jwt=jwt_config(), detectors=[StaticDetector(0.8)])
+    status, headers, payload = _through(kind, app, guard, path)
+    assert app.seen == ["identity"]
+    assert status == 200 and "content-encoding" not in headers and "content-length" not in headers
+    choices = _choices(payload, path == "/v1/stream")
+    assert choices and all(choice["logprobs"] is None for choice in choices)
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_compressed_marked_answer_is_decoded_and_marked(kind: str) -> None:
+    """The watermark reads a gzip answer too: every chat answer asks the app for identity."""
+    watermark = Watermark(b"a-secret-watermark-key-of-32-bytes")
+    app = Compressing("gzip")
+    guard = Guard(jwt=jwt_config(), watermark=watermark)
+    status, headers, payload = _through(kind, app, guard, "/v1/chat/completions")
+    assert app.seen == ["identity"] and status == 200 and "content-encoding" not in headers
+    (choice,) = _choices(payload, False)
+    assert choice["message"]["content"] == watermark.mark("Rivers often flood.")
+    assert choice["logprobs"] == LOGPROBS  # allowed: only the text is marked
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_an_unreadable_encoding_passes_unchanged_and_is_counted(kind: str) -> None:
+    """An encoding the standard library cannot read (``br``) passes byte for byte, with its
+    headers; the ``distillguard.watermark.unmarked`` metric counts it with reason ``encoding``."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from distillguard.telemetry.names import METRIC_WATERMARK_UNMARKED
+    from tests.telemetry.conftest import metric_points, value_of
+
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    app = Compressing("br")
+    guard = Guard(jwt=jwt_config(), detectors=[StaticDetector(0.8)], meter_provider=meters)
+    status, headers, payload = _through(kind, app, guard, "/v1/chat/completions")
+    _, chunks = app._answer("/v1/chat/completions")
+    assert status == 200 and payload == b"".join(chunks)
+    assert headers["content-encoding"] == "br" and headers["content-length"] == str(len(payload))
+    unmarked = metric_points(reader)[METRIC_WATERMARK_UNMARKED]
+    assert value_of(unmarked, distillguard__watermark__reason="encoding") == 1
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_answers_that_are_not_rewritten_keep_the_clients_accept_encoding(kind: str) -> None:
+    """Without a watermark an allowed answer is never rewritten: the app sees the client's
+    ``Accept-Encoding`` and its compressed answer passes byte for byte."""
+    app = Compressing("gzip")
+    guard = Guard(jwt=jwt_config(), detectors=[StaticDetector(0.1)])
+    status, headers, payload = _through(kind, app, guard, "/v1/chat/completions")
+    _, chunks = app._answer("/v1/chat/completions")
+    assert app.seen == ["gzip, br"]
+    assert status == 200 and payload == b"".join(chunks) and headers["content-encoding"] == "gzip"
+
+
+def test_starlette_gzip_inside_the_guard_serves_a_degraded_client_plain() -> None:
+    """A real compressing middleware inside the guard (Starlette's ``GZipMiddleware``): a
+    degraded client's answer comes uncompressed and without log probabilities, an allowed
+    client's comes gzip-compressed with them, through real HTTP handling (Starlette's
+    ``TestClient``)."""
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.testclient import TestClient
+
+    def served(score: float) -> Any:
+        guard = Guard(jwt=jwt_config(), detectors=[StaticDetector(score)])
+        mw = DistillGuardMiddleware(GZipMiddleware(asgi_app, minimum_size=1), guard=guard)
+        return TestClient(mw).post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "rivers?"}], "logprobs": True},
+            headers={"authorization": f"Bearer {make_token()}", "accept-encoding": "gzip"},
+        )
+
+    degraded = served(0.8)
+    assert degraded.status_code == 200 and "content-encoding" not in degraded.headers
+    assert degraded.json()["choices"][0]["logprobs"] is None
+    allowed = served(0.1)
+    assert allowed.headers["content-encoding"] == "gzip"
+    assert allowed.json()["choices"][0]["logprobs"] == LOGPROBS  # httpx decoded it
