@@ -655,7 +655,7 @@ def test_anonymous_and_failed_auth_windows_hold_an_ipv6_subscriber(rotate: bool)
 
     anonymous = Guard(jwt=None, limits=LimitConfig(default="2/minute"))
     assert run(anonymous, None) == ["allow", "allow", "rate_limited", "rate_limited"]
-    jwt = JWTConfig(algorithms=["HS256"], key=b"k" * 32, issuer="i", audience="a")
+    jwt = JWTConfig(algorithms=["HS256"], key=b"flow-test-secret-0123456789abcdef", issuer="i", audience="a")
     failures = Guard(jwt=jwt, limits=LimitConfig(auth_failures="2/minute"))
     assert run(failures, "Bearer x.y.z") == ["unauthenticated"] * 2 + ["rate_limited"] * 2
     other = run(failures, None)  # no token: these windows never refuse it

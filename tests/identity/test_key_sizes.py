@@ -251,3 +251,46 @@ def test_a_secret_that_only_looks_like_a_key_is_still_a_secret() -> None:
     for raw in (b"{not json, a secret of 32 bytes or more}", b"0" + secret(40), b"MI" + secret(50)):
         verifier = JWTVerifier(jwt_config(algorithms=["HS256"], key=raw))
         assert verifier.verify(make_token(key=raw)).client_id == "client-1"
+
+
+@pytest.mark.parametrize(
+    "guessable",
+    [
+        b"09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",  # FastAPI's tutorial
+        b"a-string-secret-at-least-256-bits-long",  # jwt.io's debugger
+        b"supersecretkeyyoushouldnotcommittogithub",  # slim-jwt-auth's README
+        b"k" * 32,
+        b"secret" * 6,
+        b"0123456789abcdef" * 4,
+        b"0" * 31 + b"1",
+        b"abababababababababababababababcd",  # 4 distinct bytes
+    ],
+)
+@pytest.mark.parametrize("form", ["bytes", "str", "jwk"])
+def test_a_guessable_hmac_secret_is_refused_at_construction(guessable: bytes, form: str) -> None:
+    """Long enough for PyJWT but guessable (published in documentation, a short pattern
+    repeated, fewer than 8 distinct bytes): ConfigurationError, never quoting the secret
+    (reliability.md J17)."""
+    key: Any = {"bytes": guessable, "str": guessable.decode(), "jwk": {"kty": "oct", "k": b64url(guessable)}}[
+        form
+    ]
+    with pytest.raises(ConfigurationError, match=r"secrets\.token_urlsafe") as info:
+        jwt_config(algorithms=["HS256"], key=key)
+    assert guessable.decode() not in str(info.value)
+
+
+def test_random_secrets_are_never_taken_for_guessable_ones() -> None:
+    """Secrets as people generate them (``token_urlsafe``, ``token_hex``, raw bytes, 32 to 64
+    bytes) pass, 2,000 of each."""
+    import secrets
+
+    from distillguard.identity.keys import guessable_secret_reason
+
+    for _ in range(2000):
+        for raw in (
+            secrets.token_urlsafe(32).encode(),
+            secrets.token_hex(16).encode(),
+            secrets.token_bytes(32),
+            secrets.token_hex(32).encode(),
+        ):
+            assert guessable_secret_reason(raw) is None, raw

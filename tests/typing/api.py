@@ -28,7 +28,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 guard = Guard(
-    jwt=JWTConfig(algorithms=["HS256"], key="k" * 32, issuer="https://idp", audience="api"),
+    jwt=JWTConfig(
+        algorithms=["HS256"], key="typing-test-secret-0123456789abcdef", issuer="https://idp", audience="api"
+    ),
     limits=LimitConfig(default="60/minute"),
     detectors=[LengthDetector()],
     policy=Policy(flag=0.5, block=0.9),

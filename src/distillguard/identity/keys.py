@@ -175,9 +175,46 @@ def prepare_key(key: Any, algorithms: Iterable[str]) -> tuple[str, Any]:
     if not any(algorithm_family(a) == family for a in algs):
         raise ConfigurationError(f"a {family} key was given but no allowed algorithm uses it: {algs}")
     reason = unusable_key_reason(prepared, [a for a in algs if algorithm_family(a) == family])
+    if reason is None and isinstance(prepared, bytes):
+        reason = guessable_secret_reason(prepared)
     if reason is not None:
         raise ConfigurationError(reason)
     return family, prepared
+
+
+# Long enough for PyJWT, and published: secrets copied from documentation and tutorials, which
+# token crackers (jwt_tool's jwt-common.txt, hashcat word lists) try first (RFC 8725 section 3.5).
+_PUBLISHED_SECRETS = frozenset(
+    {
+        b"09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",  # FastAPI's JWT tutorial
+        b"a-string-secret-at-least-256-bits-long",  # jwt.io's debugger
+        b"supersecretkeyyoushouldnotcommittogithub",  # slim-jwt-auth's README
+    }
+)
+_MIN_DISTINCT_BYTES = 8
+
+
+def guessable_secret_reason(secret: bytes) -> str | None:
+    """Why an HMAC secret of a sufficient length can still be guessed, or ``None``.
+
+    Refused: a secret published in documentation or tutorials; a short pattern repeated (period
+    of at most a quarter of its length: ``"secret" * 6``, ``"a" * 32``); fewer than 8 distinct
+    bytes (``"0" * 31 + "1"``). A random secret of 32 bytes or more (``secrets.token_urlsafe(32)``,
+    32 hex digits included) passes all three with certainty for practical purposes. The reason
+    never quotes the secret.
+    """
+    if secret.strip().lower() in _PUBLISHED_SECRETS:
+        return "the HMAC secret is published in documentation: generate one with secrets.token_urlsafe(48)"
+    length = len(secret)
+    for period in range(1, length // 4 + 1):
+        if secret == (secret[:period] * (length // period + 1))[:length]:
+            return "the HMAC secret is a short pattern repeated: generate one with secrets.token_urlsafe(48)"
+    if len(set(secret)) < _MIN_DISTINCT_BYTES:
+        return (
+            f"the HMAC secret has fewer than {_MIN_DISTINCT_BYTES} distinct bytes: "
+            "generate one with secrets.token_urlsafe(48)"
+        )
+    return None
 
 
 class StaticKeys:
