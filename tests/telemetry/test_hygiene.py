@@ -233,7 +233,8 @@ def test_wsgi_exports_no_prompt_token_or_secret(
 def test_client_ids_are_hashed_by_default_and_keyed_on_request(
     guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
 ) -> None:
-    """Client ids are hashed by default, keyed with hash_key, raw only when configured."""
+    """Client ids are hashed by default, keyed with hash_key, raw only when configured; the same
+    value goes to ``enduser.pseudo.id`` (hashed) or ``enduser.id`` (raw)."""
     key = b"k" * 32
     for config, expected in [
         (TelemetryConfig(), hash_identifier(SUBJECT)),
@@ -249,6 +250,10 @@ def test_client_ids_are_hashed_by_default_and_keyed_on_request(
         response.close()
         (span,) = span_exporter.get_finished_spans()
         assert span.attributes is not None and span.attributes[ATTR_CLIENT_ID] == expected
+        # the semantic conventions' end-user id: a pseudonym when hashed, the id itself when raw
+        hashed = config.hash_identifiers
+        assert span.attributes["enduser.pseudo.id" if hashed else "enduser.id"] == expected
+        assert ("enduser.id" if hashed else "enduser.pseudo.id") not in span.attributes
     assert hash_identifier(SUBJECT) != hash_identifier(SUBJECT, key)
     assert len(hash_identifier(SUBJECT)) == 16
 

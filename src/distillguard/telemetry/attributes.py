@@ -71,7 +71,9 @@ class AttributeBuilder:
         attrs[n.ATTR_DECISION] = decision.action.value
         identity = decision.identity
         if identity is not None:
-            attrs[n.ATTR_CLIENT_ID] = self.client(identity.client_id)
+            attrs[n.ATTR_CLIENT_ID] = client = self.client(identity.client_id)
+            # the semantic conventions' end-user id: a pseudonym when hashed
+            attrs[n.ENDUSER_PSEUDO_ID if self.config.hash_identifiers else n.ENDUSER_ID] = client
             attrs[n.ATTR_CLIENT_TIER] = self.cap(identity.tier)
             if identity.tenant:
                 attrs[n.ATTR_CLIENT_TENANT] = self.cap(identity.tenant)

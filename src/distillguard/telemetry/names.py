@@ -30,6 +30,8 @@ __all__ = [
     "ATTR_USAGE_SOURCE",
     "ATTR_WATERMARK_REASON",
     "CLIENT_ADDRESS",
+    "ENDUSER_ID",
+    "ENDUSER_PSEUDO_ID",
     "ERROR_TYPE",
     "EVENT_DECISION",
     "GEN_AI_MAX_TOKENS",
@@ -93,6 +95,10 @@ HTTP_ROUTE = "http.route"
 HTTP_STATUS = "http.response.status_code"
 URL_PATH = "url.path"
 CLIENT_ADDRESS = "client.address"
+ENDUSER_ID = "enduser.id"
+"""The client id, when identifiers are recorded raw (``TelemetryConfig(hash_identifiers=False)``)."""
+ENDUSER_PSEUDO_ID = "enduser.pseudo.id"
+"""The client id's keyed hash (the default)."""
 USER_AGENT = "user_agent.original"
 
 # -- GenAI semantic conventions --------------------------------------------------------------
