@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from starlette.authentication import AuthCredentials, BaseUser
 
+from ._cutting import StreamCut
 from ._drivers import adrive
 from ._marking import ResponseMarking
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -297,12 +298,16 @@ class DistillGuardMiddleware:
         marking: ResponseMarking | None = None
         leased = exchange.leased  # a concurrency lease to renew while the answer streams
         perform = self._perform
+        # a streamed answer is cut if its client goes into the penalty box (Policy.stream_recheck)
+        cut = _Cut() if exchange.rechecks else None
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
+            if cut is not None:
+                return await cut.receive(receive)
             return await receive()
 
         async def observe(message: Message) -> None:
@@ -310,11 +315,23 @@ class DistillGuardMiddleware:
             kind = message["type"]
             if kind == "http.response.body":
                 chunk, final = message.get("body", b""), not message.get("more_body", False)
+                if cut is not None and cut.armed:
+                    if cut.done:  # the answer was cut: the app's later messages go nowhere
+                        return
+                    if not final and exchange.recheck_due():
+                        await adrive(exchange.recheck(cut.content_type), perform)
+                    if exchange.ending is not None and cut.at_boundary():
+                        last = {"type": "http.response.body", "body": exchange.ending, "more_body": False}
+                        await send(last)
+                        cut.end()  # the app hears that the client left
+                        return
                 exchange.response_body(chunk, final)
                 if leased and not final and exchange.renewal_due():
                     await adrive(exchange.renewal(), perform)
                 if marking is not None:  # the rewriting: the app's bytes above, the client's here
                     message = {**message, "body": marking.feed(chunk) + (marking.end() if final else b"")}
+                if cut is not None and cut.armed:
+                    cut.sent(message.get("body", b""))
             elif kind == "http.response.start":
                 exchange.route = asgi_route(scope)
                 extra = exchange.response_start(message["status"])
@@ -325,6 +342,9 @@ class DistillGuardMiddleware:
                         _header(headers, b"content-type"),
                         _header(headers, b"content-encoding"),
                     )
+                if cut is not None:
+                    sized = marking is None and bool(_header(headers, b"content-length"))
+                    cut.arm(message["status"], _header(headers, b"content-type"), sized)
                 if extra or marking is not None:
                     # the guard's rate-limit fields replace the app's own (an upstream's quota)
                     dropped = {k.encode() for k, _ in extra}
@@ -340,6 +360,39 @@ class DistillGuardMiddleware:
             await send(message)
 
         await self.app(scope, replay, observe)
+
+
+class _Cut(StreamCut):
+    """A :class:`~distillguard._cutting.StreamCut` that, once the guard has ended the answer,
+    answers the app's pending and later ``receive()`` calls with ``http.disconnect`` (how ASGI
+    apps learn that a client left, and stop generating)."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = anyio.Event()
+
+    def end(self) -> None:
+        self.done = True
+        self.ended.set()
+
+    async def receive(self, receive: Receive) -> Message:
+        """``receive()``, or ``http.disconnect`` as soon as the answer is cut."""
+        if self.done:
+            return {"type": "http.disconnect"}
+        message: Message = {"type": "http.disconnect"}
+        async with anyio.create_task_group() as group:
+
+            async def real() -> None:
+                nonlocal message
+                message = await receive()
+                group.cancel_scope.cancel()
+
+            group.start_soon(real)
+            await self.ended.wait()
+            group.cancel_scope.cancel()
+        return message
 
 
 async def refuse_handshake(

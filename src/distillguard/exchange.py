@@ -9,6 +9,7 @@ example reconciling a token budget with the response's ``usage``) for the adapte
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Generator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from opentelemetry.trace import INVALID_SPAN
 
 from ._marking import ResponseMarking, readable
 from .decision import Action, Decision
+from .flow import penalty_left
 from .limiting.concurrency import SharedSlot
 from .request import GuardRequest
 
@@ -52,11 +54,13 @@ class Exchange:
         "_overhead",
         "_own",
         "_pending",
+        "_recheck_at",
         "_started",
         "_token",
         "_unreadable",
         "_usage",
         "decision",
+        "ending",
         "guard",
         "request",
         "route",
@@ -89,6 +93,8 @@ class Exchange:
         self._usage: UsageReader | None = None  # reads ``usage`` for the span (no token limits)
         self._marking: ResponseMarking | None = None  # the answer's watermarking, if any
         self._unreadable = False  # an answer to rewrite came in an encoding that cannot be read
+        self._recheck_at: float | None = None  # when the streamed answer's client is checked again
+        self.ending: bytes | None = None  # the answer's last bytes, once its client is boxed
 
     def decided(self, decision: Decision) -> Decision:
         """Record ``decision`` on the span, tell the guard's ``on_decision`` hook; return it."""
@@ -117,7 +123,57 @@ class Exchange:
         """The app started its response with ``status``; return the headers to add to it."""
         self.status = status
         decision = self.decision
-        return () if decision is None else decision.headers
+        if decision is None:
+            return ()
+        interval = self.guard.policy.stream_recheck
+        if interval is not None and 200 <= status < 300 and self.rechecks:
+            self._recheck_at = self.guard.clock() + interval
+        return decision.headers
+
+    @property
+    def rechecks(self) -> bool:
+        """Whether the client is checked again while a successful answer streams (then the
+        adapter asks :meth:`recheck_due` before sending each chunk of the body, and is ready to
+        tell the app that the client left): a request the guard let through, with a risk
+        policy, out of shadow mode, with ``Policy.stream_recheck`` set."""
+        decision = self.decision
+        guard = self.guard
+        return (
+            guard.risk is not None
+            and guard.policy.stream_recheck is not None
+            and decision is not None
+            and decision.problem is None
+            and not decision.shadow
+            and decision.identity is not None
+        )
+
+    def recheck_due(self) -> bool:
+        """Whether ``Policy.stream_recheck`` seconds went by since the last check."""
+        at = self._recheck_at
+        return at is not None and self.ending is None and self.guard.clock() >= at
+
+    def recheck(self, content_type: str) -> Generator[Effect, object, None]:
+        """Check that the answer's client is not in the penalty box (reading the shared box,
+        if any). When it is, :attr:`ending` becomes the last bytes to send (an ``error`` event
+        for a ``text/event-stream`` answer of ``content_type``, nothing otherwise): the adapter
+        sends them at the next event boundary, ends the answer, drops what the app sends next
+        and tells it the client left."""
+        guard = self.guard
+        decision = self.decision
+        interval = guard.policy.stream_recheck
+        if decision is None or decision.identity is None or interval is None:
+            return
+        now = guard.clock()
+        self._recheck_at = now + interval
+        left = yield from penalty_left(guard, decision.identity, now)
+        if left is None:
+            return
+        kind = content_type.split(";", 1)[0].strip().lower()
+        self.ending = _stream_error(max(1, int(left) + 1)) if kind == "text/event-stream" else b""
+        try:
+            self.guard.telemetry.stream_ended(self.span, "risk:penalty_box")
+        except Exception as exc:
+            self._drop_span("response", exc)
 
     @property
     def rewrites(self) -> bool:
@@ -274,3 +330,16 @@ class Exchange:
             with contextlib.suppress(Exception):  # already reported once for this stage
                 span.end()
         self._own = True
+
+
+def _stream_error(retry_after: int) -> bytes:
+    """The last event of a stream cut because its client went into the penalty box: an
+    OpenAI-style ``error`` object, which OpenAI's SDKs raise as an ``APIError``."""
+    error = {
+        "message": "This client's usage pattern is not allowed.",
+        "type": "suspicious_usage",
+        "code": "suspicious_usage",
+        "param": None,
+        "retry_after": retry_after,
+    }
+    return b"data: " + json.dumps({"error": error}, separators=(",", ":")).encode() + b"\n\n"

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .detectors._sharing import StateShare
     from .guard import Guard
 
-__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate", "identify"]
+__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate", "identify", "penalty_left"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +249,31 @@ def _boxed(
     )
 
 
+def _subject(guard: Guard, identity: Identity) -> Identity:
+    """Whom the detectors, the risk and the penalty box follow: the client, within its tenant
+    when several issuers are accepted (the same ``sub`` of two issuers is two clients)."""
+    owner = guard.plan.owner(identity)
+    return identity if owner == identity.client_id else replace(identity, client_id=owner)
+
+
+def penalty_left(guard: Guard, identity: Identity, now: float) -> Generator[Effect, object, float | None]:
+    """The seconds ``identity``'s client has left in the penalty box (``None``: it is not boxed,
+    or the box does not hold it: no risk policy, shadow mode, a tier not enforced). With a
+    shared box, reads it (one round trip): a box set by another replica counts."""
+    policy = guard.policy
+    risk = guard.risk
+    if risk is None or policy.shadow or detection_mode(policy, identity.tier) != "enforce":
+        return None
+    subject = _subject(guard, identity)
+    until = risk.boxed_until(subject.client_id, now)
+    box = risk.box_check(subject) if until is None else None
+    if box is not None:
+        outcomes, _ = yield from _limits((box,), now)
+        if outcomes and outcomes[0].mode in ("primary", "fallback") and not outcomes[0].allowed:
+            until = risk.box(subject.client_id, now, outcomes[0].reset_at)
+    return None if until is None else until - now
+
+
 def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     """Decide one request. See the module docstring for the order of steps."""
     policy = guard.policy
@@ -256,10 +281,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     identity = identify(guard, request)
     if isinstance(identity, Decision):
         return identity
-    # whom the detectors, the risk and the penalty box follow: the client, within its tenant
-    # when several issuers are accepted (the same ``sub`` of two issuers is two clients)
-    owner = guard.plan.owner(identity)
-    subject = identity if owner == identity.client_id else replace(identity, client_id=owner)
+    subject = _subject(guard, identity)
     client = subject.client_id
 
     mode = detection_mode(policy, identity.tier)

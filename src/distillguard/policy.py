@@ -59,6 +59,13 @@ class Policy:
             traffic is a template by design (a backend filling one prompt for its own
             customers), which the detectors would otherwise rightly flag. Other tiers
             ``"enforce"``.
+        stream_recheck: with a risk policy, the seconds between two checks, while a streamed
+            answer is being sent, that its client has not gone into the penalty box since the
+            answer started (blocked on another request, or boxed by another replica); a boxed
+            client's stream is ended there: a server-sent event stream gets a last ``error``
+            event (which OpenAI's SDKs raise as an ``APIError``), any other answer ends where it
+            is, and the app is told that the client left. ``None``: never re-check. Not in
+            shadow mode, nor for tiers whose detection is not enforced.
     """
 
     flag: float = 0.5
@@ -75,6 +82,7 @@ class Policy:
     shared_state: bool = True
     state_ttl: float = 21_600.0
     tier_detection: Mapping[str, DetectionMode] = field(default_factory=dict, hash=False)
+    stream_recheck: float | None = 5.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.tier_detection, Mapping) or not all(
@@ -100,6 +108,8 @@ class Policy:
             raise ConfigurationError("Policy.detector_timeout must be in (0, 3600] seconds, or None")
         if not 1.0 <= self.state_ttl <= 30 * 86_400.0:
             raise ConfigurationError("Policy.state_ttl must be in [1, 2592000] seconds")
+        if self.stream_recheck is not None and not 0.01 <= self.stream_recheck <= 3600.0:
+            raise ConfigurationError("Policy.stream_recheck must be in [0.01, 3600] seconds, or None")
         if self.block_retry_after < 1:
             raise ConfigurationError("Policy.block_retry_after must be at least 1 second")
 

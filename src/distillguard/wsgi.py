@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from ._cutting import StreamCut
 from ._drivers import drive
 from ._marking import ResponseMarking
 from .decision import Decision
@@ -87,7 +88,7 @@ class _Observed:
     unless ``marks`` holds the answer's watermarking once the app has started it); ``close()``
     is forwarded, then the exchange settles and ends."""
 
-    __slots__ = ("_error", "_exchange", "_iterable", "_marks", "_perform")
+    __slots__ = ("_cut", "_error", "_exchange", "_iterable", "_marks", "_perform")
 
     def __init__(
         self,
@@ -95,11 +96,13 @@ class _Observed:
         exchange: Exchange,
         perform: Callable[[Any], object],
         marks: list[ResponseMarking] | None = None,
+        cut: StreamCut | None = None,
     ) -> None:
         self._iterable = iterable
         self._exchange = exchange
         self._perform = perform
         self._marks = marks if marks is not None else []
+        self._cut = cut
         self._error: BaseException | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -107,12 +110,23 @@ class _Observed:
         observe = exchange.response_body
         marks = self._marks
         leased = exchange.leased  # a concurrency lease to renew while the answer streams
+        cut = self._cut
         try:
             for chunk in self._iterable:
+                if cut is not None and cut.armed:
+                    if exchange.recheck_due():
+                        drive(exchange.recheck(cut.content_type), self._perform)
+                    if exchange.ending is not None and cut.at_boundary():
+                        cut.done = True  # the server then calls close(): the app stops
+                        yield exchange.ending
+                        return
                 observe(chunk)
                 if leased and exchange.renewal_due():
                     drive(exchange.renewal(), self._perform)
-                yield marks[0].feed(chunk) if marks else chunk
+                out = marks[0].feed(chunk) if marks else chunk
+                if cut is not None:
+                    cut.sent(out)
+                yield out
             if marks:
                 yield marks[0].end()
         except Exception as exc:  # the app failed mid-stream: record it on the span at close()
@@ -230,6 +244,8 @@ class DistillGuardWSGIMiddleware:
             environ[EXCHANGE_ENVIRON_KEY] = exchange
 
             marks: list[ResponseMarking] = []  # the rewriting of the answer, if any
+            # a streamed answer is cut if its client goes into the penalty box
+            cut = StreamCut() if exchange.rechecks else None
 
             def start_with_headers(
                 status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -247,6 +263,9 @@ class DistillGuardWSGIMiddleware:
                             ("content-length", "content-encoding") if marking.decodes else ("content-length",)
                         )
                         headers = [h for h in headers if h[0].lower() not in gone]
+                if cut is not None:
+                    found = {k.lower(): v for k, v in headers}
+                    cut.arm(status, found.get("content-type", ""), "content-length" in found)
                 if extra:  # the guard's rate-limit fields replace the app's own (an upstream's quota)
                     dropped = {k for k, _ in extra}
                     headers = [h for h in headers if h[0].lower() not in dropped]
@@ -261,4 +280,4 @@ class DistillGuardWSGIMiddleware:
         wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(wrapper, type) and isinstance(result, wrapper):
             return _closing(result, exchange, self._perform)  # the server may still sendfile() it
-        return _Observed(result, exchange, self._perform, marks)
+        return _Observed(result, exchange, self._perform, marks, cut)

@@ -322,6 +322,35 @@ def test_a_client_that_leaves_closes_the_upstream_request(model: tuple[ModelServ
     assert server.left_at - left < 2
 
 
+def test_a_boxed_clients_stream_ends_and_the_model_server_stops(model: tuple[ModelServer, str]) -> None:
+    """An endless stream through the gateway: once another request of its client is blocked
+    (the penalty box), the stream ends with the ``error`` event while the client is still
+    reading, and the gateway closes its request to the model server, which sees the
+    disconnect."""
+    from distillguard import Policy
+    from distillguard.risk import RiskPolicy
+    from tests.helpers import Dial
+
+    server, upstream = model
+    dial = Dial()
+    policy = Policy(risk=RiskPolicy(penalty_seconds=60), stream_recheck=0.02)
+    guard = Guard(jwt=jwt_config(), detectors=[dial], policy=policy)
+    headers = {"authorization": f"Bearer {make_token(sub='thief')}"}
+    with serve_in_thread(gateway_app(upstream, guard=guard), lifespan="on") as url:
+        with httpx.stream("POST", f"{url}/endless", content=CHAT, headers=headers) as response:
+            chunks = response.iter_raw()
+            next(chunks), next(chunks)
+            dial.value = 1.0
+            assert httpx.post(f"{url}/v1/chat/completions", content=CHAT, headers=headers).status_code == 429
+            rest = b"".join(chunks)  # the answer ends: the client is not the one that leaves
+        last = json.loads(rest.rstrip(b"\n").rsplit(b"\n\n", 1)[-1][len(b"data: ") :])
+        assert last["error"]["code"] == "suspicious_usage"
+        deadline = time.monotonic() + 5
+        while server.left_at is None:
+            assert time.monotonic() < deadline, "the model server kept streaming"
+            time.sleep(0.02)
+
+
 def test_the_body_cap_holds_on_exempt_paths(model: tuple[ModelServer, str]) -> None:
     """Exempt paths skip the guard, not the gateway's own cap on what it forwards."""
     server, upstream = model

@@ -186,3 +186,31 @@ def token_sub(token: str) -> str:
 def level_key(server: RedisServer, client: str) -> str:
     (key,) = [k for k in server.cli("--scan", "--pattern", f"*level/{client}*").split() if k]
     return key
+
+
+def test_a_block_on_one_replica_cuts_the_clients_stream_on_another(redis_server: RedisServer) -> None:
+    """Replica A streams an answer to the client; replica B blocks one of its other requests
+    (the shared box); A's next check reads the box from Redis and ends the stream with the
+    ``error`` event, although A never saw the block itself."""
+    from distillguard import DistillGuardWSGIMiddleware
+    from tests.adapters.test_stream_cut import EVENTS, Generation, open_stream, wsgi_app
+
+    limits = LimitConfig(default="100/minute", storage_uri=redis_server.url)
+    policy = Policy(risk=RiskPolicy(penalty_seconds=30), stream_recheck=0.01)
+    dial_a, dial_b = Dial(), Dial()
+    generation = Generation()
+    a = DistillGuardWSGIMiddleware(
+        wsgi_app(generation), guard=Guard(jwt=jwt_config(), limits=limits, detectors=[dial_a], policy=policy)
+    )
+    b = replica("wsgi", redis_server.url, dial_b, penalty_seconds=30)
+    thief = make_token(sub="thief")
+    result, chunks, out = open_stream(a, thief)
+    dial_b.value = 1.0
+    assert b.call(chat_body(), token=thief)[0] == 429
+    assert a.guard.risk is not None and a.guard.risk.boxed_until("thief", a.guard.clock()) is None
+    out += b"".join(chunks)
+    result.close()
+    last = json.loads(out.rstrip(b"\n").rsplit(b"\n\n", 1)[-1][len(b"data: ") :])
+    assert last["error"]["code"] == "suspicious_usage" and 1 <= last["error"]["retry_after"] <= 31
+    assert generation.generated < EVENTS and not generation.completed
+    b.close()

@@ -34,6 +34,7 @@ __all__ = [
     "ENDUSER_PSEUDO_ID",
     "ERROR_TYPE",
     "EVENT_DECISION",
+    "EVENT_STREAM_ENDED",
     "GEN_AI_MAX_TOKENS",
     "GEN_AI_MODEL",
     "GEN_AI_OPERATION",
@@ -60,6 +61,9 @@ SPAN_NAME = "distillguard.guard"
 """The guard's ``INTERNAL`` span, one per guarded request."""
 EVENT_DECISION = "distillguard.decision"
 """Span event added when the decision is not ``allow``."""
+EVENT_STREAM_ENDED = "distillguard.stream.ended"
+"""Span event added when a streamed answer is cut because its client went into the penalty box
+(``Policy.stream_recheck``); the span also gets ``distillguard.stream.ended = true``."""
 
 # -- distillguard's own span attributes ------------------------------------------------------
 ATTR_CLIENT_ID = "distillguard.client.id"

@@ -198,6 +198,12 @@ class Telemetry:
                 event[n.ATTR_SHADOW] = True
             span.add_event(n.EVENT_DECISION, event)
 
+    def stream_ended(self, span: Span, reason: str) -> None:
+        """Record that the guard cut a streamed answer, and why."""
+        if span.is_recording():
+            span.set_attribute(n.EVENT_STREAM_ENDED, True)
+            span.add_event(n.EVENT_STREAM_ENDED, {n.ATTR_REASONS: [reason]})
+
     def enrich(self, span: Span, decision: Decision) -> None:
         """Record ``decision`` on a span the guard does not own (``span="enrich"``), as soon as
         it is known: the span's owner may end it as soon as the response is sent."""
