@@ -60,11 +60,12 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread; yield its base URL once it has started."""
+def serve_in_thread(app: Any, *, lifespan: Literal["on", "off"] = "off", **options: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread (``options``: more ``uvicorn.Config`` settings);
+    yield its base URL once it has started."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan=lifespan)
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan=lifespan, **options)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -62,3 +62,48 @@ def test_proxy_fix_inside_the_guard_puts_every_client_behind_one_address(
     client = app(guard_factory, right_order=False)
     assert post(client, "203.0.113.9") == 200
     assert post(client, "198.51.100.4") == 429  # everyone is the proxy
+
+
+def test_proxy_fix_without_a_proxy_in_front_lets_a_client_pick_its_address(
+    guard_factory: Callable[..., Guard],
+) -> None:
+    """The misconfiguration docs/security.md warns of: ProxyFix trusts one hop, but nothing in
+    front appends the real address, so the client's own ``X-Forwarded-For`` is taken: writing
+    a new address on each request gives a new anonymous identity, past a 1/minute limit."""
+    client = app(guard_factory, right_order=True)
+    statuses = [
+        client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-forwarded-for": f"203.0.113.{i}"},
+            environ_base={"REMOTE_ADDR": "198.51.100.77"},  # the client itself, no proxy
+        ).status_code
+        for i in range(1, 6)
+    ]
+    assert statuses == [200] * 5
+
+
+@pytest.mark.parametrize(("trusted", "spoofed"), [("*", True), ("10.0.0.5", False)])
+def test_uvicorn_forwarded_allow_ips(trusted: str, spoofed: bool) -> None:
+    """Through uvicorn with ``--proxy-headers``: with ``--forwarded-allow-ips='*'`` and no proxy
+    in front, a client rotating ``X-Forwarded-For`` escapes a 1/minute anonymous limit (the
+    spoof docs/security.md warns of); trusting only the proxy's address, the header of a
+    client connecting directly is ignored and its second request is refused."""
+    import httpx
+
+    from distillguard import DistillGuardMiddleware
+    from tests.helpers import EchoASGIApp
+    from tests.servers import serve_in_thread
+
+    guard = Guard(jwt=None, limits=LimitConfig(default="1/minute"))
+    mw = DistillGuardMiddleware(EchoASGIApp(), guard=guard)
+    with serve_in_thread(mw, proxy_headers=True, forwarded_allow_ips=trusted) as url:
+        statuses = [
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}]},
+                headers={"x-forwarded-for": f"203.0.113.{i}"},
+            ).status_code
+            for i in range(1, 4)
+        ]
+    assert statuses == ([200, 200, 200] if spoofed else [200, 429, 429])
