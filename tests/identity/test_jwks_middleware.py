@@ -4,6 +4,7 @@ real keys, a real JWKS server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import statistics
 import time
@@ -210,9 +211,16 @@ def test_algorithm_confusion_against_a_jwks_key_is_401(
     ],
 )
 def test_hostile_kid_values_are_401_fast_without_fetching(
-    jwks_server: JWKSServer, make_keys: Any, jwks_guard: Any, keys: Any, kid: Any
+    jwks_server: JWKSServer,
+    make_keys: Any,
+    jwks_guard: Any,
+    keys: Any,
+    kid: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Path, SQL, shell, huge and non-string kids: 401 in well under 50 ms and no JWKS fetch."""
+    """Path, SQL, shell, huge and non-string kids: 401 in well under 50 ms, no JWKS fetch, and
+    every log line stays short (a 10 kB kid never reaches the logs whole)."""
+    caplog.set_level(logging.DEBUG, logger="distillguard")
     jwks_server.set_keys([to_jwk(keys.rsa, "rsa"), to_jwk(keys.ec, "ec")])
     resolver = make_keys(jwks_server.url)
     assert resolver.prefetch(timeout=3)
@@ -226,6 +234,9 @@ def test_hostile_kid_values_are_401_fast_without_fetching(
     assert response.status_code == 401
     time.sleep(0.05)
     assert jwks_server.hits == 1
+    for record in caplog.records:
+        assert len(record.getMessage()) <= 1000, record.getMessage()[:200]
+        assert "k" * 200 not in record.getMessage()
 
 
 def test_a_random_kid_flood_causes_at_most_one_fetch(
