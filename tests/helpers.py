@@ -311,6 +311,16 @@ UPSTREAM_QUOTA_HEADERS = (
 and IETF fields) and an unrelated header."""
 
 
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI HTTP request, as a stand-in server reads it."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+
+
 class EchoASGIApp:
     """An ASGI app that records each HTTP call and answers by path.
 

@@ -100,12 +100,15 @@ class ResponseMarking:
     """Marks one answer (see the module docstring)."""
 
     __slots__ = (
+        "_before",
         "_buffer",
         "_decoder",
+        "_deltas",
         "_field",
         "_last",
         "_markers",
         "_mode",
+        "_parts",
         "_strip",
         "_watermark",
         "overflowed",
@@ -120,6 +123,9 @@ class ResponseMarking:
         self._last: dict[str, Any] | None = None  # the last chunk: the envelope of a flush event
         self._field = "content"  # chat chunks carry ``delta.content``, completion chunks ``text``
         self._decoder: _Decoder | None = None  # a compressed answer's decoding
+        self._parts: dict[tuple[Any, Any], StreamMarker] = {}  # Responses: a marker per text part
+        self._deltas: dict[tuple[Any, Any], dict[str, Any]] = {}  # and its last delta
+        self._before = b""  # Responses: an event to send ahead of the current one
         self.overflowed = False  # an answer or an event was too long to hold: passed unchanged
 
     def start(self, status: int, content_type: str, encoding: str = "") -> bool:
@@ -196,6 +202,8 @@ class ResponseMarking:
             doc = json.loads(body)
         except ValueError:
             return body
+        if isinstance(doc, dict) and isinstance(doc.get("output"), list):  # the Responses API
+            return json.dumps(doc, ensure_ascii=False).encode() if self._response(doc) else body
         if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
             return body
         changed = False
@@ -241,10 +249,94 @@ class ResponseMarking:
                 continue
             if self._chunk(doc):
                 lines[i] = b"data: " + _encode(doc).encode()
-        return b"".join(lines) + end
+        before, self._before = self._before, b""
+        return before + b"".join(lines) + end
+
+    # -- the Responses API ---------------------------------------------------------------------
+
+    def _part(self, part: Any) -> bool:
+        """Mark (and strip) one ``output_text`` content part in place; whether it changed."""
+        if not isinstance(part, dict) or part.get("type") != "output_text":
+            return False
+        changed = self._mark_in(part, "text")
+        if self._strip and part.get("logprobs"):
+            part["logprobs"] = []
+            changed = True
+        return changed
+
+    def _item(self, item: Any) -> bool:
+        """Mark the text parts of one output item (a ``message``) in place."""
+        if not isinstance(item, dict) or not isinstance(item.get("content"), list):
+            return False
+        changed = False
+        for part in item["content"]:
+            changed |= self._part(part)
+        return changed
+
+    def _response(self, doc: dict[str, Any]) -> bool:
+        """Mark a Responses API ``response`` object's output in place."""
+        changed = False
+        for item in doc["output"]:
+            changed |= self._item(item)
+        return changed
+
+    def _response_event(self, doc: dict[str, Any], kind: str) -> bool:
+        """Mark one Responses API stream event in place. A ``response.output_text.delta``
+        goes through the stream marker of its ``(output_index, content_index)``; the words it
+        still holds go out in a delta event of their own (``self._before``) ahead of that
+        part's ``response.output_text.done``, whose full ``text`` is marked whole, as are the
+        parts, items and responses of the later events."""
+        key = (doc.get("output_index"), doc.get("content_index"))
+        if kind == "response.output_text.delta":
+            changed = False
+            if self._strip and doc.get("logprobs"):
+                doc["logprobs"] = []
+                changed = True
+            piece = doc.get("delta")
+            if self._watermark is None or not isinstance(piece, str):
+                return changed
+            marker = self._parts.get(key)
+            if marker is None:
+                marker = self._parts[key] = StreamMarker(self._watermark)
+            self._deltas[key] = doc
+            marked = marker.feed(piece)
+            doc["delta"] = marked
+            return changed or marked != piece
+        if kind == "response.output_text.done":
+            marker = self._markers.pop(key, None)  # type: ignore[call-overload]
+            last = self._deltas.pop(key, None)
+            if marker is not None and marker.held and last is not None:
+                flush = {**last, "delta": marker.flush(), "logprobs": []}
+                self._before += (
+                    b"event: response.output_text.delta\n" + b"data: " + _encode(flush).encode() + b"\n\n"
+                )
+            changed = self._mark_in(doc, "text")
+            if self._strip and doc.get("logprobs"):
+                doc["logprobs"] = []
+                changed = True
+            return changed
+        if kind == "response.content_part.done":
+            return self._part(doc.get("part"))
+        if kind == "response.output_item.done":
+            return self._item(doc.get("item"))
+        response = doc.get("response")
+        if isinstance(response, dict) and isinstance(response.get("output"), list):
+            return self._response(response)
+        return False
+
+    def _held_delta(self, key: tuple[Any, Any]) -> bytes:
+        """A delta event carrying the words the marker of ``key`` still holds (or nothing)."""
+        marker = self._parts.pop(key, None)
+        last = self._deltas.pop(key, None)
+        if marker is None or not marker.held or last is None:
+            return b""
+        doc = {**last, "delta": marker.flush(), "logprobs": []}
+        return b"event: response.output_text.delta\ndata: " + _encode(doc).encode() + b"\n\n"
 
     def _chunk(self, doc: Any) -> bool:
         """Mark one streamed chunk in place; whether it changed."""
+        if isinstance(doc, dict) and isinstance(doc.get("type"), str) and doc["type"].startswith("response."):
+            return self._response_event(doc, doc["type"])
         if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
             return False
         self._last = doc
@@ -277,6 +369,8 @@ class ResponseMarking:
 
     def _flush_event(self, end: bytes = b"\n\n") -> bytes:
         """An event carrying the words still held back (none: nothing)."""
+        if self._parts:  # a Responses stream that ended without its parts' done events
+            return b"".join(self._held_delta(key) for key in list(self._parts))
         held = {index: marker.flush() for index, marker in self._markers.items() if marker.held}
         if not held or self._last is None:
             return b""

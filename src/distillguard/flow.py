@@ -38,7 +38,7 @@ from .limiting.effects import (
 from .limiting.headers import ratelimit_fields, retry_after, retry_after_ms, violated_policies
 from .policy import Policy, decide, detection_mode
 from .problems import Problem
-from .query import Query, parse_query
+from .query import RESPONSES_LOGPROBS, Query, parse_query
 from .request import GuardRequest, address_key, bearer_token, well_formed
 
 if TYPE_CHECKING:
@@ -95,6 +95,9 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
     if data is None:
         return None
     changed = {k: v for k, v in data.items() if k not in policy.degrade_fields}
+    include = changed.get("include")
+    if "logprobs" in policy.degrade_fields and isinstance(include, list) and RESPONSES_LOGPROBS in include:
+        changed["include"] = [entry for entry in include if entry != RESPONSES_LOGPROBS]  # the Responses API
     cap = policy.degrade_max_tokens
     if cap is not None:
         # Cap the field(s) the client sent; add ``max_tokens`` only when it sent neither.
@@ -295,7 +298,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         box = risk.box_check(subject)
         level = risk.level_check(subject)
 
-    query = parse_query(request.body, request.content_type)
+    query = parse_query(request.body, request.content_type, request.path)
     plan = guard.plan
     if query.n > 1 or query.inputs > 1:  # a request asking for many outputs at once
         most = plan.config.max_outputs
@@ -415,7 +418,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         problem = Problem.rate_limited(retry_after(blocked, now), violated_policies(blocked))
     elif action is Action.DEGRADE:  # from the bytes the client sent: a detector may have
         # changed the parsed document it was shown, which must never reach the app
-        body = degrade_body(parse_query(request.body, request.content_type), policy)
+        body = degrade_body(parse_query(request.body, request.content_type, request.path), policy)
     watched = policy.shadow or mode == "shadow"  # scored and recorded, never acted on
     shadow = watched and action in (Action.BLOCK, Action.DEGRADE, Action.THROTTLE)
     if action is not Action.ALLOW and not watched:

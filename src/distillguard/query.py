@@ -191,13 +191,51 @@ def _vector(value: object) -> tuple[tuple[float, ...] | None, int]:
     return tuple(out), count
 
 
-def parse_query(body: bytes, content_type: str = "application/json") -> Query:
+_RESPONSES_ONLY = frozenset(
+    {
+        "instructions",
+        "max_output_tokens",
+        "previous_response_id",
+        "conversation",
+        "reasoning",
+        "include",
+        "tools",
+        "text",
+        "store",
+        "stream",
+        "top_logprobs",
+        "temperature",
+        "top_p",
+        "truncation",
+        "background",
+    }
+)
+"""Fields of an OpenAI Responses API request that an embeddings request never carries."""
+RESPONSES_LOGPROBS = "message.output_text.logprobs"
+"""The ``include`` entry that asks the Responses API for the answer's log probabilities."""
+
+
+def _is_responses(data: Mapping[str, Any], path: str) -> bool:
+    """Whether a body with ``input`` is a Responses API request rather than an embeddings one:
+    its path says so, it carries a field embeddings never do, or its input is a list of items
+    (messages), not of strings or token arrays."""
+    if path.rstrip("/").endswith("/responses"):
+        return True
+    if not _RESPONSES_ONLY.isdisjoint(data):
+        return True
+    value = data.get("input")
+    return isinstance(value, list) and any(isinstance(item, Mapping) for item in value)
+
+
+def parse_query(body: bytes, content_type: str = "application/json", path: str = "") -> Query:
     """Parse a request body into a :class:`Query`. Never raises.
 
     Args:
         body: the raw request body.
         content_type: the request's ``Content-Type``; bodies that are not JSON (by type or by
             content) give a ``"raw"`` query.
+        path: the request's path: ``.../responses`` tells an OpenAI Responses API request
+            whose body is only ``model`` and ``input`` from an embeddings one.
     """
     size = len(body)
     if not body:
@@ -222,6 +260,19 @@ def parse_query(body: bytes, content_type: str = "application/json") -> Query:
     elif "prompt" in data:
         kind = "completion"
         inputs = _texts(data["prompt"], texts)
+    elif "input" in data and _is_responses(data, path):  # OpenAI's Responses API: a conversation
+        kind = "chat"
+        if isinstance(data.get("instructions"), str):
+            texts.append(data["instructions"])
+        value = data["input"]
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, Mapping):
+                    _content_text(item.get("content"), texts)
+                elif isinstance(item, str):
+                    texts.append(item)
+        else:
+            _content_text(value, texts)
     elif "input" in data and "model" in data:
         kind = "embedding"
         inputs = _texts(data["input"], texts)
@@ -235,6 +286,9 @@ def parse_query(body: bytes, content_type: str = "application/json") -> Query:
                 break
 
     logprobs_field = data.get("logprobs")
+    include = data.get("include")
+    if isinstance(include, list) and RESPONSES_LOGPROBS in include:
+        logprobs_field = True  # the Responses API asks for log probabilities this way
     top = _int(data.get("top_logprobs"))
     if top is None and kind == "completion":
         top = _int(logprobs_field)  # legacy completions: logprobs is an integer
@@ -250,6 +304,8 @@ def parse_query(body: bytes, content_type: str = "application/json") -> Query:
     max_tokens = _int(data.get("max_completion_tokens"))
     if max_tokens is None:
         max_tokens = _int(data.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = _int(data.get("max_output_tokens"))  # the Responses API
     n = _int(data.get("n"))
     model = data.get("model")
     return Query(

@@ -23,7 +23,7 @@ from distillguard import ConfigurationError, Guard, LimitConfig
 from distillguard.gateway import Gateway, _end_to_end, gateway_app
 from distillguard.settings import DEV_AUDIENCE, DEV_ISSUER, DEV_SECRET
 from distillguard.telemetry import SPAN_NAME
-from tests.helpers import jwt_config, make_token
+from tests.helpers import jwt_config, make_token, read_body
 from tests.servers import free_port, serve_in_thread, wait_until_serving
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,12 +48,7 @@ class ModelServer:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
         path = scope["path"]
         self.seen.append(
             {

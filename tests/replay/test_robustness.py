@@ -61,7 +61,7 @@ def test_a_query_that_cannot_be_parsed_after_a_guard_failure_does_not_end_the_re
     """When the guard fails (the query parser raising, here) the engine parses the body again for
     the report; a failure there too is counted, and the replay goes on."""
 
-    def broken(body: bytes, content_type: str = "application/json") -> Any:
+    def broken(body: bytes, content_type: str = "application/json", path: str = "") -> Any:
         raise RuntimeError("parser failure")
 
     monkeypatch.setattr(distillguard.flow, "parse_query", broken)

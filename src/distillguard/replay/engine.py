@@ -162,7 +162,7 @@ class ReplayEngine:
         if query is None:  # refused before parsing (penalty box) or the guard failed: risk still counts
             if guard.risk is not None:
                 risk = max(risk, guard.risk.risk(record.client, record.clock))
-            query = self._query(record.body, request.content_type)
+            query = self._query(record.body, request.content_type, record.path)
         track = self.tracks.get(record.client)
         if track is None:
             track = self.tracks[record.client] = ClientTrack(record.client)
@@ -180,12 +180,12 @@ class ReplayEngine:
             self.errors[error] += 1
         return decision
 
-    def _query(self, body: bytes, content_type: str) -> Query:
+    def _query(self, body: bytes, content_type: str, path: str) -> Query:
         """The query of a request the guard did not parse (the penalty box refused it, or the
         guard failed). The replay outlives a failure here too: the request still counts for its
         client, with an empty query, and the failure is counted as ``replay:<exception>``."""
         try:
-            return parse_query(body, content_type)
+            return parse_query(body, content_type, path)
         except Exception as exc:
             self.errors[f"replay:{type(exc).__name__}"] += 1
             return Query(kind="empty")
