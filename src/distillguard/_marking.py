@@ -204,6 +204,8 @@ class ResponseMarking:
             return body
         if isinstance(doc, dict) and isinstance(doc.get("output"), list):  # the Responses API
             return json.dumps(doc, ensure_ascii=False).encode() if self._response(doc) else body
+        if isinstance(doc, dict) and doc.get("type") == "message":  # Anthropic's Messages API
+            return json.dumps(doc, ensure_ascii=False).encode() if self._blocks(doc) else body
         if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
             return body
         changed = False
@@ -295,21 +297,10 @@ class ResponseMarking:
             piece = doc.get("delta")
             if self._watermark is None or not isinstance(piece, str):
                 return changed
-            marker = self._parts.get(key)
-            if marker is None:
-                marker = self._parts[key] = StreamMarker(self._watermark)
-            self._deltas[key] = doc
-            marked = marker.feed(piece)
-            doc["delta"] = marked
+            doc["delta"] = marked = self._fed(key, doc, piece, self._watermark)
             return changed or marked != piece
         if kind == "response.output_text.done":
-            marker = self._markers.pop(key, None)  # type: ignore[call-overload]
-            last = self._deltas.pop(key, None)
-            if marker is not None and marker.held and last is not None:
-                flush = {**last, "delta": marker.flush(), "logprobs": []}
-                self._before += (
-                    b"event: response.output_text.delta\n" + b"data: " + _encode(flush).encode() + b"\n\n"
-                )
+            self._before += self._held_delta(key)
             changed = self._mark_in(doc, "text")
             if self._strip and doc.get("logprobs"):
                 doc["logprobs"] = []
@@ -324,19 +315,65 @@ class ResponseMarking:
             return self._response(response)
         return False
 
+    # -- Anthropic's Messages API --------------------------------------------------------------
+
+    def _blocks(self, doc: dict[str, Any]) -> bool:
+        """Mark the ``text`` content blocks of a ``message`` in place."""
+        changed = False
+        for block in doc.get("content") or ():
+            if isinstance(block, dict) and block.get("type") == "text":
+                changed |= self._mark_in(block, "text")
+        return changed
+
+    def _message_event(self, doc: dict[str, Any], kind: str) -> bool:
+        """Mark one Messages API stream event in place: a ``content_block_delta`` of type
+        ``text_delta`` goes through the stream marker of its block; the words it still holds
+        go out in a delta of their own ahead of the block's ``content_block_stop``."""
+        if self._watermark is None:
+            return False
+        key = ("block", doc.get("index"))
+        if kind == "content_block_stop":
+            self._before += self._held_delta(key)
+            return False
+        delta = doc.get("delta")
+        if not isinstance(delta, dict) or delta.get("type") != "text_delta":
+            return False
+        piece = delta.get("text")
+        if not isinstance(piece, str):
+            return False
+        delta["text"] = marked = self._fed(key, doc, piece, self._watermark)
+        return marked != piece
+
+    def _fed(self, key: tuple[Any, Any], doc: dict[str, Any], piece: str, watermark: Watermark) -> str:
+        """``piece`` of the text part ``key`` (whose event is ``doc``), through its marker."""
+        marker = self._parts.get(key)
+        if marker is None:
+            marker = self._parts[key] = StreamMarker(watermark)
+        self._deltas[key] = doc
+        return marker.feed(piece)
+
     def _held_delta(self, key: tuple[Any, Any]) -> bytes:
-        """A delta event carrying the words the marker of ``key`` still holds (or nothing)."""
+        """A delta event carrying the words the marker of ``key`` still holds (or nothing), in
+        the format of the stream it belongs to."""
         marker = self._parts.pop(key, None)
         last = self._deltas.pop(key, None)
         if marker is None or not marker.held or last is None:
             return b""
+        if key[0] == "block":  # Anthropic's Messages API
+            text = {"type": "text_delta", "text": marker.flush()}
+            doc = {"type": "content_block_delta", "index": key[1], "delta": text}
+            return b"event: content_block_delta\ndata: " + _encode(doc).encode() + b"\n\n"
         doc = {**last, "delta": marker.flush(), "logprobs": []}
         return b"event: response.output_text.delta\ndata: " + _encode(doc).encode() + b"\n\n"
 
     def _chunk(self, doc: Any) -> bool:
         """Mark one streamed chunk in place; whether it changed."""
-        if isinstance(doc, dict) and isinstance(doc.get("type"), str) and doc["type"].startswith("response."):
-            return self._response_event(doc, doc["type"])
+        kind = doc.get("type") if isinstance(doc, dict) else None
+        if isinstance(kind, str):
+            if kind.startswith("response."):  # OpenAI's Responses API
+                return self._response_event(doc, kind)
+            if kind in ("content_block_delta", "content_block_stop"):  # Anthropic's Messages API
+                return self._message_event(doc, kind)
         if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
             return False
         self._last = doc

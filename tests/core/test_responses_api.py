@@ -23,7 +23,7 @@ from tests.servers import serve_in_thread
 KEY = b"responses-watermark-key-0123456789"
 TEXT = (
     "Rivers often flood large areas quickly, and people usually help each other to begin repairs "
-    "because big storms start suddenly."
+    "because big storms start suddenly"  # no full stop: the last word is held until its part ends
 )
 LOGPROBS = [{"token": "Rivers", "logprob": -0.1, "bytes": [82], "top_logprobs": []}]
 
@@ -159,7 +159,10 @@ def test_a_responses_stream_cut_anywhere_is_marked_as_its_whole_text(seed: int) 
     assert done["text"] == part["text"] == item["content"][0]["text"] == marked
     assert completed["output"][0]["content"][0]["text"] == marked
     assert b'"token"' not in out  # every log probability stripped
-    assert [d["type"] for d in docs][-1] == "response.completed"
+    kinds = [d["type"] for d in docs]
+    assert kinds[-1] == "response.completed"
+    last_delta = max(i for i, k in enumerate(kinds) if k == "response.output_text.delta")
+    assert last_delta < kinds.index("response.output_text.done")  # the held words come first
 
 
 class ResponsesServer:
