@@ -18,20 +18,18 @@ _BOUNDARIES = (b"\n\n", b"\r\r", b"\r\n\r\n")
 class StreamCut:
     """Where an answer stands, for cutting it (see the module docstring)."""
 
-    __slots__ = ("_events", "_tail", "armed", "content_type", "done")
+    __slots__ = ("_tail", "armed", "done", "events")
 
     def __init__(self) -> None:
         self.armed = False  # a successful answer without a declared length started
         self.done = False  # the guard sent the answer's last bytes: the app's are dropped
-        self.content_type = ""
-        self._events = False
+        self.events = False  # a ``text/event-stream`` answer: cut between two events
         self._tail = b""
 
     def arm(self, status: int, content_type: str, sized: bool) -> None:
         """The answer started with ``status`` and ``content_type``; ``sized``: it declares its
         length (and keeps it)."""
-        self.content_type = content_type
-        self._events = content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+        self.events = content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
         self.armed = 200 <= status < 300 and not sized
 
     def sent(self, body: bytes) -> None:
@@ -41,4 +39,4 @@ class StreamCut:
 
     def at_boundary(self) -> bool:
         """Whether the answer can end here: between two events, for an event stream."""
-        return not self._events or not self._tail or self._tail.endswith(_BOUNDARIES)
+        return not self.events or not self._tail or self._tail.endswith(_BOUNDARIES)

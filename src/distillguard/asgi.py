@@ -319,7 +319,7 @@ class DistillGuardMiddleware:
                     if cut.done:  # the answer was cut: the app's later messages go nowhere
                         return
                     if not final and exchange.recheck_due():
-                        await adrive(exchange.recheck(cut.content_type), perform)
+                        await adrive(exchange.recheck(cut.events), perform)
                     if exchange.ending is not None and cut.at_boundary():
                         last = {"type": "http.response.body", "body": exchange.ending, "more_body": False}
                         await send(last)

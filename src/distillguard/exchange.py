@@ -152,10 +152,10 @@ class Exchange:
         at = self._recheck_at
         return at is not None and self.ending is None and self.guard.clock() >= at
 
-    def recheck(self, content_type: str) -> Generator[Effect, object, None]:
+    def recheck(self, events: bool) -> Generator[Effect, object, None]:
         """Check that the answer's client is not in the penalty box (reading the shared box,
         if any). When it is, :attr:`ending` becomes the last bytes to send (an ``error`` event
-        for a ``text/event-stream`` answer of ``content_type``, nothing otherwise): the adapter
+        when the answer is an event stream, ``events``; nothing otherwise): the adapter
         sends them at the next event boundary, ends the answer, drops what the app sends next
         and tells it the client left."""
         guard = self.guard
@@ -168,8 +168,7 @@ class Exchange:
         left = yield from penalty_left(guard, decision.identity, now)
         if left is None:
             return
-        kind = content_type.split(";", 1)[0].strip().lower()
-        self.ending = _stream_error(max(1, int(left) + 1)) if kind == "text/event-stream" else b""
+        self.ending = _stream_error(max(1, int(left) + 1)) if events else b""
         try:
             self.guard.telemetry.stream_ended(self.span, "risk:penalty_box")
         except Exception as exc:

@@ -115,7 +115,7 @@ class _Observed:
             for chunk in self._iterable:
                 if cut is not None and cut.armed:
                     if exchange.recheck_due():
-                        drive(exchange.recheck(cut.content_type), self._perform)
+                        drive(exchange.recheck(cut.events), self._perform)
                     if exchange.ending is not None and cut.at_boundary():
                         cut.done = True  # the server then calls close(): the app stops
                         yield exchange.ending
