@@ -6,7 +6,8 @@ Run it from the repository root::
 
 Settings come from ``DISTILLGUARD_*`` environment variables (see :mod:`distillguard.settings`);
 with none set it starts on development defaults and logs a warning. Mint a token with
-``python -m examples.make_token --sub alice``. ``GET /healthz`` is exempt from the guard.
+``python -m examples.make_token --sub alice``. ``GET /healthz`` is exempt from the guard;
+``GET /openapi.json`` describes the API and the guard's answers (:mod:`examples.openapi`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from distillguard.flask import DistillGuard
 from distillguard.settings import guard_from_env
 
 from .mock_llm import chat_chunks, chat_completion, invalid_request, sse_events
+from .openapi import openapi_schema
 
 __all__ = ["app", "create_app"]
 
@@ -32,6 +34,10 @@ def create_app(guard: Guard | None = None) -> Flask:
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/openapi.json")
+    def openapi() -> dict[str, Any]:
+        return openapi_schema()
 
     @app.post("/v1/chat/completions")
     def chat_completions() -> Any:

@@ -127,17 +127,27 @@ def invalid_request(body: object) -> dict[str, Any] | None:
         return error("'messages' must be a non-empty array.", "messages")
     for key in ("max_tokens", "max_completion_tokens", "n", "top_logprobs"):
         value = body.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        if value is not None and _count(value) is None:
             return error(f"'{key}' must be a non-negative integer.", key)
     return None
+
+
+def _count(value: object) -> int | None:
+    """A non-negative integer field (``8`` or ``8.0``, as JSON Schema and OpenAI-compatible
+    servers take it), or ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value >= 0 else None
 
 
 def _plan(body: Mapping[str, Any]) -> tuple[str, str, int, int | None, int | None]:
     """``(prompt, model, n, max tokens, top_logprobs)`` of a validated request."""
     model = body.get("model")
-    cap = body.get("max_completion_tokens", body.get("max_tokens"))
-    top = (body.get("top_logprobs") or 0) if body.get("logprobs") is True else None
-    n: int = body.get("n") or 1
+    cap = _count(body.get("max_completion_tokens", body.get("max_tokens")))
+    top = (_count(body.get("top_logprobs")) or 0) if body.get("logprobs") is True else None
+    n = _count(body.get("n")) or 1
     return _prompt(body), model if isinstance(model, str) else MODEL, max(1, n), cap, top
 
 

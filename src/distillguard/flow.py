@@ -84,6 +84,13 @@ Flow: TypeAlias = Generator[Effect, object, Decision]
 """The pipeline of one request."""
 
 
+def _refunded(outcome: LimitOutcome) -> LimitOutcome:
+    """``outcome`` as its window reads once a refused request's charge is taken back."""
+    if not outcome.counted:
+        return outcome
+    return replace(outcome, remaining=min(outcome.check.item.amount, outcome.remaining + outcome.check.cost))
+
+
 def _anonymous(request: GuardRequest) -> Identity:
     return Identity(client_id=f"ip:{address_key(request.client_address)}", tier="anonymous", anonymous=True)
 
@@ -119,8 +126,8 @@ def _limits(
 ) -> Generator[Effect, object, tuple[list[LimitOutcome], object]]:
     """Charge every window of the request at once (one Redis round trip, all or nothing, when
     the storage allows; see :mod:`distillguard.limiting.limiter`). If the performer cannot, charge
-    each window in order and stop at the first that refuses; the windows already charged are
-    refunded when the request is refused (:mod:`distillguard.limiting.admission`).
+    each window in order, only reading those after the first that refuses; the windows already
+    charged are refunded when the request is refused (:mod:`distillguard.limiting.admission`).
 
     With ``state``, the client's detector state is read in the same round trip; the second
     value is what was read, or ``UNREAD``."""
@@ -131,15 +138,16 @@ def _limits(
         if isinstance(batch, tuple):
             return list(batch), UNREAD
     outcomes: list[LimitOutcome] = []
+    charge = True
     for check in checks:
-        outcome = yield HitLimit(check, now)
+        outcome = yield HitLimit(check, now, charge=charge)
         if not isinstance(outcome, LimitOutcome):
             outcome = LimitOutcome(
                 check=check, allowed=True, remaining=0, reset_at=now, error=type(outcome).__name__
             )
         outcomes.append(outcome)
         if not outcome.allowed:
-            break
+            charge = False
     return outcomes, UNREAD
 
 
@@ -335,9 +343,17 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     headers = tuple(ratelimit_fields(outcomes, now, config.header_style)) if disclosed else ()
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     if refused:
-        limited = Problem.rate_limited(retry_after(refused, now), violated_policies(refused))
+        # a request that costs more than a window's whole quota: no wait admits it
+        over = [o for o in refused if o.check.cost > o.check.item.amount]
+        limited = (
+            Problem.over_quota(violated_policies(over))
+            if over
+            else Problem.rate_limited(retry_after(refused, now), violated_policies(refused))
+        )
         if not policy.shadow:
-            if disclosed and config.header_style != "ietf":  # the exact wait, for OpenAI's SDKs
+            if disclosed:  # the windows that admitted it get their charge back (below)
+                headers = tuple(ratelimit_fields(map(_refunded, outcomes), now, config.header_style))
+            if disclosed and config.header_style != "ietf" and not over:  # the exact wait, for OpenAI's SDKs
                 headers = (*headers, ("retry-after-ms", str(retry_after_ms(refused, now))))
             boxed: tuple[str, ...] = ()
             if risk is not None and mode == "enforce" and risk.refused(client, now) is not None:

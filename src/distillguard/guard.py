@@ -165,7 +165,7 @@ class Guard:
         self.limiter_stats = LimiterStats()
         # every adapter of this guard counts memory windows in one table (memory:// is per
         # process, not per app), and the sync limiter is built once
-        self._counters = BoundedTable(self.plan.config.memory_max_keys)
+        self._counters = BoundedTable(self.plan.config.memory_max_keys, clock=clock)
         self._sync_limiter: Limiter | None = None
         self._lock = threading.Lock()
         self._internal_errors: dict[tuple[str, str], int] = {}  # (type, place) -> times seen

@@ -116,13 +116,36 @@ class Problem:
     @classmethod
     def rate_limited(cls, retry_after: int, policies: Sequence[str]) -> Problem:
         """429 quota exceeded, with ``Retry-After``."""
+        return cls._quota_exceeded(
+            "rate_limited",
+            "A rate limit was reached; retry later.",
+            ("retry-after", str(retry_after)),
+            policies,
+        )
+
+    @classmethod
+    def over_quota(cls, policies: Sequence[str]) -> Problem:
+        """429 quota exceeded for a request that costs more than a window's whole quota (``n``
+        outputs, or tokens, over the limit): no wait would admit it, so there is no
+        ``Retry-After``, and ``x-should-retry: false`` keeps OpenAI's SDKs from retrying it."""
+        return cls._quota_exceeded(
+            "request_over_quota",
+            "This request alone costs more than a rate limit allows; retrying will not help.",
+            ("x-should-retry", "false"),
+            policies,
+        )
+
+    @classmethod
+    def _quota_exceeded(
+        cls, code: str, detail: str, header: tuple[str, str], policies: Sequence[str]
+    ) -> Problem:
         return cls(
             status=429,
-            code="rate_limited",
+            code=code,
             title="Too Many Requests",
-            detail="A rate limit was reached; retry later.",
+            detail=detail,
             type=_PROBLEM_TYPES + "quota-exceeded",
-            headers=(("retry-after", str(retry_after)),),
+            headers=(header,),
             extensions={"violated-policies": list(policies)},
         )
 

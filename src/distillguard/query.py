@@ -106,9 +106,39 @@ class Query:
 
 
 def _int(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer field as an OpenAI-compatible server reads it: model servers built on
+    pydantic (vLLM, SGLang, LiteLLM) take ``8.0`` and ``"8"`` for 8, so the guard must too, or
+    ``"n": 8.0`` would be charged as one output and ``"top_logprobs": "20"`` seen as none."""
+    if isinstance(value, bool):
         return None
-    return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if not 0 < len(text) <= 32:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+
+
+def _flag(value: object) -> bool:
+    """A boolean field read as pydantic's lax mode does (``true``, ``1``, ``"yes"``...)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value == 1
+    return isinstance(value, str) and value.strip().lower() in _TRUE
 
 
 def finite_float(value: object) -> float | None:
@@ -314,10 +344,10 @@ def parse_query(body: bytes, content_type: str = "application/json", path: str =
         model=model if isinstance(model, str) else None,
         max_tokens=max_tokens,
         n=n if n is not None and n > 0 else 1,
-        logprobs=logprobs_field is True or (top is not None and top > 0),
+        logprobs=_flag(logprobs_field) or (top is not None and top > 0),
         top_logprobs=top,
         logit_bias=bias,
-        stream=data.get("stream") is True,
+        stream=_flag(data.get("stream")),
         temperature=finite_float(data.get("temperature")),
         inputs=max(inputs, 1),
         vector=vector,

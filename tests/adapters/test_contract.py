@@ -1145,7 +1145,7 @@ def test_request_windows_count_outputs(serve: Callable[..., Served], strategy: s
     units of its request windows: batching buys no extra samples, and a request over a window
     by itself is refused at once; ``count_outputs=False`` charges every request 1."""
 
-    def chat(n: int) -> bytes:
+    def chat(n: float | str) -> bytes:
         return json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": n}).encode()
 
     batch = json.dumps({"model": "m", "prompt": ["a", "b", "c", "d"], "n": 2}).encode()
@@ -1157,10 +1157,14 @@ def test_request_windows_count_outputs(serve: Callable[..., Served], strategy: s
     assert served.post(token=token, body=chat(8)).status_code == 429
     assert served.post(token=token, body=chat(2)).status_code == 200  # exactly the rest
     alone = served.post(token=make_token(sub="greedy"), body=chat(11))
-    assert alone.status_code == 429 and alone.json()["code"] == "rate_limited"
+    assert alone.status_code == 429 and alone.json()["code"] == "request_over_quota"
+    assert "retry-after" not in alone.headers and alone.headers["x-should-retry"] == "false"
+    for spelled in (8.0, "8"):  # as a pydantic model server reads it: 8 outputs, not 1
+        floaty = served.post(token=make_token(sub=f"floaty-{spelled!r}"), body=chat(spelled))
+        assert http_sf.parse(floaty.headers["ratelimit"].encode(), tltype="list")[0][1]["r"] == 2
     assert served.post(token=make_token(sub="batcher"), body=batch).status_code == 200
     assert served.post(token=make_token(sub="batcher"), body=batch).status_code == 429
-    assert len(served.app.calls) == 3
+    assert len(served.app.calls) == 5
 
     plain = serve(limits=LimitConfig(default="10/minute", strategy=strategy, count_outputs=False))
     statuses = [plain.post(token=make_token(sub="sampler"), body=chat(8)).status_code for _ in range(11)]

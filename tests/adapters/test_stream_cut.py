@@ -98,10 +98,16 @@ def wsgi_app(generation: Generation, split: bool = False) -> Any:
     return app
 
 
-def guard(dial: Dial, tracer_provider: Any = None, **policy: Any) -> Guard:
+def guard(dial: Dial, tracer_provider: Any = None, meter_provider: Any = None, **policy: Any) -> Guard:
     policy.setdefault("risk", RiskPolicy(penalty_seconds=60))
     policy.setdefault("stream_recheck", 0.01)
-    return Guard(jwt=jwt_config(), detectors=[dial], policy=Policy(**policy), tracer_provider=tracer_provider)
+    return Guard(
+        jwt=jwt_config(),
+        detectors=[dial],
+        policy=Policy(**policy),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
 
 
 def test_a_boxed_clients_stream_ends_with_an_error_the_openai_sdk_raises() -> None:
@@ -163,9 +169,17 @@ def _frames(payload: bytes) -> list[bytes]:
 def test_a_wsgi_stream_is_cut_between_two_events_and_the_app_closed(split: bool) -> None:
     """The WSGI answer ends with the ``error`` event, sent between two events even when the
     app's chunks cut events in two; every frame is a whole event; closing the answer closes
-    the app's generator."""
+    the app's generator; the ``distillguard.streams.ended`` metric counts it."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from distillguard.telemetry.names import METRIC_STREAMS_ENDED
+    from tests.telemetry.conftest import metric_points, value_of
+
+    reader = InMemoryMetricReader()
     dial, generation = Dial(), Generation()
-    g = guard(dial)
+    g = guard(dial, meter_provider=MeterProvider(metric_readers=[reader]))
+    assert not metric_points(reader).get(METRIC_STREAMS_ENDED)
     mw = DistillGuardWSGIMiddleware(wsgi_app(generation, split), guard=g)
     token = make_token(sub="thief")
     result, chunks, out = open_stream(mw, token, first=6)
@@ -178,6 +192,8 @@ def test_a_wsgi_stream_is_cut_between_two_events_and_the_app_closed(split: bool)
     assert docs[-1]["error"]["code"] == "suspicious_usage" and 1 <= docs[-1]["error"]["retry_after"] <= 61
     assert all("choices" in d for d in docs[:-1]) and 3 <= len(docs) - 1 < EVENTS
     assert generation.finished.is_set() and not generation.completed
+    ended = metric_points(reader)[METRIC_STREAMS_ENDED]
+    assert value_of(ended, distillguard__stream__reason="risk:penalty_box") == 1
 
 
 @pytest.mark.parametrize(

@@ -104,11 +104,34 @@ def test_utf16_json() -> None:
 
 def test_wrong_types_are_ignored() -> None:
     """Fields of the wrong type are ignored rather than trusted."""
-    q = parse_query(body(messages=[{"content": 5}, "x"], max_tokens="10", n=0, temperature="hot", model=3))
+    q = parse_query(body(messages=[{"content": 5}, "x"], max_tokens="ten", n=0, temperature="hot", model=3))
     assert q.kind == "chat" and q.text == ""
     assert (q.max_tokens, q.n, q.temperature, q.model) == (None, 1, None, None)
     nan = parse_query(b'{"prompt":"p","temperature":NaN,"logit_bias":{"1":"x","2":NaN,"3":-Infinity}}')
     assert nan.temperature is None and nan.logit_bias == (("3", -1e308),)  # still a biased token
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"n": 8.0, "max_tokens": 4000.0, "top_logprobs": 20.0}, (8, 4000, 20, True)),
+        ({"n": "8", "max_tokens": " 4000 ", "top_logprobs": "20"}, (8, 4000, 20, True)),
+        ({"n": "8.0", "logprobs": "true"}, (8, None, None, True)),
+        ({"n": 8.5, "max_tokens": "1e400", "top_logprobs": "NaN", "logprobs": "no"}, (1, None, None, False)),
+        ({"n": True, "max_tokens": False, "logprobs": 1}, (1, None, None, True)),
+    ],
+)
+def test_numbers_are_read_as_openai_compatible_servers_read_them(
+    fields: dict[str, Any], expected: tuple[Any, ...]
+) -> None:
+    """Model servers built on pydantic (vLLM, SGLang, LiteLLM) take ``8.0`` and ``"8"`` for an
+    integer and ``"true"`` for a boolean; the guard reads them the same way, or ``"n": 8.0``
+    would be charged one output and ``"top_logprobs": "20"`` would hide a logprob probe. A
+    number with a fraction, and ``true`` for a count, are still ignored."""
+    q = parse_query(body(messages=[{"role": "user", "content": "x"}], **fields))
+    assert (q.n, q.max_tokens, q.top_logprobs, q.logprobs) == expected
+    assert parse_query(body(messages=[], stream="true")).stream
+    assert not parse_query(body(messages=[], stream="no")).stream
 
 
 def test_fingerprint_is_a_hash_of_the_text() -> None:

@@ -275,8 +275,9 @@ class LimiterBase:
     def _in_memory(
         self, storage: Any, checks: tuple[LimitCheck, ...], charge: bool, mode: str
     ) -> tuple[LimitOutcome, ...] | None:
-        """Charge ``checks`` one by one on a bounded memory ``storage`` (stopping at the first
-        refusal) in one call per window (:mod:`._windows`); ``None`` for any other storage."""
+        """Charge ``checks`` one by one on a bounded memory ``storage`` in one call per window
+        (:mod:`._windows`), only reading those after a refusal (the wait for each window that
+        would refuse it); ``None`` for any other storage."""
         if not isinstance(storage, (BoundedMemoryStorage, AsyncBoundedMemoryStorage)):
             return None
         table, keys = storage.table, self._keys
@@ -285,7 +286,7 @@ class LimiterBase:
             outcome = charge_window(table, check, keys(check), charge, mode)
             out.append(outcome)
             if not outcome.allowed:
-                break
+                charge = False
         return tuple(out)
 
     @staticmethod

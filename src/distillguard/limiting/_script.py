@@ -61,7 +61,7 @@ for i = 1, n do
     while low <= high do
       local mid = math.floor((low + high) / 2)
       local v = tonumber(redis.call('lindex', KEYS[i], mid))
-      if v and v >= now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
+      if v and v > now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
     end
     if found >= 0 then
       count = found + 1

@@ -7,7 +7,8 @@ is next read, and each insertion also drops up to two expired keys from the cold
 no timer thread.
 
 Moving windows store ``(timestamp, amount)`` pairs, so a cost of 4,000 (a token budget) is one
-entry, not 4,000.
+entry, not 4,000. An entry counts for ``expiry`` seconds exactly: at ``stamp + expiry`` it is
+gone, so that ``start + expiry`` (what ``Retry-After`` is computed from) is when the room is there.
 
 Time inside the table is :func:`time.monotonic`: a wall clock stepped back an hour (an NTP step,
 a VM restored from a snapshot) must not hold a client for that hour, nor a step forward free it
@@ -49,7 +50,7 @@ class _Events:
         cutoff = now - self.expiry
         entries = self.entries
         cut = 0
-        while cut < len(entries) and entries[cut][0] < cutoff:
+        while cut < len(entries) and entries[cut][0] <= cutoff:
             self.total -= entries[cut][1]
             cut += 1
         if cut:
@@ -73,7 +74,7 @@ def _room_at(entries: list[tuple[float, int]], needed: int) -> float:
 def _expired(slot: _Slot, now: float) -> bool:
     if isinstance(slot, _Counter):
         return slot.expires <= now
-    return not slot.entries or slot.entries[-1][0] < now - slot.expiry
+    return not slot.entries or slot.entries[-1][0] <= now - slot.expiry
 
 
 class BoundedTable:
@@ -95,6 +96,10 @@ class BoundedTable:
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def now(self) -> float:
+        """Now, in the unix seconds of the times the table gives out."""
+        return steady_time() if self._steady else self._clock()
 
     def _out(self, at: float, now: float) -> float:
         """The table time ``at`` (read at table time ``now``) in unix seconds."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 from math import floor, inf
 from typing import Any
 
-from .._clock import steady_time
 from ._table import BoundedTable
 from .plan import LimitCheck, LimitOutcome
 
@@ -97,7 +96,7 @@ def _sliding(
         allowed = previous * previous_ttl / expiry + current < limit - cost + 1
     previous, previous_ttl, current, current_ttl = table.get_sliding_window(key, expiry)
     remaining = max(0, limit - floor(previous * previous_ttl / expiry + current))
-    now = steady_time()
+    now = table.now()
     if not (previous or current):
         return remaining, now, allowed
     previous_reset, current_reset = inf, inf

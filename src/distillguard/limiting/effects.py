@@ -27,8 +27,8 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class HitLimits:
     """Effect: charge every window of a request. The driver answers a tuple of
-    :class:`~distillguard.limiting.plan.LimitOutcome` (one per window charged or refused, in
-    order; it may stop at the first refusal), or the exception it hit. On a single-node Redis
+    :class:`~distillguard.limiting.plan.LimitOutcome` (one per window, in order; the windows
+    after a refusal are read, not charged), or the exception it hit. On a single-node Redis
     this is one round trip and all or nothing.
 
     With ``state``, the client's detector state is read as well (in the same round trip when

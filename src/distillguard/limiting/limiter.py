@@ -99,16 +99,16 @@ class Limiter(LimiterBase):
         if fast is not None:
             return fast, UNREAD
         out: list[LimitOutcome] = []
-        for check in checks:
-            allowed, stats = self._hit(strategies, storage, check, charge)
-            out.append(outcome_of(check, allowed, stats, mode, charged=charge))
-            if not allowed:
-                break
+        for check in checks:  # after a refusal, the other windows are only read
+            charging = charge and all(o.allowed for o in out)
+            allowed, stats = self._hit(strategies, storage, check, charging)
+            out.append(outcome_of(check, allowed, stats, mode, charged=charging))
         return tuple(out), UNREAD
 
     def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
         """Charge every window of a request (one round trip and all or nothing on a single
-        Redis; otherwise window by window, stopping at the first refusal)."""
+        Redis; otherwise window by window, only reading the windows after a refusal, so that
+        ``Retry-After`` covers every window that would refuse it)."""
         return (self._charged(checks, charge, None)).outcomes
 
     def hit_and_read(self, checks: tuple[LimitCheck, ...], key: str, known: str) -> Charged:
@@ -298,11 +298,10 @@ class AsyncLimiter(LimiterBase):
         if fast is not None:
             return fast, UNREAD
         out: list[LimitOutcome] = []
-        for check in checks:
-            allowed, stats = await self._hit(strategies, storage, check, charge)
-            out.append(outcome_of(check, allowed, stats, mode, charged=charge))
-            if not allowed:
-                break
+        for check in checks:  # after a refusal, the other windows are only read
+            charging = charge and all(o.allowed for o in out)
+            allowed, stats = await self._hit(strategies, storage, check, charging)
+            out.append(outcome_of(check, allowed, stats, mode, charged=charging))
         return tuple(out), UNREAD
 
     async def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:

@@ -94,6 +94,12 @@ class Instruments:
             unit="{response}",
             description="Answers the watermark passed unmarked because they were too long to hold.",
         )
+        meter.create_observable_counter(
+            names.METRIC_STREAMS_ENDED,
+            callbacks=[self._observe_ended],
+            unit="{response}",
+            description="Streamed answers the guard ended before the app finished them, by reason.",
+        )
         meter.create_observable_gauge(
             names.METRIC_CLIENTS,
             callbacks=[self._observe_clients],
@@ -169,6 +175,10 @@ class Instruments:
     def _observe_unmarked(self, options: CallbackOptions) -> Iterable[Observation]:
         totals = self._sum(m.unmarked_counts() for m in self._members())
         return [Observation(count, {names.ATTR_WATERMARK_REASON: reason}) for reason, count in totals.items()]
+
+    def _observe_ended(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = self._sum(m.ended_counts() for m in self._members())
+        return [Observation(count, {names.ATTR_STREAM_REASON: reason}) for reason, count in totals.items()]
 
     def _observe_clients(self, options: CallbackOptions) -> Iterable[Observation]:
         members = self._members()

@@ -80,6 +80,7 @@ class GuardMetrics:
         self._limiter_errors: dict[str, int] = {}
         self._guard_errors: dict[tuple[str, str], int] = {}  # (error type, action) -> requests
         self._unmarked: dict[str, int] = {}
+        self._ended: dict[str, int] = {}
         self._scores: deque[float] = deque(maxlen=_QUEUE)
         self._durations: deque[tuple[float, Mapping[str, Any]]] = deque(maxlen=_QUEUE)
         self._duration_attrs: dict[str, Mapping[str, Any]] = {}
@@ -155,6 +156,11 @@ class GuardMetrics:
         with self._lock:
             self._unmarked[reason] = self._unmarked.get(reason, 0) + 1
 
+    def record_stream_ended(self, reason: str) -> None:
+        """Count a streamed answer the guard ended (``reason``: ``risk:penalty_box``)."""
+        with self._lock:
+            self._ended[reason] = self._ended.get(reason, 0) + 1
+
     def record_duration(self, seconds: float, action: str) -> None:
         """Queue one overhead measurement (recorded into the histogram at collection)."""
         attrs = self._duration_attrs.get(action)
@@ -217,6 +223,11 @@ class GuardMetrics:
         """``(reason, count)`` of the answers the watermark gave up on so far."""
         with self._lock:
             return list(self._unmarked.items())
+
+    def ended_counts(self) -> list[tuple[str, int]]:
+        """``(reason, count)`` of the streamed answers the guard ended so far."""
+        with self._lock:
+            return list(self._ended.items())
 
     def state_counts(self) -> list[tuple[str, int]]:
         """``(outcome, count)`` of the shared detector state's exchanges (none when the state

@@ -27,6 +27,7 @@ __all__ = [
     "ATTR_REASONS",
     "ATTR_SCORE",
     "ATTR_SHADOW",
+    "ATTR_STREAM_REASON",
     "ATTR_USAGE_SOURCE",
     "ATTR_WATERMARK_REASON",
     "CLIENT_ADDRESS",
@@ -51,6 +52,7 @@ __all__ = [
     "METRIC_LIMITER_FALLBACKS",
     "METRIC_SCORE",
     "METRIC_STATE_EXCHANGES",
+    "METRIC_STREAMS_ENDED",
     "METRIC_WATERMARK_UNMARKED",
     "SPAN_NAME",
     "URL_PATH",
@@ -91,6 +93,7 @@ ATTR_DETECTOR_VERDICT = "distillguard.detector.verdict"
 ATTR_LIMITER_OUTCOME = "distillguard.limiter.outcome"
 ATTR_STATE_OUTCOME = "distillguard.state.outcome"
 ATTR_WATERMARK_REASON = "distillguard.watermark.reason"
+ATTR_STREAM_REASON = "distillguard.stream.reason"
 ERROR_TYPE = "error.type"
 
 # -- stable HTTP semantic conventions --------------------------------------------------------
@@ -122,3 +125,4 @@ METRIC_CLIENTS = "distillguard.clients.tracked"
 METRIC_STATE_EXCHANGES = "distillguard.detector.state.exchanges"
 METRIC_GUARD_ERRORS = "distillguard.guard.errors"
 METRIC_WATERMARK_UNMARKED = "distillguard.watermark.unmarked"
+METRIC_STREAMS_ENDED = "distillguard.streams.ended"

@@ -200,6 +200,7 @@ class Telemetry:
 
     def stream_ended(self, span: Span, reason: str) -> None:
         """Record that the guard cut a streamed answer, and why."""
+        self.metrics.record_stream_ended(reason)
         if span.is_recording():
             span.set_attribute(n.EVENT_STREAM_ENDED, True)
             span.add_event(n.EVENT_STREAM_ENDED, {n.ATTR_REASONS: [reason]})
