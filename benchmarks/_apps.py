@@ -13,6 +13,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import jwt as pyjwt
@@ -132,12 +133,19 @@ def detector_sets() -> dict[str, list[Any]]:
     return sets
 
 
-def make_guard(provider: Any, detectors: list[Any], limits: str = LIMITS, span: str = "child") -> Guard:
+def make_guard(
+    provider: Any,
+    detectors: list[Any],
+    limits: str = LIMITS,
+    span: str = "child",
+    max_keys: int | None = None,
+) -> Guard:
     """The guard of the benchmark (default settings apart from these; ``span`` is
-    ``TelemetryConfig.span``)."""
+    ``TelemetryConfig.span``, ``max_keys`` the memory limit table's key cap)."""
+    config = LimitConfig(default=limits)
     return Guard(
         jwt=JWTConfig(algorithms=["HS256"], key=SECRET, issuer=ISSUER, audience=AUDIENCE),
-        limits=LimitConfig(default=limits),
+        limits=config if max_keys is None else replace(config, memory_max_keys=max_keys),
         detectors=detectors,
         tracer_provider=provider,
         telemetry=TelemetryConfig(span=span),

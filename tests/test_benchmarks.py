@@ -49,3 +49,25 @@ def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:
     assert "second" in text and "first" not in text
     assert text.index(overhead.START) < text.index("## Storage")
     assert "Their figures." in text and "Intro." in text
+
+
+def test_scale_run_reports_bounded_tables(tmp_path: Path) -> None:
+    """A small scale run (3,000 clients against a 2,000-key limit table) evicts instead of
+    growing, and writes its report between its own markers."""
+    from benchmarks import scale
+
+    doc = tmp_path / "b.md"
+    doc.write_text("before\n<!-- scale:start -->\nold\n<!-- scale:end -->\nafter\n")
+    scale.main(["--clients", "3000", "--block", "1500", "--max-keys", "2000", "--write", str(doc)])
+    text = doc.read_text()
+    assert text.startswith("before\n<!-- scale:start -->\nCommand:") and text.endswith(
+        "<!-- scale:end -->\nafter\n"
+    )
+    rows = [
+        line.split(" | ")
+        for line in text.splitlines()
+        if line.startswith("| 1,500 |") or line.startswith("| 3,000 |")
+    ]
+    assert [r[3] for r in rows] == ["2,000", "2,000"]  # limit keys held: the cap
+    # evicted: two windows for each client, and the warm-up client's two
+    assert int(rows[-1][4].replace(",", "")) == 2 * 3000 + 2 - 2000
