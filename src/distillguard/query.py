@@ -153,6 +153,20 @@ def finite_float(value: object) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _numeric(value: object) -> object:
+    """``value``, or the number a numeric string spells (``"100"``, ``" -5.5 "``): pydantic
+    model servers take ``{"logit_bias": {"123": "100"}}`` and ``"temperature": "0"`` as numbers."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not 0 < len(text) <= 64:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _bias(value: object) -> float | None:
     """A ``logit_bias`` value; one too large for a float (a 400-digit integer, ``Infinity``) is
     kept at +/-1e308, so that its token id still counts as biased: dropping it would hide the
@@ -327,7 +341,7 @@ def parse_query(body: bytes, content_type: str = "application/json", path: str =
     if isinstance(bias_raw, Mapping):
         pairs = []
         for k, v in bias_raw.items():
-            fv = _bias(v)
+            fv = _bias(_numeric(v))
             if fv is not None:
                 pairs.append((str(k), fv))
         bias = tuple(sorted(pairs))
@@ -348,7 +362,7 @@ def parse_query(body: bytes, content_type: str = "application/json", path: str =
         top_logprobs=top,
         logit_bias=bias,
         stream=_flag(data.get("stream")),
-        temperature=finite_float(data.get("temperature")),
+        temperature=finite_float(_numeric(data.get("temperature"))),
         inputs=max(inputs, 1),
         vector=vector,
         size=size,

@@ -125,11 +125,16 @@ def test_numbers_are_read_as_openai_compatible_servers_read_them(
     fields: dict[str, Any], expected: tuple[Any, ...]
 ) -> None:
     """Model servers built on pydantic (vLLM, SGLang, LiteLLM) take ``8.0`` and ``"8"`` for an
-    integer and ``"true"`` for a boolean; the guard reads them the same way, or ``"n": 8.0``
+    integer, ``"true"`` for a boolean and ``"-100"`` for a bias; the guard reads them the same
+    way, or ``"n": 8.0``
     would be charged one output and ``"top_logprobs": "20"`` would hide a logprob probe. A
     number with a fraction, and ``true`` for a count, are still ignored."""
     q = parse_query(body(messages=[{"role": "user", "content": "x"}], **fields))
     assert (q.n, q.max_tokens, q.top_logprobs, q.logprobs) == expected
+    lax = parse_query(
+        body(messages=[], logit_bias={"50256": "-100", "11": " 5.5 ", "7": "x"}, temperature="0")
+    )
+    assert lax.logit_bias == (("11", 5.5), ("50256", -100.0)) and lax.temperature == 0.0
     assert parse_query(body(messages=[], stream="true")).stream
     assert not parse_query(body(messages=[], stream="no")).stream
 
