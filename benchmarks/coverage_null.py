@@ -60,13 +60,54 @@ def run(part: str, seed: int, scale: Scale) -> dict[str, list[tuple[float, float
     return out
 
 
+def from_query(
+    part: str, seed: int, scale: Scale, starts: list[int]
+) -> dict[str, list[tuple[float, float] | None]]:
+    """``{kind: [(highest, lowest) of the clients' highest novelty from query n on, for
+    each n of starts]}`` (``None`` when no client of the kind sends n queries), campaign
+    accounts included: what a warm-up of n queries would see."""
+    corpus = tuning_corpus() if part == "tuning" else holdout_corpus(random.Random(seed))
+    trajectories: dict[str, list[list[float]]] = collections.defaultdict(list)
+    for stream in population(corpus, part, seed, scale):
+        det = CoverageDetector()
+        novelty = []
+        for ts, path, body in stream.events:
+            det.score(_observation(ts, path, body))
+            state = det.states.peek(_IDENTITY.client_id)
+            novelty.append(state.novelty if state is not None else 0.0)
+        trajectories[stream.kind].append(novelty)
+    out: dict[str, list[tuple[float, float] | None]] = {}
+    for kind, runs in sorted(trajectories.items()):
+        row: list[tuple[float, float] | None] = []
+        for n in starts:
+            tops = [max(t[n - 1 :]) for t in runs if len(t) >= n]
+            row.append((max(tops), min(tops)) if tops else None)
+        out[kind] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.coverage_null", description=__doc__)
     parser.add_argument("--seeds", default="1001,3001", help="tuning seed, holdout seed")
     parser.add_argument("--users", type=int, default=600)
+    parser.add_argument(
+        "--starts",
+        help="instead: the highest and lowest novelty each kind of client reaches from query n on, "
+        "for each n of this comma-separated list (what a warm-up of n would see)",
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     scale = Scale(users=args.users, mixed=10)
+    if args.starts:
+        starts = [int(n) for n in args.starts.split(",")]
+        for part, seed in zip(("tuning", "holdout"), seeds, strict=True):
+            table = from_query(part, seed, scale if part == "tuning" else scale.holdout(), starts)
+            print(f"\n{part} (seed {seed}): highest/lowest novelty from query n on")
+            print(f"{'client kind':36} " + " ".join(f"{'n=' + str(n):>9}" for n in starts))
+            for kind, row in table.items():
+                cells = " ".join(f"{c[0]:.2f}/{c[1]:.2f}" if c else f"{'-':>9}" for c in row)
+                print(f"{kind:36} {cells}")
+        return 0
     for part, seed in zip(("tuning", "holdout"), seeds, strict=True):
         results = run(part, seed, scale if part == "tuning" else scale.holdout())
         print(f"\n{part} (seed {seed})")
