@@ -196,8 +196,26 @@ def _content_text(content: object, out: list[str]) -> None:
                 out.append(part)
 
 
+_TOKEN_LETTERS = str.maketrans("0123456789", "bcdfghjklm")
+_MAX_TOKEN_IDS = 8192
+"""At most this many token ids of a request are read (a 1 MB body holds ~200,000)."""
+
+
+def _is_ids(value: list[object]) -> bool:
+    return bool(value) and all(type(v) is int for v in value)
+
+
+def _token_words(ids: list[object], budget: int) -> str:
+    """Token ids (a prompt sent pre-tokenised, as vLLM and OpenAI's completions and embeddings
+    accept) as text the detectors can read: one word per id, its digits spelled with
+    consonants (``1212`` is ``cdcd``), so that a repeated id is a repeated word and no id reads
+    as a common English word."""
+    return " ".join(map(str, ids[:budget])).translate(_TOKEN_LETTERS)
+
+
 def _texts(value: object, out: list[str]) -> int:
-    """Collect prompt strings from ``prompt``/``input``; return how many inputs there were."""
+    """Collect prompt strings from ``prompt``/``input`` (token ids as words: :func:`_token_words`);
+    return how many inputs there were."""
     if isinstance(value, str):
         out.append(value)
         return 1
@@ -205,8 +223,16 @@ def _texts(value: object, out: list[str]) -> int:
         if value and all(isinstance(v, str) for v in value):
             out.extend(value)
             return len(value)
+        if _is_ids(value):
+            out.append(_token_words(value, _MAX_TOKEN_IDS))
+            return 1
         if value and all(isinstance(v, list) for v in value):
-            return len(value)  # a batch of token arrays: nothing readable
+            budget = _MAX_TOKEN_IDS
+            for ids in value:
+                if budget > 0 and _is_ids(ids):
+                    out.append(_token_words(ids, budget))
+                    budget -= len(ids)
+            return len(value)
         return 1
     return 1
 

@@ -54,11 +54,14 @@ def test_completion_legacy_logprobs() -> None:
 
 
 def test_embedding_batch() -> None:
-    """An embeddings body counts its inputs; token-array batches count without text."""
+    """An embeddings body counts its inputs; token-array batches count too, their ids read as
+    words (digits spelled with consonants)."""
     q = parse_query(body(model="e", input=["x", "y", "z"]))
     assert (q.kind, q.inputs, q.text) == ("embedding", 3, "x\ny\nz")
     tokens = parse_query(body(model="e", input=[[1, 2], [3]]))
-    assert (tokens.kind, tokens.inputs, tokens.text) == ("embedding", 2, "")
+    assert (tokens.kind, tokens.inputs, tokens.text) == ("embedding", 2, "c d\nf")
+    huge = parse_query(body(model="e", input=[list(range(6000)), list(range(6000))]))
+    assert len(huge.text.split()) == 8192  # at most 8,192 ids read
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -67,6 +68,25 @@ def test_near_duplicate_flags_systematic_variation() -> None:
     ]
     s = scores(NearDuplicateDetector(), texts)
     assert max(s[:60]) == 1.0
+
+
+def test_a_sweep_sent_as_token_ids_is_read_and_flagged() -> None:
+    """A completions sweep sent pre-tokenised (``prompt`` as token ids, which vLLM and OpenAI
+    accept) is not a blind spot: the ids are read as words, one id varied per request, and
+    ``near_duplicate`` flags it as it flags the same sweep in text."""
+    rng = random.Random(1)
+    base = [rng.randrange(50_000) for _ in range(40)]
+    det = NearDuplicateDetector()
+    out = []
+    for i in range(80):
+        ids = list(base)
+        ids[rng.randrange(len(ids))] = rng.randrange(50_000)
+        body = json.dumps({"model": "m", "prompt": ids, "max_tokens": 1}).encode()
+        out.append(det.score(observation("c", parse_query(body), float(i))).score)
+    assert max(out[:60]) == 1.0
+    q = parse_query(json.dumps({"prompt": [[464, 3290], [464, 3290, 318]]}).encode())
+    assert q.inputs == 2 and q.text.split() == ["gjg", "fdmb", "gjg", "fdmb", "fcl"]
+    assert parse_query(json.dumps({"prompt": [1, True]}).encode()).text == ""  # not token ids
 
 
 def test_near_duplicate_ignores_exact_repeats_and_varied_users() -> None:
