@@ -340,7 +340,9 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     hidden = any(not o.check.headers for o in refused)
     config = plan.config
     disclosed = config.headers and not hidden
-    headers = tuple(ratelimit_fields(outcomes, now, config.header_style)) if disclosed else ()
+    # a refused request's charges are taken back: its windows are shown as they will read
+    shown = map(_refunded, outcomes) if refused and not policy.shadow else outcomes
+    headers = tuple(ratelimit_fields(shown, now, config.header_style)) if disclosed else ()
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     if refused:
         # a request that costs more than a window's whole quota: no wait admits it
@@ -351,8 +353,6 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
             else Problem.rate_limited(retry_after(refused, now), violated_policies(refused))
         )
         if not policy.shadow:
-            if disclosed:  # the windows that admitted it get their charge back (below)
-                headers = tuple(ratelimit_fields(map(_refunded, outcomes), now, config.header_style))
             if disclosed and config.header_style != "ietf" and not over:  # the exact wait, for OpenAI's SDKs
                 headers = (*headers, ("retry-after-ms", str(retry_after_ms(refused, now))))
             boxed: tuple[str, ...] = ()
