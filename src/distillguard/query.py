@@ -114,16 +114,7 @@ def _int(value: object) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        text = value.strip()
-        if not 0 < len(text) <= 32:
-            return None
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                return None
+        value = _numeric(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
