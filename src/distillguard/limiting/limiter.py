@@ -99,10 +99,11 @@ class Limiter(LimiterBase):
         if fast is not None:
             return fast, UNREAD
         out: list[LimitOutcome] = []
-        for check in checks:  # after a refusal, the other windows are only read
-            charging = charge and all(o.allowed for o in out)
-            allowed, stats = self._hit(strategies, storage, check, charging)
-            out.append(outcome_of(check, allowed, stats, mode, charged=charging))
+        for check in checks:
+            allowed, stats = self._hit(strategies, storage, check, charge)
+            out.append(outcome_of(check, allowed, stats, mode, charged=charge))
+            if not allowed:
+                charge = False  # the windows after a refusal are only read
         return tuple(out), UNREAD
 
     def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
@@ -298,10 +299,11 @@ class AsyncLimiter(LimiterBase):
         if fast is not None:
             return fast, UNREAD
         out: list[LimitOutcome] = []
-        for check in checks:  # after a refusal, the other windows are only read
-            charging = charge and all(o.allowed for o in out)
-            allowed, stats = await self._hit(strategies, storage, check, charging)
-            out.append(outcome_of(check, allowed, stats, mode, charged=charging))
+        for check in checks:
+            allowed, stats = await self._hit(strategies, storage, check, charge)
+            out.append(outcome_of(check, allowed, stats, mode, charged=charge))
+            if not allowed:
+                charge = False  # the windows after a refusal are only read
         return tuple(out), UNREAD
 
     async def hit_many(self, checks: tuple[LimitCheck, ...], charge: bool = True) -> tuple[LimitOutcome, ...]:
