@@ -1,6 +1,7 @@
 """The limiter as a state machine (reliability.md F3): hypothesis drives the whole pipeline (a
 real JWT per client, the WSGI adapter, the guard, the memory storage) through requests of
-several costs from clients of two tiers, and a clock moved by steps that land on window
+several costs from clients of two tiers (and, for the moving window, the same through the ASGI
+adapter and the async limiter), and a clock moved by steps that land on window
 boundaries, after them and just before them. Rules and invariants:
 
 * a request whose cost is over one of its windows is refused at once (R5);
@@ -19,6 +20,7 @@ boundaries, after them and just before them. Rules and invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -30,9 +32,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from distillguard import DistillGuardWSGIMiddleware, Guard, LimitConfig
+from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, LimitConfig
 from distillguard.testing import jwt_config, make_token
-from tests.limiting.apps import chat_body, wsgi_call
+from tests.limiting.apps import asgi_call, chat_body, wsgi_call
 
 START = float(int(time.time()))
 TIERS = {"free": ((4, 10), (9, 60)), "pro": ((6, 60),)}
@@ -87,6 +89,7 @@ class LimiterMachine(RuleBasedStateMachine):
             ),
             clock=lambda: self.now,
         )
+        self.guard = guard
         self.mw = DistillGuardWSGIMiddleware(self._app, guard=guard)
         self.clients = {
             name: _Client(
@@ -106,10 +109,14 @@ class LimiterMachine(RuleBasedStateMachine):
     def started(self) -> None:
         self.now = START
 
+    def _call(self, body: bytes, token: str) -> tuple[int, dict[str, str], bytes]:
+        status, headers, payload = wsgi_call(self.mw, body, token=token)
+        return status, headers, payload
+
     def _send(self, name: str, cost: int) -> tuple[int, dict[str, str], bytes]:
         client = self.clients[name]
         calls = self.calls
-        status, headers, body = wsgi_call(self.mw, chat_body(n=cost), token=client.token)
+        status, headers, body = self._call(chat_body(n=cost), client.token)
         assert status in (200, 429), (status, body)
         assert self.calls == calls + (status == 200)  # a refused request never reaches the app
         over = any(cost > limit for limit, _ in client.windows)
@@ -196,6 +203,34 @@ class SlidingWindowCounterMachine(LimiterMachine):
     strategy = "sliding-window-counter"
 
 
+class AsgiMachine(LimiterMachine):
+    """The same machine through the ASGI adapter (and so the async limiter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.asgi = DistillGuardMiddleware(self._asgi_app, guard=self.guard)
+
+    async def _asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        self.calls += 1
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"choices": []}'})
+
+    def _call(self, body: bytes, token: str) -> tuple[int, dict[str, str], bytes]:
+        return self.loop.run_until_complete(asgi_call(self.asgi, body, token=token))
+
+    def teardown(self) -> None:
+        self.loop.close()
+
+
 _SETTINGS = settings(
     max_examples=60,
     stateful_step_count=40,
@@ -204,7 +239,9 @@ _SETTINGS = settings(
 )
 
 
-@pytest.mark.parametrize("machine", [LimiterMachine, FixedWindowMachine, SlidingWindowCounterMachine])
+@pytest.mark.parametrize(
+    "machine", [LimiterMachine, FixedWindowMachine, SlidingWindowCounterMachine, AsgiMachine]
+)
 def test_the_limiter_keeps_its_bounds_under_any_sequence(machine: type[LimiterMachine]) -> None:
     case = machine.TestCase
     case.settings = _SETTINGS
