@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
@@ -173,12 +173,17 @@ class Instruments:
         ]
 
     def _observe_unmarked(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals = self._sum(m.unmarked_counts() for m in self._members())
-        return [Observation(count, {names.ATTR_WATERMARK_REASON: reason}) for reason, count in totals.items()]
+        return self._by_reason(lambda m: m.unmarked_counts(), names.ATTR_WATERMARK_REASON)
 
     def _observe_ended(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals = self._sum(m.ended_counts() for m in self._members())
-        return [Observation(count, {names.ATTR_STREAM_REASON: reason}) for reason, count in totals.items()]
+        return self._by_reason(lambda m: m.ended_counts(), names.ATTR_STREAM_REASON)
+
+    def _by_reason(
+        self, counts: Callable[[GuardMetrics], list[tuple[str, int]]], attribute: str
+    ) -> list[Observation]:
+        """One observation per reason of ``counts``, summed over the guards, as ``attribute``."""
+        totals = self._sum(counts(m) for m in self._members())
+        return [Observation(count, {attribute: reason}) for reason, count in totals.items()]
 
     def _observe_clients(self, options: CallbackOptions) -> Iterable[Observation]:
         members = self._members()

@@ -153,13 +153,15 @@ class GuardMetrics:
 
     def record_unmarked(self, reason: str) -> None:
         """Count an answer the watermark gave up on (``reason``: ``too_long``)."""
-        with self._lock:
-            self._unmarked[reason] = self._unmarked.get(reason, 0) + 1
+        self._bump(self._unmarked, reason)
 
     def record_stream_ended(self, reason: str) -> None:
         """Count a streamed answer the guard ended (``reason``: ``risk:penalty_box``)."""
+        self._bump(self._ended, reason)
+
+    def _bump(self, counts: dict[str, int], reason: str) -> None:
         with self._lock:
-            self._ended[reason] = self._ended.get(reason, 0) + 1
+            counts[reason] = counts.get(reason, 0) + 1
 
     def record_duration(self, seconds: float, action: str) -> None:
         """Queue one overhead measurement (recorded into the histogram at collection)."""
@@ -221,13 +223,15 @@ class GuardMetrics:
 
     def unmarked_counts(self) -> list[tuple[str, int]]:
         """``(reason, count)`` of the answers the watermark gave up on so far."""
-        with self._lock:
-            return list(self._unmarked.items())
+        return self._read(self._unmarked)
 
     def ended_counts(self) -> list[tuple[str, int]]:
         """``(reason, count)`` of the streamed answers the guard ended so far."""
+        return self._read(self._ended)
+
+    def _read(self, counts: dict[str, int]) -> list[tuple[str, int]]:
         with self._lock:
-            return list(self._ended.items())
+            return list(counts.items())
 
     def state_counts(self) -> list[tuple[str, int]]:
         """``(outcome, count)`` of the shared detector state's exchanges (none when the state
