@@ -341,7 +341,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     config = plan.config
     disclosed = config.headers and not hidden
     # a refused request's charges are taken back: its windows are shown as they will read
-    shown = map(_refunded, outcomes) if refused and not policy.shadow else outcomes
+    shown = tuple(map(_refunded, outcomes)) if refused and not policy.shadow else tuple(outcomes)
     headers = tuple(ratelimit_fields(shown, now, config.header_style)) if disclosed else ()
     errors = tuple(f"limiter:{o.error}" for o in outcomes if o.error is not None)
     if refused:
@@ -365,7 +365,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
                 identity=identity,
                 problem=limited,
                 query=query,
-                limits=tuple(outcomes),
+                limits=shown,  # as the RateLimit fields and the span show them
                 reasons=boxed,
                 headers=headers,
                 errors=errors,

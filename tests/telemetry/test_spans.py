@@ -378,3 +378,22 @@ def guard_request() -> Any:
         user_agent=None,
         timestamp=0.0,
     )
+
+
+async def test_refused_span_names_the_window_that_refused(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter
+) -> None:
+    """A refused request's charges are taken back before the span reads the windows: a window
+    this request would have filled is not named as the binding one."""
+    guard = guard_factory(limits=LimitConfig(default="3/minute;2/10second"))
+    app = DistillGuardMiddleware(starlette_app(), guard=guard)
+    statuses = [(await asgi_post(app, chat_body())).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    refused = max(
+        (s for s in span_exporter.get_finished_spans() if s.name == SPAN_NAME),
+        key=lambda s: s.start_time or 0,
+    )
+    r = dict(refused.attributes or {})
+    assert r[ATTR_DECISION] == "rate_limited"
+    assert r["distillguard.limit.remaining"] == 0
+    assert r["distillguard.limit.policy"] == "2-per-10-second"
