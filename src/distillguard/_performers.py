@@ -18,6 +18,7 @@ from .limiting.effects import (
     AcquireSlot,
     ChargeLimit,
     HitLimits,
+    JoinRecords,
     LoadState,
     RefundLimit,
     ReleaseSlot,
@@ -57,6 +58,8 @@ class SyncPerformer:
                 return self.limiter.save_state(
                     effect.key, effect.stamp, effect.data, effect.ttl_ms, effect.expected
                 )
+            if type(effect) is JoinRecords:
+                return self.limiter.join_records(effect.joins)
             if type(effect) is AcquireSlot:
                 return self.limiter.acquire_slot(effect.key, effect.cap, effect.lease_ms, effect.token)
             if type(effect) is RenewSlot:
@@ -116,6 +119,8 @@ class AsyncPerformer:
                 return await self.limiter.save_state(
                     effect.key, effect.stamp, effect.data, effect.ttl_ms, effect.expected
                 )
+            if type(effect) is JoinRecords:
+                return await self.limiter.join_records(effect.joins)
             if type(effect) is AcquireSlot:
                 return await self.limiter.acquire_slot(effect.key, effect.cap, effect.lease_ms, effect.token)
             if type(effect) is RenewSlot:

@@ -29,6 +29,7 @@ from .limiting.effects import (
     Charged,
     ChargeLimit,
     HitLimits,
+    JoinRecords,
     LoadState,
     RefundLimit,
     ReleaseSlot,
@@ -75,6 +76,7 @@ Effect: TypeAlias = (
     | RefundLimit
     | LoadState
     | SaveState
+    | JoinRecords
     | AcquireSlot
     | RenewSlot
     | ReleaseSlot
@@ -205,6 +207,31 @@ def _share(
         results = [redone.get(r.detector, r) for r in results]
         failed = (*(name for name in failed if name not in redone), *again_failed)
     return results, failed
+
+
+def _join_records(detectors: tuple[Any, ...]) -> Generator[Effect, object, tuple[str, ...]]:
+    """Send each record-sharing detector's joins to the shared storage and hand it what the
+    storage answers (see :func:`~distillguard.detectors._sharing.shares_records`); the names
+    of the detectors whose exchange failed. A detector that raises here loses the exchange,
+    never the request."""
+    failed: tuple[str, ...] = ()
+    for detector in detectors:
+        try:
+            joins = tuple(detector.shared_records())
+        except Exception:
+            failed += (detector.name,)
+            continue
+        if not joins:
+            continue
+        answer = yield JoinRecords(joins)
+        if isinstance(answer, list) and len(answer) == len(joins):
+            try:
+                detector.absorb_records(joins, answer)
+            except Exception:
+                failed += (detector.name,)
+        elif answer is not None:  # the storage did not answer: this replica's records only
+            failed += (detector.name,)
+    return failed
 
 
 def identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
@@ -395,6 +422,8 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         scored = yield from _share(share, client, kinds, observation, policy, scored)
     results, failed = scored
     errors += tuple(f"detector:{name}" for name in failed)
+    if guard.record_sharers and mode != "off" and not unread:
+        errors += tuple(f"records:{name}" for name in (yield from _join_records(guard.record_sharers)))
 
     if risk is None:
         action, score, reasons = decide(results, policy)

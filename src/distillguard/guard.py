@@ -19,7 +19,7 @@ from ._drivers import adrive, drive
 from ._performers import AsyncPerformer, SyncPerformer
 from .decision import Action, Decision
 from .detectors import is_async_detector, load_detectors, validate_detector
-from .detectors._sharing import StateShare
+from .detectors._sharing import StateShare, shares_records
 from .errors import ConfigurationError
 from .flow import Flow, evaluate, identify
 from .identity import APIKeys, APIKeyVerifier, JWTConfig, JWTVerifier
@@ -192,6 +192,10 @@ class Guard:
             if share:
                 self.state_share = share
                 logger.info("distillguard: detector state shared through the limit storage: %s", share.names)
+        # ... and the records detectors keep across clients (a campaign's members), when they share them
+        self.record_sharers: tuple[Any, ...] = ()
+        if self.policy.shared_state and not in_memory:
+            self.record_sharers = tuple(d for d in self.detectors if shares_records(d))
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
         if on_decision is not None and not callable(on_decision):

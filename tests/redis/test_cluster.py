@@ -23,7 +23,14 @@ from distillguard.limiting.concurrency import slot_key
 from distillguard.risk import RiskPolicy
 from tests.helpers import Dial, jwt_config, make_token
 from tests.limiting.apps import Harness, chat_body, wsgi_call
-from tests.redis.test_shared_detector_state import SWEEP, Clock, serve
+from tests.redis.test_shared_detector_state import (
+    SWEEP,
+    Clock,
+    WatchedCampaign,
+    campaign_flag,
+    replicas,
+    serve,
+)
 from tests.servers import RedisCluster, require_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
@@ -177,6 +184,27 @@ def test_detector_state_is_shared_on_a_cluster(
     assert share is not None and share.failed == 0 and share.rejected == 0
     assert share.loaded == len(SWEEP) // 3
     assert any(key.startswith("dg:distillguard-state/") for key in cluster.stored_keys())
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_campaign_records_are_shared_on_a_cluster(
+    cluster: RedisCluster, kind: str, closing: list[Harness]
+) -> None:
+    """The campaign detector's family records, each on the node that holds its key, are shared:
+    three replicas taking turns flag a template campaign within a round of one replica."""
+    clock = Clock()
+    found = {}
+    for label, count in (("one", 1), ("three", 3)):
+        cluster.flush()
+        harnesses = replicas(
+            kind, cluster.url, clock, count, shared=True, detectors=lambda: [WatchedCampaign()]
+        )
+        closing.extend(harnesses)
+        found[label] = campaign_flag(harnesses, clock, accounts=10, requests=120)
+        if label == "three":
+            assert any(key.startswith("dg:distillguard-record/") for key in cluster.stored_keys())
+    assert found["one"] is not None and found["three"] is not None
+    assert found["three"] <= found["one"] + 3
 
 
 # redis-py's async cluster client drops the nodes it builds during a failed re-initialisation

@@ -23,8 +23,9 @@ that requests served at the same moment lose no query.
 A detector shares its state when its class says ``shares_state = True`` and its per-client
 states are an :class:`~distillguard.detectors._state.LRUStates` (attribute ``states``) of
 objects whose ``__slots__`` hold only ``None``, ``bool``, ``int``, ``float``, ``bytes``,
-``bytearray`` or ``array.array`` values. Every built-in detector does; the campaign detector
-shares each account's recent requests, and keeps what spans accounts per process.
+``bytearray`` or ``array.array`` values. Every built-in detector does. A detector that keeps
+records across clients (the campaign detector's family members) shares them as well when its
+class says ``shares_records = True`` (:func:`shares_records`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any
 
 from ._state import LRUStates
 
-__all__ = ["MAX_STATE_BYTES", "StateShare", "decode_state", "encode_state", "shareable"]
+__all__ = ["MAX_STATE_BYTES", "StateShare", "decode_state", "encode_state", "shareable", "shares_records"]
 
 logger = logging.getLogger("distillguard")
 
@@ -58,6 +59,19 @@ def shareable(detector: Any) -> bool:
     """Whether ``detector`` opts into shared state and keeps it in an ``LRUStates``."""
     return getattr(type(detector), "shares_state", False) is True and isinstance(
         getattr(detector, "states", None), LRUStates
+    )
+
+
+def shares_records(detector: Any) -> bool:
+    """Whether ``detector`` shares records across clients: its class says
+    ``shares_records = True`` and it has ``shared_records()`` (the
+    :class:`~distillguard.limiting.effects.JoinRecord` visits made since the last call; the
+    guard sends them once the request is scored) and ``absorb_records(joins, answers)`` (each
+    record's members after its join, ``[(member, seen), ...]``, in the order of ``joins``)."""
+    return (
+        getattr(type(detector), "shares_records", False) is True
+        and callable(getattr(detector, "shared_records", None))
+        and callable(getattr(detector, "absorb_records", None))
     )
 
 

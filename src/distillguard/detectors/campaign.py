@@ -75,12 +75,19 @@ member once.
 **Several replicas.** Each account's recent requests (its family and text keys) are shared
 through the limit storage like the per-client detectors' state (``shares_state``): an account is
 concentrated on a family as soon as its whole stream says so, whichever replica served it. The
-family records, the active-account counts and the background sketch (state across accounts)
-stay per process: a member joins a replica's record when that replica serves it. Three replicas
-taking turns flag a 10-account template campaign at its 32nd request, one replica at its 18th,
-and three replicas with the windows per process at their 52nd
-(``tests/redis/test_shared_detector_state.py``). A request scored twice after a conflicting
-write counts its family in the background sketch twice.
+family records are shared too (``shares_records``): once a request is scored, the guard sends
+the records it joined to the storage (a sorted set per group and family: each member's latest
+visit, the members of the last ``horizon``, at most ``max_members``; one script call per
+record) and the replica takes the members the others served, from its next request on. The
+active-account counts and the background sketch stay per process. Behind a round-robin balancer
+each replica sees every account of a group; behind a sticky one (by client address) only its
+share, so a replica whose record holds members it never served scales its count of the group's
+active accounts by members / its own members (a third of them each, on three sticky replicas:
+x3), and the null expects as many members as one replica serving everything would.
+Three replicas taking turns flag a 10-account template campaign at its 20th request, one
+replica at its 18th, and three replicas with everything per process at their 52nd (32nd with
+the records per process; ``tests/redis/test_shared_detector_state.py``). A request scored
+twice after a conflicting write counts its family in the background sketch twice.
 """
 
 from __future__ import annotations
@@ -89,8 +96,11 @@ import math
 import sys
 import zlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import compress
+from typing import Any
 
+from ..limiting.effects import JoinRecord
 from ._base import check_range, ramp
 from ._campaign_groups import ActiveAccounts, group_keys, network_prefix
 from ._campaign_null import (
@@ -109,6 +119,7 @@ from ._text import features
 __all__ = ["EDGE", "CampaignDetector", "benign_member_rate", "family_key", "family_keys", "network_prefix"]
 
 _LN10 = math.log(10.0)
+_OUTBOX = 256  # family visits kept for the next exchange with the other replicas
 _EMPTY = DetectorResult("campaign", 0.0)
 
 
@@ -139,11 +150,12 @@ class _Account:
 
 
 class _Family:
-    __slots__ = ("accounts", "concentration", "expected", "ids", "last", "score", "seen", "surprise")
+    __slots__ = ("accounts", "concentration", "expected", "ids", "last", "mine", "score", "seen", "surprise")
 
     def __init__(self, members: int) -> None:
         self.ids = array("I", bytes(4 * members))
         self.seen = array("d", [-math.inf]) * members
+        self.mine = bytearray(members)  # 1: a member this replica served itself
         self.accounts = 0
         self.concentration = 0.0
         self.expected = 0.0
@@ -186,6 +198,7 @@ class CampaignDetector:
 
     name = "campaign"
     shares_state = True
+    shares_records = True
 
     def __init__(
         self,
@@ -250,6 +263,8 @@ class CampaignDetector:
         self.max_score = max_score
         self.max_members = max_members
         self.member_evictions = 0
+        self._outbox: list[JoinRecord] = []
+        self._exchanging = False  # a guard with a shared storage asks for the visits
         self.states: LRUStates[_Window] = LRUStates(lambda: _Window(window, 3 if edge else 1), max_accounts)
         self.accounts: LRUStates[_Account] = LRUStates(_Account, max_accounts)
         self.families: LRUStates[_Family] = LRUStates(lambda: _Family(max_members), max_families)
@@ -270,16 +285,29 @@ class CampaignDetector:
                 self.member_evictions += 1
             ids[slot] = member
         seen[slot] = now
+        record.mine[slot] = 1
         record.last = max(record.last, now)
         accounts = sum(map(cutoff.__lt__, seen))
-        record.accounts = accounts
         record.concentration = (
             share
             if accounts <= 1
             else record.concentration + (share - record.concentration) / min(accounts, 16)
         )
+        if self._exchanging and len(self._outbox) < _OUTBOX:
+            self._outbox.append(JoinRecord(key, str(member), now, self.horizon, self.max_members))
+        return self._rescore(record, key, fam, now)
+
+    def _rescore(self, record: _Family, key: str, fam: int, now: float) -> _Family:
+        """Count the live members of ``record`` and score its campaign against the null."""
+        live = list(map((now - self.horizon).__lt__, record.seen))
+        accounts = sum(live)
+        record.accounts = accounts
         group = key[: key.rindex("#")]
-        expected = max(self.active.count(group, now), float(accounts)) * self.null.rate(fam) * self.dispersion
+        active = self.active.count(group, now)  # the accounts of the group this replica saw
+        own = sum(compress(record.mine, live))
+        if 0 < own < accounts:  # other replicas served members this one never saw: it sees a
+            active *= accounts / own  # share of the group's accounts (all of them round robin)
+        expected = max(active, float(accounts)) * self.null.rate(fam) * self.dispersion
         record.expected = expected
         if accounts < self.min_accounts or accounts <= expected:
             record.surprise = 0.0
@@ -289,6 +317,43 @@ class CampaignDetector:
         record.surprise = surprise
         record.score = ramp(surprise, self.surprise_low, self.surprise_high) * self.max_score
         return record
+
+    def shared_records(self) -> list[JoinRecord]:
+        """The family records this detector joined since the last call, to share with the other
+        replicas (see :func:`~distillguard.detectors._sharing.shares_records`)."""
+        self._exchanging = True  # from now on, visits are kept for the exchange
+        out, self._outbox = self._outbox, []
+        return out
+
+    def absorb_records(self, joins: Sequence[JoinRecord], answers: Sequence[Any]) -> None:
+        """Take the members the shared storage holds for each joined family record (those
+        that other replicas served), and rescore the records."""
+        for join, members in zip(joins, answers, strict=True):
+            if not isinstance(members, list):
+                continue
+            record = self.families.peek(join.key)
+            if record is None:
+                continue
+            ids, seen = record.ids, record.seen
+            for member_text, at in members:
+                try:
+                    member = int(member_text)
+                except ValueError:
+                    continue
+                if not 0 < member <= 0xFFFFFFFF or not math.isfinite(at):
+                    continue
+                if member in ids:
+                    slot = ids.index(member)
+                    seen[slot] = max(seen[slot], at)
+                else:
+                    oldest = min(seen)
+                    if at > oldest:
+                        slot = seen.index(oldest)
+                        ids[slot] = member
+                        seen[slot] = at
+                        record.mine[slot] = 0
+            record.last = max(record.last, max(seen))
+            self._rescore(record, join.key, int(join.key[-8:], 16), join.seen)
 
     def score(self, observation: Observation) -> DetectorResult:
         """Record the request in its account's window, refresh its campaign membership, and

@@ -15,6 +15,7 @@ from ..errors import ConfigurationError
 from ._script import (
     ACQUIRE_SLOT_LUA,
     CHARGE_WINDOWS_LUA,
+    JOIN_RECORD_LUA,
     LOAD_STATE_LUA,
     RELEASE_SLOT_LUA,
     RENEW_SLOT_LUA,
@@ -26,13 +27,13 @@ from ._script import (
 from ._table import BoundedTable
 from ._windows import WindowKeys, charge_window
 from .config import LimitConfig
-from .effects import UNREAD
+from .effects import UNREAD, JoinRecord
 from .memory import AsyncBoundedMemoryStorage, BoundedMemoryStorage
 from .outage import CircuitBreaker, LimiterStats
 from .plan import LimitCheck, LimitOutcome
 from .storage import build_storage, builds_lazily, is_memory
 
-__all__ = ["LimiterBase", "outcome_of", "with_error"]
+__all__ = ["LimiterBase", "outcome_of", "record_members", "with_error"]
 
 logger = logging.getLogger("distillguard")
 
@@ -68,6 +69,22 @@ def with_error(outcome: LimitOutcome, error: str) -> LimitOutcome:
     )
 
 
+def record_members(reply: Any) -> list[tuple[str, float]]:
+    """A record script's reply (members and times, flat) as ``[(member, seen), ...]``; entries
+    that are not a member and a time are skipped."""
+    out: list[tuple[str, float]] = []
+    if not isinstance(reply, (list, tuple)):
+        return out
+    for member, seen in zip(reply[0::2], reply[1::2], strict=False):
+        if isinstance(member, bytes):
+            member = member.decode("utf-8", "replace")
+        try:
+            out.append((str(member), float(seen)))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 class LimiterBase:
     """State shared by :class:`~.limiter.Limiter` and :class:`~.limiter.AsyncLimiter`."""
 
@@ -100,6 +117,7 @@ class LimiterBase:
         self._script: Any = None
         self._state_scripts: tuple[Any, Any] | None = None
         self._slot_scripts: tuple[Any, Any, Any] | None = None
+        self._record_script: Any = None
         self._keys = WindowKeys()
         counters = self.local.table
         stats.evictions = lambda: counters.evictions  # no reference to the limiter: it may go
@@ -141,6 +159,7 @@ class LimiterBase:
         self._script = None
         self._state_scripts = None
         self._slot_scripts = None
+        self._record_script = None
 
     @property
     def storage(self) -> Any:
@@ -219,6 +238,27 @@ class LimiterBase:
                 connection.register_script(SAVE_STATE_LUA),
             )
         return holder.prefixed_key(key), self._state_scripts
+
+    def _record_jobs(
+        self, joins: tuple[JoinRecord, ...]
+    ) -> tuple[Any, list[tuple[list[str], list[str]]]] | None:
+        """The script of a shared record's visit and its ``(KEYS, ARGV)`` for each join (one
+        call each: the records may live on different cluster nodes), or ``None`` when the
+        configured storage is not a Redis."""
+        holder = self._redis()
+        if holder is None:
+            return None
+        if self._record_script is None:
+            self._record_script = holder.get_connection().register_script(JOIN_RECORD_LUA)
+        prefix = holder.prefixed_key
+        jobs = [
+            (
+                [prefix(f"distillguard-record/{join.key}")],
+                [join.member, repr(float(join.seen)), repr(float(join.horizon)), str(join.cap)],
+            )
+            for join in joins
+        ]
+        return self._record_script, jobs
 
     def _slot_io(self, key: str) -> tuple[str, tuple[Any, Any, Any]] | None:
         """The prefixed key and the (acquire, renew, release) scripts of a client's in-flight

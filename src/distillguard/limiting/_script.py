@@ -30,6 +30,7 @@ from .plan import LimitCheck, LimitOutcome
 __all__ = [
     "ACQUIRE_SLOT_LUA",
     "CHARGE_WINDOWS_LUA",
+    "JOIN_RECORD_LUA",
     "LOAD_STATE_LUA",
     "RELEASE_SLOT_LUA",
     "RENEW_SLOT_LUA",
@@ -138,6 +139,23 @@ return 1
 """Store a client's detector state with its stamp and time to live (milliseconds), unless the
 stored stamp is no longer ``ARGV[4]`` (the one the replica read): another replica wrote in
 between, and its state (``{stamp, data}``) is the answer instead."""
+
+JOIN_RECORD_LUA = """
+local seen = tonumber(ARGV[2])
+local old = redis.call('zscore', KEYS[1], ARGV[1])
+if not old or tonumber(old) < seen then redis.call('zadd', KEYS[1], ARGV[2], ARGV[1]) end
+local latest = tonumber(redis.call('zrange', KEYS[1], -1, -1, 'withscores')[2])
+redis.call('zremrangebyscore', KEYS[1], '-inf', '(' .. (latest - tonumber(ARGV[3])))
+local extra = redis.call('zcard', KEYS[1]) - tonumber(ARGV[4])
+if extra > 0 then redis.call('zremrangebyrank', KEYS[1], 0, extra - 1) end
+redis.call('pexpire', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000))
+return redis.call('zrange', KEYS[1], 0, -1, 'withscores')
+"""
+"""A member's visit to a shared record (a sorted set of members scored with the time each was
+last seen, unix seconds of the replicas' clocks, which record the visit): keep the later time
+of member ``ARGV[1]`` and ``ARGV[2]``, drop the members not seen within ``ARGV[3]`` seconds of
+the latest visit and all but the ``ARGV[4]`` most recent, let the record expire ``ARGV[3]``
+seconds after this visit, and answer its members with their times."""
 
 _NOW_MS = """
 local t = redis.call('time')

@@ -16,6 +16,8 @@ __all__ = [
     "ChargeLimit",
     "Charged",
     "HitLimits",
+    "JoinRecord",
+    "JoinRecords",
     "LoadState",
     "RefundLimit",
     "ReleaseSlot",
@@ -89,6 +91,28 @@ class SaveState:
     data: str
     ttl_ms: int
     expected: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRecord:
+    """One member's visit to a record that detectors of every replica share (a campaign
+    detector's template family): ``member`` was seen at ``seen`` (unix seconds); the record
+    keeps the members seen within ``horizon`` seconds of its latest visit, at most ``cap``."""
+
+    key: str
+    member: str
+    seen: float
+    horizon: float
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRecords:
+    """Effect: add each join to its shared record. The driver answers a list with each
+    record's members after the join, ``[(member, seen), ...]`` in the order of ``joins``,
+    ``None`` (a storage that shares nothing), or the exception it hit."""
+
+    joins: tuple[JoinRecord, ...]
 
 
 @dataclass(frozen=True, slots=True)

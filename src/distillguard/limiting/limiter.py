@@ -21,15 +21,15 @@ keeping its expiry); moving-window refunds remove the newest entries.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from limits.errors import StorageError
 
-from ._limiter_base import LimiterBase, logger, outcome_of, with_error
+from ._limiter_base import LimiterBase, logger, outcome_of, record_members, with_error
 from ._table import BoundedTable
 from .config import LimitConfig
-from .effects import UNREAD, Charged
+from .effects import UNREAD, Charged, JoinRecord
 from .outage import LimiterStats
 from .plan import LimitCheck, LimitOutcome
 from .storage import arefund, refund
@@ -201,6 +201,22 @@ class Limiter(LimiterBase):
 
         done, result, _ = self._on_primary(save)
         return result if done else False
+
+    def join_records(self, joins: tuple[JoinRecord, ...]) -> list[list[tuple[str, float]]] | None:
+        """Add each join to its shared record (one script call each: the records may live on
+        different cluster nodes); each record's members after it, ``None`` when the storage
+        shares nothing. Raises ``StorageError`` when the storage fails."""
+        if not self.remote:
+            return None
+
+        def join() -> object:
+            jobs = self._record_jobs(joins)
+            return None if jobs is None else [record_members(jobs[0](keys=k, args=a)) for k, a in jobs[1]]
+
+        done, result, exc = self._on_primary(join)
+        if not done:
+            raise self._failure(exc)
+        return cast("list[list[tuple[str, float]]] | None", result)
 
     def acquire_slot(self, key: str, cap: int, lease_ms: int, token: str) -> str:
         """Take the lease ``token`` in ``key`` under ``cap`` on the shared storage; the answer
@@ -399,6 +415,22 @@ class AsyncLimiter(LimiterBase):
 
         done, result, _ = await self._on_primary(save)
         return result if done else False
+
+    async def join_records(self, joins: tuple[JoinRecord, ...]) -> list[list[tuple[str, float]]] | None:
+        """Add each join to its shared record (see :meth:`Limiter.join_records`)."""
+        if not self.remote:
+            return None
+
+        async def join() -> object:
+            jobs = self._record_jobs(joins)
+            return (
+                None if jobs is None else [record_members(await jobs[0](keys=k, args=a)) for k, a in jobs[1]]
+            )
+
+        done, result, exc = await self._on_primary(join)
+        if not done:
+            raise self._failure(exc)
+        return cast("list[list[tuple[str, float]]] | None", result)
 
     async def acquire_slot(self, key: str, cap: int, lease_ms: int, token: str) -> str:
         """Take the lease ``token`` in ``key`` under ``cap`` (see :meth:`Limiter.acquire_slot`)."""
