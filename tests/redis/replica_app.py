@@ -5,7 +5,8 @@ client's windows) and ``DG_STRATEGY``. Each response names the replica (``X-Repl
 A risk policy runs one detector, :class:`Tripwire`, which scores 1 (a block) for a prompt
 containing ``TRIPWIRE`` and 0 for anything else. With ``DG_DETECTORS=default`` the replica runs
 the default detector set instead, with the plain thresholds, its state shared through Redis
-unless ``DG_SHARED=0``.
+unless ``DG_SHARED=0``; with ``DG_DETECTORS=campaign``, the campaign detector alone (trusted to
+block: ``max_score=1``), its accounts' windows and family records shared the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from typing import Any
 
 from distillguard import DetectorResult, DistillGuardMiddleware, Guard, LimitConfig, Observation, Policy
+from distillguard.detectors.campaign import CampaignDetector
 from distillguard.detectors.defaults import default_detectors
 from distillguard.risk import RiskPolicy
 from tests.helpers import jwt_config
@@ -42,6 +44,7 @@ async def model(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+DETECTORS = os.environ.get("DG_DETECTORS")
 guard = Guard(
     jwt=jwt_config(),
     limits=LimitConfig(
@@ -49,10 +52,16 @@ guard = Guard(
         strategy=os.environ.get("DG_STRATEGY", "moving-window"),
         storage_uri=os.environ.get("DG_REDIS_URL", "redis://127.0.0.1:6379/0"),
     ),
-    detectors=default_detectors() if os.environ.get("DG_DETECTORS") == "default" else [Tripwire()],
+    detectors=(
+        default_detectors()
+        if DETECTORS == "default"
+        else [CampaignDetector(max_score=1.0)]
+        if DETECTORS == "campaign"
+        else [Tripwire()]
+    ),
     policy=(
         Policy(shared_state=os.environ.get("DG_SHARED", "1") == "1")
-        if os.environ.get("DG_DETECTORS") == "default"
+        if DETECTORS in ("default", "campaign")
         else Policy(risk=RiskPolicy(penalty_seconds=60))
     ),
 )

@@ -1,6 +1,7 @@
 """Two uvicorn processes sharing one real redis-server hold one client to exactly its limit, a
-client blocked by one of them is refused by the other (the shared penalty box), and a sweep
-spread over both is caught as soon as one replica alone catches it (the shared detector state)."""
+client blocked by one of them is refused by the other (the shared penalty box), a sweep spread
+over both is caught as soon as one replica alone catches it (the shared detector state), and so
+is a campaign spread over accounts and replicas (the shared family records)."""
 
 from __future__ import annotations
 
@@ -170,3 +171,44 @@ def test_without_sharing_each_replica_sees_half_of_the_sweep(replicas: list[int]
     its own dozen requests."""
     caught = first_refusal(replicas, SWEEP)
     assert caught is None or caught >= 18
+
+
+def first_campaign_refusal(ports: list[int], accounts: int = 10) -> int | None:
+    """A template sweep over ``accounts`` accounts taking turns, sent to the replicas in turn:
+    the 0-based index of the first request refused as ``suspicious_usage``."""
+    tokens = [make_token(sub=f"acct-{a}") for a in range(accounts)]
+    with httpx.Client(timeout=5) as client:
+        for i, prompt in enumerate(SWEEP):
+            body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
+            headers = {"authorization": f"Bearer {tokens[i % accounts]}", "user-agent": "bot/1.0"}
+            response = client.post(
+                f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions", json=body, headers=headers
+            )
+            if response.status_code == 429:
+                assert response.json()["code"] == "suspicious_usage"
+                return i
+            assert response.status_code == 200
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "replicas",
+    [
+        ("1000/minute", "moving-window", {"DG_DETECTORS": "campaign"}),
+        ("1000/minute", "moving-window", {"DG_DETECTORS": "campaign", "DG_SHARED": "0"}),
+    ],
+    indirect=True,
+    ids=["shared", "per-process"],
+)
+def test_a_campaign_spread_over_two_replicas(replicas: list[int], request: pytest.FixtureRequest) -> None:
+    """Ten accounts sending one template in turn, to two replicas in turn: each account always
+    reaches the same replica (as behind a sticky balancer), so each replica serves five members.
+    With the records shared, the campaign is refused within a round of the requests one replica
+    needs (18, ``tests/redis/test_shared_detector_state.py``; 18 here); with everything per
+    process neither replica ever sees the eight members a campaign needs."""
+    caught = first_campaign_refusal(replicas)
+    if request.node.callspec.id == "shared":
+        assert caught is not None and caught < 18 + 3
+    else:
+        assert caught is None or caught >= 18 + 10
