@@ -209,11 +209,13 @@ def _share(
     return results, failed
 
 
-def _join_records(detectors: tuple[Any, ...]) -> Generator[Effect, object, tuple[str, ...]]:
+def _join_records(
+    detectors: tuple[Any, ...], share: StateShare | None
+) -> Generator[Effect, object, tuple[str, ...]]:
     """Send each record-sharing detector's joins to the shared storage and hand it what the
-    storage answers (see :func:`~distillguard.detectors._sharing.shares_records`); the names
-    of the detectors whose exchange failed. A detector that raises here loses the exchange,
-    never the request."""
+    storage answers (see :func:`~distillguard.detectors._sharing.shares_records`; counted on
+    ``share``); the names of the detectors whose exchange failed. A detector that raises here
+    loses the exchange, never the request."""
     failed: tuple[str, ...] = ()
     for detector in detectors:
         try:
@@ -231,6 +233,10 @@ def _join_records(detectors: tuple[Any, ...]) -> Generator[Effect, object, tuple
                 failed += (detector.name,)
         elif answer is not None:  # the storage did not answer: this replica's records only
             failed += (detector.name,)
+        if share is not None:
+            share.records += len(joins)
+    if share is not None:
+        share.records_failed += len(failed)
     return failed
 
 
@@ -423,7 +429,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     results, failed = scored
     errors += tuple(f"detector:{name}" for name in failed)
     if guard.record_sharers and mode != "off" and not unread:
-        errors += tuple(f"records:{name}" for name in (yield from _join_records(guard.record_sharers)))
+        errors += tuple(f"records:{name}" for name in (yield from _join_records(guard.record_sharers, share)))
 
     if risk is None:
         action, score, reasons = decide(results, policy)

@@ -384,7 +384,16 @@ def test_the_exchanges_are_metrics(redis_server: RedisServer) -> None:
     serve([a, b], clock, SWEEP[:6])  # b reads a's state 3 times, a reads b's twice
     points = metric_points(reader)["distillguard.detector.state.exchanges"]
     got = {attrs["distillguard.state.outcome"]: point.value for attrs, point in points}
-    assert got == {"loaded": 5, "saved": 6, "rejected": 0, "oversized": 0, "failed": 0, "retried": 0}
+    assert got == {
+        "loaded": 5,
+        "saved": 6,
+        "rejected": 0,
+        "oversized": 0,
+        "failed": 0,
+        "retried": 0,
+        "records": 0,
+        "records_failed": 0,
+    }
     provider.shutdown()
 
 
@@ -454,6 +463,9 @@ def test_campaign_accounts_share_their_windows_across_replicas(
         )
         closing.extend(harnesses)
         found[label] = campaign_flag(harnesses, clock, accounts=10, requests=120)
+        shares = [h.guard.state_share for h in harnesses]
+        if shared:  # every replica exchanged family visits, and none failed
+            assert all(s is not None and s.records > 0 and s.records_failed == 0 for s in shares)
     assert found["one"] is not None and found["shared"] is not None
     assert found["shared"] <= found["one"] + 3
     assert found["apart"] is None or found["apart"] >= found["shared"] + 10

@@ -118,13 +118,13 @@ def test_a_failing_exchange_is_an_error_not_a_lost_request() -> None:
     """A detector that raises while exchanging records, or a storage that does not answer, is
     named in the decision's errors; the pipeline goes on."""
     for where in ("shared_records", "absorb_records"):
-        failed, _ = _drive(_join_records((Exploding(where),)), lambda effect: [[("1", T0)]])
+        failed, _ = _drive(_join_records((Exploding(where),), None), lambda effect: [[("1", T0)]])
         assert failed == ("campaign",)
     quiet = CampaignDetector()
     quiet._outbox = [join("1", T0)]
-    failed, sent = _drive(_join_records((quiet,)), ConnectionError("down"))
+    failed, sent = _drive(_join_records((quiet,), None), ConnectionError("down"))
     assert failed == ("campaign",) and len(sent) == 1
-    failed, sent = _drive(_join_records((CampaignDetector(),)), None)
+    failed, sent = _drive(_join_records((CampaignDetector(),), None), None)
     assert failed == () and sent == []  # nothing joined: nothing sent
 
 

@@ -251,6 +251,10 @@ class StateShare:
         """States too large to write (kept per process)."""
         self.retried = 0
         """Requests scored again because another replica wrote the client's state in between."""
+        self.records = 0
+        """Visits to records shared across clients (a campaign's family records) exchanged."""
+        self.records_failed = 0
+        """Exchanges of such visits that failed (the storage, or the detector)."""
 
     def __bool__(self) -> bool:
         return bool(self._members)

@@ -41,7 +41,16 @@ _QUEUE = 200_000  # values kept between two collections (older ones are dropped 
 _IDLE_QUEUE = 4_096  # values kept while no reader has ever collected (maybe none ever will)
 _MAX_ERROR_TYPES = 32
 _FALLBACK_OUTCOMES = ("local_fallback", "fail_open", "fail_closed")
-_STATE_OUTCOMES = ("loaded", "saved", "rejected", "oversized", "failed", "retried")
+_STATE_OUTCOMES = (
+    "loaded",
+    "saved",
+    "rejected",
+    "oversized",
+    "failed",
+    "retried",
+    "records",
+    "records_failed",
+)
 
 
 @runtime_checkable
@@ -107,8 +116,8 @@ class GuardMetrics:
 
     def use_state_share(self, source: Callable[[], object | None]) -> None:
         """Report the shared detector state's exchanges from ``source()`` (an object with
-        ``loaded``, ``saved``, ``rejected``, ``oversized``, ``failed`` and ``retried`` counters, or
-        ``None``)."""
+        ``loaded``, ``saved``, ``rejected``, ``oversized``, ``failed``, ``retried``, ``records`` and
+        ``records_failed`` counters, or ``None``)."""
         self._state_share = source
 
     # -- per request (hot path) ----------------------------------------------------------------
