@@ -252,7 +252,8 @@ class StateShare:
         self.retried = 0
         """Requests scored again because another replica wrote the client's state in between."""
         self.records = 0
-        """Visits to records shared across clients (a campaign's family records) exchanged."""
+        """Visits to records shared across clients (a campaign's family records) sent to the
+        storage."""
         self.records_failed = 0
         """Exchanges of such visits that failed (the storage, or the detector)."""
 
