@@ -287,15 +287,16 @@ class CampaignDetector:
         seen[slot] = now
         record.mine[slot] = 1
         record.last = max(record.last, now)
-        accounts = sum(map(cutoff.__lt__, seen))
+        if self._exchanging and len(self._outbox) < _OUTBOX:
+            self._outbox.append(JoinRecord(key, str(member), now, self.horizon, self.max_members))
+        self._rescore(record, key, fam, now)
+        accounts = record.accounts
         record.concentration = (
             share
             if accounts <= 1
             else record.concentration + (share - record.concentration) / min(accounts, 16)
         )
-        if self._exchanging and len(self._outbox) < _OUTBOX:
-            self._outbox.append(JoinRecord(key, str(member), now, self.horizon, self.max_members))
-        return self._rescore(record, key, fam, now)
+        return record
 
     def _rescore(self, record: _Family, key: str, fam: int, now: float) -> _Family:
         """Count the live members of ``record`` and score its campaign against the null."""
