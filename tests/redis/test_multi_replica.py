@@ -130,12 +130,18 @@ SWEEP = [
 ]
 
 
-def first_refusal(ports: list[int], sweep: list[str]) -> int | None:
-    """Send ``sweep`` to the replicas in turn; the 0-based index of the first 429."""
-    headers = {"authorization": f"Bearer {make_token(sub='sweeper')}", "content-type": "application/json"}
+def first_refusal(
+    ports: list[int], sweep: list[str], subjects: tuple[str, ...] = ("sweeper",), agent: str | None = None
+) -> int | None:
+    """Send ``sweep`` to the replicas in turn, from ``subjects`` in turn: the 0-based index of the
+    first 429 (refused as ``suspicious_usage``)."""
+    tokens = [make_token(sub=subject) for subject in subjects]
     with httpx.Client(timeout=5) as client:
         for i, prompt in enumerate(sweep):
             body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
+            headers = {"authorization": f"Bearer {tokens[i % len(tokens)]}"}
+            if agent is not None:
+                headers["user-agent"] = agent
             url = f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions"
             response = client.post(url, json=body, headers=headers)
             if response.status_code == 429:
@@ -173,24 +179,6 @@ def test_without_sharing_each_replica_sees_half_of_the_sweep(replicas: list[int]
     assert caught is None or caught >= 18
 
 
-def first_campaign_refusal(ports: list[int], accounts: int = 10) -> int | None:
-    """A template sweep over ``accounts`` accounts taking turns, sent to the replicas in turn:
-    the 0-based index of the first request refused as ``suspicious_usage``."""
-    tokens = [make_token(sub=f"acct-{a}") for a in range(accounts)]
-    with httpx.Client(timeout=5) as client:
-        for i, prompt in enumerate(SWEEP):
-            body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
-            headers = {"authorization": f"Bearer {tokens[i % accounts]}", "user-agent": "bot/1.0"}
-            response = client.post(
-                f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions", json=body, headers=headers
-            )
-            if response.status_code == 429:
-                assert response.json()["code"] == "suspicious_usage"
-                return i
-            assert response.status_code == 200
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "replicas",
@@ -207,7 +195,8 @@ def test_a_campaign_spread_over_two_replicas(replicas: list[int], request: pytes
     With the records shared, the campaign is refused within a round of the requests one replica
     needs (18, ``tests/redis/test_shared_detector_state.py``; 18 here); with everything per
     process neither replica ever sees the eight members a campaign needs."""
-    caught = first_campaign_refusal(replicas)
+    accounts = tuple(f"acct-{a}" for a in range(10))
+    caught = first_refusal(replicas, SWEEP, accounts, agent="bot/1.0")
     if request.node.callspec.id == "shared":
         assert caught is not None and caught < 18 + 3
     else:
