@@ -196,6 +196,11 @@ class Guard:
         self.record_sharers: tuple[Any, ...] = ()
         if self.policy.shared_state and not in_memory:
             self.record_sharers = tuple(d for d in self.detectors if shares_records(d))
+            if self.record_sharers:
+                logger.info(
+                    "distillguard: records across clients shared through the limit storage: %s",
+                    tuple(d.name for d in self.record_sharers),
+                )
         self.max_body_bytes = max_body_bytes
         self.on_internal_error = on_internal_error
         if on_decision is not None and not callable(on_decision):

@@ -78,10 +78,14 @@ def test_memory_storage_shares_no_record() -> None:
     assert g.sync_performer()(JoinRecords((join("1", T0),))) is None
 
 
-def test_only_a_shared_storage_with_shared_state_exchanges_records(redis_server: RedisServer) -> None:
-    """The campaign detector shares its records when the state is shared, not with
-    ``Policy(shared_state=False)``."""
-    assert [d.name for d in guard(redis_server.url).record_sharers] == ["campaign"]
+def test_only_a_shared_storage_with_shared_state_exchanges_records(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The campaign detector shares its records when the state is shared (and the guard says so
+    at startup), not with ``Policy(shared_state=False)``."""
+    with caplog.at_level("INFO", logger="distillguard"):
+        assert [d.name for d in guard(redis_server.url).record_sharers] == ["campaign"]
+    assert "records across clients shared through the limit storage: ('campaign',)" in caplog.text
     assert guard(redis_server.url, shared_state=False).record_sharers == ()
 
 
