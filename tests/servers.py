@@ -20,6 +20,9 @@
 ``BlackHole``
     A TCP server that accepts connections and never answers (a hung Redis or JWKS endpoint:
     no refusal, no reply).
+``SlowLink``
+    A TCP relay that delays what clients send (a distant Redis: every round trip costs the
+    delay).
 """
 
 from __future__ import annotations
@@ -338,8 +341,9 @@ class RedisSentinel:
         self.master.stop()
 
 
-class BlackHole:
-    """A TCP server that accepts connections and never answers."""
+class _Listener:
+    """A TCP server on a free loopback port that hands each accepted connection to
+    :meth:`_accepted` (in its accepting thread) until closed."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -365,6 +369,10 @@ class BlackHole:
             except OSError:
                 continue
             self.accepted.append(conn)
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        """What to do with a new connection (nothing: keep it open)."""
 
     def close(self) -> None:
         """Stop accepting and close every connection."""
@@ -373,3 +381,34 @@ class BlackHole:
         for conn in self.accepted:
             conn.close()
         self.sock.close()
+
+
+class BlackHole(_Listener):
+    """A TCP server that accepts connections and never answers."""
+
+
+class SlowLink(_Listener):
+    """A TCP relay to ``127.0.0.1:<target>`` that holds every chunk a client sends for
+    ``delay`` seconds before passing it on (a link with that much latency one way); answers come
+    back at once. Each round trip through it therefore costs at least ``delay``."""
+
+    def __init__(self, target: int, delay: float) -> None:
+        self.target = target
+        self.delay = delay
+        super().__init__()
+
+    def _accepted(self, conn: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target))
+        self.accepted.append(upstream)
+        threading.Thread(target=self._pump, args=(conn, upstream, self.delay), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, conn, 0.0), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                if delay:
+                    time.sleep(delay)
+                sink.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -19,7 +20,7 @@ from tests.detectors.test_campaign import Event, observe
 from tests.detectors.traffic import benign_prompts, template_sweep
 from tests.helpers import jwt_config, make_token
 from tests.limiting.apps import Harness, chat_body
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, SlowLink, free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -39,21 +40,27 @@ def join(member: str, seen: float, *, horizon: float = 100.0, cap: int = 4) -> J
     return JoinRecord("u:1234abcd#00c0ffee", member, seen, horizon, cap)
 
 
+def performer(g: Guard, kind: str) -> tuple[Any, Any]:
+    """``g``'s sync performer, or its async one run to completion on a loop of its own; and a
+    closer."""
+    if kind == "sync":
+        return g.sync_performer(), lambda: None
+    loop = asyncio.new_event_loop()
+    aperform = g.async_performer()
+
+    def close() -> None:
+        loop.run_until_complete(aperform.limiter.aclose())
+        loop.close()
+
+    return (lambda effect: loop.run_until_complete(aperform(effect))), close
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_record_keeps_the_latest_visit_of_its_recent_members(redis_server: RedisServer, kind: str) -> None:
     """Each member keeps its latest time; members not seen within the horizon of the latest
     visit are dropped, and so are all but the ``cap`` most recent; the record expires a horizon
     after its last visit."""
-    g = guard(redis_server.url)
-    if kind == "sync":
-        perform = g.sync_performer()
-    else:
-        loop = asyncio.new_event_loop()
-        aperform = g.async_performer()
-
-        def perform(effect: Any) -> object:
-            return loop.run_until_complete(aperform(effect))
-
+    perform, close = performer(guard(redis_server.url), kind)
     assert perform(JoinRecords((join("1", T0), join("2", T0 + 10)))) == [
         [("1", T0)],
         [("1", T0), ("2", T0 + 10)],
@@ -66,9 +73,49 @@ def test_a_record_keeps_the_latest_visit_of_its_recent_members(redis_server: Red
     assert answer == [[("3", T0 + 105.5), ("4", T0 + 110), ("5", T0 + 111), ("6", T0 + 112)]]
     key = "dg:distillguard-record/u:1234abcd#00c0ffee"
     assert 90_000 < int(redis_server.cli("PTTL", key).strip()) <= 100_000
-    if kind == "async":
-        loop.run_until_complete(aperform.limiter.aclose())
-        loop.close()
+    close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_joins_of_a_request_take_one_round_trip(redis_server: RedisServer, kind: str) -> None:
+    """All the joins of one exchange go out together (a pipeline): through a link that adds
+    0.15 s to every round trip, nine joins (three families in three groups, the most one
+    request sends) take about one delay, not nine; each record still answers in order."""
+    delay = 0.15
+    link = SlowLink(redis_server.port, delay)
+    perform, close = performer(guard(link.url), kind)
+    try:
+        perform(JoinRecords((join("0", T0),)))  # connects (and its handshake's round trips)
+        joins = tuple(
+            JoinRecord(f"{group}:1234abcd#{fam:08x}", "7", T0 + 1, 100.0, 4)
+            for group in ("t", "n", "u")
+            for fam in (1, 2, 3)
+        )
+        started = time.monotonic()
+        answer = perform(JoinRecords(joins))
+        elapsed = time.monotonic() - started
+        assert answer == [[("7", T0 + 1)]] * 9
+        assert elapsed < 3 * delay, elapsed  # one call per join would take 9 x 0.15 s
+        again = perform(JoinRecords((join("8", T0 + 2), join("9", T0 + 3))))
+        assert again == [[("0", T0), ("8", T0 + 2)], [("0", T0), ("8", T0 + 2), ("9", T0 + 3)]]
+    finally:
+        close()
+        link.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_flushed_script_cache_costs_no_join(redis_server: RedisServer, kind: str) -> None:
+    """After ``SCRIPT FLUSH`` (or a restart) the pipelined calls find no script: the joins are
+    made again one by one, which loads it, and the answer is the same as with it loaded."""
+    perform, close = performer(guard(redis_server.url), kind)
+    try:
+        assert perform(JoinRecords((join("1", T0),))) == [[("1", T0)]]
+        redis_server.cli("SCRIPT", "FLUSH")
+        answer = perform(JoinRecords((join("2", T0 + 1), join("3", T0 + 2))))
+        assert answer == [[("1", T0), ("2", T0 + 1)], [("1", T0), ("2", T0 + 1), ("3", T0 + 2)]]
+        assert perform(JoinRecords((join("2", T0 + 1),))) == answer[1:]  # loaded again: idempotent
+    finally:
+        close()
 
 
 def test_memory_storage_shares_no_record() -> None:

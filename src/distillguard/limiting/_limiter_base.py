@@ -241,15 +241,20 @@ class LimiterBase:
 
     def _record_jobs(
         self, joins: tuple[JoinRecord, ...]
-    ) -> tuple[Any, list[tuple[list[str], list[str]]]] | None:
-        """The script of a shared record's visit and its ``(KEYS, ARGV)`` for each join (one
-        call each: the records may live on different cluster nodes), or ``None`` when the
-        configured storage is not a Redis."""
+    ) -> tuple[Any, list[tuple[list[str], list[str]]], Any] | None:
+        """The script of a shared record's visit, its ``(KEYS, ARGV)`` for each join, and a
+        pipeline (no transaction) holding one call of it per join, so that all the joins of a
+        request take one round trip; ``None`` when the configured storage is not a Redis. A
+        cluster client's pipeline refuses scripts, and the records may live on different nodes:
+        the pipeline is then ``None`` and each join is its own call. Run the pipeline with
+        ``raise_on_error=False`` and read its replies with :meth:`_record_replies`."""
         holder = self._redis()
         if holder is None:
             return None
+        connection = holder.get_connection()
         if self._record_script is None:
-            self._record_script = holder.get_connection().register_script(JOIN_RECORD_LUA)
+            self._record_script = connection.register_script(JOIN_RECORD_LUA)
+        script = self._record_script
         prefix = holder.prefixed_key
         jobs = [
             (
@@ -258,7 +263,25 @@ class LimiterBase:
             )
             for join in joins
         ]
-        return self._record_script, jobs
+        if "Cluster" in type(connection).__name__:
+            return script, jobs, None
+        pipe = connection.pipeline(transaction=False)
+        for keys, args in jobs:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return script, jobs, pipe
+
+    @staticmethod
+    def _record_replies(replies: list[Any]) -> list[list[tuple[str, float]]] | None:
+        """Each record's members from a pipeline's replies; ``None`` when the script was not
+        loaded on the server (after a restart or a ``SCRIPT FLUSH``: call it join by join, which
+        loads it; a join is idempotent). Any other error is raised."""
+        missing = False
+        for reply in replies:
+            if type(reply).__name__ == "NoScriptError":  # redis-py's and valkey's
+                missing = True
+            elif isinstance(reply, BaseException):
+                raise reply
+        return None if missing else [record_members(reply) for reply in replies]
 
     def _slot_io(self, key: str) -> tuple[str, tuple[Any, Any, Any]] | None:
         """The prefixed key and the (acquire, renew, release) scripts of a client's in-flight

@@ -20,6 +20,7 @@ keeping its expiry); moving-window refunds remove the newest entries.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -203,15 +204,22 @@ class Limiter(LimiterBase):
         return result if done else False
 
     def join_records(self, joins: tuple[JoinRecord, ...]) -> list[list[tuple[str, float]]] | None:
-        """Add each join to its shared record (one script call each: the records may live on
-        different cluster nodes); each record's members after it, ``None`` when the storage
-        shares nothing. Raises ``StorageError`` when the storage fails."""
+        """Add each join to its shared record (one script call each, pipelined: one round trip
+        per storage node); each record's members after it, ``None`` when the storage shares
+        nothing. Raises ``StorageError`` when the storage fails."""
         if not self.remote:
             return None
 
         def join() -> object:
-            jobs = self._record_jobs(joins)
-            return None if jobs is None else [record_members(jobs[0](keys=k, args=a)) for k, a in jobs[1]]
+            io = self._record_jobs(joins)
+            if io is None:
+                return None
+            script, jobs, pipe = io
+            if pipe is not None:
+                answer = self._record_replies(pipe.execute(raise_on_error=False))
+                if answer is not None:
+                    return answer
+            return [record_members(script(keys=k, args=a)) for k, a in jobs]
 
         done, result, exc = self._on_primary(join)
         if not done:
@@ -422,10 +430,16 @@ class AsyncLimiter(LimiterBase):
             return None
 
         async def join() -> object:
-            jobs = self._record_jobs(joins)
-            return (
-                None if jobs is None else [record_members(await jobs[0](keys=k, args=a)) for k, a in jobs[1]]
-            )
+            io = self._record_jobs(joins)
+            if io is None:
+                return None
+            script, jobs, pipe = io
+            if pipe is not None:
+                answer = self._record_replies(await pipe.execute(raise_on_error=False))
+                if answer is not None:
+                    return answer
+            replies = await asyncio.gather(*(script(keys=k, args=a) for k, a in jobs))
+            return [record_members(reply) for reply in replies]
 
         done, result, exc = await self._on_primary(join)
         if not done:
