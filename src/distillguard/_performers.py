@@ -17,6 +17,7 @@ from .flow import Effect, HitLimit, RunDetector
 from .limiting.effects import (
     AcquireSlot,
     ChargeLimit,
+    ForgetClient,
     HitLimits,
     JoinRecords,
     LoadState,
@@ -60,6 +61,8 @@ class SyncPerformer:
                 )
             if type(effect) is JoinRecords:
                 return self.limiter.join_records(effect.joins)
+            if type(effect) is ForgetClient:
+                return self.limiter.forget(effect.clear, effect.state, effect.count)
             if type(effect) is AcquireSlot:
                 return self.limiter.acquire_slot(effect.key, effect.cap, effect.lease_ms, effect.token)
             if type(effect) is RenewSlot:
@@ -121,6 +124,8 @@ class AsyncPerformer:
                 )
             if type(effect) is JoinRecords:
                 return await self.limiter.join_records(effect.joins)
+            if type(effect) is ForgetClient:
+                return await self.limiter.forget(effect.clear, effect.state, effect.count)
             if type(effect) is AcquireSlot:
                 return await self.limiter.acquire_slot(effect.key, effect.cap, effect.lease_ms, effect.token)
             if type(effect) is RenewSlot:

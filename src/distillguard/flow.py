@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .decision import Action, Decision
 from .detectors import DetectorResult, Observation
-from .detectors._protocol import checked_result
-from .errors import AuthenticationError
+from .detectors._protocol import checked_result, forget_client
+from .errors import AuthenticationError, StateError
 from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
 from .limiting.effects import (
@@ -28,6 +28,7 @@ from .limiting.effects import (
     AcquireSlot,
     Charged,
     ChargeLimit,
+    ForgetClient,
     HitLimits,
     JoinRecords,
     LoadState,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from .detectors._sharing import StateShare
     from .guard import Guard
 
-__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate", "identify", "penalty_left"]
+__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate", "identify", "penalty_left", "release"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ Effect: TypeAlias = (
     | LoadState
     | SaveState
     | JoinRecords
+    | ForgetClient
     | AcquireSlot
     | RenewSlot
     | ReleaseSlot
@@ -240,6 +242,49 @@ def _join_records(
     return failed
 
 
+def _released(guard: Guard, risk: Any, client: str, read: LimitOutcome) -> bool:
+    """Whether the release window ``read`` shows a release of ``client`` this process has not
+    seen; what this process holds on the client (risk, box, detector states) is then forgotten."""
+    if not risk.released(client, risk.count_of(read.remaining), read.reset_at):
+        return False
+    _forget(guard, client)
+    return True
+
+
+def _forget(guard: Guard, client: str) -> None:
+    """Forget ``client``'s detector states in this process (see :func:`forget_client`)."""
+    for detector in guard.detectors:
+        forget_client(detector, client)
+    if guard.state_share is not None:
+        guard.state_share.forget(client)
+
+
+def release(guard: Guard, identity: Identity) -> Generator[Effect, object, bool]:
+    """Release ``identity``'s client: forget its risk, penalty box and detector states in this
+    process, and, when the risk state is shared, clear its box and level windows, delete its
+    shared detector state and count the release, which every replica reads with the client's
+    next request and then forgets what it holds too. Whether the release was shared; raises
+    :class:`~distillguard.errors.StateError` when the shared storage failed."""
+    subject = _subject(guard, identity)
+    client = subject.client_id
+    _forget(guard, client)
+    risk = guard.risk
+    clear: tuple[LimitCheck, ...] = ()
+    count = None
+    if risk is not None:
+        risk.forget(client)
+        clear = tuple(c for c in (risk.box_check(subject), risk.level_check(subject)) if c is not None)
+        count = risk.release_check(subject)
+    share = guard.state_share
+    state = share.key(client) if share is not None else None
+    if not clear and state is None and count is None:
+        return False
+    answer = yield ForgetClient(clear, state, count)
+    if isinstance(answer, BaseException):
+        raise StateError(f"the release of a client did not reach the limit storage: {answer}") from answer
+    return answer is True
+
+
 def identify(guard: Guard, request: GuardRequest) -> Identity | Decision:
     """Who is calling (pure CPU), or the refusal when the token does not say (401, 403, 503)."""
     verifier = guard.verifier
@@ -331,13 +376,22 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     mode = detection_mode(policy, identity.tier)
     risk = guard.risk if mode != "off" else None
     box: LimitCheck | None = None  # the client's window in the shared penalty box
-    level: LimitCheck | None = None  # and its shared level (flag, throttle, degrade)
+    level: LimitCheck | None = None  # its shared level (flag, throttle, degrade)
+    release: LimitCheck | None = None  # and its releases (Guard.release)
     if risk is not None and not policy.shadow and mode == "enforce":  # the box holds across routes
-        until = risk.boxed_until(client, now)
-        if until is not None:
-            return _boxed(identity, policy, until - now)
         box = risk.box_check(subject)
         level = risk.level_check(subject)
+        release = risk.release_check(subject)
+        until = risk.boxed_until(client, now)
+        if until is not None:
+            if release is None:
+                return _boxed(identity, policy, until - now)
+            # boxed here and in the shared box, unless released since: read that (nothing charged)
+            releases, _ = yield from _limits((release,), now)
+            if not (
+                releases and releases[0].mode == "primary" and _released(guard, risk, client, releases[0])
+            ):
+                return _boxed(identity, policy, until - now)
 
     query = parse_query(request.body, request.content_type, request.path)
     plan = guard.plan
@@ -352,8 +406,8 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
                 query=query,
             )
     checks = plan.checks_for(identity, request.path, query)
-    if box is not None and level is not None:  # read in the same round trip, first: a boxed
-        checks = (box, level, *checks)  # client is charged nothing
+    if box is not None and level is not None and release is not None:  # read in the same round
+        checks = (box, level, release, *checks)  # trip, first: a boxed client is charged nothing
     share = guard.state_share if mode != "off" else None
     load = None  # the client's detector state as other replicas left it, read with the windows
     if share is not None:
@@ -362,12 +416,16 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
     shared_level = 0
     if box is not None and outcomes and outcomes[0].mode in ("primary", "fallback"):
         read, outcomes = outcomes[0], outcomes[1:]
-        if not read.allowed and risk is not None:  # another replica boxed the client
-            until = risk.box(client, now, read.reset_at)  # no need to ask again
-            return _boxed(identity, policy, until - now, tuple(outcomes))
         if outcomes and outcomes[0].check is level:
             shared_level = risk.level_of(outcomes[0].remaining) if risk is not None else 0
             outcomes = outcomes[1:]
+        if outcomes and outcomes[0].check is release:
+            if risk is not None and _released(guard, risk, client, outcomes[0]):
+                shared_level = 0  # read before the release reached this replica: gone with it
+            outcomes = outcomes[1:]
+        if not read.allowed and risk is not None:  # another replica boxed the client
+            until = risk.box(client, now, read.reset_at)
+            return _boxed(identity, policy, until - now, tuple(outcomes))
     refused = [o for o in outcomes if not o.allowed]
     # a window that is never disclosed refused it: the others' fields would say there is room
     hidden = any(not o.check.headers for o in refused)

@@ -21,8 +21,8 @@ from .decision import Action, Decision
 from .detectors import is_async_detector, load_detectors, validate_detector
 from .detectors._sharing import StateShare, shares_records
 from .errors import ConfigurationError
-from .flow import Flow, evaluate, identify
-from .identity import APIKeys, APIKeyVerifier, JWTConfig, JWTVerifier
+from .flow import Flow, evaluate, identify, release as flow_release
+from .identity import APIKeys, APIKeyVerifier, Identity, JWTConfig, JWTVerifier
 from .limiting import LimitConfig, LimitPlan
 from .limiting._table import BoundedTable
 from .limiting.admission import admit
@@ -260,10 +260,14 @@ class Guard:
         for det in self.detectors:
             if is_async_detector(det):
                 raise ConfigurationError(f"detector {det.name!r} is async; it needs the ASGI middleware")
+        return SyncPerformer(self._limiter())
+
+    def _limiter(self) -> Limiter:
+        """The guard's sync limiter (one per guard: its connection pool is thread-safe)."""
         with self._lock:
-            if self._sync_limiter is None:  # one per guard: its connection pool is thread-safe
+            if self._sync_limiter is None:
                 self._sync_limiter = Limiter(self.plan.config, self.limiter_stats, self._counters)
-            return SyncPerformer(self._sync_limiter)
+            return self._sync_limiter
 
     def async_performer(self) -> AsyncPerformer:
         """A performer with an async ``limits`` strategy (``async+`` storage), for ASGI (one
@@ -271,6 +275,48 @@ class Guard:
         memory counters are the guard's)."""
         limiter = AsyncLimiter(self.plan.config, self.limiter_stats, self._counters)
         return AsyncPerformer(limiter, detector_timeout=self.policy.detector_timeout)
+
+    def release(self, client_id: str, *, tenant: str | None = None) -> bool:
+        """Release a client the risk policy holds (say, a false positive after review): its
+        risk, penalty box and detector history are forgotten, and its next request is judged as
+        a new client's. With a shared limit storage (and the default ``RiskPolicy(shared=True)``)
+        the release reaches every replica: its shared box, level and detector state are
+        cleared, and each replica forgets what it holds on the client at the client's next
+        request there. Its limit windows are not touched. Blocking (one round trip); in an
+        async app, ``await`` :meth:`arelease`.
+
+        Args:
+            client_id: the client's identity (the configured identity claim).
+            tenant: its tenant, when the limits are kept per tenant (several issuers).
+
+        Returns:
+            Whether the release was shared (``False``: this process only, as with
+            ``memory://``, where each process holds its own).
+
+        Raises:
+            StateError: the shared storage did not take the release (this process forgot the
+                client; call again).
+        """
+        identity = Identity(client_id=client_id, tenant=tenant)
+        return self._released(identity, drive(flow_release(self, identity), SyncPerformer(self._limiter())))
+
+    async def arelease(self, client_id: str, *, tenant: str | None = None) -> bool:
+        """:meth:`release`, awaiting the storage (on the running event loop's connections)."""
+        identity = Identity(client_id=client_id, tenant=tenant)
+        performer = self.async_performer()
+        try:
+            return self._released(identity, await adrive(flow_release(self, identity), performer))
+        finally:
+            await performer.limiter.aclose()
+
+    def _released(self, identity: Identity, shared: bool) -> bool:
+        """Log a release (the client as the spans record it: hashed when so configured)."""
+        logger.warning(
+            "distillguard: client %s released (%s)",
+            self.telemetry.client_attribute(identity.client_id),
+            "on every replica" if shared else "in this process",
+        )
+        return shared
 
     def decide(self, request: GuardRequest, perform: Callable[[Any], object]) -> Decision:
         """Run the pipeline synchronously; a failure of the guard itself follows policy."""

@@ -75,6 +75,7 @@ from .limiting.storage import hash_tag
 __all__ = ["RiskEngine", "RiskPolicy", "RiskVerdict", "calibrate", "rescale"]
 
 _LEVEL_ROOM = 1_000_000
+_RELEASE_MEMORY = 7 * 86_400.0  # how long the shared storage remembers that a client was released
 
 
 def _read_window(name: str, kind: str, item: RateLimitItemPerSecond) -> LimitCheck:
@@ -227,7 +228,7 @@ def calibrate(
 
 
 class _Client:
-    __slots__ = ("driver", "refusals", "refusals_since", "risk", "ts")
+    __slots__ = ("driver", "refusals", "refusals_since", "released", "risk", "ts")
 
     def __init__(self) -> None:
         self.risk = 0.0
@@ -235,6 +236,7 @@ class _Client:
         self.driver = ""
         self.refusals = 0  # refused by its limits since ``refusals_since``
         self.refusals_since = 0.0
+        self.released = (0, 0.0)  # the releases seen in the shared window: (count, its reset)
 
 
 class RiskEngine:
@@ -258,6 +260,10 @@ class RiskEngine:
         # window that does not fit would stop the request's own windows being charged)
         level_item = RateLimitItemPerSecond(_LEVEL_ROOM, math.ceil(policy.half_life))
         self._shared_level = _read_window("risk-level", "level", level_item) if share else None
+        # the releases of a client (Guard.release), counted for a week or the penalty if longer
+        memory = math.ceil(max(policy.penalty_seconds, _RELEASE_MEMORY))
+        release_item = RateLimitItemPerSecond(_LEVEL_ROOM, memory)
+        self._shared_release = _read_window("released", "release", release_item) if share else None
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._box: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
@@ -318,10 +324,43 @@ class RiskEngine:
         higher; it expires ``half_life`` after it was first raised."""
         return _for_client(self._shared_level, identity, self._cluster)
 
+    def release_check(self, identity: Identity) -> LimitCheck | None:
+        """The window counting ``identity``'s releases (``None`` when not shared): read at cost
+        0 with the request, charged by :meth:`~distillguard.Guard.release`; a replica that
+        reads a release it has not seen forgets what it holds on the client
+        (:meth:`released`)."""
+        return _for_client(self._shared_release, identity, self._cluster)
+
+    def released(self, client_id: str, count: int, reset_at: float) -> bool:
+        """Whether the release window of ``client_id`` (``count`` releases, ending at
+        ``reset_at``) shows a release this process has not seen; the client's risk and box are
+        then forgotten here (the caller forgets the rest)."""
+        if count <= 0:
+            return False
+        state = self._clients.get(client_id)
+        if state is not None:
+            seen, until = state.released
+            if seen == count and abs(until - reset_at) < 2.0:  # the same window, no new release
+                return False
+        self.forget(client_id)
+        self._client(client_id).released = (count, reset_at)
+        return True
+
+    def forget(self, client_id: str) -> None:
+        """Drop ``client_id``'s risk and penalty box in this process."""
+        with self._lock:
+            self._clients.pop(client_id, None)
+            self._box.pop(client_id, None)
+
+    @staticmethod
+    def count_of(outcome_remaining: int) -> int:
+        """The count held by a shared read window (its level, or its releases)."""
+        return max(0, _LEVEL_ROOM - outcome_remaining)
+
     @staticmethod
     def level_of(outcome_remaining: int) -> int:
         """The shared level read from its window's remaining quota."""
-        return min(3, max(0, _LEVEL_ROOM - outcome_remaining))
+        return min(3, RiskEngine.count_of(outcome_remaining))
 
     def floor(self, level: int) -> float:
         """The risk a shared ``level`` stands for: its threshold (0 for none)."""

@@ -547,12 +547,16 @@ def test_shared_penalty_box_effects() -> None:
     )
     now = time.time()
 
-    def batch(effect: HitLimits, boxed: bool, level: int = 0) -> tuple[LimitOutcome, ...]:
+    def batch(effect: HitLimits, boxed: bool, level: int = 0, releases: int = 0) -> tuple[LimitOutcome, ...]:
         return tuple(
             LimitOutcome(
                 check=c,
                 allowed=not (boxed and i == 0),
-                remaining=c.item.amount - level if c.key[0] == "level" else 1,
+                remaining=c.item.amount - level
+                if c.key[0] == "level"
+                else c.item.amount - releases
+                if c.key[0] == "release"
+                else 1,
                 reset_at=now + 100,
                 charged=False,
             )
@@ -562,10 +566,11 @@ def test_shared_penalty_box_effects() -> None:
     flow = guard.flow(request(identity=Identity(client_id="thief"), timestamp=now))
     effect = next(flow)
     assert isinstance(effect, HitLimits)
-    box, level = effect.checks[:2]
+    box, level, release = effect.checks[:3]
     assert box.key == ("box", "thief") and box.cost == 0 and not box.headers
     assert level.key == ("level", "thief") and level.cost == 0 and not level.headers
-    assert box.item.get_expiry() == 120 and len(effect.checks) == 3
+    assert release.key == ("release", "thief") and release.cost == 0 and not release.headers
+    assert box.item.get_expiry() == 120 and len(effect.checks) == 4
     effect = flow.send(batch(effect, boxed=False))
     assert isinstance(effect, RunDetector)
     effect = flow.send(detector.score(effect.observation))
@@ -597,9 +602,21 @@ def test_shared_penalty_box_effects() -> None:
     assert ("retry-after", "101") in refused.problem.headers
     assert detector.calls == calls
     assert other.risk is not None and other.risk.boxed_until("thief", now + 99) is not None
-    with pytest.raises(StopIteration) as stop:  # from its own box now: no effect at all
-        next(other.flow(request(identity=Identity(client_id="thief"), timestamp=now + 1)))
+    # from its own box now: it only reads the client's releases (nothing charged)
+    flow = other.flow(request(identity=Identity(client_id="thief"), timestamp=now + 1))
+    effect = next(flow)
+    assert isinstance(effect, HitLimits) and effect.checks == (release,)
+    with pytest.raises(StopIteration) as stop:
+        flow.send(batch(effect, boxed=False))
     assert stop.value.value.reasons == ("risk:penalty_box",)
+    # released by an operator (Guard.release): it forgets its box and judges the request
+    flow = other.flow(request(identity=Identity(client_id="thief"), timestamp=now + 2))
+    effect = flow.send(batch(next(flow), boxed=False, releases=1))  # type: ignore[arg-type]
+    assert isinstance(effect, HitLimits) and effect.checks[:3] == (box, level, release)
+    assert other.risk.boxed_until("thief", now + 2) is None
+    effect = flow.send(batch(effect, boxed=False, releases=1))
+    assert isinstance(effect, RunDetector)  # the same release read again: nothing more to forget
+    assert other.risk.risk("thief", now + 2) == 0.0
 
     calm = StaticDetector(0.0)  # a third replica: its detector sees nothing, the level says degrade
     third = Guard(

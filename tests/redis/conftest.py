@@ -8,11 +8,15 @@ locally, but fail loudly in CI (``CI=true``): they must run there.
 
 ``black_hole`` is a TCP server that accepts connections and never answers (the worst Redis
 failure: no refusal, no reply).
+
+``env`` clears the ``DISTILLGUARD_*`` variables for the commands' tests; ``env(NAME=value)``
+sets ``DISTILLGUARD_NAME``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -54,3 +58,18 @@ def black_hole() -> Iterator[BlackHole]:
     hole = BlackHole()
     yield hole
     hole.close()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A clean ``DISTILLGUARD_*`` environment; ``env(NAME=value)`` sets variables."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("DISTILLGUARD_")]:
+        monkeypatch.delenv(name)
+
+    def setenv(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"DISTILLGUARD_{name}", value)
+
+    yield setenv

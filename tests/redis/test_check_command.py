@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,21 +20,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 SECRET = "check-command-secret-of-at-least-32-bytes"
 WATERMARK = "check-command-watermark-key"
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A clean ``DISTILLGUARD_*`` environment; ``env(NAME=value)`` sets variables."""
-    import os
-
-    for name in [n for n in os.environ if n.startswith("DISTILLGUARD_")]:
-        monkeypatch.delenv(name)
-
-    def setenv(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(f"DISTILLGUARD_{name}", value)
-
-    yield setenv
 
 
 def check(capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:

@@ -19,6 +19,7 @@ __all__ = [
     "DetectorResult",
     "Observation",
     "checked_result",
+    "forget_client",
     "is_async_detector",
 ]
 
@@ -123,6 +124,11 @@ class Detector(Protocol):
 
     ``score`` must be cheap and must not block: it runs inline on the request path. Set a class
     attribute ``blocking = True`` to have the ASGI adapter run it in a worker thread.
+
+    A detector that keeps per-client state can define ``forget(client_id: str) -> None``, which
+    :meth:`~distillguard.Guard.release` calls to drop what it holds on a released client (a
+    detector whose state is an ``LRUStates`` in its ``states`` attribute needs none: see
+    :func:`forget_client`).
     """
 
     name: str
@@ -150,3 +156,20 @@ def is_async_detector(detector: object) -> bool:
         fn = fn.func
     call = getattr(fn, "__call__", None)  # noqa: B004  (a callable object with an async __call__)
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def forget_client(detector: object, client_id: str) -> bool:
+    """Make ``detector`` forget ``client_id``: its ``forget(client_id)`` if it has one, else
+    ``states.discard(client_id)`` when it keeps its per-client states in ``states``. Whether it
+    could; an error of the detector's own is its own (the release goes on: ``False``)."""
+    forget = getattr(detector, "forget", None)
+    if not callable(forget):
+        states = getattr(detector, "states", None)
+        forget = getattr(states, "discard", None)
+        if not callable(forget):
+            return False
+    try:
+        forget(client_id)
+    except Exception:
+        return False
+    return True

@@ -282,6 +282,11 @@ class StateShare:
         holder = self._known.peek(client_id)
         return holder[0] if holder is not None else ""
 
+    def forget(self, client_id: str) -> None:
+        """Forget the stamp of ``client_id``'s stored state (a released client: the next read
+        takes whatever is stored)."""
+        self._known.discard(client_id)
+
     def install(self, client_id: str, reply: object, *, replace: bool = False) -> None:
         """Take the stored state of ``client_id`` (the storage's reply: ``None`` when this
         replica's own is current, else ``(stamp, data)``). With ``replace``, a sharing detector

@@ -319,6 +319,12 @@ class CampaignDetector:
         record.score = ramp(surprise, self.surprise_low, self.surprise_high) * self.max_score
         return record
 
+    def forget(self, client_id: str) -> None:
+        """Drop the recent window and the groups of ``client_id`` (a released account); the
+        family records it joined keep its visits until they pass the horizon."""
+        self.states.discard(client_id)
+        self.accounts.discard(client_id)
+
     def shared_records(self) -> list[JoinRecord]:
         """The family records this detector joined since the last call, to share with the other
         replicas (see :func:`~distillguard.detectors._sharing.shares_records`)."""

@@ -15,6 +15,7 @@ __all__ = [
     "AcquireSlot",
     "ChargeLimit",
     "Charged",
+    "ForgetClient",
     "HitLimits",
     "JoinRecord",
     "JoinRecords",
@@ -58,6 +59,18 @@ class ChargeLimit:
     check: LimitCheck
     amount: int
     mode: str = "primary"
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetClient:
+    """Effect: clear the windows of ``clear`` and delete the detector state stored under
+    ``state`` (``None``: none), then add one to the window of ``count`` (``None``: none), on
+    the shared storage. The driver answers ``True`` when done there, ``False`` when the storage
+    shares nothing (memory), or the exception it hit."""
+
+    clear: tuple[LimitCheck, ...]
+    state: str | None
+    count: LimitCheck | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,6 +170,30 @@ class Limiter(LimiterBase):
                 return
         self.local.incr(key, expiry, amount)
 
+    def forget(self, clear: tuple[LimitCheck, ...], state: str | None, count: LimitCheck | None) -> bool:
+        """Clear the windows of ``clear``, delete the detector state stored under ``state``, and
+        add one to the window of ``count``; the answer of
+        :class:`~distillguard.limiting.effects.ForgetClient`. Raises ``StorageError`` when the
+        storage fails."""
+        for check in clear:
+            self.local.clear(self._window(check)[0])
+        if not self.remote:
+            return False
+
+        def forget() -> None:
+            for check in clear:
+                self._primary.clear(self._window(check)[0])
+            io = self._state_io(state) if state is not None else None
+            if io is not None:
+                self._redis().get_connection().delete(io[0])
+            if count is not None:
+                self._primary.incr(*self._window(count), 1)
+
+        done, _, exc = self._on_primary(forget)
+        if not done:
+            raise self._failure(exc)
+        return True
+
     def load_state(self, key: str, known: str) -> object:
         """The detector state stored under ``key`` (``(stamp, data)``), or ``None`` when the
         stored stamp is ``known``, nothing is stored, or the storage shares no state. Raises
@@ -390,6 +414,30 @@ class AsyncLimiter(LimiterBase):
             if done:
                 return
         await self.local.incr(key, expiry, amount)
+
+    async def forget(
+        self, clear: tuple[LimitCheck, ...], state: str | None, count: LimitCheck | None
+    ) -> bool:
+        """Clear windows, delete a stored detector state, count a release (see
+        :meth:`Limiter.forget`)."""
+        for check in clear:
+            await self.local.clear(self._window(check)[0])
+        if not self.remote:
+            return False
+
+        async def forget() -> None:
+            for check in clear:
+                await self._primary.clear(self._window(check)[0])
+            io = self._state_io(state) if state is not None else None
+            if io is not None:
+                await self._redis().get_connection().delete(io[0])
+            if count is not None:
+                await self._primary.incr(*self._window(count), 1)
+
+        done, _, exc = await self._on_primary(forget)
+        if not done:
+            raise self._failure(exc)
+        return True
 
     async def load_state(self, key: str, known: str) -> object:
         """The detector state stored under ``key`` (``(stamp, data)``), or ``None`` when the

@@ -1,0 +1,206 @@
+"""Releasing a client (``Guard.release``) across replicas on a real redis-server: the shared
+box, level and detector state are cleared, and every replica forgets what it holds on the client
+at the client's next request there, whether it kept the box locally or not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from distillguard import Guard, LimitConfig, Policy
+from distillguard.cli import main
+from distillguard.detectors import DetectorResult, Observation
+from distillguard.detectors._state import LRUStates
+from distillguard.errors import StateError
+from distillguard.risk import RiskPolicy
+from distillguard.settings import guard_from_env
+from tests.helpers import jwt_config, make_token
+from tests.limiting.apps import Harness, chat_body
+from tests.servers import BlackHole, RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+
+class _Count:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+class Persistent:
+    """Scores 1.0 from a client's third request on (its history), 0 before."""
+
+    name = "persistent"
+
+    def __init__(self) -> None:
+        self.states: LRUStates[_Count] = LRUStates(_Count, 1000)
+
+    def score(self, observation: Observation) -> DetectorResult:
+        state = self.states.get(observation.client_id)
+        state.n += 1
+        return DetectorResult(self.name, 1.0 if state.n >= 3 else 0.0)
+
+
+def guard(url: str) -> Guard:
+    return Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default="100/minute", storage_uri=url),
+        detectors=[Persistent()],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=600)),
+    )
+
+
+def code(body: bytes) -> str:
+    return str(json.loads(body)["code"])
+
+
+def keys(server: RedisServer, pattern: str) -> list[str]:
+    return [k for k in server.cli("--scan", "--pattern", pattern).split() if k]
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_release_reaches_every_replica(redis_server: RedisServer, kind: str) -> None:
+    """Replica A blocks the thief on its history; B refuses it through the shared box and keeps
+    the box locally. A third guard (an operator's) releases it: the box window is gone, and
+    both A and B admit the thief's next request, A with a fresh history (its third request
+    after the release is the next block). Nothing of another client is touched."""
+    a, b = Harness(kind, guard(redis_server.url)), Harness(kind, guard(redis_server.url))
+    thief, other = make_token(sub="thief"), make_token(sub="other")
+    try:
+        assert [a.call(chat_body(), token=thief)[0] for _ in range(2)] == [200, 200]
+        status, _, body = a.call(chat_body(), token=thief)
+        assert status == 429 and code(body) == "suspicious_usage"
+        assert [a.call(chat_body(), token=other)[0] for _ in range(3)] == [200, 200, 429]  # its own
+        status, _, body = b.call(chat_body(), token=thief)
+        assert status == 429 and code(body) == "suspicious_usage"
+        assert b.guard.risk.boxed_until("thief", time.time()) is not None  # held locally
+        assert keys(redis_server, "*box*thief*")
+
+        operator = guard(redis_server.url)
+        assert operator.release("thief") is True
+        assert keys(redis_server, "*box*thief*") == []
+        assert keys(redis_server, "*box*other*")  # another client stays boxed
+        assert keys(redis_server, "*release*thief*")
+
+        assert b.call(chat_body(), token=thief)[0] == 200  # B forgot its own box
+        assert b.guard.risk.boxed_until("thief", time.time()) is None
+        assert [a.call(chat_body(), token=thief)[0] for _ in range(2)] == [200, 200]  # history reset
+        status, _, body = a.call(chat_body(), token=thief)
+        assert status == 429 and code(body) == "suspicious_usage"  # blocked anew on new evidence
+        status, _, body = b.call(chat_body(), token=other)
+        assert status == 429 and code(body) == "suspicious_usage"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_second_release_is_seen_as_the_first(redis_server: RedisServer) -> None:
+    """Each release counts: a replica forgets the client once per release it reads, not at
+    every request after one."""
+    a = Harness("wsgi", guard(redis_server.url))
+    thief = make_token(sub="thief")
+    operator = guard(redis_server.url)
+    try:
+        for _ in range(2):
+            assert [a.call(chat_body(), token=thief)[0] for _ in range(3)] == [200, 200, 429]
+            assert operator.release("thief") is True
+        assert [a.call(chat_body(), token=thief)[0] for _ in range(4)] == [200, 200, 429, 429]
+    finally:
+        a.close()
+
+
+def test_arelease_shares_the_release(redis_server: RedisServer) -> None:
+    """The async form does the same on the running loop's connections."""
+    a = Harness("asgi", guard(redis_server.url))
+    thief = make_token(sub="thief")
+    try:
+        assert [a.call(chat_body(), token=thief)[0] for _ in range(3)] == [200, 200, 429]
+        assert asyncio.run(guard(redis_server.url).arelease("thief")) is True
+        assert a.call(chat_body(), token=thief)[0] == 200
+    finally:
+        a.close()
+
+
+def test_a_release_deletes_the_shared_detector_state(redis_server: RedisServer) -> None:
+    """The built-in detectors' shared history of the client goes with the release (a replica
+    that reads the client afterwards starts from nothing), another client's stays."""
+    g = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default="100/minute", storage_uri=redis_server.url),
+        detectors=["near_duplicate", "template_sweep"],
+        policy=Policy(risk=RiskPolicy()),
+    )
+    h = Harness("wsgi", g)
+    try:
+        for sub in ("thief", "other"):
+            assert h.call(chat_body(), token=make_token(sub=sub))[0] == 200
+        assert keys(redis_server, "*state*thief*") and keys(redis_server, "*state*other*")
+        assert g.release("thief") is True
+        assert keys(redis_server, "*state*thief*") == []
+        assert keys(redis_server, "*state*other*")
+        assert g.detectors[0].states.peek("thief") is None
+    finally:
+        h.close()
+
+
+def test_a_release_the_storage_does_not_take_raises() -> None:
+    """With the storage unreachable the release raises StateError (this process has forgotten
+    the client; the call can be repeated)."""
+    hole = BlackHole()
+    try:
+        g = Guard(
+            jwt=jwt_config(),
+            limits=LimitConfig(default="100/minute", storage_uri=hole.url + "?socket_timeout=0.2"),
+            detectors=[Persistent()],
+            policy=Policy(risk=RiskPolicy()),
+        )
+        with pytest.raises(StateError):
+            g.release("thief")
+    finally:
+        hole.close()
+
+
+SECRET = "release-command-secret-of-at-least-32-bytes"
+
+
+def test_the_release_command_reaches_a_replica(
+    env: Any, capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+) -> None:
+    """``distillguard release CLIENT`` with the replicas' DISTILLGUARD_* settings: the replica
+    that boxed the client admits it at its next request."""
+    env(JWT_SECRET=SECRET, JWT_ISSUER="https://idp.example", JWT_AUDIENCE="model-api")
+    env(STORAGE_URI=redis_server.url)
+    replica = Harness("wsgi", guard_from_env(detectors=[Persistent()]))
+    token = make_token(key=SECRET, sub="thief", iss="https://idp.example", aud="model-api")
+    try:
+        assert [replica.call(chat_body(), token=token)[0] for _ in range(4)] == [200, 200, 429, 429]
+        assert main(["release", "thief"]) == 0
+        assert "released thief" in capsys.readouterr().out
+        assert replica.call(chat_body(), token=token)[0] == 200
+    finally:
+        replica.close()
+
+
+def test_the_release_command_needs_a_shared_storage(env: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """On ``memory://`` there is nothing it could reach: a configuration error (2)."""
+    env(JWT_SECRET=SECRET, JWT_ISSUER="https://idp.example", JWT_AUDIENCE="model-api")
+    assert main(["release", "thief"]) == 2
+    assert "each process holds its own state" in capsys.readouterr().err
+
+
+def test_the_release_command_reports_a_storage_that_does_not_answer(
+    env: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hole = BlackHole()
+    try:
+        env(JWT_SECRET=SECRET, JWT_ISSUER="https://idp.example", JWT_AUDIENCE="model-api")
+        env(STORAGE_URI=hole.url + "?socket_timeout=0.2")
+        assert main(["release", "thief"]) == 1
+        assert "not released" in capsys.readouterr().err
+    finally:
+        hole.close()
