@@ -154,8 +154,7 @@ class DistillGuardMiddleware:
                 decision = await guard.adecide(request, self._perform)
             exchange.decided(decision)
             if decision.problem is not None:
-                code, headers, payload = decision.problem.render(decision.headers)
-                exchange.status = code
+                code, headers, payload = exchange.refusal(decision)
                 if too_large is not None and too_large.more:
                     # read and drop the rest first: once the response is complete the server
                     # stops reading, and closing under a client still writing resets the
@@ -241,15 +240,13 @@ class DistillGuardMiddleware:
     ) -> None:
         """Refuse a handshake: the problem as an HTTP response when the server supports it,
         else a close with code 1008 (policy violation)."""
-        problem = decision.problem
-        if problem is None:
+        if decision.problem is None:
             return
-        code, headers, payload = problem.render(decision.headers)
-        exchange.status = code
+        rendered = exchange.refusal(decision)
         message = await receive()  # websocket.connect
         if message["type"] != "websocket.connect":
             return
-        await refuse_handshake(scope, send, (code, headers, payload), 1008)
+        await refuse_handshake(scope, send, rendered, 1008)
 
     def _fetching_keys_on_startup(self, receive: Receive) -> Receive:
         """With keys fetched from a JWKS URL, wait (up to 5 s, in a worker thread) for the first

@@ -119,6 +119,20 @@ class Exchange:
         self._overhead = perf_counter() - self._started
         return decision
 
+    def refusal(self, decision: Decision) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The guard's answer to a refused request, rendered (``decision.problem`` with the
+        decision's headers), with the request id header naming the request's trace when it is
+        sampled (``TelemetryConfig.request_id_header``: what OpenAI's SDKs report as an
+        error's ``request_id``, for support to find the span). The status is recorded."""
+        assert decision.problem is not None
+        status, headers, body = decision.problem.render(decision.headers)
+        name = self.guard.telemetry.config.request_id_header
+        context = self.span.get_span_context()
+        if name and context.trace_flags.sampled and context.is_valid:
+            headers.append((name, f"{context.trace_id:032x}"))
+        self.status = status
+        return status, headers, body
+
     def response_start(self, status: int) -> tuple[tuple[str, str], ...]:
         """The app started its response with ``status``; return the headers to add to it."""
         self.status = status

@@ -227,8 +227,7 @@ class DistillGuardWSGIMiddleware:
                 decision = guard.decide(request, self._perform)
             exchange.decided(decision)
             if decision.problem is not None:
-                code, headers, payload = decision.problem.render(decision.headers)
-                exchange.status = code
+                code, headers, payload = exchange.refusal(decision)
                 # PEP 3333: applications must not send hop-by-hop headers (``Connection``);
                 # the server decides whether to close.
                 start_response(_status_line(code), [h for h in headers if h[0].lower() != "connection"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from ..errors import ConfigurationError
@@ -10,6 +11,7 @@ from ..errors import ConfigurationError
 __all__ = ["TelemetryConfig", "hash_identifier"]
 
 _SPAN_MODES = frozenset({"child", "enrich"})
+_HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # a field name (RFC 9110 token), lower case
 
 
 def hash_identifier(value: str, key: bytes = b"") -> str:
@@ -43,6 +45,11 @@ class TelemetryConfig:
             guard's attributes and decision event on that span instead and starts none (one
             span per request instead of two: about half the guard's telemetry cost, see
             docs/benchmarks.md). With no current span both start the guard's own span.
+        request_id_header: the header that carries the request's trace id (32 hex digits) on
+            the guard's own refusals (401, 403, 413, 429, ...), when the trace is sampled: the
+            ``x-request-id`` that OpenAI's SDKs report as an error's ``request_id``, so that a
+            client's error report leads to the span. A lower-case field name, or ``None``: no
+            such header.
     """
 
     hash_identifiers: bool = True
@@ -54,6 +61,7 @@ class TelemetryConfig:
     record_user_agent: bool = False
     record_usage: bool = True
     span: str = "child"
+    request_id_header: str | None = "x-request-id"
 
     def __post_init__(self) -> None:
         if len(self.hash_key) > 64:
@@ -62,5 +70,9 @@ class TelemetryConfig:
             raise ConfigurationError("TelemetryConfig.max_attribute_length must be at least 16")
         if self.span not in _SPAN_MODES:
             raise ConfigurationError(f"TelemetryConfig.span must be one of {sorted(_SPAN_MODES)}")
+        if self.request_id_header is not None and not _HEADER.fullmatch(self.request_id_header):
+            raise ConfigurationError(
+                "TelemetryConfig.request_id_header must be a lower-case header name, or None"
+            )
         if self.max_span_attributes < 8:
             raise ConfigurationError("TelemetryConfig.max_span_attributes must be at least 8")
