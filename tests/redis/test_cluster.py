@@ -154,6 +154,30 @@ def test_the_penalty_box_holds_on_every_replica_of_a_cluster(
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_release_reaches_every_replica_of_a_cluster(
+    cluster: RedisCluster, kind: str, closing: list[Harness]
+) -> None:
+    """The client's box, level, state and release count share its hash tag (one node): an
+    operator's release clears the box there and both replicas admit the client again."""
+    from tests.redis.test_release import Persistent
+
+    policy = Policy(risk=RiskPolicy(penalty_seconds=30))
+    a = replica(kind, cluster.url, closing, default="100/minute", detectors=[Persistent()], policy=policy)
+    b = replica(kind, cluster.url, closing, default="100/minute", detectors=[Dial()], policy=policy)
+    thief = make_token(sub="thief")
+    assert [a.call(chat_body(), token=thief)[0] for _ in range(3)] == [200, 200, 429]
+    assert b.call(chat_body(), token=thief)[0] == 429
+    operator = Guard(
+        jwt=jwt_config(), limits=LimitConfig(default="100/minute", storage_uri=cluster.url), policy=policy
+    )
+    assert operator.release("thief") is True
+    assert not [key for key in cluster.stored_keys() if "box" in key]
+    assert b.call(chat_body(), token=thief)[0] == 200
+    assert [a.call(chat_body(), token=thief)[0] for _ in range(3)] == [200, 200, 429]
+    assert a.guard.limiter_stats.storage_errors == 0 and b.guard.limiter_stats.storage_errors == 0
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
 def test_detector_state_is_shared_on_a_cluster(
     cluster: RedisCluster, kind: str, closing: list[Harness]
 ) -> None:
