@@ -117,3 +117,32 @@ def test_forget_client_uses_the_detector_s_own_forget_and_survives_its_errors() 
     assert forget_client(own, "c") is True and own.forgotten == ["c"]
     assert forget_client(Broken(), "c") is False
     assert forget_client(object(), "c") is False  # nothing per client to forget
+
+
+def test_status_in_one_process() -> None:
+    """With ``memory://`` the status is this process's: box, level, risk and driver."""
+    h = Harness("wsgi", guard())
+    try:
+        fresh = h.guard.status("thief")
+        assert (fresh.boxed_for, fresh.level, fresh.risk, fresh.driver, fresh.shared) == (
+            None,
+            0,
+            0.0,
+            "",
+            False,
+        )
+        assert [h.call(chat_body(), token=make_token(sub="thief"))[0] for _ in range(3)] == [200, 200, 429]
+        held = h.guard.status("thief")
+        assert held.boxed_for is not None and 590 < held.boxed_for <= 600
+        assert held.level == 3 and held.risk >= 0.9 and held.driver == "persistent" and not held.shared
+        h.guard.release("thief")
+        assert h.guard.status("thief").boxed_for is None
+    finally:
+        h.close()
+
+
+def test_status_needs_a_risk_policy() -> None:
+    from distillguard import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="risk policy"):
+        Guard(jwt=jwt_config()).status("thief")

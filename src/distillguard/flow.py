@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from .decision import Action, Decision
 from .detectors import DetectorResult, Observation
 from .detectors._protocol import checked_result, forget_client
-from .errors import AuthenticationError, StateError
+from .errors import AuthenticationError, ConfigurationError, StateError
 from .identity import Identity
 from .limiting import LimitCheck, LimitOutcome
 from .limiting.effects import (
@@ -46,8 +46,19 @@ from .request import GuardRequest, address_key, bearer_token, well_formed
 if TYPE_CHECKING:
     from .detectors._sharing import StateShare
     from .guard import Guard
+    from .risk import ClientStatus
 
-__all__ = ["Effect", "Flow", "HitLimit", "RunDetector", "evaluate", "identify", "penalty_left", "release"]
+__all__ = [
+    "Effect",
+    "Flow",
+    "HitLimit",
+    "RunDetector",
+    "evaluate",
+    "identify",
+    "penalty_left",
+    "release",
+    "status",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +294,23 @@ def release(guard: Guard, identity: Identity) -> Generator[Effect, object, bool]
     if isinstance(answer, BaseException):
         raise StateError(f"the release of a client did not reach the limit storage: {answer}") from answer
     return answer is True
+
+
+def status(guard: Guard, identity: Identity, now: float) -> Generator[Effect, object, ClientStatus]:
+    """Where the risk policy stands on ``identity``'s client: this process's risk and box, and,
+    when they are shared, the box, level and releases the storage holds (read at cost 0: nothing
+    is charged, nothing forgotten)."""
+    risk = guard.risk
+    if risk is None:
+        raise ConfigurationError("the guard has no risk policy (Policy(risk=RiskPolicy()))")
+    subject = _subject(guard, identity)
+    checks = risk.status_checks(subject)
+    read = None
+    if checks:
+        outcomes, _ = yield from _limits(checks, now)
+        if len(outcomes) == len(checks) and all(o.mode == "primary" for o in outcomes):
+            read = outcomes
+    return risk.status(subject.client_id, now, read)
 
 
 def identify(guard: Guard, request: GuardRequest) -> Identity | Decision:

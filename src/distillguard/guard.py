@@ -21,7 +21,7 @@ from .decision import Action, Decision
 from .detectors import is_async_detector, load_detectors, validate_detector
 from .detectors._sharing import StateShare, shares_records
 from .errors import ConfigurationError
-from .flow import Flow, evaluate, identify, release as flow_release
+from .flow import Flow, evaluate, identify, release as flow_release, status as flow_status
 from .identity import APIKeys, APIKeyVerifier, Identity, JWTConfig, JWTVerifier
 from .limiting import LimitConfig, LimitPlan
 from .limiting._table import BoundedTable
@@ -32,7 +32,7 @@ from .limiting.storage import hash_tag, is_memory
 from .policy import Policy
 from .problems import Problem
 from .request import GuardRequest
-from .risk import RiskEngine
+from .risk import ClientStatus, RiskEngine
 from .telemetry import Telemetry, TelemetryConfig
 from .watermark import Watermark
 
@@ -306,6 +306,26 @@ class Guard:
         performer = self.async_performer()
         try:
             return self._released(identity, await adrive(flow_release(self, identity), performer))
+        finally:
+            await performer.limiter.aclose()
+
+    def status(self, client_id: str, *, tenant: str | None = None) -> ClientStatus:
+        """Where the risk policy stands on a client: whether it is in the penalty box and for
+        how long, its level and risk, the detector that drove it, and its releases (from the
+        shared storage when the risk state is shared: one round trip, nothing charged).
+
+        Raises:
+            ConfigurationError: the guard has no risk policy.
+        """
+        identity = Identity(client_id=client_id, tenant=tenant)
+        return drive(flow_status(self, identity, self.clock()), SyncPerformer(self._limiter()))
+
+    async def astatus(self, client_id: str, *, tenant: str | None = None) -> ClientStatus:
+        """:meth:`status`, awaiting the storage (on the running event loop's connections)."""
+        identity = Identity(client_id=client_id, tenant=tenant)
+        performer = self.async_performer()
+        try:
+            return await adrive(flow_status(self, identity, self.clock()), performer)
         finally:
             await performer.limiter.aclose()
 

@@ -67,12 +67,12 @@ from .decision import Action
 from .detectors import DetectorResult
 from .errors import ConfigurationError
 from .identity import Identity
-from .limiting import LimitCheck
+from .limiting import LimitCheck, LimitOutcome
 from .limiting.config import parse_limits
 from .limiting.plan import policy_name
 from .limiting.storage import hash_tag
 
-__all__ = ["RiskEngine", "RiskPolicy", "RiskVerdict", "calibrate", "rescale"]
+__all__ = ["ClientStatus", "RiskEngine", "RiskPolicy", "RiskVerdict", "calibrate", "rescale"]
 
 _LEVEL_ROOM = 1_000_000
 _RELEASE_MEMORY = 7 * 86_400.0  # how long the shared storage remembers that a client was released
@@ -180,6 +180,32 @@ class RiskVerdict:
     throttle: bool = False
     boxed_until: float | None = None
     reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientStatus:
+    """Where the risk policy stands on one client (:meth:`~distillguard.Guard.status`).
+
+    Attributes:
+        client_id: the client, as the guard keys it (within its tenant with several issuers).
+        boxed_for: seconds the client has left in the penalty box (``None``: not boxed).
+        level: 0 none, 1 flag, 2 throttle, 3 degrade or block: the higher of the level of its
+            risk in this process and the level the shared storage holds.
+        risk: its current (decayed) risk in this process, 0 to 1.
+        driver: the detector whose evidence drove that risk last (``""``: none).
+        releases: its releases still remembered by the shared storage (a week, or the
+            penalty if longer).
+        shared: whether the shared storage answered (the box, the level and the releases were
+            read there; ``False`` with ``memory://``: this process only).
+    """
+
+    client_id: str
+    boxed_for: float | None
+    level: int
+    risk: float
+    driver: str
+    releases: int
+    shared: bool
 
 
 def rescale(score: float, threshold: float, flag: float) -> float:
@@ -372,6 +398,40 @@ class RiskEngine:
         if level >= 2 and policy.throttle is not None:
             return policy.throttle
         return policy.flag
+
+    def status_checks(self, identity: Identity) -> tuple[LimitCheck, ...]:
+        """The shared windows of ``identity`` that :meth:`status` reads (box, level, releases),
+        empty when they are not shared."""
+        checks = (self.box_check(identity), self.level_check(identity), self.release_check(identity))
+        return tuple(c for c in checks if c is not None)
+
+    def status(self, client_id: str, now: float, read: Sequence[LimitOutcome] | None) -> ClientStatus:
+        """``client_id``'s status from this process's state and ``read``, the outcomes of
+        :meth:`status_checks` (``None``: not shared, or the storage did not answer)."""
+        policy = self.policy
+        risk = self.risk(client_id, now)
+        state = self._clients.get(client_id)
+        level = 0
+        for rank, threshold in enumerate((policy.flag, policy.throttle, policy.degrade or policy.block), 1):
+            if threshold is not None and risk >= threshold:
+                level = rank
+        until = self.boxed_until(client_id, now)
+        releases = 0
+        if read is not None:
+            box, shared_level, released = read
+            if not box.allowed:
+                until = max(until or 0.0, box.reset_at)
+            level = max(level, self.level_of(shared_level.remaining))
+            releases = self.count_of(released.remaining)
+        return ClientStatus(
+            client_id=client_id,
+            boxed_for=None if until is None else max(0.0, until - now),
+            level=level,
+            risk=risk,
+            driver=state.driver if state is not None and risk > 0.0 else "",
+            releases=releases,
+            shared=read is not None,
+        )
 
     def level(self, verdict: RiskVerdict) -> int:
         """The level ``verdict`` puts its client at: 3 degrade (or block), 2 throttle, 1 flag."""

@@ -1,6 +1,7 @@
 """Releasing a client (``Guard.release``) across replicas on a real redis-server: the shared
 box, level and detector state are cleared, and every replica forgets what it holds on the client
-at the client's next request there, whether it kept the box locally or not."""
+at the client's next request there, whether it kept the box locally or not. And reading where a
+client stands (``Guard.status``, ``distillguard status``)."""
 
 from __future__ import annotations
 
@@ -186,21 +187,66 @@ def test_the_release_command_reaches_a_replica(
         replica.close()
 
 
-def test_the_release_command_needs_a_shared_storage(env: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    """On ``memory://`` there is nothing it could reach: a configuration error (2)."""
+@pytest.mark.parametrize("command", ["release", "status"])
+def test_the_commands_need_a_shared_storage(
+    env: Any, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """On ``memory://`` there is nothing they could reach: a configuration error (2)."""
     env(JWT_SECRET=SECRET, JWT_ISSUER="https://idp.example", JWT_AUDIENCE="model-api")
-    assert main(["release", "thief"]) == 2
+    assert main([command, "thief"]) == 2
     assert "each process holds its own state" in capsys.readouterr().err
 
 
-def test_the_release_command_reports_a_storage_that_does_not_answer(
-    env: Any, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("command", "says"), [("release", "not released"), ("status", "did not answer")])
+def test_the_commands_report_a_storage_that_does_not_answer(
+    env: Any, capsys: pytest.CaptureFixture[str], command: str, says: str
 ) -> None:
     hole = BlackHole()
     try:
         env(JWT_SECRET=SECRET, JWT_ISSUER="https://idp.example", JWT_AUDIENCE="model-api")
         env(STORAGE_URI=hole.url + "?socket_timeout=0.2")
-        assert main(["release", "thief"]) == 1
-        assert "not released" in capsys.readouterr().err
+        assert main([command, "thief"]) == 1
+        assert says in capsys.readouterr().err
     finally:
         hole.close()
+
+
+def test_status_reads_the_shared_box_level_and_releases(redis_server: RedisServer) -> None:
+    """An operator's guard (which never saw the client) reads the box another replica set, the
+    level and the releases; the replica that blocked it also knows its risk and driver; a
+    release shows as one release and no box. Reading charges nothing and forgets nothing."""
+    a = Harness("wsgi", guard(redis_server.url))
+    thief = make_token(sub="thief")
+    operator = guard(redis_server.url)
+    try:
+        assert operator.status("thief").boxed_for is None
+        assert [a.call(chat_body(), token=thief)[0] for _ in range(3)] == [200, 200, 429]
+        seen = operator.status("thief")
+        assert seen.shared and seen.boxed_for is not None and 590 < seen.boxed_for <= 601
+        assert seen.level == 3 and seen.releases == 0 and seen.risk == 0.0 and seen.driver == ""
+        here = a.guard.status("thief")
+        assert here.level == 3 and here.risk >= 0.9 and here.driver == "persistent"
+        assert a.call(chat_body(), token=thief)[0] == 429  # reading changed nothing
+        operator.release("thief")
+        after = operator.status("thief")
+        assert after.boxed_for is None and after.level == 0 and after.releases == 1
+        assert asyncio.run(operator.astatus("thief")) == after
+    finally:
+        a.close()
+
+
+def test_the_status_command(env: Any, capsys: pytest.CaptureFixture[str], redis_server: RedisServer) -> None:
+    env(JWT_SECRET=SECRET, JWT_ISSUER="https://idp.example", JWT_AUDIENCE="model-api")
+    env(STORAGE_URI=redis_server.url)
+    replica = Harness("wsgi", guard_from_env(detectors=[Persistent()]))
+    token = make_token(key=SECRET, sub="thief", iss="https://idp.example", aud="model-api")
+    try:
+        assert [replica.call(chat_body(), token=token)[0] for _ in range(3)] == [200, 200, 429]
+        assert main(["status", "thief", "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["client"] == "thief" and doc["answered"] is True and doc["level"] == "degrade"
+        assert 3500 < doc["boxed_for_seconds"] <= 3600 and doc["releases"] == 0
+        assert main(["status", "nobody"]) == 0
+        assert "boxed_for_seconds: None" in capsys.readouterr().out
+    finally:
+        replica.close()

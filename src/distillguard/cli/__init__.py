@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMANDS = ("demo", "gateway", "replay", "calibrate", "watermark", "check", "release")
+_COMMANDS = ("demo", "gateway", "replay", "calibrate", "watermark", "check", "release", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:

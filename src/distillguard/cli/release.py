@@ -13,11 +13,11 @@ state, and only ``Guard.release`` inside that process reaches it. Exit status 0 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
-from ..errors import ConfigurationError, StateError
+from ..errors import StateError
+from ._shared import add_client_arguments, shared_guard
 
 __all__ = ["register", "run"]
 
@@ -33,31 +33,16 @@ def register(subparsers: Any) -> None:
             "holds on the client at its next request there."
         ),
     )
-    parser.add_argument("client", help="the client's identity (the configured identity claim)")
-    parser.add_argument("--tenant", help="its tenant, when the limits are kept per tenant")
+    add_client_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``release``; return the exit status."""
-    from ..settings import guard_from_env
-    from .check import redacted_uri
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        guard = guard_from_env()
-    except ConfigurationError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    found = shared_guard()
+    if found is None:
         return 2
-    uri = redacted_uri(guard.plan.config.storage_uri)
-    if not guard.sync_performer().limiter.remote:
-        print(
-            f"configuration error: the limit storage is {uri}: each process holds its own state; "
-            "call Guard.release inside the process, or set DISTILLGUARD_STORAGE_URI to the "
-            "replicas' Redis",
-            file=sys.stderr,
-        )
-        return 2
+    guard, uri = found
     try:
         guard.release(args.client, tenant=args.tenant)
     except StateError as exc:
