@@ -72,10 +72,12 @@ class GuardUser(BaseUser):
         return self.client.client_id
 
 
-def _publish(scope: Scope, decision: Decision) -> None:
-    """Put ``decision`` in the scope for the app, and its identity as Starlette's user."""
+def _publish(scope: Scope, decision: Decision, exchange: Exchange) -> None:
+    """Put ``decision`` and the request id in the scope for the app, and its identity as
+    Starlette's user."""
     scope.setdefault("state", {})["distillguard"] = decision
     scope["distillguard"] = decision
+    scope["distillguard.request_id"] = exchange.request_id
     identity = decision.identity
     if identity is not None and not identity.anonymous and "user" not in scope:
         credentials = _CREDENTIALS.get(identity.scopes)
@@ -99,7 +101,9 @@ class DistillGuardMiddleware:
         guard: the :class:`~distillguard.Guard` holding the configuration.
 
     FastAPI/Starlette: ``app.add_middleware(DistillGuardMiddleware, guard=guard)``.
-    The decision is at ``scope["state"]["distillguard"]`` (``request.state.distillguard``).
+    The decision is at ``scope["state"]["distillguard"]`` (``request.state.distillguard``),
+    the request id of its trace (see :attr:`~distillguard.exchange.Exchange.request_id`) at
+    ``scope["distillguard.request_id"]``.
 
     .. versionadded:: 0.1
     """
@@ -202,7 +206,7 @@ class DistillGuardMiddleware:
         try:
             decision = exchange.decided(await guard.adecide(request, self._perform))
             if decision.problem is None:  # the span and the slot last as long as the connection
-                _publish(scope, decision)
+                _publish(scope, decision, exchange)
                 exchange.status = 101
                 await self.app(scope, *self._renewing(receive, send, exchange))
             else:
@@ -280,7 +284,7 @@ class DistillGuardMiddleware:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, exchange: Exchange, decision: Decision
     ) -> None:
-        _publish(scope, decision)
+        _publish(scope, decision, exchange)
         replaced: list[tuple[bytes, bytes]] = []
         if decision.body is not None:
             body = decision.body

@@ -56,6 +56,7 @@ import anyio
 from .asgi import _Disconnected, _read_body, _send_response, _TooLarge, refuse_handshake
 from .errors import ConfigurationError, UpstreamError
 from .problems import Problem
+from .telemetry.config import check_header_name
 
 if TYPE_CHECKING:
     import aiohttp
@@ -118,6 +119,10 @@ class Gateway:
         max_body_bytes: the largest request body forwarded (the guard caps the bodies it checks;
             this caps those of exempt paths too).
         verify: verify the upstream's TLS certificate (or the path of a CA bundle).
+        request_id_header: the header naming the request's trace (when sampled) on the
+            gateway's own error answers (502, 504, 413), as on the guard's refusals
+            (``TelemetryConfig.request_id_header``; :func:`gateway_app` passes the guard's);
+            ``None``: none.
 
     Raises:
         ConfigurationError: for an upstream that is not an absolute ``http``/``https`` URL, or
@@ -134,6 +139,7 @@ class Gateway:
         max_connections: int = 100,
         max_body_bytes: int = 1 << 20,
         verify: bool | str = True,
+        request_id_header: str | None = "x-request-id",
     ) -> None:
         try:
             import aiohttp  # noqa: F401  # the extra's client, checked here: fail at construction
@@ -163,6 +169,8 @@ class Gateway:
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
         self.verify = verify
+        check_header_name(request_id_header, "request_id_header")
+        self.request_id_header = request_id_header
         self._extra = extra
         self._base = str(url.with_query(None).with_fragment(None)).rstrip("/")
         self._client: aiohttp.ClientSession | None = None
@@ -239,6 +247,14 @@ class Gateway:
         out.append((b"accept-encoding", b"identity"))
         return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in out] + self._extra
 
+    async def _problem(self, scope: Any, send: Any, problem: Problem) -> None:
+        """Answer with ``problem``, naming the request's trace as the guard's refusals do."""
+        status, headers, body = problem.render()
+        trace_id = scope.get("distillguard.request_id")
+        if self.request_id_header and isinstance(trace_id, str):
+            headers.append((self.request_id_header, trace_id))
+        await _send_response(send, status, headers, body)
+
     async def _proxy(self, scope: Any, receive: Any, send: Any) -> None:
         import aiohttp
 
@@ -247,7 +263,7 @@ class Gateway:
         except _Disconnected:  # nobody to answer
             return
         except _TooLarge:
-            await _problem(send, Problem.too_large(self.max_body_bytes))
+            await self._problem(scope, send, Problem.too_large(self.max_body_bytes))
             return
         try:
             response = await self._http().request(
@@ -258,10 +274,10 @@ class Gateway:
                 allow_redirects=False,
             )
         except _TIMEOUTS:  # aiohttp's connect and read timeouts
-            await _problem(send, Problem.upstream("upstream_timeout"))
+            await self._problem(scope, send, Problem.upstream("upstream_timeout"))
             return
         except aiohttp.ClientError:
-            await _problem(send, Problem.upstream("upstream_unavailable"))
+            await self._problem(scope, send, Problem.upstream("upstream_unavailable"))
             return
         failure: Exception | None = None
         try:
@@ -321,10 +337,6 @@ class Gateway:
             await upstream.close()
 
 
-async def _problem(send: Any, problem: Problem) -> None:
-    await _send_response(send, *problem.render())
-
-
 def gateway_app(upstream: str | None = None, guard: Guard | None = None, **options: Any) -> Any:
     """The guard in front of a :class:`Gateway` to ``upstream`` (by default
     ``$DISTILLGUARD_UPSTREAM``; the guard by default built from the ``DISTILLGUARD_*``
@@ -340,9 +352,10 @@ def gateway_app(upstream: str | None = None, guard: Guard | None = None, **optio
     key = os.environ.get("DISTILLGUARD_UPSTREAM_AUTHORIZATION")
     if key and "upstream_headers" not in options:
         options["upstream_headers"] = {"authorization": key}
-    proxy = Gateway(target, **options)
     if guard is None:  # the gateway forwards WebSockets the guard has checked
         guard = guard_from_env(websockets="authenticate")
+    options.setdefault("request_id_header", guard.telemetry.config.request_id_header)
+    proxy = Gateway(target, **options)
     return DistillGuardMiddleware(proxy, guard=guard)
 
 

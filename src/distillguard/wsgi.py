@@ -182,8 +182,9 @@ class DistillGuardWSGIMiddleware:
         app: the WSGI application to protect.
         guard: the :class:`~distillguard.Guard` holding the configuration.
 
-    The decision is at ``environ["distillguard.decision"]`` and the verified identity at
-    ``environ["distillguard.identity"]``.
+    The decision is at ``environ["distillguard.decision"]``, the verified identity at
+    ``environ["distillguard.identity"]`` and the request id of its trace (see
+    :attr:`~distillguard.exchange.Exchange.request_id`) at ``environ["distillguard.request_id"]``.
 
     .. versionadded:: 0.1
     """
@@ -240,6 +241,7 @@ class DistillGuardWSGIMiddleware:
                 environ["HTTP_ACCEPT_ENCODING"] = "identity"
             environ["distillguard.decision"] = decision
             environ["distillguard.identity"] = decision.identity
+            environ["distillguard.request_id"] = exchange.request_id
             environ[EXCHANGE_ENVIRON_KEY] = exchange
 
             marks: list[ResponseMarking] = []  # the rewriting of the answer, if any

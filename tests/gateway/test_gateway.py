@@ -259,8 +259,9 @@ def test_refused_requests_never_reach_the_model_server(model: tuple[ModelServer,
     assert server.seen == []
 
 
-def test_an_unreachable_model_server_gives_502(tracer_provider: Any) -> None:
-    with serve_gateway(f"http://127.0.0.1:{free_port()}") as url:
+def test_an_unreachable_model_server_gives_502(tracer_provider: Any, span_exporter: Any) -> None:
+    """A 502 problem at once, naming the request's trace (the guard's span) as a refusal does."""
+    with serve_gateway(f"http://127.0.0.1:{free_port()}", tracer_provider) as url:
         started = time.monotonic()
         response = httpx.post(
             f"{url}/v1/chat/completions", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}
@@ -269,6 +270,13 @@ def test_an_unreachable_model_server_gives_502(tracer_provider: Any) -> None:
     assert response.status_code == 502 and response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "upstream_unavailable"
     assert "retry-after" not in response.headers
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == SPAN_NAME]
+    assert response.headers["x-request-id"] == f"{span.context.trace_id:032x}"
+    with serve_gateway(f"http://127.0.0.1:{free_port()}", tracer_provider, request_id_header=None) as url:
+        quiet = httpx.post(
+            f"{url}/v1/chat/completions", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}
+        )
+    assert quiet.status_code == 502 and "x-request-id" not in quiet.headers
 
 
 def test_a_slow_model_server_gives_504(model: tuple[ModelServer, str]) -> None:
@@ -382,6 +390,8 @@ def test_bad_settings_fail_at_construction(monkeypatch: pytest.MonkeyPatch) -> N
         Gateway("http://model", upstream_headers={"host": "elsewhere"})
     with pytest.raises(ConfigurationError):
         Gateway("http://model", timeout=0)
+    with pytest.raises(ConfigurationError, match="request_id_header"):
+        Gateway("http://model", request_id_header="X-Request-Id")
     monkeypatch.delenv("DISTILLGUARD_UPSTREAM", raising=False)
     with pytest.raises(ConfigurationError):
         gateway_app(guard=Guard(jwt=jwt_config()))

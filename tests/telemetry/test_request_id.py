@@ -91,3 +91,31 @@ def test_the_openai_client_reports_the_trace_as_the_request_id() -> None:
                 client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         (span,) = captured.guard_spans()
     assert caught.value.request_id == f"{span.context.trace_id:032x}"
+
+
+def test_the_app_reads_the_request_id_for_its_own_errors() -> None:
+    """The same id is at ``scope["distillguard.request_id"]`` / ``environ[...]`` for the app's
+    own error answers (the gateway's 502 and 504 use it); ``None`` when sampled out."""
+    import asyncio
+
+    seen: list[object] = []
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["distillguard.request_id"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        seen.append(environ["distillguard.request_id"])
+        start_response("204 No Content", [])
+        return []
+
+    with capture_spans() as captured:
+        guard = Guard(jwt=jwt_config(), tracer_provider=captured.tracer_provider)
+        asyncio.run(asgi_call(DistillGuardMiddleware(asgi_app, guard=guard), chat_body(), token=make_token()))
+        wsgi_call(DistillGuardWSGIMiddleware(wsgi_app, guard=guard), chat_body(), token=make_token())
+        ids = [f"{s.context.trace_id:032x}" for s in captured.guard_spans()]
+    assert seen == ids and len(ids) == 2
+    quiet = Guard(jwt=jwt_config(), tracer_provider=TracerProvider(sampler=ALWAYS_OFF))
+    wsgi_call(DistillGuardWSGIMiddleware(wsgi_app, guard=quiet), chat_body(), token=make_token())
+    assert seen[-1] is None

@@ -8,10 +8,17 @@ from dataclasses import dataclass
 
 from ..errors import ConfigurationError
 
-__all__ = ["TelemetryConfig", "hash_identifier"]
+__all__ = ["TelemetryConfig", "check_header_name", "hash_identifier"]
 
 _SPAN_MODES = frozenset({"child", "enrich"})
 _HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # a field name (RFC 9110 token), lower case
+
+
+def check_header_name(name: str | None, setting: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``name`` is ``None`` or a lower-case field name
+    (``setting`` names the setting in the message)."""
+    if name is not None and not _HEADER.fullmatch(name):
+        raise ConfigurationError(f"{setting} must be a lower-case header name, or None")
 
 
 def hash_identifier(value: str, key: bytes = b"") -> str:
@@ -70,9 +77,6 @@ class TelemetryConfig:
             raise ConfigurationError("TelemetryConfig.max_attribute_length must be at least 16")
         if self.span not in _SPAN_MODES:
             raise ConfigurationError(f"TelemetryConfig.span must be one of {sorted(_SPAN_MODES)}")
-        if self.request_id_header is not None and not _HEADER.fullmatch(self.request_id_header):
-            raise ConfigurationError(
-                "TelemetryConfig.request_id_header must be a lower-case header name, or None"
-            )
+        check_header_name(self.request_id_header, "TelemetryConfig.request_id_header")
         if self.max_span_attributes < 8:
             raise ConfigurationError("TelemetryConfig.max_span_attributes must be at least 8")
