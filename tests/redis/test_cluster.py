@@ -177,6 +177,33 @@ def test_a_release_reaches_every_replica_of_a_cluster(
     assert a.guard.limiter_stats.storage_errors == 0 and b.guard.limiter_stats.storage_errors == 0
 
 
+def test_a_failing_record_fails_the_exchange_after_the_others_are_joined(cluster: RedisCluster) -> None:
+    """Under ASGI a cluster's joins run concurrently: one that fails (a record key holding
+    something else) fails the exchange, once every other join has been made."""
+    import asyncio
+
+    from distillguard.limiting.effects import JoinRecord
+
+    guard = Guard(jwt=jwt_config(), limits=LimitConfig(default="100/minute", storage_uri=cluster.url))
+    joins = tuple(JoinRecord(f"u:{g}#0000000{g}", "7", 1.0e9, 100.0, 4) for g in range(1, 4))
+    broken = "dg:distillguard-record/u:2#00000002"
+    cluster.owner(broken).cli("SET", broken, "not a record")
+
+    async def exchange() -> str:
+        limiter = guard.async_performer().limiter
+        try:
+            await limiter.join_records(joins)
+        except Exception as exc:
+            return type(exc).__name__
+        finally:
+            await limiter.aclose()
+        return "joined"
+
+    assert asyncio.run(exchange()) == "StorageError"
+    stored = cluster.stored_keys()
+    assert "dg:distillguard-record/u:1#00000001" in stored and "dg:distillguard-record/u:3#00000003" in stored
+
+
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
 def test_detector_state_is_shared_on_a_cluster(
     cluster: RedisCluster, kind: str, closing: list[Harness]

@@ -486,7 +486,10 @@ class AsyncLimiter(LimiterBase):
                 answer = self._record_replies(await pipe.execute(raise_on_error=False))
                 if answer is not None:
                     return answer
-            replies = await asyncio.gather(*(script(keys=k, args=a) for k, a in jobs))
+            replies = await asyncio.gather(*(script(keys=k, args=a) for k, a in jobs), return_exceptions=True)
+            for reply in replies:  # every call has ended: none is left running with its error
+                if isinstance(reply, BaseException):
+                    raise reply
             return [record_members(reply) for reply in replies]
 
         done, result, exc = await self._on_primary(join)
