@@ -228,9 +228,10 @@ class Limiter(LimiterBase):
         return result if done else False
 
     def join_records(self, joins: tuple[JoinRecord, ...]) -> list[list[tuple[str, float]]] | None:
-        """Add each join to its shared record (one script call each, pipelined: one round trip
-        per storage node); each record's members after it, ``None`` when the storage shares
-        nothing. Raises ``StorageError`` when the storage fails."""
+        """Add each join to its shared record (one script call each, all in one pipelined
+        round trip; on a Redis Cluster, whose pipelines take no scripts, one call after the
+        other); each record's members after it, ``None`` when the storage shares nothing.
+        Raises ``StorageError`` when the storage fails."""
         if not self.remote:
             return None
 
@@ -473,7 +474,8 @@ class AsyncLimiter(LimiterBase):
         return result if done else False
 
     async def join_records(self, joins: tuple[JoinRecord, ...]) -> list[list[tuple[str, float]]] | None:
-        """Add each join to its shared record (see :meth:`Limiter.join_records`)."""
+        """Add each join to its shared record (see :meth:`Limiter.join_records`; on a Redis
+        Cluster the calls run concurrently)."""
         if not self.remote:
             return None
 
