@@ -293,7 +293,7 @@ def release(guard: Guard, identity: Identity) -> Generator[Effect, object, bool]
     answer = yield ForgetClient(clear, state, count)
     if isinstance(answer, BaseException):
         raise StateError(f"the release of a client did not reach the limit storage: {answer}") from answer
-    return answer is True
+    return answer is True and count is not None  # without the count, other replicas keep theirs
 
 
 def status(guard: Guard, identity: Identity, now: float) -> Generator[Effect, object, ClientStatus]:

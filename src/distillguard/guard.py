@@ -290,8 +290,8 @@ class Guard:
             tenant: its tenant, when the limits are kept per tenant (several issuers).
 
         Returns:
-            Whether the release was shared (``False``: this process only, as with
-            ``memory://``, where each process holds its own).
+            Whether the release reaches every replica (``False``: this process only, as with
+            ``memory://``, where each process holds its own, or ``RiskPolicy(shared=False)``).
 
         Raises:
             StateError: the shared storage did not take the release (this process forgot the

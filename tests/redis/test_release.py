@@ -149,6 +149,25 @@ def test_a_release_deletes_the_shared_detector_state(redis_server: RedisServer) 
         h.close()
 
 
+def test_a_release_with_the_risk_kept_per_process_is_not_shared(redis_server: RedisServer) -> None:
+    """With ``RiskPolicy(shared=False)`` each replica keeps its own box and risk: the release
+    reaches this process only (and says so), though the shared detector state is deleted."""
+    g = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default="100/minute", storage_uri=redis_server.url),
+        detectors=["near_duplicate"],
+        policy=Policy(risk=RiskPolicy(shared=False)),
+    )
+    h = Harness("wsgi", g)
+    try:
+        assert h.call(chat_body(), token=make_token(sub="thief"))[0] == 200
+        assert keys(redis_server, "*state*thief*")
+        assert g.release("thief") is False
+        assert keys(redis_server, "*state*thief*") == []
+    finally:
+        h.close()
+
+
 def test_a_release_the_storage_does_not_take_raises() -> None:
     """With the storage unreachable the release raises StateError (this process has forgotten
     the client; the call can be repeated)."""
