@@ -37,3 +37,19 @@ guard = Guard(
 )
 asgi = DistillGuardMiddleware(app, guard=guard)
 wsgi = DistillGuardWSGIMiddleware(lambda environ, start_response: [b""], guard=guard)
+
+
+def support(client: str) -> float | None:
+    """An operator's view of a client, then its release."""
+    from distillguard.risk import ClientStatus
+
+    status: ClientStatus = guard.status(client)
+    if status.level >= 3:
+        shared: bool = guard.release(client)
+        return None if shared else status.risk
+    return status.boxed_for
+
+
+async def asupport(client: str) -> bool:
+    status = await guard.astatus(client, tenant="https://idp")
+    return status.shared and await guard.arelease(client, tenant="https://idp")
