@@ -259,6 +259,7 @@ def _released(guard: Guard, risk: Any, client: str, read: LimitOutcome) -> bool:
     if not risk.released(client, risk.count_of(read.remaining), read.reset_at):
         return False
     _forget(guard, client)
+    guard.telemetry.metrics.record_release("seen")
     return True
 
 

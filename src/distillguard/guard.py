@@ -330,7 +330,9 @@ class Guard:
             await performer.limiter.aclose()
 
     def _released(self, identity: Identity, shared: bool) -> bool:
-        """Log a release (the client as the spans record it: hashed when so configured)."""
+        """Count and log a release (the client as the spans record it: hashed when so
+        configured)."""
+        self.telemetry.metrics.record_release("shared" if shared else "process")
         logger.warning(
             "distillguard: client %s released (%s)",
             self.telemetry.client_attribute(identity.client_id),

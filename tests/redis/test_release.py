@@ -100,6 +100,48 @@ def test_a_release_reaches_every_replica(redis_server: RedisServer, kind: str) -
         b.close()
 
 
+def test_releases_are_counted_where_made_and_where_applied(redis_server: RedisServer) -> None:
+    """``distillguard.risk.releases``: ``shared`` on the operator's guard, ``seen`` on the
+    replica that read and applied it (once), ``process`` for a release this process only."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from distillguard.telemetry.names import ATTR_RELEASE_SCOPE, METRIC_RELEASES
+    from tests.telemetry.conftest import metric_points, value_of
+
+    def counted(reader: InMemoryMetricReader) -> dict[str, int]:
+        points = metric_points(reader).get(METRIC_RELEASES, [])
+        key = ATTR_RELEASE_SCOPE.replace(".", "__")
+        return {scope: value_of(points, **{key: scope}) for scope in ("shared", "process", "seen")}
+
+    def metered(url: str) -> tuple[Guard, InMemoryMetricReader]:
+        reader = InMemoryMetricReader()
+        g = Guard(
+            jwt=jwt_config(),
+            limits=LimitConfig(default="100/minute", storage_uri=url),
+            detectors=[Persistent()],
+            policy=Policy(risk=RiskPolicy(penalty_seconds=600)),
+            meter_provider=MeterProvider(metric_readers=[reader]),
+        )
+        return g, reader
+
+    replica, replica_reader = metered(redis_server.url)
+    operator, operator_reader = metered(redis_server.url)
+    h = Harness("wsgi", replica)
+    thief = make_token(sub="thief")
+    try:
+        assert [h.call(chat_body(), token=thief)[0] for _ in range(3)] == [200, 200, 429]
+        assert operator.release("thief") is True
+        assert [h.call(chat_body(), token=thief)[0] for _ in range(2)] == [200, 200]
+        assert counted(operator_reader) == {"shared": 1, "process": 0, "seen": 0}
+        assert counted(replica_reader) == {"shared": 0, "process": 0, "seen": 1}
+        alone, alone_reader = metered("memory://")
+        alone.release("thief")
+        assert counted(alone_reader) == {"shared": 0, "process": 1, "seen": 0}
+    finally:
+        h.close()
+
+
 def test_a_second_release_is_seen_as_the_first(redis_server: RedisServer) -> None:
     """Each release counts: a replica forgets the client once per release it reads, not at
     every request after one."""

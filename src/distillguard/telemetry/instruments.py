@@ -100,6 +100,13 @@ class Instruments:
             unit="{response}",
             description="Streamed answers the guard ended before the app finished them, by reason.",
         )
+        meter.create_observable_counter(
+            names.METRIC_RELEASES,
+            callbacks=[self._observe_releases],
+            unit="{client}",
+            description="Clients released from the risk policy's hold (Guard.release), by scope: "
+            "made here (shared or process) or read from the shared storage and applied (seen).",
+        )
         meter.create_observable_gauge(
             names.METRIC_CLIENTS,
             callbacks=[self._observe_clients],
@@ -177,6 +184,9 @@ class Instruments:
 
     def _observe_ended(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._by_reason(lambda m: m.ended_counts(), names.ATTR_STREAM_REASON)
+
+    def _observe_releases(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._by_reason(lambda m: m.release_counts(), names.ATTR_RELEASE_SCOPE)
 
     def _by_reason(
         self, counts: Callable[[GuardMetrics], list[tuple[str, int]]], attribute: str

@@ -90,6 +90,7 @@ class GuardMetrics:
         self._guard_errors: dict[tuple[str, str], int] = {}  # (error type, action) -> requests
         self._unmarked: dict[str, int] = {}
         self._ended: dict[str, int] = {}
+        self._releases: dict[str, int] = {}
         self._scores: deque[float] = deque(maxlen=_QUEUE)
         self._durations: deque[tuple[float, Mapping[str, Any]]] = deque(maxlen=_QUEUE)
         self._duration_attrs: dict[str, Mapping[str, Any]] = {}
@@ -168,6 +169,11 @@ class GuardMetrics:
         """Count a streamed answer the guard ended (``reason``: ``risk:penalty_box``)."""
         self._bump(self._ended, reason)
 
+    def record_release(self, scope: str) -> None:
+        """Count a release of a client (``scope``: ``shared`` or ``process`` for one made
+        here, ``seen`` for one another process made that this one read and applied)."""
+        self._bump(self._releases, scope)
+
     def _bump(self, counts: dict[str, int], reason: str) -> None:
         with self._lock:
             counts[reason] = counts.get(reason, 0) + 1
@@ -237,6 +243,10 @@ class GuardMetrics:
     def ended_counts(self) -> list[tuple[str, int]]:
         """``(reason, count)`` of the streamed answers the guard ended so far."""
         return self._read(self._ended)
+
+    def release_counts(self) -> list[tuple[str, int]]:
+        """``(scope, count)`` of the releases made or applied so far."""
+        return self._read(self._releases)
 
     def _read(self, counts: dict[str, int]) -> list[tuple[str, int]]:
         with self._lock:

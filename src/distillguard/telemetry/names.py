@@ -25,6 +25,7 @@ __all__ = [
     "ATTR_QUERY_KIND",
     "ATTR_QUERY_LENGTH",
     "ATTR_REASONS",
+    "ATTR_RELEASE_SCOPE",
     "ATTR_SCORE",
     "ATTR_SHADOW",
     "ATTR_STREAM_REASON",
@@ -50,6 +51,7 @@ __all__ = [
     "METRIC_DURATION",
     "METRIC_GUARD_ERRORS",
     "METRIC_LIMITER_FALLBACKS",
+    "METRIC_RELEASES",
     "METRIC_SCORE",
     "METRIC_STATE_EXCHANGES",
     "METRIC_STREAMS_ENDED",
@@ -94,6 +96,7 @@ ATTR_LIMITER_OUTCOME = "distillguard.limiter.outcome"
 ATTR_STATE_OUTCOME = "distillguard.state.outcome"
 ATTR_WATERMARK_REASON = "distillguard.watermark.reason"
 ATTR_STREAM_REASON = "distillguard.stream.reason"
+ATTR_RELEASE_SCOPE = "distillguard.release.scope"
 ERROR_TYPE = "error.type"
 
 # -- stable HTTP semantic conventions --------------------------------------------------------
@@ -126,3 +129,4 @@ METRIC_STATE_EXCHANGES = "distillguard.detector.state.exchanges"
 METRIC_GUARD_ERRORS = "distillguard.guard.errors"
 METRIC_WATERMARK_UNMARKED = "distillguard.watermark.unmarked"
 METRIC_STREAMS_ENDED = "distillguard.streams.ended"
+METRIC_RELEASES = "distillguard.risk.releases"
