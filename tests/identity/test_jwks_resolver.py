@@ -340,6 +340,31 @@ def test_refresh_runs_in_the_background_on_schedule(
     assert jwks_server.max_concurrent == 1
 
 
+def test_the_refresher_never_moves_the_global_random_state() -> None:
+    """Its jitter has its own generator: an app's (or a property test's) seeded ``random`` is
+    left alone, whatever the background thread schedules."""
+    import random
+
+    from distillguard.identity._refresher import Refresher
+
+    outcomes = iter([True, False, True, False])
+    runs: list[int] = []
+
+    def task() -> bool:
+        runs.append(1)
+        return next(outcomes, True)
+
+    random.seed(1234)
+    before = random.getstate()
+    refresher = Refresher(task, period=0.01, cooldown=0.0, name="jitter-test")
+    refresher.start()
+    try:
+        assert wait_until(lambda: len(runs) >= 4, timeout=5.0)
+    finally:
+        refresher.stop()
+    assert random.getstate() == before
+
+
 # -- unknown kids and rotation ---------------------------------------------------------------
 
 

@@ -18,6 +18,10 @@ __all__ = ["Refresher"]
 
 MAX_BACKOFF = 60.0
 
+_JITTER = random.Random()
+"""The jitter's own generator: a library never draws from (or moves) the process's global
+``random`` state, which an app or its tests may have seeded."""
+
 
 class Refresher:
     """Runs ``task`` (which returns whether it succeeded) on one background thread.
@@ -136,9 +140,9 @@ class Refresher:
                 self.attempts += 1
                 if ok:
                     self.failures = 0
-                    self._next_at = done + self._period * 0.8 * random.uniform(0.9, 1.1)
+                    self._next_at = done + self._period * 0.8 * _JITTER.uniform(0.9, 1.1)
                 else:
                     self.failures += 1
                     backoff = min(2.0 ** (self.failures - 1), MAX_BACKOFF, self._period)
-                    self._next_at = done + backoff * random.uniform(0.8, 1.2)
+                    self._next_at = done + backoff * _JITTER.uniform(0.8, 1.2)
                 self._cond.notify_all()
