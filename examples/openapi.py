@@ -141,8 +141,7 @@ def _problem(description: str, *headers: str) -> dict[str, Any]:
         "description": description,
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
-    if headers:
-        out["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
+    out["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in (*headers, "X-Request-Id")}
     return out
 
 
@@ -164,6 +163,11 @@ def openapi_schema() -> dict[str, Any]:
                 "WWW-Authenticate": {
                     "description": "The Bearer challenge (RFC 6750).",
                     "schema": {"type": "string"},
+                },
+                "X-Request-Id": {
+                    "description": "The request's trace id, when its trace is sampled: quote it to find "
+                    "the guard's span (OpenAI's SDKs report it as the error's request_id).",
+                    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
                 },
             },
         },

@@ -4,6 +4,7 @@ none when the trace is not sampled or the header is turned off."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import openai
@@ -53,6 +54,10 @@ def test_a_refusal_names_its_trace(kind: str) -> None:
     assert "x-request-id" not in ok[1]
     assert limited[1]["x-request-id"] == ids[1] and anonymous[1]["x-request-id"] == ids[2]
     assert len(set(ids)) == 3
+    from examples.openapi import openapi_schema  # the example apps document the header so
+
+    documented = openapi_schema()["components"]["headers"]["X-Request-Id"]["schema"]["pattern"]
+    assert all(re.fullmatch(documented, i) for i in ids)
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
