@@ -77,13 +77,14 @@ through the limit storage like the per-client detectors' state (``shares_state``
 concentrated on a family as soon as its whole stream says so, whichever replica served it. The
 family records are shared too (``shares_records``): once a request is scored, the guard sends
 the records it joined to the storage (a sorted set per group and family: each member's latest
-visit, the members of the last ``horizon``, at most ``max_members``; one script call per
-record) and the replica takes the members the others served, from its next request on. The
-active-account counts and the background sketch stay per process. Behind a round-robin balancer
-each replica sees every account of a group; behind a sticky one (by client address) only its
-share, so a replica whose record holds members it never served scales its count of the group's
-active accounts by members / its own members (a third of them each, on three sticky replicas:
-x3), and the null expects as many members as one replica serving everything would.
+visit, the members of the last ``horizon``, at most ``max_members``; one script call per record,
+all of a request's calls in one pipelined round trip) and the replica takes the members the
+others served, from its next request on. The active-account counts and the background sketch
+stay per process. Behind a round-robin balancer each replica sees every account of a group;
+behind a sticky one (by client address) only its share, so a replica whose record holds members
+it never served scales its count of the group's active accounts by members / its own members (a
+third of them each, on three sticky replicas: x3), and the null expects as many members as one
+replica serving everything would.
 Three replicas taking turns flag a 10-account template campaign at its 20th request, one
 replica at its 18th, and three replicas with everything per process at their 52nd (32nd with
 the records per process; ``tests/redis/test_shared_detector_state.py``). A request scored
