@@ -138,7 +138,10 @@ class Exchange:
         """The request's trace id (32 hex digits) when it is sampled, else ``None``: what the
         guard's refusals carry, and what the app finds at ``scope["distillguard.request_id"]``
         (``environ`` under WSGI) for its own error answers."""
-        return request_id(self.span)
+        context = self.span.get_span_context()
+        if context.is_valid and context.trace_flags.sampled:
+            return f"{context.trace_id:032x}"
+        return None
 
     def response_start(self, status: int) -> tuple[tuple[str, str], ...]:
         """The app started its response with ``status``; return the headers to add to it."""
@@ -350,15 +353,6 @@ class Exchange:
             with contextlib.suppress(Exception):  # already reported once for this stage
                 span.end()
         self._own = True
-
-
-def request_id(span: Span) -> str | None:
-    """The trace id of ``span`` (32 hex digits), the request id of the guard's and the
-    gateway's own error answers; ``None`` when the trace is not sampled (nothing to find)."""
-    context = span.get_span_context()
-    if context.is_valid and context.trace_flags.sampled:
-        return f"{context.trace_id:032x}"
-    return None
 
 
 def _stream_error(retry_after: int) -> bytes:

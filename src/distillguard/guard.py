@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -31,20 +30,18 @@ from .limiting.outage import LimiterStats
 from .limiting.storage import hash_tag, is_memory
 from .policy import Policy
 from .problems import Problem
-from .request import GuardRequest
+from .request import HTTP_TOKEN, GuardRequest
 from .risk import ClientStatus, RiskEngine
 from .telemetry import Telemetry, TelemetryConfig
 from .watermark import Watermark
 
 __all__ = ["Guard"]
 
+_T = TypeVar("_T")
+
 logger = logging.getLogger("distillguard")
 
 DetectorSpec = Any
-
-
-_TOKEN_CHARS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-"""The characters of an HTTP token (RFC 9110), which a WebSocket subprotocol is."""
 
 
 class Guard:
@@ -145,7 +142,7 @@ class Guard:
         if websockets not in ("pass", "authenticate"):
             raise ConfigurationError("websockets must be 'pass' or 'authenticate'")
         if websocket_token_protocol is not None and (
-            not websocket_token_protocol or _TOKEN_CHARS.fullmatch(websocket_token_protocol) is None
+            not websocket_token_protocol or HTTP_TOKEN.fullmatch(websocket_token_protocol) is None
         ):
             raise ConfigurationError(
                 "websocket_token_protocol must be a non-empty subprotocol prefix (token chars)"
@@ -298,16 +295,12 @@ class Guard:
                 client; call again).
         """
         identity = Identity(client_id=client_id, tenant=tenant)
-        return self._released(identity, drive(flow_release(self, identity), SyncPerformer(self._limiter())))
+        return self._released(identity, self._run_once(flow_release(self, identity)))
 
     async def arelease(self, client_id: str, *, tenant: str | None = None) -> bool:
         """:meth:`release`, awaiting the storage (on the running event loop's connections)."""
         identity = Identity(client_id=client_id, tenant=tenant)
-        performer = self.async_performer()
-        try:
-            return self._released(identity, await adrive(flow_release(self, identity), performer))
-        finally:
-            await performer.limiter.aclose()
+        return self._released(identity, await self._arun_once(flow_release(self, identity)))
 
     def status(self, client_id: str, *, tenant: str | None = None) -> ClientStatus:
         """Where the risk policy stands on a client: whether it is in the penalty box and for
@@ -318,14 +311,23 @@ class Guard:
             ConfigurationError: the guard has no risk policy.
         """
         identity = Identity(client_id=client_id, tenant=tenant)
-        return drive(flow_status(self, identity, self.clock()), SyncPerformer(self._limiter()))
+        return self._run_once(flow_status(self, identity, self.clock()))
 
     async def astatus(self, client_id: str, *, tenant: str | None = None) -> ClientStatus:
         """:meth:`status`, awaiting the storage (on the running event loop's connections)."""
         identity = Identity(client_id=client_id, tenant=tenant)
+        return await self._arun_once(flow_status(self, identity, self.clock()))
+
+    def _run_once(self, flow: Generator[Any, object, _T]) -> _T:
+        """Drive an operator's ``flow`` (no request) with the guard's sync limiter."""
+        return drive(flow, SyncPerformer(self._limiter()))
+
+    async def _arun_once(self, flow: Generator[Any, object, _T]) -> _T:
+        """Drive an operator's ``flow`` with an async limiter of its own on the running event
+        loop, closed afterwards."""
         performer = self.async_performer()
         try:
-            return await adrive(flow_status(self, identity, self.clock()), performer)
+            return await adrive(flow, performer)
         finally:
             await performer.limiter.aclose()
 

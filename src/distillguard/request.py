@@ -9,7 +9,7 @@ from functools import lru_cache
 
 from .identity import Identity
 
-__all__ = ["GuardRequest", "address_key", "bearer_token", "well_formed"]
+__all__ = ["HTTP_TOKEN", "GuardRequest", "address_key", "bearer_token", "well_formed"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +42,8 @@ class GuardRequest:
 
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP token (RFC 9110): a header field name, a WebSocket subprotocol."""
 """RFC 6750 ``b64token``: what a bearer token may be made of (a JWT is)."""
 
 

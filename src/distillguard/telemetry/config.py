@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 from ..errors import ConfigurationError
+from ..request import HTTP_TOKEN
 
 __all__ = ["TelemetryConfig", "check_header_name", "hash_identifier"]
 
 _SPAN_MODES = frozenset({"child", "enrich"})
-_HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # a field name (RFC 9110 token), lower case
 
 
 def check_header_name(name: str | None, setting: str) -> None:
     """Raise :class:`ConfigurationError` unless ``name`` is ``None`` or a lower-case field name
     (``setting`` names the setting in the message)."""
-    if name is not None and not _HEADER.fullmatch(name):
+    if name is not None and (not HTTP_TOKEN.fullmatch(name) or name != name.lower()):
         raise ConfigurationError(f"{setting} must be a lower-case header name, or None")
 
 
