@@ -475,7 +475,8 @@ class AsyncLimiter(LimiterBase):
 
     async def join_records(self, joins: tuple[JoinRecord, ...]) -> list[list[tuple[str, float]]] | None:
         """Add each join to its shared record (see :meth:`Limiter.join_records`; on a Redis
-        Cluster the calls run concurrently)."""
+        Cluster, or after a flushed script cache, the calls of different records run
+        concurrently, those of one record in order)."""
         if not self.remote:
             return None
 
@@ -488,10 +489,21 @@ class AsyncLimiter(LimiterBase):
                 answer = self._record_replies(await pipe.execute(raise_on_error=False))
                 if answer is not None:
                     return answer
-            replies = await asyncio.gather(*(script(keys=k, args=a) for k, a in jobs), return_exceptions=True)
-            for reply in replies:  # every call has ended: none is left running with its error
-                if isinstance(reply, BaseException):
-                    raise reply
+            # one record's joins in their order (each answer is the record after its own join),
+            # different records concurrently (on a cluster, different nodes)
+            replies: list[Any] = [None] * len(jobs)
+            by_record: dict[str, list[int]] = {}
+            for i, (keys, _) in enumerate(jobs):
+                by_record.setdefault(keys[0], []).append(i)
+
+            async def in_order(indices: list[int]) -> None:
+                for i in indices:
+                    replies[i] = await script(keys=jobs[i][0], args=jobs[i][1])
+
+            ended = await asyncio.gather(*map(in_order, by_record.values()), return_exceptions=True)
+            for outcome in ended:  # every call has ended: none is left running with its error
+                if isinstance(outcome, BaseException):
+                    raise outcome
             return [record_members(reply) for reply in replies]
 
         done, result, exc = await self._on_primary(join)
