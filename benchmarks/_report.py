@@ -4,9 +4,10 @@ Markdown file."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
-__all__ = ["replace_section"]
+__all__ = ["reference_ms", "replace_section"]
 
 
 def replace_section(path: Path, start: str, end: str, report: str) -> None:
@@ -19,3 +20,15 @@ def replace_section(path: Path, start: str, end: str, report: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def reference_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python loop, to compare machines (best of 5)."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        total = 0
+        for i in range(1_000_000):
+            total += i & 7
+        best = min(best, time.process_time() - start)
+    return best * 1e3

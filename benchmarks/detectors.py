@@ -38,7 +38,7 @@ from distillguard.detectors.defaults import default_detectors
 from distillguard.identity import Identity
 from distillguard.query import Query, parse_query
 
-from ._report import replace_section
+from ._report import reference_ms, replace_section
 from .overhead import commit
 
 START = "<!-- detectors:start -->"
@@ -170,18 +170,6 @@ def null(clients: int = 200) -> None:
         )
 
 
-def _reference_ms() -> float:
-    """CPU milliseconds of a fixed pure-Python loop, to compare machines (best of 5)."""
-    best = float("inf")
-    for _ in range(5):
-        start = time.process_time()
-        total = 0
-        for i in range(1_000_000):
-            total += i & 7
-        best = min(best, time.process_time() - start)
-    return best * 1e3
-
-
 def per_detector(requests: int, repeats: int, seed: int = 2) -> tuple[float, dict[str, float]]:
     """Mean microseconds of the shared text features and of each detector's ``score`` alone
     (features computed beforehand; the timer's own cost per call subtracted), 1 KB prompts, a
@@ -273,7 +261,7 @@ def main() -> None:
         f"Command: `{command}`. Machine: {os.cpu_count()} CPUs, Python {platform.python_version()} on "
         f"{platform.system()} {platform.machine()}, load average {load:.1f} at the start; {now}; "
         f"{commit()}.",
-        f"Default detectors: {names}. Machine reference: {_reference_ms():.1f} ms of CPU for a "
+        f"Default detectors: {names}. Machine reference: {reference_ms():.1f} ms of CPU for a "
         "1,000,000-step pure-Python loop.",
         "",
         f"Whole default set, median per-request time ({requests} requests x {repeats} repeats per cell; each "

@@ -49,7 +49,7 @@ from distillguard import (
 from distillguard.detectors.defaults import default_detectors
 
 from . import _apps
-from ._report import replace_section
+from ._report import reference_ms, replace_section
 
 START = "<!-- storage:start -->"
 END = "<!-- storage:end -->"
@@ -427,14 +427,80 @@ def round_trips(url: str, requests: int) -> list[tuple[str, str, float, str]]:
     return rows
 
 
+HISTORY = (40, 70.0, 900)
+"""A long-lived client's windows before each measured request: 40 entries spread over the last
+70 s in its minute window (a few have left it) and 900 over the last day in its day window."""
+
+
+def server_time(url: str, rounds: int = 3) -> list[tuple[str, float, float]]:
+    """``(charging, Redis server us per request, script calls per request)`` for ``CLIENTS``
+    clients with a long history (:data:`HISTORY`), one request each: the guard's script, and
+    ``limits``' own moving-window strategy charging and reading the same two windows (``hit``
+    then ``get_window_stats``, per window). The server's time is its ``INFO commandstats``
+    total; every request is admitted."""
+    from limits import parse_many
+    from limits.storage import storage_from_string
+    from limits.strategies import MovingWindowRateLimiter
+
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    items = parse_many(LIMITS)
+    spans = ((items[0], HISTORY[0], HISTORY[1]), (items[1], HISTORY[2], 86_000.0))
+
+    def fill(prefix: str) -> None:
+        now = time.time()
+        pipe = client.pipeline(transaction=False)
+        for i in range(CLIENTS):
+            for item, entries, span in spans:
+                key = f"{prefix}:" + item.key_for("c", "default", f"client-{i}")
+                pipe.delete(key)
+                pipe.rpush(key, *[now - 1 - j * span / entries for j in range(entries)])
+                pipe.expire(key, item.get_expiry())
+        pipe.execute()
+
+    def measure(run: Callable[[], object]) -> tuple[float, float]:
+        client.config_resetstat()
+        run()
+        stats = client.info("commandstats")
+        skip = ("cmdstat_config", "cmdstat_info")
+        usec = sum(v["usec"] for k, v in stats.items() if not k.startswith(skip))
+        calls = sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+        return usec / CLIENTS, calls / CLIENTS
+
+    runs: dict[str, list[tuple[float, float]]] = {"guard": [], "limits": []}
+    for r in range(rounds):
+        prefix = f"history{r}{time.time()}"
+        guard = make_guard(url, prefix=prefix)
+        app = wsgi_runner(DistillGuardWSGIMiddleware(bare_wsgi, guard=guard), _apps.chat_body(1024))
+        app(1)  # loads the script
+        fill(prefix)
+        runs["guard"].append(measure(lambda app=app: app(CLIENTS)))  # each client once
+        limiter = MovingWindowRateLimiter(storage_from_string(url, key_prefix=prefix))
+
+        def plain(limiter: MovingWindowRateLimiter = limiter) -> None:
+            for i in range(CLIENTS):
+                for item, _, _ in spans:
+                    limiter.hit(item, "c", "default", f"client-{i}")
+                    limiter.get_window_stats(item, "c", "default", f"client-{i}")
+
+        plain()  # loads the scripts
+        fill(prefix)
+        runs["limits"].append(measure(plain))
+    client.close()
+    return [(name, statistics.median(u for u, _ in values), values[0][1]) for name, values in runs.items()]
+
+
 def report(url: str, requests: int, repeats: int) -> str:
     """The Markdown section."""
     over = overhead(url, requests, repeats)
     trips = round_trips(url, 200)
+    server = server_time(url)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     machine = (
         f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs "
-        f"(load average {load:.1f} at the start: absolute times vary with the machine's load)"
+        f"(load average {load:.1f} at the start: absolute times vary with the machine's load; "
+        f"{reference_ms():.1f} ms of CPU for a 1,000,000-step pure-Python loop)"
     )
     lines = [
         "## Storage",
@@ -476,6 +542,20 @@ def report(url: str, requests: int, repeats: int) -> str:
         lines.append(f"| {adapter} | {strategy} | {count:g} | {commands} |")
     lines += [
         "",
+        "The Redis server's own time per request (its `INFO commandstats`), for 1,000 clients with a long "
+        f"history, one request each: {HISTORY[0]} entries over the last {HISTORY[1]:.0f} s in the minute "
+        f"window (a few of them expired) and {HISTORY[2]} over the last day in the day window. The "
+        "guard's script against `limits`' own moving-window strategy on the same windows (`hit`, then "
+        "`get_window_stats` for the RateLimit fields, per window); median of 3 rounds:",
+        "",
+        "| Charging | Server us per request | Script calls per request |",
+        "|---|---:|---:|",
+    ]
+    for name, usec, calls in server:
+        label = "the guard's script" if name == "guard" else "`limits`' MovingWindowRateLimiter"
+        lines.append(f"| {label} | {usec:.1f} | {calls:g} |")
+    lines += [
+        "",
         "Moving and fixed windows on a single Redis (or Sentinel) cost one round trip per request: one "
         "script checks every window of the request, charges them all or none, and returns each window's"
         " remaining quota and reset time (`distillguard/limiting/_script.py`). On a Redis Cluster a "
@@ -486,7 +566,9 @@ def report(url: str, requests: int, repeats: int) -> str:
         " script (an empty answer when this replica is up to date) and written back after the detectors"
         " ran: two round trips per request; one more (the read) where the windows are charged through "
         "`limits`. A concurrency cap shared across replicas adds two: the lease is taken after the "
-        "windows (a refused request takes none) and given back after the answer.",
+        "windows (a refused request takes none) and given back after the answer. The script finds how "
+        "many entries of a moving window still count with one read of the oldest entry when none has "
+        "expired (a binary search otherwise), and drops the expired entries when it charges.",
     ]
     return "\n".join(lines)
 

@@ -239,3 +239,40 @@ def test_retry_after_of_a_costly_request_on_the_script(
     time.sleep(wait + 0.05)
     assert h.call(chat_body(n=3))[0] == 200
     h.close()
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_charge_drops_the_expired_entries_of_its_moving_window(
+    redis_server: RedisServer, tracer_provider: Any, kind: str
+) -> None:
+    """The script trims the entries that have left the window when it charges, so a window's list
+    holds only what still counts (its next check reads the oldest entry, not a binary search),
+    and ``limits``' own moving-window reader agrees with the guard's count."""
+    import time
+
+    from limits import parse
+    from limits.strategies import MovingWindowRateLimiter
+
+    guard = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default="5 per 2 second", storage_uri=redis_server.url, key_prefix="trim"),
+        tracer_provider=tracer_provider,
+    )
+    h = Harness(kind, guard)
+    key = "trim:LIMITER/c/default/client-1/5/2/second"
+    assert [h.call()[0] for _ in range(3)] == [200, 200, 200]
+    assert redis_server.cli("LLEN", key).strip() == "3"
+    time.sleep(1.0)
+    status, headers, _ = h.call()
+    assert (status, headers["ratelimit"].split(";")[1]) == (200, "r=1")  # nothing expired: 4 count
+    assert redis_server.cli("LLEN", key).strip() == "4"
+    time.sleep(1.2)  # the first three have left the window, the fourth has not
+    status, headers, _ = h.call()
+    assert (status, headers["ratelimit"].split(";")[1]) == (200, "r=3")
+    assert redis_server.cli("LLEN", key).strip() == "2"  # the three expired entries are gone
+    storage = build_storage(redis_server.url, asynchronous=False, key_prefix="trim")
+    stats = MovingWindowRateLimiter(storage).get_window_stats(
+        parse("5 per 2 second"), "c", "default", "client-1"
+    )
+    assert stats.remaining == 3
+    assert [h.call()[0] for _ in range(4)] == [200, 200, 200, 429]

@@ -11,7 +11,12 @@ It improves on charging window by window in three ways:
 * **all or nothing**: when one window refuses, none is charged, so a refused request never
   holds quota (no refund needed, no window of over-counting);
 * **server time**: moving-window timestamps come from Redis ``TIME``, so replicas whose clocks
-  disagree still share one exact window (``limits`` stamps entries with each client's clock).
+  disagree still share one exact window (``limits`` stamps entries with each client's clock);
+* **less work on the server**: a moving window's count is the list's length when its oldest
+  entry still counts (one read at the tail; a binary search over the list otherwise), and a
+  charge trims the entries that have left the window, so an active client's list holds what
+  still counts and its next check is one read (``limits``' readers count only entries within
+  the window, so they see the same counts).
 
 Given one more key and argument, it also reads the client's shared detector state in the same
 round trip (as :data:`LOAD_STATE_LUA` does; :mod:`distillguard.detectors._sharing`).
@@ -58,15 +63,21 @@ for i = 1, n do
   local expiry, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   local count, start = 0, now
   if kind == 'm' then
-    local low, high, found = 0, redis.call('llen', KEYS[i]) - 1, -1
-    while low <= high do
-      local mid = math.floor((low + high) / 2)
-      local v = tonumber(redis.call('lindex', KEYS[i], mid))
-      if v and v > now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
-    end
-    if found >= 0 then
-      count = found + 1
-      start = tonumber(redis.call('lindex', KEYS[i], found))
+    local size = redis.call('llen', KEYS[i])
+    local oldest = tonumber(redis.call('lindex', KEYS[i], -1))
+    if oldest and oldest > now - expiry then  -- nothing expired yet: the whole list counts
+      count, start = size, oldest
+    else
+      local low, high, found = 0, size - 2, -1
+      while low <= high do
+        local mid = math.floor((low + high) / 2)
+        local v = tonumber(redis.call('lindex', KEYS[i], mid))
+        if v and v > now - expiry then found = mid; low = mid + 1 else high = mid - 1 end
+      end
+      if found >= 0 then
+        count = found + 1
+        start = tonumber(redis.call('lindex', KEYS[i], found))
+      end
     end
   else
     count = tonumber(redis.call('get', KEYS[i]) or '0')
@@ -93,7 +104,7 @@ for i = 1, n do
       for j = 1, #entries, 5000 do
         redis.call('lpush', KEYS[i], unpack(entries, j, math.min(j + 4999, #entries)))
       end
-      redis.call('ltrim', KEYS[i], 0, limit - 1)
+      redis.call('ltrim', KEYS[i], 0, math.min(limit, count + cost) - 1)  -- and the expired
       redis.call('expire', KEYS[i], expiry)
       if count == 0 then starts[i] = now end
       count = count + cost
