@@ -491,11 +491,66 @@ def server_time(url: str, rounds: int = 3) -> list[tuple[str, float, float]]:
     return [(name, statistics.median(u for u, _ in values), values[0][1]) for name, values in runs.items()]
 
 
+def parsers(url: str, calls: int = 2000, repeats: int = 5) -> list[tuple[str, float, float]]:
+    """``(parser, sync client CPU us, asyncio client CPU us)`` per call of the charging script
+    (two moving windows), redis-py with its pure-Python reply parser and with hiredis (the
+    ``redis`` extra installs it); alternated, medians of ``repeats``."""
+    import redis.asyncio as redis_aio
+    from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser, _HiredisParser, _RESP2Parser
+
+    import redis as redis_py
+    from distillguard.limiting._script import CHARGE_WINDOWS_LUA
+
+    args = ("1", "m", "60000", "60", "1", "m", "1000000", "86400", "1")
+    loop = asyncio.new_event_loop()
+    runners: dict[tuple[str, str], Callable[[], float]] = {}
+    for name, sync_parser, async_parser in (
+        ("pure Python", _RESP2Parser, _AsyncRESP2Parser),
+        ("hiredis", _HiredisParser, _AsyncHiredisParser),
+    ):
+        pool = redis_py.ConnectionPool.from_url(url, parser_class=sync_parser)
+        client = redis_py.Redis(connection_pool=pool)
+        aclient = redis_aio.Redis(
+            connection_pool=redis_aio.ConnectionPool.from_url(url, parser_class=async_parser)
+        )
+        sha = client.script_load(CHARGE_WINDOWS_LUA)
+
+        def sync_run(client: Any = client, sha: str = sha) -> float:
+            start = time.process_time()
+            for i in range(calls):
+                client.evalsha(sha, 2, f"parse:a{i % 100}", f"parse:b{i % 100}", *args)
+            return (time.process_time() - start) / calls * 1e6
+
+        async def calls_async(aclient: Any, sha: str) -> None:
+            for i in range(calls):
+                await aclient.evalsha(sha, 2, f"parse:a{i % 100}", f"parse:b{i % 100}", *args)
+
+        def async_run(aclient: Any = aclient, sha: str = sha) -> float:
+            start = time.process_time()
+            loop.run_until_complete(calls_async(aclient, sha))
+            return (time.process_time() - start) / calls * 1e6
+
+        runners[(name, "sync")] = sync_run
+        runners[(name, "async")] = async_run
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
+    for run in runners.values():
+        run()  # warm-up
+    for _ in range(repeats):
+        for key, run in runners.items():
+            times[key].append(run())
+    loop.close()
+    return [
+        (name, statistics.median(times[(name, "sync")]), statistics.median(times[(name, "async")]))
+        for name in ("pure Python", "hiredis")
+    ]
+
+
 def report(url: str, requests: int, repeats: int) -> str:
     """The Markdown section."""
     over = overhead(url, requests, repeats)
     trips = round_trips(url, 200)
     server = server_time(url)
+    parsing = parsers(url)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     machine = (
         f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs "
@@ -554,6 +609,17 @@ def report(url: str, requests: int, repeats: int) -> str:
     for name, usec, calls in server:
         label = "the guard's script" if name == "guard" else "`limits`' MovingWindowRateLimiter"
         lines.append(f"| {label} | {usec:.1f} | {calls:g} |")
+    lines += [
+        "",
+        "The client's CPU per round trip of the charging script (two moving windows), with redis-py's "
+        "pure-Python reply parser and with hiredis (its C parser and command packer, which the "
+        "`redis` extra installs), alternated in one process; medians of 5 x 2,000 calls:",
+        "",
+        "| redis-py parser | sync client us per call | asyncio client us per call |",
+        "|---|---:|---:|",
+    ]
+    for name, sync_us, async_us in parsing:
+        lines.append(f"| {name} | {sync_us:.1f} | {async_us:.1f} |")
     lines += [
         "",
         "Moving and fixed windows on a single Redis (or Sentinel) cost one round trip per request: one "
