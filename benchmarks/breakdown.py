@@ -142,8 +142,33 @@ def steps(number: int, repeats: int) -> list[tuple[str, float]]:
         ("span lifecycle, SDK provider (Exchange start to finish)", _best(lifecycle(guard), number, repeats)),
         ("span lifecycle, non-recording tracer", _best(lifecycle(quiet), number, repeats)),
     ]
+    out.extend(busy_window(number))
     out.extend(detector_costs(loop, number=min(number, 3_000)))
     loop.close()
+    return out
+
+
+def busy_window(number: int) -> list[tuple[str, float]]:
+    """Mean CPU time of one charge of the in-memory moving window at 1,000 and at 100,000
+    entries (a shared window of 100,000 requests a minute, running at that rate: every charge
+    adds one entry and one leaves), on a stepped clock."""
+    from distillguard.limiting._table import BoundedTable
+
+    out = []
+    for size in (1_000, 100_000):
+        now = [0.0]
+        table = BoundedTable(16, clock=lambda now=now: now[0])
+        step = 60.0 / size
+        for _ in range(size):
+            now[0] += step
+            table.charge_moving_window("all", 10**9, 60, 1, True)
+        start = time.process_time()
+        for _ in range(number):
+            now[0] += step
+            table.charge_moving_window("all", 10**9, 60, 1, True)
+        out.append(
+            (f"moving window charge, memory, {size:,} entries", (time.process_time() - start) / number * 1e6)
+        )
     return out
 
 

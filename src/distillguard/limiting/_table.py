@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from math import floor
 
@@ -42,25 +42,23 @@ class _Events:
     __slots__ = ("entries", "expiry", "total")
 
     def __init__(self, expiry: float) -> None:
-        self.entries: list[tuple[float, int]] = []  # oldest first
+        # oldest first; a deque, so that dropping the expired entries at the front costs what
+        # they are, not a move of the whole window (a client at its limit of 100,000 a minute)
+        self.entries: deque[tuple[float, int]] = deque()
         self.total = 0
         self.expiry = expiry
 
     def prune(self, now: float) -> None:
         cutoff = now - self.expiry
         entries = self.entries
-        cut = 0
-        while cut < len(entries) and entries[cut][0] <= cutoff:
-            self.total -= entries[cut][1]
-            cut += 1
-        if cut:
-            del entries[:cut]
+        while entries and entries[0][0] <= cutoff:
+            self.total -= entries.popleft()[1]
 
 
 _Slot = _Counter | _Events
 
 
-def _room_at(entries: list[tuple[float, int]], needed: int) -> float:
+def _room_at(entries: deque[tuple[float, int]], needed: int) -> float:
     """The stamp of the entry whose expiry frees ``needed`` units (entries oldest first): a
     request of cost ``c`` fits once that much of the window has expired, not its oldest entry."""
     freed = 0
