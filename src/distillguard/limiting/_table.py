@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
+from itertools import islice
 from math import floor
 
 from .._clock import steady_time
@@ -39,34 +40,52 @@ class _Counter:
 
 
 class _Events:
-    __slots__ = ("entries", "expiry", "total")
+    __slots__ = ("entries", "expiry", "head", "total")
 
     def __init__(self, expiry: float) -> None:
-        # oldest first; a deque, so that dropping the expired entries at the front costs what
-        # they are, not a move of the whole window (a client at its limit of 100,000 a minute)
-        self.entries: deque[tuple[float, int]] = deque()
+        # ``entries[head:]`` are the window's entries, oldest first; the expired ones before
+        # ``head`` are cut off once they are at least half of the list (and 32), so that an
+        # expiry costs what it drops, not a move of the whole window (a shared window of 100,000
+        # requests a minute, running at that rate), and a client's window stays a small list
+        self.entries: list[tuple[float, int]] = []
+        self.head = 0
         self.total = 0
         self.expiry = expiry
 
     def prune(self, now: float) -> None:
         cutoff = now - self.expiry
         entries = self.entries
-        while entries and entries[0][0] <= cutoff:
-            self.total -= entries.popleft()[1]
+        head = self.head
+        end = len(entries)
+        while head < end and entries[head][0] <= cutoff:
+            self.total -= entries[head][1]
+            head += 1
+        if head == end:
+            entries.clear()
+            head = 0
+        elif head >= 32 and 2 * head >= end:
+            del entries[:head]
+            head = 0
+        self.head = head
+
+    @property
+    def start(self) -> float:
+        """The stamp of the oldest entry in the window."""
+        return self.entries[self.head][0]
 
 
 _Slot = _Counter | _Events
 
 
-def _room_at(entries: deque[tuple[float, int]], needed: int) -> float:
-    """The stamp of the entry whose expiry frees ``needed`` units (entries oldest first): a
-    request of cost ``c`` fits once that much of the window has expired, not its oldest entry."""
+def _room_at(slot: _Events, needed: int) -> float:
+    """The stamp of the entry whose expiry frees ``needed`` units: a request of cost ``c`` fits
+    once that much of the window has expired, not its oldest entry."""
     freed = 0
-    for stamp, amount in entries:
+    for stamp, amount in islice(slot.entries, slot.head, None):
         freed += amount
         if freed >= needed:
             return stamp
-    return entries[-1][0]
+    return slot.entries[-1][0]
 
 
 def _expired(slot: _Slot, now: float) -> bool:
@@ -235,8 +254,8 @@ class BoundedTable:
                 slot.entries.append((now, amount))
                 slot.total = total = total + amount
             if not allowed and 1 < amount <= limit:
-                return False, self._out(_room_at(slot.entries, total + amount - limit), now), total
-            return allowed, self._out(slot.entries[0][0], now), total
+                return False, self._out(_room_at(slot, total + amount - limit), now), total
+            return allowed, self._out(slot.start, now), total
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         """``(start of the window's oldest entry, amount in the window)``."""
@@ -245,7 +264,7 @@ class BoundedTable:
             slot = self._live(key, now)
             if not isinstance(slot, _Events):
                 return self._out(now, now), 0
-            return self._out(slot.entries[0][0], now), slot.total
+            return self._out(slot.start, now), slot.total
 
     def pop_entries(self, key: str, amount: int) -> int:
         """Remove up to ``amount`` from the newest moving-window entries; return how much."""
@@ -255,7 +274,7 @@ class BoundedTable:
                 return 0
             removed = 0
             entries = slot.entries
-            while entries and removed < amount:
+            while len(entries) > slot.head and removed < amount:
                 stamp, count = entries[-1]
                 take = min(count, amount - removed)
                 removed += take
@@ -263,6 +282,9 @@ class BoundedTable:
                     entries.pop()
                 else:
                     entries[-1] = (stamp, count - take)
+            if len(entries) == slot.head:  # nothing left in the window: no expired entries either
+                entries.clear()
+                slot.head = 0
             slot.total -= removed
             return removed
 
