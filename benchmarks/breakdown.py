@@ -172,6 +172,30 @@ def busy_window(number: int) -> list[tuple[str, float]]:
     return out
 
 
+def window_memory() -> list[tuple[int, float]]:
+    """Bytes one in-memory moving window holds (tracemalloc, the table's entry included) with 1,
+    2 and 1,000 entries of one request each: ``(entries, bytes per window)``."""
+    import tracemalloc
+
+    from distillguard.limiting._table import BoundedTable
+
+    out = []
+    for entries in (1, 2, 1_000):
+        now = [0.0]
+        table = BoundedTable(100_000, clock=lambda now=now: now[0])
+        windows = 1_000 if entries < 1_000 else 100
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for w in range(windows):
+            for _ in range(entries):
+                now[0] += 0.001
+                table.charge_moving_window(f"client-{w}", 10**6, 86_400, 1, True)
+        used = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        out.append((entries, used / windows))
+    return out
+
+
 def detector_costs(loop: asyncio.AbstractEventLoop, number: int) -> list[tuple[str, float]]:
     """Mean CPU time of each default detector's ``score`` over ``number`` requests of one client
     (after as many warm-up requests), 256 different prompts cycled."""
@@ -212,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     print("| step | us (best of repeats) |\n|---|---|")
     for name, us in steps(args.number, args.repeats):
         print(f"| {name} | {us:.1f} |")
+    print("\n| moving window, memory storage | bytes per window |\n|---|---|")
+    for entries, size in window_memory():
+        print(f"| {entries:,} request{'s' if entries > 1 else ''} in the window | {size:,.0f} |")
 
 
 if __name__ == "__main__":

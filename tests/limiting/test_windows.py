@@ -142,9 +142,12 @@ def _replay(ops: list[_Op], limit: int) -> int:
             assert start == model[0][0]
         slot = table._data.get("w")
         if slot is not None:
-            live = len(slot.entries) - slot.head  # type: ignore[union-attr]
+            live = len(slot.stamps) - slot.head  # type: ignore[union-attr]
             assert live == len(model)
-            assert len(slot.entries) <= 2 * live + 32
+            amounts = slot.amounts  # type: ignore[union-attr]
+            assert amounts is None or len(amounts) == len(slot.stamps)  # type: ignore[union-attr]
+            assert slot.total == sum(amount for _, amount in model)  # type: ignore[union-attr]
+            assert len(slot.stamps) <= 2 * live + 32  # type: ignore[union-attr]
             cuts += slot.head == 0 and previous_head > 0 and live > 0  # type: ignore[union-attr]
             previous_head = slot.head  # type: ignore[union-attr]
     return cuts

@@ -6,9 +6,10 @@ bounded however many identities a client rotates through. Expiry is lazy: a key 
 is next read, and each insertion also drops up to two expired keys from the cold end. There is
 no timer thread.
 
-Moving windows store ``(timestamp, amount)`` pairs, so a cost of 4,000 (a token budget) is one
-entry, not 4,000. An entry counts for ``expiry`` seconds exactly: at ``stamp + expiry`` it is
-gone, so that ``start + expiry`` (what ``Retry-After`` is computed from) is when the room is there.
+Moving windows store each entry as a timestamp and an amount (16 bytes, in two typed arrays),
+so a cost of 4,000 (a token budget) is one entry, not 4,000. An entry counts for ``expiry``
+seconds exactly: at ``stamp + expiry`` it is gone, so that ``start + expiry`` (what
+``Retry-After`` is computed from) is when the room is there.
 
 Time inside the table is :func:`time.monotonic`: a wall clock stepped back an hour (an NTP step,
 a VM restored from a snapshot) must not hold a client for that hour, nor a step forward free it
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
-from itertools import islice
 from math import floor
 
 from .._clock import steady_time
@@ -40,58 +41,116 @@ class _Counter:
 
 
 class _Events:
-    __slots__ = ("entries", "expiry", "head", "total")
+    """A moving window's entries, oldest first: the stamps ``stamps[head:]`` and their amounts
+    ``amounts[head:]``, or 1 each while ``amounts`` is ``None`` (a window of requests).
+
+    Typed arrays (8 bytes per stamp, and per amount once one is not 1) rather than a list of
+    tuples (about 90 bytes per entry): a client at its limit of 1,000 requests a day holds 8 KB,
+    not 90 KB. The expired entries before ``head`` are cut off once they are at least half of
+    the array (and 32), so that an expiry costs what it drops, not a move of the whole window (a
+    shared window of 100,000 requests a minute, running at that rate)."""
+
+    __slots__ = ("amounts", "expiry", "head", "stamps", "total")
 
     def __init__(self, expiry: float) -> None:
-        # ``entries[head:]`` are the window's entries, oldest first; the expired ones before
-        # ``head`` are cut off once they are at least half of the list (and 32), so that an
-        # expiry costs what it drops, not a move of the whole window (a shared window of 100,000
-        # requests a minute, running at that rate), and a client's window stays a small list
-        self.entries: list[tuple[float, int]] = []
+        self.stamps = array("d")
+        self.amounts: array[int] | None = None
         self.head = 0
         self.total = 0
         self.expiry = expiry
 
+    def _amounts(self) -> array[int]:
+        """The amounts, made explicit (all 1 so far) when one is about to differ."""
+        if self.amounts is None:
+            self.amounts = array("q", [1]) * len(self.stamps)
+        return self.amounts
+
+    def add(self, now: float, amount: int) -> None:
+        """Add ``amount`` at ``now``."""
+        if amount != 1 or self.amounts is not None:
+            self._amounts().append(amount)
+        self.stamps.append(now)
+        self.total += amount
+
     def prune(self, now: float) -> None:
+        """Drop the entries that have left the window at ``now``."""
         cutoff = now - self.expiry
-        entries = self.entries
-        head = self.head
-        end = len(entries)
-        while head < end and entries[head][0] <= cutoff:
-            self.total -= entries[head][1]
+        stamps, amounts = self.stamps, self.amounts
+        first = head = self.head
+        end = len(stamps)
+        while head < end and stamps[head] <= cutoff:
             head += 1
+        if head == first:
+            return
+        self.total -= head - first if amounts is None else sum(amounts[i] for i in range(first, head))
         if head == end:
-            entries.clear()
-            head = 0
+            self._cut(end)
         elif head >= 32 and 2 * head >= end:
-            del entries[:head]
-            head = 0
-        self.head = head
+            self._cut(head)
+        else:
+            self.head = head
+
+    def _cut(self, head: int) -> None:
+        del self.stamps[:head]
+        if self.amounts is not None:
+            del self.amounts[:head]
+        self.head = 0
+
+    def pop(self, amount: int) -> int:
+        """Remove up to ``amount`` from the newest entries; return how much."""
+        stamps = self.stamps
+        removed = 0
+        while len(stamps) > self.head and removed < amount:
+            count = 1 if self.amounts is None else self.amounts[-1]
+            take = min(count, amount - removed)
+            removed += take
+            if take == count:
+                stamps.pop()
+                if self.amounts is not None:
+                    self.amounts.pop()
+            else:
+                self._amounts()[-1] = count - take
+        if len(stamps) == self.head:  # nothing left in the window: no expired entries either
+            self._cut(self.head)
+        self.total -= removed
+        return removed
+
+    @property
+    def empty(self) -> bool:
+        """Whether no entry is left (:meth:`prune` clears a window whose entries all expired)."""
+        return not self.stamps
 
     @property
     def start(self) -> float:
         """The stamp of the oldest entry in the window."""
-        return self.entries[self.head][0]
+        return self.stamps[self.head]
+
+    @property
+    def newest(self) -> float:
+        """The stamp of the newest entry."""
+        return self.stamps[-1]
+
+    def room_at(self, needed: int) -> float:
+        """The stamp of the entry whose expiry frees ``needed`` units: a request of cost ``c``
+        fits once that much of the window has expired, not its oldest entry."""
+        stamps, amounts = self.stamps, self.amounts
+        if amounts is None:  # one unit per entry
+            return stamps[min(self.head + needed, len(stamps)) - 1]
+        freed = 0
+        for i in range(self.head, len(stamps)):
+            freed += amounts[i]
+            if freed >= needed:
+                return stamps[i]
+        return stamps[-1]
 
 
 _Slot = _Counter | _Events
 
 
-def _room_at(slot: _Events, needed: int) -> float:
-    """The stamp of the entry whose expiry frees ``needed`` units: a request of cost ``c`` fits
-    once that much of the window has expired, not its oldest entry."""
-    freed = 0
-    for stamp, amount in islice(slot.entries, slot.head, None):
-        freed += amount
-        if freed >= needed:
-            return stamp
-    return slot.entries[-1][0]
-
-
 def _expired(slot: _Slot, now: float) -> bool:
     if isinstance(slot, _Counter):
         return slot.expires <= now
-    return not slot.entries or slot.entries[-1][0] <= now - slot.expiry
+    return slot.empty or slot.newest <= now - slot.expiry
 
 
 class BoundedTable:
@@ -139,7 +198,7 @@ class BoundedTable:
                 return None
         else:
             slot.prune(now)
-            if not slot.entries:
+            if slot.empty:
                 del self._data[key]
                 return None
         self._data.move_to_end(key)
@@ -222,8 +281,7 @@ class BoundedTable:
                 self._insert(key, slot, now)
             elif slot.total + amount > limit:
                 return False
-            slot.entries.append((now, amount))
-            slot.total += amount
+            slot.add(now, amount)
             return True
 
     def charge_moving_window(
@@ -244,17 +302,16 @@ class BoundedTable:
                 if slot is not None:
                     del self._data[key]
                 slot = _Events(expiry)
-                slot.entries.append((now, amount))
-                slot.total = amount
+                slot.add(now, amount)
                 self._insert(key, slot, now)
                 return True, self._out(now, now), amount
             total = slot.total
             allowed = total + amount <= limit
             if charge and allowed:
-                slot.entries.append((now, amount))
-                slot.total = total = total + amount
+                slot.add(now, amount)
+                total = slot.total
             if not allowed and 1 < amount <= limit:
-                return False, self._out(_room_at(slot, total + amount - limit), now), total
+                return False, self._out(slot.room_at(total + amount - limit), now), total
             return allowed, self._out(slot.start, now), total
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
@@ -272,21 +329,7 @@ class BoundedTable:
             slot = self._live(key, self._clock())
             if not isinstance(slot, _Events):
                 return 0
-            removed = 0
-            entries = slot.entries
-            while len(entries) > slot.head and removed < amount:
-                stamp, count = entries[-1]
-                take = min(count, amount - removed)
-                removed += take
-                if take == count:
-                    entries.pop()
-                else:
-                    entries[-1] = (stamp, count - take)
-            if len(entries) == slot.head:  # nothing left in the window: no expired entries either
-                entries.clear()
-                slot.head = 0
-            slot.total -= removed
-            return removed
+            return slot.pop(amount)
 
     # -- sliding window counter --------------------------------------------------------------
 
