@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from distillguard import Guard, LimitConfig, Policy
+from distillguard.detectors import DetectorResult, Observation
 from distillguard.detectors._protocol import forget_client
 from distillguard.risk import RiskPolicy
 from tests.helpers import jwt_config, make_token
@@ -40,6 +43,54 @@ def test_a_released_client_starts_afresh(kind: str) -> None:
         assert [h.call(chat_body(), token=thief)[0] for _ in range(3)] == [200, 200, 429]
         status, _, body = h.call(chat_body(), token=other)
         assert status == 429 and json.loads(body)["code"] == "suspicious_usage"
+    finally:
+        h.close()
+
+
+class ReleasedMidway(Persistent):
+    """Scores as :class:`Persistent`, and at the client's third request has an operator release
+    the client while that request is being judged (after its history was scored)."""
+
+    name = "persistent"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.guard: Guard | None = None
+
+    def score(self, observation: Observation) -> DetectorResult:
+        result = super().score(observation)
+        if result.score and self.guard is not None:
+            self.guard.release(observation.client_id)
+        return result
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_release_voids_the_verdict_of_a_request_judged_meanwhile(
+    kind: str, tracer_provider: Any, span_exporter: InMemorySpanExporter
+) -> None:
+    """A request scored on the client's history before a release, and assessed after it, is
+    not blocked on that history: it passes (``risk:released``), the client is not boxed again,
+    and its next requests start afresh."""
+    detector = ReleasedMidway()
+    g = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default="100/minute"),
+        detectors=[detector],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=600)),
+        tracer_provider=tracer_provider,
+    )
+    detector.guard = g
+    h = Harness(kind, g)
+    try:
+        assert [h.call(chat_body())[0] for _ in range(3)] == [200, 200, 200]
+        assert g.risk.boxed == 0 and g.status("client-1").level == 0
+        span = [
+            s
+            for s in span_exporter.get_finished_spans()
+            if s.attributes and "distillguard.reasons" in s.attributes
+        ][-1]
+        assert "risk:released" in span.attributes["distillguard.reasons"]  # type: ignore[index,operator]
+        assert [h.call(chat_body())[0] for _ in range(3)] == [200, 200, 200]  # released again each time
     finally:
         h.close()
 

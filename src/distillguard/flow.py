@@ -510,6 +510,7 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         else:
             share.install(client, stored)
     kinds = guard.detector_kinds if mode != "off" else ()
+    held = risk.token(client) if risk is not None else None  # the history the scores are of
     scored = yield from _score(kinds, observation, policy)
     if share is not None and not unread:
         scored = yield from _share(share, client, kinds, observation, policy, scored)
@@ -520,6 +521,9 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
 
     if risk is None:
         action, score, reasons = decide(results, policy)
+    elif held is not None and risk.token(client) is not held:
+        # released while it was judged: its scores are of the history the release forgot
+        action, score, reasons = Action.ALLOW, 0.0, ("risk:released",)
     else:
         verdict = risk.assess(client, results, now, risk.floor(shared_level))
         action, score, reasons = verdict.action, verdict.risk, verdict.reasons

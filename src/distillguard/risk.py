@@ -372,6 +372,14 @@ class RiskEngine:
         self._client(client_id).released = (count, reset_at)
         return True
 
+    def token(self, client_id: str) -> object | None:
+        """A mark of ``client_id``'s risk state as it is now (``None`` for a client without
+        one). A request takes it before its detectors run; when :meth:`token` answers another
+        one at its assessment, a release (here or seen from another replica) forgot the client
+        in between, and the request's scores are of a history that is gone. (An eviction from
+        the LRU looks the same, and costs that request its assessment.)"""
+        return self._clients.get(client_id)
+
     def forget(self, client_id: str) -> None:
         """Drop ``client_id``'s risk and penalty box in this process."""
         with self._lock:

@@ -100,6 +100,33 @@ def test_a_release_reaches_every_replica(redis_server: RedisServer, kind: str) -
         b.close()
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_request_judged_during_a_release_boxes_no_replica(redis_server: RedisServer, kind: str) -> None:
+    """Replica A scores the thief's third request on its history, and the thief is released
+    (on A) before that request is assessed: the request passes and A writes neither the shared
+    box nor a level, so replica B admits the thief too."""
+    from tests.test_release import ReleasedMidway
+
+    detector = ReleasedMidway()
+    a_guard = Guard(
+        jwt=jwt_config(),
+        limits=LimitConfig(default="100/minute", storage_uri=redis_server.url),
+        detectors=[detector],
+        policy=Policy(risk=RiskPolicy(penalty_seconds=600)),
+    )
+    detector.guard = a_guard
+    a, b = Harness(kind, a_guard), Harness(kind, guard(redis_server.url))
+    thief = make_token(sub="thief")
+    try:
+        assert [a.call(chat_body(), token=thief)[0] for _ in range(3)] == [200, 200, 200]
+        assert keys(redis_server, "*box*thief*") == [] and keys(redis_server, "*level*thief*") == []
+        assert keys(redis_server, "*release*thief*")
+        assert b.call(chat_body(), token=thief)[0] == 200
+    finally:
+        a.close()
+        b.close()
+
+
 def test_releases_are_counted_where_made_and_where_applied(redis_server: RedisServer) -> None:
     """``distillguard.risk.releases``: ``shared`` on the operator's guard, ``seen`` on the
     replica that read and applied it (once), ``process`` for a release this process only."""
