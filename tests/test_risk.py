@@ -371,3 +371,20 @@ def test_a_client_hammering_past_its_limits_is_boxed(
         drive(never.flow(req("hammer", now + i * 0.1)), never.sync_performer()).action for i in range(10)
     ]
     assert Action.BLOCK not in actions
+
+
+def test_a_release_once_seen_stays_seen_when_the_risk_table_evicts_the_client() -> None:
+    """A replica applies each shared release once. Evicting the client's risk entry (a table of
+    ``max_clients``) does not make the same release look new, which would wipe the history the
+    client built since; a new release (a higher count) is seen, and so is the count after the
+    process forgot the client itself."""
+    risk = RiskEngine(RiskPolicy(max_clients=2), shared=True)
+    assert risk.released("thief", 1, 1_000.0) is True
+    assert risk.released("thief", 1, 1_000.0) is False
+    for other in ("a", "b"):
+        risk.assess(other, [DetectorResult("d", 0.1)], 10.0)
+    assert risk.token("thief") is None and risk.evictions == 1  # its risk entry is gone
+    assert risk.released("thief", 1, 1_000.0) is False
+    assert risk.released("thief", 2, 1_000.0) is True
+    risk.forget("thief")  # a release made by this process
+    assert risk.released("thief", 2, 1_000.0) is True

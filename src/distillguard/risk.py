@@ -36,7 +36,10 @@ the storage is unreachable each replica's own box and risk still hold.
 **Memory.** The risk table holds at most ``max_clients`` clients (LRU, evictions counted). The
 penalty box is a separate table of at most ``max_penalties`` entries; a flood of new identities
 only churns the risk table and can never push a boxed client out. When the box itself is full,
-expired entries go first, then the one closest to its release.
+expired entries go first, then the one closest to its release. The shared releases a replica
+has applied are a third table (at most ``max_penalties`` released clients, oldest out first),
+so that evicting a released client's risk entry does not make the same release look new and
+wipe the history the client built since.
 
 **Shadow mode** (``Policy.shadow``): everything is computed and recorded, the box is kept, but
 nothing is refused or altered.
@@ -254,7 +257,7 @@ def calibrate(
 
 
 class _Client:
-    __slots__ = ("driver", "refusals", "refusals_since", "released", "risk", "ts")
+    __slots__ = ("driver", "refusals", "refusals_since", "risk", "ts")
 
     def __init__(self) -> None:
         self.risk = 0.0
@@ -262,7 +265,6 @@ class _Client:
         self.driver = ""
         self.refusals = 0  # refused by its limits since ``refusals_since``
         self.refusals_since = 0.0
-        self.released = (0, 0.0)  # the releases seen in the shared window: (count, its reset)
 
 
 class RiskEngine:
@@ -292,6 +294,9 @@ class RiskEngine:
         self._shared_release = _read_window("released", "release", release_item) if share else None
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._box: OrderedDict[str, float] = OrderedDict()
+        # the releases seen in each released client's shared window, (count, its reset): kept
+        # apart from the risk table, whose evictions must not make a release look new again
+        self._releases: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._decay = math.log(2.0) / policy.half_life
         self._throttle = (
@@ -363,13 +368,16 @@ class RiskEngine:
         then forgotten here (the caller forgets the rest)."""
         if count <= 0:
             return False
-        state = self._clients.get(client_id)
-        if state is not None:
-            seen, until = state.released
-            if seen == count and abs(until - reset_at) < 2.0:  # the same window, no new release
-                return False
+        seen = self._releases.get(client_id)
+        if seen is not None and seen[0] == count and abs(seen[1] - reset_at) < 2.0:
+            return False  # the same window, no new release
         self.forget(client_id)
-        self._client(client_id).released = (count, reset_at)
+        releases = self._releases
+        with self._lock:
+            releases[client_id] = (count, reset_at)
+            if len(releases) > self.policy.max_penalties:
+                releases.popitem(last=False)
+        self._client(client_id)  # a new risk state: a request judged meanwhile sees the release
         return True
 
     def token(self, client_id: str) -> object | None:
@@ -385,6 +393,7 @@ class RiskEngine:
         with self._lock:
             self._clients.pop(client_id, None)
             self._box.pop(client_id, None)
+            self._releases.pop(client_id, None)
 
     @staticmethod
     def count_of(outcome_remaining: int) -> int:
