@@ -183,9 +183,9 @@ class Limiter(LimiterBase):
         def forget() -> None:
             for check in clear:
                 self._primary.clear(self._window(check)[0])
-            io = self._state_io(state) if state is not None else None
-            if io is not None:
-                self._redis().get_connection().delete(io[0])
+            holder = self._redis() if state is not None else None
+            if holder is not None:
+                holder.get_connection().delete(holder.prefixed_key(state))
             if count is not None:
                 self._primary.incr(*self._window(count), 1)
 
@@ -429,9 +429,9 @@ class AsyncLimiter(LimiterBase):
         async def forget() -> None:
             for check in clear:
                 await self._primary.clear(self._window(check)[0])
-            io = self._state_io(state) if state is not None else None
-            if io is not None:
-                await self._redis().get_connection().delete(io[0])
+            holder = self._redis() if state is not None else None
+            if holder is not None:
+                await holder.get_connection().delete(holder.prefixed_key(state))
             if count is not None:
                 await self._primary.incr(*self._window(count), 1)
 
