@@ -43,6 +43,7 @@ def test_a_sound_configuration_passes_and_shows_no_secret(
     assert status == 0 and doc["ok"] is True
     assert [(c["name"], c["ok"]) for c in doc["checks"]] == [("jwt keys", True), ("limit storage", True)]
     assert "answers" in doc["checks"][1]["detail"]
+    assert doc["checks"][1]["detail"].endswith("replies parsed by hiredis")  # the redis extra's
     settings = doc["settings"]
     assert settings["jwt"]["issuer"] == "https://idp.example"
     assert settings["limits"]["storage"] == redis_server.url and settings["limits"]["headers"] == "both"
@@ -111,3 +112,15 @@ def test_the_text_output_names_each_check(env: Any, capsys: pytest.CaptureFixtur
 )
 def test_storage_uris_are_shown_without_their_password(uri: str, shown: str) -> None:
     assert redacted_uri(uri) == shown
+
+
+def test_the_storage_check_names_the_reply_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a Redis URI the check says whether redis-py parses replies with hiredis, and how to
+    get it when it does not; other storages get no such line."""
+    from distillguard.cli.check import _parser
+
+    assert _parser("redis://127.0.0.1:6379/0") == "; replies parsed by hiredis"
+    assert _parser("async+redis+sentinel://h:26379/m") == "; replies parsed by hiredis"
+    assert _parser("memory://") == "" and _parser("valkey://h:6379") == ""
+    monkeypatch.setattr("redis.utils.HIREDIS_AVAILABLE", False)
+    assert "install hiredis" in _parser("redis://127.0.0.1:6379/0")

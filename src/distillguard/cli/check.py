@@ -110,7 +110,21 @@ def _check_storage(guard: Any) -> dict[str, Any]:
     ok, reason = limiter.probe()
     took = time.monotonic() - started
     detail = f"{uri} answers ({took * 1000:.0f} ms)" if ok else f"{uri} does not answer ({reason})"
-    return {"name": "limit storage", "ok": ok, "detail": detail}
+    return {"name": "limit storage", "ok": ok, "detail": detail + _parser(uri)}
+
+
+def _parser(uri: str) -> str:
+    """Which reply parser redis-py uses, for a Redis URI: hiredis (the ``redis`` extra installs
+    it) costs less CPU per round trip than redis-py's own (``docs/benchmarks.md``, "Storage")."""
+    if not uri.split("://", 1)[0].removeprefix("async+").startswith("redis"):
+        return ""
+    try:
+        from redis.utils import HIREDIS_AVAILABLE
+    except ImportError:
+        return ""
+    if HIREDIS_AVAILABLE:
+        return "; replies parsed by hiredis"
+    return "; replies parsed in Python (install hiredis, or distillguard[redis], for less CPU per request)"
 
 
 def run(args: argparse.Namespace) -> int:
