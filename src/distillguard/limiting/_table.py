@@ -82,7 +82,7 @@ class _Events:
             head += 1
         if head == first:
             return
-        self.total -= head - first if amounts is None else sum(amounts[i] for i in range(first, head))
+        self.total -= head - first if amounts is None else sum(amounts[first:head])
         if head == end:
             self._cut(end)
         elif head >= 32 and 2 * head >= end:
