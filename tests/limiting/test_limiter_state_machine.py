@@ -8,8 +8,8 @@ boundaries, after them and just before them. Rules and invariants:
 * the moving window admits a request exactly when a model of the client's admitted requests
   has room in every window (R1), so a refused request keeps nothing;
 * in any span of one period a client never has more than the limit admitted (moving window),
-  twice the limit (fixed window, across a boundary: R3) or less than twice the limit (sliding
-  window counter: R4);
+  twice the limit (fixed window, across a boundary: R3; the sliding window counter too, R4,
+  when both windows fill at their ends);
 * every refusal is a 429 problem with an integer ``Retry-After`` >= 1, and waiting that long
   gets the same request through (but a request over a window's whole quota gets
   ``request_over_quota`` and no ``Retry-After``) (moving and fixed windows: ``Retry-After`` says when ``c``
@@ -191,8 +191,8 @@ class LimiterMachine(RuleBasedStateMachine):
                     assert densest <= limit
                 elif self.strategy == "fixed-window":
                     assert densest <= 2 * limit
-                else:
-                    assert densest < 2 * limit
+                else:  # up to twice too (test_window_bounds.py: two late bursts)
+                    assert densest <= 2 * limit
 
 
 class FixedWindowMachine(LimiterMachine):
