@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from distillguard import DistillGuardMiddleware, DistillGuardWSGIMiddleware, Guard, LimitConfig
-from distillguard.limiting import LimitRule
+from distillguard.limiting import LimitRule, Price
 from distillguard.limiting.storage import DEFAULT_TIMEOUT, build_storage
 from tests.helpers import jwt_config, make_token
 from tests.limiting.apps import Harness, LLMApp, asgi_call, chat_body, llm_wsgi_app, wsgi_call
@@ -120,6 +120,25 @@ def test_input_and_output_windows_on_redis_are_exact(
     assert [redis_server.cli("GET", side[n]).strip() for n in ("in", "out")] == ["22", "23"]
     assert h.call(chat_body(max_tokens=990))[0] == 429  # 23 + 990 over the output window
     assert [redis_server.cli("GET", side[n]).strip() for n in ("in", "out")] == ["22", "23"]
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_cost_window_on_redis_holds_the_price_of_the_usage(
+    redis_server: RedisServer, tracer_provider: Any, kind: str
+) -> None:
+    """On Redis a cost window holds, in micros, what each answer cost at its model's price:
+    estimates are reconciled, and a refused estimate leaves nothing behind."""
+    prices = {"*": Price(2, 10), "big": Price(20, 100)}
+    rules = [LimitRule(name="spend", limits="1/minute", unit="cost", prices=prices)]
+    h = Harness(kind, guard(tracer_provider, redis_server.url, default="100/minute", rules=rules))
+    key = "dg:LIMITER/r/spend/client-1/1000000/1/minute"
+    h.call(chat_body(), headers={"x-usage": "10,20"})  # estimate 1,020 micros, used 220
+    assert redis_server.cli("GET", key).strip() == "220"
+    h.call(chat_body(model="big", max_tokens=5000), headers={"x-usage": "10,5000"})  # + 500,200
+    assert redis_server.cli("GET", key).strip() == "500420"
+    assert h.call(chat_body(model="big", max_tokens=5000))[0] == 429  # 500,200 > 499,580 left
+    assert redis_server.cli("GET", key).strip() == "500420"
+    assert 0 < int(redis_server.cli("TTL", key)) <= 60
 
 
 def test_moving_window_refund_on_redis(redis_server: RedisServer, tracer_provider: Any) -> None:

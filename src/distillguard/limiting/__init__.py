@@ -11,7 +11,7 @@ from __future__ import annotations
 from .config import LimitConfig
 from .outage import LimiterStats, OutagePolicy
 from .plan import LimitCheck, LimitOutcome, LimitPlan
-from .rules import LimitRule
+from .rules import LimitRule, Price
 
 __all__ = [
     "LimitCheck",
@@ -21,4 +21,5 @@ __all__ = [
     "LimitRule",
     "LimiterStats",
     "OutagePolicy",
+    "Price",
 ]

@@ -7,7 +7,8 @@ exchange ends, on every path (:meth:`Budget.release`).
 
 Token reconciliation, per token window the request was charged on (``estimate`` = estimated
 prompt tokens + ``max_tokens`` x ``n``; an ``input_tokens`` window counts the prompt side only,
-an ``output_tokens`` window the completion side only):
+an ``output_tokens`` window the completion side only; a ``cost`` window both sides at the model's
+price):
 
 * the response reported ``usage``: actual = ``total_tokens`` (or prompt + completion); the
   prompt side is ``prompt_tokens`` (else ``total_tokens`` minus the completion, else the
@@ -98,7 +99,13 @@ class Budget:
             return
         self.actual = actual["tokens"]
         for check, mode in self.charges:
-            diff = actual[check.unit] - check.cost
+            price = check.price
+            used = (
+                actual[check.unit]
+                if price is None
+                else price.micros(actual["input_tokens"], actual["output_tokens"])
+            )
+            diff = used - check.cost
             if diff > 0:
                 yield ChargeLimit(check, diff, mode)
             elif diff < 0:

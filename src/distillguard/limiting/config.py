@@ -57,7 +57,7 @@ class LimitConfig:
             ``-remaining-requests``, ``-reset-requests`` and their ``-tokens`` twins, which
             OpenAI-compatible clients and gateways pace themselves on) or ``"both"``.
         key_prefix: the namespace of distillguard's counters in the storage.
-        rules: extra windows by tier, route and model, in requests or tokens
+        rules: extra windows by tier, route and model, in requests, tokens or cost
             (:class:`~distillguard.limiting.rules.LimitRule`).
         tenant: windows shared by all clients of a tenant (the issuer, or
             ``JWTConfig.tenant_claim``): an aggregate limit. Empty means none.

@@ -8,7 +8,9 @@ Both fields are RFC 9651 Structured-Field Lists whose items are policy names (St
 The draft registers quota units for requests, content bytes and concurrent requests, not for
 model tokens: a token window (``LimitRule(unit="tokens")``) carries the vendor parameter
 ``distillguard-unit="tokens"`` (``"input_tokens"``, ``"output_tokens"`` for one side) so that a
-client does not read its quota as requests.
+client does not read its quota as requests; a cost window (``unit="cost"``) carries
+``distillguard-unit="cost-micros"``: its quota and remaining count are in micros (millionths) of
+the prices' currency unit.
 
 ``LimitConfig(header_style="openai")`` sends the fields OpenAI's API sends instead (``"both"``
 sends the two sets), which OpenAI-compatible clients and gateways pace themselves on; a 429
@@ -30,9 +32,10 @@ reset is the time until that window has room again (the IETF ``t``), as a Go dur
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
-from .plan import LimitOutcome, policy_name
+from .plan import LimitOutcome
 
 __all__ = ["go_duration", "ratelimit_fields", "retry_after", "retry_after_ms", "violated_policies"]
 
@@ -45,9 +48,13 @@ _POLICY_FIELDS: dict[tuple[tuple[str, int, int, str], ...], str] = {}
 """``RateLimit-Policy`` values already rendered, by (name, quota, window, unit) of each policy."""
 
 
+_UNIT_LABELS = {"cost": "cost-micros"}
+"""The ``distillguard-unit`` of a unit, when it is not the unit's own name."""
+
+
 def _policy_item(name: str, quota: int, window: int, unit: str) -> str:
     item = f'"{name}";q={quota};w={window}'
-    return item if unit == "requests" else f'{item};distillguard-unit="{unit}"'
+    return item if unit == "requests" else f'{item};distillguard-unit="{_UNIT_LABELS.get(unit, unit)}"'
 
 
 def _policy_field(policies: tuple[tuple[str, int, int, str], ...]) -> str:
@@ -83,7 +90,7 @@ def ratelimit_fields(
         if style != "openai":
             policies.append((check.policy, item.amount, window, check.unit))
             states.append(f'"{check.policy}";r={remaining};t={reset}')
-        if style != "ietf":
+        if style != "ietf" and check.unit != "cost":  # OpenAI's fields have no spend
             tokens = check.unit != "requests"
             best = tightest.get(tokens)
             if best is None or (remaining, -reset) < (best[0], -best[1]):
@@ -113,6 +120,8 @@ def go_duration(seconds: int) -> str:
     return f"{secs}s"
 
 
+_QUOTA = re.compile(r"-[0-9]+-per-[0-9]+-[a-z]+$")
+"""The window part of a policy name (:func:`~distillguard.limiting.plan.policy_name`)."""
 _HIDDEN_NAMES = (("tenant-", "tenant"), ("auth-", "authentication-failures"), ("throttle-", "usage-pattern"))
 
 
@@ -126,8 +135,8 @@ def violated_policies(refused: Iterable[LimitOutcome]) -> list[str]:
         check = outcome.check
         name = check.policy
         if not check.headers:  # its kind, or the name of its rule: never the quota
-            quota = "-" + policy_name(check.item)
-            bare = name[: -len(quota)] if name.endswith(quota) else "undisclosed"
+            bare, found = _QUOTA.subn("", name)  # the rule's name without its window's
+            bare = bare if found else "undisclosed"
             name = next((label for prefix, label in _HIDDEN_NAMES if name.startswith(prefix)), bare)
         if name not in names:
             names.append(name)

@@ -11,7 +11,7 @@ from ..query import Query
 from ..request import address_key
 from .concurrency import ConcurrencyLimiter
 from .config import LimitConfig, parse_limits
-from .rules import TOKEN_UNITS, CompiledRule
+from .rules import COST_SCALE, METERED_UNITS, CompiledRule, Price
 from .storage import hash_tag, is_cluster, is_memory
 from .tokens import TokenEstimate, estimate_tokens
 
@@ -21,6 +21,11 @@ __all__ = ["LimitCheck", "LimitOutcome", "LimitPlan", "policy_name"]
 def policy_name(item: RateLimitItem) -> str:
     """A stable, readable name for a window, e.g. ``"60-per-1-minute"``."""
     return f"{item.amount}-per-{item.multiples}-{item.GRANULARITY.name}"
+
+
+def _scaled(item: RateLimitItem) -> RateLimitItem:
+    """The window ``item`` counting micros of its amount's unit (a cost window)."""
+    return type(item)(item.amount * COST_SCALE, item.multiples, item.namespace)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,8 +39,9 @@ class LimitCheck:
         cost: how much the request costs in the window's unit.
         headers: whether this window is disclosed in the RateLimit fields.
         strategy: the ``limits`` strategy counting this window.
-        unit: ``"requests"``, or a token unit (``"tokens"``, ``"input_tokens"``,
-            ``"output_tokens"``).
+        unit: ``"requests"``, a token unit (``"tokens"``, ``"input_tokens"``,
+            ``"output_tokens"``) or ``"cost"`` (micros of a currency unit).
+        price: what the request's model costs, for a ``"cost"`` window.
     """
 
     policy: str
@@ -45,6 +51,7 @@ class LimitCheck:
     headers: bool = True
     strategy: str = "moving-window"
     unit: str = "requests"
+    price: Price | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,16 +115,17 @@ class LimitPlan:
             CompiledRule(
                 rule,
                 tuple(
-                    (f"{rule.name}-{name}", item) for name, item in self._compile(parse_limits(rule.limits))
+                    # a cost window is named in the limits' unit and counts micros of it
+                    (f"{rule.name}-{name}", _scaled(item) if rule.unit == "cost" else item)
+                    for name, item in self._compile(parse_limits(rule.limits))
                 ),
-                rule.strategy or ("fixed-window" if rule.unit in TOKEN_UNITS else config.strategy),
+                rule.strategy or ("fixed-window" if rule.unit in METERED_UNITS else config.strategy),
             )
             for rule in config.rules
         )
         self.concurrency = ConcurrencyLimiter(max_keys=config.memory_max_keys)
         # in-flight requests counted on the shared storage (leases), else in this process
         self.shares_concurrency = config.concurrency_scope == "storage" and not is_memory(config.storage_uri)
-        self.has_tokens = any(r.unit in TOKEN_UNITS for r in config.rules)
 
     def _compile(self, items: tuple[RateLimitItem, ...]) -> tuple[tuple[str, RateLimitItem], ...]:
         return tuple((policy_name(item), item) for item in items)
@@ -172,6 +180,7 @@ class LimitPlan:
             if not rule.matches(identity.tier, path, model):
                 continue
             cost = weight
+            price = None
             if rule.unit != "requests":
                 if estimate is None:
                     estimate = self.estimate(query)
@@ -179,6 +188,11 @@ class LimitPlan:
                     continue
                 if rule.unit == "tokens":
                     cost = estimate.total
+                elif rule.unit == "cost":
+                    price = rule.price_for(model)
+                    cost = price.micros(estimate.prompt, estimate.completion)
+                    if cost == 0:  # a free model
+                        continue
                 else:  # one side only; a request that cannot use that side is not counted
                     cost = estimate.prompt if rule.unit == "input_tokens" else estimate.completion
                     if cost == 0:
@@ -207,6 +221,7 @@ class LimitPlan:
                     headers=rule.headers and self.config.headers and rule.per == "client",
                     strategy=compiled.strategy,
                     unit=rule.unit,
+                    price=price,
                 )
                 for name, item in compiled.windows
             )

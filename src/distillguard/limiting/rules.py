@@ -1,24 +1,55 @@
-"""Limit rules: extra windows by tier, route and model, counted in requests or tokens."""
+"""Limit rules: extra windows by tier, route and model, counted in requests, tokens or cost."""
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from limits import RateLimitItem
 
 from ..errors import ConfigurationError
 
-__all__ = ["TOKEN_UNITS", "LimitRule", "Unit"]
+__all__ = ["COST_SCALE", "METERED_UNITS", "TOKEN_UNITS", "LimitRule", "Price", "Unit"]
 
-Unit = Literal["requests", "tokens", "input_tokens", "output_tokens"]
+Unit = Literal["requests", "tokens", "input_tokens", "output_tokens", "cost"]
 """What a window counts."""
 TOKEN_UNITS = ("tokens", "input_tokens", "output_tokens")
 """The units counted in model tokens (estimated, then reconciled with the response's usage)."""
+METERED_UNITS = (*TOKEN_UNITS, "cost")
+"""The units charged an estimate before the call and reconciled with the usage after it."""
+COST_SCALE = 1_000_000
+"""A cost window counts *micros*: millionths of the currency unit its limits are written in."""
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What a model's tokens cost, per million tokens, in the currency unit of the cost rule's
+    limits (``Price(2.5, 10)``: 2.5 per million input tokens, 10 per million output tokens).
+
+    Args:
+        input: the price of a million prompt tokens.
+        output: the price of a million completion tokens (reasoning tokens included, as the
+            response's ``completion_tokens`` counts them).
+    """
+
+    input: float
+    output: float
+
+    def __post_init__(self) -> None:
+        for side in (self.input, self.output):
+            if isinstance(side, bool) or not isinstance(side, int | float) or not 0 <= side < math.inf:
+                raise ConfigurationError(f"Price sides must be finite numbers >= 0, not {side!r}")
+
+    def micros(self, prompt: int, completion: int) -> int:
+        """What ``prompt`` input and ``completion`` output tokens cost, in micros of the unit
+        (a token at 1 per million costs one micro), rounded up."""
+        # rounded to a millionth of a micro first: 100 tokens at 0.3 cost 30, not 31
+        return math.ceil(round(prompt * self.input + completion * self.output, 6))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +66,9 @@ class LimitRule:
             only (the prompt's, or the completion's: what a distiller harvests), estimated and
             reconciled the same way. A request that cannot use any token of its rule's side
             (an embedding under an output rule) is neither charged nor refused by it.
+            ``"cost"`` counts what the tokens cost at the model's :class:`Price`: ``limits``
+            are in the prices' currency unit (``"50/day"`` with prices in dollars per million
+            tokens: 50 dollars a day, across models), counted in micros (millionths).
         tiers: the tiers the rule applies to (all when empty).
         routes: paths the rule applies to: exact, or a prefix when ending in ``/`` (all when empty).
         models: the request's ``model`` values the rule applies to (all when empty). With
@@ -47,6 +81,9 @@ class LimitRule:
         strategy: the ``limits`` strategy; token windows use ``"fixed-window"`` (the only one
             whose refunds are exact). Request windows default to ``LimitConfig.strategy``.
         headers: disclose these windows in the RateLimit fields.
+        prices: a cost rule's :class:`Price` by model (the request's ``model``), with ``"*"``
+            for any model not listed; required for ``unit="cost"``, where every model the rule
+            applies to needs a price (``"*"``, or each of ``models``).
     """
 
     name: str
@@ -58,24 +95,46 @@ class LimitRule:
     per: Literal["client", "tenant", "all"] = "client"
     strategy: str | None = None
     headers: bool = True
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ConfigurationError(f"LimitRule.name {self.name!r} must match {_NAME.pattern}")
-        if self.unit not in ("requests", *TOKEN_UNITS):
+        if self.unit not in ("requests", *METERED_UNITS):
             raise ConfigurationError(
-                "LimitRule.unit must be 'requests', 'tokens', 'input_tokens' or 'output_tokens'"
+                "LimitRule.unit must be 'requests', 'tokens', 'input_tokens', 'output_tokens' or 'cost'"
             )
         if self.per not in ("client", "tenant", "all"):
             raise ConfigurationError("LimitRule.per must be 'client', 'tenant' or 'all'")
         for group in (self.tiers, self.routes, self.models):
             if isinstance(group, str):
                 raise ConfigurationError(f"LimitRule {self.name!r}: tiers/routes/models must be lists")
-        if self.unit in TOKEN_UNITS and self.strategy not in (None, "fixed-window"):
+        if self.unit in METERED_UNITS and self.strategy not in (None, "fixed-window"):
             raise ConfigurationError(
-                f"LimitRule {self.name!r}: token windows use the fixed window (refunds are exact "
-                "only there; a moving window stores one entry per token)"
+                f"LimitRule {self.name!r}: token and cost windows use the fixed window (refunds "
+                "are exact only there; a moving window stores one entry per token)"
             )
+        self._check_prices()
+
+    def _check_prices(self) -> None:
+        if self.unit != "cost":
+            if self.prices:
+                raise ConfigurationError(f"LimitRule {self.name!r}: prices apply to unit='cost' only")
+            return
+        if not isinstance(self.prices, Mapping) or not all(
+            isinstance(model, str) and isinstance(price, Price) for model, price in self.prices.items()
+        ):
+            raise ConfigurationError(f"LimitRule {self.name!r}: prices must map model names to Price values")
+        if "*" not in self.prices and (not self.models or any(m not in self.prices for m in self.models)):
+            raise ConfigurationError(
+                f"LimitRule {self.name!r}: a cost rule needs a price for every model it applies to: "
+                "a '*' price for any model, or one for each of its models"
+            )
+
+    def price_for(self, model: str | None) -> Price:
+        """The price of ``model``'s tokens under a cost rule (``"*"`` when not listed)."""
+        price = self.prices.get(model) if model is not None else None
+        return price if price is not None else self.prices["*"]
 
     def matches(self, tier: str, path: str, model: str | None) -> bool:
         """Whether a request of ``tier`` to ``path`` for ``model`` falls under this rule."""
