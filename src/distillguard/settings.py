@@ -26,6 +26,18 @@ variable                          meaning                               developm
 ``DISTILLGUARD_LIMITS``           default limits (``limits`` notation)  ``60/minute;1000/day``
 ``DISTILLGUARD_TIER_LIMITS``      limits by tier, as a JSON object:     every tier gets
                                   ``{"pro": "600/minute;10000/day"}``   ``DISTILLGUARD_LIMITS``
+``DISTILLGUARD_RULES``            extra windows by tier, route and      none
+                                  model, in requests, tokens or cost: a
+                                  JSON array of :class:`~distillguard.
+                                  limiting.LimitRule` fields (see
+                                  :func:`~distillguard.limiting.rules.
+                                  rules_from_json`)
+``DISTILLGUARD_CONCURRENCY``      requests a client may have in flight  no cap
+``DISTILLGUARD_TIER_CONCURRENCY`` the in-flight cap by tier, a JSON     every tier gets
+                                  object: ``{"free": 2, "pro": 16}``    ``DISTILLGUARD_CONCURRENCY``
+``DISTILLGUARD_AUTH_FAILURES``    windows of failed authentications     off
+                                  per client address, e.g.
+                                  ``20/minute;100/hour``
 ``DISTILLGUARD_OUTAGE``           ``local_fallback``, ``fail_open`` or  ``local_fallback``
                                   ``fail_closed`` (storage down)
 ``DISTILLGUARD_STORAGE_URI``      ``limits`` storage URI                ``memory://``
@@ -71,7 +83,8 @@ from .detectors import ENTRY_POINT_GROUP
 from .errors import ConfigurationError
 from .guard import Guard
 from .identity import APIKeys, JWKSKeys, JWTConfig
-from .limiting import LimitConfig
+from .limiting import LimitConfig, LimitRule
+from .limiting.rules import rules_from_json
 from .policy import DETECTION_MODES, DetectionMode, Policy
 from .risk import RiskPolicy
 from .watermark import Watermark
@@ -133,6 +146,10 @@ class Settings:
         ratelimit_headers: :attr:`LimitConfig.header_style`, or ``"off"`` for
             ``LimitConfig(headers=False)``.
         api_keys_file: the JSON file of API keys (empty: JWTs only).
+        rules: :attr:`LimitConfig.rules`.
+        concurrency: :attr:`LimitConfig.concurrency`.
+        tier_concurrency: ``(tier, cap)`` pairs for :attr:`LimitConfig.concurrency_tiers`.
+        auth_failures: :attr:`LimitConfig.auth_failures`.
         dev_defaults: the variables that fell back to a development default.
     """
 
@@ -155,6 +172,10 @@ class Settings:
     outage: str = "local_fallback"
     ratelimit_headers: str = "ietf"
     api_keys_file: str = ""
+    rules: tuple[LimitRule, ...] = ()
+    concurrency: int | None = None
+    tier_concurrency: tuple[tuple[str, int], ...] = ()
+    auth_failures: str = ""
     dev_defaults: tuple[str, ...] = ()
 
     @property
@@ -198,6 +219,10 @@ class Settings:
                 outage=self.outage,  # type: ignore[arg-type]  # checked by LimitConfig
                 headers=self.ratelimit_headers != "off",
                 header_style="ietf" if self.ratelimit_headers == "off" else self.ratelimit_headers,
+                rules=self.rules,
+                concurrency=self.concurrency,
+                concurrency_tiers=dict(self.tier_concurrency),
+                auth_failures=self.auth_failures,
             ),
             "detectors": list(self.detectors),
             "policy": Policy(
@@ -253,18 +278,16 @@ def _tier_detection(raw: str) -> tuple[tuple[str, DetectionMode], ...]:
     return tuple(pairs)
 
 
-def _tier_limits(raw: str) -> tuple[tuple[str, str], ...]:
-    """``'{"pro": "600/minute;10000/day"}'`` as ``(tier, limits)`` pairs."""
+def _by_tier(name: str, raw: str, kind: type, example: str) -> tuple[tuple[str, Any], ...]:
+    """A JSON object of tier to ``kind`` values as ``(tier, value)`` pairs."""
     try:
         doc = json.loads(raw)
     except ValueError:
         doc = None
     if not isinstance(doc, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in doc.items()
+        isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool) for k, v in doc.items()
     ):
-        raise ConfigurationError(
-            'DISTILLGUARD_TIER_LIMITS must be a JSON object of tier to limits, e.g. {"pro": "600/minute"}'
-        )
+        raise ConfigurationError(f"{name} must be a JSON object of tier to {example}")
     return tuple(doc.items())
 
 
@@ -343,6 +366,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     shared = get("SHARED_STATE")
     tiers = get("TIER_DETECTION")
     body = get("MAX_BODY_BYTES")
+    rules = get("RULES")
+    concurrency = get("CONCURRENCY")
+    tier_concurrency = get("TIER_CONCURRENCY")
     return Settings(
         environment=environment,
         limits=DEFAULT_LIMITS if limits is None else limits,
@@ -356,10 +382,18 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         jwks_url=jwks_url,
         jwt_public_key_file=key_file,
         jwt_algorithms=algorithms,
-        tier_limits=() if not tier_limits else _tier_limits(tier_limits),
+        tier_limits=()
+        if not tier_limits
+        else _by_tier(_PREFIX + "TIER_LIMITS", tier_limits, str, 'limits, e.g. {"pro": "600/minute"}'),
         outage=outage,
         ratelimit_headers=ratelimit_headers,
         api_keys_file=get("API_KEYS_FILE") or "",
+        rules=rules_from_json(rules, _PREFIX + "RULES") if rules else (),
+        concurrency=_int(_PREFIX + "CONCURRENCY", concurrency) if concurrency else None,
+        tier_concurrency=()
+        if not tier_concurrency
+        else _by_tier(_PREFIX + "TIER_CONCURRENCY", tier_concurrency, int, 'caps, e.g. {"free": 2}'),
+        auth_failures=get("AUTH_FAILURES") or "",
         dev_defaults=tuple(defaults),
         **jwt,
     )

@@ -16,6 +16,7 @@ from examples.make_token import main as make_token_main, mint_token
 from distillguard import AuthenticationError, ConfigurationError, Policy
 from distillguard.detectors import ENTRY_POINT_GROUP
 from distillguard.errors import PluginError
+from distillguard.query import parse_query
 from distillguard.settings import (
     DEV_AUDIENCE,
     DEV_ISSUER,
@@ -334,3 +335,96 @@ def test_ratelimit_headers_setting(value: str | None, headers: bool, style: str)
     environ = dict(ENV) if value is None else {**ENV, "DISTILLGUARD_RATELIMIT_HEADERS": value}
     config = guard_from_env(environ).plan.config
     assert (config.headers, config.header_style) == (headers, style)
+
+
+RULES = """[
+  {"name": "out", "limits": "200000/day", "unit": "output_tokens", "tiers": ["free"]},
+  {"name": "spend", "limits": "50/day", "unit": "cost", "headers": false,
+   "prices": {"*": {"input": 2.5, "output": 10}, "mini": {"input": 0.15, "output": 0.6}}}
+]"""
+
+
+def test_rules_concurrency_and_failed_authentication_windows_reach_the_limits() -> None:
+    """``DISTILLGUARD_RULES`` adds token and cost windows (what a gateway configured by
+    environment has no other way to set); the concurrency caps and the failed-authentication
+    windows reach the limit configuration."""
+    guard = guard_from_env(
+        {
+            **ENV,
+            "DISTILLGUARD_RULES": RULES,
+            "DISTILLGUARD_CONCURRENCY": "4",
+            "DISTILLGUARD_TIER_CONCURRENCY": '{"free": 1}',
+            "DISTILLGUARD_AUTH_FAILURES": "20/minute;100/hour",
+        }
+    )
+    config = guard.plan.config
+    assert [(r.name, r.unit, r.headers) for r in config.rules] == [
+        ("out", "output_tokens", True),
+        ("spend", "cost", False),
+    ]
+    assert (config.concurrency, dict(config.concurrency_tiers)) == (4, {"free": 1})
+    assert config.auth_failures == "20/minute;100/hour"
+    body = (
+        b'{"model": "mini", "messages": [{"role": "user", "content": "'
+        + b"x" * 400
+        + b'"}], "max_tokens": 1000}'
+    )
+    identity = guard.verifier.verify(mint_token("f", environ=ENV, tier="free"))  # type: ignore[union-attr]
+    checks = {c.policy: c for c in guard.plan.checks_for(identity, "/v1/chat/completions", parse_query(body))}
+    assert checks["out-200000-per-1-day"].cost == 1000
+    spend = checks["spend-50-per-1-day"]
+    assert (spend.item.amount, spend.cost) == (50_000_000, 100 * 0.15 + 1000 * 0.6)  # micros at mini's price
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        pytest.param({"DISTILLGUARD_RULES": '{"name": "x"}'}, r"RULES must be a JSON array", id="not-array"),
+        pytest.param({"DISTILLGUARD_RULES": '["x"]'}, r"RULES\[0\] must be a JSON object", id="not-object"),
+        pytest.param(
+            {"DISTILLGUARD_RULES": '[{"name": "x", "limits": "1/day", "tier": ["free"]}]'},
+            r"RULES\[0\]: unknown fields \['tier'\]",
+            id="misspelt-field",
+        ),
+        pytest.param({"DISTILLGUARD_RULES": '[{"name": "x"}]'}, r"'limits' is required", id="no-limits"),
+        pytest.param(
+            {"DISTILLGUARD_RULES": '[{"name": "x", "limits": "1/day", "tiers": "free"}]'},
+            r"RULES\[0\]: 'tiers' has the wrong type",
+            id="tiers-not-list",
+        ),
+        pytest.param(
+            {"DISTILLGUARD_RULES": '[{"name": "x", "limits": "1/day", "unit": "cost"}]'},
+            r"RULES\[0\]: LimitRule 'x': a cost rule needs a price",
+            id="cost-without-prices",
+        ),
+        pytest.param(
+            {
+                "DISTILLGUARD_RULES": '[{"name": "x", "limits": "1/day", "unit": "cost",'
+                ' "prices": {"*": [1, 2]}}]'
+            },
+            r"RULES\[0\]\.prices\['\*'\] must be",
+            id="price-not-object",
+        ),
+        pytest.param(
+            {
+                "DISTILLGUARD_RULES": '[{"name": "x", "limits": "1/day", "unit": "cost",'
+                ' "prices": {"*": {"input": -1, "output": 2}}}]'
+            },
+            r"prices\['\*'\]: Price sides must be finite",
+            id="negative-price",
+        ),
+        pytest.param(
+            {"DISTILLGUARD_RULES": '[{"name": "x", "limits": "lots"}]'},
+            "invalid limit string",
+            id="bad-limits",
+        ),
+        pytest.param({"DISTILLGUARD_CONCURRENCY": "0"}, "must be positive", id="concurrency-zero"),
+        pytest.param(
+            {"DISTILLGUARD_TIER_CONCURRENCY": '{"free": "1"}'}, "JSON object of tier to caps", id="tier-caps"
+        ),
+        pytest.param({"DISTILLGUARD_AUTH_FAILURES": "often"}, "invalid limit string", id="auth-failures"),
+    ],
+)
+def test_invalid_rules_and_caps_fail_fast(extra: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        guard_from_env({**ENV, **extra})

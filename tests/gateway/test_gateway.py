@@ -7,6 +7,7 @@ server gives a problem+json answer or an aborted response, never a 500 or a hang
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -409,29 +410,39 @@ def test_hop_by_hop_headers_are_dropped_both_ways() -> None:
     assert _end_to_end(headers, frozenset()) == [(b"content-type", b"application/json")]
 
 
+@contextlib.contextmanager
+def gateway_command(upstream: str, *options: str, **variables: str) -> Iterator[int]:
+    """``distillguard gateway`` in a process on the development settings, with ``variables``
+    (``DISTILLGUARD_`` names without the prefix) and ``options``; yields its port once it
+    serves."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLGUARD_")}
+    env.update({f"DISTILLGUARD_{name}": value for name, value in {"UPSTREAM": upstream, **variables}.items()})
+    process = subprocess.Popen(
+        [*COMMAND, "--port", str(port), *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until_serving(port, process, timeout=30)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+DEV_TOKEN_CLAIMS = {"key": DEV_SECRET.encode(), "iss": DEV_ISSUER, "aud": DEV_AUDIENCE}
+
+
 def test_the_command_serves_the_gateway(model: tuple[ModelServer, str]) -> None:
     """``distillguard gateway`` on the development settings forwards a request with a token
     minted for them; behind a trusted proxy (``--forwarded-allow-ips``) the client address is
     the one the proxy saw."""
     server, upstream = model
-    port = free_port()
-    env = {**os.environ, "DISTILLGUARD_UPSTREAM": upstream, "DISTILLGUARD_UPSTREAM_AUTHORIZATION": "Bearer k"}
-    for name in (
-        "DISTILLGUARD_JWT_SECRET",
-        "DISTILLGUARD_JWT_ISSUER",
-        "DISTILLGUARD_JWT_AUDIENCE",
-        "DISTILLGUARD_ENV",
-    ):
-        env.pop(name, None)
-    process = subprocess.Popen(
-        [*COMMAND, "--port", str(port), "--forwarded-allow-ips", "127.0.0.1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_until_serving(port, process, timeout=30)
-        token = make_token(key=DEV_SECRET.encode(), iss=DEV_ISSUER, aud=DEV_AUDIENCE)
+    with gateway_command(
+        upstream, "--forwarded-allow-ips", "127.0.0.1", UPSTREAM_AUTHORIZATION="Bearer k"
+    ) as port:
+        token = make_token(**DEV_TOKEN_CLAIMS)
         response = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             content=CHAT,
@@ -441,11 +452,46 @@ def test_the_command_serves_the_gateway(model: tuple[ModelServer, str]) -> None:
         seen = dict(server.seen[-1]["headers"])
         assert seen["authorization"] == "Bearer k"
         assert seen["x-forwarded-for"].split(", ")[-1] == "203.0.113.9"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        if process.stderr is not None:
-            process.stderr.close()
+
+
+def test_the_command_holds_a_spend_limit_set_by_environment(model: tuple[ModelServer, str]) -> None:
+    """``distillguard gateway`` with a cost budget in ``DISTILLGUARD_RULES``: each answer is
+    charged what its usage cost at the model's price (the next request's remaining quota
+    drops by exactly that), and a request whose estimate does not fit is refused with 429
+    before it reaches the model server."""
+    server, upstream = model
+    prices = {"*": {"input": 1000, "output": 2000}}
+    rules = [{"name": "spend", "limits": "1/minute", "unit": "cost", "prices": prices}]
+    with gateway_command(upstream, RULES=json.dumps(rules)) as port:
+        token = make_token(**DEV_TOKEN_CLAIMS)
+
+        def ask(max_tokens: int) -> httpx.Response:
+            body = {"model": "m", "messages": [{"role": "user", "content": "Tell me about rivers."}]}
+            return httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={**body, "max_tokens": max_tokens},
+                headers={"authorization": f"Bearer {token}"},
+            )
+
+        def remaining(response: httpx.Response) -> int:
+            policy = response.headers["ratelimit-policy"]
+            assert '"spend-1-per-1-minute";q=1000000;w=60;distillguard-unit="cost-micros"' in policy
+            state = next(s for s in response.headers["ratelimit"].split(", ") if s.startswith('"spend-'))
+            return int(state.split(";r=")[1].split(";")[0])
+
+        first = ask(50)
+        assert first.status_code == 200, first.text
+        usage = first.json()["usage"]
+        cost = usage["prompt_tokens"] * 1000 + usage["completion_tokens"] * 2000
+        second = ask(50)  # the same estimate charged, on top of what the first answer cost
+        assert second.status_code == 200
+        assert remaining(second) == remaining(first) - cost
+        forwarded = len(server.seen)
+        refused = ask(1000)  # an estimate of 2,000,000 micros and more: over the budget
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "spend-1-per-1-minute" in refused.json()["violated-policies"]
+        assert len(server.seen) == forwarded
 
 
 def test_the_command_refuses_a_missing_upstream() -> None:

@@ -38,6 +38,10 @@ def test_a_sound_configuration_passes_and_shows_no_secret(
         STORAGE_URI=redis_server.url,
         WATERMARK_KEY=WATERMARK,
         RATELIMIT_HEADERS="both",
+        RULES='[{"name": "spend", "limits": "50/day", "unit": "cost",'
+        ' "prices": {"*": {"input": 1, "output": 4}}}]',
+        CONCURRENCY="4",
+        AUTH_FAILURES="20/minute",
     )
     status, doc, text = check(capsys)
     assert status == 0 and doc["ok"] is True
@@ -47,6 +51,8 @@ def test_a_sound_configuration_passes_and_shows_no_secret(
     settings = doc["settings"]
     assert settings["jwt"]["issuer"] == "https://idp.example"
     assert settings["limits"]["storage"] == redis_server.url and settings["limits"]["headers"] == "both"
+    assert settings["limits"]["rules"] == ["spend: 50/day (cost)"]
+    assert (settings["limits"]["concurrency"], settings["limits"]["auth_failures"]) == (4, "20/minute")
     assert settings["watermark"] is True and "near_duplicate" in settings["detectors"]
     assert SECRET not in text and WATERMARK not in text
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from limits import RateLimitItem
 
 from ..errors import ConfigurationError
 
-__all__ = ["COST_SCALE", "METERED_UNITS", "TOKEN_UNITS", "LimitRule", "Price", "Unit"]
+__all__ = ["COST_SCALE", "METERED_UNITS", "TOKEN_UNITS", "LimitRule", "Price", "Unit", "rules_from_json"]
 
 Unit = Literal["requests", "tokens", "input_tokens", "output_tokens", "cost"]
 """What a window counts."""
@@ -154,3 +155,69 @@ class CompiledRule:
     rule: LimitRule
     windows: tuple[tuple[str, RateLimitItem], ...]
     strategy: str
+
+
+_LISTS = ("tiers", "routes", "models")
+_STRINGS = ("name", "limits", "unit", "per", "strategy")
+_FIELDS = (*_STRINGS, *_LISTS, "headers", "prices")
+
+
+def rules_from_json(text: str, source: str = "rules") -> tuple[LimitRule, ...]:
+    """Limit rules from a JSON array of objects with the fields of :class:`LimitRule`
+    (``name`` and ``limits`` required); a cost rule's ``prices`` map models to
+    ``{"input": 2.5, "output": 10}``. For deployments configured by environment (the gateway)::
+
+        [{"name": "out", "limits": "200000/day", "unit": "output_tokens", "tiers": ["free"]},
+         {"name": "spend", "limits": "50/day", "unit": "cost",
+          "prices": {"*": {"input": 2.5, "output": 10}}}]
+
+    Raises:
+        ConfigurationError: naming ``source``, the rule's index and the field, for anything
+            else (unknown fields included: a misspelt field would silently not apply).
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, list):
+        raise ConfigurationError(f"{source} must be a JSON array of rule objects")
+    return tuple(_rule(item, f"{source}[{i}]") for i, item in enumerate(doc))
+
+
+def _rule(item: object, where: str) -> LimitRule:
+    if not isinstance(item, dict):
+        raise ConfigurationError(f"{where} must be a JSON object")
+    unknown = sorted(set(item) - set(_FIELDS))
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown fields {unknown}; a rule has {list(_FIELDS)}")
+    for name in ("name", "limits"):
+        if name not in item:
+            raise ConfigurationError(f"{where}: {name!r} is required")
+    kwargs: dict[str, Any] = {}
+    for name, value in item.items():
+        if name in _STRINGS:
+            ok = isinstance(value, str) or (name == "strategy" and value is None)
+        elif name in _LISTS:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif name == "headers":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, dict)
+            if ok:
+                value = {model: _price(price, f"{where}.prices[{model!r}]") for model, price in value.items()}
+        if not ok:
+            raise ConfigurationError(f"{where}: {name!r} has the wrong type")
+        kwargs[name] = value
+    try:
+        return LimitRule(**kwargs)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+
+
+def _price(value: object, where: str) -> Price:
+    if not isinstance(value, dict) or set(value) != {"input", "output"}:
+        raise ConfigurationError(f'{where} must be {{"input": <price>, "output": <price>}}')
+    try:
+        return Price(value["input"], value["output"])
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
