@@ -52,6 +52,9 @@ variable                          meaning                               developm
                                   ``partner=shadow,internal=off``
 ``DISTILLGUARD_DETECTORS``        entry-point names, comma-separated    every registered one but
                                                                        the built-in opt-in ones
+``DISTILLGUARD_THRESHOLDS_FILE``  per-detector thresholds of the risk   the detectors' own
+                                  policy: the file ``distillguard
+                                  calibrate`` writes
 ``DISTILLGUARD_MAX_BODY_BYTES``   request body cap in bytes             ``1048576``
 ``DISTILLGUARD_WATERMARK_KEY``    secret key of the response watermark  no watermark
                                   (at least 16 bytes; see
@@ -150,6 +153,8 @@ class Settings:
         concurrency: :attr:`LimitConfig.concurrency`.
         tier_concurrency: ``(tier, cap)`` pairs for :attr:`LimitConfig.concurrency_tiers`.
         auth_failures: :attr:`LimitConfig.auth_failures`.
+        thresholds_file: a thresholds file of ``distillguard calibrate`` for the risk policy
+            (empty: the detectors' own thresholds).
         dev_defaults: the variables that fell back to a development default.
     """
 
@@ -176,6 +181,7 @@ class Settings:
     concurrency: int | None = None
     tier_concurrency: tuple[tuple[str, int], ...] = ()
     auth_failures: str = ""
+    thresholds_file: str = ""
     dev_defaults: tuple[str, ...] = ()
 
     @property
@@ -207,6 +213,17 @@ class Settings:
             return JWTConfig(key=key, **common)
         return JWTConfig(key=self.jwt_secret, **common)
 
+    def risk_policy(self) -> RiskPolicy:
+        """The risk policy: with the thresholds of :attr:`thresholds_file`, if set."""
+        if not self.thresholds_file:
+            return RiskPolicy()
+        from .replay.calibration import Thresholds
+
+        try:
+            return Thresholds.load(self.thresholds_file).risk_policy()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{_PREFIX}THRESHOLDS_FILE: {exc}") from None
+
     def guard_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~distillguard.Guard`."""
         return {
@@ -227,7 +244,7 @@ class Settings:
             "detectors": list(self.detectors),
             "policy": Policy(
                 shadow=self.shadow,
-                risk=RiskPolicy(),
+                risk=self.risk_policy(),
                 tier_detection=dict(self.tier_detection),
                 shared_state=self.shared_state,
             ),
@@ -394,6 +411,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         if not tier_concurrency
         else _by_tier(_PREFIX + "TIER_CONCURRENCY", tier_concurrency, int, 'caps, e.g. {"free": 2}'),
         auth_failures=get("AUTH_FAILURES") or "",
+        thresholds_file=get("THRESHOLDS_FILE") or "",
         dev_defaults=tuple(defaults),
         **jwt,
     )
@@ -428,4 +446,12 @@ def guard_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -
         )
     kwargs = settings.guard_kwargs()
     kwargs.update(overrides)
-    return Guard(**kwargs)
+    guard = Guard(**kwargs)
+    risk = guard.policy.risk
+    unknown = sorted(set(risk.thresholds) - {d.name for d in guard.detectors}) if risk is not None else []
+    if unknown:  # a plugin may be missing, or DISTILLGUARD_DETECTORS leaves it out
+        logger.warning(
+            "distillguard: the thresholds file names detectors this guard does not run: %s",
+            ", ".join(unknown),
+        )
+    return guard

@@ -17,6 +17,7 @@ from distillguard import AuthenticationError, ConfigurationError, Policy
 from distillguard.detectors import ENTRY_POINT_GROUP
 from distillguard.errors import PluginError
 from distillguard.query import parse_query
+from distillguard.replay import Thresholds
 from distillguard.settings import (
     DEV_AUDIENCE,
     DEV_ISSUER,
@@ -428,3 +429,46 @@ def test_rules_concurrency_and_failed_authentication_windows_reach_the_limits() 
 def test_invalid_rules_and_caps_fail_fast(extra: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         guard_from_env({**ENV, **extra})
+
+
+def test_a_calibrated_thresholds_file_reaches_the_risk_policy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``DISTILLGUARD_THRESHOLDS_FILE`` gives the risk policy the thresholds ``distillguard
+    calibrate`` wrote; thresholds of detectors the guard does not run are named in a warning."""
+    path = tmp_path / "thresholds.json"
+    Thresholds(detectors={"near_duplicate": 0.8, "coverage": 0.7, "not_installed": 0.6}).save(path)
+    environ = {
+        **ENV,
+        "DISTILLGUARD_THRESHOLDS_FILE": str(path),
+        "DISTILLGUARD_DETECTORS": "near_duplicate,coverage",
+    }
+    with caplog.at_level(logging.WARNING, logger="distillguard.settings"):
+        guard = guard_from_env(environ)
+    assert guard.policy.risk is not None
+    assert dict(guard.policy.risk.thresholds) == {
+        "near_duplicate": 0.8,
+        "coverage": 0.7,
+        "not_installed": 0.6,
+    }
+    assert "detectors this guard does not run: not_installed" in caplog.text
+    assert guard_from_env(ENV).policy.risk.thresholds == {}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "DISTILLGUARD_THRESHOLDS_FILE: cannot read thresholds file"),
+        ('{"format": "other"}', "DISTILLGUARD_THRESHOLDS_FILE: not a thresholds file"),
+        (
+            '{"format": "distillguard-thresholds/1", "thresholds": {"prada": 2}}',
+            r"thresholds.prada must be a number in \(0, 1\)",
+        ),
+    ],
+)
+def test_a_bad_thresholds_file_fails_fast(tmp_path: Path, content: str | None, match: str) -> None:
+    path = tmp_path / "thresholds.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigurationError, match=match):
+        guard_from_env({**ENV, "DISTILLGUARD_THRESHOLDS_FILE": str(path)})

@@ -54,6 +54,7 @@ def test_a_sound_configuration_passes_and_shows_no_secret(
     assert settings["limits"]["rules"] == ["spend: 50/day (cost)"]
     assert (settings["limits"]["concurrency"], settings["limits"]["auth_failures"]) == (4, "20/minute")
     assert settings["watermark"] is True and "near_duplicate" in settings["detectors"]
+    assert settings["thresholds"] == "the detectors' own"
     assert SECRET not in text and WATERMARK not in text
 
 

@@ -88,6 +88,7 @@ def _summary(settings: Any, guard: Any) -> dict[str, Any]:
             "auth_failures": config.auth_failures or "off",
         },
         "detectors": [d.name for d in guard.detectors],
+        "thresholds": settings.thresholds_file or "the detectors' own",
         "shadow": guard.policy.shadow,
         "watermark": guard.watermark is not None,
         "max_body_bytes": guard.max_body_bytes,
