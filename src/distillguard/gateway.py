@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -123,6 +123,8 @@ class Gateway:
             gateway's own error answers (502, 504, 413), as on the guard's refusals
             (``TelemetryConfig.request_id_header``; :func:`gateway_app` passes the guard's);
             ``None``: none.
+        on_shutdown: called in a worker thread when the server shuts down (lifespan), after
+            the connections to the upstream are closed: e.g. flushing telemetry exporters.
 
     Raises:
         ConfigurationError: for an upstream that is not an absolute ``http``/``https`` URL, or
@@ -140,6 +142,7 @@ class Gateway:
         max_body_bytes: int = 1 << 20,
         verify: bool | str = True,
         request_id_header: str | None = "x-request-id",
+        on_shutdown: Sequence[Callable[[], object]] = (),
     ) -> None:
         try:
             import aiohttp  # noqa: F401  # the extra's client, checked here: fail at construction
@@ -172,6 +175,7 @@ class Gateway:
         check_header_name(request_id_header, "request_id_header")
         self.request_id_header = request_id_header
         self._extra = extra
+        self._on_shutdown = tuple(on_shutdown)
         self._base = str(url.with_query(None).with_fragment(None)).rstrip("/")
         self._client: aiohttp.ClientSession | None = None
 
@@ -216,6 +220,8 @@ class Gateway:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
+                for callback in self._on_shutdown:
+                    await anyio.to_thread.run_sync(callback)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

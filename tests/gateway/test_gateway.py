@@ -413,11 +413,13 @@ def test_hop_by_hop_headers_are_dropped_both_ways() -> None:
 @contextlib.contextmanager
 def gateway_command(upstream: str, *options: str, **variables: str) -> Iterator[int]:
     """``distillguard gateway`` in a process on the development settings, with ``variables``
-    (``DISTILLGUARD_`` names without the prefix) and ``options``; yields its port once it
-    serves."""
+    (``DISTILLGUARD_`` names without the prefix, and ``OTEL_`` names) and ``options``; yields
+    its port once it serves, and stops it (SIGTERM: a graceful shutdown) on exit."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLGUARD_")}
-    env.update({f"DISTILLGUARD_{name}": value for name, value in {"UPSTREAM": upstream, **variables}.items()})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLGUARD_", "OTEL_"))}
+    settings = {"UPSTREAM": upstream, **{k: v for k, v in variables.items() if not k.startswith("OTEL_")}}
+    env.update({f"DISTILLGUARD_{name}": value for name, value in settings.items()})
+    env.update({name: value for name, value in variables.items() if name.startswith("OTEL_")})
     process = subprocess.Popen(
         [*COMMAND, "--port", str(port), *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -492,6 +494,41 @@ def test_the_command_holds_a_spend_limit_set_by_environment(model: tuple[ModelSe
         assert refused.headers["content-type"] == "application/problem+json"
         assert "spend-1-per-1-minute" in refused.json()["violated-policies"]
         assert len(server.seen) == forwarded
+
+
+@pytest.mark.slow
+def test_the_command_exports_to_an_otlp_collector(model: tuple[ModelServer, str]) -> None:
+    """``distillguard gateway`` with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set exports its spans and
+    metrics to a real OTLP/HTTP receiver, and sends the last batch when it stops."""
+    from opentelemetry.test._otlp_test_server import OtlpProtoTestServer
+
+    _, upstream = model
+    with OtlpProtoTestServer() as receiver:
+        otel = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_SERVICE_NAME": "gateway-e2e",
+            "OTEL_METRIC_EXPORT_INTERVAL": "60000",  # nothing before the shutdown's flush
+            "OTEL_BSP_SCHEDULE_DELAY": "60000",
+        }
+        with gateway_command(upstream, **otel) as port:
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            token = make_token(**DEV_TOKEN_CLAIMS)
+            assert (
+                httpx.post(url, content=CHAT, headers={"authorization": f"Bearer {token}"}).status_code == 200
+            )
+            assert httpx.post(url, content=CHAT).status_code == 401
+            assert receiver.drain_spans() == []  # held in the batch until the shutdown
+        spans = [r for r in receiver.drain_spans() if r.span.name == SPAN_NAME]
+        recorded = receiver.drain_metrics()
+    decisions = sorted(
+        next(kv.value.string_value for kv in r.span.attributes if kv.key == "distillguard.decision")
+        for r in spans
+    )
+    assert decisions == ["allow", "unauthenticated"]
+    service = {kv.key: kv.value.string_value for kv in spans[0].resource.attributes}["service.name"]
+    assert service == "gateway-e2e"
+    names = {r.metric.name for r in recorded if r.scope.name == "distillguard"}
+    assert "distillguard.decisions" in names
 
 
 def test_the_command_refuses_a_missing_upstream() -> None:

@@ -29,8 +29,10 @@ def check(capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]
 
 
 def test_a_sound_configuration_passes_and_shows_no_secret(
-    env: Any, capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+    env: Any, capsys: pytest.CaptureFixture[str], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:otlp-secret@collector:4318")
     env(
         JWT_SECRET=SECRET,
         JWT_ISSUER="https://idp.example",
@@ -55,7 +57,8 @@ def test_a_sound_configuration_passes_and_shows_no_secret(
     assert (settings["limits"]["concurrency"], settings["limits"]["auth_failures"]) == (4, "20/minute")
     assert settings["watermark"] is True and "near_duplicate" in settings["detectors"]
     assert settings["thresholds"] == "the detectors' own"
-    assert SECRET not in text and WATERMARK not in text
+    assert settings["otlp"] == "http://user:***@collector:4318"
+    assert SECRET not in text and WATERMARK not in text and "otlp-secret" not in text
 
 
 def test_an_unreachable_storage_fails_with_its_password_hidden(

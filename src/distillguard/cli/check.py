@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 from ..identity.apikeys import APIKeyVerifier
+from ..telemetry.otlp import otlp_endpoint
 
 __all__ = ["redacted_uri", "register", "run"]
 
@@ -89,6 +90,7 @@ def _summary(settings: Any, guard: Any) -> dict[str, Any]:
         },
         "detectors": [d.name for d in guard.detectors],
         "thresholds": settings.thresholds_file or "the detectors' own",
+        "otlp": redacted_uri(endpoint) if (endpoint := otlp_endpoint()) else None,
         "shadow": guard.policy.shadow,
         "watermark": guard.watermark is not None,
         "max_body_bytes": guard.max_body_bytes,

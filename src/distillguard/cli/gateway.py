@@ -3,7 +3,9 @@
 Settings come from the ``DISTILLGUARD_*`` environment variables (:mod:`distillguard.settings`)
 plus ``DISTILLGUARD_UPSTREAM`` (the model server's URL, or ``--upstream``) and
 ``DISTILLGUARD_UPSTREAM_AUTHORIZATION`` (an ``Authorization`` value sent to it). It serves with
-uvicorn (``pip install 'distillguard[gateway]'``).
+uvicorn (``pip install 'distillguard[gateway]'``). With ``OTEL_EXPORTER_OTLP_ENDPOINT`` set it
+exports its spans and metrics over OTLP/HTTP (:mod:`distillguard.telemetry.otlp`; ``pip install
+'distillguard[gateway,otlp]'``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigurationError
+from .check import redacted_uri
 
 __all__ = ["register", "run"]
 
@@ -59,20 +62,31 @@ def run(args: argparse.Namespace) -> int:
         print("distillguard gateway needs uvicorn: pip install 'distillguard[gateway]'", file=sys.stderr)
         return 2
     from ..gateway import gateway_app
+    from ..telemetry.otlp import otlp_endpoint, otlp_from_env
 
     try:
+        export = otlp_from_env()  # before the guard: it takes the global providers
         app = gateway_app(
-            args.upstream, timeout=args.timeout, forward_authorization=args.forward_authorization
+            args.upstream,
+            timeout=args.timeout,
+            forward_authorization=args.forward_authorization,
+            on_shutdown=() if export is None else (export.shutdown,),  # the last batch is sent
         )
     except ConfigurationError as exc:
         print(f"distillguard gateway: {exc}", file=sys.stderr)
         return 2
+    if export is not None:
+        logging.getLogger("distillguard").info(
+            "distillguard gateway: exporting spans and metrics over OTLP/HTTP to %s",
+            redacted_uri(otlp_endpoint() or ""),
+        )
     trusted = args.forwarded_allow_ips.strip()
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level="info",
+        lifespan="on",
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
     )
