@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from distillguard.gateway import Gateway, _end_to_end, gateway_app
 from distillguard.settings import DEV_AUDIENCE, DEV_ISSUER, DEV_SECRET
 from distillguard.telemetry import SPAN_NAME
 from tests.helpers import jwt_config, make_token, read_body
-from tests.servers import free_port, serve_in_thread, wait_until_serving
+from tests.servers import RedisServer, free_port, require_redis, serve_in_thread, wait_until_serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -411,10 +412,12 @@ def test_hop_by_hop_headers_are_dropped_both_ways() -> None:
 
 
 @contextlib.contextmanager
-def gateway_command(upstream: str, *options: str, **variables: str) -> Iterator[int]:
+def gateway_command(
+    upstream: str, *options: str, **variables: str
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """``distillguard gateway`` in a process on the development settings, with ``variables``
     (``DISTILLGUARD_`` names without the prefix, and ``OTEL_`` names) and ``options``; yields
-    its port once it serves, and stops it (SIGTERM: a graceful shutdown) on exit."""
+    its port and process once it serves, and stops it (SIGTERM: a graceful shutdown) on exit."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLGUARD_", "OTEL_"))}
     settings = {"UPSTREAM": upstream, **{k: v for k, v in variables.items() if not k.startswith("OTEL_")}}
@@ -425,7 +428,7 @@ def gateway_command(upstream: str, *options: str, **variables: str) -> Iterator[
     )
     try:
         wait_until_serving(port, process, timeout=30)
-        yield port
+        yield port, process
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -443,7 +446,7 @@ def test_the_command_serves_the_gateway(model: tuple[ModelServer, str]) -> None:
     server, upstream = model
     with gateway_command(
         upstream, "--forwarded-allow-ips", "127.0.0.1", UPSTREAM_AUTHORIZATION="Bearer k"
-    ) as port:
+    ) as (port, _):
         token = make_token(**DEV_TOKEN_CLAIMS)
         response = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -464,7 +467,7 @@ def test_the_command_holds_a_spend_limit_set_by_environment(model: tuple[ModelSe
     server, upstream = model
     prices = {"*": {"input": 1000, "output": 2000}}
     rules = [{"name": "spend", "limits": "1/minute", "unit": "cost", "prices": prices}]
-    with gateway_command(upstream, RULES=json.dumps(rules)) as port:
+    with gateway_command(upstream, RULES=json.dumps(rules)) as (port, _):
         token = make_token(**DEV_TOKEN_CLAIMS)
 
         def ask(max_tokens: int) -> httpx.Response:
@@ -510,7 +513,7 @@ def test_the_command_exports_to_an_otlp_collector(model: tuple[ModelServer, str]
             "OTEL_METRIC_EXPORT_INTERVAL": "60000",  # nothing before the shutdown's flush
             "OTEL_BSP_SCHEDULE_DELAY": "60000",
         }
-        with gateway_command(upstream, **otel) as port:
+        with gateway_command(upstream, **otel) as (port, _):
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             token = make_token(**DEV_TOKEN_CLAIMS)
             assert (
@@ -529,6 +532,65 @@ def test_the_command_exports_to_an_otlp_collector(model: tuple[ModelServer, str]
     assert service == "gateway-e2e"
     names = {r.metric.name for r in recorded if r.scope.name == "distillguard"}
     assert "distillguard.decisions" in names
+
+
+def _connected_to(port: int) -> set[int]:
+    """The processes holding an established TCP connection to 127.0.0.1:``port``."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port and fields[3] == "01":  # 01: established
+            inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in inodes:
+                pids.add(int(fd.parts[2]))
+    return pids
+
+
+def _children(pid: int) -> set[int]:
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.add(int(stat.parts[2]))
+    return children
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_the_command_serves_in_several_workers_sharing_redis(model: tuple[ModelServer, str]) -> None:
+    """``distillguard gateway --workers 2`` on Redis: two worker processes serve, both count on
+    Redis, and a client spreading requests over them is admitted exactly its limit."""
+    require_redis()
+    redis = RedisServer(free_port())
+    redis.start()
+    try:
+        _, upstream = model
+        with gateway_command(
+            upstream, "--workers", "2", STORAGE_URI=redis.url, LIMITS="10/minute", DETECTORS=""
+        ) as (port, process):
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            auth = {"authorization": f"Bearer {make_token(**DEV_TOKEN_CLAIMS)}"}
+            statuses = []
+            for _ in range(12):
+                with httpx.Client() as client:  # a new connection each: either worker may take it
+                    statuses.append(client.post(url, content=CHAT, headers=auth).status_code)
+            assert statuses.count(200) == 10 and statuses.count(429) == 2
+            workers = _children(process.pid)
+            assert len(workers & _connected_to(redis.port)) == 2
+    finally:
+        redis.stop()
+
+
+def test_several_workers_on_memory_storage_are_refused() -> None:
+    """``--workers 2`` without a shared storage stops at once (status 2): each worker would
+    count its own limits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLGUARD_")}
+    env["DISTILLGUARD_UPSTREAM"] = "http://127.0.0.1:9"
+    done = subprocess.run([*COMMAND, "--workers", "2"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "several workers need a shared DISTILLGUARD_STORAGE_URI" in done.stderr
 
 
 def test_the_command_refuses_a_missing_upstream() -> None:

@@ -11,8 +11,11 @@ exports its spans and metrics over OTLP/HTTP (:mod:`distillguard.telemetry.otlp`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -46,6 +49,13 @@ def register(subparsers: Any) -> None:
         "the client address the limits and detectors see; by default the headers are ignored",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (default 1); several need a shared DISTILLGUARD_STORAGE_URI "
+        "(redis://...), on which they share limits, penalty box and detector state",
+    )
+    parser.add_argument(
         "--forward-authorization",
         action="store_true",
         help="also forward the client's Authorization header to the upstream",
@@ -53,33 +63,83 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+_OPTIONS = "DISTILLGUARD_GATEWAY_OPTIONS"
+"""How the command hands its options to its worker processes (``--workers``)."""
+
+
+def build(options: Mapping[str, Any]) -> Any:
+    """The gateway app for the command's ``options`` (``upstream``, ``timeout``,
+    ``forward_authorization``), exporting over OTLP when the environment names an endpoint (its
+    providers flushed at shutdown).
+
+    Raises:
+        ConfigurationError: for a bad setting.
+    """
+    from ..gateway import gateway_app
+    from ..telemetry.otlp import otlp_endpoint, otlp_from_env
+
+    export = otlp_from_env()  # before the guard: it takes the global providers
+    app = gateway_app(
+        options["upstream"],
+        timeout=options["timeout"],
+        forward_authorization=options["forward_authorization"],
+        on_shutdown=() if export is None else (export.shutdown,),  # the last batch is sent
+    )
+    if export is not None:
+        logging.getLogger("distillguard").info(
+            "distillguard gateway: exporting spans and metrics over OTLP/HTTP to %s",
+            redacted_uri(otlp_endpoint() or ""),
+        )
+    return app
+
+
+def worker_app() -> Any:
+    """The app of one worker process of ``--workers`` (a uvicorn factory)."""
+    return build(json.loads(os.environ[_OPTIONS]))
+
+
+def _check_workers(options: Mapping[str, Any], workers: int) -> None:
+    """Check, before any worker starts, what each will build (a worker failing at startup
+    would be restarted over and over), and that several workers share their counts."""
+    from ..gateway import gateway_app
+    from ..limiting.storage import is_memory
+    from ..settings import settings_from_env
+    from ..telemetry.otlp import check_otlp_env
+
+    if workers < 1:
+        raise ConfigurationError("--workers must be at least 1")
+    check_otlp_env()
+    gateway_app(options["upstream"], timeout=options["timeout"])
+    if workers > 1 and is_memory(settings_from_env().storage_uri):
+        raise ConfigurationError(
+            "several workers need a shared DISTILLGUARD_STORAGE_URI (redis://...): on memory:// "
+            "each worker would count its own limits, penalty box and detector state"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    """Build the gateway and serve it until interrupted."""
+    """Build the gateway and serve it until interrupted (in ``args.workers`` processes)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         import uvicorn
     except ModuleNotFoundError:
         print("distillguard gateway needs uvicorn: pip install 'distillguard[gateway]'", file=sys.stderr)
         return 2
-    from ..gateway import gateway_app
-    from ..telemetry.otlp import otlp_endpoint, otlp_from_env
-
+    options = {
+        "upstream": args.upstream,
+        "timeout": args.timeout,
+        "forward_authorization": args.forward_authorization,
+    }
     try:
-        export = otlp_from_env()  # before the guard: it takes the global providers
-        app = gateway_app(
-            args.upstream,
-            timeout=args.timeout,
-            forward_authorization=args.forward_authorization,
-            on_shutdown=() if export is None else (export.shutdown,),  # the last batch is sent
-        )
+        if args.workers == 1:
+            app: Any = build(options)
+        else:
+            _check_workers(options, args.workers)
+            os.environ[_OPTIONS] = json.dumps(options)  # the workers inherit it
+            app = f"{__name__}:worker_app"
     except ConfigurationError as exc:
         print(f"distillguard gateway: {exc}", file=sys.stderr)
         return 2
-    if export is not None:
-        logging.getLogger("distillguard").info(
-            "distillguard gateway: exporting spans and metrics over OTLP/HTTP to %s",
-            redacted_uri(otlp_endpoint() or ""),
-        )
     trusted = args.forwarded_allow_ips.strip()
     uvicorn.run(
         app,
@@ -87,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         lifespan="on",
+        factory=args.workers > 1,
+        workers=args.workers,
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
     )

@@ -16,6 +16,7 @@ one signal off, ``OTEL_SDK_DISABLED=true`` both.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from ..errors import ConfigurationError
 
-__all__ = ["OtlpExport", "otlp_endpoint", "otlp_from_env"]
+__all__ = ["OtlpExport", "check_otlp_env", "otlp_endpoint", "otlp_from_env"]
 
 logger = logging.getLogger("distillguard.telemetry")
 
@@ -67,6 +68,32 @@ def otlp_endpoint() -> str | None:
     return next((value.strip() for name in _ENDPOINTS if (value := os.environ.get(name, "")).strip()), None)
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def check_otlp_env() -> None:
+    """Check what :func:`otlp_from_env` would need, without installing anything.
+
+    Raises:
+        ConfigurationError: when an ``OTEL_EXPORTER_OTLP_*PROTOCOL`` asks for another protocol
+            than ``http/protobuf``, or an endpoint is set and the exporter is not installed.
+    """
+    for signal in ("", "TRACES_", "METRICS_"):
+        name = f"OTEL_EXPORTER_OTLP_{signal}PROTOCOL"
+        protocol = os.environ.get(name, "").strip()
+        if protocol and protocol != "http/protobuf":
+            raise ConfigurationError(f"{name}={protocol!r}: distillguard exports OTLP over http/protobuf")
+    if otlp_endpoint() is not None and not _installed("opentelemetry.exporter.otlp.proto.http"):
+        raise ConfigurationError(
+            "an OTLP endpoint is set but the OTLP/HTTP exporter is not installed: "
+            "pip install 'distillguard[otlp]'"
+        )
+
+
 def otlp_from_env() -> OtlpExport | None:
     """Install global SDK providers exporting over OTLP/HTTP when the environment names an
     OTLP endpoint (see the module docstring); ``None`` when it names none.
@@ -77,19 +104,9 @@ def otlp_from_env() -> OtlpExport | None:
     """
     if otlp_endpoint() is None:
         return None
-    for signal in ("", "TRACES_", "METRICS_"):
-        name = f"OTEL_EXPORTER_OTLP_{signal}PROTOCOL"
-        protocol = os.environ.get(name, "").strip()
-        if protocol and protocol != "http/protobuf":
-            raise ConfigurationError(f"{name}={protocol!r}: distillguard exports OTLP over http/protobuf")
-    try:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ModuleNotFoundError:
-        raise ConfigurationError(
-            "an OTLP endpoint is set but the OTLP/HTTP exporter is not installed: "
-            "pip install 'distillguard[otlp]'"
-        ) from None
+    check_otlp_env()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
