@@ -56,6 +56,10 @@ variable                          meaning                               developm
                                   policy: the file ``distillguard
                                   calibrate`` writes
 ``DISTILLGUARD_MAX_BODY_BYTES``   request body cap in bytes             ``1048576``
+``DISTILLGUARD_CLIENT_HASH_KEY``  secret key of the client-id hash on   an unkeyed hash
+                                  spans and metrics (16 to 64 bytes; see
+                                  :class:`~distillguard.telemetry.
+                                  TelemetryConfig`)
 ``DISTILLGUARD_WATERMARK_KEY``    secret key of the response watermark  no watermark
                                   (at least 16 bytes; see
                                   :mod:`distillguard.watermark`)
@@ -90,6 +94,7 @@ from .limiting import LimitConfig, LimitRule
 from .limiting.rules import rules_from_json
 from .policy import DETECTION_MODES, DetectionMode, Policy
 from .risk import RiskPolicy
+from .telemetry import TelemetryConfig
 from .watermark import Watermark
 
 __all__ = [
@@ -153,6 +158,7 @@ class Settings:
         concurrency: :attr:`LimitConfig.concurrency`.
         tier_concurrency: ``(tier, cap)`` pairs for :attr:`LimitConfig.concurrency_tiers`.
         auth_failures: :attr:`LimitConfig.auth_failures`.
+        client_hash_key: the key of the client-id hash on spans (empty: unkeyed).
         thresholds_file: a thresholds file of ``distillguard calibrate`` for the risk policy
             (empty: the detectors' own thresholds).
         dev_defaults: the variables that fell back to a development default.
@@ -182,6 +188,7 @@ class Settings:
     tier_concurrency: tuple[tuple[str, int], ...] = ()
     auth_failures: str = ""
     thresholds_file: str = ""
+    client_hash_key: str = field(default="", repr=False)
     dev_defaults: tuple[str, ...] = ()
 
     @property
@@ -249,6 +256,7 @@ class Settings:
                 shared_state=self.shared_state,
             ),
             "max_body_bytes": self.max_body_bytes,
+            "telemetry": TelemetryConfig(hash_key=self.client_hash_key.encode()),
             "watermark": Watermark(self.watermark_key) if self.watermark_key else None,
         }
 
@@ -280,6 +288,12 @@ def _int(name: str, raw: str) -> int:
     if value < 1:
         raise ConfigurationError(f"{name} must be positive, got {value}")
     return value
+
+
+def _client_hash_key(raw: str) -> str:
+    if raw and not 16 <= len(raw.encode()) <= 64:
+        raise ConfigurationError("DISTILLGUARD_CLIENT_HASH_KEY must be 16 to 64 bytes long")
+    return raw
 
 
 def _tier_detection(raw: str) -> tuple[tuple[str, DetectionMode], ...]:
@@ -412,6 +426,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         else _by_tier(_PREFIX + "TIER_CONCURRENCY", tier_concurrency, int, 'caps, e.g. {"free": 2}'),
         auth_failures=get("AUTH_FAILURES") or "",
         thresholds_file=get("THRESHOLDS_FILE") or "",
+        client_hash_key=_client_hash_key(get("CLIENT_HASH_KEY") or ""),
         dev_defaults=tuple(defaults),
         **jwt,
     )

@@ -26,6 +26,7 @@ from distillguard.settings import (
     registered_detectors,
     settings_from_env,
 )
+from distillguard.telemetry import hash_identifier
 from tests.examples.conftest import ENV
 from tests.helpers import keys as key_pairs, make_token
 
@@ -472,3 +473,15 @@ def test_a_bad_thresholds_file_fails_fast(tmp_path: Path, content: str | None, m
         path.write_text(content)
     with pytest.raises(ConfigurationError, match=match):
         guard_from_env({**ENV, "DISTILLGUARD_THRESHOLDS_FILE": str(path)})
+
+
+def test_the_client_hash_key_keys_the_ids_on_spans() -> None:
+    """``DISTILLGUARD_CLIENT_HASH_KEY`` keys the client-id hash the spans carry: without the key
+    a known id cannot be found by hashing it."""
+    key = "client-hash-key-of-32-bytes-long!"
+    keyed = guard_from_env({**ENV, "DISTILLGUARD_CLIENT_HASH_KEY": key}).telemetry
+    assert keyed.client_attribute("alice") == hash_identifier("alice", key.encode())
+    assert guard_from_env(ENV).telemetry.client_attribute("alice") == hash_identifier("alice")
+    assert keyed.client_attribute("alice") != hash_identifier("alice")
+    with pytest.raises(ConfigurationError, match="16 to 64 bytes"):
+        guard_from_env({**ENV, "DISTILLGUARD_CLIENT_HASH_KEY": "short"})

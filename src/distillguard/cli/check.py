@@ -93,6 +93,7 @@ def _summary(settings: Any, guard: Any) -> dict[str, Any]:
         "otlp": redacted_uri(endpoint) if (endpoint := otlp_endpoint()) else None,
         "shadow": guard.policy.shadow,
         "watermark": guard.watermark is not None,
+        "client_hash": "keyed" if guard.telemetry.config.hash_key else "unkeyed",
         "max_body_bytes": guard.max_body_bytes,
     }
 
