@@ -155,6 +155,14 @@ def test_an_undisclosed_cost_window_is_named_by_its_rule(tracer_provider: Any) -
     assert "ratelimit-policy" not in headers
 
 
+def test_a_built_rule_keeps_its_prices() -> None:
+    """Changing the dict a rule was built from changes nothing in the rule."""
+    prices = {"*": Price(2, 10)}
+    rule = LimitRule(name="spend", limits=SPEND, unit="cost", prices=prices)
+    prices["*"] = Price(0, 0)
+    assert rule.price_for("any") == Price(2, 10)
+
+
 def test_price_micros_round_up_and_ignore_float_noise() -> None:
     """Micros are rounded up, after float noise is rounded away: 100 tokens at 0.3 per million
     cost 30 micros, not 31; one token at 0.5 costs 1."""

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from limits import RateLimitItem
@@ -131,6 +132,8 @@ class LimitRule:
                 f"LimitRule {self.name!r}: a cost rule needs a price for every model it applies to: "
                 "a '*' price for any model, or one for each of its models"
             )
+        # a copy: the caller's dict changing later must not change a built rule
+        object.__setattr__(self, "prices", MappingProxyType(dict(self.prices)))
 
     def price_for(self, model: str | None) -> Price:
         """The price of ``model``'s tokens under a cost rule (``"*"`` when not listed)."""
