@@ -67,7 +67,7 @@ _OPTIONS = "DISTILLGUARD_GATEWAY_OPTIONS"
 """How the command hands its options to its worker processes (``--workers``)."""
 
 
-def build(options: Mapping[str, Any]) -> Any:
+def _build(options: Mapping[str, Any]) -> Any:
     """The gateway app for the command's ``options`` (``upstream``, ``timeout``,
     ``forward_authorization``), exporting over OTLP when the environment names an endpoint (its
     providers flushed at shutdown).
@@ -95,7 +95,7 @@ def build(options: Mapping[str, Any]) -> Any:
 
 def worker_app() -> Any:
     """The app of one worker process of ``--workers`` (a uvicorn factory)."""
-    return build(json.loads(os.environ[_OPTIONS]))
+    return _build(json.loads(os.environ[_OPTIONS]))
 
 
 def _check_workers(options: Mapping[str, Any], workers: int) -> None:
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         if args.workers == 1:
-            app: Any = build(options)
+            app: Any = _build(options)
         else:
             _check_workers(options, args.workers)
             os.environ[_OPTIONS] = json.dumps(options)  # the workers inherit it
