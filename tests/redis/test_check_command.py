@@ -14,7 +14,7 @@ from distillguard.cli.check import redacted_uri
 from distillguard.settings import DEV_SECRET
 from tests.helpers import keys as make_keys
 from tests.identity.conftest import JWKSServer, to_jwk
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, free_port, serve_in_thread
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -73,6 +73,31 @@ def test_an_unreachable_storage_fails_with_its_password_hidden(
     storage = doc["checks"][1]
     assert storage["ok"] is False and "does not answer" in storage["detail"]
     assert "hunter2" not in text and "app:***@127.0.0.1" in text
+
+
+def test_the_gateways_model_server_is_asked_for_any_answer(
+    env: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``DISTILLGUARD_UPSTREAM`` set, the model server must answer HTTP (a 404 on its base
+    path counts); a closed port fails the check (status 1), its password hidden. A proxy in
+    the environment is not used: the gateway calls the model server directly."""
+
+    async def model_server(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b"not here"})
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # would refuse
+    with serve_in_thread(model_server) as url:
+        env(JWT_SECRET=SECRET, UPSTREAM=url.replace("http://", "http://vllm:s3cret@"))
+        status, doc, text = check(capsys)
+    assert status == 0, doc
+    upstream = doc["checks"][2]
+    assert upstream["name"] == "upstream" and upstream["ok"] is True
+    assert "answers (HTTP 404" in upstream["detail"] and "vllm:***@" in upstream["detail"]
+    env(UPSTREAM=f"http://vllm:s3cret@127.0.0.1:{free_port()}")
+    status, doc, text = check(capsys)
+    assert status == 1 and doc["checks"][2]["ok"] is False
+    assert "does not answer" in doc["checks"][2]["detail"] and "s3cret" not in text
 
 
 def test_a_jwks_url_is_fetched(env: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,10 +4,11 @@ It reads the ``DISTILLGUARD_*`` variables as the examples and the gateway do
 (:mod:`distillguard.settings`), builds the guard (so that a bad limit string, an unknown detector
 or a development default in production fails here, not at the first request), then asks what
 the guard depends on: the JWKS URL for its first key set, the limit storage (Redis) for an
-answer. It prints the effective settings, never a secret (the JWT secret, the watermark key and
-a password in the storage URI are not shown), and one line per check; ``--json`` prints the same
-as one JSON document. Exit status 0 when everything answers, 1 when a dependency does not, 2 for
-a configuration error. Meant for a deployment's pre-flight step or an init container.
+answer, and for the gateway the model server (``DISTILLGUARD_UPSTREAM``) for any HTTP answer.
+It prints the effective settings, never a secret (the JWT secret, the watermark key and a
+password in a URI are not shown), and one line per check; ``--json`` prints the same as one JSON
+document. Exit status 0 when everything answers, 1 when a dependency does not, 2 for a
+configuration error. Meant for a deployment's pre-flight step or an init container.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -34,13 +36,16 @@ def register(subparsers: Any) -> None:
         help="check the DISTILLGUARD_* configuration and what it depends on",
         description=(
             "Build the guard from the DISTILLGUARD_* variables, fetch the JWKS key set and ask "
-            "the limit storage for an answer. Exit status 0 when everything answers, 1 when a "
-            "dependency does not, 2 for a configuration error."
+            "the limit storage (and DISTILLGUARD_UPSTREAM, when set) for an answer. Exit status 0 "
+            "when everything answers, 1 when a dependency does not, 2 for a configuration error."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the JWKS key set (default 5)"
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the JWKS key set and the upstream (default 5)",
     )
     parser.set_defaults(func=run)
 
@@ -121,6 +126,33 @@ def _check_storage(guard: Any) -> dict[str, Any]:
     return {"name": "limit storage", "ok": ok, "detail": detail + _parser(uri)}
 
 
+def _check_upstream(url: str, timeout: float) -> dict[str, Any]:
+    """Whether the gateway's model server answers HTTP at all (any status: a model server
+    may answer its base path with 404), directly as the gateway calls it (no proxy)."""
+    import urllib.error
+    import urllib.request
+
+    shown = redacted_uri(url)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    started = time.monotonic()
+    try:
+        parts = urlsplit(url)
+        bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # any answer will do
+        with opener.open(urllib.request.Request(bare, method="GET"), timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:  # an answer all the same
+        status = exc.code
+    except (OSError, ValueError) as exc:  # URLError is an OSError
+        reason = getattr(exc, "reason", exc)
+        return {"name": "upstream", "ok": False, "detail": f"{shown} does not answer ({str(reason)[:120]})"}
+    took = time.monotonic() - started
+    return {
+        "name": "upstream",
+        "ok": True,
+        "detail": f"{shown} answers (HTTP {status}, {took * 1000:.0f} ms)",
+    }
+
+
 def _parser(uri: str) -> str:
     """Which reply parser redis-py uses, for a Redis URI: hiredis (the ``redis`` extra installs
     it) costs less CPU per round trip than redis-py's own (``docs/benchmarks.md``, "Storage")."""
@@ -150,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     checks = [_check_keys(guard, args.timeout), _check_storage(guard)]
+    upstream = os.environ.get("DISTILLGUARD_UPSTREAM", "").strip()
+    if upstream:  # the gateway's model server
+        checks.append(_check_upstream(upstream, args.timeout))
     ok = all(c["ok"] for c in checks)
     summary = _summary(settings, guard)
     if args.json:
