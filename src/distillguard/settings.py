@@ -52,6 +52,11 @@ variable                          meaning                               developm
                                   ``partner=shadow,internal=off``
 ``DISTILLGUARD_DETECTORS``        entry-point names, comma-separated    every registered one but
                                                                        the built-in opt-in ones
+``DISTILLGUARD_RISK``             the risk policy's settings, a JSON    :class:`~distillguard.
+                                  object of :class:`~distillguard.risk.  risk.RiskPolicy`'s
+                                  RiskPolicy` fields (``thresholds``    defaults
+                                  aside), e.g. ``{"block": null,
+                                  "penalty_seconds": 7200}``
 ``DISTILLGUARD_THRESHOLDS_FILE``  per-detector thresholds of the risk   the detectors' own
                                   policy: the file ``distillguard
                                   calibrate`` writes
@@ -161,6 +166,7 @@ class Settings:
         client_hash_key: the key of the client-id hash on spans (empty: unkeyed).
         thresholds_file: a thresholds file of ``distillguard calibrate`` for the risk policy
             (empty: the detectors' own thresholds).
+        risk: ``(field, value)`` pairs of :class:`~distillguard.risk.RiskPolicy` settings.
         dev_defaults: the variables that fell back to a development default.
     """
 
@@ -188,6 +194,7 @@ class Settings:
     tier_concurrency: tuple[tuple[str, int], ...] = ()
     auth_failures: str = ""
     thresholds_file: str = ""
+    risk: tuple[tuple[str, Any], ...] = ()
     client_hash_key: str = field(default="", repr=False)
     dev_defaults: tuple[str, ...] = ()
 
@@ -221,15 +228,20 @@ class Settings:
         return JWTConfig(key=self.jwt_secret, **common)
 
     def risk_policy(self) -> RiskPolicy:
-        """The risk policy: with the thresholds of :attr:`thresholds_file`, if set."""
-        if not self.thresholds_file:
-            return RiskPolicy()
-        from .replay.calibration import Thresholds
+        """The risk policy: :attr:`risk`'s settings, with the thresholds of
+        :attr:`thresholds_file` if set."""
+        options = dict(self.risk)
+        if self.thresholds_file:
+            from .replay.calibration import Thresholds
 
+            try:
+                options["thresholds"] = dict(Thresholds.load(self.thresholds_file).detectors)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{_PREFIX}THRESHOLDS_FILE: {exc}") from None
         try:
-            return Thresholds.load(self.thresholds_file).risk_policy()
+            return RiskPolicy(**options)
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{_PREFIX}THRESHOLDS_FILE: {exc}") from None
+            raise ConfigurationError(f"{_PREFIX}RISK: {exc}") from None
 
     def guard_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~distillguard.Guard`."""
@@ -290,6 +302,45 @@ def _int(name: str, raw: str) -> int:
     return value
 
 
+_NUMBER = (int, float)
+_RISK_FIELDS: dict[str, tuple[type, ...]] = {
+    "flag": _NUMBER,
+    "throttle": (*_NUMBER, type(None)),
+    "degrade": (*_NUMBER, type(None)),
+    "block": (*_NUMBER, type(None)),
+    "half_life": _NUMBER,
+    "throttle_limits": (str,),
+    "penalty_seconds": _NUMBER,
+    "box_after_refusals": (int, type(None)),
+    "refusal_window": _NUMBER,
+    "weights": (dict,),
+    "combine": (str,),
+    "max_clients": (int,),
+    "max_penalties": (int,),
+    "shared": (bool,),
+}
+"""The :class:`RiskPolicy` fields ``DISTILLGUARD_RISK`` sets, with their JSON types (the
+thresholds come from ``DISTILLGUARD_THRESHOLDS_FILE``)."""
+
+
+def _risk(raw: str) -> tuple[tuple[str, Any], ...]:
+    """``DISTILLGUARD_RISK``: a JSON object of :data:`_RISK_FIELDS`, strictly typed."""
+    name = _PREFIX + "RISK"
+    doc = _json_object(raw)
+    if doc is None:
+        raise ConfigurationError(f"{name} must be a JSON object of RiskPolicy fields")
+    for key, value in doc.items():
+        kinds = _RISK_FIELDS.get(key)
+        if kinds is None:
+            raise ConfigurationError(f"{name}: unknown field {key!r}; the fields are {sorted(_RISK_FIELDS)}")
+        wrong = (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds)
+        if not wrong and key == "weights":
+            wrong = not all(isinstance(w, _NUMBER) and not isinstance(w, bool) for w in value.values())
+        if wrong:
+            raise ConfigurationError(f"{name}: {key!r} has the wrong type")
+    return tuple(doc.items())
+
+
 def _client_hash_key(raw: str) -> str:
     if raw and not 16 <= len(raw.encode()) <= 64:
         raise ConfigurationError("DISTILLGUARD_CLIENT_HASH_KEY must be 16 to 64 bytes long")
@@ -309,15 +360,19 @@ def _tier_detection(raw: str) -> tuple[tuple[str, DetectionMode], ...]:
     return tuple(pairs)
 
 
-def _by_tier(name: str, raw: str, kind: type, example: str) -> tuple[tuple[str, Any], ...]:
-    """A JSON object of tier to ``kind`` values as ``(tier, value)`` pairs."""
+def _json_object(raw: str) -> dict[str, Any] | None:
+    """``raw`` as a JSON object, or ``None`` when it is not one."""
     try:
         doc = json.loads(raw)
     except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not all(
-        isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool) for k, v in doc.items()
-    ):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _by_tier(name: str, raw: str, kind: type, example: str) -> tuple[tuple[str, Any], ...]:
+    """A JSON object of tier to ``kind`` values as ``(tier, value)`` pairs."""
+    doc = _json_object(raw)
+    if doc is None or not all(isinstance(v, kind) and not isinstance(v, bool) for v in doc.values()):
         raise ConfigurationError(f"{name} must be a JSON object of tier to {example}")
     return tuple(doc.items())
 
@@ -426,6 +481,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         else _by_tier(_PREFIX + "TIER_CONCURRENCY", tier_concurrency, int, 'caps, e.g. {"free": 2}'),
         auth_failures=get("AUTH_FAILURES") or "",
         thresholds_file=get("THRESHOLDS_FILE") or "",
+        risk=_risk(risk) if (risk := get("RISK")) else (),
         client_hash_key=_client_hash_key(get("CLIENT_HASH_KEY") or ""),
         dev_defaults=tuple(defaults),
         **jwt,

@@ -485,3 +485,36 @@ def test_the_client_hash_key_keys_the_ids_on_spans() -> None:
     assert keyed.client_attribute("alice") != hash_identifier("alice")
     with pytest.raises(ConfigurationError, match="16 to 64 bytes"):
         guard_from_env({**ENV, "DISTILLGUARD_CLIENT_HASH_KEY": "short"})
+
+
+def test_risk_policy_settings_reach_the_risk_policy(tmp_path: Path) -> None:
+    """``DISTILLGUARD_RISK`` sets the risk policy's fields (here: never block, a longer penalty
+    box, boxing clients that hammer past their limits); the calibrated thresholds of
+    ``DISTILLGUARD_THRESHOLDS_FILE`` come with them."""
+    path = tmp_path / "thresholds.json"
+    Thresholds(detectors={"coverage": 0.7}).save(path)
+    risk = '{"block": null, "penalty_seconds": 7200, "box_after_refusals": 20, "weights": {"coverage": 0.5}}'
+    policy = guard_from_env(
+        {**ENV, "DISTILLGUARD_RISK": risk, "DISTILLGUARD_THRESHOLDS_FILE": str(path)}
+    ).policy.risk
+    assert policy is not None
+    assert (policy.block, policy.penalty_seconds, policy.box_after_refusals) == (None, 7200, 20)
+    assert dict(policy.weights) == {"coverage": 0.5} and dict(policy.thresholds) == {"coverage": 0.7}
+    assert (policy.flag, policy.degrade) == (0.5, 0.75)  # the rest keeps its defaults
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ("[]", "RISK must be a JSON object"),
+        ('{"blok": null}', r"RISK: unknown field 'blok'"),
+        ('{"thresholds": {"coverage": 0.7}}', r"unknown field 'thresholds'"),
+        ('{"flag": true}', r"RISK: 'flag' has the wrong type"),
+        ('{"weights": [1]}', r"'weights' has the wrong type"),
+        ('{"weights": {"coverage": "high"}}', r"'weights' has the wrong type"),
+        ('{"flag": 0.95}', r"RISK: risk thresholds must satisfy flag <= throttle"),
+    ],
+)
+def test_bad_risk_settings_fail_fast(raw: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        guard_from_env({**ENV, "DISTILLGUARD_RISK": raw})

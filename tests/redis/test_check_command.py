@@ -57,7 +57,7 @@ def test_a_sound_configuration_passes_and_shows_no_secret(
     assert (settings["limits"]["concurrency"], settings["limits"]["auth_failures"]) == (4, "20/minute")
     assert settings["watermark"] is True and "near_duplicate" in settings["detectors"]
     assert settings["thresholds"] == "the detectors' own"
-    assert settings["client_hash"] == "unkeyed"
+    assert settings["client_hash"] == "unkeyed" and settings["risk"] == "the defaults"
     assert settings["otlp"] == "http://user:***@collector:4318"
     assert SECRET not in text and WATERMARK not in text and "otlp-secret" not in text
 

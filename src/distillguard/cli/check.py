@@ -95,6 +95,7 @@ def _summary(settings: Any, guard: Any) -> dict[str, Any]:
         },
         "detectors": [d.name for d in guard.detectors],
         "thresholds": settings.thresholds_file or "the detectors' own",
+        "risk": dict(settings.risk) or "the defaults",
         "otlp": redacted_uri(endpoint) if (endpoint := otlp_endpoint()) else None,
         "shadow": guard.policy.shadow,
         "watermark": guard.watermark is not None,
