@@ -528,8 +528,9 @@ def test_the_command_exports_to_an_otlp_collector(model: tuple[ModelServer, str]
         for r in spans
     )
     assert decisions == ["allow", "unauthenticated"]
-    service = {kv.key: kv.value.string_value for kv in spans[0].resource.attributes}["service.name"]
-    assert service == "gateway-e2e"
+    resource = {kv.key: kv.value.string_value for kv in spans[0].resource.attributes}
+    assert resource["service.name"] == "gateway-e2e"
+    assert len(resource["service.instance.id"]) == 36  # one per process: workers are told apart
     names = {r.metric.name for r in recorded if r.scope.name == "distillguard"}
     assert "distillguard.decisions" in names
 

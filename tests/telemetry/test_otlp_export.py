@@ -95,6 +95,7 @@ def test_spans_and_metrics_reach_an_otlp_http_receiver() -> None:
     resource = _attrs(guards[0].resource.attributes)
     assert resource["service.name"] == "distillguard-e2e"
     assert resource["deployment.environment.name"] == "test"
+    assert len(resource["service.instance.id"]) == 36  # added: OTEL_RESOURCE_ATTRIBUTES has none
     assert guards[0].scope.name == "distillguard"
     by_decision: dict[str, list[dict[str, Any]]] = {}
     for recorded in guards:

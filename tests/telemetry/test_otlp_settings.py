@@ -51,3 +51,24 @@ def test_another_protocol_than_http_protobuf_is_refused(monkeypatch: pytest.Monk
     monkeypatch.setenv(name, "grpc")
     with pytest.raises(ConfigurationError, match=f"{name}='grpc'"):
         otlp_from_env()
+
+
+def test_each_process_gets_its_own_service_instance_unless_the_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The resource :func:`otlp_from_env` builds (read here without installing providers) has
+    a ``service.instance.id``: the environment's, else one of this process (recent SDKs make
+    it; for SDKs that do not, as the 1.30 the ``otlp`` extra allows, distillguard adds one)."""
+    from opentelemetry.sdk.resources import Resource
+
+    from distillguard.telemetry import otlp
+
+    ours = otlp._resource().attributes["service.instance.id"]
+    assert isinstance(ours, str) and len(ours) == 36
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-7")
+    assert otlp._resource().attributes["service.instance.id"] == "pod-7"
+    monkeypatch.setattr(otlp.Resource, "create", lambda: Resource({"service.name": "old-sdk"}))
+    first, second = otlp._resource(), otlp._resource()
+    assert first.attributes["service.name"] == "old-sdk"
+    assert len(str(first.attributes["service.instance.id"])) == 36
+    assert first.attributes["service.instance.id"] != second.attributes["service.instance.id"]

@@ -11,7 +11,10 @@ of the environment: the exporters' ``OTEL_EXPORTER_OTLP_*`` (headers, timeouts, 
 the resource's ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``, the sampler's
 ``OTEL_TRACES_SAMPLER``, the batch processor's ``OTEL_BSP_*`` and the reader's
 ``OTEL_METRIC_EXPORT_*``. ``OTEL_TRACES_EXPORTER=none`` or ``OTEL_METRICS_EXPORTER=none`` turns
-one signal off, ``OTEL_SDK_DISABLED=true`` both.
+one signal off, ``OTEL_SDK_DISABLED=true`` both. Unless ``OTEL_RESOURCE_ATTRIBUTES`` names one, each
+process gets its own ``service.instance.id`` (a random UUID): the worker processes of one
+gateway (``--workers``) would otherwise report their cumulative counters as one stream, which
+a collector cannot add up.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from ..errors import ConfigurationError
@@ -94,6 +98,15 @@ def check_otlp_env() -> None:
         )
 
 
+def _resource() -> Resource:
+    """The SDK's resource from the environment, with a ``service.instance.id`` of this process
+    unless the environment names one (see the module docstring)."""
+    resource = Resource.create()
+    if SERVICE_INSTANCE_ID in resource.attributes:
+        return resource
+    return resource.merge(Resource({SERVICE_INSTANCE_ID: str(uuid.uuid4())}))
+
+
 def otlp_from_env() -> OtlpExport | None:
     """Install global SDK providers exporting over OTLP/HTTP when the environment names an
     OTLP endpoint (see the module docstring); ``None`` when it names none.
@@ -110,7 +123,7 @@ def otlp_from_env() -> OtlpExport | None:
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    resource = Resource.create()
+    resource = _resource()
     tracer_provider = meter_provider = None
     if not _off("OTEL_TRACES_EXPORTER"):
         tracer_provider = TracerProvider(resource=resource)
