@@ -47,6 +47,7 @@ CPU with aiohttp and about 620 us with httpx's async client (``docs/benchmarks.m
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,10 @@ def _end_to_end(headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]) 
     return [(name.lower(), value) for name, value in headers if name.lower() not in skip]
 
 
+_LARGE_BODY = 1 << 20
+"""Request bodies past this size are forwarded from a buffer (aiohttp's limit for raw bytes)."""
+
+
 class Gateway:
     """Forwards HTTP requests to ``upstream`` and streams the answers back (an ASGI app).
 
@@ -117,7 +122,8 @@ class Gateway:
         upstream_headers: headers added to every forwarded request (e.g. the upstream's API key).
         max_connections: connections kept open to the upstream.
         max_body_bytes: the largest request body forwarded (the guard caps the bodies it checks;
-            this caps those of exempt paths too).
+            this caps those of exempt paths too). :func:`gateway_app` passes the guard's cap
+            (``DISTILLGUARD_MAX_BODY_BYTES``), so that a body the guard admits is forwarded.
         verify: verify the upstream's TLS certificate (or the path of a CA bundle).
         request_id_header: the header naming the request's trace (when sampled) on the
             gateway's own error answers (502, 504, 413), as on the guard's refusals
@@ -276,7 +282,9 @@ class Gateway:
                 scope["method"],
                 self._target(scope),
                 headers=self._headers(scope),
-                data=body,
+                # aiohttp warns about (and sends in one write) bytes past 1 MiB: a long prompt
+                # goes as a stream of known length instead
+                data=body if len(body) <= _LARGE_BODY else io.BytesIO(body),
                 allow_redirects=False,
             )
         except _TIMEOUTS:  # aiohttp's connect and read timeouts
@@ -361,6 +369,8 @@ def gateway_app(upstream: str | None = None, guard: Guard | None = None, **optio
     if guard is None:  # the gateway forwards WebSockets the guard has checked
         guard = guard_from_env(websockets="authenticate")
     options.setdefault("request_id_header", guard.telemetry.config.request_id_header)
+    # what the guard admits must also pass the gateway's own cap (1 MiB by default)
+    options.setdefault("max_body_bytes", guard.max_body_bytes)
     proxy = Gateway(target, **options)
     return DistillGuardMiddleware(proxy, guard=guard)
 

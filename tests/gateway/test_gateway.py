@@ -366,6 +366,24 @@ def test_the_body_cap_holds_on_exempt_paths(model: tuple[ModelServer, str]) -> N
     assert small.status_code != 413 and [s["path"] for s in server.seen] == ["/health"]
 
 
+def test_a_body_the_guard_admits_is_forwarded_whatever_its_size(model: tuple[ModelServer, str]) -> None:
+    """The gateway's cap follows the guard's: with the guard's cap raised to 4 MiB (long
+    prompts), a 2 MiB prompt reaches the model server intact, and a 5 MiB one gets 413."""
+    server, upstream = model
+    guard = Guard(jwt=jwt_config(), limits=LimitConfig(default="100/minute"), max_body_bytes=4 << 20)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode()
+    auth = {"authorization": f"Bearer {make_token()}", "content-type": "application/json"}
+    with serve_in_thread(gateway_app(upstream, guard=guard), lifespan="on") as url:
+        response = httpx.post(f"{url}/v1/chat/completions", content=body, headers=auth, timeout=30)
+        too_large = httpx.post(
+            f"{url}/v1/chat/completions", content=b"x" * (5 << 20), headers=auth, timeout=30
+        )
+    assert response.status_code == 200, response.text
+    assert server.seen[-1]["body"] == body
+    assert dict(server.seen[-1]["headers"])["content-length"] == str(len(body))  # not chunked
+    assert too_large.status_code == 413 and too_large.json()["max-bytes"] == 4 << 20
+
+
 def test_the_openai_client_works_through_the_gateway(model: tuple[ModelServer, str]) -> None:
     import openai
 
