@@ -21,8 +21,9 @@ upstream who called. The upstream is asked for an uncompressed answer (``Accept-
 identity``) so that the guard can read its token usage.
 
 **Failures** are RFC 9457 problem+json answers, never a 500 or a hang: an upstream that cannot
-be reached gives 502 ``upstream_unavailable``, one that does not answer within ``timeout``
-seconds 504 ``upstream_timeout``. Once the answer has started, a failure of the upstream aborts
+be reached (within ``connect_timeout``) gives 502 ``upstream_unavailable``, one whose answer
+stalls for ``timeout`` seconds (600 by default: a non-streamed answer arrives only once it is
+generated) 504 ``upstream_timeout``. Once the answer has started, a failure of the upstream aborts
 it (the client sees a broken response, as with any proxy, never a truncated one passed off as
 complete); a client that goes away closes the upstream request.
 
@@ -115,8 +116,11 @@ class Gateway:
     Args:
         upstream: the model server's base URL (``http://`` or ``https://``); request paths are
             appended to its path.
-        timeout: seconds to wait for the upstream to connect, and then for each chunk of its
-            answer.
+        timeout: seconds to wait for each chunk of the upstream's answer, the first included:
+            a model server sends nothing of a non-streamed answer until it has generated all
+            of it, minutes for a long reasoning answer, so the default is 600 seconds, as the
+            OpenAI SDKs' own.
+        connect_timeout: seconds to wait for a connection to the upstream.
         forward_authorization: forward the client's ``Authorization`` header (the guard's
             bearer token) to the upstream.
         upstream_headers: headers added to every forwarded request (e.g. the upstream's API key).
@@ -141,7 +145,8 @@ class Gateway:
         self,
         upstream: str,
         *,
-        timeout: float = 60.0,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
         forward_authorization: bool = False,
         upstream_headers: Mapping[str, str] | None = None,
         max_connections: int = 100,
@@ -163,8 +168,8 @@ class Gateway:
             raise ConfigurationError(f"the upstream is not a URL: {upstream!r}") from exc
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigurationError(f"the upstream must be an http:// or https:// URL, not {upstream!r}")
-        if not 0 < timeout <= 3600:
-            raise ConfigurationError("timeout must be in (0, 3600] seconds")
+        if not (0 < timeout <= 3600 and 0 < connect_timeout <= 3600):
+            raise ConfigurationError("timeout and connect_timeout must be in (0, 3600] seconds")
         if max_connections < 1 or max_body_bytes < 1:
             raise ConfigurationError("max_connections and max_body_bytes must be positive")
         extra = [(k.lower(), v) for k, v in (upstream_headers or {}).items()]
@@ -174,6 +179,7 @@ class Gateway:
             raise ConfigurationError("upstream_headers cannot set hop-by-hop headers, Host or Content-Length")
         self.upstream = url
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.forward_authorization = forward_authorization
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
@@ -197,7 +203,9 @@ class Gateway:
                 tls = ssl.create_default_context(cafile=self.verify)
             self._client = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=tls),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.connect_timeout, sock_read=self.timeout
+                ),
                 auto_decompress=False,
                 trust_env=False,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),

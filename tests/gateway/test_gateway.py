@@ -292,6 +292,19 @@ def test_a_slow_model_server_gives_504(model: tuple[ModelServer, str]) -> None:
     assert time.monotonic() - started < 2.5
 
 
+def test_a_slow_answer_is_awaited_past_the_connect_timeout(model: tuple[ModelServer, str]) -> None:
+    """The wait for an answer is not the wait for a connection: a model server that takes 3 s
+    before its first byte (a non-streamed answer being generated) is awaited under a 0.5 s
+    connect timeout, and the defaults wait 600 s for it."""
+    _, upstream = model
+    assert (Gateway(upstream).timeout, Gateway(upstream).connect_timeout) == (600.0, 10.0)
+    with serve_gateway(upstream, connect_timeout=0.5, timeout=10) as url:
+        response = httpx.post(
+            f"{url}/slow", content=CHAT, headers={"authorization": f"Bearer {make_token()}"}, timeout=30
+        )
+    assert response.status_code == 200, response.text
+
+
 def test_the_model_servers_own_errors_pass_through(model: tuple[ModelServer, str]) -> None:
     _, upstream = model
     with serve_gateway(upstream) as url:
@@ -410,6 +423,8 @@ def test_bad_settings_fail_at_construction(monkeypatch: pytest.MonkeyPatch) -> N
         Gateway("http://model", upstream_headers={"host": "elsewhere"})
     with pytest.raises(ConfigurationError):
         Gateway("http://model", timeout=0)
+    with pytest.raises(ConfigurationError, match="connect_timeout"):
+        Gateway("http://model", connect_timeout=3601)
     with pytest.raises(ConfigurationError, match="request_id_header"):
         Gateway("http://model", request_id_header="X-Request-Id")
     monkeypatch.delenv("DISTILLGUARD_UPSTREAM", raising=False)

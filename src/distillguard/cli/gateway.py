@@ -39,7 +39,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for the upstream (default 60)"
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for each chunk of the upstream's answer, the first included "
+        "(default 600: a non-streamed answer comes only once generated)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a connection to the upstream (default 10)",
     )
     parser.add_argument(
         "--forwarded-allow-ips",
@@ -82,6 +92,7 @@ def _build(options: Mapping[str, Any]) -> Any:
     app = gateway_app(
         options["upstream"],
         timeout=options["timeout"],
+        connect_timeout=options["connect_timeout"],
         forward_authorization=options["forward_authorization"],
         on_shutdown=() if export is None else (export.shutdown,),  # the last batch is sent
     )
@@ -109,7 +120,7 @@ def _check_workers(options: Mapping[str, Any], workers: int) -> None:
     if workers < 1:
         raise ConfigurationError("--workers must be at least 1")
     check_otlp_env()
-    gateway_app(options["upstream"], timeout=options["timeout"])
+    gateway_app(options["upstream"], timeout=options["timeout"], connect_timeout=options["connect_timeout"])
     if workers > 1 and is_memory(settings_from_env().storage_uri):
         raise ConfigurationError(
             "several workers need a shared DISTILLGUARD_STORAGE_URI (redis://...): on memory:// "
@@ -128,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     options = {
         "upstream": args.upstream,
         "timeout": args.timeout,
+        "connect_timeout": args.connect_timeout,
         "forward_authorization": args.forward_authorization,
     }
     try:
