@@ -592,6 +592,30 @@ def _children(pid: int) -> set[int]:
     return children
 
 
+@pytest.mark.slow
+def test_the_commands_connection_cap_makes_requests_wait(model: tuple[ModelServer, str]) -> None:
+    """``--max-connections 1``: two requests to a model server taking 3 s each are both
+    answered, the second once the first has given its connection back."""
+    _, upstream = model
+    with gateway_command(upstream, "--max-connections", "1") as (port, _):
+        url = f"http://127.0.0.1:{port}/slow"
+        auth = {"authorization": f"Bearer {make_token(**DEV_TOKEN_CLAIMS)}"}
+
+        async def both() -> list[tuple[int, float]]:
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                async def one() -> tuple[int, float]:
+                    started = time.monotonic()
+                    response = await client.post(url, content=CHAT, headers=auth)
+                    return response.status_code, time.monotonic() - started
+
+                return list(await asyncio.gather(one(), one()))
+
+        results = sorted(asyncio.run(both()), key=lambda r: r[1])
+    assert [status for status, _ in results] == [200, 200]
+    assert results[0][1] < 5.5 <= results[1][1]  # 3 s, then 3 s more
+
+
 @pytest.mark.redis
 @pytest.mark.slow
 def test_the_command_serves_in_several_workers_sharing_redis(model: tuple[ModelServer, str]) -> None:

@@ -59,6 +59,13 @@ def register(subparsers: Any) -> None:
         "the client address the limits and detectors see; by default the headers are ignored",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=100,
+        help="connections each worker keeps to the upstream (default 100); requests past them "
+        "wait for a free one",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -93,6 +100,7 @@ def _build(options: Mapping[str, Any]) -> Any:
         options["upstream"],
         timeout=options["timeout"],
         connect_timeout=options["connect_timeout"],
+        max_connections=options["max_connections"],
         forward_authorization=options["forward_authorization"],
         on_shutdown=() if export is None else (export.shutdown,),  # the last batch is sent
     )
@@ -120,7 +128,12 @@ def _check_workers(options: Mapping[str, Any], workers: int) -> None:
     if workers < 1:
         raise ConfigurationError("--workers must be at least 1")
     check_otlp_env()
-    gateway_app(options["upstream"], timeout=options["timeout"], connect_timeout=options["connect_timeout"])
+    gateway_app(
+        options["upstream"],
+        timeout=options["timeout"],
+        connect_timeout=options["connect_timeout"],
+        max_connections=options["max_connections"],
+    )
     if workers > 1 and is_memory(settings_from_env().storage_uri):
         raise ConfigurationError(
             "several workers need a shared DISTILLGUARD_STORAGE_URI (redis://...): on memory:// "
@@ -140,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         "upstream": args.upstream,
         "timeout": args.timeout,
         "connect_timeout": args.connect_timeout,
+        "max_connections": args.max_connections,
         "forward_authorization": args.forward_authorization,
     }
     try:
