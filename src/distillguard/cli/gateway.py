@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -84,26 +84,31 @@ _OPTIONS = "DISTILLGUARD_GATEWAY_OPTIONS"
 """How the command hands its options to its worker processes (``--workers``)."""
 
 
-def _build(options: Mapping[str, Any]) -> Any:
-    """The gateway app for the command's ``options`` (``upstream``, ``timeout``,
-    ``forward_authorization``), exporting over OTLP when the environment names an endpoint (its
-    providers flushed at shutdown).
+def _app(options: Mapping[str, Any], on_shutdown: tuple[Callable[[], object], ...] = ()) -> Any:
+    """The gateway app for the command's ``options`` (see :func:`run`).
 
     Raises:
         ConfigurationError: for a bad setting.
     """
     from ..gateway import gateway_app
-    from ..telemetry.otlp import otlp_endpoint, otlp_from_env
 
-    export = otlp_from_env()  # before the guard: it takes the global providers
-    app = gateway_app(
+    return gateway_app(
         options["upstream"],
         timeout=options["timeout"],
         connect_timeout=options["connect_timeout"],
         max_connections=options["max_connections"],
         forward_authorization=options["forward_authorization"],
-        on_shutdown=() if export is None else (export.shutdown,),  # the last batch is sent
+        on_shutdown=on_shutdown,
     )
+
+
+def _build(options: Mapping[str, Any]) -> Any:
+    """:func:`_app`, exporting over OTLP when the environment names an endpoint (its providers
+    flushed at shutdown)."""
+    from ..telemetry.otlp import otlp_endpoint, otlp_from_env
+
+    export = otlp_from_env()  # before the guard: it takes the global providers
+    app = _app(options, () if export is None else (export.shutdown,))  # the last batch is sent
     if export is not None:
         logging.getLogger("distillguard").info(
             "distillguard gateway: exporting spans and metrics over OTLP/HTTP to %s",
@@ -120,7 +125,6 @@ def worker_app() -> Any:
 def _check_workers(options: Mapping[str, Any], workers: int) -> None:
     """Check, before any worker starts, what each will build (a worker failing at startup
     would be restarted over and over), and that several workers share their counts."""
-    from ..gateway import gateway_app
     from ..limiting.storage import is_memory
     from ..settings import settings_from_env
     from ..telemetry.otlp import check_otlp_env
@@ -128,12 +132,7 @@ def _check_workers(options: Mapping[str, Any], workers: int) -> None:
     if workers < 1:
         raise ConfigurationError("--workers must be at least 1")
     check_otlp_env()
-    gateway_app(
-        options["upstream"],
-        timeout=options["timeout"],
-        connect_timeout=options["connect_timeout"],
-        max_connections=options["max_connections"],
-    )
+    _app(options)
     if workers > 1 and is_memory(settings_from_env().storage_uri):
         raise ConfigurationError(
             "several workers need a shared DISTILLGUARD_STORAGE_URI (redis://...): on memory:// "
