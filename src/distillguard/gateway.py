@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -184,6 +185,12 @@ class Gateway:
         self.max_connections = max_connections
         self.max_body_bytes = max_body_bytes
         self.verify = verify
+        self._tls: bool | ssl.SSLContext = verify is not False
+        if isinstance(verify, str):  # loaded now: a bad bundle fails here, not at a request
+            try:
+                self._tls = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(f"cannot load the upstream CA bundle {verify!r}: {exc}") from None
         check_header_name(request_id_header, "request_id_header")
         self.request_id_header = request_id_header
         self._extra = extra
@@ -194,15 +201,10 @@ class Gateway:
     def _http(self) -> aiohttp.ClientSession:
         """The pooled client (made on first use, on the server's event loop)."""
         if self._client is None:
-            import ssl
-
             import aiohttp
 
-            tls: bool | ssl.SSLContext = self.verify is not False
-            if isinstance(self.verify, str):
-                tls = ssl.create_default_context(cafile=self.verify)
             self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=tls),
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=self._tls),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=self.connect_timeout, sock_read=self.timeout
                 ),

@@ -397,6 +397,66 @@ def test_a_body_the_guard_admits_is_forwarded_whatever_its_size(model: tuple[Mod
     assert too_large.status_code == 413 and too_large.json()["max-bytes"] == 4 << 20
 
 
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1 (PEM files in ``directory``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "model-server")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+def test_an_https_model_server_with_a_private_ca(tmp_path: Path) -> None:
+    """An ``https://`` model server whose certificate a private CA signed: with that CA
+    (``--upstream-ca``, ``Gateway(verify=path)``) requests go through; with the system's CAs
+    the gateway refuses to talk to it (502, nothing sent); a CA file that cannot be loaded
+    fails at construction."""
+    key_file, cert_file = _self_signed(tmp_path)
+    server = ModelServer()
+    auth = {"authorization": f"Bearer {make_token()}"}
+    with serve_in_thread(server, ssl_keyfile=str(key_file), ssl_certfile=str(cert_file)) as plain:
+        upstream = plain.replace("http://", "https://")
+        with serve_gateway(upstream, verify=str(cert_file)) as url:
+            trusted = httpx.post(f"{url}/v1/chat/completions", content=CHAT, headers=auth)
+        with serve_gateway(upstream) as url:
+            untrusted = httpx.post(f"{url}/v1/chat/completions", content=CHAT, headers=auth)
+    assert trusted.status_code == 200, trusted.text
+    assert untrusted.status_code == 502 and untrusted.json()["code"] == "upstream_unavailable"
+    assert len(server.seen) == 1
+    with pytest.raises(ConfigurationError, match="cannot load the upstream CA bundle"):
+        Gateway(upstream, verify=str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigurationError, match="cannot load the upstream CA bundle"):
+        Gateway(upstream, verify=str(key_file))  # not a certificate
+
+
 def test_the_openai_client_works_through_the_gateway(model: tuple[ModelServer, str]) -> None:
     import openai
 
@@ -590,6 +650,22 @@ def _children(pid: int) -> set[int]:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
                 children.add(int(stat.parts[2]))
     return children
+
+
+def test_the_command_trusts_the_upstream_ca_it_is_given(tmp_path: Path) -> None:
+    """``distillguard gateway --upstream-ca FILE`` reaches an https model server of that CA."""
+    key_file, cert_file = _self_signed(tmp_path)
+    server = ModelServer()
+    with serve_in_thread(server, ssl_keyfile=str(key_file), ssl_certfile=str(cert_file)) as plain:
+        upstream = plain.replace("http://", "https://")
+        with gateway_command(upstream, "--upstream-ca", str(cert_file)) as (port, _):
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                content=CHAT,
+                headers={"authorization": f"Bearer {make_token(**DEV_TOKEN_CLAIMS)}"},
+            )
+    assert response.status_code == 200, response.text
+    assert server.seen[-1]["body"] == CHAT
 
 
 @pytest.mark.slow

@@ -73,6 +73,12 @@ def register(subparsers: Any) -> None:
         "(redis://...), on which they share limits, penalty box and detector state",
     )
     parser.add_argument(
+        "--upstream-ca",
+        metavar="FILE",
+        help="verify the upstream's TLS certificate against this CA bundle (PEM) instead of "
+        "the system's (an https:// model server with a private CA)",
+    )
+    parser.add_argument(
         "--forward-authorization",
         action="store_true",
         help="also forward the client's Authorization header to the upstream",
@@ -98,6 +104,7 @@ def _app(options: Mapping[str, Any], on_shutdown: tuple[Callable[[], object], ..
         connect_timeout=options["connect_timeout"],
         max_connections=options["max_connections"],
         forward_authorization=options["forward_authorization"],
+        verify=options["upstream_ca"] or True,
         on_shutdown=on_shutdown,
     )
 
@@ -154,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         "connect_timeout": args.connect_timeout,
         "max_connections": args.max_connections,
         "forward_authorization": args.forward_authorization,
+        "upstream_ca": args.upstream_ca,
     }
     try:
         if args.workers == 1:
