@@ -412,7 +412,7 @@ def test_rules_concurrency_and_failed_authentication_windows_reach_the_limits() 
                 "DISTILLGUARD_RULES": '[{"name": "x", "limits": "1/day", "unit": "cost",'
                 ' "prices": {"*": {"input": -1, "output": 2}}}]'
             },
-            r"prices\['\*'\]: Price sides must be finite",
+            r"prices\['\*'\]: Price sides must be numbers from 0",
             id="negative-price",
         ),
         pytest.param(

@@ -187,7 +187,13 @@ def test_cost_rules_are_checked_at_construction(kwargs: dict[str, Any], message:
         LimitRule(name="spend", limits=SPEND, **kwargs)
 
 
-@pytest.mark.parametrize("side", [-1, float("inf"), float("nan"), True, "1"])
+@pytest.mark.parametrize("side", [-1, float("inf"), float("nan"), 1e10, True, "1"])
 def test_prices_must_be_finite_and_not_negative(side: Any) -> None:
     with pytest.raises(ConfigurationError, match="Price sides"):
         Price(side, 1)
+
+
+def test_the_dearest_price_keeps_the_largest_usage_finite() -> None:
+    """The usage reader takes counts of up to 18 digits: at the highest price their cost is
+    still a number (a float overflow would fail the request)."""
+    assert Price(1e9, 1e9).micros(10**18 - 1, 10**18 - 1) > 10**27

@@ -26,6 +26,9 @@ COST_SCALE = 1_000_000
 """A cost window counts *micros*: millionths of the currency unit its limits are written in."""
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_MAX_PRICE = 1e9
+"""The highest price per million tokens: any real one is far below, and the cost of any token
+count a response can report stays a finite number."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +47,10 @@ class Price:
 
     def __post_init__(self) -> None:
         for side in (self.input, self.output):
-            if isinstance(side, bool) or not isinstance(side, int | float) or not 0 <= side < math.inf:
-                raise ConfigurationError(f"Price sides must be finite numbers >= 0, not {side!r}")
+            if isinstance(side, bool) or not isinstance(side, int | float) or not 0 <= side <= _MAX_PRICE:
+                raise ConfigurationError(
+                    f"Price sides must be numbers from 0 to {_MAX_PRICE:g}, not {side!r}"
+                )
 
     def micros(self, prompt: int, completion: int) -> int:
         """What ``prompt`` input and ``completion`` output tokens cost, in micros of the unit
