@@ -73,8 +73,12 @@ _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)  # one class from Python 3.11 o
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
-# set by the gateway itself (Host and Content-Length by aiohttp), or the guard's (Authorization)
-_REPLACED = frozenset({b"host", b"content-length", b"accept-encoding", b"authorization", b"x-forwarded-for"})
+# set by the gateway itself (Host and Content-Length by aiohttp), or the guard's (Authorization);
+# and ``Expect``: the gateway's own server has met it, and the gateway holds the whole body (sent
+# on, aiohttp would wait for a 100 Continue that many servers never send)
+_REPLACED = frozenset(
+    {b"host", b"content-length", b"accept-encoding", b"authorization", b"x-forwarded-for", b"expect"}
+)
 # the WebSocket handshake's own headers: aiohttp makes those of the upstream handshake
 _HANDSHAKE = _REPLACED | {
     b"sec-websocket-key",

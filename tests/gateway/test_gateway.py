@@ -457,6 +457,55 @@ def test_an_https_model_server_with_a_private_ca(tmp_path: Path) -> None:
         Gateway(upstream, verify=str(key_file))  # not a certificate
 
 
+def test_an_expect_continue_request_reaches_a_server_that_never_sends_100() -> None:
+    """A client's ``Expect: 100-continue`` (curl sends it for large bodies) is met by the
+    gateway's own server and not sent on: a model server that never sends ``100 Continue`` and
+    waits for the body (as many do) answers at once instead of the request stalling."""
+    import socket
+    import threading
+
+    heads: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_one() -> None:  # HTTP/1.1 by hand: no 100 Continue, ever
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            heads.append(head.lower())
+            length = int(
+                next(h for h in head.lower().split(b"\r\n") if h.startswith(b"content-length")).split(b":")[1]
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            answer = b'{"ok": true}'
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (len(answer), answer)
+            )
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    upstream = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with serve_gateway(upstream, timeout=3) as url:
+            started = time.monotonic()
+            response = httpx.post(
+                f"{url}/v1/chat/completions",
+                content=CHAT,
+                headers={"authorization": f"Bearer {make_token()}", "expect": "100-continue"},
+            )
+        assert response.status_code == 200 and response.json() == {"ok": True}
+        assert time.monotonic() - started < 2
+        assert b"expect:" not in heads[0]
+    finally:
+        thread.join(5)
+        listener.close()
+
+
 def test_the_openai_client_works_through_the_gateway(model: tuple[ModelServer, str]) -> None:
     import openai
 
