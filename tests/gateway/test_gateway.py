@@ -767,6 +767,48 @@ def test_the_command_serves_in_several_workers_sharing_redis(model: tuple[ModelS
         redis.stop()
 
 
+@pytest.mark.redis
+@pytest.mark.slow
+def test_the_workers_send_their_last_telemetry_when_stopped(model: tuple[ModelServer, str]) -> None:
+    """``--workers 2`` with an OTLP endpoint and 60 s export intervals: when the command is
+    stopped, the workers' batches reach the collector (all 16 requests' spans), each under a
+    ``service.instance.id``. (Which worker takes a connection is the kernel's choice: the test
+    does not assume both took some.)"""
+    from opentelemetry.test._otlp_test_server import OtlpProtoTestServer
+
+    require_redis()
+    redis = RedisServer(free_port())
+    redis.start()
+    _, upstream = model
+    try:
+        with OtlpProtoTestServer() as receiver:
+            otel = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+                "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing before the shutdown's flush
+                "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+            }
+            with gateway_command(upstream, "--workers", "2", STORAGE_URI=redis.url, DETECTORS="", **otel) as (
+                port,
+                _,
+            ):
+                auth = {"authorization": f"Bearer {make_token(**DEV_TOKEN_CLAIMS)}"}
+                for _ in range(16):
+                    with httpx.Client() as client:  # fresh connections
+                        response = client.post(
+                            f"http://127.0.0.1:{port}/v1/chat/completions", content=CHAT, headers=auth
+                        )
+                        assert response.status_code == 200
+            spans = [r for r in receiver.drain_spans() if r.span.name == SPAN_NAME]
+    finally:
+        redis.stop()
+    assert len(spans) == 16
+    instances = {
+        next(kv.value.string_value for kv in r.resource.attributes if kv.key == "service.instance.id")
+        for r in spans
+    }
+    assert len(instances) == 2
+
+
 def test_several_workers_on_memory_storage_are_refused() -> None:
     """``--workers 2`` without a shared storage stops at once (status 2): each worker would
     count its own limits."""
