@@ -62,7 +62,7 @@ variable                          meaning                               developm
                                   calibrate`` writes
 ``DISTILLGUARD_MAX_BODY_BYTES``   request body cap in bytes             ``1048576``
 ``DISTILLGUARD_CLIENT_HASH_KEY``  secret key of the client-id hash on   an unkeyed hash
-                                  spans and metrics (16 to 64 bytes; see
+                                  spans and in logs (16 to 64 bytes; see
                                   :class:`~distillguard.telemetry.
                                   TelemetryConfig`)
 ``DISTILLGUARD_WATERMARK_KEY``    secret key of the response watermark  no watermark
