@@ -85,7 +85,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -230,16 +230,16 @@ class Settings:
     def risk_policy(self) -> RiskPolicy:
         """The risk policy: :attr:`risk`'s settings, with the thresholds of
         :attr:`thresholds_file` if set."""
-        options = dict(self.risk)
+        build: Callable[..., RiskPolicy] = RiskPolicy
         if self.thresholds_file:
             from .replay.calibration import Thresholds
 
             try:
-                options["thresholds"] = dict(Thresholds.load(self.thresholds_file).detectors)
+                build = Thresholds.load(self.thresholds_file).risk_policy
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{_PREFIX}THRESHOLDS_FILE: {exc}") from None
         try:
-            return RiskPolicy(**options)
+            return build(**dict(self.risk))
         except ConfigurationError as exc:
             raise ConfigurationError(f"{_PREFIX}RISK: {exc}") from None
 
