@@ -42,7 +42,7 @@ class SyncPerformer:
             if type(effect) is HitLimits:
                 if effect.state is not None:
                     return self.limiter.hit_and_read(effect.checks, effect.state.key, effect.state.known)
-                return self.limiter.hit_many(effect.checks)
+                return self.limiter.hit_many(effect.checks, effect.charge)
             if type(effect) is HitLimit:
                 return self.limiter.hit(effect.check, effect.charge)
             if type(effect) is RefundLimit:
@@ -101,7 +101,7 @@ class AsyncPerformer:
                 state = effect.state
                 if state is not None:
                     return await self.limiter.hit_and_read(effect.checks, state.key, state.known)
-                return await self.limiter.hit_many(effect.checks)
+                return await self.limiter.hit_many(effect.checks, effect.charge)
             if type(effect) is HitLimit:
                 return await self.limiter.hit(effect.check, effect.charge)
             if type(effect) is RefundLimit:

@@ -22,7 +22,7 @@ from .detectors import DetectorResult, Observation
 from .detectors._protocol import checked_result, forget_client
 from .errors import AuthenticationError, ConfigurationError, StateError
 from .identity import Identity
-from .limiting import LimitCheck, LimitOutcome
+from .limiting import LimitCheck, LimitOutcome, WindowUsage
 from .limiting.effects import (
     UNREAD,
     AcquireSlot,
@@ -58,6 +58,7 @@ __all__ = [
     "penalty_left",
     "release",
     "status",
+    "usage",
 ]
 
 
@@ -137,7 +138,7 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
 
 
 def _limits(
-    checks: tuple[LimitCheck, ...], now: float, state: LoadState | None = None
+    checks: tuple[LimitCheck, ...], now: float, state: LoadState | None = None, charge: bool = True
 ) -> Generator[Effect, object, tuple[list[LimitOutcome], object]]:
     """Charge every window of the request at once (one Redis round trip, all or nothing, when
     the storage allows; see :mod:`distillguard.limiting.limiter`). If the performer cannot, charge
@@ -145,15 +146,14 @@ def _limits(
     charged are refunded when the request is refused (:mod:`distillguard.limiting.admission`).
 
     With ``state``, the client's detector state is read in the same round trip; the second
-    value is what was read, or ``UNREAD``."""
+    value is what was read, or ``UNREAD``. With ``charge`` false every window is only read."""
     if checks:
-        batch = yield HitLimits(checks, now, state)
+        batch = yield HitLimits(checks, now, state, charge)
         if isinstance(batch, Charged):
             return list(batch.outcomes), batch.state
         if isinstance(batch, tuple):
             return list(batch), UNREAD
     outcomes: list[LimitOutcome] = []
-    charge = True
     for check in checks:
         outcome = yield HitLimit(check, now, charge=charge)
         if not isinstance(outcome, LimitOutcome):
@@ -312,6 +312,22 @@ def status(guard: Guard, identity: Identity, now: float) -> Generator[Effect, ob
         if len(outcomes) == len(checks) and all(o.mode == "primary" for o in outcomes):
             read = outcomes
     return risk.status(subject.client_id, now, read)
+
+
+def usage(
+    guard: Guard, identity: Identity, path: str | None, model: str | None, now: float
+) -> Generator[Effect, object, tuple[WindowUsage, ...]]:
+    """How much of each window of ``identity``'s requests to ``path`` for ``model`` is used
+    (:meth:`~distillguard.limiting.plan.LimitPlan.windows_for`), read in one round trip where
+    the storage allows; nothing is charged."""
+    checks = guard.plan.windows_for(identity, path, model)
+    if not checks:
+        return ()
+    outcomes, _ = yield from _limits(checks, now, charge=False)
+    failed = next((o.error or o.mode for o in outcomes if o.mode != "primary" or o.error), None)
+    if failed is not None or len(outcomes) != len(checks):
+        raise StateError(f"the limit storage did not answer the read of the windows ({failed})")
+    return tuple(WindowUsage.of(o) for o in outcomes)
 
 
 def identify(guard: Guard, request: GuardRequest) -> Identity | Decision:

@@ -20,9 +20,16 @@ from .decision import Action, Decision
 from .detectors import is_async_detector, load_detectors, validate_detector
 from .detectors._sharing import StateShare, shares_records
 from .errors import ConfigurationError
-from .flow import Flow, evaluate, identify, release as flow_release, status as flow_status
+from .flow import (
+    Flow,
+    evaluate,
+    identify,
+    release as flow_release,
+    status as flow_status,
+    usage as flow_usage,
+)
 from .identity import APIKeys, APIKeyVerifier, Identity, JWTConfig, JWTVerifier
-from .limiting import LimitConfig, LimitPlan
+from .limiting import LimitConfig, LimitPlan, WindowUsage
 from .limiting._table import BoundedTable
 from .limiting.admission import admit
 from .limiting.limiter import AsyncLimiter, Limiter
@@ -317,6 +324,47 @@ class Guard:
         """:meth:`status`, awaiting the storage (on the running event loop's connections)."""
         identity = Identity(client_id=client_id, tenant=tenant)
         return await self._arun_once(flow_status(self, identity, self.clock()))
+
+    def usage(
+        self,
+        client_id: str,
+        *,
+        tier: str = "default",
+        tenant: str | None = None,
+        path: str | None = None,
+        model: str | None = None,
+    ) -> tuple[WindowUsage, ...]:
+        """How much of each of its limit windows a client has used: its tier's windows, its
+        tenant's, and those of every rule that applies (request, token and spend budgets).
+        Nothing is charged; on a shared storage the windows are those of every replica (one
+        round trip where the storage allows).
+
+        Args:
+            client_id: the client's identity (the configured identity claim).
+            tier: its tier (which windows it has).
+            tenant: its tenant, when the limits are kept per tenant (several issuers).
+            path: the rules of this route only (``None``: of every route).
+            model: the model, for the rules that count each of their named models apart
+                (``None``: those rules are left out).
+
+        Raises:
+            StateError: the limit storage did not answer.
+        """
+        identity = Identity(client_id=client_id, tier=tier, tenant=tenant)
+        return self._run_once(flow_usage(self, identity, path, model, self.clock()))
+
+    async def ausage(
+        self,
+        client_id: str,
+        *,
+        tier: str = "default",
+        tenant: str | None = None,
+        path: str | None = None,
+        model: str | None = None,
+    ) -> tuple[WindowUsage, ...]:
+        """:meth:`usage`, awaiting the storage (on the running event loop's connections)."""
+        identity = Identity(client_id=client_id, tier=tier, tenant=tenant)
+        return await self._arun_once(flow_usage(self, identity, path, model, self.clock()))
 
     def _run_once(self, flow: Generator[Any, object, _T]) -> _T:
         """Drive an operator's ``flow`` (no request) with the guard's sync limiter."""

@@ -324,17 +324,68 @@ def test_status_reads_the_shared_box_level_and_releases(redis_server: RedisServe
 
 
 def test_the_status_command(env: Any, capsys: pytest.CaptureFixture[str], redis_server: RedisServer) -> None:
+    """The box, level and releases, and the client's windows: the default limits and a spend
+    rule set by environment, the spend in the prices' unit (two answers of 10 + 20 tokens at
+    2 and 10 per million: 0.00044)."""
     env(JWT_SECRET=SECRET, JWT_ISSUER="https://idp.example", JWT_AUDIENCE="model-api")
-    env(STORAGE_URI=redis_server.url)
+    env(STORAGE_URI=redis_server.url, LIMITS="60/minute;1000/day")
+    prices = '{"*": {"input": 2, "output": 10}}'
+    env(RULES=f'[{{"name": "spend", "limits": "5/day", "unit": "cost", "prices": {prices}}}]')
     replica = Harness("wsgi", guard_from_env(detectors=[Persistent()]))
     token = make_token(key=SECRET, sub="thief", iss="https://idp.example", aud="model-api")
     try:
-        assert [replica.call(chat_body(), token=token)[0] for _ in range(3)] == [200, 200, 429]
+        statuses = [replica.call(chat_body(), token=token, headers={"x-usage": "10,20"})[0] for _ in range(3)]
+        assert statuses == [200, 200, 429]
         assert main(["status", "thief", "--json"]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert doc["client"] == "thief" and doc["answered"] is True and doc["level"] == "degrade"
         assert 3500 < doc["boxed_for_seconds"] <= 3600 and doc["releases"] == 0
-        assert main(["status", "nobody"]) == 0
-        assert "boxed_for_seconds: None" in capsys.readouterr().out
+        windows = {w["policy"]: w for w in doc["windows"]}
+        assert set(windows) == {"60-per-1-minute", "1000-per-1-day", "spend-5-per-1-day"}
+        assert (windows["60-per-1-minute"]["used"], windows["60-per-1-minute"]["remaining"]) == (2, 58)
+        assert 55 <= windows["60-per-1-minute"]["resets_in_seconds"] <= 60
+        assert windows["1000-per-1-day"]["window_seconds"] == 86400
+        spend = windows["spend-5-per-1-day"]
+        assert spend["unit"] == "cost" and spend["limit"] == 5 and spend["used"] == pytest.approx(0.00044)
+        assert main(["status", "nobody", "--tier", "free"]) == 0
+        out = capsys.readouterr().out
+        assert "boxed_for_seconds: None" in out
+        assert "window 60-per-1-minute: 0 of 60 requests used, 60 left\n" in out
+        assert main(["status", "thief"]) == 0
+        out = capsys.readouterr().out
+        assert "window spend-5-per-1-day: 0.00044 of 5 spent, 4.99956 left, frees up in " in out
     finally:
         replica.close()
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_usage_reads_the_windows_every_replica_charges(redis_server: RedisServer, kind: str) -> None:
+    """Two replicas charge one client; an operator's guard (which never saw it) reads the sum,
+    sync and async, and reading charges nothing: the replicas' next request still fits exactly
+    as before."""
+    a, b = Harness(kind, guard(redis_server.url)), Harness(kind, guard(redis_server.url))
+    operator = guard(redis_server.url)
+    token = make_token(sub="reader")
+    try:
+        assert [r.call(chat_body(), token=token)[0] for r in (a, b, a)] == [200, 200, 200]
+        (minute,) = operator.usage("reader")
+        assert (minute.policy, minute.limit, minute.used) == ("100-per-1-minute", 100, 3)
+        assert minute.remaining == 97
+        assert time.time() < minute.reset_at <= time.time() + 60
+        for _ in range(5):
+            (again,) = asyncio.run(operator.ausage("reader"))
+            assert again.used == 3
+        assert b.call(chat_body(), token=token)[1]["ratelimit"] == '"100-per-1-minute";r=96;t=60'
+    finally:
+        a.close()
+        b.close()
+
+
+def test_usage_on_a_storage_that_does_not_answer_raises() -> None:
+    hole = BlackHole()
+    try:
+        g = guard(hole.url + "?socket_timeout=0.2")
+        with pytest.raises(StateError, match="did not answer"):
+            g.usage("reader")
+    finally:
+        hole.close()

@@ -50,6 +50,19 @@ def support(client: str) -> float | None:
     return status.boxed_for
 
 
+def headroom(client: str) -> dict[str, int]:
+    """What is left of each of a pro client's windows, the rules of one model included."""
+    from distillguard.limiting import WindowUsage
+
+    windows: tuple[WindowUsage, ...] = guard.usage(client, tier="pro", model="gpt-4o", path=None)
+    return {w.policy: w.remaining for w in windows if w.unit != "cost"}
+
+
+async def aheadroom(client: str) -> float:
+    windows = await guard.ausage(client, tenant="https://idp")
+    return min((w.reset_at for w in windows if w.used), default=0.0)
+
+
 async def asupport(client: str) -> bool:
     status = await guard.astatus(client, tenant="https://idp")
     return status.shared and await guard.arelease(client, tenant="https://idp")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .config import LimitConfig
 from .outage import LimiterStats, OutagePolicy
-from .plan import LimitCheck, LimitOutcome, LimitPlan
+from .plan import LimitCheck, LimitOutcome, LimitPlan, WindowUsage
 from .rules import LimitRule, Price
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "LimiterStats",
     "OutagePolicy",
     "Price",
+    "WindowUsage",
 ]

@@ -35,11 +35,13 @@ class HitLimits:
     this is one round trip and all or nothing.
 
     With ``state``, the client's detector state is read as well (in the same round trip when
-    the windows are charged by the script) and the driver answers a :class:`Charged`."""
+    the windows are charged by the script) and the driver answers a :class:`Charged`. With
+    ``charge`` false the windows are only read."""
 
     checks: tuple[LimitCheck, ...]
     now: float
     state: LoadState | None = None
+    charge: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,11 @@ from ..query import Query
 from ..request import address_key
 from .concurrency import ConcurrencyLimiter
 from .config import LimitConfig, parse_limits
-from .rules import COST_SCALE, METERED_UNITS, CompiledRule, Price
+from .rules import COST_SCALE, METERED_UNITS, CompiledRule, LimitRule, Price
 from .storage import hash_tag, is_cluster, is_memory
 from .tokens import TokenEstimate, estimate_tokens
 
-__all__ = ["LimitCheck", "LimitOutcome", "LimitPlan", "policy_name"]
+__all__ = ["LimitCheck", "LimitOutcome", "LimitPlan", "WindowUsage", "policy_name"]
 
 
 def policy_name(item: RateLimitItem) -> str:
@@ -85,6 +85,46 @@ class LimitOutcome:
         return self.allowed and self.charged and self.mode in ("primary", "fallback")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowUsage:
+    """How much of one window a client has used (:meth:`~distillguard.Guard.usage`).
+
+    Attributes:
+        policy: the window's name, as in ``RateLimit-Policy`` (a rule's windows start with the
+            rule's name, the tenant's with ``tenant-``).
+        unit: what the window counts: ``"requests"``, a token unit (``"tokens"``,
+            ``"input_tokens"``, ``"output_tokens"``) or ``"cost"``.
+        limit: the window's quota in its unit (a cost window's in micros of its currency unit).
+        used: how much of it is taken (``limit - remaining``).
+        remaining: what is left of it.
+        reset_at: when quota frees up next (unix seconds).
+        seconds: the window's length.
+    """
+
+    policy: str
+    unit: str
+    limit: int
+    used: int
+    remaining: int
+    reset_at: float
+    seconds: int
+
+    @classmethod
+    def of(cls, outcome: LimitOutcome) -> WindowUsage:
+        """The usage a read of a window (``outcome``) shows."""
+        check = outcome.check
+        limit = check.item.amount
+        return cls(
+            policy=check.policy,
+            unit=check.unit,
+            limit=limit,
+            used=max(0, limit - outcome.remaining),
+            remaining=outcome.remaining,
+            reset_at=outcome.reset_at,
+            seconds=check.item.get_expiry(),
+        )
+
+
 def _part(text: str) -> str:
     """One part of a counter key, escaped so that parts cannot run into each other (the parts
     are joined with ``/``: client ``a/b`` of tier ``c`` and client ``b`` of tier ``c/a`` must
@@ -138,40 +178,13 @@ class LimitPlan:
         request's :func:`~distillguard.limiting.tokens.estimate_tokens`). Request windows
         charge the request's :meth:`weight`."""
         owner = self.owner(identity)
-        cache_key = (identity.tier, owner)
-        checks = self._cache.get(cache_key)
-        if checks is None:
-            windows = self._tiers.get(identity.tier, self._default)
-            key: tuple[str, ...] = ("c", _part(identity.tier), _part(owner))
-            if self.cluster:
-                key = (hash_tag(owner), *key)
-            strategy = self.config.strategy
-            checks = tuple(
-                LimitCheck(policy=name, item=item, key=key, headers=self.config.headers, strategy=strategy)
-                for name, item in windows
-            )
-            if len(self._cache) >= 4096:  # bounded: rotating identities must not grow it
-                self._cache.clear()
-            self._cache[cache_key] = checks
+        checks = self._client_checks(identity.tier, owner)
         weight = self.weight(query)
         if weight > 1:
             checks = tuple(replace(c, cost=weight) for c in checks)
         if not self._rules and not (self._tenant and identity.tenant):
             return checks
-        extra: list[LimitCheck] = []
-        if self._tenant and identity.tenant:
-            tenant_key: tuple[str, ...] = ("t", _part(identity.tenant))
-            extra.extend(
-                LimitCheck(
-                    policy=f"tenant-{n}",
-                    item=i,
-                    key=tenant_key,
-                    cost=weight,
-                    headers=False,
-                    strategy=self.config.strategy,
-                )
-                for n, i in self._tenant
-            )
+        extra = list(self._tenant_checks(identity, weight))
         model = query.model if query is not None else None
         estimate: TokenEstimate | None = None
         token_checks: list[LimitCheck] = []
@@ -197,21 +210,9 @@ class LimitPlan:
                     cost = estimate.prompt if rule.unit == "input_tokens" else estimate.completion
                     if cost == 0:
                         continue
-            if rule.per == "tenant":
-                if not identity.tenant:  # no tenant: never one counter for every such client
-                    continue
-                holder = _part(identity.tenant)
-            elif rule.per == "all":
-                holder = "*"
-            else:
-                holder = _part(owner)
-            rule_key: tuple[str, ...] = (
-                ("r", _part(rule.name), holder, _part(model or ""))
-                if rule.models
-                else ("r", _part(rule.name), holder)
-            )
-            if self.cluster and rule.per == "client":
-                rule_key = (hash_tag(owner), *rule_key)
+            rule_key = self._rule_key(rule, identity, owner, model)
+            if rule_key is None:
+                continue
             made = (
                 LimitCheck(
                     policy=name,
@@ -227,6 +228,88 @@ class LimitPlan:
             )
             (extra if rule.unit == "requests" else token_checks).extend(made)
         return (*checks, *extra, *token_checks)
+
+    def windows_for(
+        self, identity: Identity, path: str | None = None, model: str | None = None
+    ) -> tuple[LimitCheck, ...]:
+        """Every window a request of ``identity`` to ``path`` for ``model`` is counted in, as
+        checks that cost nothing (to read the windows: :meth:`~distillguard.Guard.usage`): the
+        tier's windows, the tenant's and every matching rule's, whatever its unit.
+        ``path=None`` takes the rules of every route; a rule of named models counts each model
+        apart, so it is read only for a ``model`` it names."""
+        owner = self.owner(identity)
+        found = [replace(c, cost=0) for c in self._client_checks(identity.tier, owner)]
+        found.extend(self._tenant_checks(identity, 0))
+        for compiled in self._rules:
+            rule = compiled.rule
+            if path is None and rule.routes:
+                rule = replace(rule, routes=())
+            rule_key = self._rule_key(rule, identity, owner, model)
+            if rule_key is None or not rule.matches(identity.tier, path or "", model):
+                continue
+            found.extend(
+                LimitCheck(
+                    policy=name,
+                    item=item,
+                    key=rule_key,
+                    cost=0,
+                    headers=False,
+                    strategy=compiled.strategy,
+                    unit=rule.unit,
+                )
+                for name, item in compiled.windows
+            )
+        return tuple(found)
+
+    def _client_checks(self, tier: str, owner: str) -> tuple[LimitCheck, ...]:
+        """The windows of ``tier`` on ``owner``'s counters (cached: bounded, since rotating
+        identities must not grow it)."""
+        cache_key = (tier, owner)
+        checks = self._cache.get(cache_key)
+        if checks is None:
+            key: tuple[str, ...] = ("c", _part(tier), _part(owner))
+            if self.cluster:
+                key = (hash_tag(owner), *key)
+            strategy, headers = self.config.strategy, self.config.headers
+            checks = tuple(
+                LimitCheck(policy=name, item=item, key=key, headers=headers, strategy=strategy)
+                for name, item in self._tiers.get(tier, self._default)
+            )
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            self._cache[cache_key] = checks
+        return checks
+
+    def _tenant_checks(self, identity: Identity, weight: int) -> tuple[LimitCheck, ...]:
+        """The tenant's aggregate windows (none without a tenant)."""
+        if not (self._tenant and identity.tenant):
+            return ()
+        key: tuple[str, ...] = ("t", _part(identity.tenant))
+        strategy = self.config.strategy
+        return tuple(
+            LimitCheck(policy=f"tenant-{n}", item=i, key=key, cost=weight, headers=False, strategy=strategy)
+            for n, i in self._tenant
+        )
+
+    def _rule_key(
+        self, rule: LimitRule, identity: Identity, owner: str, model: str | None
+    ) -> tuple[str, ...] | None:
+        """The counter of ``rule`` a request is charged to (``None``: a per-tenant rule and no
+        tenant, never one counter for every such client)."""
+        if rule.per == "tenant":
+            if not identity.tenant:
+                return None
+            holder = _part(identity.tenant)
+        elif rule.per == "all":
+            holder = "*"
+        else:
+            holder = _part(owner)
+        key: tuple[str, ...] = ("r", _part(rule.name), holder)
+        if rule.models:  # each model its own counter
+            key = (*key, _part(model or ""))
+        if self.cluster and rule.per == "client":
+            key = (hash_tag(owner), *key)
+        return key
 
     def owner(self, identity: Identity) -> str:
         """Whose counters a request is charged to: the client, within its tenant when
