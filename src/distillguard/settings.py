@@ -98,6 +98,7 @@ from .identity import APIKeys, JWKSKeys, JWTConfig
 from .limiting import LimitConfig, LimitRule
 from .limiting.rules import rules_from_json
 from .policy import DETECTION_MODES, DetectionMode, Policy
+from .request_log import RequestLog
 from .risk import RiskPolicy
 from .telemetry import TelemetryConfig
 from .watermark import Watermark
@@ -164,6 +165,9 @@ class Settings:
         tier_concurrency: ``(tier, cap)`` pairs for :attr:`LimitConfig.concurrency_tiers`.
         auth_failures: :attr:`LimitConfig.auth_failures`.
         client_hash_key: the key of the client-id hash on spans (empty: unkeyed).
+        request_log: the file a :class:`~distillguard.request_log.RequestLog` records the
+            requests in (empty: none; ``{pid}`` is replaced by the process id).
+        request_log_sample: the share of clients it records.
         thresholds_file: a thresholds file of ``distillguard calibrate`` for the risk policy
             (empty: the detectors' own thresholds).
         risk: ``(field, value)`` pairs of :class:`~distillguard.risk.RiskPolicy` settings.
@@ -196,6 +200,8 @@ class Settings:
     thresholds_file: str = ""
     risk: tuple[tuple[str, Any], ...] = ()
     client_hash_key: str = field(default="", repr=False)
+    request_log: str = ""
+    request_log_sample: float = 1.0
     dev_defaults: tuple[str, ...] = ()
 
     @property
@@ -270,7 +276,17 @@ class Settings:
             "max_body_bytes": self.max_body_bytes,
             "telemetry": TelemetryConfig(hash_key=self.client_hash_key.encode()),
             "watermark": Watermark(self.watermark_key) if self.watermark_key else None,
+            "on_decision": self.request_recorder(),
         }
+
+    def request_recorder(self) -> RequestLog | None:
+        """The request log :attr:`request_log` names (``None``: none)."""
+        if not self.request_log:
+            return None
+        try:
+            return RequestLog(self.request_log, sample=self.request_log_sample)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{_PREFIX}REQUEST_LOG: {exc}") from None
 
 
 def registered_detectors() -> tuple[str, ...]:
@@ -290,6 +306,16 @@ def _bool(name: str, raw: str) -> bool:
     if value in _FALSE:
         return False
     raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def _share(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise ConfigurationError(f"{name} must be in (0, 1], got {value}")
+    return value
 
 
 def _int(name: str, raw: str) -> int:
@@ -483,6 +509,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         thresholds_file=get("THRESHOLDS_FILE") or "",
         risk=_risk(risk) if (risk := get("RISK")) else (),
         client_hash_key=_client_hash_key(get("CLIENT_HASH_KEY") or ""),
+        request_log=get("REQUEST_LOG") or "",
+        request_log_sample=_share(_PREFIX + "REQUEST_LOG_SAMPLE", sample)
+        if (sample := get("REQUEST_LOG_SAMPLE"))
+        else 1.0,
         dev_defaults=tuple(defaults),
         **jwt,
     )

@@ -518,3 +518,34 @@ def test_risk_policy_settings_reach_the_risk_policy(tmp_path: Path) -> None:
 def test_bad_risk_settings_fail_fast(raw: str, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         guard_from_env({**ENV, "DISTILLGUARD_RISK": raw})
+
+
+def test_the_request_log_setting_records_the_guarded_requests(tmp_path: Path) -> None:
+    """``DISTILLGUARD_REQUEST_LOG`` (``{pid}`` expanded) makes the guard record each request as
+    a replay line; the sample share and an unusable path are checked at startup, naming the
+    variable."""
+    from distillguard.request_log import RequestLog
+    from tests.limiting.apps import Harness, chat_body
+
+    env = {**ENV, "DISTILLGUARD_REQUEST_LOG": str(tmp_path / "req-{pid}.jsonl")}
+    guard = guard_from_env({**env, "DISTILLGUARD_REQUEST_LOG_SAMPLE": "1"})
+    log = guard.on_decision
+    assert isinstance(log, RequestLog) and log.sample == 1.0
+    token = make_token(
+        key=ENV["DISTILLGUARD_JWT_SECRET"],
+        iss=ENV["DISTILLGUARD_JWT_ISSUER"],
+        aud=ENV["DISTILLGUARD_JWT_AUDIENCE"],
+    )
+    h = Harness("wsgi", guard)
+    assert h.call(chat_body("hello there"), token=token)[0] == 200
+    log.close()
+    (line,) = (tmp_path / f"req-{os.getpid()}.jsonl").read_text().splitlines()
+    assert '"client": "client-1"' in line and '"content": "hello there"' in line
+    sampled = guard_from_env({**env, "DISTILLGUARD_REQUEST_LOG_SAMPLE": "0.25"}).on_decision
+    assert isinstance(sampled, RequestLog) and sampled.sample == 0.25
+    assert guard_from_env(ENV).on_decision is None
+    for sample in ("0", "1.5", "half"):
+        with pytest.raises(ConfigurationError, match="DISTILLGUARD_REQUEST_LOG_SAMPLE"):
+            settings_from_env({**env, "DISTILLGUARD_REQUEST_LOG_SAMPLE": sample})
+    with pytest.raises(ConfigurationError, match=r"DISTILLGUARD_REQUEST_LOG: .*no directory"):
+        guard_from_env({**ENV, "DISTILLGUARD_REQUEST_LOG": str(tmp_path / "nowhere" / "r.jsonl")})

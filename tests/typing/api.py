@@ -66,3 +66,11 @@ async def aheadroom(client: str) -> float:
 async def asupport(client: str) -> bool:
     status = await guard.astatus(client, tenant="https://idp")
     return status.shared and await guard.arelease(client, tenant="https://idp")
+
+
+def recorded(path: str) -> Guard:
+    """A guard recording its traffic for ``distillguard calibrate`` (one file per process)."""
+    from distillguard.request_log import RequestLog
+
+    log = RequestLog(f"{path}/requests-{{pid}}.jsonl", sample=0.5, served_only=True, max_bytes=1 << 30)
+    return Guard(jwt=None, on_decision=log)

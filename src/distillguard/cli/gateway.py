@@ -140,10 +140,16 @@ def _check_workers(options: Mapping[str, Any], workers: int) -> None:
         raise ConfigurationError("--workers must be at least 1")
     check_otlp_env()
     _app(options)
-    if workers > 1 and is_memory(settings_from_env().storage_uri):
+    settings = settings_from_env()
+    if workers > 1 and is_memory(settings.storage_uri):
         raise ConfigurationError(
             "several workers need a shared DISTILLGUARD_STORAGE_URI (redis://...): on memory:// "
             "each worker would count its own limits, penalty box and detector state"
+        )
+    if workers > 1 and settings.request_log and "{pid}" not in settings.request_log:
+        raise ConfigurationError(
+            "several workers need {pid} in DISTILLGUARD_REQUEST_LOG (e.g. requests-{pid}.jsonl): "
+            "each worker writes a file of its own"
         )
 
 

@@ -1,0 +1,245 @@
+"""Recording the guarded requests as a request log that ``distillguard replay`` and
+``distillguard calibrate`` read.
+
+:class:`RequestLog` is an ``on_decision`` hook: ``Guard(on_decision=RequestLog("requests.jsonl"))``.
+Each request that was authenticated and parsed becomes one line of the replay format (``ts``,
+``client``, ``tenant``, ``path``, ``method``, ``ip``, ``headers`` with the user agent and content
+type, ``body``, and the guard's ``decision``), so that a deployment can calibrate its thresholds
+on its own benign traffic and look for extractors in its past traffic with the production
+detectors.
+
+The log holds the prompts, as the replay needs them: it is opt-in, created readable by its owner
+only (mode 0600), and never written to the guard's logs or spans. On the request's path the hook
+only formats the line and puts it on a bounded queue; a thread of the standard library's
+:class:`logging.handlers.QueueListener` writes it through a
+:class:`logging.handlers.RotatingFileHandler`. When the queue is full (the disk is slower than
+the traffic) the line is dropped and counted, never waited for.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import json
+import logging
+import os
+import queue
+import threading
+import zlib
+from logging.handlers import QueueListener, RotatingFileHandler
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .decision import Decision
+    from .request import GuardRequest
+
+__all__ = ["RequestLog"]
+
+logger = logging.getLogger("distillguard.request_log")
+
+_JSON_KINDS = ("raw", "empty")  # the query kinds whose body is not a parsed JSON document
+
+
+class _File(RotatingFileHandler):
+    """A rotating file created readable by its owner only, whose write failures are counted
+    instead of printed."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int, log: RequestLog) -> None:
+        self._log = log
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", errors="replace")
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        self._log._count("written")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self._log._count("failed") == 1:
+            logger.warning("distillguard: the request log %s could not be written", self.baseFilename)
+
+
+class _Listener(QueueListener):
+    """The writer thread: lines are queued as text and made records here, off the request."""
+
+    def __init__(self, lines: queue.Queue[str | None], handler: logging.Handler) -> None:
+        super().__init__(lines, handler)
+        self._lines = lines
+
+    def prepare(self, record: Any) -> logging.LogRecord:
+        return logging.makeLogRecord({"msg": record, "levelno": logging.INFO})
+
+    def enqueue_sentinel(self) -> None:
+        self._lines.put(None)  # the sentinel; waits for room: the writer is draining the queue
+
+
+class RequestLog:
+    """Writes each decided request as one line of the replay format (an ``on_decision`` hook).
+
+    Args:
+        path: the file to append to. ``{pid}`` in it is replaced by the process id, for servers
+            with several worker processes (each must write its own file; read them together
+            with ``cat requests-*.jsonl | distillguard replay -``).
+        sample: the share of clients recorded (0 to 1), chosen by a hash of the client id, so
+            a recorded client's whole stream is in the log (the detectors need streams).
+        served_only: record only the requests that reached the app (by default refusals that
+            carried an identity and a parsed body are recorded too, with their ``decision``).
+        max_bytes: rotate the file past this size (0: never; with ``logrotate``, use its
+            ``copytruncate``).
+        backups: how many rotated files to keep (``requests.jsonl.1`` ...).
+        queue_size: lines held for the writer; past it lines are dropped and counted.
+
+    Raises:
+        ConfigurationError: a bad setting, or a file that cannot be opened for appending.
+
+    Attributes:
+        written: lines written so far in this process.
+        dropped: lines dropped because the writer was behind.
+        failed: lines the file refused (a full disk).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sample: float = 1.0,
+        served_only: bool = False,
+        max_bytes: int = 0,
+        backups: int = 5,
+        queue_size: int = 10_000,
+    ) -> None:
+        if not 0.0 < sample <= 1.0:
+            raise ConfigurationError(f"RequestLog sample must be in (0, 1], not {sample!r}")
+        if max_bytes < 0 or backups < 0 or queue_size < 1:
+            raise ConfigurationError("RequestLog needs max_bytes >= 0, backups >= 0 and queue_size >= 1")
+        self.template = os.fspath(path)
+        self.sample = sample
+        self.served_only = served_only
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.queue_size = queue_size
+        self._threshold = int(sample * 0x1_0000_0000)
+        self.written = self.dropped = self.failed = 0
+        self._counts_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._closed = False
+        self._queue: queue.Queue[str | None] = queue.Queue(queue_size)
+        self._listener: _Listener | None = None
+        self._file: _File | None = None
+        _check_writable(self.path)  # fail at construction, not at the first request
+        atexit.register(self.close)
+
+    @property
+    def path(self) -> str:
+        """The file this process writes."""
+        return self.template.replace("{pid}", str(os.getpid()))
+
+    def __call__(self, decision: Decision, request: GuardRequest) -> None:
+        """Queue ``request``'s line (the ``on_decision`` hook); never blocks, never raises on
+        a full queue."""
+        if self._closed or (self.served_only and decision.problem is not None):
+            return
+        line = self.line(decision, request)
+        if line is None:
+            return
+        if self._pid != os.getpid():  # the first line here (a forked worker: its own writer)
+            try:
+                self._start()
+            except OSError as exc:
+                if self._count("failed") == 1:
+                    logger.warning("distillguard: the request log %s cannot be opened: %s", self.path, exc)
+                return
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            if self._count("dropped") == 1:
+                logger.warning("distillguard: the request log %s is behind; lines are dropped", self.path)
+
+    def line(self, decision: Decision, request: GuardRequest) -> str | None:
+        """The log line of ``request`` (``None``: not recorded: no identity, no parsed body,
+        or a client outside the sample)."""
+        identity, query = decision.identity, decision.query
+        if identity is None or query is None:
+            return None
+        client = identity.client_id
+        if self.sample < 1.0 and zlib.crc32(client.encode("utf-8", "replace")) >= self._threshold:
+            return None
+        head: dict[str, Any] = {
+            "ts": round(request.timestamp, 6),
+            "client": client,
+            "path": request.path,
+            "method": request.method,
+            "decision": decision.action.value,
+        }
+        if identity.tenant:
+            head["tenant"] = identity.tenant
+        if request.client_address:
+            head["ip"] = request.client_address
+        headers = {}
+        if request.user_agent:
+            headers["user-agent"] = request.user_agent
+        if request.content_type:
+            headers["content-type"] = request.content_type
+        if headers:
+            head["headers"] = headers
+        body = request.body
+        if query.kind not in _JSON_KINDS and body[:1] in (b"{", b"["):
+            # a parsed JSON document, as sent: its line breaks can only be whitespace
+            text = body.decode("utf-8", "replace").replace("\n", " ").replace("\r", " ")
+        else:
+            text = json.dumps(body.decode("utf-8", "replace"))
+        return f'{json.dumps(head)[:-1]}, "body": {text}}}'
+
+    def flush(self) -> None:
+        """Write every queued line (waits for the writer), then keep recording."""
+        with self._lock:
+            listener, handler = self._listener, self._file
+            if listener is None or handler is None:
+                return
+            listener.stop()
+            handler.flush()
+            listener.start()
+
+    def close(self) -> None:
+        """Write every queued line and close the file (recording stops)."""
+        with self._lock:
+            listener, handler = self._listener, self._file
+            self._listener, self._file, self._closed = None, None, True
+            if listener is not None and self._pid == os.getpid():
+                listener.stop()
+            if handler is not None:
+                handler.close()
+
+    def _start(self) -> None:
+        """Open this process's file and start its writer."""
+        with self._lock:
+            if self._pid == os.getpid() or self._closed:
+                return
+            handler = _File(self.path, self.max_bytes, self.backups, self)
+            self._queue = queue.Queue(self.queue_size)
+            listener = _Listener(self._queue, handler)
+            listener.start()
+            self._file, self._listener, self._pid = handler, listener, os.getpid()
+
+    def _count(self, name: str) -> int:
+        with self._counts_lock:
+            value: int = getattr(self, name) + 1
+            setattr(self, name, value)
+            return value
+
+
+def _check_writable(path: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``path`` can be created or appended to (without
+    creating it: a process that never records leaves no file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigurationError(f"the request log {path} cannot be opened: it is a directory")
+    if not os.path.isdir(folder):
+        raise ConfigurationError(f"the request log {path} cannot be opened: no directory {folder}")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise ConfigurationError(f"the request log {path} cannot be opened: not writable")
