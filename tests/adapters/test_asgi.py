@@ -219,16 +219,28 @@ async def test_websocket_passes_through(asgi: Callable[..., Any], span_exporter:
     assert guard_spans(span_exporter) == []
 
 
-async def test_disconnect_before_body_skips_app(asgi: Callable[..., Any]) -> None:
-    """A client that leaves mid-upload gets nothing sent and the app is not called."""
+async def test_disconnect_before_body_skips_app(
+    asgi: Callable[..., Any], caplog: pytest.LogCaptureFixture, span_exporter: Any
+) -> None:
+    """A client that leaves mid-upload (asgiref #334) gets nothing sent and the app is not
+    called; nothing is logged as an error, no span says 500, and no task is left running."""
     middleware, app = asgi()
-    receive = Receiver(
-        [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}]
+    before = asyncio.all_tasks()
+    for _ in range(20):
+        receive = Receiver(
+            [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}]
+        )
+        send = Sender()
+        with anyio.fail_after(5), caplog.at_level("WARNING"):
+            await middleware(http_scope(token=make_token()), receive, send)
+        assert app.calls == [] and send.messages == []
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() == before
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+    assert all(
+        (s.attributes or {}).get("http.response.status_code") != 500
+        for s in span_exporter.get_finished_spans()
     )
-    send = Sender()
-    with anyio.fail_after(5):
-        await middleware(http_scope(token=make_token()), receive, send)
-    assert app.calls == [] and send.messages == []
 
 
 class CountingSender(Sender):
@@ -259,6 +271,40 @@ async def test_lying_content_length_is_capped(asgi: Callable[..., Any]) -> None:
     assert send.received_before >= 10  # all of it (then a wait for more, bounded), then the 413
     assert send.headers[b"connection"] == b"close"
     assert receive.messages == []  # drained, so the server's close is clean
+
+
+@pytest.mark.parametrize("declared", [None, "1000"])
+async def test_an_oversized_body_is_never_held_past_the_cap_and_one_message(
+    asgi: Callable[..., Any], declared: str | None
+) -> None:
+    """A 32 MiB body in 64 KiB messages, chunked (no Content-Length) or under a lying one, to a
+    1 MiB cap: 413, the app not called, and the guard's peak memory while reading stays under
+    the cap plus one message (plus a fixed allowance), never near the body's size."""
+    import tracemalloc
+
+    cap, size, count = 1 << 20, 1 << 16, 512
+    middleware, app = asgi(max_body_bytes=cap)
+    sent = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent >= count:
+            await anyio.sleep(10)  # the client has nothing more to send
+        sent += 1
+        return {"type": "http.request", "body": bytes(size), "more_body": sent < count}
+
+    send = Sender()
+    headers = {} if declared is None else {"content-length": declared}
+    tracemalloc.start()
+    try:
+        with anyio.fail_after(20):
+            await middleware(http_scope(token=make_token(), headers=headers), receive, send)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert send.status == 413 and app.calls == []
+    assert sent * size > 4 * cap  # the guard read well past the cap (and dropped it)
+    assert peak < cap + 2 * size + 512 * 1024, peak
 
 
 async def test_declared_oversize_refused_before_reading(asgi: Callable[..., Any]) -> None:

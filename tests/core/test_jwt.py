@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import jwt as pyjwt
 import pytest
 
 from distillguard import AuthenticationError, ConfigurationError, JWTConfig
@@ -222,6 +224,48 @@ def test_hs256_with_public_key_as_secret_refused(keys: Keys) -> None:
     assert reason(v, forged) == "InvalidSignatureError"
     assert v.verify(make_token()).client_id == "client-1"
     assert v.verify(make_token(key=keys.rsa)).client_id == "client-1"
+
+
+def _key_forms(keys: Keys) -> dict[str, Any]:
+    """The RSA public key in the forms a deployment configures it in, and an attacker HMACs
+    with (CVE-2016-10555, CVE-2022-29217)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    pem = keys.rsa.public_pem
+    der = keys.rsa.public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    jwk = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(keys.rsa.public))
+    return {
+        "pem": pem,
+        "pem-crlf": pem.replace(b"\n", b"\r\n"),
+        "pem-spaces": b"  \n" + pem + b"\n\n  ",
+        "pem-bom": b"\xef\xbb\xbf" + pem,
+        "der": der,
+        "base64-der": base64.b64encode(der),
+        "jwk": json.dumps(jwk).encode(),
+        "jwks": json.dumps({"keys": [jwk]}).encode(),
+    }
+
+
+@pytest.mark.parametrize("configured", ["pem", "pem-crlf", "pem-bom", "der", "jwk"])
+def test_hs256_keyed_with_any_form_of_the_public_key_is_refused(keys: Keys, configured: str) -> None:
+    """With RS256 and HS256 both allowed (HS256 with its own secret), and the RSA key
+    configured in any of its forms, an HS256 token HMAC'd with any encoding of that public key
+    is refused as a bad signature, never an error."""
+    forms = _key_forms(keys)
+    key: Any = forms[configured]
+    if configured == "jwk":
+        key = json.loads(key)
+    v = verifier(algorithms=["RS256", "HS256"], key=[key, HS256_SECRET])
+    assert v.verify(make_token(key=keys.rsa)).client_id == "client-1"
+    for name, form in forms.items():
+        forged = raw_token(
+            {"alg": "HS256", "typ": "JWT"}, default_claims(sub=f"forged-{name}"), hmac_key=form
+        )
+        assert reason(v, forged) == "InvalidSignatureError", name
 
 
 def test_cache_still_expires_tokens() -> None:

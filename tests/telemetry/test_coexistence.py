@@ -388,3 +388,62 @@ def test_enrich_records_on_the_contrib_wsgi_server_span(
     servers = [s for s in spans if s.kind is SpanKind.SERVER]
     assert len(servers) == 1
     assert servers[0].attributes is not None and servers[0].attributes[ATTR_DECISION] == "allow"
+
+
+@pytest.mark.parametrize("span", ["child", "enrich"])
+async def test_the_app_shares_the_context_of_the_middleware_around_the_guard(
+    guard_factory: Callable[..., Guard], tracer_provider: Any, span_exporter: InMemorySpanExporter, span: str
+) -> None:
+    """Pure ASGI keeps one context (starlette #1525): a context variable set outside the guard
+    reaches the app, one the app sets is seen outside it after the call, and the app's
+    attribute lands on the span current in the app: the guard's (a child of the server span,
+    same trace) or, with ``span="enrich"``, the server span the guard enriched."""
+    import contextvars
+
+    from opentelemetry import trace
+
+    from distillguard import TelemetryConfig
+
+    tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="")
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen["outer"] = tag.get()
+        current = trace.get_current_span()
+        seen["current"] = current.get_span_context()
+        current.set_attribute("app.attribute", "set-by-the-app")
+        tag.set("set-by-the-app")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guarded = DistillGuardMiddleware(app, guard=guard_factory(telemetry=TelemetryConfig(span=span)))
+    instrumented = OpenTelemetryMiddleware(
+        guarded, tracer_provider=tracer_provider, exclude_spans=["receive", "send"]
+    )
+
+    async def outermost(scope: Any, receive: Any, send: Any) -> None:
+        tag.set("set-outside")
+        await instrumented(scope, receive, send)
+        seen["after"] = tag.get()
+
+    assert (await post(outermost)).status_code == 200
+    assert seen["outer"] == "set-outside" and seen["after"] == "set-by-the-app"
+    spans = span_exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    carrier = [s for s in spans if s.context.span_id == seen["current"].span_id]
+    assert len(carrier) == 1 and carrier[0].context.trace_id == server.context.trace_id
+    assert (carrier[0].attributes or {}).get("app.attribute") == "set-by-the-app"
+    assert (carrier[0].attributes or {}).get(ATTR_DECISION) == "allow"
+    if span == "child":
+        assert carrier[0].name == SPAN_NAME and carrier[0].parent is not None
+        assert carrier[0].parent.span_id == server.context.span_id
+    else:
+        assert carrier[0] is server or carrier[0].context.span_id == server.context.span_id
