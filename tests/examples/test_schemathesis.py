@@ -39,18 +39,25 @@ def _token() -> str:
     )
 
 
-def _schema(kind: str, environ: dict[str, str] = HIGH, **overrides: Any) -> Any:
-    """The app of ``kind`` behind a guard read from ``environ`` (and ``overrides``), loaded as a
-    schemathesis schema from the ``/openapi.json`` it serves."""
+def _app(kind: str, environ: dict[str, str], **overrides: Any) -> Any:
+    """The example app of ``kind`` behind a guard read from ``environ`` (and ``overrides``)."""
     guard = guard_from_env(environ, **overrides)
-    headers = {"Authorization": f"Bearer {_token()}"}
     if kind == "fastapi":
         from examples.fastapi_app import create_app as create_asgi
 
-        return schemathesis.openapi.from_asgi("/openapi.json", create_asgi(guard), headers=headers)
+        return create_asgi(guard)
     from examples.flask_app import create_app as create_wsgi
 
-    return schemathesis.openapi.from_wsgi("/openapi.json", create_wsgi(guard), headers=headers)
+    return create_wsgi(guard)
+
+
+def _schema(kind: str, environ: dict[str, str] = HIGH, **overrides: Any) -> Any:
+    """That app, loaded as a schemathesis schema from the ``/openapi.json`` it serves."""
+    app = _app(kind, environ, **overrides)
+    headers = {"Authorization": f"Bearer {_token()}"}
+    if kind == "fastapi":
+        return schemathesis.openapi.from_asgi("/openapi.json", app, headers=headers)
+    return schemathesis.openapi.from_wsgi("/openapi.json", app, headers=headers)
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
@@ -142,3 +149,45 @@ def test_no_or_garbage_authorization_gets_only_401_or_400(kind: str) -> None:
 
     check()
     assert 401 in statuses
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_guards_503_conforms_to_the_schema(kind: str) -> None:
+    """A limit storage that never answers under ``DISTILLGUARD_OUTAGE=fail_closed``: every
+    valid request gets the guard's 503 ``limiter_unavailable`` problem with ``Retry-After``, as
+    the document declares it (F1's 503)."""
+    from tests.servers import BlackHole
+
+    hole = BlackHole()
+    try:
+        environ = {
+            **HIGH,
+            "DISTILLGUARD_STORAGE_URI": hole.url + "?socket_timeout=0.1",
+            "DISTILLGUARD_OUTAGE": "fail_closed",
+        }
+        # the document as a healthy deployment serves it (the failing one refuses its path too)
+        schema = schemathesis.openapi.from_dict(_schema(kind).raw_schema)
+        schema.app = _app(kind, environ)
+        headers = {"Authorization": f"Bearer {_token()}"}
+        codes: set[str] = set()
+
+        @settings(
+            max_examples=5,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        @given(case=schema[CHAT]["POST"].as_strategy())
+        def check(case: Case) -> None:
+            response = case.call(headers=headers)
+            assert response.status_code == 503, response.text
+            codes.add(response.json()["code"])
+            assert int(response.headers["retry-after"][0]) >= 1
+            excluded = [schemathesis.checks.positive_data_acceptance, schemathesis.checks.not_a_server_error]
+            case.validate_response(response, headers=headers, excluded_checks=excluded)
+
+        check()
+        assert codes == {"limiter_unavailable"}
+    finally:
+        hole.close()

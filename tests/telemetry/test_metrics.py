@@ -125,6 +125,33 @@ def test_detector_verdicts_and_risk_score_histogram(
     assert score.max == pytest.approx(0.6)
 
 
+def test_shadow_mode_counts_what_it_would_have_refused(
+    guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Shadow mode (R17): nothing is refused, and the metrics say what would have been: the
+    decisions under their would-be action with ``distillguard.shadow``, the detector's verdicts
+    and the score histogram, as in enforcing mode."""
+    from distillguard import Policy
+
+    guard = guard_factory(
+        meter_provider=meter_provider,
+        detectors=[StaticDetector(0.95, name="sure")],
+        policy=Policy(shadow=True),
+    )
+    app = serve(guard)
+    assert [post(app), post(app), post(app)] == [200, 200, 200]
+    points = metric_points(metric_reader)
+    decisions = points[METRIC_DECISIONS]
+    assert value_of(decisions, distillguard__decision="block", distillguard__shadow=True) == 3
+    assert value_of(decisions, distillguard__decision="block") == 0  # nothing enforced
+    verdicts = points[METRIC_DETECTOR_VERDICTS]
+    assert (
+        value_of(verdicts, distillguard__detector__name="sure", distillguard__detector__verdict="block") == 3
+    )
+    [(_, score)] = points[METRIC_SCORE]
+    assert score.count == 3 and score.max == pytest.approx(0.95)
+
+
 def test_overhead_histogram_excludes_the_app(
     guard_factory: Callable[..., Guard], meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
 ) -> None:
