@@ -137,6 +137,19 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
         return json.dumps(changed, separators=(",", ":")).encode()
 
 
+def _degraded(query: Query, policy: Policy) -> str:
+    """What degrading ``query`` takes out, for ``Policy.degrade_header``: ``logprobs`` (the
+    answer's, always stripped), the request fields removed, and ``max_tokens`` when capped."""
+    data = query.data or {}
+    taken = dict.fromkeys(["logprobs", *(f for f in policy.degrade_fields if f in data)])
+    cap = policy.degrade_max_tokens
+    if cap is not None:
+        present = [data[k] for k in ("max_tokens", "max_completion_tokens") if k in data]
+        if not present or any(not isinstance(v, int) or v > cap for v in present):
+            taken["max_tokens"] = None
+    return ",".join(taken)
+
+
 def _limits(
     checks: tuple[LimitCheck, ...], now: float, state: LoadState | None = None, charge: bool = True
 ) -> Generator[Effect, object, tuple[list[LimitOutcome], object]]:
@@ -576,12 +589,15 @@ def evaluate(guard: Guard, request: GuardRequest) -> Flow:
         problem = Problem.rate_limited(retry_after(blocked, now), violated_policies(blocked))
     elif action is Action.DEGRADE:  # from the bytes the client sent: a detector may have
         # changed the parsed document it was shown, which must never reach the app
-        body = degrade_body(parse_query(request.body, request.content_type, request.path), policy)
+        sent = parse_query(request.body, request.content_type, request.path)
+        body = degrade_body(sent, policy)
     watched = policy.shadow or mode == "shadow"  # scored and recorded, never acted on
     shadow = watched and action in (Action.BLOCK, Action.DEGRADE, Action.THROTTLE)
     if action is not Action.ALLOW and not watched:
         headers = ()  # a suspected extractor gets no quota to pace itself on; a shadow verdict
         # changes nothing the client sees, its RateLimit fields included
+        if action is Action.DEGRADE and policy.degrade_header is not None:
+            headers = ((policy.degrade_header.lower(), _degraded(sent, policy)),)
     return Decision(
         action=action,
         identity=identity,

@@ -10,6 +10,7 @@ from typing import Literal, get_args
 from .decision import Action
 from .detectors import DetectorResult
 from .errors import ConfigurationError
+from .request import HTTP_TOKEN
 from .risk import RiskPolicy
 
 __all__ = ["DETECTION_MODES", "DetectionMode", "Policy", "decide", "detection_mode"]
@@ -35,6 +36,10 @@ class Policy:
         degrade_fields: request fields removed when degrading (log probabilities by default,
             which Carlini et al. 2024 use to recover model weights).
         degrade_max_tokens: also cap ``max_tokens`` when degrading.
+        degrade_header: a response header telling the client its answer was degraded (e.g.
+            ``"X-Distillguard-Degraded"``), valued with what was taken out (``logprobs``, the
+            request fields removed, ``max_tokens`` when capped). ``None`` (the default): the
+            client is not told, as a suspected extractor is not told it is suspected.
         on_error: a detector that raises is recorded and ``"ignore"``-d (scores 0), or counts
             as a ``"block"`` (scores 1).
         detector_timeout: seconds an async or ``blocking = True`` detector may take under
@@ -75,6 +80,7 @@ class Policy:
     block_retry_after: int = 300
     degrade_fields: Sequence[str] = ("logprobs", "top_logprobs", "logit_bias")
     degrade_max_tokens: int | None = None
+    degrade_header: str | None = None
     on_error: Literal["ignore", "block"] = "ignore"
     detector_timeout: float | None = 1.0
     shadow: bool = False
@@ -100,6 +106,8 @@ class Policy:
             raise ConfigurationError("policy thresholds must be in (0, 1]")
         if levels != sorted(levels):
             raise ConfigurationError("policy thresholds must satisfy flag <= degrade <= block")
+        if self.degrade_header is not None and HTTP_TOKEN.fullmatch(self.degrade_header) is None:
+            raise ConfigurationError("Policy.degrade_header must be a header name (an HTTP token)")
         if self.block_status not in (403, 429):
             raise ConfigurationError("Policy.block_status must be 403 or 429")
         if self.on_error not in ("ignore", "block"):

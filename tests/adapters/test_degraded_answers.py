@@ -117,6 +117,30 @@ def test_a_degraded_answer_has_no_logprobs(kind: str, path: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_the_degrade_header_says_what_was_taken_out(kind: str) -> None:
+    """``Policy(degrade_header=...)`` tells a degraded client what it lost: the answer's
+    logprobs, the request fields removed and a capped ``max_tokens``. Off by default, and
+    never in shadow mode or on an answer that was not degraded."""
+    from distillguard.errors import ConfigurationError
+
+    def header(score: float, **policy: Any) -> str | None:
+        guard = Guard(jwt=jwt_config(), detectors=[StaticDetector(score)], policy=Policy(**policy))
+        status, headers, _ = call(kind, guard, "/v1/chat/completions")
+        assert status == 200
+        return headers.get("x-distillguard-degraded")
+
+    named = {"degrade_header": "X-Distillguard-Degraded"}
+    assert header(0.8, **named) == "logprobs"  # the request's own ``logprobs`` field, once
+    assert header(0.8, **named, degrade_max_tokens=64) == "logprobs,max_tokens"
+    assert header(0.8, **named, degrade_fields=("temperature",)) == "logprobs"  # not sent: not named
+    assert header(0.8) is None  # off by default
+    assert header(0.8, **named, shadow=True) is None
+    assert header(0.6, **named) is None  # flagged, not degraded
+    with pytest.raises(ConfigurationError, match="degrade_header"):
+        Policy(degrade_header="X-Bad Header")
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/stream"])
 def test_allowed_and_shadow_answers_keep_their_logprobs_byte_for_byte(kind: str, path: str) -> None:
     _, chunks = _answer(path)
