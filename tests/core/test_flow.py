@@ -318,21 +318,36 @@ def test_degrade_caps_only_sent_token_fields(sent: dict[str, Any], seen: dict[st
     assert json.loads(out) == {"messages": [], **seen}
 
 
-def test_authentication_fails_closed_on_errors(guard_factory: Callable[..., Guard]) -> None:
+def test_authentication_fails_closed_on_errors(
+    guard_factory: Callable[..., Guard], caplog: pytest.LogCaptureFixture
+) -> None:
     """An unexpected error while verifying a token gives 401, not the guard's fail-open
-    ``allow`` for internal errors: nothing reaches the app unauthenticated."""
+    ``allow`` for internal errors: nothing reaches the app unauthenticated. The bug is logged
+    once per error type, with where it was raised, never the token or the error's message."""
     from distillguard import JWTConfig
+    from distillguard.identity import jwt as jwt_module
     from tests.helpers import AUDIENCE, ISSUER
+
+    class ResolverBugError(RuntimeError):
+        pass
 
     class Broken:
         def key_for(self, kid: str | None, alg: str) -> Any:
-            raise RuntimeError("resolver bug")
+            raise ResolverBugError(f"resolver bug quoting the kid {kid}")
 
     jwt = JWTConfig(algorithms=["HS256"], key_resolver=Broken(), issuer=ISSUER, audience=AUDIENCE)
     guard = guard_factory(jwt=jwt)
-    decision = guard.decide(request(make_token()), guard.sync_performer())
-    assert decision.action is Action.UNAUTHENTICATED
-    assert decision.problem is not None and decision.problem.code == "invalid_token"
+    jwt_module._reported.discard("ResolverBugError")
+    tokens = [make_token(sub=f"user-{i}", headers={"kid": f"secret-kid-{i}"}) for i in range(3)]
+    with caplog.at_level("ERROR", logger="distillguard"):
+        for token in tokens:
+            decision = guard.decide(request(token), guard.sync_performer())
+            assert decision.action is Action.UNAUTHENTICATED
+            assert decision.problem is not None and decision.problem.code == "invalid_token"
+    (record,) = [r for r in caplog.records if "token verification raised" in r.getMessage()]
+    text = record.getMessage()
+    assert "ResolverBugError" in text and "key_for" in text
+    assert "secret-kid" not in text and not any(t in text or t.split(".")[1] in text for t in tokens)
 
 
 def test_degrade_survives_lone_surrogates() -> None:

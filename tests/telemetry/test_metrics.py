@@ -188,6 +188,29 @@ def test_limiter_fallbacks_are_counted(
     assert value_of(fallbacks, distillguard__limiter__outcome="fail_open") == 0
 
 
+@pytest.mark.parametrize(("outage", "status"), [("fail_open", 200), ("fail_closed", 503)])
+def test_fail_open_and_fail_closed_decisions_are_counted(
+    guard_factory: Callable[..., Guard],
+    meter_provider: MeterProvider,
+    metric_reader: InMemoryMetricReader,
+    outage: str,
+    status: int,
+) -> None:
+    """R6: under ``fail_open`` the storage's outage admits each request uncounted, under
+    ``fail_closed`` refuses it with 503, and the collector sees how many, by outcome."""
+    limits = LimitConfig(
+        default="100/minute",
+        storage_uri=f"redis://127.0.0.1:{_dead_port()}",
+        storage_options={"socket_connect_timeout": 0.2},
+        outage=outage,  # type: ignore[arg-type]
+    )
+    app = serve(guard_factory(meter_provider=meter_provider, limits=limits))
+    assert [post(app), post(app), post(app)] == [status] * 3
+    fallbacks = metric_points(metric_reader)[METRIC_LIMITER_FALLBACKS]
+    assert value_of(fallbacks, distillguard__limiter__outcome=outage) == 3
+    assert value_of(fallbacks, distillguard__limiter__outcome="local_fallback") == 0
+
+
 class Tracking:
     """A detector that tracks clients (implements :class:`ClientTracker`)."""
 

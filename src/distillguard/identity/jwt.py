@@ -21,9 +21,11 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import re
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from time import monotonic as _monotonic
@@ -40,7 +42,28 @@ __all__ = ["JWTConfig", "JWTVerifier", "TokenClaims"]
 _KID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _FORBIDDEN_HEADERS = ("jwk", "jku", "x5u", "x5c")
 _MAX_HEADER_BYTES = 2048
-_MAX_SHARED = 1024  # distinct tiers, tenants and scope sets shared between cached identities
+_MAX_SHARED = 1024
+_logger = logging.getLogger("distillguard")
+_reported: set[str] = set()  # the unexpected error types already logged (bounded)
+
+
+def _report_unexpected(exc: Exception) -> None:
+    """Log an error verification should never raise (a bug, in PyJWT, a key resolver or here)
+    once per type, with its traceback: the request is refused with 401 either way, and a flood
+    of such tokens must not flood the log. Neither the token nor the error's message (which
+    may quote it) is logged: the type and where it was raised."""
+    name = type(exc).__name__
+    if name in _reported or len(_reported) >= 64:
+        return
+    _reported.add(name)
+    _logger.error(
+        "distillguard: token verification raised %s (a bug; the request is refused with 401, "
+        "and this type is not logged again), at:\n%s",
+        name,
+        "".join(traceback.format_tb(exc.__traceback__)),
+    )  # distinct tiers, tenants and scope sets shared between cached identities
+
+
 _T = TypeVar("_T")
 
 
@@ -266,6 +289,7 @@ class JWTVerifier:
         except AuthenticationError:
             raise
         except Exception as exc:  # fail closed: an error here must never admit the request
+            _report_unexpected(exc)
             raise AuthenticationError(f"error:{type(exc).__name__}") from exc
         if self.config.cache_size and getattr(self._resolver, "generation", 0) == generation:
             if len(self._cache) >= self.config.cache_size:
