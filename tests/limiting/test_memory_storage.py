@@ -214,3 +214,26 @@ def test_a_refused_request_of_cost_c_is_told_when_c_units_free_up() -> None:
     assert (allowed, start + 6, total) == (False, 8.0, 4)
     allowed, start, _ = table.charge_moving_window("k", 4, 6, 1, True)
     assert (allowed, start + 6) == (False, 6.0)  # one unit: the oldest entry
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_a_flood_of_random_addresses_stays_under_the_key_cap(family: str) -> None:
+    """M2: anonymous traffic from 20,000 random addresses (an IPv6 client rotating within its
+    /64 counts once; these come from distinct /64s) never holds more than ``memory_max_keys``
+    counters; the evictions are counted, and an address that keeps coming is still limited."""
+    import random
+
+    rng = random.Random(7)
+    guard = Guard(jwt=None, limits=LimitConfig(default="3/minute", memory_max_keys=1000))
+
+    def address() -> str:
+        if family == "ipv4":
+            return ".".join(str(rng.randrange(1, 255)) for _ in range(4))
+        return ":".join(f"{rng.randrange(0x10000):x}" for _ in range(8))
+
+    for _ in range(20_000):
+        assert decide_anonymous(guard, address())[0] == "allow"
+        assert len(guard._counters) <= 1000
+    assert guard.limiter_stats.snapshot()["memory_evictions"] >= 20_000 - 1000
+    regular = "203.0.113.5" if family == "ipv4" else "2001:db8:1:2::5"
+    assert [decide_anonymous(guard, regular)[0] for _ in range(4)] == ["allow"] * 3 + ["rate_limited"]
