@@ -555,18 +555,23 @@ def test_hop_by_hop_headers_are_dropped_both_ways() -> None:
 
 @contextlib.contextmanager
 def gateway_command(
-    upstream: str, *options: str, **variables: str
+    upstream: str, *options: str, logs: list[str] | None = None, **variables: str
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """``distillguard gateway`` in a process on the development settings, with ``variables``
     (``DISTILLGUARD_`` names without the prefix, and ``OTEL_`` names) and ``options``; yields
-    its port and process once it serves, and stops it (SIGTERM: a graceful shutdown) on exit."""
+    its port and process once it serves, and stops it (SIGTERM: a graceful shutdown) on exit,
+    then adds what it logged to ``logs``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLGUARD_", "OTEL_"))}
     settings = {"UPSTREAM": upstream, **{k: v for k, v in variables.items() if not k.startswith("OTEL_")}}
     env.update({f"DISTILLGUARD_{name}": value for name, value in settings.items()})
     env.update({name: value for name, value in variables.items() if name.startswith("OTEL_")})
     process = subprocess.Popen(
-        [*COMMAND, "--port", str(port), *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*COMMAND, "--port", str(port), *options],
+        env=env,
+        # uvicorn's access log goes to stdout: one stream of both when the logs are wanted
+        stdout=subprocess.DEVNULL if logs is None else subprocess.PIPE,
+        stderr=subprocess.PIPE if logs is None else subprocess.STDOUT,
     )
     try:
         wait_until_serving(port, process, timeout=30)
@@ -574,6 +579,9 @@ def gateway_command(
     finally:
         process.terminate()
         process.wait(timeout=10)
+        if logs is not None and process.stdout is not None:
+            logs.append(process.stdout.read().decode("utf-8", "replace"))
+            process.stdout.close()
         if process.stderr is not None:
             process.stderr.close()
 
@@ -599,6 +607,22 @@ def test_the_command_serves_the_gateway(model: tuple[ModelServer, str]) -> None:
         seen = dict(server.seen[-1]["headers"])
         assert seen["authorization"] == "Bearer k"
         assert seen["x-forwarded-for"].split(", ")[-1] == "203.0.113.9"
+
+
+def test_the_access_log_can_be_turned_off(model: tuple[ModelServer, str]) -> None:
+    """uvicorn's line per request is on by default, and off with ``--no-access-log`` (the
+    guard's own startup lines stay)."""
+    _, upstream = model
+    token = make_token(**DEV_TOKEN_CLAIMS)
+    for options, expected in (((), True), (("--no-access-log",), False)):
+        logs: list[str] = []
+        with gateway_command(upstream, *options, logs=logs, DETECTORS="") as (port, _):
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            assert (
+                httpx.post(url, content=CHAT, headers={"authorization": f"Bearer {token}"}).status_code == 200
+            )
+        assert ('"POST /v1/chat/completions HTTP/1.1" 200' in logs[0]) is expected, logs[0]
+        assert "distillguard" in logs[0]
 
 
 def test_the_command_holds_a_spend_limit_set_by_environment(model: tuple[ModelServer, str]) -> None:

@@ -83,6 +83,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also forward the client's Authorization header to the upstream",
     )
+    parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="do not log a line per request (the spans and metrics already record each one)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -185,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="info",
+        access_log=not args.no_access_log,
         lifespan="on",
         factory=args.workers > 1,
         workers=args.workers,
