@@ -74,6 +74,9 @@ def test_each_request_becomes_a_line_the_replay_reads(tmp_path: Path, kind: str)
         json.loads(b) for b in bodies if b != b"not json"
     ]
     assert len(records) == 5 and stats.malformed.count == 0 and stats.unparsed_bodies.count == 1
+    assert [r.decision for r in records] == ["allow"] * 4 + ["rate_limited"]
+    odd = json.dumps({**first, "decision": "bogus"})
+    assert [r.decision for r in read_log([odd], LogStats())] == [None]  # not a decision: ignored
     log.close()
 
 
@@ -211,11 +214,23 @@ def test_the_log_replays_and_calibrates(tmp_path: Path) -> None:
     for question in PERSON:
         assert h.call(chat_body(question), token=person)[0] == 200
     log.close()
-    report = tmp_path / "report.json"
-    assert main(["replay", str(tmp_path / "traffic.jsonl"), "--json", str(report)]) == 0
-    clients = {c["client"]: c for c in json.loads(report.read_text())["clients"]}
+    report, html = tmp_path / "report.json", tmp_path / "report.html"
+    assert main(["replay", str(tmp_path / "traffic.jsonl"), "--json", str(report), "--html", str(html)]) == 0
+    doc = json.loads(report.read_text())
+    clients = {c["client"]: c for c in doc["clients"]}
     assert clients["sweeper"]["requests"] == 64 and clients["person"]["requests"] == len(PERSON)
     assert clients["sweeper"]["flagged"] and not clients["person"]["flagged"]
+    # the guard that recorded the log ran no detector: the replay's verdicts against its own
+    assert clients["sweeper"]["online"] == {"allow": 64}
+    assert clients["person"]["online"] == {"allow": len(PERSON)}
+    assert doc["summary"]["online"] == {
+        "clients": 2,
+        "flagged_clients": 0,
+        "flagged_now_only": 1,
+        "flagged_then_only": 0,
+    }
+    page = html.read_text()
+    assert "decided online" in page and "this replay flags 1 of them that were not" in page
     out = tmp_path / "thresholds.json"
     assert main(["calibrate", str(tmp_path / "traffic.jsonl"), "--out", str(out)]) == 0
     thresholds = json.loads(out.read_text())["thresholds"]

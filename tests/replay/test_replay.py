@@ -90,7 +90,9 @@ def test_json_report_has_exactly_the_documented_schema(tmp_path: Path) -> None:
             "first_flag_ts",
             "max_risk",
             "signals",
+            "online",
         }
+        assert entry["online"] is None  # the log records no online decision
         assert isinstance(entry["client"], str) and isinstance(entry["requests"], int)
         assert entry["first_flag_request"] is None or entry["first_flag_request"] >= 1
         assert (entry["first_flag_ts"] is None) == (entry["first_flag_request"] is None)

@@ -174,6 +174,7 @@ class ReplayEngine:
             risk=risk,
             flagged=decision.action in FLAGGED_ACTIONS,
             scores=[(r.detector, r.score) for r in decision.results],
+            online=record.decision,
         )
         track.observe_features(query.text, request_shape(record.path, query, user_agent))
         for error in decision.errors:

@@ -103,7 +103,14 @@ def _signals(signals: dict[str, float], limit: int = 4) -> str:
     return ", ".join(f"{escape(name)} {score:.2f}" for name, score in top) or "-"
 
 
-def _client_rows(entries: Sequence[dict[str, Any]]) -> str:
+def _online(counts: dict[str, int] | None) -> str:
+    """The decisions the log records for a client (most frequent first)."""
+    if not counts:
+        return "-"
+    return ", ".join(f"{escape(k)} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _client_rows(entries: Sequence[dict[str, Any]], online: bool = False) -> str:
     rows = []
     for e in entries:
         flagged = e["first_flag_request"] is not None
@@ -113,7 +120,9 @@ def _client_rows(entries: Sequence[dict[str, Any]]) -> str:
             f'<td class="n">{e["flagged"]:,}</td>'
             f'<td class="n">{e["first_flag_request"] if flagged else "-"}</td>'
             f'<td>{_utc(e["first_flag_ts"])}</td><td class="n">{e["max_risk"]:.3f}</td>'
-            f"<td>{_signals(e['signals'])}</td></tr>"
+            f"<td>{_signals(e['signals'])}</td>"
+            + (f"<td>{_online(e['online'])}</td>" if online else "")
+            + "</tr>"
         )
     return "".join(rows)
 
@@ -168,7 +177,18 @@ def render_html(result: ReplayResult, *, top: int = 25, report: dict[str, Any] |
     )
     head = (
         "<tr><th>client</th><th class=n>requests</th><th class=n>flagged</th><th class=n>first flag</th>"
-        "<th>first flag (UTC)</th><th class=n>max risk</th><th>top signals</th></tr>"
+        "<th>first flag (UTC)</th><th class=n>max risk</th><th>top signals</th>"
+        + ("<th>decided online</th>" if summary["online"] else "")
+        + "</tr>"
+    )
+    online = summary["online"]
+    compared = (
+        f"<p>The log records the guard's decisions for {online['clients']:,} clients: "
+        f"{online['flagged_clients']:,} were flagged (or refused) then; this replay flags "
+        f"{online['flagged_now_only']:,} of them that were not, and no longer flags "
+        f"{online['flagged_then_only']:,} that were.</p>"
+        if online
+        else ""
     )
     campaign_head = (
         "<tr><th>campaign</th><th class=n>flagged accounts</th><th class=n>requests</th>"
@@ -187,13 +207,14 @@ def render_html(result: ReplayResult, *, top: int = 25, report: dict[str, Any] |
         f"{summary['campaigns']:,} campaigns. Skipped or adjusted lines: {issues}. "
         f"Detectors: <code>{escape(', '.join(summary['detectors']) or 'none')}</code>. "
         f"Replayed at {summary['lines_per_second']:,.0f} lines/s.</p>"
-        f"<h2>Campaigns</h2>"
+        + compared
+        + "<h2>Campaigns</h2>"
         + (
             f"<table>{campaign_head}{_campaign_rows(campaigns)}</table>"
             if campaigns
             else "<p>None found.</p>"
         )
-        + f"<h2>Top {len(entries)} clients</h2><table>{head}{_client_rows(entries)}</table>"
+        + f"<h2>Top {len(entries)} clients</h2><table>{head}{_client_rows(entries, bool(online))}</table>"
         + "<h2>Risk over time of the flagged clients</h2>"
         + ("".join(figures) or "<p>No client was flagged.</p>")
         + "</body></html>\n"

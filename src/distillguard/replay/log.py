@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
+from ..decision import Action
 from ..query import finite_float
 
 __all__ = [
@@ -94,6 +95,7 @@ class LogRecord:
         headers: header names (lower case) to values.
         ip: the peer address, if logged.
         tenant: the tenant, if logged.
+        decision: what the guard decided online, if logged (``RequestLog`` writes it).
     """
 
     line: int
@@ -106,6 +108,7 @@ class LogRecord:
     headers: Mapping[str, str]
     ip: str | None = None
     tenant: str | None = None
+    decision: str | None = None
 
 
 @dataclass(slots=True)
@@ -201,6 +204,9 @@ def _body(value: object) -> tuple[bytes, bool] | None:
     return encoded, True
 
 
+_DECISIONS = frozenset(a.value for a in Action)  # what a RequestLog line's ``decision`` may say
+
+
 def _parse(line_no: int, text: str) -> tuple[LogRecord, bool] | None:
     """The record of one line and whether its body is JSON, or ``None`` when it is malformed."""
     try:
@@ -226,6 +232,7 @@ def _parse(line_no: int, text: str) -> tuple[LogRecord, bool] | None:
         return None
     ip = obj.get("ip")
     tenant = obj.get("tenant")
+    decision = obj.get("decision")
     body = _body(obj["body"])
     if body is None:
         return None
@@ -241,6 +248,7 @@ def _parse(line_no: int, text: str) -> tuple[LogRecord, bool] | None:
         headers=headers,
         ip=ip if isinstance(ip, str) and _encodable(ip) else None,
         tenant=tenant if isinstance(tenant, str) and _encodable(tenant) else None,
+        decision=decision if isinstance(decision, str) and decision in _DECISIONS else None,
     )
     return record, is_json
 

@@ -7,7 +7,9 @@ Schema (every client of the log is listed, most suspicious first)::
         {"client": str, "requests": int, "flagged": int,
          "first_flag_request": int | null,   # 1-based, in that client's own stream
          "first_flag_ts": float | null, "max_risk": float,
-         "signals": {detector: highest score}}
+         "signals": {detector: highest score},
+         "online": {decision: count} | null}   # what the guard decided when the log was
+                                               # recorded (RequestLog's ``decision``), if logged
       ],
       "campaigns": [
         {"id", "clients", "size", "requests", "first_flag_ts", "max_risk",
@@ -19,7 +21,9 @@ Schema (every client of the log is listed, most suspicious first)::
         "campaigns",
         "malformed": {"count", "first_lines"}, "out_of_order": {...}, "unknown_path": {...},
         "oversized": {...}, "unparsed_bodies": {...},
-        "first_ts", "last_ts", "detectors", "policy", "errors", "seconds", "lines_per_second"
+        "first_ts", "last_ts", "detectors", "policy", "errors", "seconds", "lines_per_second",
+        "online": null | {"clients", "flagged_clients",   # clients with logged decisions; flagged then
+                          "flagged_now_only", "flagged_then_only"}  # what the replay changes
       }
     }
 """
@@ -30,7 +34,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .engine import ReplayResult
+from .engine import FLAGGED_ACTIONS, ReplayResult
 from .output import write_atomic
 from .track import ClientTrack
 
@@ -51,6 +55,30 @@ def client_entry(track: ClientTrack) -> dict[str, Any]:
         "first_flag_ts": track.first_flag_ts,
         "max_risk": _round(track.max_risk),
         "signals": {name: _round(score) for name, score in track.signal_map().items()},
+        "online": None if track.online is None else dict(sorted(track.online.items())),
+    }
+
+
+_FLAGGED = frozenset(a.value for a in FLAGGED_ACTIONS)
+
+
+def _flagged_online(track: ClientTrack) -> bool:
+    return track.online is not None and any(track.online[a] for a in _FLAGGED)
+
+
+def _online(ranked: list[ClientTrack]) -> dict[str, int] | None:
+    """How the replay's verdicts compare with the decisions the log records (``None``: the log
+    records none)."""
+    logged = [t for t in ranked if t.online is not None]
+    if not logged:
+        return None
+    now = {t.client for t in logged if t.first_flag_request is not None}
+    then = {t.client for t in logged if _flagged_online(t)}
+    return {
+        "clients": len(logged),
+        "flagged_clients": len(then),
+        "flagged_now_only": len(now - then),
+        "flagged_then_only": len(then - now),
     }
 
 
@@ -97,6 +125,7 @@ def build_report(result: ReplayResult) -> dict[str, Any]:
             "errors": dict(sorted(result.errors.items())),
             "seconds": round(result.seconds, 3),
             "lines_per_second": round(result.lines_per_second, 1),
+            "online": _online(ranked),
         },
     }
 

@@ -127,6 +127,7 @@ class ClientTrack:
         "ip",
         "last_clock",
         "max_risk",
+        "online",
         "prefixes",
         "requests",
         "series",
@@ -160,6 +161,7 @@ class ClientTrack:
         self.days = 0
         self.flagged_day = -1
         self.flagged_days = 0
+        self.online: Counter[str] | None = None  # the decisions the log says were made online
 
     def observe(
         self,
@@ -169,9 +171,15 @@ class ClientTrack:
         risk: float,
         flagged: bool,
         scores: Sequence[tuple[str, float]],
+        online: str | None = None,
     ) -> None:
-        """Record one replayed request and its verdict."""
+        """Record one replayed request, its verdict, and the decision made ``online`` (when
+        the log says)."""
         self.requests += 1
+        if online is not None:
+            if self.online is None:
+                self.online = Counter()
+            self.online[online] += 1
         day = int(ts // 86_400)
         if day != self.day:
             self.day = day
