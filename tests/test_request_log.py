@@ -126,6 +126,35 @@ def test_a_writer_that_falls_behind_drops_lines_and_never_holds_a_request(tmp_pa
     assert len(lines(tmp_path / "slow.jsonl")) == log.written
 
 
+def test_the_file_rotates_and_every_rotated_file_is_owner_only(tmp_path: Path) -> None:
+    """``max_bytes`` rotates the file (``.1``, ``.2`` ...): every line is in one of the files,
+    whole, and the rotated files are created readable by their owner only too."""
+    log = RequestLog(tmp_path / "r.jsonl", max_bytes=2000, backups=50)
+    h = harness("wsgi", log)
+    for i in range(30):
+        assert h.call(chat_body(f"question {i}"))[0] == 200
+    log.close()
+    files = sorted(tmp_path.glob("r.jsonl*"))
+    assert len(files) > 3
+    got = [line for f in files for line in lines(f)]
+    assert len(got) == 30 == log.written and log.failed == 0
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+
+
+def test_a_write_that_fails_is_counted_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file that refuses writes (here a full device, ``/dev/full``): the request is served,
+    the line counted as failed with one warning, and nothing is counted as written."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    log = RequestLog("/dev/full")
+    h = harness("wsgi", log)
+    with caplog.at_level("WARNING", logger="distillguard.request_log"):
+        assert [h.call(chat_body())[0] for _ in range(3)] == [200, 200, 200]
+        log.close()
+    assert log.failed == 3 and log.written == 0
+    assert len([r for r in caplog.records if "could not be written" in r.getMessage()]) == 1
+
+
 def test_settings_are_checked_when_built(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="sample"):
         RequestLog(tmp_path / "x.jsonl", sample=0.0)

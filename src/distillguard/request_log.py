@@ -19,6 +19,7 @@ the traffic) the line is dropped and counted, never waited for.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import logging
@@ -55,8 +56,10 @@ class _File(RotatingFileHandler):
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def emit(self, record: logging.LogRecord) -> None:
+        failed = self._log.failed  # only this thread writes: a change is this line's failure
         super().emit(record)
-        self._log._count("written")
+        if self._log.failed == failed:
+            self._log._count("written")
 
     def handleError(self, record: logging.LogRecord) -> None:
         if self._log._count("failed") == 1:
@@ -213,7 +216,8 @@ class RequestLog:
             if listener is not None and self._pid == os.getpid():
                 listener.stop()
             if handler is not None:
-                handler.close()
+                with contextlib.suppress(OSError):  # a full disk: its lines are counted failed
+                    handler.close()
 
     def _start(self) -> None:
         """Open this process's file and start its writer."""
