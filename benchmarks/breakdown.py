@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import time
 import timeit
 from collections.abc import Callable, Coroutine
@@ -142,10 +143,60 @@ def steps(number: int, repeats: int) -> list[tuple[str, float]]:
         ("span lifecycle, SDK provider (Exchange start to finish)", _best(lifecycle(guard), number, repeats)),
         ("span lifecycle, non-recording tracer", _best(lifecycle(quiet), number, repeats)),
     ]
+    out.extend(request_log_cost(guard, req, decision, number, repeats))
     out.extend(busy_window(number))
     out.extend(detector_costs(loop, number=min(number, 3_000)))
     loop.close()
     return out
+
+
+def request_log_steps(number: int, repeats: int) -> list[tuple[str, float]]:
+    """The whole pipeline (the baseline) and :func:`request_log_cost`, in one run."""
+    loop = asyncio.new_event_loop()
+    body, bearer = _apps.chat_body(), _apps.token()
+    guard = _apps.make_guard(_apps.tracer_provider(), [_apps.TrivialDetector()])
+    perform = guard.async_performer()
+    req = guard_request(f"Bearer {bearer}", body)
+    decision = loop.run_until_complete(guard.adecide(req, perform))
+    try:
+        base = (
+            "whole pipeline (adecide)",
+            _best_async(loop, lambda: guard.adecide(req, perform), number, repeats),
+        )
+        return [base, *request_log_cost(guard, req, decision, number, repeats)]
+    finally:
+        loop.close()
+
+
+def request_log_cost(
+    guard: Any, req: GuardRequest, decision: Any, number: int, repeats: int
+) -> list[tuple[str, float]]:
+    """What recording each request costs (``RequestLog`` as the ``on_decision`` hook, writing
+    to ``/dev/null``): formatting the line and queueing it, and with the writer thread's own
+    CPU (process time counts every thread), the line written."""
+    from distillguard.request_log import RequestLog
+
+    log = RequestLog(os.devnull, queue_size=1_000_000)
+
+    def record() -> None:
+        log(decision, req)
+
+    def record_and_write() -> None:
+        for _ in range(100):
+            log(decision, req)
+        log.flush()
+
+    try:
+        return [
+            ("RequestLog line (format only)", _best(lambda: log.line(decision, req), number, repeats)),
+            ("RequestLog on_decision (format and queue)", _best(record, number, repeats)),
+            (
+                "RequestLog on_decision and the writer thread (written to /dev/null)",
+                _best(record_and_write, max(1, number // 100), repeats) / 100,
+            ),
+        ]
+    finally:
+        log.close()
 
 
 def busy_window(number: int) -> list[tuple[str, float]]:
@@ -232,7 +283,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--number", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--request-log", action="store_true", help="only the pipeline and what recording it costs"
+    )
     args = parser.parse_args(argv)
+    if args.request_log:
+        print("| step | us (best of repeats) |\n|---|---|")
+        for name, us in request_log_steps(args.number, args.repeats):
+            print(f"| {name} | {us:.1f} |")
+        return
     print("| step | us (best of repeats) |\n|---|---|")
     for name, us in steps(args.number, args.repeats):
         print(f"| {name} | {us:.1f} |")

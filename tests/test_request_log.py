@@ -112,8 +112,8 @@ def test_a_writer_that_falls_behind_drops_lines_and_never_holds_a_request(tmp_pa
     h = harness("wsgi", log)
     assert h.call(chat_body())[0] == 200  # the writer starts with the first line
     log.flush()
-    handler = log._file
-    assert handler is not None
+    assert log._writer is not None
+    handler = log._writer.handler
     handler.acquire()  # the writer thread blocks in its next write
     try:
         start = time.monotonic()
@@ -122,7 +122,8 @@ def test_a_writer_that_falls_behind_drops_lines_and_never_holds_a_request(tmp_pa
     finally:
         handler.release()
     log.close()
-    assert log.dropped >= 50 - 5 - 1 and log.written == 51 - log.dropped
+    # the writer holds at most one batch (no more than the queue held) while the file is held
+    assert log.dropped >= 50 - 2 * 5 - 1 and log.written == 51 - log.dropped
     assert len(lines(tmp_path / "slow.jsonl")) == log.written
 
 
@@ -135,7 +136,7 @@ def test_the_file_rotates_and_every_rotated_file_is_owner_only(tmp_path: Path) -
         assert h.call(chat_body(f"question {i}"))[0] == 200
     log.close()
     files = sorted(tmp_path.glob("r.jsonl*"))
-    assert len(files) > 3
+    assert len(files) >= 2  # a batch of lines goes to one file: files may pass max_bytes by a batch
     got = [line for f in files for line in lines(f)]
     assert len(got) == 30 == log.written and log.failed == 0
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
