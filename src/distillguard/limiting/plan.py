@@ -242,10 +242,10 @@ class LimitPlan:
         found.extend(self._tenant_checks(identity, 0))
         for compiled in self._rules:
             rule = compiled.rule
-            if path is None and rule.routes:
-                rule = replace(rule, routes=())
+            # no path: a route of the rule's own stands for it (any route would do)
+            route = path if path is not None else (rule.routes[0] if rule.routes else "")
             rule_key = self._rule_key(rule, identity, owner, model)
-            if rule_key is None or not rule.matches(identity.tier, path or "", model):
+            if rule_key is None or not rule.matches(identity.tier, route, model):
                 continue
             found.extend(
                 LimitCheck(
