@@ -13,7 +13,7 @@ written back after (:mod:`distillguard.detectors._sharing`).
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -123,12 +123,8 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
         changed["include"] = [entry for entry in include if entry != RESPONSES_LOGPROBS]  # the Responses API
     cap = policy.degrade_max_tokens
     if cap is not None:
-        # Cap the field(s) the client sent; add ``max_tokens`` only when it sent neither.
-        present = [k for k in ("max_tokens", "max_completion_tokens") if k in data]
-        for key in present or ["max_tokens"]:
-            value = changed.get(key)
-            if not isinstance(value, int) or value > cap:
-                changed[key] = cap
+        for key in _over_cap(changed, cap):
+            changed[key] = cap
     if changed == data:
         return None
     try:
@@ -137,16 +133,21 @@ def degrade_body(query: Query, policy: Policy) -> bytes | None:
         return json.dumps(changed, separators=(",", ":")).encode()
 
 
+def _over_cap(data: Mapping[str, Any], cap: int) -> list[str]:
+    """The token fields degrading sets to ``cap``: those the client sent over it (or not as an
+    integer), or ``max_tokens`` when it sent neither."""
+    present = [k for k in ("max_tokens", "max_completion_tokens") if k in data]
+    return [k for k in present or ["max_tokens"] if not isinstance(data.get(k), int) or data[k] > cap]
+
+
 def _degraded(query: Query, policy: Policy) -> str:
     """What degrading ``query`` takes out, for ``Policy.degrade_header``: ``logprobs`` (the
     answer's, always stripped), the request fields removed, and ``max_tokens`` when capped."""
     data = query.data or {}
     taken = dict.fromkeys(["logprobs", *(f for f in policy.degrade_fields if f in data)])
     cap = policy.degrade_max_tokens
-    if cap is not None:
-        present = [data[k] for k in ("max_tokens", "max_completion_tokens") if k in data]
-        if not present or any(not isinstance(v, int) or v > cap for v in present):
-            taken["max_tokens"] = None
+    if cap is not None and _over_cap(data, cap):
+        taken["max_tokens"] = None
     return ",".join(taken)
 
 

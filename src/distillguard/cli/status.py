@@ -86,13 +86,16 @@ def run(args: argparse.Namespace) -> int:
 def _window(usage: WindowUsage, now: float) -> dict[str, Any]:
     """One window's usage as the command shows it (a cost window's amounts in its currency
     unit, not in micros)."""
-    scale = COST_SCALE if usage.unit == "cost" else 1
+
+    def amount(micros_or_count: int) -> float:
+        return micros_or_count / COST_SCALE if usage.unit == "cost" else micros_or_count
+
     return {
         "policy": usage.policy,
         "unit": usage.unit,
-        "limit": usage.limit / scale if scale > 1 else usage.limit,
-        "used": usage.used / scale if scale > 1 else usage.used,
-        "remaining": usage.remaining / scale if scale > 1 else usage.remaining,
+        "limit": amount(usage.limit),
+        "used": amount(usage.used),
+        "remaining": amount(usage.remaining),
         # an unused window has nothing to free up
         "resets_in_seconds": max(0, round(usage.reset_at - now)) if usage.used else None,
         "window_seconds": usage.seconds,
