@@ -42,7 +42,7 @@ __all__ = ["JWTConfig", "JWTVerifier", "TokenClaims"]
 _KID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _FORBIDDEN_HEADERS = ("jwk", "jku", "x5u", "x5c")
 _MAX_HEADER_BYTES = 2048
-_MAX_SHARED = 1024
+_MAX_SHARED = 1024  # distinct tiers, tenants and scope sets shared between cached identities
 _logger = logging.getLogger("distillguard")
 _reported: set[str] = set()  # the unexpected error types already logged (bounded)
 
@@ -61,7 +61,7 @@ def _report_unexpected(exc: Exception) -> None:
         "and this type is not logged again), at:\n%s",
         name,
         "".join(traceback.format_tb(exc.__traceback__)),
-    )  # distinct tiers, tenants and scope sets shared between cached identities
+    )
 
 
 _T = TypeVar("_T")
