@@ -6,7 +6,8 @@
 * ``json-nousage``: the same without ``usage``;
 * ``sse``: an SSE stream of ``X-Deltas`` content deltas and a final usage chunk;
 * ``sse-nousage``: the same stream without the usage chunk;
-* ``error``: 500 with no usage;
+* ``error``: 500 (or ``X-Status``) with no usage;
+* ``crash``: the app raises before answering;
 * ``raise``: the app raises after starting the stream;
 * ``hold``: starts an SSE stream and waits for ``release`` (an event) before finishing.
 """
@@ -77,8 +78,10 @@ class LLMApp:
         self.calls += 1
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         mode, usage, deltas = _options(headers)
+        if mode == "crash":  # before any answer
+            raise RuntimeError("model server bug")
         if mode.startswith("json") or mode == "error":
-            status = 500 if mode == "error" else 200
+            status = int(headers.get("x-status", "500")) if mode == "error" else 200
             body = b'{"error":"x"}' if mode == "error" else _json_body(mode, usage)
             await send(
                 {
@@ -121,8 +124,10 @@ def llm_wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes
     environ["wsgi.input"].read(length)
     headers = {k[5:].lower().replace("_", "-"): v for k, v in environ.items() if k.startswith("HTTP_")}
     mode, usage, deltas = _options(headers)
+    if mode == "crash":  # before any answer
+        raise RuntimeError("model server bug")
     if mode.startswith("json") or mode == "error":
-        status = "500 Internal Server Error" if mode == "error" else "200 OK"
+        status = f"{headers.get('x-status', '500')} Error" if mode == "error" else "200 OK"
         start_response(status, [("content-type", "application/json")])
         return [b'{"error":"x"}' if mode == "error" else _json_body(mode, usage)]
     start_response("200 OK", [("content-type", "text/event-stream")])

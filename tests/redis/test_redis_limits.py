@@ -141,6 +141,29 @@ def test_cost_window_on_redis_holds_the_price_of_the_usage(
     assert 0 < int(redis_server.cli("TTL", key)) <= 60
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+def test_server_errors_are_refunded_on_redis(
+    redis_server: RedisServer, tracer_provider: Any, kind: str, strategy: str
+) -> None:
+    """``refund_server_errors`` on Redis: the 5xx answers leave nothing in the client's windows
+    (read by ``Guard.usage`` and in Redis itself), a 4xx keeps its charge."""
+    g = guard(
+        tracer_provider, redis_server.url, default="5/minute", strategy=strategy, refund_server_errors=True
+    )
+    h = Harness(kind, g)
+    statuses = [
+        h.call(chat_body(), headers={"x-mode": "error", "x-status": s})[0] for s in ("500", "502", "400")
+    ]
+    assert statuses == [500, 502, 400]
+    assert h.call(chat_body())[0] == 200
+    (window,) = g.usage("client-1")
+    assert window.used == 2
+    key = "dg:LIMITER/c/default/client-1/5/1/minute"
+    held = redis_server.cli("LLEN" if strategy == "moving-window" else "GET", key).strip()
+    assert held == "2"
+
+
 def test_moving_window_refund_on_redis(redis_server: RedisServer, tracer_provider: Any) -> None:
     """A refused request refunds the moving window it was already charged on (newest entries
     popped): the list holds exactly the admitted requests."""

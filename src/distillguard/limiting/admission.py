@@ -14,7 +14,8 @@
    process with ``memory://``, with ``concurrency_scope="process"``, and while the storage is
    down under ``local_fallback`` (``fail_open`` admits uncounted, ``fail_closed`` answers 503).
 5. **Budget**: token windows and the slot go on the decision as a
-   :class:`~distillguard.limiting.budget.Budget` for the exchange to settle and release.
+   :class:`~distillguard.limiting.budget.Budget` for the exchange to settle and release (with
+   ``LimitConfig.refund_server_errors``, the request windows too, refunded after a 5xx).
 """
 
 from __future__ import annotations
@@ -132,7 +133,13 @@ def admit(guard: Guard, request: GuardRequest, inner: Flow) -> Flow:
                 return replace(decision, action=action, problem=problem, headers=(), body=None)
         slot = taken
     charges = tuple((o.check, o.mode) for o in decision.limits if o.counted and o.check.unit != "requests")
-    if charges or slot is not None:
+    refunds: tuple[tuple[LimitCheck, str], ...] = ()
+    if plan.config.refund_server_errors:
+        refunds = tuple(
+            (o.check, o.mode) for o in decision.limits if o.counted and o.check.unit == "requests"
+        )
+    if charges or refunds or slot is not None:
         estimate = plan.estimate(decision.query) if charges else None
-        decision = replace(decision, budget=Budget(charges=charges, estimate=estimate, slot=slot))
+        budget = Budget(charges=charges, refunds=refunds, estimate=estimate, slot=slot)
+        decision = replace(decision, budget=budget)
     return decision

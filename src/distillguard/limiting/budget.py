@@ -19,8 +19,10 @@ price):
 * no usage on a success: the estimate stays charged (the safe side).
 
 Then ``actual - estimate`` is charged when positive, refunded when negative: the window ends up
-holding exactly ``actual`` for this request. :meth:`Budget.settle` runs once; later calls yield
-nothing, so a response is never counted twice.
+holding exactly ``actual`` for this request. The request windows in ``refunds``
+(``LimitConfig.refund_server_errors``) are refunded whole when the status is 500 or more (or
+unknown: the adapters settle no exchange whose app raised, which keeps every charge). :meth:`Budget.settle` runs once; later calls
+yield nothing, so a response is never counted twice.
 """
 
 from __future__ import annotations
@@ -41,21 +43,24 @@ class Budget:
 
     Args:
         charges: the token windows charged, with the mode they were charged in.
+        refunds: the request windows to refund after a server error, with their modes.
         estimate: the request's token estimate.
         slot: the concurrency slot, if the client has a cap (in process, or a lease on the
             shared storage).
     """
 
-    __slots__ = ("_settled", "actual", "charges", "estimate", "parser", "slot", "usage")
+    __slots__ = ("_settled", "actual", "charges", "estimate", "parser", "refunds", "slot", "usage")
 
     def __init__(
         self,
         *,
         charges: tuple[tuple[LimitCheck, str], ...] = (),
+        refunds: tuple[tuple[LimitCheck, str], ...] = (),
         estimate: TokenEstimate | None = None,
         slot: Slot | SharedSlot | None = None,
     ) -> None:
         self.charges = charges
+        self.refunds = refunds
         self.estimate = estimate
         self.slot = slot
         self.parser = UsageParser() if charges else None
@@ -91,9 +96,14 @@ class Budget:
 
     def settle(self, status: int | None) -> Generator[ChargeLimit | RefundLimit, object, None]:
         """The reconciliation effects (once; see the module docstring)."""
-        if self._settled or not self.charges:
+        if self._settled or not (self.charges or self.refunds):
             return
         self._settled = True
+        if status is None or status >= 500:
+            for check, mode in self.refunds:
+                yield RefundLimit(check, check.cost, mode)
+        if not self.charges:
+            return
         actual = self._actual(status)
         if actual is None:
             return

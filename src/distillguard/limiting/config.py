@@ -81,6 +81,11 @@ class LimitConfig:
             batch, a batch of predict rows). A request with ``n=8`` or a batch of 8 counts 8,
             so that batching buys no extra samples; one that alone is over a window is refused
             at once. ``False`` charges every request 1 (OpenAI-style requests per minute).
+        refund_server_errors: give a request its request windows back when the app answers it
+            with a server error (5xx): a client is not held to requests the service failed,
+            as token windows already are not. An app that raises keeps the charge, as it keeps
+            the token estimate. Off by default: a client whose requests make the model server
+            fail is then not slowed by its limits (the concurrency cap still holds it).
         max_outputs: with ``count_outputs``, a request asking for more outputs than this is
             refused with 400 ``too_many_outputs`` before any window is charged (a moving window
             keeps one entry per unit: one request must not write a million of them).
@@ -112,6 +117,7 @@ class LimitConfig:
     concurrency_scope: str = "storage"
     concurrency_lease: float = 600.0
     count_outputs: bool = True
+    refund_server_errors: bool = False
     max_outputs: int = 4096
     chars_per_token: float = 4.0
     default_max_tokens: int = 1024
