@@ -21,8 +21,9 @@ price):
 Then ``actual - estimate`` is charged when positive, refunded when negative: the window ends up
 holding exactly ``actual`` for this request. The request windows in ``refunds``
 (``LimitConfig.refund_server_errors``) are refunded whole when the status is 500 or more (or
-unknown: the adapters settle no exchange whose app raised, which keeps every charge). :meth:`Budget.settle` runs once; later calls
-yield nothing, so a response is never counted twice.
+unknown: the adapters settle no exchange whose app raised, which keeps every charge).
+:meth:`Budget.settle` runs once; later calls yield nothing, so a response is never counted
+twice.
 """
 
 from __future__ import annotations
