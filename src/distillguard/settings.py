@@ -165,6 +165,7 @@ class Settings:
         tier_concurrency: ``(tier, cap)`` pairs for :attr:`LimitConfig.concurrency_tiers`.
         auth_failures: :attr:`LimitConfig.auth_failures`.
         client_hash_key: the key of the client-id hash on spans (empty: unkeyed).
+        refund_server_errors: :attr:`LimitConfig.refund_server_errors`.
         request_log: the file a :class:`~distillguard.request_log.RequestLog` records the
             requests in (empty: none; ``{pid}`` is replaced by the process id).
         request_log_sample: the share of clients it records.
@@ -200,6 +201,7 @@ class Settings:
     thresholds_file: str = ""
     risk: tuple[tuple[str, Any], ...] = ()
     client_hash_key: str = field(default="", repr=False)
+    refund_server_errors: bool = False
     request_log: str = ""
     request_log_sample: float = 1.0
     dev_defaults: tuple[str, ...] = ()
@@ -265,6 +267,7 @@ class Settings:
                 concurrency=self.concurrency,
                 concurrency_tiers=dict(self.tier_concurrency),
                 auth_failures=self.auth_failures,
+                refund_server_errors=self.refund_server_errors,
             ),
             "detectors": list(self.detectors),
             "policy": Policy(
@@ -509,6 +512,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         thresholds_file=get("THRESHOLDS_FILE") or "",
         risk=_risk(risk) if (risk := get("RISK")) else (),
         client_hash_key=_client_hash_key(get("CLIENT_HASH_KEY") or ""),
+        refund_server_errors=_bool(_PREFIX + "REFUND_SERVER_ERRORS", refund)
+        if (refund := get("REFUND_SERVER_ERRORS"))
+        else False,
         request_log=get("REQUEST_LOG") or "",
         request_log_sample=_share(_PREFIX + "REQUEST_LOG_SAMPLE", sample)
         if (sample := get("REQUEST_LOG_SAMPLE"))

@@ -549,3 +549,11 @@ def test_the_request_log_setting_records_the_guarded_requests(tmp_path: Path) ->
             settings_from_env({**env, "DISTILLGUARD_REQUEST_LOG_SAMPLE": sample})
     with pytest.raises(ConfigurationError, match=r"DISTILLGUARD_REQUEST_LOG: .*no directory"):
         guard_from_env({**ENV, "DISTILLGUARD_REQUEST_LOG": str(tmp_path / "nowhere" / "r.jsonl")})
+
+
+def test_refund_server_errors_setting_reaches_the_limits() -> None:
+    assert guard_from_env(ENV).plan.config.refund_server_errors is False
+    on = guard_from_env({**ENV, "DISTILLGUARD_REFUND_SERVER_ERRORS": "true"})
+    assert on.plan.config.refund_server_errors is True
+    with pytest.raises(ConfigurationError, match="DISTILLGUARD_REFUND_SERVER_ERRORS"):
+        settings_from_env({**ENV, "DISTILLGUARD_REFUND_SERVER_ERRORS": "perhaps"})

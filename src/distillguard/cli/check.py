@@ -92,6 +92,7 @@ def _summary(settings: Any, guard: Any) -> dict[str, Any]:
             "concurrency": config.concurrency,
             "tier_concurrency": dict(config.concurrency_tiers),
             "auth_failures": config.auth_failures or "off",
+            "refund_server_errors": config.refund_server_errors,
         },
         "detectors": [d.name for d in guard.detectors],
         "thresholds": settings.thresholds_file or "the detectors' own",
