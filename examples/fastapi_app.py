@@ -32,7 +32,8 @@ def create_app(guard: Guard | None = None) -> FastAPI:
     # the body is read as bytes (the app gets exactly what the client sent), so the document
     # FastAPI would generate has no request schema: the apps share a written one
     app = FastAPI(title="distillguard FastAPI example", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(DistillGuardMiddleware, guard=guard if guard is not None else guard_from_env())
+    guard = guard if guard is not None else guard_from_env()
+    app.add_middleware(DistillGuardMiddleware, guard=guard)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -40,7 +41,7 @@ def create_app(guard: Guard | None = None) -> FastAPI:
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict[str, Any]:
-        return openapi_schema()
+        return openapi_schema(guard.error_format)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

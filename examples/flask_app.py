@@ -29,7 +29,8 @@ __all__ = ["app", "create_app"]
 def create_app(guard: Guard | None = None) -> Flask:
     """The example app guarded by ``guard`` (by default one built from the environment)."""
     app = Flask(__name__)
-    DistillGuard(guard if guard is not None else guard_from_env(), app)
+    guard = guard if guard is not None else guard_from_env()
+    DistillGuard(guard, app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -37,7 +38,7 @@ def create_app(guard: Guard | None = None) -> Flask:
 
     @app.get("/openapi.json")
     def openapi() -> dict[str, Any]:
-        return openapi_schema()
+        return openapi_schema(guard.error_format)
 
     @app.post("/v1/chat/completions")
     def chat_completions() -> Any:

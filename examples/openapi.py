@@ -136,17 +136,24 @@ _EVENT: dict[str, Any] = {
 }
 
 
-def _problem(description: str, *headers: str) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
+def _refusal(description: str, *headers: str, error_format: str = "problem") -> dict[str, Any]:
+    content = (
+        {"application/json": {"schema": _OPENAI_ERROR}}
+        if error_format == "openai"
+        else {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    )
+    out: dict[str, Any] = {"description": description, "content": content}
     out["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in (*headers, "X-Request-Id")}
     return out
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The example apps' OpenAPI document (a new dict each call)."""
+def openapi_schema(error_format: str = "problem") -> dict[str, Any]:
+    """The example apps' OpenAPI document (a new dict each call), the guard's refusals in its
+    ``error_format`` (``Guard.error_format``)."""
+
+    def _problem(description: str, *headers: str) -> dict[str, Any]:
+        return _refusal(description, *headers, error_format=error_format)
+
     bad_request = _problem("A malformed request (the guard) or an invalid chat request (the app).")
     bad_request["content"]["application/json"] = {"schema": _OPENAI_ERROR}
     return {

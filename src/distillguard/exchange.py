@@ -125,7 +125,7 @@ class Exchange:
         sampled (``TelemetryConfig.request_id_header``: what OpenAI's SDKs report as an
         error's ``request_id``, for support to find the span). The status is recorded."""
         assert decision.problem is not None
-        status, headers, body = decision.problem.render(decision.headers)
+        status, headers, body = decision.problem.render(decision.headers, self.guard.error_format)
         name = self.guard.telemetry.config.request_id_header
         trace_id = self.request_id
         if name and trace_id is not None:

@@ -58,7 +58,7 @@ import anyio
 
 from .asgi import _Disconnected, _read_body, _send_response, _TooLarge, refuse_handshake
 from .errors import ConfigurationError, UpstreamError
-from .problems import Problem
+from .problems import ERROR_FORMATS, ErrorFormat, Problem
 from .telemetry.config import check_header_name
 
 if TYPE_CHECKING:
@@ -138,6 +138,8 @@ class Gateway:
             gateway's own error answers (502, 504, 413), as on the guard's refusals
             (``TelemetryConfig.request_id_header``; :func:`gateway_app` passes the guard's);
             ``None``: none.
+        error_format: the shape of those answers (``"problem"`` or ``"openai"``; see
+            :class:`~distillguard.Guard`; :func:`gateway_app` passes the guard's).
         on_shutdown: called in a worker thread when the server shuts down (lifespan), after
             the connections to the upstream are closed: e.g. flushing telemetry exporters.
 
@@ -158,6 +160,7 @@ class Gateway:
         max_body_bytes: int = 1 << 20,
         verify: bool | str = True,
         request_id_header: str | None = "x-request-id",
+        error_format: ErrorFormat = "problem",
         on_shutdown: Sequence[Callable[[], object]] = (),
     ) -> None:
         try:
@@ -197,6 +200,9 @@ class Gateway:
                 raise ConfigurationError(f"cannot load the upstream CA bundle {verify!r}: {exc}") from None
         check_header_name(request_id_header, "request_id_header")
         self.request_id_header = request_id_header
+        if error_format not in ERROR_FORMATS:
+            raise ConfigurationError(f"error_format must be one of {', '.join(ERROR_FORMATS)}")
+        self.error_format: ErrorFormat = error_format
         self._extra = extra
         self._on_shutdown = tuple(on_shutdown)
         self._base = str(url.with_query(None).with_fragment(None)).rstrip("/")
@@ -275,7 +281,7 @@ class Gateway:
 
     async def _problem(self, scope: Any, send: Any, problem: Problem) -> None:
         """Answer with ``problem``, naming the request's trace as the guard's refusals do."""
-        status, headers, body = problem.render()
+        status, headers, body = problem.render(error_format=self.error_format)
         trace_id = scope.get("distillguard.request_id")
         if self.request_id_header and isinstance(trace_id, str):
             headers.append((self.request_id_header, trace_id))
@@ -353,10 +359,17 @@ class Gateway:
                 autoping=True,
             )
         except _TIMEOUTS:
-            await refuse_handshake(scope, send, Problem.upstream("upstream_timeout").render(), 1014)
+            await refuse_handshake(
+                scope, send, Problem.upstream("upstream_timeout").render(error_format=self.error_format), 1014
+            )
             return
         except aiohttp.ClientError:  # unreachable, or the upgrade refused
-            await refuse_handshake(scope, send, Problem.upstream("upstream_unavailable").render(), 1014)
+            await refuse_handshake(
+                scope,
+                send,
+                Problem.upstream("upstream_unavailable").render(error_format=self.error_format),
+                1014,
+            )
             return
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
@@ -383,6 +396,7 @@ def gateway_app(upstream: str | None = None, guard: Guard | None = None, **optio
     if guard is None:  # the gateway forwards WebSockets the guard has checked
         guard = guard_from_env(websockets="authenticate")
     options.setdefault("request_id_header", guard.telemetry.config.request_id_header)
+    options.setdefault("error_format", guard.error_format)  # the model server's errors' shape too
     # what the guard admits must also pass the gateway's own cap (1 MiB by default)
     options.setdefault("max_body_bytes", guard.max_body_bytes)
     proxy = Gateway(target, **options)

@@ -36,7 +36,7 @@ from .limiting.limiter import AsyncLimiter, Limiter
 from .limiting.outage import LimiterStats
 from .limiting.storage import hash_tag, is_memory
 from .policy import Policy
-from .problems import Problem
+from .problems import ERROR_FORMATS, ErrorFormat, Problem
 from .request import HTTP_TOKEN, GuardRequest
 from .risk import ClientStatus, RiskEngine
 from .telemetry import Telemetry, TelemetryConfig
@@ -106,6 +106,10 @@ class Guard:
             every chat and completion answer the guard lets through (JSON and streamed), so
             that a model distilled from them can be proven to be (``docs/watermark.md``); off
             in shadow mode.
+        error_format: how the guard's refusals are written: ``"problem"`` (RFC 9457
+            ``application/problem+json``, the default) or ``"openai"`` (OpenAI's
+            ``{"error": {"message", "type", "param", "code"}}``, as the model servers that
+            imitate its API answer their own errors). Same statuses, headers and ``code``.
 
     Example::
 
@@ -139,6 +143,7 @@ class Guard:
         websocket_token_protocol: str | None = None,
         clock: Callable[[], float] | None = None,
         watermark: Watermark | None = None,
+        error_format: ErrorFormat = "problem",
     ) -> None:
         if jwt is not None and not isinstance(jwt, JWTConfig):
             raise ConfigurationError("jwt must be a JWTConfig or None")
@@ -146,6 +151,9 @@ class Guard:
             raise ConfigurationError("max_body_bytes must be positive")
         if on_internal_error not in ("allow", "deny"):
             raise ConfigurationError("on_internal_error must be 'allow' or 'deny'")
+        if error_format not in ERROR_FORMATS:
+            raise ConfigurationError(f"error_format must be one of {', '.join(ERROR_FORMATS)}")
+        self.error_format: ErrorFormat = error_format
         if websockets not in ("pass", "authenticate"):
             raise ConfigurationError("websockets must be 'pass' or 'authenticate'")
         if websocket_token_protocol is not None and (

@@ -1,4 +1,7 @@
-"""RFC 9457 ``application/problem+json`` error responses, each with a stable ``code`` member.
+"""RFC 9457 ``application/problem+json`` error responses, each with a stable ``code`` member,
+or the same refusals in the error shape of OpenAI's API (``Guard(error_format="openai")``):
+``{"error": {"message", "type", "param", "code"}}`` as ``application/json``, which OpenAI's SDKs
+read into the exception they raise (``e.code``, ``e.message``, ``e.type``).
 
 Bodies never carry token contents, claim names or prompt text: one generic message per code.
 """
@@ -8,10 +11,22 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-__all__ = ["Problem"]
+__all__ = ["ERROR_FORMATS", "ErrorFormat", "Problem"]
 
 _PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
+
+ErrorFormat = Literal["problem", "openai"]
+"""How refusals are written: RFC 9457 problem details, or OpenAI's error object."""
+ERROR_FORMATS: tuple[ErrorFormat, ...] = ("problem", "openai")
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,13 +63,29 @@ class Problem:
         doc.update(self.extensions)
         return json.dumps(doc, separators=(",", ":")).encode()
 
+    def openai_body(self) -> bytes:
+        """The body in OpenAI's error shape: ``message`` the detail, ``type`` the kind of error
+        by status, ``code`` the stable code; the extension members beside them."""
+        error: dict[str, object] = {
+            "message": self.detail,
+            "type": _OPENAI_TYPES.get(
+                self.status, "server_error" if self.status >= 500 else "invalid_request_error"
+            ),
+            "param": None,
+            "code": self.code,
+        }
+        error.update(self.extensions)
+        return json.dumps({"error": error}, separators=(",", ":")).encode()
+
     def render(
-        self, extra_headers: Sequence[tuple[str, str]] = ()
+        self, extra_headers: Sequence[tuple[str, str]] = (), error_format: ErrorFormat = "problem"
     ) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Return ``(status, headers, body)`` with ``Content-Type`` and ``Content-Length`` set."""
-        body = self.body()
+        """Return ``(status, headers, body)`` with ``Content-Type`` and ``Content-Length`` set,
+        in ``error_format``."""
+        openai = error_format == "openai"
+        body = self.openai_body() if openai else self.body()
         headers = [
-            ("content-type", "application/problem+json"),
+            ("content-type", "application/json" if openai else "application/problem+json"),
             ("content-length", str(len(body))),
             ("cache-control", "no-store"),
             *self.headers,

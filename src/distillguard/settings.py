@@ -166,6 +166,7 @@ class Settings:
         auth_failures: :attr:`LimitConfig.auth_failures`.
         client_hash_key: the key of the client-id hash on spans (empty: unkeyed).
         refund_server_errors: :attr:`LimitConfig.refund_server_errors`.
+        error_format: how refusals are written (``Guard(error_format=...)``).
         request_log: the file a :class:`~distillguard.request_log.RequestLog` records the
             requests in (empty: none; ``{pid}`` is replaced by the process id).
         request_log_sample: the share of clients it records.
@@ -202,6 +203,7 @@ class Settings:
     risk: tuple[tuple[str, Any], ...] = ()
     client_hash_key: str = field(default="", repr=False)
     refund_server_errors: bool = False
+    error_format: str = "problem"
     request_log: str = ""
     request_log_sample: float = 1.0
     dev_defaults: tuple[str, ...] = ()
@@ -280,6 +282,7 @@ class Settings:
             "telemetry": TelemetryConfig(hash_key=self.client_hash_key.encode()),
             "watermark": Watermark(self.watermark_key) if self.watermark_key else None,
             "on_decision": self.request_recorder(),
+            "error_format": self.error_format,
         }
 
     def request_recorder(self) -> RequestLog | None:
@@ -309,6 +312,13 @@ def _bool(name: str, raw: str) -> bool:
     if value in _FALSE:
         return False
     raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def _error_format(raw: str | None) -> str:
+    value = (raw or "problem").strip().lower()
+    if value not in ("problem", "openai"):
+        raise ConfigurationError(f"DISTILLGUARD_ERROR_FORMAT must be problem or openai, got {raw!r}")
+    return value
 
 
 def _share(name: str, raw: str) -> float:
@@ -515,6 +525,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         refund_server_errors=_bool(_PREFIX + "REFUND_SERVER_ERRORS", refund)
         if (refund := get("REFUND_SERVER_ERRORS"))
         else False,
+        error_format=_error_format(get("ERROR_FORMAT")),
         request_log=get("REQUEST_LOG") or "",
         request_log_sample=_share(_PREFIX + "REQUEST_LOG_SAMPLE", sample)
         if (sample := get("REQUEST_LOG_SAMPLE"))

@@ -87,11 +87,14 @@ def test_every_answer_conforms_to_the_schema(kind: str, mode: GenerationMode) ->
     assert statuses == ({200} if mode is GenerationMode.POSITIVE else {200, 400, 401}), statuses
 
 
+@pytest.mark.parametrize("error_format", ["problem", "openai"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_guards_refusals_conform_to_the_schema(kind: str) -> None:
+def test_the_guards_refusals_conform_to_the_schema(kind: str, error_format: str) -> None:
     """Tight limits and a small body cap: 429 (with ``Retry-After``) and 413 problems, and the
-    ``request_over_quota`` 429 of a request over the whole window (``n`` > 3), conform too."""
-    schema = _schema(kind, {**ENV, "DISTILLGUARD_LIMITS": "3/minute"}, max_body_bytes=400)
+    ``request_over_quota`` 429 of a request over the whole window (``n`` > 3), conform too, in
+    either error format (the document follows the guard's)."""
+    environ = {**ENV, "DISTILLGUARD_LIMITS": "3/minute", "DISTILLGUARD_ERROR_FORMAT": error_format}
+    schema = _schema(kind, environ, max_body_bytes=400)
     headers = {"Authorization": f"Bearer {_token()}"}
     codes: set[str] = set()
 
@@ -101,7 +104,8 @@ def test_the_guards_refusals_conform_to_the_schema(kind: str) -> None:
         response = case.call(headers=headers)
         assert response.status_code in (200, 413, 429), response.text
         if response.status_code != 200:
-            codes.add(response.json()["code"])
+            doc = response.json()
+            codes.add(doc["error"]["code"] if error_format == "openai" else doc["code"])
         # a valid request refused by policy is the point here
         case.validate_response(
             response, headers=headers, excluded_checks=[schemathesis.checks.positive_data_acceptance]
@@ -112,7 +116,8 @@ def test_the_guards_refusals_conform_to_the_schema(kind: str) -> None:
         body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 4}
     )
     response = over.call(headers=headers)
-    codes.add(response.json()["code"])
+    doc = response.json()
+    codes.add(doc["error"]["code"] if error_format == "openai" else doc["code"])
     over.validate_response(
         response, headers=headers, excluded_checks=[schemathesis.checks.positive_data_acceptance]
     )

@@ -871,6 +871,21 @@ def test_the_command_records_a_request_log_to_replay(model: tuple[ModelServer, s
     assert len(list(read_log(text.splitlines(), stats))) == 3 and stats.malformed.count == 0
 
 
+def test_the_command_answers_in_openai_error_shape() -> None:
+    """``DISTILLGUARD_ERROR_FORMAT=openai``: the guard's 401 and the gateway's own 502 (a model
+    server that does not answer) come as OpenAI's error object, with their stable codes."""
+    with gateway_command(f"http://127.0.0.1:{free_port()}", ERROR_FORMAT="openai", DETECTORS="") as (port, _):
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        refused = httpx.post(url, content=CHAT)
+        assert refused.status_code == 401 and refused.headers["content-type"] == "application/json"
+        assert refused.json()["error"]["code"] == "missing_token"
+        failed = httpx.post(
+            url, content=CHAT, headers={"authorization": f"Bearer {make_token(**DEV_TOKEN_CLAIMS)}"}
+        )
+        assert failed.status_code == 502 and failed.json()["error"]["code"] == "upstream_unavailable"
+        assert failed.json()["error"]["type"] == "server_error"
+
+
 def test_several_workers_need_a_request_log_each() -> None:
     """``--workers 2`` with one ``DISTILLGUARD_REQUEST_LOG`` file for all stops at once (status
     2): each worker must write its own (``{pid}`` in the name)."""

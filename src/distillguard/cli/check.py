@@ -101,6 +101,7 @@ def _summary(settings: Any, guard: Any) -> dict[str, Any]:
         "shadow": guard.policy.shadow,
         "watermark": guard.watermark is not None,
         "client_hash": "keyed" if guard.telemetry.config.hash_key else "unkeyed",
+        "error_format": guard.error_format,
         "request_log": f"{settings.request_log} (sample {settings.request_log_sample:g})"
         if settings.request_log
         else None,
