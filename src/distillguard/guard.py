@@ -341,6 +341,7 @@ class Guard:
         tenant: str | None = None,
         path: str | None = None,
         model: str | None = None,
+        limits: str | None = None,
     ) -> tuple[WindowUsage, ...]:
         """How much of each of its limit windows a client has used: its tier's windows, its
         tenant's, and those of every rule that applies (request, token and spend budgets).
@@ -354,11 +355,13 @@ class Guard:
             path: the rules of this route only (``None``: of every route).
             model: the model, for the rules that count each of their named models apart
                 (``None``: those rules are left out).
+            limits: its own windows, when its token or API key gives it some
+                (:attr:`~distillguard.Identity.limits`).
 
         Raises:
             StateError: the limit storage did not answer.
         """
-        identity = Identity(client_id=client_id, tier=tier, tenant=tenant)
+        identity = Identity(client_id=client_id, tier=tier, tenant=tenant, limits=limits)
         return self._run_once(flow_usage(self, identity, path, model, self.clock()))
 
     async def ausage(
@@ -369,9 +372,10 @@ class Guard:
         tenant: str | None = None,
         path: str | None = None,
         model: str | None = None,
+        limits: str | None = None,
     ) -> tuple[WindowUsage, ...]:
         """:meth:`usage`, awaiting the storage (on the running event loop's connections)."""
-        identity = Identity(client_id=client_id, tier=tier, tenant=tenant)
+        identity = Identity(client_id=client_id, tier=tier, tenant=tenant, limits=limits)
         return await self._arun_once(flow_usage(self, identity, path, model, self.clock()))
 
     def _run_once(self, flow: Generator[Any, object, _T]) -> _T:

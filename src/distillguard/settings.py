@@ -167,6 +167,7 @@ class Settings:
         client_hash_key: the key of the client-id hash on spans (empty: unkeyed).
         refund_server_errors: :attr:`LimitConfig.refund_server_errors`.
         error_format: how refusals are written (``Guard(error_format=...)``).
+        limits_claim: :attr:`JWTConfig.limits_claim` (empty: none).
         request_log: the file a :class:`~distillguard.request_log.RequestLog` records the
             requests in (empty: none; ``{pid}`` is replaced by the process id).
         request_log_sample: the share of clients it records.
@@ -204,6 +205,7 @@ class Settings:
     client_hash_key: str = field(default="", repr=False)
     refund_server_errors: bool = False
     error_format: str = "problem"
+    limits_claim: str = ""
     request_log: str = ""
     request_log_sample: float = 1.0
     dev_defaults: tuple[str, ...] = ()
@@ -224,6 +226,7 @@ class Settings:
             "algorithms": algorithms,
             "issuer": self.jwt_issuer,
             "audience": self.jwt_audience,
+            "limits_claim": self.limits_claim or None,
         }
         if self.jwks_url:
             return JWTConfig(key_resolver=JWKSKeys(self.jwks_url, algorithms=algorithms), **common)
@@ -526,6 +529,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         if (refund := get("REFUND_SERVER_ERRORS"))
         else False,
         error_format=_error_format(get("ERROR_FORMAT")),
+        limits_claim=(get("LIMITS_CLAIM") or "").strip(),
         request_log=get("REQUEST_LOG") or "",
         request_log_sample=_share(_PREFIX + "REQUEST_LOG_SAMPLE", sample)
         if (sample := get("REQUEST_LOG_SAMPLE"))

@@ -557,3 +557,16 @@ def test_refund_server_errors_setting_reaches_the_limits() -> None:
     assert on.plan.config.refund_server_errors is True
     with pytest.raises(ConfigurationError, match="DISTILLGUARD_REFUND_SERVER_ERRORS"):
         settings_from_env({**ENV, "DISTILLGUARD_REFUND_SERVER_ERRORS": "perhaps"})
+
+
+def test_the_limits_claim_setting_reaches_the_verifier() -> None:
+    guard = guard_from_env({**ENV, "DISTILLGUARD_LIMITS_CLAIM": "rate_limit"})
+    assert guard.verifier is not None
+    token = make_token(
+        key=ENV["DISTILLGUARD_JWT_SECRET"],
+        iss=ENV["DISTILLGUARD_JWT_ISSUER"],
+        aud=ENV["DISTILLGUARD_JWT_AUDIENCE"],
+        rate_limit="5/minute",
+    )
+    assert guard.verifier.verify(token).limits == "5/minute"
+    assert guard_from_env(ENV).verifier.verify(token).limits is None  # type: ignore[union-attr]

@@ -74,3 +74,20 @@ def recorded(path: str) -> Guard:
 
     log = RequestLog(f"{path}/requests-{{pid}}.jsonl", sample=0.5, served_only=True, max_bytes=1 << 30)
     return Guard(jwt=None, on_decision=log)
+
+
+def contract_key() -> Guard:
+    """An API key carrying a customer's own windows."""
+    from distillguard import APIKey, APIKeys
+
+    keys = APIKeys(
+        keys={APIKeys.digest("sk-acme"): APIKey(client_id="acme", tier="pro", limits="600/minute")}
+    )
+    jwt = JWTConfig(
+        algorithms=["HS256"],
+        key="typing-test-secret-0123456789abcdef",
+        issuer="https://idp",
+        audience="api",
+        limits_claim="rate_limit",
+    )
+    return Guard(jwt=jwt, api_keys=keys, error_format="openai")

@@ -42,6 +42,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tier", default="default", help="the client's tier: which windows it has")
     parser.add_argument("--path", help="the rules of this route only (default: of every route)")
     parser.add_argument("--model", help="also the rules that count this model apart")
+    parser.add_argument("--limits", help="the client's own windows, when its token or API key sets them")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(func=run)
 
@@ -55,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
     status = guard.status(args.client, tenant=args.tenant)
     try:
         windows = guard.usage(
-            args.client, tier=args.tier, tenant=args.tenant, path=args.path, model=args.model
+            args.client,
+            tier=args.tier,
+            tenant=args.tenant,
+            path=args.path,
+            model=args.model,
+            limits=args.limits,
         )
     except StateError:
         windows = None

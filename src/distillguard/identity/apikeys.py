@@ -42,16 +42,24 @@ class APIKey:
         tier: the client's tier (its limits and detection mode).
         tenant: the organisation it belongs to (tenant limits, campaign grouping), if any.
         scopes: the scopes the key grants.
+        limits: the client's own windows (``limits`` notation) in place of its tier's, e.g. a
+            customer's contract; ``None``: its tier's.
     """
 
     client_id: str
     tier: str = "default"
     tenant: str | None = None
     scopes: Sequence[str] = ()
+    limits: str | None = None
 
     def __post_init__(self) -> None:
         if not self.client_id or not self.tier:
             raise ConfigurationError("an API key needs a client_id and a tier")
+        if self.limits is not None:
+            from ..limiting.config import parse_limits  # (the limiting package needs this one)
+
+            if not parse_limits(self.limits):  # a ConfigurationError names what is wrong
+                raise ConfigurationError("an API key's 'limits' must name at least one window")
         if isinstance(self.scopes, str):
             raise ConfigurationError("APIKey.scopes must be a list of scopes")
 
@@ -91,7 +99,11 @@ class APIKeys:
             raise ConfigurationError("APIKeys.required_scopes must be a list")
         identities = {
             digest: Identity(
-                client_id=key.client_id, tier=key.tier, tenant=key.tenant, scopes=frozenset(key.scopes)
+                client_id=key.client_id,
+                tier=key.tier,
+                tenant=key.tenant,
+                scopes=frozenset(key.scopes),
+                limits=key.limits,
             )
             for digest, key in self.keys.items()
         }
@@ -105,8 +117,8 @@ class APIKeys:
     @classmethod
     def from_file(cls, path: str | Path) -> APIKeys:
         """Read keys from a JSON file: ``{"<sha256 hex>": {"client": "acme-batch", "tier":
-        "pro", "tenant": "acme", "scopes": ["chat"]}}`` (``tier``, ``tenant`` and ``scopes``
-        optional).
+        "pro", "tenant": "acme", "scopes": ["chat"], "limits": "600/minute"}}`` (``tier``,
+        ``tenant``, ``scopes`` and ``limits`` optional).
 
         Raises:
             ConfigurationError: when the file cannot be read or is not of that shape.
@@ -128,6 +140,7 @@ class APIKeys:
                 tier=str(entry.get("tier", "default")),
                 tenant=entry.get("tenant") if isinstance(entry.get("tenant"), str) else None,
                 scopes=tuple(_strings(entry.get("scopes", []))),
+                limits=_limits(entry.get("limits")),
             )
         return cls(keys=keys)
 
@@ -191,4 +204,12 @@ class APIKeyVerifier:
 def _strings(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigurationError("API key scopes must be a list of strings")
+    return value
+
+
+def _limits(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError("an API key's 'limits' must be a string such as '600/minute'")
     return value

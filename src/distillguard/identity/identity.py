@@ -19,6 +19,9 @@ class Identity:
         tier: the configured tier claim (``tier`` by default), or the default tier.
         scopes: the token's scopes (``scope`` as a space-separated string, or ``scp`` as a list).
         tenant: the tenant the client belongs to (the issuer by default).
+        limits: the client's own windows (``limits`` notation, e.g. ``"600/minute;20000/day"``)
+            in place of its tier's, from the token's ``JWTConfig.limits_claim`` or its API key;
+            ``None``: its tier's.
         expires_at: the token's ``exp`` (unix seconds), or ``None`` for anonymous clients.
         claims: the verified claims, for the app; distillguard never exports them.
         anonymous: whether the client was identified by address rather than a token.
@@ -28,6 +31,7 @@ class Identity:
     tier: str = "default"
     scopes: frozenset[str] = frozenset()
     tenant: str | None = None
+    limits: str | None = None
     expires_at: float | None = None
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     anonymous: bool = False

@@ -92,6 +92,10 @@ class JWTConfig:
         tier_claim: the claim naming the client's tier; missing means ``default_tier``.
         default_tier: the tier of tokens without a tier claim.
         tenant_claim: the claim naming the client's tenant (the issuer by default).
+        limits_claim: the claim holding the client's own windows (``limits`` notation, e.g.
+            ``"600/minute;20000/day"``) in place of its tier's: a customer's contract set by the
+            identity provider. ``None`` (the default): the tier decides. A value that is not
+            valid notation leaves the client on its tier's windows (and is logged).
         required_scopes: scopes every guarded request needs (403 ``insufficient_scope``).
         route_scopes: extra scopes by path prefix, e.g. ``{"/v1/embeddings": ("embed",)}``.
         strict_aud: require ``aud`` to be a single string equal to the audience.
@@ -112,6 +116,7 @@ class JWTConfig:
     tier_claim: str = "tier"
     default_tier: str = "default"
     tenant_claim: str = "iss"
+    limits_claim: str | None = None
     required_scopes: Sequence[str] = ()
     route_scopes: Mapping[str, Sequence[str]] = field(default_factory=dict)
     strict_aud: bool = False
@@ -356,6 +361,7 @@ class JWTVerifier:
             raise AuthenticationError("identity_claim")
         tier = claims.get(config.tier_claim)
         tenant = claims.get(config.tenant_claim)
+        limits = claims.get(config.limits_claim) if config.limits_claim else None
         exp = claims.get("exp")
         share = self._share
         return Identity(
@@ -365,6 +371,7 @@ class JWTVerifier:
             tenant=share(str(tenant))
             if isinstance(tenant, (str, int)) and not isinstance(tenant, bool)
             else None,
+            limits=share(limits) if isinstance(limits, str) and 0 < len(limits) <= 256 else None,
             expires_at=float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None,
             claims=kept,
         )

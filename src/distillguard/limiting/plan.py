@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 from limits import RateLimitItem
 
+from ..errors import ConfigurationError
 from ..identity import Identity
 from ..query import Query
 from ..request import address_key
@@ -16,6 +18,8 @@ from .storage import hash_tag, is_cluster, is_memory
 from .tokens import TokenEstimate, estimate_tokens
 
 __all__ = ["LimitCheck", "LimitOutcome", "LimitPlan", "WindowUsage", "policy_name"]
+
+logger = logging.getLogger("distillguard")
 
 
 def policy_name(item: RateLimitItem) -> str:
@@ -148,7 +152,8 @@ class LimitPlan:
         self.cluster = is_cluster(config.storage_uri)
         self._default = self._compile(parse_limits(config.default))
         self._tiers = {tier: self._compile(parse_limits(text)) for tier, text in config.tiers.items()}
-        self._cache: dict[tuple[str, str], tuple[LimitCheck, ...]] = {}
+        self._cache: dict[tuple[str, str, str | None], tuple[LimitCheck, ...]] = {}
+        self._owns: dict[str, tuple[tuple[str, RateLimitItem], ...] | None] = {}
         self._tenant = self._compile(parse_limits(config.tenant))
         self._auth = self._compile(parse_limits(config.auth_failures))
         self._rules = tuple(
@@ -178,7 +183,7 @@ class LimitPlan:
         request's :func:`~distillguard.limiting.tokens.estimate_tokens`). Request windows
         charge the request's :meth:`weight`."""
         owner = self.owner(identity)
-        checks = self._client_checks(identity.tier, owner)
+        checks = self._client_checks(identity, owner)
         weight = self.weight(query)
         if weight > 1:
             checks = tuple(replace(c, cost=weight) for c in checks)
@@ -238,7 +243,7 @@ class LimitPlan:
         ``path=None`` takes the rules of every route; a rule of named models counts each model
         apart, so it is read only for a ``model`` it names."""
         owner = self.owner(identity)
-        found = [replace(c, cost=0) for c in self._client_checks(identity.tier, owner)]
+        found = [replace(c, cost=0) for c in self._client_checks(identity, owner)]
         found.extend(self._tenant_checks(identity, 0))
         for compiled in self._rules:
             rule = compiled.rule
@@ -261,24 +266,47 @@ class LimitPlan:
             )
         return tuple(found)
 
-    def _client_checks(self, tier: str, owner: str) -> tuple[LimitCheck, ...]:
-        """The windows of ``tier`` on ``owner``'s counters (cached: bounded, since rotating
-        identities must not grow it)."""
-        cache_key = (tier, owner)
+    def _client_checks(self, identity: Identity, owner: str) -> tuple[LimitCheck, ...]:
+        """The windows of ``identity`` (its own ``limits``, else its tier's) on ``owner``'s
+        counters (cached: bounded, since rotating identities must not grow it)."""
+        tier, limits = identity.tier, identity.limits
+        cache_key = (tier, owner, limits)
         checks = self._cache.get(cache_key)
         if checks is None:
             key: tuple[str, ...] = ("c", _part(tier), _part(owner))
             if self.cluster:
                 key = (hash_tag(owner), *key)
             strategy, headers = self.config.strategy, self.config.headers
+            windows = self._own(limits) if limits is not None else None
             checks = tuple(
                 LimitCheck(policy=name, item=item, key=key, headers=headers, strategy=strategy)
-                for name, item in self._tiers.get(tier, self._default)
+                for name, item in (windows or self._tiers.get(tier, self._default))
             )
             if len(self._cache) >= 4096:
                 self._cache.clear()
             self._cache[cache_key] = checks
         return checks
+
+    def _own(self, limits: str) -> tuple[tuple[str, RateLimitItem], ...] | None:
+        """A client's own windows, parsed once (``None`` for notation that does not parse, or
+        names no window: the client keeps its tier's, and it is logged once)."""
+        if limits in self._owns:
+            return self._owns[limits]
+        try:
+            windows: tuple[tuple[str, RateLimitItem], ...] | None = (
+                self._compile(parse_limits(limits)) or None
+            )
+        except ConfigurationError:
+            windows = None
+        if windows is None:
+            logger.warning(
+                "distillguard: a client's own limits are not valid notation; its tier's apply (%.40r)",
+                limits,
+            )
+        if len(self._owns) >= 1024:  # bounded: the values come from tokens
+            self._owns.clear()
+        self._owns[limits] = windows
+        return windows
 
     def _tenant_checks(self, identity: Identity, weight: int) -> tuple[LimitCheck, ...]:
         """The tenant's aggregate windows (none without a tenant)."""
