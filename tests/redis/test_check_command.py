@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +30,11 @@ def check(capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]
 
 
 def test_a_sound_configuration_passes_and_shows_no_secret(
-    env: Any, capsys: pytest.CaptureFixture[str], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    env: Any,
+    capsys: pytest.CaptureFixture[str],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:otlp-secret@collector:4318")
@@ -44,6 +49,11 @@ def test_a_sound_configuration_passes_and_shows_no_secret(
         ' "prices": {"*": {"input": 1, "output": 4}}}]',
         CONCURRENCY="4",
         AUTH_FAILURES="20/minute",
+        LIMITS_CLAIM="rate_limit",
+        ERROR_FORMAT="openai",
+        REFUND_SERVER_ERRORS="true",
+        REQUEST_LOG=str(tmp_path / "requests-{pid}.jsonl"),
+        REQUEST_LOG_SAMPLE="0.25",
     )
     status, doc, text = check(capsys)
     assert status == 0 and doc["ok"] is True
@@ -59,6 +69,9 @@ def test_a_sound_configuration_passes_and_shows_no_secret(
     assert settings["thresholds"] == "the detectors' own"
     assert settings["client_hash"] == "unkeyed" and settings["risk"] == "the defaults"
     assert settings["otlp"] == "http://user:***@collector:4318"
+    assert settings["jwt"]["limits_claim"] == "rate_limit" and settings["error_format"] == "openai"
+    assert settings["limits"]["refund_server_errors"] is True
+    assert settings["request_log"] == f"{tmp_path}/requests-{{pid}}.jsonl (sample 0.25)"
     assert SECRET not in text and WATERMARK not in text and "otlp-secret" not in text
 
 

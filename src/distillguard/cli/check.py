@@ -80,6 +80,7 @@ def _summary(settings: Any, guard: Any) -> dict[str, Any]:
             "algorithms": list(settings.algorithms),
             "issuer": settings.jwt_issuer,
             "audience": settings.jwt_audience,
+            "limits_claim": settings.limits_claim or None,
         },
         "api_keys": len(keys.keys) if isinstance(keys := guard.verifier, APIKeyVerifier) else 0,
         "limits": {
