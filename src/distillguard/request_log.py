@@ -164,7 +164,6 @@ class RequestLog:
         self._closed = False
         self._lines: deque[str] = deque()
         self._writer: _Writer | None = None
-        self._file: _File | None = None
         _check_writable(self.path)  # fail at construction, not at the first request
         atexit.register(self.close)
 
