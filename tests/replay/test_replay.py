@@ -235,3 +235,34 @@ def test_parallel_replay_gives_the_same_report(tmp_path: Path) -> None:
     ):
         assert a["summary"][key] == b["summary"][key]
     assert b["summary"]["malformed"]["count"] == 1
+
+
+def test_several_logs_are_replayed_as_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The files of several workers (one gzip-compressed) replay, in one process or two, and
+    calibrate exactly as their concatenation; a missing file or standard input among files
+    stops the command (status 2) before anything is read."""
+    import gzip
+
+    log = tmp_path / "all.jsonl"
+    lines = small_log(log)
+    half = len(lines) // 2
+    first, second = tmp_path / "w1.jsonl", tmp_path / "w2.jsonl.gz"
+    first.write_text("\n".join(lines[:half]) + "\n")
+    second.write_bytes(gzip.compress(("\n".join(lines[half:]) + "\n").encode()))
+    whole, parts, sharded = tmp_path / "whole.json", tmp_path / "parts.json", tmp_path / "sharded.json"
+    common = ["--quiet", "--detectors", STANDIN]
+    assert main(["replay", str(log), "--json", str(whole), *common]) == 0
+    assert main(["replay", str(first), str(second), "--json", str(parts), *common]) == 0
+    assert main(["replay", str(first), str(second), "--json", str(sharded), *common, "--jobs", "2"]) == 0
+    a, b, c = (json.loads(p.read_text()) for p in (whole, parts, sharded))
+    assert a["clients"] == b["clients"] == c["clients"] and any(e["flagged"] for e in a["clients"])
+    assert a["summary"]["lines"] == b["summary"]["lines"] == len(lines)
+    one, two = tmp_path / "t1.json", tmp_path / "t2.json"
+    assert main(["calibrate", str(log), "--out", str(one), *common]) == 0
+    assert main(["calibrate", str(first), str(second), "--out", str(two), *common]) == 0
+    assert json.loads(one.read_text())["thresholds"] == json.loads(two.read_text())["thresholds"]
+    capsys.readouterr()
+    assert main(["replay", str(first), str(tmp_path / "missing.jsonl"), "--json", str(parts), *common]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["replay", str(first), "-", "--json", str(parts), *common]) == 2
+    assert "standard input" in capsys.readouterr().err

@@ -35,7 +35,11 @@ def register(subparsers: Any) -> None:
         "detector's highest score per client-window as its benign null, and write thresholds at a "
         "percentile of that null.",
     )
-    parser.add_argument("log", help="the benign request log (JSON lines), or - for standard input")
+    parser.add_argument(
+        "log",
+        nargs="+",
+        help="the benign request log (JSON lines; several files are read as one), or - for standard input",
+    )
     parser.add_argument("--out", required=True, metavar="PATH", help="the thresholds file to write")
     parser.add_argument(
         "--percentile", type=float, default=99.9, help="percentile of the null (default 99.9)"
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"distillguard calibrate: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"distillguard calibrate: cannot read {args.log}: {exc}", file=sys.stderr)
+        print(f"distillguard calibrate: cannot read {' '.join(args.log)}: {exc}", file=sys.stderr)
         return 2
     try:
         thresholds.save(args.out)

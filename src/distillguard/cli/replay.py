@@ -158,7 +158,12 @@ def register(subparsers: Any) -> None:
         description="Replay a JSON-lines request log (ts, client, path, body per line) through the "
         "same detectors and policy as the middleware, and write a JSON and/or HTML report.",
     )
-    parser.add_argument("log", help="the request log (JSON lines), or - for standard input")
+    parser.add_argument(
+        "log",
+        nargs="+",
+        help="the request log (JSON lines; several files, e.g. one per worker, are read as one), "
+        "or - for standard input",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the JSON report here")
     parser.add_argument("--html", metavar="PATH", help="write the HTML report here")
     parser.add_argument(
@@ -205,11 +210,11 @@ def run(args: argparse.Namespace) -> int:
     if not outputs_ok("replay", (args.json, args.html)):
         return 2
     try:
-        if args.jobs > 1 and args.log != "-":
+        if args.jobs > 1 and args.log != ["-"]:
             with open_log(args):  # fail here, not in every worker
                 pass
             spec = ShardSpec(
-                path=args.log,
+                path=tuple(args.log),
                 detectors=_names(args.detectors),
                 thresholds=thresholds,
                 flag=args.flag,
@@ -226,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
             with open_log(args) as lines:
                 result = engine.run(lines, routes_of(args), max_line_bytes=args.max_line_bytes)
     except OSError as exc:
-        print(f"distillguard replay: cannot read {args.log}: {exc}", file=sys.stderr)
+        print(f"distillguard replay: cannot read {' '.join(args.log)}: {exc}", file=sys.stderr)
         return 2
     report = build_report(result)
     summary = report["summary"]

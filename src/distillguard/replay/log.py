@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
@@ -406,16 +406,35 @@ def _decompressed(stream: io.BufferedReader) -> io.BufferedIOBase:
 
 @contextmanager
 def open_log(
-    path: str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    path: str | Sequence[str], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> Iterator[Iterator[str | Oversized]]:
     """The lines of the log at ``path`` (``-`` is standard input), read by :func:`read_lines`;
-    gzip input (recognised by its magic bytes, whatever the file name) is decompressed.
+    gzip input (recognised by its magic bytes, whatever the file name) is decompressed. Several
+    paths (the files of several workers, say) are read one after the other, as one log: line
+    numbers count on across them, and their lines out of time order are handled as such.
 
     Raises:
-        OSError: when the log cannot be opened or read.
+        OSError: when a log cannot be opened or read (every file is opened once first, so a
+            missing one fails here, not after the others were read).
     """
-    if path == "-":
+    paths = [path] if isinstance(path, str) else list(path)
+    if paths == ["-"]:
         yield read_lines(_decompressed(_peekable(sys.stdin.buffer)), max_line_bytes)
         return
-    with open(path, "rb") as handle, _decompressed(handle) as stream:
-        yield read_lines(stream, max_line_bytes)
+    if "-" in paths or not paths:
+        raise OSError("standard input (-) is read alone, not with files")
+    for each in paths:
+        with open(each, "rb"):
+            pass
+    if len(paths) == 1:
+        with open(paths[0], "rb") as handle, _decompressed(handle) as stream:
+            yield read_lines(stream, max_line_bytes)
+        return
+    yield _chained(paths, max_line_bytes)
+
+
+def _chained(paths: Sequence[str], max_line_bytes: int) -> Iterator[str | Oversized]:
+    """The lines of each file of ``paths`` in turn (each opened when its turn comes)."""
+    for each in paths:
+        with open(each, "rb") as handle, _decompressed(handle) as stream:
+            yield from read_lines(stream, max_line_bytes)

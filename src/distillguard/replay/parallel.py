@@ -34,7 +34,7 @@ class ShardSpec:
     """What a worker needs to build its guard and pick its clients (picklable).
 
     Attributes:
-        path: the log file.
+        path: the log file, or its files (read as one log).
         detectors: detector names (``None``: the default set).
         thresholds: calibrated per-detector thresholds.
         flag: the risk at which a client is flagged.
@@ -44,7 +44,7 @@ class ShardSpec:
         max_line_bytes: longer lines are skipped as oversized.
     """
 
-    path: str
+    path: str | tuple[str, ...]
     detectors: Sequence[str] | None
     thresholds: Mapping[str, float] | None
     flag: float
