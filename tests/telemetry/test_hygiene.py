@@ -266,3 +266,29 @@ def test_bad_configuration_fails_fast(options: dict[str, Any]) -> None:
     """Too-small caps and an over-long hash key raise ``ConfigurationError`` at construction."""
     with pytest.raises(ConfigurationError):
         TelemetryConfig(**options)
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+@pytest.mark.parametrize("hashed", [True, False])
+def test_claims_with_lone_surrogates_still_give_an_exportable_span(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter, kind: str, hashed: bool
+) -> None:
+    """A token whose ``sub`` and ``tier`` hold lone surrogates (valid JSON escapes): the request
+    is served and its span recorded, with a hash of the exact id or the id with ``?`` in place
+    of the surrogate, and the span encodes for OTLP (an exporter that met invalid UTF-8 would
+    drop the whole batch)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from tests.limiting.apps import Harness, chat_body as limit_body
+
+    guard = guard_factory(telemetry=TelemetryConfig(hash_identifiers=hashed))
+    h = Harness(kind, guard)
+    try:
+        assert h.call(limit_body(), token=make_token(sub="bad\ud800id", tier="t\udfffx"))[0] == 200
+    finally:
+        h.close()
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "distillguard.guard"]
+    attributes = dict(span.attributes or {})
+    assert attributes[ATTR_CLIENT_ID] == (hash_identifier("bad\ud800id") if hashed else "bad?id")
+    assert attributes["distillguard.client.tier"] == "t?x"
+    assert encode_spans([span]).SerializeToString()

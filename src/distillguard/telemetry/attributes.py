@@ -34,9 +34,18 @@ class AttributeBuilder:
         self._ids: dict[str, str] = {}
 
     def cap(self, value: str) -> str:
-        """``value`` cut to ``max_attribute_length``."""
+        """``value`` cut to ``max_attribute_length``, and valid UTF-8: a lone surrogate (valid
+        JSON in a token's claim) becomes ``?``, since an exporter that meets one drops the
+        whole batch it is in."""
         limit = self._limit
-        return value if len(value) <= limit else value[:limit]
+        if len(value) > limit:
+            value = value[:limit]
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
 
     def strings(self, values: tuple[str, ...]) -> list[str]:
         """At most 32 of ``values``, each capped."""
