@@ -109,3 +109,17 @@ def test_the_environment_reads_an_api_keys_file(tmp_path: Path) -> None:
     path.write_text(json.dumps({APIKeys.digest(KEY): {"client": "acme-batch", "tier": "pro"}}))
     guard = guard_from_env({**ENV, "DISTILLGUARD_API_KEYS_FILE": str(path)})
     assert guard.verifier is not None and guard.verifier.verify(KEY).client_id == "acme-batch"
+
+
+def test_a_key_whose_client_is_no_text_is_refused_at_construction() -> None:
+    """A lone surrogate (valid JSON in a keys file) cannot name counters in Redis."""
+    from distillguard import APIKey
+    from distillguard.errors import ConfigurationError
+
+    for fields in (
+        {"client_id": "a\ud800"},
+        {"client_id": "a", "tier": "t\udfff"},
+        {"client_id": "a", "tenant": "\ud800"},
+    ):
+        with pytest.raises(ConfigurationError, match="valid text"):
+            APIKey(**fields)  # type: ignore[arg-type]

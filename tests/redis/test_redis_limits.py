@@ -164,6 +164,24 @@ def test_server_errors_are_refunded_on_redis(
     assert held == "2"
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_an_identity_that_is_no_text_never_reaches_redis(
+    redis_server: RedisServer, tracer_provider: Any, kind: str
+) -> None:
+    """A ``sub`` holding a lone surrogate (valid JSON) would name keys Redis refuses: before,
+    its requests failed on the storage and opened the circuit breaker, putting every client of
+    the replica on the local fallback. It is refused with 401 before any window, and the next
+    client is still counted on Redis."""
+    g = guard(tracer_provider, redis_server.url, default="5/minute")
+    h = Harness(kind, g)
+    bad = make_token(sub="bad\ud800id")
+    assert [h.call(chat_body(), token=bad)[0] for _ in range(4)] == [401] * 4
+    assert h.call(chat_body())[0] == 200
+    stats = g.limiter_stats.snapshot()
+    assert stats["storage_errors"] == 0 and stats["breaker_opened"] == 0 and stats["local_fallback"] == 0
+    assert redis_server.cli("LLEN", "dg:LIMITER/c/default/client-1/5/1/minute").strip() == "1"
+
+
 def test_moving_window_refund_on_redis(redis_server: RedisServer, tracer_provider: Any) -> None:
     """A refused request refunds the moving window it was already charged on (newest entries
     popped): the list holds exactly the admitted requests."""

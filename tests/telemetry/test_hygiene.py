@@ -269,26 +269,38 @@ def test_bad_configuration_fails_fast(options: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
-@pytest.mark.parametrize("hashed", [True, False])
-def test_claims_with_lone_surrogates_still_give_an_exportable_span(
-    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter, kind: str, hashed: bool
+@pytest.mark.parametrize("claim", ["sub", "tier", "iss"])
+def test_claims_with_lone_surrogates_are_refused_and_the_span_exports(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter, kind: str, claim: str
 ) -> None:
-    """A token whose ``sub`` and ``tier`` hold lone surrogates (valid JSON escapes): the request
-    is served and its span recorded, with a hash of the exact id or the id with ``?`` in place
-    of the surrogate, and the span encodes for OTLP (an exporter that met invalid UTF-8 would
-    drop the whole batch)."""
+    """A token whose ``sub``, ``tier`` or tenant claim holds a lone surrogate (a valid JSON
+    escape, but no text: Redis and the exporters refuse it) gets the generic 401, and its span
+    encodes for OTLP (an exporter that met invalid UTF-8 would drop the whole batch)."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
+    from tests.helpers import ISSUER, jwt_config
     from tests.limiting.apps import Harness, chat_body as limit_body
 
-    guard = guard_factory(telemetry=TelemetryConfig(hash_identifiers=hashed))
+    issuer = "https://idp\udfff.example" if claim == "iss" else ISSUER
+    guard = guard_factory(jwt=jwt_config(issuer=[ISSUER, issuer]))
     h = Harness(kind, guard)
     try:
-        assert h.call(limit_body(), token=make_token(sub="bad\ud800id", tier="t\udfffx"))[0] == 200
+        value = {"sub": "bad\ud800id", "tier": "t\udfffx", "iss": issuer}[claim]
+        status, _, body = h.call(limit_body(), token=make_token(**{claim: value}))
     finally:
         h.close()
+    assert status == 401 and b"invalid_token" in body
     (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "distillguard.guard"]
-    attributes = dict(span.attributes or {})
-    assert attributes[ATTR_CLIENT_ID] == (hash_identifier("bad\ud800id") if hashed else "bad?id")
-    assert attributes["distillguard.client.tier"] == "t?x"
     assert encode_spans([span]).SerializeToString()
+
+
+def test_attributes_and_hashes_take_any_string() -> None:
+    """Defence in depth: the hash of an id holding a lone surrogate is that of its exact code
+    points, and an attribute holding one is made valid UTF-8 (``?``)."""
+    from distillguard.telemetry.attributes import AttributeBuilder
+
+    assert hash_identifier("bad\ud800id") != hash_identifier("bad?id")
+    plain = AttributeBuilder(TelemetryConfig(hash_identifiers=False))
+    assert plain.client("bad\ud800id") == "bad?id" and plain.cap("caf\u00e9") == "caf\u00e9"
+    hashed = AttributeBuilder(TelemetryConfig())
+    assert hashed.client("bad\ud800id") == hash_identifier("bad\ud800id")

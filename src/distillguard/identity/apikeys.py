@@ -55,6 +55,11 @@ class APIKey:
     def __post_init__(self) -> None:
         if not self.client_id or not self.tier:
             raise ConfigurationError("an API key needs a client_id and a tier")
+        for value in (self.client_id, self.tier, self.tenant or ""):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: it cannot name counters in Redis
+                raise ConfigurationError("an API key's client, tier and tenant must be valid text") from None
         if self.limits is not None:
             from ..limiting.config import parse_limits  # (the limiting package needs this one)
 

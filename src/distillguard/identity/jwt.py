@@ -47,6 +47,17 @@ _logger = logging.getLogger("distillguard")
 _reported: set[str] = set()  # the unexpected error types already logged (bounded)
 
 
+def _is_text(value: object) -> bool:
+    """Whether ``value`` is not a string, or a string that encodes as UTF-8."""
+    if not isinstance(value, str) or value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _report_unexpected(exc: Exception) -> None:
     """Log an error verification should never raise (a bug, in PyJWT, a key resolver or here)
     once per type, with its traceback: the request is refused with 401 either way, and a flood
@@ -361,6 +372,11 @@ class JWTVerifier:
             raise AuthenticationError("identity_claim")
         tier = claims.get(config.tier_claim)
         tenant = claims.get(config.tenant_claim)
+        if not all(_is_text(v) for v in (client, tier, tenant)):
+            # a lone surrogate (a valid JSON escape) is no text: it names counters, state and
+            # spans, and Redis and the exporters refuse it (one such client would trip the
+            # storage's circuit breaker for every client)
+            raise AuthenticationError("identity_claim")
         limits = claims.get(config.limits_claim) if config.limits_claim else None
         exp = claims.get("exp")
         share = self._share
