@@ -89,7 +89,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .detectors import ENTRY_POINT_GROUP
 from .errors import ConfigurationError
@@ -98,6 +98,7 @@ from .identity import APIKeys, JWKSKeys, JWTConfig
 from .limiting import LimitConfig, LimitRule
 from .limiting.rules import rules_from_json
 from .policy import DETECTION_MODES, DetectionMode, Policy
+from .problems import ERROR_FORMATS
 from .request_log import RequestLog
 from .risk import RiskPolicy
 from .telemetry import TelemetryConfig
@@ -115,6 +116,8 @@ __all__ = [
     "registered_detectors",
     "settings_from_env",
 ]
+
+_N = TypeVar("_N", int, float)
 
 logger = logging.getLogger("distillguard.settings")
 
@@ -319,26 +322,30 @@ def _bool(name: str, raw: str) -> bool:
 
 def _error_format(raw: str | None) -> str:
     value = (raw or "problem").strip().lower()
-    if value not in ("problem", "openai"):
-        raise ConfigurationError(f"DISTILLGUARD_ERROR_FORMAT must be problem or openai, got {raw!r}")
+    if value not in ERROR_FORMATS:
+        raise ConfigurationError(
+            f"DISTILLGUARD_ERROR_FORMAT must be {' or '.join(ERROR_FORMATS)}, got {raw!r}"
+        )
     return value
 
 
-def _share(name: str, raw: str) -> float:
+def _parsed(name: str, raw: str, convert: Callable[[str], _N], kind: str) -> _N:
+    """``raw`` read by ``convert``, or a :class:`ConfigurationError` saying it is not ``kind``."""
     try:
-        value = float(raw.strip())
+        return convert(raw.strip())
     except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+        raise ConfigurationError(f"{name} must be {kind}, got {raw!r}") from None
+
+
+def _share(name: str, raw: str) -> float:
+    value = _parsed(name, raw, float, "a number")
     if not 0.0 < value <= 1.0:
         raise ConfigurationError(f"{name} must be in (0, 1], got {value}")
     return value
 
 
 def _int(name: str, raw: str) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    value = _parsed(name, raw, int, "an integer")
     if value < 1:
         raise ConfigurationError(f"{name} must be positive, got {value}")
     return value
