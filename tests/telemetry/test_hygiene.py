@@ -304,3 +304,25 @@ def test_attributes_and_hashes_take_any_string() -> None:
     assert plain.client("bad\ud800id") == "bad?id" and plain.cap("caf\u00e9") == "caf\u00e9"
     hashed = AttributeBuilder(TelemetryConfig())
     assert hashed.client("bad\ud800id") == hash_identifier("bad\ud800id")
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_a_model_name_with_a_lone_surrogate_keeps_the_span_exportable(
+    guard_factory: Callable[..., Guard], span_exporter: InMemorySpanExporter, kind: str
+) -> None:
+    """Any client can send ``"model": "m\\ud800"`` (valid JSON): the request is served, and the
+    span records the model with ``?`` and still encodes for OTLP (before, its attribute made the
+    exporter drop the whole batch the span was in)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from tests.limiting.apps import Harness
+
+    h = Harness(kind, guard_factory())
+    try:
+        body = b'{"model": "m\\ud800", "messages": [{"role": "user", "content": "hi"}]}'
+        assert h.call(body)[0] == 200
+    finally:
+        h.close()
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.name == "distillguard.guard"]
+    assert (span.attributes or {})["gen_ai.request.model"] == "m?"
+    assert encode_spans([span]).SerializeToString()
