@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._text import is_text
 from ..errors import AuthenticationError, ConfigurationError
 from .identity import Identity, missing_scopes
 from .jwt import JWTVerifier
@@ -55,11 +56,9 @@ class APIKey:
     def __post_init__(self) -> None:
         if not self.client_id or not self.tier:
             raise ConfigurationError("an API key needs a client_id and a tier")
-        for value in (self.client_id, self.tier, self.tenant or ""):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: it cannot name counters in Redis
-                raise ConfigurationError("an API key's client, tier and tenant must be valid text") from None
+        if not all(is_text(v) for v in (self.client_id, self.tier, self.tenant or "")):
+            # a lone surrogate: it cannot name counters in Redis
+            raise ConfigurationError("an API key's client, tier and tenant must be valid text")
         if self.limits is not None:
             from ..limiting.config import parse_limits  # (the limiting package needs this one)
 

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import jwt as pyjwt
 
+from .._text import is_text
 from ..errors import AuthenticationError, ConfigurationError
 from .identity import Identity, missing_scopes
 from .keys import KeyResolver, StaticKeys, algorithm_family
@@ -45,17 +46,6 @@ _MAX_HEADER_BYTES = 2048
 _MAX_SHARED = 1024  # distinct tiers, tenants and scope sets shared between cached identities
 _logger = logging.getLogger("distillguard")
 _reported: set[str] = set()  # the unexpected error types already logged (bounded)
-
-
-def _is_text(value: object) -> bool:
-    """Whether ``value`` is not a string, or a string that encodes as UTF-8."""
-    if not isinstance(value, str) or value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _report_unexpected(exc: Exception) -> None:
@@ -372,7 +362,7 @@ class JWTVerifier:
             raise AuthenticationError("identity_claim")
         tier = claims.get(config.tier_claim)
         tenant = claims.get(config.tenant_claim)
-        if not all(_is_text(v) for v in (client, tier, tenant)):
+        if not all(is_text(v) for v in (client, tier, tenant) if isinstance(v, str)):
             # a lone surrogate (a valid JSON escape) is no text: it names counters, state and
             # spans, and Redis and the exporters refuse it (one such client would trip the
             # storage's circuit breaker for every client)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
+from .._text import is_text
 from ..decision import Action
 from ..query import finite_float
 
@@ -161,16 +162,6 @@ class RouteMatcher:
         return bool(self._prefixes) and path.startswith(self._prefixes)
 
 
-def _encodable(text: str) -> bool:
-    """Whether ``text`` is valid Unicode (JSON escapes can make lone surrogates, which no
-    report could be written with)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _headers(value: object) -> Mapping[str, str] | None:
     if value is None:
         return {}
@@ -220,9 +211,9 @@ def _parse(line_no: int, text: str) -> tuple[LogRecord, bool] | None:
     path = obj.get("path")
     if ts is None:
         return None
-    if not isinstance(client, str) or not client or not _encodable(client):
+    if not isinstance(client, str) or not client or not is_text(client):
         return None
-    if not isinstance(path, str) or not path.startswith("/") or not _encodable(path):
+    if not isinstance(path, str) or not path.startswith("/") or not is_text(path):
         return None
     if "body" not in obj:
         return None
@@ -246,8 +237,8 @@ def _parse(line_no: int, text: str) -> tuple[LogRecord, bool] | None:
         method=method.upper(),
         body=encoded,
         headers=headers,
-        ip=ip if isinstance(ip, str) and _encodable(ip) else None,
-        tenant=tenant if isinstance(tenant, str) and _encodable(tenant) else None,
+        ip=ip if isinstance(ip, str) and is_text(ip) else None,
+        tenant=tenant if isinstance(tenant, str) and is_text(tenant) else None,
         decision=decision if isinstance(decision, str) and decision in _DECISIONS else None,
     )
     return record, is_json

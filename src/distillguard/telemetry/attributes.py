@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._text import is_text
 from ..decision import Action, Decision
 from ..detectors import DetectorResult
 from ..request import GuardRequest
@@ -40,11 +41,8 @@ class AttributeBuilder:
         limit = self._limit
         if len(value) > limit:
             value = value[:limit]
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                value = value.encode("utf-8", "replace").decode("utf-8")
+        if not is_text(value):
+            value = value.encode("utf-8", "replace").decode("utf-8")
         return value
 
     def strings(self, values: tuple[str, ...]) -> list[str]:
